@@ -1,0 +1,80 @@
+/* enzpy_native.h - the narrow, versioned C ABI between the Python package and
+ * the C++ AD engine (ir_passes/).
+ *
+ * One call differentiates one function: the caller hands over an LLVM module
+ * (bitcode, or textual IR for tests and debugging) and a request in JSON, and
+ * gets back an opaque result that holds either the derivative module as
+ * bitcode or a structured error (kind, message, source file and line).
+ * No C++ exception and no abort crosses this boundary.
+ *
+ * Request (JSON object), see ir_passes/Request.h for the authoritative list:
+ *   "function":      name of the primal function in the module (numba native
+ *                    calling convention: i32 f(ptr retptr, ptr excinfo, ...)).
+ *   "name":          symbol name to give the derivative.
+ *   "mode":          "reverse".
+ *   "ret_type":      LLVM type of the value the primal stores through retptr
+ *                    ("double", "float", "i64", ... or "void" for None).
+ *   "ret_activity":  "active" (seeded by an extra trailing argument) or "const".
+ *   "return_primal": include the primal return value in the result struct.
+ *   "params":        one entry per primal parameter after retptr and excinfo:
+ *                    {"activity": "const" | "active" | "dup" | "dupnoneed",
+ *                     "elem": "double" | "float"}   (elem for active/dup)
+ *   "log":           true to record the analyses' decisions in the result log.
+ *
+ * The derivative has the signature
+ *   i32 name(ptr retptr, ptr excinfo, <primal params...>,
+ *            <one ptr shadow per dup/dupnoneed param, in order>,
+ *            [<ret float type> dret, when ret_activity is "active">])
+ * and writes through retptr the struct
+ *   { [primal return, when return_primal and ret_type is not void],
+ *     <adjoint of each active param, in order, of the param's type> }.
+ * It returns 0 on success, or the primal's error status (excinfo set by the
+ * primal) if the primal raised; then no shadow has been updated.
+ */
+#ifndef ENZPY_NATIVE_H
+#define ENZPY_NATIVE_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ENZPY_ABI_VERSION 1
+
+#if defined(ENZPY_BUILDING)
+#define ENZPY_API __attribute__((visibility("default")))
+#else
+#define ENZPY_API
+#endif
+
+typedef struct enzpy_result enzpy_result;
+
+/* ENZPY_ABI_VERSION of the library. */
+ENZPY_API int enzpy_abi_version(void);
+/* Major version of the LLVM the engine was built against. */
+ENZPY_API int enzpy_llvm_version_major(void);
+
+/* Differentiate. Never returns NULL; free the result with enzpy_result_free. */
+ENZPY_API enzpy_result *enzpy_differentiate(const char *module, size_t module_len,
+                                  const char *request, size_t request_len);
+
+/* 1 when the derivative was produced, 0 on error. */
+ENZPY_API int enzpy_result_ok(const enzpy_result *r);
+/* Derivative module as bitcode (NULL on error). */
+ENZPY_API const char *enzpy_result_bitcode(const enzpy_result *r, size_t *len);
+/* Error kind: "unsupported", "activity", "request", "internal" ("" if ok). */
+ENZPY_API const char *enzpy_result_error_kind(const enzpy_result *r);
+ENZPY_API const char *enzpy_result_error_message(const enzpy_result *r);
+/* Source file and line of the construct the error names ("" and 0 if unknown). */
+ENZPY_API const char *enzpy_result_error_file(const enzpy_result *r);
+ENZPY_API unsigned enzpy_result_error_line(const enzpy_result *r);
+/* The analyses' decisions, when the request asked for "log". */
+ENZPY_API const char *enzpy_result_log(const enzpy_result *r);
+ENZPY_API void enzpy_result_free(enzpy_result *r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ENZPY_NATIVE_H */
