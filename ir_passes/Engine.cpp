@@ -1,13 +1,125 @@
 //===- Engine.cpp - pipeline driver ---------------------------------------===//
+//
+// parse -> preprocess -> type analysis -> activity analysis -> synthesis ->
+// verify -> post-opt -> bitcode. Every failure becomes a structured result;
+// each request gets its own LLVMContext.
+//
+//===----------------------------------------------------------------------===//
 #include "Engine.h"
+#include "ActivityAnalysis.h"
+#include "Diagnostics.h"
+#include "PostOpt.h"
+#include "Preprocess.h"
+#include "Request.h"
+#include "ReverseSynthesis.h"
+#include "TypeAnalysis.h"
+#include "llvm/AsmParser/Parser.h"
+#include "llvm/Bitcode/BitcodeReader.h"
+#include "llvm/Bitcode/BitcodeWriter.h"
+#include "llvm/IR/DebugInfo.h"
+#include "llvm/IR/LLVMContext.h"
+#include "llvm/IR/Module.h"
+#include "llvm/IR/Verifier.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/raw_ostream.h"
 
 using namespace llvm;
 
 namespace enzpy {
-EngineResult differentiate(StringRef Module, StringRef Request) {
+
+static Expected<std::unique_ptr<Module>> parseModule(StringRef Bytes,
+                                                     LLVMContext &Ctx) {
+  if (Bytes.starts_with("BC")) {
+    auto M = parseBitcodeFile(MemoryBufferRef(Bytes, "enzpy.input"), Ctx);
+    if (!M)
+      return makeError("request",
+                       "cannot read the module's bitcode: " +
+                           toString(M.takeError()));
+    return std::move(*M);
+  }
+  SMDiagnostic Diag;
+  std::unique_ptr<Module> M = parseAssemblyString(Bytes, Diag, Ctx);
+  if (!M) {
+    std::string Msg;
+    raw_string_ostream OS(Msg);
+    Diag.print("enzpy.input", OS, /*ShowColors=*/false);
+    return makeError("request", "cannot parse the module's IR: " + Msg);
+  }
+  return std::move(M);
+}
+
+static Expected<std::string> run(StringRef Bytes, const Request &Req,
+                                 std::string &Log) {
+  LLVMContext Ctx;
+  Expected<std::unique_ptr<Module>> MOr = parseModule(Bytes, Ctx);
+  if (!MOr)
+    return MOr.takeError();
+  Module &M = **MOr;
+  Expected<CanonicalFunction> C = preprocess(M, Req);
+  if (!C)
+    return C.takeError();
+
+  raw_string_ostream LogOS(Log);
+  TypeAnalysis TA(*C->F, Req);
+  ActivityAnalysis AA(*C->F, Req, TA);
+  if (Error E = AA.run())
+    return std::move(E);
+  if (Error E = checkShadowable(*C, AA))
+    return std::move(E);
+  if (Req.Log) {
+    TA.print(LogOS);
+    AA.print(LogOS);
+  }
+  // Locations have served the diagnostics; the derivative carries none.
+  StripDebugInfo(M);
+
+  Expected<Function *> D =
+      synthesizeReverse(*C, Req, TA, AA, Req.Log ? &LogOS : nullptr);
+  if (!D)
+    return D.takeError();
+  C->F->eraseFromParent();
+
+  std::string VerifyMsg;
+  raw_string_ostream VOS(VerifyMsg);
+  if (verifyModule(M, &VOS)) {
+    if (Req.Log) {
+      LogOS << "invalid derivative:\n";
+      M.print(LogOS, nullptr);
+    }
+    return makeError("internal", "the derivative failed LLVM's verifier: " +
+                                     StringRef(VerifyMsg).take_front(2000));
+  }
+  optimizeDerivative(M);
+  std::string Out;
+  raw_string_ostream OS(Out);
+  WriteBitcodeToFile(M, OS);
+  return Out;
+}
+
+EngineResult differentiate(StringRef Module, StringRef RequestJson) {
   EngineResult R;
-  R.ErrorKind = "internal";
-  R.ErrorMessage = "engine under construction";
+  Expected<Request> Req = parseRequest(RequestJson);
+  Expected<std::string> Bitcode =
+      Req ? run(Module, *Req, R.Log) : Expected<std::string>(Req.takeError());
+  if (Bitcode) {
+    R.Ok = true;
+    R.Bitcode = std::move(*Bitcode);
+    return R;
+  }
+  handleAllErrors(
+      Bitcode.takeError(),
+      [&](const EnzpyDiag &D) {
+        R.ErrorKind = D.Kind;
+        R.ErrorMessage = D.Message;
+        R.ErrorFile = D.File;
+        R.ErrorLine = D.Line;
+      },
+      [&](const ErrorInfoBase &E) {
+        R.ErrorKind = "internal";
+        R.ErrorMessage = E.message();
+      });
   return R;
 }
+
 } // namespace enzpy

@@ -1,0 +1,268 @@
+//===- ActivityAnalysis.cpp - which values carry derivatives --------------===//
+#include "ActivityAnalysis.h"
+#include "DerivativeRules.h"
+#include "Diagnostics.h"
+#include "llvm/IR/Function.h"
+#include "llvm/IR/InstIterator.h"
+#include "llvm/IR/Instructions.h"
+#include "llvm/IR/IntrinsicInst.h"
+
+using namespace llvm;
+
+namespace enzpy {
+
+bool isInactiveRuntimeCall(StringRef Name) {
+  return Name == "NRT_incref" || Name == "NRT_decref";
+}
+
+std::string pythonArgName(const Argument &A) {
+  StringRef N = A.getName();
+  if (N.consume_front("arg.")) {
+    size_t Dot = N.find('.');
+    return N.substr(0, Dot).str();
+  }
+  return N.empty() ? ("#" + Twine(A.getArgNo())).str() : N.str();
+}
+
+static bool isFloatLike(const Type *T) { return T->isFloatingPointTy(); }
+
+bool ActivityAnalysis::pointsToActive(const Value *Ptr) const {
+  for (const Value *R : TA.roots(Ptr))
+    if (ActiveRoots.contains(R))
+      return true;
+  return false;
+}
+
+Error ActivityAnalysis::checkCall(const CallBase &CB) const {
+  const Function *Callee = CB.getCalledFunction();
+  if (!Callee)
+    return makeError("unsupported", "an indirect call cannot be differentiated",
+                     &CB);
+  if (findCallRule(Callee))
+    return Error::success();
+  if (auto *MI = dyn_cast<AnyMemIntrinsic>(&CB)) {
+    bool Touches = pointsToActive(MI->getRawDest());
+    if (auto *MT = dyn_cast<AnyMemTransferInst>(MI))
+      Touches |= pointsToActive(MT->getRawSource());
+    if (Touches)
+      return makeError("unsupported",
+                       "a memory copy or fill (" + Callee->getName() +
+                           ") of differentiable array memory is not "
+                           "supported yet",
+                       &CB);
+    return Error::success();
+  }
+  if (Callee->isIntrinsic()) {
+    for (const Value *A : CB.args())
+      if (isVaried(A))
+        return makeError("unsupported",
+                         "no derivative rule for the intrinsic " +
+                             Callee->getName(),
+                         &CB);
+    return Error::success();
+  }
+  if (isInactiveRuntimeCall(Callee->getName()))
+    return Error::success();
+  return makeError("unsupported",
+                   "call to '" + displayName(Callee->getName()) +
+                       "' cannot be differentiated yet (calls to other "
+                       "functions, including other njit functions and "
+                       "numba's runtime, are not supported yet)",
+                   &CB);
+}
+
+Error ActivityAnalysis::checkInstruction(const Instruction &I) const {
+  bool AnyVariedOperand = false;
+  for (const Value *Op : I.operands())
+    AnyVariedOperand |= isVaried(Op);
+  if (!AnyVariedOperand)
+    return Error::success();
+  if (isa<BinaryOperator>(I) || isa<UnaryOperator>(I) || isa<PHINode>(I) ||
+      isa<SelectInst>(I) || isa<FPExtInst>(I) || isa<FPTruncInst>(I) ||
+      isa<FCmpInst>(I) || isa<FPToSIInst>(I) || isa<FPToUIInst>(I) ||
+      isa<StoreInst>(I) || isa<CallBase>(I) || isa<FreezeInst>(I))
+    return Error::success();
+  if (isa<BitCastInst>(I) && !isFloatLike(I.getType()))
+    return makeError("unsupported",
+                     "a float value reinterpreted as an integer (bitcast) "
+                     "cannot be differentiated",
+                     &I);
+  return makeError("unsupported",
+                   "the instruction '" + describe(&I) +
+                       "' on differentiable values is not supported yet",
+                   &I);
+}
+
+Error ActivityAnalysis::checkStore(const StoreInst &SI) {
+  const Value *V = SI.getValueOperand();
+  bool ToActive = pointsToActive(SI.getPointerOperand());
+  if (ToActive && !isFloatLike(V->getType()))
+    return makeError("unsupported",
+                     "a non-float value (" + describe(V) +
+                         ") is stored into differentiable float memory",
+                     &SI);
+  if (!isVaried(V))
+    return Error::success();
+  for (const Value *R : TA.roots(SI.getPointerOperand())) {
+    if (ActiveRoots.contains(R))
+      continue;
+    if (R == UnknownRoot)
+      return makeError("unsupported",
+                       "a differentiable value is stored into memory of "
+                       "unknown origin",
+                       &SI);
+    if (TA.isRetPtr(R))
+      continue; // the return value, not seeded (ret=Const)
+    if (auto *A = dyn_cast<Argument>(R)) {
+      if (A->getArgNo() == 1)
+        return makeError("unsupported",
+                         "a differentiable value is stored into the "
+                         "exception state",
+                         &SI);
+      return makeError("activity",
+                       "a value that depends on active inputs is stored into "
+                       "argument '" +
+                           pythonArgName(*A) +
+                           "', which is Const; pass it as Duplicated (with a "
+                           "shadow array) to get its derivative",
+                       &SI);
+    }
+    if (isa<GlobalValue>(R))
+      return makeError("unsupported",
+                       "a differentiable value is stored into global memory",
+                       &SI);
+  }
+  return Error::success();
+}
+
+bool ActivityAnalysis::computeVaried(Error &Err) {
+  bool Changed = false;
+  auto mark = [&](const Value *V) {
+    if (Varied.insert(V).second)
+      Changed = true;
+  };
+  for (Instruction &I : instructions(F)) {
+    if (auto *LI = dyn_cast<LoadInst>(&I)) {
+      if (isFloatLike(LI->getType()) && pointsToActive(LI->getPointerOperand()))
+        mark(LI);
+      continue;
+    }
+    if (auto *SI = dyn_cast<StoreInst>(&I)) {
+      // A varied float stored into a local allocation makes it active.
+      if (isVaried(SI->getValueOperand()))
+        for (const Value *R : TA.roots(SI->getPointerOperand()))
+          if (R != UnknownRoot && isa<AllocaInst>(R) &&
+              ActiveRoots.insert(R).second)
+            Changed = true;
+      continue;
+    }
+    if (!isFloatLike(I.getType()))
+      continue;
+    if (auto *CB = dyn_cast<CallBase>(&I))
+      if (!findCallRule(CB->getCalledFunction()))
+        continue; // checked separately
+    for (const Value *Op : I.operands())
+      if (isVaried(Op)) {
+        mark(&I);
+        break;
+      }
+  }
+  return Changed;
+}
+
+void ActivityAnalysis::computeUseful() {
+  SmallVector<const Value *, 32> Work;
+  auto mark = [&](const Value *V) {
+    if (isFloatLike(V->getType()) && !isa<Constant>(V) &&
+        Useful.insert(V).second)
+      Work.push_back(V);
+  };
+  for (Instruction &I : instructions(F))
+    if (auto *SI = dyn_cast<StoreInst>(&I))
+      if (pointsToActive(SI->getPointerOperand()))
+        mark(SI->getValueOperand());
+  while (!Work.empty()) {
+    const Value *V = Work.pop_back_val();
+    auto *I = dyn_cast<Instruction>(V);
+    if (!I || isa<LoadInst>(I))
+      continue;
+    if (auto *Sel = dyn_cast<SelectInst>(I)) {
+      mark(Sel->getTrueValue());
+      mark(Sel->getFalseValue());
+      continue;
+    }
+    for (const Value *Op : I->operands())
+      mark(Op);
+  }
+}
+
+Error ActivityAnalysis::run() {
+  for (Argument &A : F.args()) {
+    if (A.getArgNo() == 0 && Req.RetActive)
+      ActiveRoots.insert(&A);
+    if (A.getArgNo() < 2)
+      continue;
+    const ParamSpec &S = Req.Params[A.getArgNo() - 2];
+    if (S.isDuplicated())
+      ActiveRoots.insert(&A);
+    if (S.Act == Activity::Active)
+      Varied.insert(&A);
+  }
+  Error Err = Error::success();
+  while (computeVaried(Err)) {
+  }
+  consumeError(std::move(Err));
+  // Checks run in program order so that the first offending construct is
+  // the one reported.
+  for (Instruction &I : instructions(F)) {
+    if (auto *CB = dyn_cast<CallBase>(&I)) {
+      if (Error E = checkCall(*CB))
+        return E;
+    } else if (auto *SI = dyn_cast<StoreInst>(&I)) {
+      if (Error E = checkStore(*SI))
+        return E;
+    } else if (auto *LI = dyn_cast<LoadInst>(&I)) {
+      if (pointsToActive(LI->getPointerOperand()) &&
+          !isFloatLike(LI->getType()))
+        return makeError("unsupported",
+                         "differentiable float memory is read as a non-float "
+                         "value (" +
+                             describe(LI) + ")",
+                         LI);
+    } else if (isa<PtrToIntInst>(I) && pointsToActive(I.getOperand(0))) {
+      return makeError("unsupported",
+                       "the address of differentiable memory is converted to "
+                       "an integer",
+                       &I);
+    } else if (Error E = checkInstruction(I)) {
+      return E;
+    }
+  }
+  computeUseful();
+  for (const Value *V : Varied)
+    if (Useful.contains(V) && isFloatLike(V->getType()))
+      Active.insert(V);
+  return Error::success();
+}
+
+void ActivityAnalysis::print(raw_ostream &OS) const {
+  OS << "activity:\n";
+  for (Argument &A : F.args()) {
+    if (A.getArgNo() < 2)
+      continue;
+    if (isActive(&A))
+      OS << "  active " << describe(&A) << "\n";
+    if (ActiveRoots.contains(&A))
+      OS << "  active-memory " << describe(&A) << "\n";
+  }
+  for (const Instruction &I : instructions(F)) {
+    if (isa<AllocaInst>(I) && ActiveRoots.contains(&I))
+      OS << "  active-memory " << describe(&I) << "\n";
+    if (!isFloatLike(I.getType()))
+      continue;
+    OS << "  " << (isActive(&I) ? "active " : "inactive ") << describe(&I)
+       << "\n";
+  }
+}
+
+} // namespace enzpy

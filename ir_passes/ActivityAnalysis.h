@@ -1,0 +1,78 @@
+//===- ActivityAnalysis.h - which values carry derivatives ------*- C++ -*-===//
+//
+// A value is active when it is varied (it depends on an active input: an
+// Active parameter, or a float loaded from active memory) and useful (it can
+// reach an active output: a store into active memory, including the seeded
+// return slot). Only float values are ever active; integers, pointers and
+// booleans never carry derivatives. Active memory is the memory of
+// Duplicated parameters, the return slot when the return is seeded, and
+// allocas into which varied floats are stored.
+//
+// The analysis also enforces the error contract: varied data stored into a
+// Const parameter's memory is an "activity" error naming the parameter, and
+// calls or constructs the engine cannot differentiate are "unsupported"
+// errors naming them and their source line.
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_ACTIVITYANALYSIS_H
+#define ENZPY_ACTIVITYANALYSIS_H
+
+#include "Request.h"
+#include "TypeAnalysis.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/Support/Error.h"
+
+namespace llvm {
+class Argument;
+class CallBase;
+class Function;
+class Instruction;
+class StoreInst;
+} // namespace llvm
+
+namespace enzpy {
+
+class ActivityAnalysis {
+public:
+  ActivityAnalysis(llvm::Function &F, const Request &Req,
+                   const TypeAnalysis &TA)
+      : F(F), Req(Req), TA(TA) {}
+
+  llvm::Error run();
+
+  /// V needs an adjoint.
+  bool isActive(const llvm::Value *V) const { return Active.contains(V); }
+  bool isVaried(const llvm::Value *V) const { return Varied.contains(V); }
+  /// Ptr may point into active memory.
+  bool pointsToActive(const llvm::Value *Ptr) const;
+  bool isActiveRoot(const llvm::Value *Root) const {
+    return ActiveRoots.contains(Root);
+  }
+
+  void print(llvm::raw_ostream &OS) const;
+
+private:
+  llvm::Error checkCall(const llvm::CallBase &CB) const;
+  llvm::Error checkStore(const llvm::StoreInst &SI);
+  llvm::Error checkInstruction(const llvm::Instruction &I) const;
+  bool computeVaried(llvm::Error &Err);
+  void computeUseful();
+
+  llvm::Function &F;
+  const Request &Req;
+  const TypeAnalysis &TA;
+  llvm::DenseSet<const llvm::Value *> ActiveRoots;
+  llvm::DenseSet<const llvm::Value *> Varied;
+  llvm::DenseSet<const llvm::Value *> Useful;
+  llvm::DenseSet<const llvm::Value *> Active;
+};
+
+/// Runtime functions that carry no derivative and may stay as calls.
+bool isInactiveRuntimeCall(llvm::StringRef Name);
+
+/// The Python name of a numba parameter ("arg.x.4" -> "x").
+std::string pythonArgName(const llvm::Argument &A);
+
+} // namespace enzpy
+
+#endif

@@ -1,0 +1,69 @@
+//===- Diagnostics.cpp - structured errors of the engine ------------------===//
+#include "Diagnostics.h"
+#include "llvm/Demangle/Demangle.h"
+#include "llvm/IR/DebugInfoMetadata.h"
+#include "llvm/IR/Instruction.h"
+#include "llvm/Support/raw_ostream.h"
+#include <regex>
+
+using namespace llvm;
+
+namespace enzpy {
+
+char EnzpyDiag::ID = 0;
+
+void EnzpyDiag::log(raw_ostream &OS) const {
+  OS << Kind << ": " << Message;
+  if (!File.empty())
+    OS << " (" << File << ":" << Line << ")";
+}
+
+std::error_code EnzpyDiag::convertToErrorCode() const {
+  return inconvertibleErrorCode();
+}
+
+static const DILocation *locationNear(const Instruction *I) {
+  for (const Instruction *Cur = I; Cur; Cur = Cur->getPrevNode())
+    if (const DILocation *L = Cur->getDebugLoc().get())
+      if (L->getLine())
+        return L;
+  // Fall back to the first located instruction after it.
+  for (const Instruction *Cur = I; Cur; Cur = Cur->getNextNode())
+    if (const DILocation *L = Cur->getDebugLoc().get())
+      if (L->getLine())
+        return L;
+  return nullptr;
+}
+
+Error makeError(StringRef Kind, const Twine &Message, const Instruction *At) {
+  std::string File;
+  unsigned Line = 0;
+  if (At)
+    if (const DILocation *L = locationNear(At)) {
+      File = L->getFilename().str();
+      StringRef Dir = L->getDirectory();
+      if (!Dir.empty() && !StringRef(File).starts_with("/"))
+        File = (Dir + "/" + File).str();
+      Line = L->getLine();
+    }
+  return make_error<EnzpyDiag>(Kind.str(), Message.str(), File, Line);
+}
+
+std::string describe(const Value *V) {
+  std::string S;
+  raw_string_ostream OS(S);
+  if (V->hasName())
+    V->printAsOperand(OS, /*PrintType=*/false);
+  else
+    V->print(OS);
+  return StringRef(S).trim().str();
+}
+
+std::string displayName(StringRef Symbol) {
+  std::string D = demangle(Symbol.str());
+  // numba's ABI tags ("[abi:v1][abi:c8tJTI...]") are noise to a user.
+  static const std::regex AbiTag("\\[abi:[^\\]]*\\]");
+  return std::regex_replace(D, AbiTag, "");
+}
+
+} // namespace enzpy

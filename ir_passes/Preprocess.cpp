@@ -1,0 +1,154 @@
+//===- Preprocess.cpp - bring the primal into canonical form --------------===//
+#include "Preprocess.h"
+#include "Diagnostics.h"
+#include "llvm/Analysis/CGSCCPassManager.h"
+#include "llvm/Analysis/LoopAnalysisManager.h"
+#include "llvm/IR/Constants.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/Instructions.h"
+#include "llvm/IR/Module.h"
+#include "llvm/IR/PassManager.h"
+#include "llvm/Passes/PassBuilder.h"
+#include "llvm/Transforms/Scalar/EarlyCSE.h"
+#include "llvm/Transforms/Scalar/SROA.h"
+#include "llvm/Transforms/Scalar/SimplifyCFG.h"
+#include "llvm/Transforms/Utils/LoopSimplify.h"
+#include "llvm/Transforms/Utils/Mem2Reg.h"
+
+using namespace llvm;
+
+namespace enzpy {
+
+/// Drop every other function body and every unused declaration or global:
+/// the derivative module carries only what the primal refers to.
+static void isolate(Module &M, Function &F) {
+  for (Function &G : M)
+    if (&G != &F && !G.isDeclaration())
+      G.deleteBody();
+  bool Changed = true;
+  while (Changed) {
+    Changed = false;
+    for (Function &G : make_early_inc_range(M))
+      if (&G != &F && G.use_empty()) {
+        G.eraseFromParent();
+        Changed = true;
+      }
+    for (GlobalVariable &GV : make_early_inc_range(M.globals()))
+      if (GV.use_empty()) {
+        GV.eraseFromParent();
+        Changed = true;
+      }
+  }
+}
+
+static void runCanonicalPasses(Function &F) {
+  PassBuilder PB;
+  LoopAnalysisManager LAM;
+  FunctionAnalysisManager FAM;
+  CGSCCAnalysisManager CGAM;
+  ModuleAnalysisManager MAM;
+  PB.registerModuleAnalyses(MAM);
+  PB.registerCGSCCAnalyses(CGAM);
+  PB.registerFunctionAnalyses(FAM);
+  PB.registerLoopAnalyses(LAM);
+  PB.crossRegisterProxies(LAM, FAM, CGAM, MAM);
+  FunctionPassManager FPM;
+  FPM.addPass(SROAPass(SROAOptions::ModifyCFG));
+  FPM.addPass(PromotePass());
+  FPM.addPass(EarlyCSEPass());
+  FPM.addPass(SimplifyCFGPass());
+  FPM.addPass(LoopSimplifyPass());
+  FPM.run(F, FAM);
+}
+
+static bool isNormalStatus(Value *V) {
+  if (auto *C = dyn_cast<ConstantInt>(V))
+    return C->getSExtValue() == 0 || C->getSExtValue() == -2;
+  return false;
+}
+
+/// Route every return to one normal exit (`ret i32 0`) or one raise exit
+/// (`ret i32 %status`).
+static void splitExits(Function &F, CanonicalFunction &C) {
+  LLVMContext &Ctx = F.getContext();
+  Type *I32 = Type::getInt32Ty(Ctx);
+  SmallVector<ReturnInst *, 4> Returns;
+  for (BasicBlock &BB : F)
+    if (auto *R = dyn_cast<ReturnInst>(BB.getTerminator()))
+      Returns.push_back(R);
+  PHINode *Status = nullptr;
+  auto normalExit = [&]() {
+    if (!C.NormalExit) {
+      C.NormalExit = BasicBlock::Create(Ctx, "enzpy.exit", &F);
+      ReturnInst::Create(Ctx, ConstantInt::get(I32, 0), C.NormalExit);
+    }
+    return C.NormalExit;
+  };
+  auto raiseExit = [&]() {
+    if (!C.RaiseExit) {
+      C.RaiseExit = BasicBlock::Create(Ctx, "enzpy.raise", &F);
+      Status = PHINode::Create(I32, 2, "enzpy.status", C.RaiseExit);
+      ReturnInst::Create(Ctx, Status, C.RaiseExit);
+    }
+    return C.RaiseExit;
+  };
+  for (ReturnInst *R : Returns) {
+    BasicBlock *BB = R->getParent();
+    Value *S = R->getReturnValue();
+    DebugLoc DL = R->getDebugLoc();
+    if (isNormalStatus(S)) {
+      BranchInst::Create(normalExit(), BB)->setDebugLoc(DL);
+    } else if (isa<ConstantInt>(S)) {
+      BranchInst::Create(raiseExit(), BB)->setDebugLoc(DL);
+      Status->addIncoming(S, BB);
+    } else {
+      IRBuilder<> B(BB);
+      Value *Ok = B.CreateOr(B.CreateICmpEQ(S, ConstantInt::get(I32, 0)),
+                             B.CreateICmpEQ(S, ConstantInt::get(I32, -2)),
+                             "enzpy.ok");
+      BasicBlock *Raise = raiseExit();
+      B.CreateCondBr(Ok, normalExit(), Raise)->setDebugLoc(DL);
+      Status->addIncoming(S, BB);
+    }
+    R->eraseFromParent();
+  }
+}
+
+Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
+  Function *F = M.getFunction(Req.Function);
+  if (!F || F->isDeclaration())
+    return makeError("request",
+                     "function '" + Req.Function + "' is not defined in the module");
+  FunctionType *FT = F->getFunctionType();
+  if (!FT->getReturnType()->isIntegerTy(32) || FT->getNumParams() < 2 ||
+      !FT->getParamType(0)->isPointerTy() || !FT->getParamType(1)->isPointerTy())
+    return makeError("request", "function '" + Req.Function +
+                                    "' does not follow numba's native calling "
+                                    "convention i32 (ptr, ptr, ...)");
+  if (FT->getNumParams() - 2 != Req.Params.size())
+    return makeError("request",
+                     "the request describes " + Twine(Req.Params.size()) +
+                         " parameters but the function has " +
+                         Twine(FT->getNumParams() - 2));
+  for (unsigned I = 0; I < Req.Params.size(); ++I) {
+    const ParamSpec &S = Req.Params[I];
+    Type *T = FT->getParamType(I + 2);
+    if (S.Act == Activity::Active && !T->isFloatingPointTy())
+      return makeError("request", "parameter " + Twine(I) +
+                                      " is marked active but is not a float");
+    if (S.isDuplicated() && !T->isPointerTy())
+      return makeError("request", "parameter " + Twine(I) +
+                                      " is marked duplicated but is not a "
+                                      "pointer");
+  }
+  isolate(M, *F);
+  F->removeFnAttr(Attribute::NoInline);
+  F->removeFnAttr(Attribute::OptimizeNone);
+  runCanonicalPasses(*F);
+  CanonicalFunction C;
+  C.F = F;
+  splitExits(*F, C);
+  return C;
+}
+
+} // namespace enzpy

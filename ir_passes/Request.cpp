@@ -1,0 +1,91 @@
+//===- Request.cpp - parse the JSON request -------------------------------===//
+#include "Request.h"
+#include "Diagnostics.h"
+#include "llvm/Support/JSON.h"
+
+using namespace llvm;
+
+namespace enzpy {
+
+StringRef activityName(Activity A) {
+  switch (A) {
+  case Activity::Const:
+    return "const";
+  case Activity::Active:
+    return "active";
+  case Activity::Dup:
+    return "dup";
+  case Activity::DupNoNeed:
+    return "dupnoneed";
+  }
+  return "?";
+}
+
+static Error bad(const Twine &Msg) {
+  return makeError("request", "malformed request: " + Msg);
+}
+
+Expected<Request> parseRequest(StringRef Json) {
+  Expected<json::Value> Parsed = json::parse(Json);
+  if (!Parsed)
+    return bad(toString(Parsed.takeError()));
+  const json::Object *Obj = Parsed->getAsObject();
+  if (!Obj)
+    return bad("not a JSON object");
+  Request R;
+  auto Str = [&](StringRef Key, std::string &Out, bool Required) -> Error {
+    if (auto S = Obj->getString(Key)) {
+      Out = S->str();
+      return Error::success();
+    }
+    return Required ? bad("missing string field '" + Key + "'")
+                    : Error::success();
+  };
+  if (Error E = Str("function", R.Function, true))
+    return std::move(E);
+  if (Error E = Str("name", R.Name, true))
+    return std::move(E);
+  if (Error E = Str("ret_type", R.RetType, false))
+    return std::move(E);
+  std::string ModeStr = "reverse";
+  if (Error E = Str("mode", ModeStr, false))
+    return std::move(E);
+  if (ModeStr != "reverse")
+    return makeError("unsupported", "mode '" + ModeStr + "' is not supported");
+  std::string RetAct = "const";
+  if (Error E = Str("ret_activity", RetAct, false))
+    return std::move(E);
+  if (RetAct != "active" && RetAct != "const")
+    return bad("ret_activity must be 'active' or 'const'");
+  R.RetActive = RetAct == "active";
+  R.ReturnPrimal = Obj->getBoolean("return_primal").value_or(false);
+  R.Log = Obj->getBoolean("log").value_or(false);
+  const json::Array *Params = Obj->getArray("params");
+  if (!Params)
+    return bad("missing array field 'params'");
+  for (const json::Value &PV : *Params) {
+    const json::Object *P = PV.getAsObject();
+    if (!P)
+      return bad("a 'params' entry is not an object");
+    ParamSpec S;
+    StringRef A = P->getString("activity").value_or("const");
+    if (A == "const")
+      S.Act = Activity::Const;
+    else if (A == "active")
+      S.Act = Activity::Active;
+    else if (A == "dup")
+      S.Act = Activity::Dup;
+    else if (A == "dupnoneed")
+      S.Act = Activity::DupNoNeed;
+    else
+      return bad("unknown activity '" + A + "'");
+    S.Elem = P->getString("elem").value_or("").str();
+    if (S.Act != Activity::Const && S.Elem != "double" && S.Elem != "float")
+      return bad("an active or duplicated parameter needs \"elem\": "
+                 "\"double\" or \"float\"");
+    R.Params.push_back(S);
+  }
+  return R;
+}
+
+} // namespace enzpy

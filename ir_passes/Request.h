@@ -1,0 +1,49 @@
+//===- Request.h - what the caller asks the engine to produce ---*- C++ -*-===//
+//
+// The request arrives as JSON (see native/enzpy_native.h). It names the
+// primal, the derivative's symbol, the mode, and for every LLVM parameter of
+// the primal after (retptr, excinfo) its activity and, for active and
+// duplicated ones, the float type of the value or of the pointed-to
+// elements. These come from numba's types: the engine never guesses them.
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_REQUEST_H
+#define ENZPY_REQUEST_H
+
+#include "llvm/ADT/SmallVector.h"
+#include "llvm/ADT/StringRef.h"
+#include "llvm/Support/Error.h"
+#include <string>
+
+namespace enzpy {
+
+enum class Activity { Const, Active, Dup, DupNoNeed };
+
+struct ParamSpec {
+  Activity Act = Activity::Const;
+  std::string Elem; // "double" or "float" for Active/Dup/DupNoNeed
+  bool isDuplicated() const {
+    return Act == Activity::Dup || Act == Activity::DupNoNeed;
+  }
+};
+
+enum class Mode { Reverse };
+
+struct Request {
+  std::string Function;
+  std::string Name;
+  Mode DiffMode = Mode::Reverse;
+  std::string RetType = "void";
+  bool RetActive = false;
+  bool ReturnPrimal = false;
+  bool Log = false;
+  llvm::SmallVector<ParamSpec, 16> Params;
+};
+
+llvm::Expected<Request> parseRequest(llvm::StringRef Json);
+
+llvm::StringRef activityName(Activity A);
+
+} // namespace enzpy
+
+#endif

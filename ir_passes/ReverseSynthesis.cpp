@@ -1,0 +1,590 @@
+//===- ReverseSynthesis.cpp - combined reverse-mode derivative ------------===//
+#include "ReverseSynthesis.h"
+#include "DerivativeRules.h"
+#include "Diagnostics.h"
+#include "Tape.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/Analysis/LoopInfo.h"
+#include "llvm/IR/Dominators.h"
+#include "llvm/IR/Module.h"
+#include "llvm/IR/Operator.h"
+#include "llvm/Transforms/Utils/Cloning.h"
+#include "llvm/Transforms/Utils/ValueMapper.h"
+#include <optional>
+
+using namespace llvm;
+
+namespace enzpy {
+
+/// Address computations whose shadow the engine can mirror.
+static bool isShadowableAddress(const Value *V) {
+  return isa<Argument>(V) || isa<AllocaInst>(V) || isa<GetElementPtrInst>(V) ||
+         isa<PHINode>(V) || isa<SelectInst>(V) || isa<BitCastInst>(V) ||
+         isa<AddrSpaceCastInst>(V);
+}
+
+Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
+  SmallPtrSet<const Value *, 32> Seen;
+  SmallVector<std::pair<const Value *, const Instruction *>, 32> Work;
+  for (const BasicBlock &BB : *C.F)
+    for (const Instruction &I : BB) {
+      const Value *Ptr = nullptr;
+      if (auto *L = dyn_cast<LoadInst>(&I))
+        Ptr = AA.isActive(L) ? L->getPointerOperand() : nullptr;
+      else if (auto *S = dyn_cast<StoreInst>(&I))
+        Ptr = AA.pointsToActive(S->getPointerOperand()) ? S->getPointerOperand()
+                                                         : nullptr;
+      if (Ptr)
+        Work.push_back({Ptr, &I});
+    }
+  while (!Work.empty()) {
+    auto [V, User] = Work.pop_back_val();
+    if (!Seen.insert(V).second)
+      continue;
+    if (!isShadowableAddress(V))
+      return makeError("unsupported",
+                       "the address " + describe(V) +
+                           " into differentiable memory cannot be mirrored "
+                           "onto its shadow",
+                       User);
+    auto *I = dyn_cast<Instruction>(V);
+    if (!I)
+      continue;
+    auto push = [&](const Value *Op) {
+      if (!AA.pointsToActive(Op))
+        Work.push_back({Op, I}); // reported as mixed below
+      else
+        Work.push_back({Op, I});
+    };
+    if (auto *GEP = dyn_cast<GetElementPtrInst>(I))
+      push(GEP->getPointerOperand());
+    else if (auto *Phi = dyn_cast<PHINode>(I)) {
+      for (const Value *In : Phi->incoming_values()) {
+        if (!AA.pointsToActive(In))
+          return makeError("unsupported",
+                           "a pointer that may point into either "
+                           "differentiable or constant memory (" +
+                               describe(Phi) + ") is not supported",
+                           Phi);
+        push(In);
+      }
+    } else if (auto *Sel = dyn_cast<SelectInst>(I)) {
+      for (const Value *In : {Sel->getTrueValue(), Sel->getFalseValue()}) {
+        if (!AA.pointsToActive(In))
+          return makeError("unsupported",
+                           "a pointer that may point into either "
+                           "differentiable or constant memory (" +
+                               describe(Sel) + ") is not supported",
+                           Sel);
+        push(In);
+      }
+    } else if (isa<CastInst>(I))
+      push(I->getOperand(0));
+  }
+  return Error::success();
+}
+
+namespace {
+
+class ReverseSynthesizer {
+public:
+  ReverseSynthesizer(const CanonicalFunction &C, const Request &Req,
+                     const TypeAnalysis &TA, const ActivityAnalysis &AA,
+                     raw_ostream *Log)
+      : P(*C.F), PExit(C.NormalExit), PRaise(C.RaiseExit), Req(Req), TA(TA),
+        AA(AA), Log(Log), DT(P), LI(DT), Ctx(P.getContext()) {}
+
+  Expected<Function *> run();
+
+private:
+  struct BlockRev {
+    BasicBlock *Head = nullptr;
+    BasicBlock *Body = nullptr;
+    std::optional<Tape::Frame> Frame;
+    PHINode *Pid = nullptr;                // in the forward block
+    SmallVector<BasicBlock *, 4> Preds;    // primal predecessors, pid order
+  };
+
+  void createFunction();
+  void createPids();
+  void reverseBlock(BasicBlock *B);
+  void reverseInstruction(Instruction &I, IRBuilder<> &RB, BlockRev &R);
+  void createFinal();
+  void logDecisions();
+
+  // Values of the forward sweep as usable in the reverse of a block.
+  Value *mapped(const Value *PV) const;
+  bool reusable(const BasicBlock *PDef) const;
+  Value *fetch(Value *DV, const BasicBlock *PDef, BlockRev &R);
+  Value *fetchPrimal(const Value *PV, BlockRev &R);
+  Value *fetchShadow(const Value *PPtr, BlockRev &R);
+
+  // Adjoint accumulators.
+  AllocaInst *adjointSlot(const Value *PV);
+  void addAdjoint(IRBuilder<> &B, const Value *PV, Value *Delta);
+  Value *takeAdjoint(IRBuilder<> &B, const Value *PV);
+
+  // Shadows of addresses, computed in the forward sweep.
+  Value *shadow(const Value *PPtr);
+  static const BasicBlock *blockOf(const Value *V) {
+    if (auto *I = dyn_cast<Instruction>(V))
+      return I->getParent();
+    return nullptr;
+  }
+
+  Function &P;
+  BasicBlock *PExit;
+  BasicBlock *PRaise;
+  const Request &Req;
+  const TypeAnalysis &TA;
+  const ActivityAnalysis &AA;
+  raw_ostream *Log;
+  DominatorTree DT;
+  LoopInfo LI;
+  LLVMContext &Ctx;
+
+  Function *D = nullptr;
+  BasicBlock *DEntry = nullptr;
+  BasicBlock *DFinal = nullptr;
+  ValueToValueMapTy VMap;
+  std::optional<Tape> TheTape;
+  AllocaInst *RetSlot = nullptr;
+  AllocaInst *RetShadow = nullptr;
+  SmallVector<Argument *, 8> ShadowArgs; // per primal param index, or null
+  DenseMap<const Value *, AllocaInst *> Adjoints;
+  DenseMap<const Value *, Value *> Shadows;
+  DenseMap<const BasicBlock *, BlockRev> Rev;
+  SmallSetVector<const BasicBlock *, 32> Reaching; // blocks that can return
+  std::string Decisions;
+};
+
+Value *ReverseSynthesizer::mapped(const Value *PV) const {
+  if (isa<Constant>(PV))
+    return const_cast<Value *>(PV);
+  auto It = VMap.find(PV);
+  assert(It != VMap.end() && "primal value without a forward clone");
+  return It->second;
+}
+
+/// A forward value can be used directly in every reverse block when its
+/// block runs exactly once on every path that returns normally.
+bool ReverseSynthesizer::reusable(const BasicBlock *PDef) const {
+  return !PDef || (DT.dominates(PDef, PExit) && !LI.getLoopFor(PDef));
+}
+
+Value *ReverseSynthesizer::fetch(Value *DV, const BasicBlock *PDef,
+                                 BlockRev &R) {
+  if (isa<Constant>(DV) || isa<Argument>(DV) || reusable(PDef))
+    return DV;
+  return R.Frame->pop(DV);
+}
+
+Value *ReverseSynthesizer::fetchPrimal(const Value *PV, BlockRev &R) {
+  return fetch(mapped(PV), blockOf(PV), R);
+}
+
+Value *ReverseSynthesizer::fetchShadow(const Value *PPtr, BlockRev &R) {
+  return fetch(shadow(PPtr), blockOf(PPtr), R);
+}
+
+AllocaInst *ReverseSynthesizer::adjointSlot(const Value *PV) {
+  auto It = Adjoints.find(PV);
+  if (It != Adjoints.end())
+    return It->second;
+  IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
+  AllocaInst *Slot =
+      B.CreateAlloca(PV->getType(), nullptr, PV->getName() + ".adj");
+  B.SetInsertPoint(DEntry->getTerminator());
+  B.CreateStore(ConstantFP::get(PV->getType(), 0.0), Slot);
+  Adjoints[PV] = Slot;
+  return Slot;
+}
+
+void ReverseSynthesizer::addAdjoint(IRBuilder<> &B, const Value *PV,
+                                    Value *Delta) {
+  if (!Delta || !AA.isActive(PV))
+    return;
+  AllocaInst *Slot = adjointSlot(PV);
+  B.CreateStore(B.CreateFAdd(B.CreateLoad(PV->getType(), Slot), Delta), Slot);
+}
+
+Value *ReverseSynthesizer::takeAdjoint(IRBuilder<> &B, const Value *PV) {
+  AllocaInst *Slot = adjointSlot(PV);
+  Value *A = B.CreateLoad(PV->getType(), Slot, PV->getName() + ".d");
+  B.CreateStore(ConstantFP::get(PV->getType(), 0.0), Slot);
+  return A;
+}
+
+Value *ReverseSynthesizer::shadow(const Value *PPtr) {
+  auto It = Shadows.find(PPtr);
+  if (It != Shadows.end())
+    return It->second;
+  Value *S = nullptr;
+  if (auto *A = dyn_cast<Argument>(PPtr)) {
+    S = A->getArgNo() == 0 ? static_cast<Value *>(RetShadow)
+                           : ShadowArgs[A->getArgNo() - 2];
+    assert(S && "shadow of a parameter that is not duplicated");
+  } else if (auto *AI = dyn_cast<AllocaInst>(PPtr)) {
+    IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
+    AllocaInst *SA = B.CreateAlloca(AI->getAllocatedType(),
+                                    mapped(AI->getArraySize()),
+                                    AI->getName() + "'shadow");
+    SA->setAlignment(AI->getAlign());
+    B.SetInsertPoint(DEntry->getTerminator());
+    const DataLayout &DL = P.getParent()->getDataLayout();
+    B.CreateMemSet(SA, B.getInt8(0),
+                   DL.getTypeAllocSize(AI->getAllocatedType()).getFixedValue(),
+                   AI->getAlign());
+    S = SA;
+  } else if (auto *GEP = dyn_cast<GetElementPtrInst>(PPtr)) {
+    auto *DG = cast<GetElementPtrInst>(mapped(GEP));
+    Value *Base = shadow(GEP->getPointerOperand());
+    IRBuilder<> B(DG->getNextNode());
+    SmallVector<Value *, 4> Idx(DG->indices());
+    S = B.CreateGEP(DG->getSourceElementType(), Base, Idx,
+                    GEP->getName() + "'shadow", DG->getNoWrapFlags());
+  } else if (auto *Phi = dyn_cast<PHINode>(PPtr)) {
+    auto *DP = cast<PHINode>(mapped(Phi));
+    PHINode *SP = PHINode::Create(DP->getType(), DP->getNumIncomingValues(),
+                                  Phi->getName() + "'shadow");
+    SP->insertBefore(DP->getIterator());
+    Shadows[PPtr] = SP; // before the incoming values: cycles
+    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I)
+      SP->addIncoming(shadow(Phi->getIncomingValue(I)),
+                      DP->getIncomingBlock(I));
+    return SP;
+  } else if (auto *Sel = dyn_cast<SelectInst>(PPtr)) {
+    auto *DS = cast<SelectInst>(mapped(Sel));
+    Value *T = shadow(Sel->getTrueValue());
+    Value *F = shadow(Sel->getFalseValue());
+    IRBuilder<> B(DS->getNextNode());
+    S = B.CreateSelect(DS->getCondition(), T, F, Sel->getName() + "'shadow");
+  } else if (auto *Cast = dyn_cast<CastInst>(PPtr)) {
+    S = shadow(Cast->getOperand(0));
+  }
+  assert(S && "checkShadowable let an unshadowable address through");
+  Shadows[PPtr] = S;
+  return S;
+}
+
+void ReverseSynthesizer::createFunction() {
+  FunctionType *PT = P.getFunctionType();
+  SmallVector<Type *, 16> Params(PT->params());
+  unsigned NumPrimal = Params.size();
+  for (const ParamSpec &S : Req.Params)
+    if (S.isDuplicated())
+      Params.push_back(PointerType::getUnqual(Ctx));
+  Type *RetFP = nullptr;
+  if (Req.RetActive) {
+    RetFP = Req.RetType == "float" ? Type::getFloatTy(Ctx)
+                                   : Type::getDoubleTy(Ctx);
+    Params.push_back(RetFP);
+  }
+  D = Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
+                       GlobalValue::ExternalLinkage, Req.Name, P.getParent());
+  DEntry = BasicBlock::Create(Ctx, "enzpy.entry", D);
+  IRBuilder<> B(DEntry);
+
+  // The primal's return value goes to a local slot; D's retptr receives
+  // the result struct.
+  Type *RetTy = Type::getInt64Ty(Ctx);
+  if (Req.RetType != "void") {
+    if (Req.RetType == "double")
+      RetTy = Type::getDoubleTy(Ctx);
+    else if (Req.RetType == "float")
+      RetTy = Type::getFloatTy(Ctx);
+    else if (Req.RetType.size() > 1 && Req.RetType[0] == 'i')
+      RetTy = IntegerType::get(Ctx, std::stoi(Req.RetType.substr(1)));
+  }
+  RetSlot = B.CreateAlloca(RetTy, nullptr, "enzpy.ret");
+  // A None return stores a null pointer; give the slot room for it.
+  RetSlot->setAlignment(Align(8));
+  if (Req.RetType == "void")
+    RetSlot->setAllocatedType(PointerType::getUnqual(Ctx));
+
+  D->getArg(0)->setName("retptr");
+  D->getArg(1)->setName("excinfo");
+  VMap[P.getArg(0)] = RetSlot;
+  VMap[P.getArg(1)] = D->getArg(1);
+  ShadowArgs.assign(Req.Params.size(), nullptr);
+  unsigned Next = NumPrimal;
+  for (unsigned I = 0; I < Req.Params.size(); ++I) {
+    Argument *A = D->getArg(I + 2);
+    A->setName(P.getArg(I + 2)->getName());
+    VMap[P.getArg(I + 2)] = A;
+    if (Req.Params[I].isDuplicated()) {
+      ShadowArgs[I] = D->getArg(Next++);
+      ShadowArgs[I]->setName(P.getArg(I + 2)->getName() + "'shadow");
+    }
+  }
+  if (Req.RetActive) {
+    Argument *DRet = D->getArg(Next);
+    DRet->setName("dret");
+    RetShadow = B.CreateAlloca(RetFP, nullptr, "enzpy.ret'shadow");
+    B.CreateStore(DRet, RetShadow);
+  }
+
+  SmallVector<ReturnInst *, 4> Returns;
+  CloneFunctionInto(D, &P, VMap, CloneFunctionChangeType::LocalChangesOnly,
+                    Returns);
+  auto *FwdEntry = cast<BasicBlock>(VMap[&P.getEntryBlock()]);
+  // Static allocas of the primal stay static in the new entry block.
+  for (Instruction &I : make_early_inc_range(*FwdEntry))
+    if (auto *AI = dyn_cast<AllocaInst>(&I))
+      if (isa<Constant>(AI->getArraySize()))
+        AI->moveBefore(DEntry->end());
+  B.SetInsertPoint(DEntry);
+  B.CreateBr(FwdEntry);
+  TheTape.emplace(*D, *DEntry);
+
+  if (PRaise) {
+    auto *DRaise = cast<BasicBlock>(VMap[PRaise]);
+    TheTape->emitFree(DRaise->getTerminator());
+  }
+}
+
+void ReverseSynthesizer::createPids() {
+  if (!PExit)
+    return;
+  SmallVector<const BasicBlock *, 32> Work = {PExit};
+  Reaching.insert(PExit);
+  while (!Work.empty()) {
+    const BasicBlock *B = Work.pop_back_val();
+    for (const BasicBlock *Pred : predecessors(B))
+      if (Reaching.insert(Pred))
+        Work.push_back(Pred);
+  }
+  for (const BasicBlock *B : Reaching) {
+    BlockRev &R = Rev[B];
+    R.Head = BasicBlock::Create(Ctx, "rev." + B->getName(), D);
+    R.Body = BasicBlock::Create(Ctx, "rev." + B->getName() + ".body", D);
+    BranchInst::Create(R.Body, R.Head);
+    R.Frame.emplace(*TheTape, R.Head);
+    SmallSetVector<BasicBlock *, 4> Preds;
+    for (BasicBlock *Pred : predecessors(const_cast<BasicBlock *>(B)))
+      Preds.insert(Pred);
+    R.Preds.assign(Preds.begin(), Preds.end());
+    if (R.Preds.size() < 2)
+      continue;
+    auto *DB = cast<BasicBlock>(VMap[B]);
+    IRBuilder<> PB(DB, DB->getFirstNonPHIIt());
+    PB.SetInsertPoint(DB, DB->getFirstNonPHIIt());
+    R.Pid = PB.CreatePHI(Type::getInt32Ty(Ctx), R.Preds.size() + 1,
+                         B->getName() + ".from");
+    for (BasicBlock *Pred : predecessors(const_cast<BasicBlock *>(B))) {
+      unsigned Id = std::find(R.Preds.begin(), R.Preds.end(), Pred) -
+                    R.Preds.begin();
+      R.Pid->addIncoming(PB.getInt32(Id), cast<BasicBlock>(VMap[Pred]));
+    }
+  }
+}
+
+void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
+                                            BlockRev &R) {
+  if (auto *L = dyn_cast<LoadInst>(&I)) {
+    if (!AA.isActive(L))
+      return;
+    Value *A = takeAdjoint(RB, L);
+    Value *S = fetchShadow(L->getPointerOperand(), R);
+    RB.CreateStore(RB.CreateFAdd(RB.CreateLoad(L->getType(), S), A), S);
+    return;
+  }
+  if (auto *St = dyn_cast<StoreInst>(&I)) {
+    if (!AA.pointsToActive(St->getPointerOperand()))
+      return;
+    Value *V = St->getValueOperand();
+    Value *S = fetchShadow(St->getPointerOperand(), R);
+    if (AA.isActive(V))
+      addAdjoint(RB, V, RB.CreateLoad(V->getType(), S));
+    RB.CreateStore(Constant::getNullValue(V->getType()), S);
+    return;
+  }
+  if (!AA.isActive(&I))
+    return;
+  Value *A = takeAdjoint(RB, &I);
+  Type *T = I.getType();
+  auto active = [&](unsigned K) { return AA.isActive(I.getOperand(K)); };
+  auto op = [&](unsigned K) { return fetchPrimal(I.getOperand(K), R); };
+  switch (I.getOpcode()) {
+  case Instruction::FAdd:
+    addAdjoint(RB, I.getOperand(0), A);
+    addAdjoint(RB, I.getOperand(1), A);
+    return;
+  case Instruction::FSub:
+    addAdjoint(RB, I.getOperand(0), A);
+    if (active(1))
+      addAdjoint(RB, I.getOperand(1), RB.CreateFNeg(A));
+    return;
+  case Instruction::FMul:
+    if (active(0))
+      addAdjoint(RB, I.getOperand(0), RB.CreateFMul(A, op(1)));
+    if (active(1))
+      addAdjoint(RB, I.getOperand(1), RB.CreateFMul(A, op(0)));
+    return;
+  case Instruction::FDiv:
+    if (active(0))
+      addAdjoint(RB, I.getOperand(0), RB.CreateFDiv(A, op(1)));
+    if (active(1)) {
+      // d(x/y)/dy = -(x/y)/y
+      Value *Q = fetchPrimal(&I, R);
+      addAdjoint(RB, I.getOperand(1),
+                 RB.CreateFNeg(RB.CreateFDiv(RB.CreateFMul(A, Q), op(1))));
+    }
+    return;
+  case Instruction::FRem:
+    addAdjoint(RB, I.getOperand(0), A);
+    if (active(1)) {
+      Value *Q = emitMathCall(RB, "trunc", {RB.CreateFDiv(op(0), op(1))});
+      addAdjoint(RB, I.getOperand(1), RB.CreateFNeg(RB.CreateFMul(A, Q)));
+    }
+    return;
+  case Instruction::FNeg:
+    addAdjoint(RB, I.getOperand(0), RB.CreateFNeg(A));
+    return;
+  case Instruction::FPExt:
+  case Instruction::FPTrunc:
+    addAdjoint(RB, I.getOperand(0),
+               RB.CreateFPCast(A, I.getOperand(0)->getType()));
+    return;
+  case Instruction::Freeze:
+    addAdjoint(RB, I.getOperand(0), A);
+    return;
+  case Instruction::Select: {
+    auto *Sel = cast<SelectInst>(&I);
+    Value *Zero = ConstantFP::get(T, 0.0);
+    bool TrueActive = AA.isActive(Sel->getTrueValue());
+    bool FalseActive = AA.isActive(Sel->getFalseValue());
+    if (!TrueActive && !FalseActive)
+      return;
+    Value *C = fetchPrimal(Sel->getCondition(), R);
+    if (TrueActive)
+      addAdjoint(RB, Sel->getTrueValue(), RB.CreateSelect(C, A, Zero));
+    if (FalseActive)
+      addAdjoint(RB, Sel->getFalseValue(), RB.CreateSelect(C, Zero, A));
+    return;
+  }
+  case Instruction::Call: {
+    auto *CB = cast<CallBase>(&I);
+    const CallRule *Rule = findCallRule(CB->getCalledFunction());
+    assert(Rule && "activity analysis accepted a call without a rule");
+    // function_ref does not own its callable: keep the lambdas alive.
+    auto ArgFn = [&](unsigned K) { return op(K); };
+    auto ResultFn = [&]() { return fetchPrimal(&I, R); };
+    RuleInputs In{RB, T, ArgFn, ResultFn};
+    for (unsigned K = 0; K < CB->arg_size(); ++K) {
+      if (!AA.isActive(CB->getArgOperand(K)))
+        continue;
+      if (Value *Partial = Rule->Partial(In, K))
+        addAdjoint(RB, CB->getArgOperand(K), RB.CreateFMul(A, Partial));
+    }
+    return;
+  }
+  default:
+    llvm_unreachable("activity analysis accepted an unsupported instruction");
+  }
+}
+
+void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
+  BlockRev &R = Rev[B];
+  IRBuilder<> RB(R.Body);
+  for (Instruction &I : reverse(*B))
+    if (!isa<PHINode>(I))
+      reverseInstruction(I, RB, R);
+  // Phis are evaluated together on entry: take all their adjoints first.
+  SmallVector<std::pair<PHINode *, Value *>, 4> PhiAdj;
+  for (PHINode &Phi : B->phis())
+    if (AA.isActive(&Phi))
+      PhiAdj.push_back({&Phi, takeAdjoint(RB, &Phi)});
+  auto edgeTo = [&](IRBuilder<> &EB, BasicBlock *Pred) {
+    for (auto &[Phi, A] : PhiAdj)
+      addAdjoint(EB, Phi->getIncomingValueForBlock(Pred), A);
+    EB.CreateBr(Rev[Pred].Head);
+  };
+  if (B == &P.getEntryBlock()) {
+    RB.CreateBr(DFinal);
+  } else if (R.Preds.size() == 1) {
+    edgeTo(RB, R.Preds[0]);
+  } else {
+    Value *Pid = fetch(R.Pid, B, R);
+    BasicBlock *Unreach =
+        BasicBlock::Create(Ctx, "rev." + B->getName() + ".bad", D);
+    new UnreachableInst(Ctx, Unreach);
+    SwitchInst *SW = RB.CreateSwitch(Pid, Unreach, R.Preds.size());
+    for (unsigned Id = 0; Id < R.Preds.size(); ++Id) {
+      BasicBlock *Edge = BasicBlock::Create(
+          Ctx, "rev." + B->getName() + ".from." + R.Preds[Id]->getName(), D);
+      SW->addCase(RB.getInt32(Id), Edge);
+      IRBuilder<> EB(Edge);
+      edgeTo(EB, R.Preds[Id]);
+    }
+  }
+}
+
+void ReverseSynthesizer::createFinal() {
+  DFinal = BasicBlock::Create(Ctx, "enzpy.final", D);
+  IRBuilder<> B(DFinal);
+  SmallVector<Type *, 8> Fields;
+  SmallVector<Value *, 8> Values;
+  if (Req.ReturnPrimal && Req.RetType != "void") {
+    Fields.push_back(RetSlot->getAllocatedType());
+    Values.push_back(B.CreateLoad(RetSlot->getAllocatedType(), RetSlot));
+  }
+  for (unsigned I = 0; I < Req.Params.size(); ++I) {
+    if (Req.Params[I].Act != Activity::Active)
+      continue;
+    Argument *PA = P.getArg(I + 2);
+    Fields.push_back(PA->getType());
+    Values.push_back(AA.isActive(PA)
+                         ? static_cast<Value *>(B.CreateLoad(
+                               PA->getType(), adjointSlot(PA)))
+                         : ConstantFP::get(PA->getType(), 0.0));
+  }
+  StructType *ST = StructType::get(Ctx, Fields);
+  for (unsigned I = 0; I < Values.size(); ++I)
+    B.CreateStore(Values[I], B.CreateStructGEP(ST, D->getArg(0), I));
+  ReturnInst *Ret = B.CreateRet(B.getInt32(0));
+  TheTape->emitFree(Ret);
+}
+
+void ReverseSynthesizer::logDecisions() {
+  if (!Log)
+    return;
+  *Log << "tape:\n";
+  for (const BasicBlock *B : Reaching) {
+    const BlockRev &R = Rev.find(B)->second;
+    for (Value *V : R.Frame->pushed())
+      *Log << "  tape " << describe(V) << " in block %" << B->getName()
+           << "\n";
+  }
+}
+
+Expected<Function *> ReverseSynthesizer::run() {
+  createFunction();
+  createPids();
+  DFinal = nullptr;
+  createFinal();
+  for (const BasicBlock *B : Reaching)
+    reverseBlock(const_cast<BasicBlock *>(B));
+  if (PExit) {
+    auto *DExit = cast<BasicBlock>(VMap[PExit]);
+    DExit->getTerminator()->eraseFromParent();
+    BranchInst::Create(Rev[PExit].Head, DExit);
+  }
+  for (const BasicBlock *B : Reaching)
+    Rev[B].Frame->emitPush(cast<BasicBlock>(VMap[B]));
+  logDecisions();
+  return D;
+}
+
+} // namespace
+
+Expected<Function *> synthesizeReverse(const CanonicalFunction &C,
+                                       const Request &Req,
+                                       const TypeAnalysis &TA,
+                                       const ActivityAnalysis &AA,
+                                       raw_ostream *Log) {
+  ReverseSynthesizer S(C, Req, TA, AA, Log);
+  return S.run();
+}
+
+} // namespace enzpy

@@ -1,0 +1,127 @@
+//===- Tape.cpp - the stack of values the reverse sweep needs -------------===//
+#include "Tape.h"
+#include "llvm/IR/Constants.h"
+#include "llvm/IR/MDBuilder.h"
+#include "llvm/IR/Module.h"
+
+using namespace llvm;
+
+namespace enzpy {
+
+static FunctionCallee libcReallocFn(Module &M) {
+  LLVMContext &C = M.getContext();
+  return M.getOrInsertFunction(
+      "realloc", FunctionType::get(PointerType::getUnqual(C),
+                                   {PointerType::getUnqual(C),
+                                    Type::getInt64Ty(C)},
+                                   false));
+}
+
+static FunctionCallee libcFreeFn(Module &M) {
+  LLVMContext &C = M.getContext();
+  return M.getOrInsertFunction(
+      "free", FunctionType::get(Type::getVoidTy(C),
+                                {PointerType::getUnqual(C)}, false));
+}
+
+Tape::Tape(Function &D, BasicBlock &Entry) : D(D) {
+  LLVMContext &C = D.getContext();
+  I64 = Type::getInt64Ty(C);
+  Ptr = PointerType::getUnqual(C);
+  IRBuilder<> B(&Entry, Entry.getFirstInsertionPt());
+  Base = B.CreateAlloca(Ptr, nullptr, "enzpy.tape.base");
+  Top = B.CreateAlloca(I64, nullptr, "enzpy.tape.top");
+  Cap = B.CreateAlloca(I64, nullptr, "enzpy.tape.cap");
+  B.CreateStore(ConstantPointerNull::get(cast<PointerType>(Ptr)), Base);
+  B.CreateStore(ConstantInt::get(I64, 0), Top);
+  B.CreateStore(ConstantInt::get(I64, 0), Cap);
+}
+
+BasicBlock *Tape::oomBlock() {
+  if (Oom)
+    return Oom;
+  Oom = BasicBlock::Create(D.getContext(), "enzpy.tape.oom", &D);
+  IRBuilder<> B(Oom);
+  B.CreateCall(libcFreeFn(*D.getParent()), {B.CreateLoad(Ptr, Base)});
+  B.CreateRet(ConstantInt::get(Type::getInt32Ty(D.getContext()), -1));
+  return Oom;
+}
+
+void Tape::emitFree(Instruction *Before) {
+  IRBuilder<> B(Before);
+  B.CreateCall(libcFreeFn(*D.getParent()), {B.CreateLoad(Ptr, Base)});
+}
+
+Tape::Frame::Frame(Tape &T, BasicBlock *Head) : T(T), Head(Head) {
+  IRBuilder<> B(Head->getTerminator());
+  Value *OldTop = B.CreateLoad(T.I64, T.Top, "enzpy.top");
+  Base = B.CreateLoad(T.Ptr, T.Base, "enzpy.base");
+  // The frame size is patched in by emitPush once every pop is known; a
+  // plain instruction (not the builder) so that "- 0" is not folded away.
+  NewTop = BinaryOperator::CreateSub(OldTop, ConstantInt::get(T.I64, 0),
+                                     "enzpy.frame");
+  NewTop->insertBefore(Head->getTerminator()->getIterator());
+  B.SetInsertPoint(Head->getTerminator());
+  B.CreateStore(NewTop, T.Top);
+}
+
+Value *Tape::Frame::pop(Value *Forward) {
+  auto It = Popped.find(Forward);
+  if (It != Popped.end())
+    return It->second;
+  IRBuilder<> B(Head->getTerminator());
+  unsigned Slot = Pushed.size();
+  Pushed.push_back(Forward);
+  Value *Idx = B.CreateAdd(NewTop, ConstantInt::get(T.I64, Slot));
+  Value *Addr = B.CreateGEP(T.I64, Base, Idx);
+  LoadInst *L = B.CreateAlignedLoad(Forward->getType(), Addr, Align(8),
+                                    Forward->getName() + ".tape");
+  Popped[Forward] = L;
+  return L;
+}
+
+void Tape::Frame::emitPush(BasicBlock *BB) {
+  unsigned K = Pushed.size();
+  NewTop->setOperand(1, ConstantInt::get(T.I64, K));
+  if (K == 0)
+    return;
+  LLVMContext &C = BB->getContext();
+  Instruction *Term = BB->getTerminator();
+  BasicBlock *Tail = BB->splitBasicBlock(Term, BB->getName() + ".push");
+  BB->getTerminator()->eraseFromParent();
+  IRBuilder<> B(BB);
+  Value *Top = B.CreateLoad(T.I64, T.Top);
+  Value *Need = B.CreateAdd(Top, ConstantInt::get(T.I64, K));
+  Value *Cap = B.CreateLoad(T.I64, T.Cap);
+  BasicBlock *Grow = BasicBlock::Create(C, "enzpy.tape.grow", BB->getParent());
+  BasicBlock *Grown =
+      BasicBlock::Create(C, "enzpy.tape.grown", BB->getParent());
+  MDBuilder MDB(C);
+  B.CreateCondBr(B.CreateICmpUGT(Need, Cap), Grow, Tail,
+                 MDB.createUnlikelyBranchWeights());
+  // Grow: capacity max(2 * cap, need + 1024) slots.
+  B.SetInsertPoint(Grow);
+  Value *Old = B.CreateLoad(T.Ptr, T.Base);
+  Value *Twice = B.CreateShl(Cap, 1);
+  Value *Min = B.CreateAdd(Need, ConstantInt::get(T.I64, 1024));
+  Value *NewCap = B.CreateSelect(B.CreateICmpUGT(Twice, Min), Twice, Min);
+  Value *Bytes = B.CreateMul(NewCap, ConstantInt::get(T.I64, SlotBytes));
+  Value *NewBase = B.CreateCall(libcReallocFn(*BB->getModule()), {Old, Bytes});
+  B.CreateCondBr(B.CreateIsNull(NewBase), T.oomBlock(), Grown,
+                 MDB.createUnlikelyBranchWeights());
+  B.SetInsertPoint(Grown);
+  B.CreateStore(NewBase, T.Base);
+  B.CreateStore(NewCap, T.Cap);
+  B.CreateBr(Tail);
+  // Tail: store the frame and bump the top.
+  B.SetInsertPoint(Tail, Tail->getFirstInsertionPt());
+  Value *Base = B.CreateLoad(T.Ptr, T.Base);
+  for (unsigned I = 0; I < K; ++I) {
+    Value *Addr =
+        B.CreateGEP(T.I64, Base, B.CreateAdd(Top, ConstantInt::get(T.I64, I)));
+    B.CreateAlignedStore(Pushed[I], Addr, Align(8));
+  }
+  B.CreateStore(Need, T.Top);
+}
+
+} // namespace enzpy

@@ -1,0 +1,68 @@
+//===- Tape.h - the stack of values the reverse sweep needs -----*- C++ -*-===//
+//
+// The tape is a growable stack of 8-byte slots owned by one derivative call.
+// Every forward block that the reverse sweep will revisit pushes one frame at
+// its end: the values its reverse needs (operands of derivative rules,
+// shadow addresses, the index of the predecessor it was entered from). The
+// reverse of that block pops the frame at its start. Because pushes happen
+// once per block execution and pops mirror them, the stack handles loops of
+// any trip count and any control flow without knowing trip counts.
+//
+// State lives in three allocas (base, top, capacity) that SROA promotes; the
+// capacity check is one compare per block execution, growth doubles with
+// realloc, and a failed realloc returns status -1 from the derivative.
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_TAPE_H
+#define ENZPY_TAPE_H
+
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/IR/IRBuilder.h"
+
+namespace enzpy {
+
+class Tape {
+public:
+  /// Creates the tape state in \p Entry (before its terminator, if any).
+  Tape(llvm::Function &D, llvm::BasicBlock &Entry);
+
+  /// A frame being popped at the start of a reverse block: slots are read as
+  /// they are asked for; the frame size is fixed by finish().
+  class Frame {
+  public:
+    Frame(Tape &T, llvm::BasicBlock *Head);
+    /// The value that \p Forward had when the frame was pushed.
+    llvm::Value *pop(llvm::Value *Forward);
+    llvm::ArrayRef<llvm::Value *> pushed() const { return Pushed; }
+    /// Emit the push of this frame before \p ForwardEnd's terminator.
+    void emitPush(llvm::BasicBlock *ForwardEnd);
+
+  private:
+    Tape &T;
+    llvm::BasicBlock *Head;
+    llvm::Value *Base = nullptr;
+    llvm::BinaryOperator *NewTop = nullptr;
+    llvm::SmallVector<llvm::Value *, 8> Pushed;
+    llvm::DenseMap<llvm::Value *, llvm::Value *> Popped;
+  };
+
+  /// Free the tape's memory (before \p Before).
+  void emitFree(llvm::Instruction *Before);
+  /// The largest value a slot holds, in bytes.
+  static constexpr unsigned SlotBytes = 8;
+
+private:
+  llvm::BasicBlock *oomBlock();
+
+  llvm::Function &D;
+  llvm::Type *I64;
+  llvm::Type *Ptr;
+  llvm::AllocaInst *Base;
+  llvm::AllocaInst *Top;
+  llvm::AllocaInst *Cap;
+  llvm::BasicBlock *Oom = nullptr;
+};
+
+} // namespace enzpy
+
+#endif

@@ -1,0 +1,58 @@
+//===- TypeAnalysis.h - which memory holds which floats ---------*- C++ -*-===//
+//
+// For every pointer in the primal, the set of memory roots it may point
+// into: a parameter, an alloca, a global, or "unknown" (a pointer loaded from
+// memory, returned by a call, or made from an integer). For the roots that
+// can hold derivatives, the float type of their elements. The element types
+// are seeded from numba's types through the request (the data pointer of a
+// float64 array holds doubles) and from allocas' allocated types; nothing is
+// guessed from how the memory happens to be accessed.
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_TYPEANALYSIS_H
+#define ENZPY_TYPEANALYSIS_H
+
+#include "Request.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/Support/raw_ostream.h"
+
+namespace llvm {
+class Function;
+class Value;
+class Type;
+} // namespace llvm
+
+namespace enzpy {
+
+/// A memory root is the Value that owns the memory (Argument, AllocaInst,
+/// GlobalVariable); UnknownRoot stands for memory of unknown origin.
+using RootSet = llvm::SmallSetVector<const llvm::Value *, 2>;
+extern const llvm::Value *const UnknownRoot;
+
+class TypeAnalysis {
+public:
+  TypeAnalysis(llvm::Function &F, const Request &Req);
+
+  /// Roots a pointer may point into (empty for null).
+  const RootSet &roots(const llvm::Value *Ptr) const;
+  /// Float type of the elements of a root, or null when it holds no floats
+  /// that enzpy knows of.
+  llvm::Type *elementType(const llvm::Value *Root) const;
+  /// The request's spec for a parameter root (null for other roots).
+  const ParamSpec *paramSpec(const llvm::Value *Root) const;
+  bool isRetPtr(const llvm::Value *Root) const;
+
+  void print(llvm::raw_ostream &OS) const;
+
+private:
+  llvm::Function &F;
+  const Request &Req;
+  llvm::DenseMap<const llvm::Value *, RootSet> Roots;
+  llvm::DenseMap<const llvm::Value *, llvm::Type *> Elem;
+  RootSet Empty;
+};
+
+} // namespace enzpy
+
+#endif
