@@ -9,6 +9,7 @@
 #include "llvm/IR/Module.h"
 #include "llvm/IR/PassManager.h"
 #include "llvm/Passes/PassBuilder.h"
+#include "llvm/Transforms/IPO/AlwaysInliner.h"
 #include "llvm/Transforms/Scalar/EarlyCSE.h"
 #include "llvm/Transforms/Scalar/SROA.h"
 #include "llvm/Transforms/Scalar/SimplifyCFG.h"
@@ -39,6 +40,33 @@ static void isolate(Module &M, Function &F) {
         Changed = true;
       }
   }
+}
+
+/// Inline every call to a function whose body came with the module (numba's
+/// own implementations such as integer powers and min/max, and other njit
+/// functions), so that their bodies are differentiated in place. Recursive
+/// calls stay calls and are reported as unsupported later.
+static void inlineCallees(Module &M, Function &F) {
+  for (Function &G : M) {
+    if (&G == &F || G.isDeclaration())
+      continue;
+    G.removeFnAttr(Attribute::NoInline);
+    G.removeFnAttr(Attribute::OptimizeNone);
+    G.addFnAttr(Attribute::AlwaysInline);
+  }
+  PassBuilder PB;
+  LoopAnalysisManager LAM;
+  FunctionAnalysisManager FAM;
+  CGSCCAnalysisManager CGAM;
+  ModuleAnalysisManager MAM;
+  PB.registerModuleAnalyses(MAM);
+  PB.registerCGSCCAnalyses(CGAM);
+  PB.registerFunctionAnalyses(FAM);
+  PB.registerLoopAnalyses(LAM);
+  PB.crossRegisterProxies(LAM, FAM, CGAM, MAM);
+  ModulePassManager MPM;
+  MPM.addPass(AlwaysInlinerPass(/*InsertLifetimeIntrinsics=*/false));
+  MPM.run(M, MAM);
 }
 
 static void runCanonicalPasses(Function &F) {
@@ -141,8 +169,9 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
                                       " is marked duplicated but is not a "
                                       "pointer");
   }
-  isolate(M, *F);
   F->removeFnAttr(Attribute::NoInline);
+  inlineCallees(M, *F);
+  isolate(M, *F);
   F->removeFnAttr(Attribute::OptimizeNone);
   runCanonicalPasses(*F);
   CanonicalFunction C;

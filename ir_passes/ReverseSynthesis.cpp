@@ -101,6 +101,7 @@ private:
     BasicBlock *Head = nullptr;
     BasicBlock *Body = nullptr;
     std::optional<Tape::Frame> Frame;
+    DenseMap<Value *, Value *> Rebuilt;    // addresses recomputed in Head
     PHINode *Pid = nullptr;                // in the forward block
     SmallVector<BasicBlock *, 4> Preds;    // primal predecessors, pid order
   };
@@ -115,7 +116,7 @@ private:
   // Values of the forward sweep as usable in the reverse of a block.
   Value *mapped(const Value *PV) const;
   bool reusable(const BasicBlock *PDef) const;
-  Value *fetch(Value *DV, const BasicBlock *PDef, BlockRev &R);
+  Value *fetch(Value *DV, BlockRev &R);
   Value *fetchPrimal(const Value *PV, BlockRev &R);
   Value *fetchShadow(const Value *PPtr, BlockRev &R);
 
@@ -126,11 +127,6 @@ private:
 
   // Shadows of addresses, computed in the forward sweep.
   Value *shadow(const Value *PPtr);
-  static const BasicBlock *blockOf(const Value *V) {
-    if (auto *I = dyn_cast<Instruction>(V))
-      return I->getParent();
-    return nullptr;
-  }
 
   Function &P;
   BasicBlock *PExit;
@@ -147,6 +143,7 @@ private:
   BasicBlock *DEntry = nullptr;
   BasicBlock *DFinal = nullptr;
   ValueToValueMapTy VMap;
+  DenseMap<const BasicBlock *, const BasicBlock *> PBlock; // forward -> primal
   std::optional<Tape> TheTape;
   AllocaInst *RetSlot = nullptr;
   AllocaInst *RetShadow = nullptr;
@@ -172,19 +169,37 @@ bool ReverseSynthesizer::reusable(const BasicBlock *PDef) const {
   return !PDef || (DT.dominates(PDef, PExit) && !LI.getLoopFor(PDef));
 }
 
-Value *ReverseSynthesizer::fetch(Value *DV, const BasicBlock *PDef,
-                                 BlockRev &R) {
-  if (isa<Constant>(DV) || isa<Argument>(DV) || reusable(PDef))
+/// The value \p DV of the forward sweep, as usable in the reverse of a block:
+/// itself when it is reusable, recomputed when it is an address (one taped
+/// index then serves every address computed from it), popped otherwise.
+Value *ReverseSynthesizer::fetch(Value *DV, BlockRev &R) {
+  auto *I = dyn_cast<Instruction>(DV);
+  if (!I || reusable(PBlock.lookup(I->getParent())))
     return DV;
+  if (isa<GetElementPtrInst>(I) || (isa<CastInst>(I) && I->getType()->isPointerTy() &&
+                                    I->getOperand(0)->getType()->isPointerTy())) {
+    auto It = R.Rebuilt.find(I);
+    if (It != R.Rebuilt.end())
+      return It->second;
+    SmallVector<Value *, 4> Ops;
+    for (Value *Op : I->operands())
+      Ops.push_back(fetch(Op, R));
+    Instruction *Copy = I->clone();
+    for (unsigned K = 0; K < Ops.size(); ++K)
+      Copy->setOperand(K, Ops[K]);
+    Copy->insertBefore(R.Head->getTerminator()->getIterator());
+    R.Rebuilt[I] = Copy;
+    return Copy;
+  }
   return R.Frame->pop(DV);
 }
 
 Value *ReverseSynthesizer::fetchPrimal(const Value *PV, BlockRev &R) {
-  return fetch(mapped(PV), blockOf(PV), R);
+  return fetch(mapped(PV), R);
 }
 
 Value *ReverseSynthesizer::fetchShadow(const Value *PPtr, BlockRev &R) {
-  return fetch(shadow(PPtr), blockOf(PPtr), R);
+  return fetch(shadow(PPtr), R);
 }
 
 AllocaInst *ReverseSynthesizer::adjointSlot(const Value *PV) {
@@ -327,6 +342,8 @@ void ReverseSynthesizer::createFunction() {
   SmallVector<ReturnInst *, 4> Returns;
   CloneFunctionInto(D, &P, VMap, CloneFunctionChangeType::LocalChangesOnly,
                     Returns);
+  for (const BasicBlock &PB : P)
+    PBlock[cast<BasicBlock>(VMap[&PB])] = &PB;
   auto *FwdEntry = cast<BasicBlock>(VMap[&P.getEntryBlock()]);
   // Static allocas of the primal stay static in the new entry block.
   for (Instruction &I : make_early_inc_range(*FwdEntry))
@@ -505,7 +522,7 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
   } else if (R.Preds.size() == 1) {
     edgeTo(RB, R.Preds[0]);
   } else {
-    Value *Pid = fetch(R.Pid, B, R);
+    Value *Pid = fetch(R.Pid, R);
     BasicBlock *Unreach =
         BasicBlock::Create(Ctx, "rev." + B->getName() + ".bad", D);
     new UnreachableInst(Ctx, Unreach);
