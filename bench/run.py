@@ -1,0 +1,624 @@
+"""enzpy benchmarks: gradient time / primal time on a few kernels, with peers.
+
+For each kernel this prints and records
+  primal     best time of the numba-compiled function,
+  gradient   best time of enzpy.autodiff(...) (reverse mode, shadows zeroed
+             outside the timed region),
+  ratio      gradient / primal,
+  compile    the first call's extra time: numba's compile of the primal, and
+             enzpy's compile of the derivative,
+  FD         finite differences' cost as a ratio, (2n+1) primal calls for n inputs,
+  jax/torch  jax.jit(jax.grad(...)) and torch autograd on the same algorithm,
+             divided by the numba primal's time, when importable (skipped
+             otherwise); all single-threaded, float64,
+  check      relative error of enzpy's gradient along one random direction
+             against a central finite difference (a fast wrong gradient must not
+             look good).
+Results also go to bench/results/latest.json. Not run in CI.
+
+    .venv/bin/python bench/run.py [--quick] [--no-peers] [--only heat,lorenz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# Single-threaded peers, as in DESIGN.md's table. Must be set before importing them.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import enzpy  # noqa: E402
+from enzpy import Active, Duplicated  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# --------------------------------------------------------------------------
+# timing
+
+
+def best_time(fn, setup=None, min_repeats=5, max_repeats=100, budget=1.0):
+    """Best wall time of fn() after one warm-up call; setup() runs untimed before each."""
+    if setup:
+        setup()
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_repeats:
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget and (len(times) >= min_repeats or elapsed >= 5 * budget):
+            break
+    return min(times)
+
+
+def first_call(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+# --------------------------------------------------------------------------
+# kernels (numba primal, enzpy gradient, peers)
+
+
+@numba.njit
+def sum_x2_sin(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i] * x[i] * np.sin(x[i])
+    return s
+
+
+@numba.njit
+def heat(u0, H, a):
+    steps = H.shape[0] - 1
+    n = H.shape[1]
+    for i in range(n):
+        H[0, i] = u0[i]
+    for t in range(steps):
+        H[t + 1, 0] = H[t, 0]
+        H[t + 1, n - 1] = H[t, n - 1]
+        for i in range(1, n - 1):
+            H[t + 1, i] = H[t, i] + a * (H[t, i - 1] - 2.0 * H[t, i] + H[t, i + 1])
+    s = 0.0
+    for i in range(n):
+        s += H[steps, i] * H[steps, i]
+    return s
+
+
+@numba.njit
+def lorenz(x, y, z, sigma, rho, beta, dt, nsteps):
+    h2 = 0.5 * dt
+    h6 = dt / 6.0
+    for _ in range(nsteps):
+        k1x = sigma * (y - x)
+        k1y = x * (rho - z) - y
+        k1z = x * y - beta * z
+        xa = x + h2 * k1x
+        ya = y + h2 * k1y
+        za = z + h2 * k1z
+        k2x = sigma * (ya - xa)
+        k2y = xa * (rho - za) - ya
+        k2z = xa * ya - beta * za
+        xb = x + h2 * k2x
+        yb = y + h2 * k2y
+        zb = z + h2 * k2z
+        k3x = sigma * (yb - xb)
+        k3y = xb * (rho - zb) - yb
+        k3z = xb * yb - beta * zb
+        xc = x + dt * k3x
+        yc = y + dt * k3y
+        zc = z + dt * k3z
+        k4x = sigma * (yc - xc)
+        k4y = xc * (rho - zc) - yc
+        k4z = xc * yc - beta * zc
+        x = x + h6 * (k1x + 2.0 * k2x + 2.0 * k3x + k4x)
+        y = y + h6 * (k1y + 2.0 * k2y + 2.0 * k3y + k4y)
+        z = z + h6 * (k1z + 2.0 * k2z + 2.0 * k3z + k4z)
+    return x + y + z
+
+
+@numba.njit
+def dot(x, y):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i] * y[i]
+    return s
+
+
+class Kernel:
+    """One benchmark: inputs, primal call, enzpy gradient, directional check, peers."""
+
+    name = ""
+    description = ""
+    #: step of the central difference in the correctness check (along a unit vector)
+    check_step = 1e-5
+
+    def n_inputs(self):
+        raise NotImplementedError
+
+    def primal(self):
+        raise NotImplementedError
+
+    def grad_setup(self, full=False):
+        """Zero the accumulating shadows (untimed); full=True zeroes every shadow."""
+
+    def grad(self):
+        """The timed call: enzpy.autodiff(...), its result kept in self.r."""
+        raise NotImplementedError
+
+    def grad_vector(self):
+        """The gradient of the last grad() call as one flat float64 vector."""
+        raise NotImplementedError
+
+    def directional_fd(self, v, h):
+        """Central difference of the loss along v (same layout as grad())."""
+        raise NotImplementedError
+
+    def jax(self):
+        """Return a zero-argument callable computing the gradient with JAX."""
+        raise NotImplementedError
+
+    def torch(self):
+        raise NotImplementedError
+
+
+class SumX2Sin(Kernel):
+    name = "sum_x2_sin"
+    check_step = 1e-3  # smooth, and spread over 1e6 entries: rounding dominates
+
+    def __init__(self, n):
+        self.description = f"sum x^2 sin x, n={n:.0e}"
+        self.x = np.random.default_rng(1).uniform(-2, 2, n)
+        self.dx = np.zeros_like(self.x)
+
+    def n_inputs(self):
+        return self.x.size
+
+    def primal(self):
+        return sum_x2_sin(self.x)
+
+    def grad_setup(self, full=False):
+        self.dx.fill(0.0)
+
+    def grad(self):
+        self.r = enzpy.autodiff(sum_x2_sin, Duplicated(self.x, self.dx))
+
+    def grad_vector(self):
+        return self.dx.copy()
+
+    def directional_fd(self, v, h):
+        return (sum_x2_sin(self.x + h * v) - sum_x2_sin(self.x - h * v)) / (2 * h)
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        g = jax.jit(jax.grad(lambda x: jnp.sum(x * x * jnp.sin(x))))
+        x = jnp.asarray(self.x)
+        return lambda: g(x).block_until_ready()
+
+    def torch(self):
+        import torch
+
+        x = torch.tensor(self.x, requires_grad=True)
+
+        def run():
+            x.grad = None
+            (x * x * torch.sin(x)).sum().backward()
+
+        return run
+
+
+class Heat(Kernel):
+    name = "heat"
+    check_step = 1e-4
+
+    def __init__(self, n, steps, a=0.25):
+        self.description = f"1-D heat stencil, {steps} steps x {n} points, history array"
+        rng = np.random.default_rng(2)
+        self.u0 = np.sin(np.linspace(0, np.pi, n)) + 0.1 * rng.standard_normal(n)
+        self.H = np.empty((steps + 1, n))
+        self.a = a
+        self.du0 = np.zeros_like(self.u0)
+        self.dH = np.zeros_like(self.H)
+
+    def n_inputs(self):
+        return self.u0.size + 1
+
+    def primal(self):
+        return heat(self.u0, self.H, self.a)
+
+    def grad_setup(self, full=False):
+        # du0 accumulates; dH is consumed to zero by the reverse sweep (H is
+        # overwritten before it is read), so it needs no reset between repeats.
+        self.du0.fill(0.0)
+        if full:
+            self.dH.fill(0.0)
+
+    def grad(self):
+        self.r = enzpy.autodiff(heat, Duplicated(self.u0, self.du0),
+                                Duplicated(self.H, self.dH), Active(self.a))
+
+    def grad_vector(self):
+        return np.concatenate([self.du0, [self.r[2]]])
+
+    def directional_fd(self, v, h):
+        H = np.empty_like(self.H)
+        u, a = v[:-1], v[-1]
+        return (heat(self.u0 + h * u, H, self.a + h * a)
+                - heat(self.u0 - h * u, H, self.a - h * a)) / (2 * h)
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        steps = self.H.shape[0] - 1
+
+        def f(u, a):
+            def body(_, u):
+                mid = u[1:-1] + a * (u[:-2] - 2.0 * u[1:-1] + u[2:])
+                return jnp.concatenate([u[:1], mid, u[-1:]])
+
+            return jnp.sum(jax.lax.fori_loop(0, steps, body, u) ** 2)
+
+        g = jax.jit(jax.grad(f, argnums=(0, 1)))
+        u0, a = jnp.asarray(self.u0), jnp.asarray(self.a)
+        return lambda: jax.block_until_ready(g(u0, a))
+
+    def torch(self):
+        import torch
+
+        steps = self.H.shape[0] - 1
+        u0 = torch.tensor(self.u0, requires_grad=True)
+        a = torch.tensor(self.a, dtype=torch.float64, requires_grad=True)
+
+        def run():
+            u0.grad = None
+            a.grad = None
+            u = u0
+            for _ in range(steps):
+                mid = u[1:-1] + a * (u[:-2] - 2.0 * u[1:-1] + u[2:])
+                u = torch.cat([u[:1], mid, u[-1:]])
+            (u * u).sum().backward()
+
+        return run
+
+
+class Lorenz(Kernel):
+    name = "lorenz_rk4"
+
+    def __init__(self, steps, dt=5e-4):
+        self.description = f"Lorenz RK4 scalar loop, {steps} steps (local floats)"
+        self.p = (1.0, 1.0, 1.0, 10.0, 28.0, 8.0 / 3.0)
+        self.dt = dt
+        self.steps = steps
+
+    def n_inputs(self):
+        return 6
+
+    def primal(self):
+        return lorenz(*self.p, self.dt, self.steps)
+
+    def grad(self):
+        self.r = enzpy.autodiff(lorenz, *[Active(v) for v in self.p], self.dt, self.steps)
+
+    def grad_vector(self):
+        return np.array(self.r[:6], dtype=np.float64)
+
+    def directional_fd(self, v, h):
+        p = np.array(self.p)
+        return (lorenz(*(p + h * v), self.dt, self.steps)
+                - lorenz(*(p - h * v), self.dt, self.steps)) / (2 * h)
+
+    def jax(self):
+        import jax
+
+        dt, steps = self.dt, self.steps
+
+        def f(x, y, z, sigma, rho, beta):
+            def rhs(x, y, z):
+                return sigma * (y - x), x * (rho - z) - y, x * y - beta * z
+
+            def body(_, s):
+                x, y, z = s
+                k1 = rhs(x, y, z)
+                k2 = rhs(*(q + 0.5 * dt * k for q, k in zip(s, k1)))
+                k3 = rhs(*(q + 0.5 * dt * k for q, k in zip(s, k2)))
+                k4 = rhs(*(q + dt * k for q, k in zip(s, k3)))
+                return tuple(q + dt / 6.0 * (a + 2.0 * b + 2.0 * c + d)
+                             for q, a, b, c, d in zip(s, k1, k2, k3, k4))
+
+            x, y, z = jax.lax.fori_loop(0, steps, body, (x, y, z))
+            return x + y + z
+
+        g = jax.jit(jax.grad(f, argnums=tuple(range(6))))
+        p = [jax.numpy.asarray(v) for v in self.p]
+        return lambda: jax.block_until_ready(g(*p))
+
+    def torch(self):
+        import torch
+
+        dt, steps = self.dt, self.steps
+        p = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in self.p]
+
+        def run():
+            for t in p:
+                t.grad = None
+            x, y, z, sigma, rho, beta = p
+
+            def rhs(x, y, z):
+                return sigma * (y - x), x * (rho - z) - y, x * y - beta * z
+
+            for _ in range(steps):
+                s = (x, y, z)
+                k1 = rhs(*s)
+                k2 = rhs(*(q + 0.5 * dt * k for q, k in zip(s, k1)))
+                k3 = rhs(*(q + 0.5 * dt * k for q, k in zip(s, k2)))
+                k4 = rhs(*(q + dt * k for q, k in zip(s, k3)))
+                x, y, z = (q + dt / 6.0 * (a + 2.0 * b + 2.0 * c + d)
+                           for q, a, b, c, d in zip(s, k1, k2, k3, k4))
+            (x + y + z).backward()
+
+        return run
+
+
+class Dot(Kernel):
+    name = "dot"
+    check_step = 1e-1  # bilinear: central differences are exact up to rounding
+
+    def __init__(self, n):
+        self.description = f"dot product, n={n:.0e}"
+        rng = np.random.default_rng(3)
+        self.x = rng.standard_normal(n)
+        self.y = rng.standard_normal(n)
+        self.dx = np.zeros_like(self.x)
+        self.dy = np.zeros_like(self.y)
+
+    def n_inputs(self):
+        return 2 * self.x.size
+
+    def primal(self):
+        return dot(self.x, self.y)
+
+    def grad_setup(self, full=False):
+        self.dx.fill(0.0)
+        self.dy.fill(0.0)
+
+    def grad(self):
+        self.r = enzpy.autodiff(dot, Duplicated(self.x, self.dx), Duplicated(self.y, self.dy))
+
+    def grad_vector(self):
+        return np.concatenate([self.dx, self.dy])
+
+    def directional_fd(self, v, h):
+        n = self.x.size
+        vx, vy = v[:n], v[n:]
+        return (dot(self.x + h * vx, self.y + h * vy)
+                - dot(self.x - h * vx, self.y - h * vy)) / (2 * h)
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        g = jax.jit(jax.grad(jnp.dot, argnums=(0, 1)))
+        x, y = jnp.asarray(self.x), jnp.asarray(self.y)
+        return lambda: jax.block_until_ready(g(x, y))
+
+    def torch(self):
+        import torch
+
+        x = torch.tensor(self.x, requires_grad=True)
+        y = torch.tensor(self.y, requires_grad=True)
+
+        def run():
+            x.grad = None
+            y.grad = None
+            torch.dot(x, y).backward()
+
+        return run
+
+
+def make_kernels(quick):
+    if quick:
+        return [SumX2Sin(10**5), Heat(1000, 50), Lorenz(10**3), Dot(10**5)]
+    return [SumX2Sin(10**6), Heat(10**4, 200), Lorenz(10**4), Dot(10**6)]
+
+
+# --------------------------------------------------------------------------
+# peers
+
+
+def load_peers(enabled):
+    peers = {}
+    if not enabled:
+        return peers, {"jax": "disabled (--no-peers)", "torch": "disabled (--no-peers)"}
+    skipped = {}
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        peers["jax"] = jax.__version__
+    except Exception as e:  # noqa: BLE001 - any import failure means "skip"
+        skipped["jax"] = f"not importable ({type(e).__name__}: {e})"
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        peers["torch"] = torch.__version__
+    except Exception as e:  # noqa: BLE001
+        skipped["torch"] = f"not importable ({type(e).__name__}: {e})"
+    return peers, skipped
+
+
+# --------------------------------------------------------------------------
+# driver
+
+
+def run_kernel(k, peers, budget):
+    rec = {"name": k.name, "description": k.description, "n_inputs": k.n_inputs()}
+    compile_primal, _ = first_call(k.primal)
+    t_primal = best_time(k.primal, budget=budget)
+    rec.update(primal_s=t_primal, compile_primal_s=compile_primal,
+               fd_ratio=2 * k.n_inputs() + 1)
+
+    try:
+        k.grad_setup(full=True)
+        compile_grad, _ = first_call(k.grad)
+        t_grad = best_time(k.grad, setup=k.grad_setup, budget=budget)
+        rec.update(grad_s=t_grad, ratio=t_grad / t_primal,
+                   compile_grad_s=max(compile_grad - t_grad, 0.0))
+        # Correctness along one random direction.
+        k.grad_setup(full=True)
+        k.grad()
+        g = k.grad_vector()
+        v = np.random.default_rng(7).standard_normal(g.size)
+        v /= np.linalg.norm(v)
+        fd = k.directional_fd(v, k.check_step)
+        ad = float(g @ v)
+        rec.update(check_ad=ad, check_fd=fd,
+                   check_rel_err=abs(ad - fd) / max(abs(fd), 1e-300))
+    except Exception as e:  # noqa: BLE001 - the engine may not handle a kernel yet
+        rec["error"] = f"{type(e).__name__}: {e}"
+        print(f"  enzpy failed on {k.name}: {rec['error']}", file=sys.stderr)
+        if os.environ.get("ENZPY_BENCH_TRACEBACK"):
+            traceback.print_exc()
+
+    rec["peers"] = {}
+    for peer in ("jax", "torch"):
+        if peer not in peers:
+            continue
+        try:
+            compile_peer, fn = first_call(getattr(k, peer))
+            t_first, _ = first_call(fn)
+            t_peer = best_time(fn, budget=budget)
+            rec["peers"][peer] = {"grad_s": t_peer, "ratio": t_peer / t_primal,
+                                  "compile_s": max(compile_peer + t_first - t_peer, 0.0)}
+        except Exception as e:  # noqa: BLE001
+            rec["peers"][peer] = {"error": f"{type(e).__name__}: {e}"}
+    return rec
+
+
+def fmt_time(s):
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1.0:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_ratio(r):
+    if r is None:
+        return "-"
+    return f"{r:.3g}x" if r < 1e4 else f"{r:.1e}x"
+
+
+def print_table(records, peers):
+    cols = ["kernel", "primal", "gradient", "ratio", "compile (primal/grad)", "FD"]
+    cols += [f"{p} ratio" for p in peers] + ["check"]
+    rows = []
+    for r in records:
+        row = [r["name"], fmt_time(r["primal_s"]), fmt_time(r.get("grad_s")),
+               fmt_ratio(r.get("ratio")),
+               f"{r['compile_primal_s']:.2f} s / "
+               + (f"{r['compile_grad_s']:.2f} s" if "compile_grad_s" in r else "-"),
+               fmt_ratio(r["fd_ratio"])]
+        for p in peers:
+            pr = r["peers"].get(p, {})
+            row.append(fmt_ratio(pr["ratio"]) if "ratio" in pr else "error")
+        row.append(f"{r['check_rel_err']:.1e}" if "check_rel_err" in r
+                   else ("FAILED" if "error" in r else "-"))
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    print("\nratio = time / numba primal time (single thread, float64); "
+          "FD = (2n+1) primal calls; check = rel. error of enzpy's gradient "
+          "along a random direction vs a central difference")
+    for r in records:
+        if "error" in r:
+            print(f"{r['name']}: enzpy error: {r['error']}")
+        for p, pr in r["peers"].items():
+            if "error" in pr:
+                print(f"{r['name']}: {p} error: {pr['error']}")
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="enzpy benchmarks")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--no-peers", action="store_true", help="skip jax and torch")
+    ap.add_argument("--only", default="", help="comma-separated kernel names")
+    ap.add_argument("--budget", type=float, default=1.0,
+                    help="seconds of repeats per measurement (best time is kept)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    args = ap.parse_args(argv)
+
+    kernels = make_kernels(args.quick)
+    if args.only:
+        wanted = set(args.only.split(","))
+        kernels = [k for k in kernels if k.name in wanted]
+    peers, skipped = load_peers(not args.no_peers)
+    for p, why in skipped.items():
+        print(f"skipping {p}: {why}")
+
+    records = []
+    for k in kernels:
+        print(f"running {k.name}: {k.description} ...", flush=True)
+        records.append(run_kernel(k, peers, args.budget))
+    print()
+    print_table(records, list(peers))
+
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "platform": platform.platform()},
+        "versions": {"python": platform.python_version(),
+                     "enzpy": getattr(enzpy, "__version__", None),
+                     "numba": numba.__version__, "numpy": np.__version__, **peers},
+        "peers_skipped": skipped,
+        "kernels": records,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
