@@ -1,0 +1,115 @@
+"""Activity analysis decisions, checked from the engine's log on small IR."""
+
+import pytest
+
+from enzpy import ActivityError, UnsupportedError
+
+from .conftest import const, differentiate
+
+SCALAR = """
+define i32 @f(ptr %retptr, ptr %excinfo, double %a, double %b) {
+entry:
+  %aa = fmul double %a, %a
+  %bb = fmul double %b, %b
+  %cmp = fcmp olt double %bb, 1.0
+  %r = fadd double %aa, %bb
+  store double %r, ptr %retptr
+  ret i32 0
+}
+"""
+
+
+def test_values_depending_only_on_const_inputs_are_inactive():
+    _, log = differentiate(SCALAR, [{"activity": "active", "elem": "double"}, *const()])
+    assert "  active %aa" in log
+    assert "  inactive %bb" in log
+    assert "  active %r" in log
+    assert "  active %a\n" in log
+
+
+def test_values_not_reaching_an_output_are_inactive():
+    ir = """
+define i32 @f(ptr %retptr, ptr %excinfo, double %a) {
+entry:
+  %unused = fmul double %a, 3.0
+  %c = fcmp olt double %unused, 0.0
+  %sel = select i1 %c, double 1.0, double 2.0
+  %r = fadd double %a, %sel
+  store double %r, ptr %retptr
+  ret i32 0
+}
+"""
+    _, log = differentiate(ir, [{"activity": "active", "elem": "double"}])
+    assert "  inactive %unused" in log  # varied, but only decides a branch
+    assert "  inactive %sel" in log  # useful, but not varied
+    assert "  active %r" in log
+
+
+def test_unseeded_return_makes_nothing_active():
+    _, log = differentiate(
+        SCALAR, [{"activity": "active", "elem": "double"}, *const()], ret_activity="const"
+    )
+    assert "  active %" not in log.replace("active-memory", "")
+
+
+def test_store_of_active_value_into_const_array_is_activity_error():
+    ir = """
+define i32 @f(ptr %retptr, ptr %excinfo, ptr %arg.out.4, double %arg.a) {
+entry:
+  %v = fmul double %arg.a, 2.0
+  store double %v, ptr %arg.out.4
+  store ptr null, ptr %retptr
+  ret i32 0
+}
+"""
+    with pytest.raises(ActivityError, match="'out'"):
+        differentiate(
+            ir,
+            [*const(), {"activity": "active", "elem": "double"}],
+            ret_type="void",
+            ret_activity="const",
+        )
+
+
+def test_call_without_body_is_unsupported_naming_callee_and_line():
+    ir = """
+declare double @mystery(double)
+
+define i32 @f(ptr %retptr, ptr %excinfo, double %a) !dbg !4 {
+entry:
+  %v = call double @mystery(double %a), !dbg !8
+  store double %v, ptr %retptr
+  ret i32 0
+}
+
+!llvm.dbg.cu = !{!0}
+!llvm.module.flags = !{!2, !3}
+!0 = distinct !DICompileUnit(language: DW_LANG_C_plus_plus, file: !1, producer: "t", isOptimized: true, runtimeVersion: 0, emissionKind: FullDebug)
+!1 = !DIFile(filename: "kernel.py", directory: "/src")
+!2 = !{i32 2, !"Dwarf Version", i32 4}
+!3 = !{i32 2, !"Debug Info Version", i32 3}
+!4 = distinct !DISubprogram(name: "f", scope: !1, file: !1, line: 3, type: !5, scopeLine: 3, spFlags: DISPFlagDefinition | DISPFlagOptimized, unit: !0)
+!5 = !DISubroutineType(types: !6)
+!6 = !{}
+!8 = !DILocation(line: 7, column: 1, scope: !4)
+"""
+    with pytest.raises(UnsupportedError, match="mystery") as info:
+        differentiate(ir, [{"activity": "active", "elem": "double"}])
+    assert info.value.line == 7
+    assert info.value.file == "/src/kernel.py"
+
+
+def test_inactive_runtime_calls_are_accepted():
+    ir = """
+declare void @NRT_incref(ptr)
+
+define i32 @f(ptr %retptr, ptr %excinfo, ptr %arg.x.0, double %a) {
+entry:
+  call void @NRT_incref(ptr %arg.x.0)
+  %r = fmul double %a, %a
+  store double %r, ptr %retptr
+  ret i32 0
+}
+"""
+    _, log = differentiate(ir, [*const(), {"activity": "active", "elem": "double"}])
+    assert "  active %r" in log
