@@ -37,6 +37,10 @@ struct Request {
   bool RetActive = false;
   bool ReturnPrimal = false;
   bool Log = false;
+  /// The caller has checked that no two parameters' memory overlaps (numba
+  /// arrays passed as distinct arguments may otherwise be views of one
+  /// buffer).
+  bool NoAlias = false;
   llvm::SmallVector<ParamSpec, 16> Params;
 };
 

@@ -1,10 +1,15 @@
 //===- ReverseSynthesis.cpp - combined reverse-mode derivative ------------===//
 #include "ReverseSynthesis.h"
+#include "CachePolicy.h"
 #include "DerivativeRules.h"
 #include "Diagnostics.h"
 #include "Tape.h"
 #include "llvm/ADT/SetVector.h"
+#include "llvm/Analysis/AssumptionCache.h"
 #include "llvm/Analysis/LoopInfo.h"
+#include "llvm/Analysis/ScalarEvolution.h"
+#include "llvm/Analysis/ScalarEvolutionExpressions.h"
+#include "llvm/Analysis/TargetLibraryInfo.h"
 #include "llvm/IR/Dominators.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/Operator.h"
@@ -92,22 +97,41 @@ public:
                      const TypeAnalysis &TA, const ActivityAnalysis &AA,
                      raw_ostream *Log)
       : P(*C.F), PExit(C.NormalExit), PRaise(C.RaiseExit), Req(Req), TA(TA),
-        AA(AA), Log(Log), DT(P), LI(DT), Ctx(P.getContext()) {}
+        AA(AA), Log(Log), DT(P), LI(DT),
+        TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
+        SE(P, TLI, AC, DT, LI), Cache(P, Req, TA), Ctx(P.getContext()),
+        I64(Type::getInt64Ty(Ctx)) {}
 
   Expected<Function *> run();
 
 private:
   struct BlockRev {
+    const BasicBlock *PB = nullptr;        // the primal block reversed
     BasicBlock *Head = nullptr;
     BasicBlock *Body = nullptr;
     std::optional<Tape::Frame> Frame;
-    DenseMap<Value *, Value *> Rebuilt;    // addresses recomputed in Head
+    DenseMap<Value *, Value *> Rebuilt;    // recomputed or re-read in Head
+    SmallVector<std::pair<const char *, Value *>, 4> Notes; // for the log
     PHINode *Pid = nullptr;                // in the forward block
     SmallVector<BasicBlock *, 4> Preds;    // primal predecessors, pid order
   };
 
+  /// A loop whose reverse is driven by an iteration counter instead of a
+  /// taped predecessor index: the forward sweep counts iterations, the count
+  /// at exit is taped once per loop execution, and the reverse counts down.
+  /// Affine induction variables are then recomputed from the count.
+  struct LoopRev {
+    PHINode *Counter = nullptr; // forward: iterations before this one
+    AllocaInst *Remaining = nullptr; // reverse: the iteration being reversed
+    BasicBlock *Preheader = nullptr;
+    BasicBlock *Latch = nullptr;
+  };
+
   void createFunction();
+  void findReaching();
+  void createLoopCounters();
   void createPids();
+  const LoopRev *loopOfHeader(const BasicBlock *B) const;
   void reverseBlock(BasicBlock *B);
   void reverseInstruction(Instruction &I, IRBuilder<> &RB, BlockRev &R);
   void createFinal();
@@ -117,6 +141,8 @@ private:
   Value *mapped(const Value *PV) const;
   bool reusable(const BasicBlock *PDef) const;
   Value *fetch(Value *DV, BlockRev &R);
+  Value *recompute(Instruction *I, BlockRev &R);
+  unsigned popCost(Value *DV, BlockRev &R, unsigned Depth);
   Value *fetchPrimal(const Value *PV, BlockRev &R);
   Value *fetchShadow(const Value *PPtr, BlockRev &R);
 
@@ -137,13 +163,21 @@ private:
   raw_ostream *Log;
   DominatorTree DT;
   LoopInfo LI;
+  TargetLibraryInfoImpl TLII;
+  TargetLibraryInfo TLI;
+  AssumptionCache AC;
+  ScalarEvolution SE;
+  CachePolicy Cache;
   LLVMContext &Ctx;
+  Type *I64;
 
   Function *D = nullptr;
   BasicBlock *DEntry = nullptr;
   BasicBlock *DFinal = nullptr;
   ValueToValueMapTy VMap;
   DenseMap<const BasicBlock *, const BasicBlock *> PBlock; // forward -> primal
+  DenseMap<const Value *, const Value *> Primal;            // forward -> primal
+  DenseMap<const Loop *, LoopRev> Loops;
   std::optional<Tape> TheTape;
   AllocaInst *RetSlot = nullptr;
   AllocaInst *RetShadow = nullptr;
@@ -169,29 +203,135 @@ bool ReverseSynthesizer::reusable(const BasicBlock *PDef) const {
   return !PDef || (DT.dominates(PDef, PExit) && !LI.getLoopFor(PDef));
 }
 
+/// Whether \p I can be recomputed in the reverse sweep from its operands:
+/// address arithmetic, integer index arithmetic, and reads of memory that
+/// the call never writes.
+static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
+                           const DenseMap<const Value *, const Value *> &Primal) {
+  if (isa<GetElementPtrInst>(I))
+    return true;
+  if (isa<CastInst>(I))
+    return !I->getType()->isFloatingPointTy() &&
+           !I->getOperand(0)->getType()->isFloatingPointTy();
+  if (isa<UnaryOperator>(I))
+    return true;
+  if (auto *BO = dyn_cast<BinaryOperator>(I))
+    switch (BO->getOpcode()) {
+    case Instruction::FAdd:
+    case Instruction::FSub:
+    case Instruction::FMul:
+    case Instruction::Add:
+    case Instruction::Sub:
+    case Instruction::Mul:
+    case Instruction::Shl:
+    case Instruction::And:
+    case Instruction::Or:
+    case Instruction::Xor:
+      return true;
+    default:
+      return false;
+    }
+  if (auto *L = dyn_cast<LoadInst>(I))
+    return Cache.canReread(cast<LoadInst>(Primal.lookup(L)));
+  return false;
+}
+
+/// How many tape slots fetching \p DV would pop (capped): 0 for values that
+/// are reusable, already fetched, or recomputable for free.
+unsigned ReverseSynthesizer::popCost(Value *DV, BlockRev &R, unsigned Depth) {
+  auto *I = dyn_cast<Instruction>(DV);
+  if (!I || reusable(PBlock.lookup(I->getParent())) || R.Rebuilt.count(I))
+    return 0;
+  if (Depth > 6 || !isRecomputable(I, Cache, Primal)) {
+    if (auto *Phi = dyn_cast<PHINode>(I)) {
+      const Loop *L = LI.getLoopFor(PBlock.lookup(Phi->getParent()));
+      if (L && loopOfHeader(L->getHeader()) && L->contains(R.PB))
+        return 0; // a counter or induction variable, see recompute()
+    }
+    return 1;
+  }
+  unsigned Cost = 0;
+  for (Value *Op : I->operands())
+    Cost += popCost(Op, R, Depth + 1);
+  return Cost;
+}
+
 /// The value \p DV of the forward sweep, as usable in the reverse of a block:
-/// itself when it is reusable, recomputed when it is an address (one taped
-/// index then serves every address computed from it), popped otherwise.
+/// itself when it is reusable; recomputed when that costs no more tape than
+/// popping it (an address from a shared index, an induction variable from
+/// the loop's counter, a re-read of memory nobody writes); popped otherwise.
 Value *ReverseSynthesizer::fetch(Value *DV, BlockRev &R) {
   auto *I = dyn_cast<Instruction>(DV);
   if (!I || reusable(PBlock.lookup(I->getParent())))
     return DV;
-  if (isa<GetElementPtrInst>(I) || (isa<CastInst>(I) && I->getType()->isPointerTy() &&
-                                    I->getOperand(0)->getType()->isPointerTy())) {
-    auto It = R.Rebuilt.find(I);
-    if (It != R.Rebuilt.end())
-      return It->second;
-    SmallVector<Value *, 4> Ops;
-    for (Value *Op : I->operands())
-      Ops.push_back(fetch(Op, R));
-    Instruction *Copy = I->clone();
-    for (unsigned K = 0; K < Ops.size(); ++K)
-      Copy->setOperand(K, Ops[K]);
-    Copy->insertBefore(R.Head->getTerminator()->getIterator());
-    R.Rebuilt[I] = Copy;
-    return Copy;
+  auto It = R.Rebuilt.find(I);
+  if (It != R.Rebuilt.end())
+    return It->second;
+  if (Value *V = recompute(I, R)) {
+    R.Rebuilt[I] = V;
+    return V;
   }
   return R.Frame->pop(DV);
+}
+
+Value *ReverseSynthesizer::recompute(Instruction *I, BlockRev &R) {
+  IRBuilder<> H(R.Head->getTerminator());
+  if (auto *Phi = dyn_cast<PHINode>(I)) {
+    const BasicBlock *PH = PBlock.lookup(Phi->getParent());
+    const Loop *L = LI.getLoopFor(PH);
+    const LoopRev *LR = loopOfHeader(PH);
+    if (!LR || !L->contains(R.PB))
+      return nullptr;
+    Value *K = H.CreateLoad(I64, LR->Remaining, "enzpy.iter");
+    if (Phi == LR->Counter)
+      return K;
+    auto *PP = cast<PHINode>(Primal.lookup(Phi));
+    auto *AR = dyn_cast<SCEVAddRecExpr>(SE.getSCEV(const_cast<PHINode *>(PP)));
+    if (!AR || AR->getLoop() != L || !AR->isAffine())
+      return nullptr;
+    auto *Step = dyn_cast<SCEVConstant>(AR->getStepRecurrence(SE));
+    if (!Step)
+      return nullptr;
+    Value *Start = fetch(mapped(PP->getIncomingValueForBlock(LR->Preheader)), R);
+    H.SetInsertPoint(R.Head->getTerminator());
+    if (Phi->getType()->isIntegerTy()) {
+      Value *KT = H.CreateSExtOrTrunc(K, Phi->getType());
+      Value *V = H.CreateAdd(
+          Start, H.CreateMul(KT, ConstantInt::get(Phi->getType(),
+                                                  Step->getAPInt().getSExtValue())));
+      R.Notes.push_back({"recompute", I});
+      return V;
+    }
+    if (Phi->getType()->isPointerTy()) {
+      Value *Off = H.CreateMul(K, ConstantInt::get(I64, Step->getAPInt().getSExtValue()));
+      R.Notes.push_back({"recompute", I});
+      return H.CreateGEP(H.getInt8Ty(), Start, Off);
+    }
+    return nullptr;
+  }
+  if (!isRecomputable(I, Cache, Primal))
+    return nullptr;
+  // Address arithmetic is always rebuilt (its index is shared); integer
+  // values and reads when that pops no more than the value itself would;
+  // float arithmetic only when it pops nothing.
+  if (!isa<GetElementPtrInst>(I) && !(isa<CastInst>(I) && I->getType()->isPointerTy())) {
+    unsigned Cost = 0;
+    for (Value *Op : I->operands())
+      Cost += popCost(Op, R, 1);
+    unsigned Limit = I->getType()->isFloatingPointTy() ? 0 : 1;
+    if (Cost > Limit)
+      return nullptr;
+  }
+  SmallVector<Value *, 4> Ops;
+  for (Value *Op : I->operands())
+    Ops.push_back(fetch(Op, R));
+  Instruction *Copy = I->clone();
+  for (unsigned K = 0; K < Ops.size(); ++K)
+    Copy->setOperand(K, Ops[K]);
+  Copy->setName(I->getName() + ".re");
+  Copy->insertBefore(R.Head->getTerminator()->getIterator());
+  R.Notes.push_back({isa<LoadInst>(I) ? "reread" : "recompute", I});
+  return Copy;
 }
 
 Value *ReverseSynthesizer::fetchPrimal(const Value *PV, BlockRev &R) {
@@ -342,8 +482,11 @@ void ReverseSynthesizer::createFunction() {
   SmallVector<ReturnInst *, 4> Returns;
   CloneFunctionInto(D, &P, VMap, CloneFunctionChangeType::LocalChangesOnly,
                     Returns);
-  for (const BasicBlock &PB : P)
+  for (const BasicBlock &PB : P) {
     PBlock[cast<BasicBlock>(VMap[&PB])] = &PB;
+    for (const Instruction &PI : PB)
+      Primal[VMap[&PI]] = &PI;
+  }
   auto *FwdEntry = cast<BasicBlock>(VMap[&P.getEntryBlock()]);
   // Static allocas of the primal stay static in the new entry block.
   for (Instruction &I : make_early_inc_range(*FwdEntry))
@@ -360,7 +503,7 @@ void ReverseSynthesizer::createFunction() {
   }
 }
 
-void ReverseSynthesizer::createPids() {
+void ReverseSynthesizer::findReaching() {
   if (!PExit)
     return;
   SmallVector<const BasicBlock *, 32> Work = {PExit};
@@ -371,8 +514,46 @@ void ReverseSynthesizer::createPids() {
       if (Reaching.insert(Pred))
         Work.push_back(Pred);
   }
+}
+
+const ReverseSynthesizer::LoopRev *
+ReverseSynthesizer::loopOfHeader(const BasicBlock *B) const {
+  const Loop *L = LI.getLoopFor(B);
+  if (!L || L->getHeader() != B)
+    return nullptr;
+  auto It = Loops.find(L);
+  return It == Loops.end() ? nullptr : &It->second;
+}
+
+void ReverseSynthesizer::createLoopCounters() {
+  for (Loop *L : LI.getLoopsInPreorder()) {
+    BasicBlock *H = L->getHeader();
+    BasicBlock *Pre = L->getLoopPreheader();
+    BasicBlock *Latch = L->getLoopLatch();
+    if (!Pre || !Latch || !Reaching.contains(H) || pred_size(H) != 2)
+      continue;
+    LoopRev &LR = Loops[L];
+    LR.Preheader = Pre;
+    LR.Latch = Latch;
+    auto *DH = cast<BasicBlock>(VMap[H]);
+    LR.Counter = PHINode::Create(I64, 2, H->getName() + ".iter");
+    LR.Counter->insertBefore(DH->begin());
+    auto *DL = cast<BasicBlock>(VMap[Latch]);
+    IRBuilder<> B(DL->getTerminator());
+    Value *Next = B.CreateAdd(LR.Counter, ConstantInt::get(I64, 1),
+                              H->getName() + ".iter.next", true, true);
+    LR.Counter->addIncoming(ConstantInt::get(I64, 0),
+                            cast<BasicBlock>(VMap[Pre]));
+    LR.Counter->addIncoming(Next, DL);
+    IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
+    LR.Remaining = EB.CreateAlloca(I64, nullptr, H->getName() + ".rev.iter");
+  }
+}
+
+void ReverseSynthesizer::createPids() {
   for (const BasicBlock *B : Reaching) {
     BlockRev &R = Rev[B];
+    R.PB = B;
     R.Head = BasicBlock::Create(Ctx, "rev." + B->getName(), D);
     R.Body = BasicBlock::Create(Ctx, "rev." + B->getName() + ".body", D);
     BranchInst::Create(R.Body, R.Head);
@@ -381,7 +562,7 @@ void ReverseSynthesizer::createPids() {
     for (BasicBlock *Pred : predecessors(const_cast<BasicBlock *>(B)))
       Preds.insert(Pred);
     R.Preds.assign(Preds.begin(), Preds.end());
-    if (R.Preds.size() < 2)
+    if (R.Preds.size() < 2 || loopOfHeader(B))
       continue;
     auto *DB = cast<BasicBlock>(VMap[B]);
     IRBuilder<> PB(DB, DB->getFirstNonPHIIt());
@@ -515,10 +696,28 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
   auto edgeTo = [&](IRBuilder<> &EB, BasicBlock *Pred) {
     for (auto &[Phi, A] : PhiAdj)
       addAdjoint(EB, Phi->getIncomingValueForBlock(Pred), A);
+    // Entering counted loops backwards: start from their last iteration.
+    for (const Loop *L = LI.getLoopFor(Pred); L && !L->contains(B);
+         L = L->getParentLoop())
+      if (const LoopRev *LR = loopOfHeader(L->getHeader()))
+        EB.CreateStore(fetch(LR->Counter, R), LR->Remaining);
     EB.CreateBr(Rev[Pred].Head);
   };
   if (B == &P.getEntryBlock()) {
     RB.CreateBr(DFinal);
+  } else if (const LoopRev *LR = loopOfHeader(B)) {
+    Value *K = RB.CreateLoad(I64, LR->Remaining);
+    BasicBlock *FromPre = BasicBlock::Create(
+        Ctx, "rev." + B->getName() + ".from." + LR->Preheader->getName(), D);
+    BasicBlock *FromLatch = BasicBlock::Create(
+        Ctx, "rev." + B->getName() + ".from." + LR->Latch->getName(), D);
+    RB.CreateCondBr(RB.CreateICmpEQ(K, ConstantInt::get(I64, 0)), FromPre,
+                    FromLatch);
+    IRBuilder<> PB(FromPre);
+    edgeTo(PB, LR->Preheader);
+    IRBuilder<> LB(FromLatch);
+    LB.CreateStore(LB.CreateSub(K, ConstantInt::get(I64, 1)), LR->Remaining);
+    edgeTo(LB, LR->Latch);
   } else if (R.Preds.size() == 1) {
     edgeTo(RB, R.Preds[0]);
   } else {
@@ -572,11 +771,16 @@ void ReverseSynthesizer::logDecisions() {
     for (Value *V : R.Frame->pushed())
       *Log << "  tape " << describe(V) << " in block %" << B->getName()
            << "\n";
+    for (auto &[What, V] : R.Notes)
+      *Log << "  " << What << " " << describe(V) << " in block %"
+           << B->getName() << "\n";
   }
 }
 
 Expected<Function *> ReverseSynthesizer::run() {
   createFunction();
+  findReaching();
+  createLoopCounters();
   createPids();
   DFinal = nullptr;
   createFinal();

@@ -19,6 +19,9 @@
  *   "params":        one entry per primal parameter after retptr and excinfo:
  *                    {"activity": "const" | "active" | "dup" | "dupnoneed",
  *                     "elem": "double" | "float"}   (elem for active/dup)
+ *   "noalias":       true when the caller has checked that no two parameters'
+ *                    memory overlaps (lets the reverse sweep re-read arrays
+ *                    that the function never writes instead of taping them).
  *   "log":           true to record the analyses' decisions in the result log.
  *
  * The derivative has the signature

@@ -1,0 +1,41 @@
+//===- CachePolicy.h - which reads the reverse sweep may repeat -*- C++ -*-===//
+//
+// The reverse sweep needs some values that the forward sweep read from
+// memory. A value is re-read in the reverse sweep, instead of being taped,
+// when no write of the function can have changed the memory since: no store,
+// memory intrinsic or call writes any root the load may read. Distinct
+// parameters are taken to be disjoint only when the caller checked it at
+// call time (Request::NoAlias); otherwise any write to parameter memory makes
+// every parameter read taped. Loads from local allocations are always taped.
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_CACHEPOLICY_H
+#define ENZPY_CACHEPOLICY_H
+
+#include "Request.h"
+#include "TypeAnalysis.h"
+#include "llvm/ADT/DenseSet.h"
+
+namespace llvm {
+class Function;
+class LoadInst;
+} // namespace llvm
+
+namespace enzpy {
+
+class CachePolicy {
+public:
+  CachePolicy(llvm::Function &F, const Request &Req, const TypeAnalysis &TA);
+
+  /// The memory L reads is never written during the call.
+  bool canReread(const llvm::LoadInst *L) const {
+    return Rereadable.contains(L);
+  }
+
+private:
+  llvm::DenseSet<const llvm::LoadInst *> Rereadable;
+};
+
+} // namespace enzpy
+
+#endif
