@@ -1,0 +1,55 @@
+"""enzpy: automatic differentiation of numba ``@njit`` functions at the LLVM IR
+level, in the way Enzyme does it.
+
+    >>> import numpy as np, numba, enzpy
+    >>> from enzpy import Active, Duplicated
+    >>> @numba.njit
+    ... def f(x, a):
+    ...     return a * (x * x).sum()
+    >>> x = np.arange(3.0); dx = np.zeros(3)
+    >>> _, da = enzpy.autodiff(f, Duplicated(x, dx), Active(2.0))  # dx == 2*a*x
+
+See DESIGN.md for the contract.
+"""
+
+from .annotations import (
+    Active,
+    Const,
+    Duplicated,
+    DuplicatedNoNeed,
+    Reverse,
+    ReverseWithPrimal,
+)
+from .api import autodiff, derivative, explain, gradient, make_zero
+from .errors import (
+    ActivityError,
+    CompilationError,
+    EnzpyError,
+    EnzpyTypeError,
+    EnzpyValueError,
+    InternalError,
+    UnsupportedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "autodiff",
+    "gradient",
+    "make_zero",
+    "derivative",
+    "explain",
+    "Const",
+    "Active",
+    "Duplicated",
+    "DuplicatedNoNeed",
+    "Reverse",
+    "ReverseWithPrimal",
+    "EnzpyError",
+    "UnsupportedError",
+    "ActivityError",
+    "EnzpyTypeError",
+    "EnzpyValueError",
+    "CompilationError",
+    "InternalError",
+]

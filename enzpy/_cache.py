@@ -1,0 +1,71 @@
+"""Cache of compiled derivatives.
+
+A derivative is keyed by the numba dispatcher, the numba types of the
+arguments, their activities, the mode and whether the return value is seeded.
+A cached derivative is reused without any compilation; ``info()`` counts hits,
+misses and builds so that tests can check this.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+__all__ = ["CacheInfo", "clear", "get_or_build", "info", "lookup"]
+
+
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    builds: int
+    size: int
+
+
+_entries: dict[Hashable, Any] = {}
+_lock = threading.RLock()
+_hits = 0
+_misses = 0
+_builds = 0
+
+
+def lookup(key: Hashable) -> Any | None:
+    """The cached entry for ``key`` (counted as a hit), or None."""
+    global _hits
+    entry = _entries.get(key)
+    if entry is not None:
+        _hits += 1
+    return entry
+
+
+def get_or_build(key: Hashable, build: Callable[[], Any]) -> Any:
+    """The entry for ``key``, built once (thread-safe) on a miss."""
+    global _hits, _misses, _builds
+    entry = _entries.get(key)
+    if entry is not None:
+        _hits += 1
+        return entry
+    with _lock:
+        entry = _entries.get(key)
+        if entry is not None:
+            _hits += 1
+            return entry
+        _misses += 1
+        entry = build()
+        _builds += 1
+        _entries[key] = entry
+        return entry
+
+
+def info() -> CacheInfo:
+    """Counters: lookups that hit, lookups that missed, derivatives built,
+    and entries held."""
+    return CacheInfo(_hits, _misses, _builds, len(_entries))
+
+
+def clear() -> None:
+    """Forget all cached derivatives and reset the counters."""
+    global _hits, _misses, _builds
+    with _lock:
+        _entries.clear()
+        _hits = _misses = _builds = 0

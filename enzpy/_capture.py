@@ -1,0 +1,384 @@
+"""Capture numba's LLVM IR of a function before numba's final O3 run.
+
+A fresh copy of the function is compiled for given numba argument types with
+numba's own pipeline into a recording code library, which keeps each module
+after numba's per-function simplification pipeline (stage 2 in
+NUMBA-LLVM-NOTES.md: clean SSA loops, no inlining, no vectorization). The copy
+is compiled with debug info, so instructions carry Python file/line locations,
+and without wrappers or machine code generation, since nothing calls it.
+
+njit functions that the function calls are captured the same way and linked
+into the module (``linkonce_odr``) under the symbol names the caller uses.
+Functions numba compiled for its own library code (e.g. ``np.zeros``,
+``x ** n``) are linked from their finalized libraries (O3 code: no pre-O3 copy
+of them exists); numba's runtime (``NRT_*``) stays declared. The result is one
+module plus the numba code libraries that the declarations resolve to.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import llvmlite.binding as llvm
+import numba
+from numba.core import codegen as numba_codegen
+from numba.core import compiler, types
+from numba.core import errors as numba_errors
+from numba.core import ir as numba_ir
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.dispatcher import Dispatcher
+from numba.core.registry import CPUDispatcher
+
+from .errors import CompilationError, EnzpyTypeError, InternalError, UnsupportedError
+
+__all__ = ["Captured", "as_dispatcher", "capture"]
+
+
+class _RecordingLibrary(numba_codegen.JITCodeLibrary):
+    """A JIT code library that keeps a copy of every module it is given, after
+    numba's per-function optimization and before linking and O3."""
+
+    def __init__(self, codegen: Any, name: str) -> None:
+        super().__init__(codegen, name)
+        self.recorded: list[llvm.ModuleRef] = []
+
+    def _optimize_functions(self, ll_module: llvm.ModuleRef) -> None:
+        super()._optimize_functions(ll_module)
+        self.recorded.append(ll_module.clone())
+
+
+@dataclass
+class Captured:
+    """numba's IR of one function (and its njit callees) before O3."""
+
+    #: The whole module as bitcode.
+    bitcode: bytes
+    #: Symbol of the primal function in ``bitcode`` (numba's native calling
+    #: convention: ``i32 f(ptr retptr, ptr excinfo, args...)``).
+    function: str
+    #: numba argument types the primal was compiled for (those asked for, or
+    #: for a dispatcher with explicit signatures the one they convert to).
+    argtypes: tuple[types.Type, ...]
+    #: numba return type of the primal.
+    restype: types.Type
+    #: Python file and first line of the function.
+    file: str | None = None
+    line: int | None = None
+    #: numba code libraries (finalized) defining symbols the module may
+    #: still declare; link them into whatever library runs derived code.
+    libraries: list[Any] = field(default_factory=list)
+    #: (global name, numba Environment) of each captured copy: numba's code
+    #: reads its Environment through that global (e.g. to raise an exception
+    #: with runtime arguments); whoever loads derived code must set it.
+    environments: list[tuple[str, Any]] = field(default_factory=list)
+
+    def text(self) -> str:
+        """The module as LLVM IR text (for debugging)."""
+        return str(llvm.parse_bitcode(self.bitcode))
+
+
+_njit_wrappers: weakref.WeakKeyDictionary[Any, Dispatcher] = weakref.WeakKeyDictionary()
+
+
+def as_dispatcher(func: Any) -> Dispatcher:
+    """``func`` itself if it is a numba CPU dispatcher (``@njit``), else a
+    (memoized) ``numba.njit(func)`` for a plain Python function."""
+    if isinstance(func, CPUDispatcher):
+        return func
+    if isinstance(func, Dispatcher):
+        raise UnsupportedError(
+            f"{func!r} is not a numba CPU (@njit) function; enzpy differentiates those"
+        )
+    try:
+        return _njit_wrappers[func]
+    except (KeyError, TypeError):
+        pass
+    if not inspect.isfunction(func):
+        raise EnzpyTypeError(
+            f"enzpy differentiates @numba.njit functions or plain Python "
+            f"functions; got {type(func).__name__} {func!r}"
+        )
+    disp = numba.njit(func)
+    _njit_wrappers[func] = disp
+    return disp
+
+
+def _numba_error(e: BaseException, what: str) -> CompilationError:
+    loc = getattr(e, "loc", None)
+    file = getattr(loc, "filename", None)
+    line = getattr(loc, "line", None)
+    msg = str(e)
+    return CompilationError(
+        f"numba failed to compile {what}:\n{msg}",
+        file=file,
+        line=line,
+        numba_error=e,
+    )
+
+
+def _check_arity(disp: Dispatcher, argtypes: tuple[types.Type, ...]) -> None:
+    params = list(disp._compiler.pysig.parameters.values())
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return
+    if len(argtypes) != len(params):
+        raise EnzpyTypeError(
+            f"{disp.py_func.__qualname__} takes {len(params)} arguments, got "
+            f"{len(argtypes)}; enzpy needs every argument passed explicitly "
+            "(default values are not supported yet)"
+        )
+
+
+def _resolve_argtypes(disp: Dispatcher, argtypes: tuple[types.Type, ...]) -> tuple[types.Type, ...]:
+    """The argument types to compile for: ``argtypes`` itself, or -- when the
+    dispatcher has explicit signatures and compiles nothing new -- the
+    compiled signature numba would convert them to."""
+    if argtypes in disp.overloads or disp._can_compile:
+        return argtypes
+    ctx = disp.targetdescr.typing_context
+    for sig_args in disp.overloads:
+        if len(sig_args) == len(argtypes) and all(
+            a == b or ctx.can_convert(a, b) is not None
+            for a, b in zip(argtypes, sig_args, strict=True)
+        ):
+            return tuple(sig_args)
+    sigs = ", ".join(f"({', '.join(map(str, k))})" for k in disp.overloads)
+    raise EnzpyTypeError(
+        f"{disp.py_func.__qualname__} has explicit signatures [{sigs}] and none "
+        f"accepts ({', '.join(map(str, argtypes))})"
+    )
+
+
+def _compile_copy(
+    disp: Dispatcher, argtypes: tuple[types.Type, ...]
+) -> tuple[Any, _RecordingLibrary]:
+    """Compile a fresh, debug-info copy of ``disp`` for ``argtypes`` into a
+    recording library (no wrappers, no machine code)."""
+    what = f"{disp.py_func.__qualname__}({', '.join(str(t) for t in argtypes)})"
+    # The dispatcher's own compile must exist first: a recursive call in the
+    # copy resolves to it (else numba refuses to re-enter the same signature).
+    if tuple(argtypes) not in disp.overloads:
+        try:
+            disp.compile(tuple(argtypes))
+        except numba_errors.NumbaError as e:
+            raise _numba_error(e, what) from e
+    comp = disp._compiler
+    flags = compiler.Flags()
+    disp.targetdescr.options.parse_as_flags(flags, disp.targetoptions)
+    flags = comp._customize_flags(flags)
+    flags.debuginfo = True
+    flags.no_cpython_wrapper = True
+    flags.no_cfunc_wrapper = True
+    flags.no_compile = True
+    tctx = disp.targetdescr.target_context
+    name = f"enzpy.capture.{disp.py_func.__qualname__}"
+    lib = _RecordingLibrary(tctx.codegen(), name)
+    try:
+        impl = comp._get_implementation(argtypes, {})
+        with warnings.catch_warnings():
+            # Helpers numba generates (array expressions) have no source.
+            warnings.simplefilter("ignore", numba_errors.NumbaDebugInfoWarning)
+            cres = compiler.compile_extra(
+                disp.targetdescr.typing_context,
+                tctx,
+                impl,
+                args=argtypes,
+                return_type=None,
+                flags=flags,
+                locals=comp.locals,
+                library=lib,
+                pipeline_class=comp.pipeline_class,
+            )
+    except numba_errors.NumbaError as e:
+        raise _numba_error(e, what) from e
+    if cres.typing_error is not None:
+        raise _numba_error(cres.typing_error, what) from cres.typing_error
+    if cres.objectmode:
+        raise UnsupportedError(
+            f"{what} compiles only in numba's object mode; enzpy needs nopython mode",
+        )
+    if not lib.recorded:
+        raise UnsupportedError(f"numba produced no LLVM IR for {what}")
+    return cres, lib
+
+
+def _njit_callees(cres: Any) -> list[tuple[Dispatcher, tuple[types.Type, ...], str]]:
+    """The njit functions ``cres`` calls: (dispatcher, argtypes, symbol)."""
+    fndesc = cres.fndesc
+    typemap, calltypes = fndesc.typemap, fndesc.calltypes
+    found = []
+    for expr, sig in calltypes.items():
+        if not (isinstance(expr, numba_ir.Expr) and expr.op == "call"):
+            continue
+        fnty = typemap.get(expr.func.name)
+        if not isinstance(fnty, types.Dispatcher) or sig is None:
+            continue
+        callee = fnty.dispatcher
+        if not isinstance(callee, Dispatcher):
+            continue
+        args = tuple(sig.args)
+        callee_cres = callee.overloads.get(args)
+        if callee_cres is None:
+            for c in callee.overloads.values():
+                if tuple(c.signature.args) == args:
+                    callee_cres = c
+                    break
+        if callee_cres is None or callee_cres.objectmode:
+            continue
+        found.append((callee, args, callee_cres.fndesc.mangled_name))
+    return found
+
+
+def _link_recorded(lib: _RecordingLibrary) -> llvm.ModuleRef:
+    mods = lib.recorded
+    main = mods[0]
+    for m in mods[1:]:
+        main.link_in(m.clone())
+    return main
+
+
+def _declared(module: llvm.ModuleRef) -> set[str]:
+    return {
+        fn.name for fn in module.functions if fn.is_declaration and not fn.name.startswith("llvm.")
+    }
+
+
+def _defined_functions(module: llvm.ModuleRef) -> set[str]:
+    return {fn.name for fn in module.functions if not fn.is_declaration}
+
+
+def _is_numba_function(name: str) -> bool:
+    """Whether ``name`` is a function numba compiled from Python (Itanium
+    mangled ``_ZN...``), as opposed to runtime or helper symbols."""
+    return name.startswith("_ZN")
+
+
+def _declaration(fn: llvm.ValueRef) -> str:
+    """``declare`` text for a function, from its type ``ret (params)``."""
+    fnty = str(fn.global_value_type)
+    depth = 0
+    for pos in range(len(fnty) - 1, -1, -1):
+        c = fnty[pos]
+        if c == ")":
+            depth += 1
+        elif c == "(":
+            depth -= 1
+            if depth == 0:
+                break
+    ret, params = fnty[:pos].strip(), fnty[pos:]
+    name = fn.name
+    if not re.fullmatch(r"[-a-zA-Z$._][-a-zA-Z$._0-9]*", name):
+        name = '"' + name.replace("\\", "\\5C").replace('"', "\\22") + '"'
+    return f"declare {ret} @{name}{params}"
+
+
+def _numba_functions_only(module: llvm.ModuleRef) -> llvm.ModuleRef:
+    """A copy of ``module`` in which only numba-compiled functions keep their
+    bodies; every other definition becomes a declaration."""
+    drop = [
+        fn for fn in module.functions if not fn.is_declaration and not _is_numba_function(fn.name)
+    ]
+    if not drop:
+        return module.clone()
+    text = str(module)
+    for fn in drop:
+        head = re.search(
+            r"^define [^\n]*@(?:" + re.escape(fn.name) + r'|"' + re.escape(fn.name) + r'")\(',
+            text,
+            re.M,
+        )
+        if head is None:
+            raise InternalError(f"cannot find the definition of {fn.name!r} in numba's module")
+        tail = text.index("\n}\n", head.start()) + 3
+        text = text[: head.start()] + _declaration(fn) + "\n" + text[tail:]
+    return llvm.parse_assembly(text)
+
+
+def _all_linking_libraries(libs: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    seen: set[int] = set()
+    stack = list(libs)
+    while stack:
+        lib = stack.pop(0)
+        if id(lib) in seen:
+            continue
+        seen.add(id(lib))
+        out.append(lib)
+        stack.extend(getattr(lib, "_linking_libraries", []))
+    return out
+
+
+def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
+    """Capture numba's pre-O3 IR of ``func`` compiled for ``argtypes``.
+
+    Raises ``CompilationError`` (numba's message) when numba cannot compile it.
+    """
+    disp = as_dispatcher(func)
+    argtypes = tuple(argtypes)
+    _check_arity(disp, argtypes)
+    argtypes = _resolve_argtypes(disp, argtypes)
+    with global_compiler_lock:
+        cres, lib = _compile_copy(disp, argtypes)
+        module = _link_recorded(lib)
+        function = cres.fndesc.mangled_name
+        linking: list[Any] = list(lib._linking_libraries)
+        environments = [(cres.fndesc.env_name, cres.environment)]
+
+        # Bring in the bodies of njit callees, captured the same way, under the
+        # names the callers use.
+        captured_keys: set[tuple[int, tuple[types.Type, ...]]] = {(id(disp), argtypes)}
+        pending = _njit_callees(cres)
+        while pending:
+            callee, args, symbol = pending.pop(0)
+            key = (id(callee), args)
+            if key in captured_keys or symbol in _defined_functions(module):
+                continue
+            captured_keys.add(key)
+            if symbol not in _declared(module):
+                continue
+            sub_cres, sub_lib = _compile_copy(callee, args)
+            sub = _link_recorded(sub_lib)
+            sub_fn = sub.get_function(sub_cres.fndesc.mangled_name)
+            sub_fn.name = symbol
+            # As in numba's own copies of callees linked into a caller.
+            sub_fn.linkage = "linkonce_odr"
+            module.link_in(sub)
+            linking.extend(sub_lib._linking_libraries)
+            environments.append((sub_cres.fndesc.env_name, sub_cres.environment))
+            pending.extend(_njit_callees(sub_cres))
+
+        # numba's own compiled helpers (np.zeros, np.sum, x**n, ...): link their
+        # bodies from the finalized libraries that define still-declared
+        # symbols -- numba-compiled functions only; numba's runtime functions
+        # (NRT_incref, NRT_decref, ...) stay declarations.
+        libraries = _all_linking_libraries(linking)
+        missing = {n for n in _declared(module) if _is_numba_function(n)}
+        for dep in libraries:
+            if not missing:
+                break
+            try:
+                shared = dep._get_module_for_linking()
+            except Exception:  # noqa: BLE001 - e.g. a library without a module
+                continue
+            if missing & _defined_functions(shared):
+                module.link_in(_numba_functions_only(shared))
+                missing = {n for n in _declared(module) if _is_numba_function(n)}
+
+        module.verify()
+        bitcode = module.as_bitcode()
+
+    code = getattr(disp.py_func, "__code__", None)
+    return Captured(
+        bitcode=bitcode,
+        function=function,
+        argtypes=argtypes,
+        restype=cres.signature.return_type,
+        file=getattr(code, "co_filename", None),
+        line=getattr(code, "co_firstlineno", None),
+        libraries=libraries,
+        environments=environments,
+    )

@@ -1,0 +1,331 @@
+"""Check annotated arguments against their values before anything is
+compiled or called, and compute their numba types cheaply.
+
+``prepare`` turns the arguments of one ``autodiff`` call into activity kinds,
+numba types and the argument list of the derivative's wrapper. Shadows whose
+strides differ from their primal's are staged through a buffer with exactly
+the primal's layout (``Staged``); the caller copies them back after a
+successful call. Errors name the argument's position and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+from numba.core import types
+
+from ._abi import ACTIVE, CONST, DUP, DUPNONEED
+from .annotations import Active, Annotation, Const, Duplicated, DuplicatedNoNeed
+from .errors import EnzpyTypeError, EnzpyValueError, UnsupportedError
+
+__all__ = [
+    "Prepared",
+    "Staged",
+    "prepare",
+    "same_layout",
+    "staged_like",
+    "typeof",
+    "zeros_like_strided",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+_FLOAT_SCALARS = (float, np.float64, np.float32)
+
+# numba's type of an ndarray depends only on its dtype, ndim, contiguity and
+# writeability (see numba's typeof for ndarrays); memoizing on these skips
+# numba's slower typeof. Only numpy's builtin dtype singletons are memoized
+# by identity, so ids cannot be reused.
+_MEMO_DTYPES = {
+    id(d): d
+    for d in (
+        np.dtype(t)
+        for t in (
+            np.float64,
+            np.float32,
+            np.complex128,
+            np.complex64,
+            np.int64,
+            np.int32,
+            np.int16,
+            np.int8,
+            np.uint64,
+            np.uint32,
+            np.uint16,
+            np.uint8,
+            np.bool_,
+        )
+    )
+}
+_FLAGS_MASK = 0x1 | 0x2 | 0x400  # C_CONTIGUOUS | F_CONTIGUOUS | WRITEABLE
+_array_types: dict[tuple[int, int, int], types.Type] = {}
+_scalar_types: dict[type, types.Type] = {
+    float: types.float64,
+    bool: types.boolean,
+    np.float64: types.float64,
+    np.float32: types.float32,
+    np.bool_: types.boolean,
+}
+
+
+def typeof(value: Any) -> types.Type:
+    """numba's type of ``value`` as an argument (memoized for arrays)."""
+    t = type(value)
+    if t is np.ndarray:
+        dt = value.dtype
+        if id(dt) in _MEMO_DTYPES:
+            key = (id(dt), value.ndim, value.flags.num & _FLAGS_MASK)
+            ty = _array_types.get(key)
+            if ty is None:
+                ty = _array_types[key] = _numba_typeof(value)
+            return ty
+        return _numba_typeof(value)
+    ty = _scalar_types.get(t)
+    if ty is not None:
+        return ty
+    return _numba_typeof(value)
+
+
+def _numba_typeof(value: Any) -> types.Type:
+    try:
+        return numba.typeof(value)
+    except Exception as e:  # noqa: BLE001 - numba raises ValueError/NumbaError
+        raise EnzpyTypeError(
+            f"numba cannot type a value of Python type {type(value).__name__}: {e}"
+        ) from e
+
+
+def _ordinal(i: int) -> str:
+    return f"argument {i}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.ndim}-d {value.dtype} array of shape {value.shape}"
+    return f"a value of type {type(value).__name__}"
+
+
+def _is_float_tuple(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return len(value) > 0 and all(_is_float_tuple(v) for v in value)
+    return type(value) in _FLOAT_SCALARS
+
+
+def _check_active(i: int, value: Any) -> None:
+    t = type(value)
+    if t in _FLOAT_SCALARS:
+        return
+    if isinstance(value, np.ndarray):
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: Active needs a float scalar, got {_describe(value)}; "
+            "differentiate arrays with Duplicated(x, dx)"
+        )
+    if isinstance(value, complex | np.complexfloating):
+        raise UnsupportedError(
+            f"{_ordinal(i)}: complex numbers are not supported yet (got {_describe(value)})"
+        )
+    if isinstance(value, bool | np.bool_ | int | np.integer):
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: Active needs a float (float32 or float64), got "
+            f"{_describe(value)} {value!r}; pass a float such as {float(value)!r}, or "
+            "Const(...) for a value without derivative"
+        )
+    if isinstance(value, tuple) and _is_float_tuple(value):
+        return
+    raise EnzpyTypeError(
+        f"{_ordinal(i)}: Active needs a float scalar (float32 or float64) or a "
+        f"tuple of floats, got {_describe(value)}"
+    )
+
+
+_FLOAT_DTYPE_IDS = frozenset(id(d) for d in _FLOAT_DTYPES)
+
+
+def _check_duplicated(i: int, x: Any, dx: Any, name: str) -> None:
+    # Fast path: everything in order.
+    if (
+        type(x) is np.ndarray
+        and type(dx) is np.ndarray
+        and id(x.dtype) in _FLOAT_DTYPE_IDS
+        and dx.dtype is x.dtype
+        and dx.shape == x.shape
+        and dx.flags.writeable
+        and not np.may_share_memory(x, dx)
+    ):
+        return
+    if not isinstance(x, np.ndarray):
+        if type(x) in _FLOAT_SCALARS:
+            raise EnzpyTypeError(
+                f"{_ordinal(i)}: {name} needs an array, got a float scalar; "
+                "pass float scalars as Active(x)"
+            )
+        if isinstance(x, complex | np.complexfloating):
+            raise UnsupportedError(f"{_ordinal(i)}: complex numbers are not supported yet")
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: {name} needs a numpy float32 or float64 array, got {_describe(x)}"
+        )
+    if x.dtype not in _FLOAT_DTYPES:
+        if x.dtype.kind == "c":
+            raise UnsupportedError(
+                f"{_ordinal(i)}: complex arrays are not supported yet (got dtype {x.dtype})"
+            )
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: {name} needs a float32 or float64 array, got dtype {x.dtype}; "
+            "pass arrays of other dtypes as Const(x)"
+        )
+    if type(x) is not np.ndarray:
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: {name} needs a plain numpy.ndarray, got {type(x).__name__}"
+        )
+    if not isinstance(dx, np.ndarray):
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: the shadow must be a numpy array of dtype {x.dtype} and "
+            f"shape {x.shape}, got {_describe(dx)}"
+        )
+    if dx.dtype != x.dtype:
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: the shadow must have the argument's dtype {x.dtype}, got {dx.dtype}"
+        )
+    if dx.shape != x.shape:
+        raise EnzpyValueError(
+            f"{_ordinal(i)}: the shadow must have the argument's shape {x.shape}, got {dx.shape}"
+        )
+    if not dx.flags.writeable:
+        raise EnzpyValueError(f"{_ordinal(i)}: the shadow array must be writeable")
+    if dx.size and np.may_share_memory(x, dx):
+        raise EnzpyValueError(f"{_ordinal(i)}: the shadow must not share memory with the argument")
+
+
+def same_layout(x: np.ndarray, dx: np.ndarray) -> bool:
+    """Whether ``dx`` (of ``x``'s shape) addresses its elements with ``x``'s
+    strides; strides of dimensions of extent <= 1 do not matter."""
+    if x.size == 0:
+        return True
+    return all(n <= 1 or a == b for n, a, b in zip(x.shape, x.strides, dx.strides, strict=True))
+
+
+def _extent(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
+    """Byte offsets (lowest, one past highest) an array touches."""
+    lo = hi = 0
+    for n, s in zip(shape, strides, strict=True):
+        if n == 0:
+            return 0, 0
+        if s < 0:
+            lo += s * (n - 1)
+        else:
+            hi += s * (n - 1)
+    return lo, hi + itemsize
+
+
+def zeros_like_strided(x: np.ndarray) -> np.ndarray:
+    """A zeroed array with exactly ``x``'s shape, dtype and strides (also
+    negative ones), over a fresh buffer that covers ``x``'s extent."""
+    lo, hi = _extent(x.shape, x.strides, x.itemsize)
+    if hi - lo == 0:
+        return np.zeros(x.shape, dtype=x.dtype)
+    align = max(x.dtype.alignment, 1)
+    nelem = (hi - lo + align - 1) // align + 1
+    raw = np.zeros(nelem * align, dtype=np.uint8)
+    # Keep the data pointer's alignment relative to the dtype equal to x's.
+    base_addr = raw.__array_interface__["data"][0]
+    want = x.__array_interface__["data"][0] % align
+    shift = (want - (base_addr - lo)) % align
+    return np.ndarray(
+        shape=x.shape, dtype=x.dtype, buffer=raw, offset=shift - lo, strides=x.strides
+    )
+
+
+def staged_like(x: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """A copy of ``dx`` laid out with ``x``'s strides."""
+    buf = zeros_like_strided(x)
+    np.copyto(buf, dx)
+    return buf
+
+
+class Staged:
+    """A shadow staged through a buffer with its primal's strides."""
+
+    __slots__ = ("user", "buffer")
+
+    def __init__(self, user: np.ndarray, buffer: np.ndarray) -> None:
+        self.user = user
+        self.buffer = buffer
+
+    def copy_back(self) -> None:
+        np.copyto(self.user, self.buffer)
+
+
+class Prepared:
+    """One call's arguments, checked and classified."""
+
+    __slots__ = ("kinds", "argtypes", "call_args", "staged", "signature")
+
+    def __init__(
+        self,
+        kinds: tuple[str, ...],
+        argtypes: tuple[types.Type, ...],
+        call_args: list[Any],
+        staged: list[Staged],
+        signature: tuple[Any, ...],
+    ) -> None:
+        #: Activity of each argument.
+        self.kinds = kinds
+        #: numba type of each primal value.
+        self.argtypes = argtypes
+        #: Wrapper arguments: each value, followed by its shadow when duplicated.
+        self.call_args = call_args
+        #: Shadows staged through a buffer (copy back after a successful call).
+        self.staged = staged
+        #: A cheaply hashable key of kinds and types: (kind, id(type)) per
+        #: argument (numba types are interned; the cache keeps them alive).
+        self.signature = signature
+
+
+def prepare(args: Sequence[Any]) -> Prepared:
+    """Check and classify the (annotated) arguments of one call."""
+    kinds: list[str] = []
+    tys: list[types.Type] = []
+    call_args: list[Any] = []
+    staged: list[Staged] = []
+    sig: list[Any] = []
+    for i, a in enumerate(args):
+        t = type(a)
+        if t is Duplicated or t is DuplicatedNoNeed:
+            x, dx = a.value, a.shadow
+            _check_duplicated(i, x, dx, t.__name__)
+            if dx.strides != x.strides and not same_layout(x, dx):
+                st = Staged(dx, staged_like(x, dx))
+                staged.append(st)
+                dx = st.buffer
+            kind = DUP if t is Duplicated else DUPNONEED
+            call_args.append(x)
+            call_args.append(dx)
+            v = x
+        elif t is Active:
+            v = a.value
+            _check_active(i, v)
+            kind = ACTIVE
+            call_args.append(v)
+        elif t is Const:
+            v = a.value
+            kind = CONST
+            call_args.append(v)
+        elif isinstance(a, Annotation):
+            raise EnzpyTypeError(f"{_ordinal(i)}: unknown annotation {type(a).__name__}")
+        elif isinstance(a, type) and issubclass(a, Annotation):
+            raise EnzpyTypeError(
+                f"{_ordinal(i)}: {a.__name__} is an annotation class; wrap the value, "
+                f"e.g. {a.__name__}(x)"
+            )
+        else:
+            v = a
+            kind = CONST
+            call_args.append(v)
+        ty = typeof(v)
+        kinds.append(kind)
+        tys.append(ty)
+        sig.append(kind)
+        sig.append(id(ty))
+    return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig))

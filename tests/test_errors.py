@@ -1,0 +1,329 @@
+"""The error contract (DESIGN.md §4): wrong annotations and shadows raise
+EnzpyTypeError / EnzpyValueError naming the argument's position; numba's compile
+errors come wrapped in CompilationError with numba's message; active data stored into
+a Const argument raises ActivityError naming the argument; a call the engine cannot
+differentiate raises UnsupportedError naming the callee and the Python line. Every
+failed call leaves the user's arrays -- values and shadows -- exactly as they were."""
+
+import ctypes
+import inspect
+import math
+import os
+
+import fd
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+import pytest
+from numba import types
+from numba.core.errors import NumbaError, TypingError
+
+import enzpy
+from enzpy import Active, Const, Duplicated, DuplicatedNoNeed
+
+
+def rng(seed):
+    return np.random.default_rng(seed)
+
+
+class Snapshot:
+    """Copies of arrays, to check later that they were left exactly as they were."""
+
+    def __init__(self, *arrays):
+        self.arrays = arrays
+        self.copies = [a.copy() for a in arrays]
+
+    def assert_unchanged(self):
+        for k, (a, c) in enumerate(zip(self.arrays, self.copies)):
+            assert a.dtype == c.dtype and a.shape == c.shape
+            assert np.array_equal(a, c, equal_nan=True), f"array {k} was modified"
+
+
+def line_in(func, needle):
+    """Absolute line number of the (only) source line of ``func`` containing needle."""
+    func = getattr(func, "py_func", func)
+    lines, first = inspect.getsourcelines(func)
+    hits = [first + k for k, l in enumerate(lines) if needle in l]
+    assert len(hits) == 1, (needle, hits)
+    return hits[0]
+
+
+def same_file(path):
+    return path is not None and os.path.basename(path) == os.path.basename(__file__)
+
+
+def mentions_position(err, i):
+    # enzpy numbers arguments from 0: "argument 2"
+    return f"argument {i}" in str(err)
+
+
+@numba.njit
+def three_args(a, b, x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += a * x[i] * x[i] + b
+    return s
+
+
+# ------------------------------------------------------ annotations and shadows
+
+def test_active_on_an_array():
+    x = rng(0).uniform(-1, 1, 5)
+    snap = Snapshot(x)
+    with pytest.raises(enzpy.EnzpyTypeError) as ei:
+        enzpy.autodiff(three_args, Active(0.5), Const(1.0), Active(x))
+    assert isinstance(ei.value, TypeError) and isinstance(ei.value, enzpy.EnzpyError)
+    assert mentions_position(ei.value, 2) and "Active" in str(ei.value)
+    snap.assert_unchanged()
+
+
+def test_duplicated_on_a_scalar():
+    with pytest.raises(enzpy.EnzpyTypeError) as ei:
+        enzpy.autodiff(three_args, Active(0.5), Const(1.0), Duplicated(1.5, 0.0))
+    assert mentions_position(ei.value, 2)
+
+
+def test_duplicated_no_need_on_a_scalar():
+    with pytest.raises(enzpy.EnzpyTypeError) as ei:
+        enzpy.autodiff(three_args, Active(0.5), Const(1.0), DuplicatedNoNeed(1.5, 0.0))
+    assert mentions_position(ei.value, 2)
+
+
+def test_shadow_of_wrong_shape():
+    x = rng(1).uniform(-1, 1, 5)
+    dx = rng(2).standard_normal(7)
+    snap = Snapshot(x, dx)
+    with pytest.raises(enzpy.EnzpyValueError) as ei:
+        enzpy.autodiff(three_args, Active(0.5), Const(1.0), Duplicated(x, dx))
+    assert isinstance(ei.value, ValueError) and isinstance(ei.value, enzpy.EnzpyError)
+    assert mentions_position(ei.value, 2)
+    assert "(5,)" in str(ei.value)          # what was expected
+    snap.assert_unchanged()
+
+
+def test_shadow_of_wrong_dtype():
+    x = rng(3).uniform(-1, 1, 5)
+    dx = np.ones(5, np.float32)
+    snap = Snapshot(x, dx)
+    with pytest.raises(enzpy.EnzpyTypeError) as ei:
+        enzpy.autodiff(three_args, Active(0.5), Const(1.0), Duplicated(x, dx))
+    assert mentions_position(ei.value, 2) and "float64" in str(ei.value)
+    snap.assert_unchanged()
+
+
+def test_shadow_that_is_not_an_array():
+    x = rng(4).uniform(-1, 1, 5)
+    snap = Snapshot(x)
+    with pytest.raises(enzpy.EnzpyTypeError) as ei:
+        enzpy.autodiff(three_args, Active(0.5), Const(1.0), Duplicated(x, [0.0] * 5))
+    assert mentions_position(ei.value, 2)
+    snap.assert_unchanged()
+
+
+def test_int_array_duplicated():
+    x = np.arange(5)
+    dx = np.zeros(5, dtype=x.dtype)
+    snap = Snapshot(x, dx)
+    with pytest.raises(enzpy.EnzpyTypeError) as ei:
+        enzpy.autodiff(three_args, Active(0.5), Const(1.0), Duplicated(x, dx))
+    assert mentions_position(ei.value, 2)
+    snap.assert_unchanged()
+
+
+def test_int_scalar_active():
+    x = rng(5).uniform(-1, 1, 5)
+    dx = np.zeros(5)
+    snap = Snapshot(x, dx)
+    with pytest.raises(enzpy.EnzpyTypeError) as ei:
+        enzpy.autodiff(three_args, Active(2), Const(1.0), Duplicated(x, dx))
+    assert mentions_position(ei.value, 0)
+    snap.assert_unchanged()
+
+
+def test_shadow_sharing_memory_with_its_array():
+    x = rng(6).uniform(-1, 1, 5)
+    snap = Snapshot(x)
+    with pytest.raises(enzpy.EnzpyValueError) as ei:
+        enzpy.autodiff(three_args, Active(0.5), Const(1.0), Duplicated(x, x))
+    assert mentions_position(ei.value, 2)
+    snap.assert_unchanged()
+
+
+# ---------------------------------------------------------------- numba errors
+
+def _does_not_type(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i]
+    return s + x.nonexistent_attr
+
+
+@pytest.mark.parametrize("as_dispatcher", [True, False], ids=["njit", "plain"])
+def test_numba_compile_failure_is_wrapped(as_dispatcher):
+    x = rng(7).uniform(-1, 1, 5)
+    dx = rng(8).standard_normal(5)
+    with pytest.raises(TypingError) as ref:
+        numba.njit(_does_not_type)(x.copy())
+    numba_line = next(l for l in str(ref.value).splitlines() if "nonexistent_attr" in l)
+    f = numba.njit(_does_not_type) if as_dispatcher else _does_not_type
+    snap = Snapshot(x, dx)
+    with pytest.raises(enzpy.CompilationError) as ei:
+        enzpy.autodiff(f, Duplicated(x, dx))
+    e = ei.value
+    assert isinstance(e, enzpy.EnzpyError)
+    assert numba_line.strip() in str(e), "numba's original message is kept"
+    cause = getattr(e, "numba_error", None) or e.__cause__
+    assert isinstance(cause, NumbaError)
+    snap.assert_unchanged()
+
+
+# ----------------------------------------------------------------- activity
+
+@numba.njit
+def stores_into_const(x, scratch_buf):
+    s = 0.0
+    for i in range(x.shape[0]):
+        scratch_buf[i] = 2.0 * x[i]
+    for i in range(x.shape[0]):
+        s += scratch_buf[i] * scratch_buf[i]
+    return s
+
+
+@numba.njit
+def stores_active_scalar_into_const(a, scratch_buf):
+    scratch_buf[0] = a * a
+    return scratch_buf[0] + 1.0
+
+
+def test_active_array_data_stored_into_const_argument():
+    x = rng(9).uniform(-1, 1, 6)
+    dx = rng(10).standard_normal(6)
+    buf = rng(11).standard_normal(6)
+    snap = Snapshot(x, dx, buf)
+    with pytest.raises(enzpy.ActivityError) as ei:
+        enzpy.autodiff(stores_into_const, Duplicated(x, dx), Const(buf))
+    e = ei.value
+    assert isinstance(e, enzpy.EnzpyError)
+    assert "scratch_buf" in str(e)
+    if e.line is not None:
+        assert e.line == line_in(stores_into_const, "scratch_buf[i] = 2.0")
+        assert same_file(e.file)
+    snap.assert_unchanged()
+
+
+def test_active_scalar_stored_into_const_argument():
+    buf = rng(12).standard_normal(3)
+    snap = Snapshot(buf)
+    with pytest.raises(enzpy.ActivityError) as ei:
+        enzpy.autodiff(stores_active_scalar_into_const, Active(0.7), buf)
+    assert "scratch_buf" in str(ei.value)
+    snap.assert_unchanged()
+
+
+# ------------------------------------------------------------- unsupported calls
+
+# An external C function with no body and no derivative rule: a ctypes callback
+# registered under a name of our own, declared to numba as an ExternalFunction.
+_OPAQUE_CFUNC = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_double)(lambda v: 3.0 * v)
+llvm.add_symbol("enzpy_test_opaque_fn", ctypes.cast(_OPAQUE_CFUNC, ctypes.c_void_p).value)
+opaque = types.ExternalFunction("enzpy_test_opaque_fn", types.float64(types.float64))
+
+
+@numba.njit
+def calls_external(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += math.sin(x[i])
+        s += opaque(x[i] * x[i])
+    return s
+
+
+def test_call_without_body_or_rule_is_unsupported():
+    x = rng(13).uniform(-1, 1, 5)
+    assert calls_external(x) == pytest.approx(np.sum(np.sin(x) + 3 * x * x))
+    dx = rng(14).standard_normal(5)
+    snap = Snapshot(x, dx)
+    with pytest.raises(enzpy.UnsupportedError) as ei:
+        enzpy.autodiff(calls_external, Duplicated(x, dx))
+    e = ei.value
+    assert "enzpy_test_opaque_fn" in str(e)
+    assert e.line == line_in(calls_external, "opaque(x[i]")
+    assert same_file(e.file)
+    snap.assert_unchanged()
+
+
+def test_call_without_body_on_inactive_data_is_differentiated_or_named_unsupported():
+    # the same external call on constant data needs no derivative; an engine that
+    # cannot prove the call harmless must still name it rather than guess
+    @numba.njit
+    def f(x, c):
+        s = 0.0
+        for i in range(x.shape[0]):
+            s += x[i] * opaque(c[i])
+        return s
+
+    x, c = rng(15).uniform(-1, 1, 5), rng(16).uniform(-1, 1, 5)
+    dx = np.zeros(5)
+    snap = Snapshot(x, c, dx)
+    try:
+        enzpy.autodiff(f, Duplicated(x, dx), Const(c))
+    except enzpy.UnsupportedError as e:
+        assert "enzpy_test_opaque_fn" in str(e)
+        assert e.line == line_in(f, "opaque(c[i])")
+        snap.assert_unchanged()
+    else:
+        np.testing.assert_allclose(dx, 3 * c, rtol=1e-14)
+
+
+@numba.njit
+def inner_helper_fn(v):
+    return v * v + math.sin(v)
+
+
+@numba.njit
+def outer_calls_helper(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += inner_helper_fn(x[i])
+    return s
+
+
+def test_call_to_other_njit_function_is_differentiated_or_named_unsupported():
+    # DESIGN.md wants njit -> njit calls differentiated; until they are, the call
+    # must be reported, naming the callee and the line -- never a wrong derivative
+    x = rng(17).uniform(-1, 1, 6)
+    dx = rng(18).standard_normal(6)
+    snap = Snapshot(x, dx)
+    try:
+        enzpy.autodiff(outer_calls_helper, Duplicated(x, dx))
+    except enzpy.UnsupportedError as e:
+        assert "inner_helper_fn" in str(e)
+        assert e.line == line_in(outer_calls_helper, "inner_helper_fn(x[i])")
+        assert same_file(e.file)
+        snap.assert_unchanged()
+    else:
+        np.testing.assert_allclose(dx, snap.copies[1] + 2 * x + np.cos(x), rtol=1e-12)
+        fd.check_vjp(outer_calls_helper, fd.Dup(x))
+
+
+# ------------------------------------------------------- exceptions in the kernel
+
+@numba.njit
+def raises_on_negative(x, out):
+    for i in range(x.shape[0]):
+        if x[i] < 0.0:
+            raise ValueError("negative input")
+        out[i] = math.sqrt(x[i])
+
+
+def test_exception_raised_by_the_kernel_propagates_and_leaves_shadows_alone():
+    x = np.array([0.5, 1.5, -1.0, 2.0])
+    out = np.zeros(4)
+    dx, dout = rng(19).standard_normal(4), rng(20).standard_normal(4)
+    shadows = Snapshot(x, dx, dout)
+    with pytest.raises(ValueError, match="negative input"):
+        enzpy.autodiff(raises_on_negative, Duplicated(x, dx), Duplicated(out, dout))
+    shadows.assert_unchanged()
+    # and the derivative works where the kernel does not raise
+    x[2] = 1.0
+    fd.check_vjp(raises_on_negative, fd.Dup(x), fd.Dup(np.zeros(4)))
