@@ -65,7 +65,11 @@ exit:
 
 
 def test_loop_tapes_per_iteration_values_and_reuses_invariants(rng):
-    params = [{"activity": "dup", "elem": "double"}, *const(), {"activity": "active", "elem": "double"}]
+    params = [
+        {"activity": "dup", "elem": "double"},
+        *const(),
+        {"activity": "active", "elem": "double"},
+    ]
     bc, log = differentiate(SUM_SQUARES, params)
     taped = _tape_lines(log)
     # Nothing is taped per iteration: x is never written, so %v is re-read;
@@ -87,7 +91,11 @@ def test_loop_tapes_per_iteration_values_and_reuses_invariants(rng):
 
 
 def test_empty_loop_gives_zero_derivative():
-    params = [{"activity": "dup", "elem": "double"}, *const(), {"activity": "active", "elem": "double"}]
+    params = [
+        {"activity": "dup", "elem": "double"},
+        *const(),
+        {"activity": "active", "elem": "double"},
+    ]
     bc, _ = differentiate(SUM_SQUARES, params)
     df = jit(bc, "df", P, P, P, I64, D, P, D)
     out = (D * 2)()
@@ -125,7 +133,10 @@ def test_reads_of_an_array_another_argument_may_alias_are_taped():
     )
     assert "tape %v in block %loop" in _tape_lines(log)  # y may be a view of x
     _, log = differentiate(
-        READ_X_WRITE_Y, [dup, dup, *const()], ret_type="void", ret_activity="const",
+        READ_X_WRITE_Y,
+        [dup, dup, *const()],
+        ret_type="void",
+        ret_activity="const",
         noalias=True,
     )
     assert "reread %v in block %loop" in log  # proven distinct: x never changes
