@@ -65,9 +65,9 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
     return Error::success();
   return makeError("unsupported",
                    "call to '" + displayName(Callee->getName()) +
-                       "' cannot be differentiated yet (calls to other "
-                       "functions, including other njit functions and "
-                       "numba's runtime, are not supported yet)",
+                       "' cannot be differentiated: its body is not "
+                       "available (an external or runtime function) and no "
+                       "derivative rule is registered for it",
                    &CB);
 }
 
@@ -149,7 +149,7 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
     }
     if (auto *SI = dyn_cast<StoreInst>(&I)) {
       // A varied float stored into a local allocation makes it active.
-      if (isVaried(SI->getValueOperand()))
+      if (C.returns(SI->getParent()) && isVaried(SI->getValueOperand()))
         for (const Value *R : TA.roots(SI->getPointerOperand()))
           if (R != UnknownRoot && isa<AllocaInst>(R) &&
               ActiveRoots.insert(R).second)
@@ -179,7 +179,7 @@ void ActivityAnalysis::computeUseful() {
   };
   for (Instruction &I : instructions(F))
     if (auto *SI = dyn_cast<StoreInst>(&I))
-      if (pointsToActive(SI->getPointerOperand()))
+      if (C.returns(SI->getParent()) && pointsToActive(SI->getPointerOperand()))
         mark(SI->getValueOperand());
   while (!Work.empty()) {
     const Value *V = Work.pop_back_val();
@@ -215,6 +215,8 @@ Error ActivityAnalysis::run() {
   // Checks run in program order so that the first offending construct is
   // the one reported.
   for (Instruction &I : instructions(F)) {
+    if (!C.returns(I.getParent()))
+      continue;
     if (auto *CB = dyn_cast<CallBase>(&I)) {
       if (Error E = checkCall(*CB))
         return E;

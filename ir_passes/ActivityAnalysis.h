@@ -11,12 +11,14 @@
 // The analysis also enforces the error contract: varied data stored into a
 // Const parameter's memory is an "activity" error naming the parameter, and
 // calls or constructs the engine cannot differentiate are "unsupported"
-// errors naming them and their source line.
+// errors naming them and their source line. Code that only runs on the way
+// to raising an exception is not checked: it has no derivative.
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_ACTIVITYANALYSIS_H
 #define ENZPY_ACTIVITYANALYSIS_H
 
+#include "Preprocess.h"
 #include "Request.h"
 #include "TypeAnalysis.h"
 #include "llvm/ADT/DenseSet.h"
@@ -34,9 +36,9 @@ namespace enzpy {
 
 class ActivityAnalysis {
 public:
-  ActivityAnalysis(llvm::Function &F, const Request &Req,
+  ActivityAnalysis(const CanonicalFunction &C, const Request &Req,
                    const TypeAnalysis &TA)
-      : F(F), Req(Req), TA(TA) {}
+      : C(C), F(*C.F), Req(Req), TA(TA) {}
 
   llvm::Error run();
 
@@ -58,6 +60,7 @@ private:
   bool computeVaried(llvm::Error &Err);
   void computeUseful();
 
+  const CanonicalFunction &C;
   llvm::Function &F;
   const Request &Req;
   const TypeAnalysis &TA;

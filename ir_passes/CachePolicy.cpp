@@ -17,8 +17,9 @@ static bool isParameterRoot(const Value *R) {
   return A && A->getArgNo() >= 2;
 }
 
-CachePolicy::CachePolicy(Function &F, const Request &Req,
+CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
                          const TypeAnalysis &TA) {
+  Function &F = *C.F;
   // Roots that the function may write.
   DenseSet<const Value *> Written;
   auto writes = [&](const Value *Ptr) {
@@ -26,6 +27,8 @@ CachePolicy::CachePolicy(Function &F, const Request &Req,
       Written.insert(R);
   };
   for (Instruction &I : instructions(F)) {
+    if (!C.returns(I.getParent()))
+      continue; // on the way to raising: the reverse sweep never runs
     if (auto *S = dyn_cast<StoreInst>(&I)) {
       writes(S->getPointerOperand());
     } else if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I)) {

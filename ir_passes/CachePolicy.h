@@ -7,11 +7,14 @@
 // parameters are taken to be disjoint only when the caller checked it at
 // call time (Request::NoAlias); otherwise any write to parameter memory makes
 // every parameter read taped. Loads from local allocations are always taped.
+// Writes on paths that end in raising an exception do not count: when they
+// run, the reverse sweep does not.
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_CACHEPOLICY_H
 #define ENZPY_CACHEPOLICY_H
 
+#include "Preprocess.h"
 #include "Request.h"
 #include "TypeAnalysis.h"
 #include "llvm/ADT/DenseSet.h"
@@ -25,7 +28,8 @@ namespace enzpy {
 
 class CachePolicy {
 public:
-  CachePolicy(llvm::Function &F, const Request &Req, const TypeAnalysis &TA);
+  CachePolicy(const CanonicalFunction &C, const Request &Req,
+              const TypeAnalysis &TA);
 
   /// The memory L reads is never written during the call.
   bool canReread(const llvm::LoadInst *L) const {

@@ -62,7 +62,7 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
 
   raw_string_ostream LogOS(Log);
   TypeAnalysis TA(*C->F, Req);
-  ActivityAnalysis AA(*C->F, Req, TA);
+  ActivityAnalysis AA(*C, Req, TA);
   if (Error E = AA.run())
     return std::move(E);
   if (Error E = checkShadowable(*C, AA))

@@ -3,6 +3,7 @@
 #include "Diagnostics.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
+#include "llvm/IR/CFG.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/Instructions.h"
@@ -13,6 +14,7 @@
 #include "llvm/Transforms/Scalar/EarlyCSE.h"
 #include "llvm/Transforms/Scalar/SROA.h"
 #include "llvm/Transforms/Scalar/SimplifyCFG.h"
+#include "llvm/Transforms/Utils/BasicBlockUtils.h"
 #include "llvm/Transforms/Utils/LoopSimplify.h"
 #include "llvm/Transforms/Utils/Mem2Reg.h"
 
@@ -122,6 +124,28 @@ static void splitExits(Function &F, CanonicalFunction &C) {
   };
   for (ReturnInst *R : Returns) {
     BasicBlock *BB = R->getParent();
+    // numba merges its returns into one block returning a phi of status
+    // codes; send each constant status straight to its own exit, so that
+    // code on the way to raising does not appear to reach the normal exit.
+    if (auto *Phi = dyn_cast<PHINode>(R->getReturnValue()))
+      if (Phi->getParent() == BB && &BB->front() == Phi &&
+          Phi->getNextNode() == R) {
+        for (unsigned I = Phi->getNumIncomingValues(); I-- > 0;) {
+          auto *St = dyn_cast<ConstantInt>(Phi->getIncomingValue(I));
+          BasicBlock *Pred = Phi->getIncomingBlock(I);
+          if (!St || Pred->getTerminator()->getNumSuccessors() != 1)
+            continue;
+          BasicBlock *Target = isNormalStatus(St) ? normalExit() : raiseExit();
+          if (Target == C.RaiseExit)
+            Status->addIncoming(St, Pred);
+          Pred->getTerminator()->replaceSuccessorWith(BB, Target);
+          Phi->removeIncomingValue(I, /*DeletePHIIfEmpty=*/false);
+        }
+        if (Phi->getNumIncomingValues() == 0) {
+          DeleteDeadBlock(BB);
+          continue;
+        }
+      }
     Value *S = R->getReturnValue();
     DebugLoc DL = R->getDebugLoc();
     if (isNormalStatus(S)) {
@@ -177,6 +201,14 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   CanonicalFunction C;
   C.F = F;
   splitExits(*F, C);
+  if (C.NormalExit) {
+    SmallVector<const BasicBlock *, 32> Work = {C.NormalExit};
+    C.Returning.insert(C.NormalExit);
+    while (!Work.empty())
+      for (const BasicBlock *Pred : predecessors(Work.pop_back_val()))
+        if (C.Returning.insert(Pred).second)
+          Work.push_back(Pred);
+  }
   return C;
 }
 

@@ -13,6 +13,7 @@
 #define ENZPY_PREPROCESS_H
 
 #include "Request.h"
+#include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/Support/Error.h"
 
 namespace llvm {
@@ -27,6 +28,12 @@ struct CanonicalFunction {
   llvm::Function *F = nullptr;
   llvm::BasicBlock *NormalExit = nullptr; // `ret i32 0`; null if never returns
   llvm::BasicBlock *RaiseExit = nullptr;  // `ret i32 %status`; may be null
+  /// Blocks from which the normal exit can be reached. Code outside them
+  /// only runs on the way to raising an exception: it has no derivative.
+  llvm::SmallPtrSet<const llvm::BasicBlock *, 32> Returning;
+  bool returns(const llvm::BasicBlock *BB) const {
+    return Returning.contains(BB);
+  }
 };
 
 llvm::Expected<CanonicalFunction> preprocess(llvm::Module &M,

@@ -10,7 +10,9 @@
 #include "llvm/Analysis/ScalarEvolution.h"
 #include "llvm/Analysis/ScalarEvolutionExpressions.h"
 #include "llvm/Analysis/TargetLibraryInfo.h"
+#include "llvm/AsmParser/Parser.h"
 #include "llvm/IR/Dominators.h"
+#include "llvm/Support/SourceMgr.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/Operator.h"
 #include "llvm/Transforms/Utils/Cloning.h"
@@ -94,12 +96,12 @@ namespace {
 class ReverseSynthesizer {
 public:
   ReverseSynthesizer(const CanonicalFunction &C, const Request &Req,
-                     const TypeAnalysis &TA, const ActivityAnalysis &AA,
-                     raw_ostream *Log)
-      : P(*C.F), PExit(C.NormalExit), PRaise(C.RaiseExit), Req(Req), TA(TA),
+                     Type *RetType, const TypeAnalysis &TA,
+                     const ActivityAnalysis &AA, raw_ostream *Log)
+      : Canon(C), RetType(RetType), P(*C.F), PExit(C.NormalExit), PRaise(C.RaiseExit), Req(Req), TA(TA),
         AA(AA), Log(Log), DT(P), LI(DT),
         TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
-        SE(P, TLI, AC, DT, LI), Cache(P, Req, TA), Ctx(P.getContext()),
+        SE(P, TLI, AC, DT, LI), Cache(C, Req, TA), Ctx(P.getContext()),
         I64(Type::getInt64Ty(Ctx)) {}
 
   Expected<Function *> run();
@@ -154,6 +156,8 @@ private:
   // Shadows of addresses, computed in the forward sweep.
   Value *shadow(const Value *PPtr);
 
+  const CanonicalFunction &Canon;
+  Type *RetType; // what the primal stores through retptr; null for None
   Function &P;
   BasicBlock *PExit;
   BasicBlock *PRaise;
@@ -429,12 +433,8 @@ void ReverseSynthesizer::createFunction() {
   for (const ParamSpec &S : Req.Params)
     if (S.isDuplicated())
       Params.push_back(PointerType::getUnqual(Ctx));
-  Type *RetFP = nullptr;
-  if (Req.RetActive) {
-    RetFP = Req.RetType == "float" ? Type::getFloatTy(Ctx)
-                                   : Type::getDoubleTy(Ctx);
-    Params.push_back(RetFP);
-  }
+  if (Req.RetActive)
+    Params.push_back(RetType);
   D = Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
                        GlobalValue::ExternalLinkage, Req.Name, P.getParent());
   DEntry = BasicBlock::Create(Ctx, "enzpy.entry", D);
@@ -442,20 +442,10 @@ void ReverseSynthesizer::createFunction() {
 
   // The primal's return value goes to a local slot; D's retptr receives
   // the result struct.
-  Type *RetTy = Type::getInt64Ty(Ctx);
-  if (Req.RetType != "void") {
-    if (Req.RetType == "double")
-      RetTy = Type::getDoubleTy(Ctx);
-    else if (Req.RetType == "float")
-      RetTy = Type::getFloatTy(Ctx);
-    else if (Req.RetType.size() > 1 && Req.RetType[0] == 'i')
-      RetTy = IntegerType::get(Ctx, std::stoi(Req.RetType.substr(1)));
-  }
-  RetSlot = B.CreateAlloca(RetTy, nullptr, "enzpy.ret");
-  // A None return stores a null pointer; give the slot room for it.
+  // A None return stores a null pointer: give the slot room for it.
+  RetSlot = B.CreateAlloca(RetType ? RetType : PointerType::getUnqual(Ctx),
+                           nullptr, "enzpy.ret");
   RetSlot->setAlignment(Align(8));
-  if (Req.RetType == "void")
-    RetSlot->setAllocatedType(PointerType::getUnqual(Ctx));
 
   D->getArg(0)->setName("retptr");
   D->getArg(1)->setName("excinfo");
@@ -475,7 +465,7 @@ void ReverseSynthesizer::createFunction() {
   if (Req.RetActive) {
     Argument *DRet = D->getArg(Next);
     DRet->setName("dret");
-    RetShadow = B.CreateAlloca(RetFP, nullptr, "enzpy.ret'shadow");
+    RetShadow = B.CreateAlloca(RetType, nullptr, "enzpy.ret'shadow");
     B.CreateStore(DRet, RetShadow);
   }
 
@@ -504,16 +494,10 @@ void ReverseSynthesizer::createFunction() {
 }
 
 void ReverseSynthesizer::findReaching() {
-  if (!PExit)
-    return;
-  SmallVector<const BasicBlock *, 32> Work = {PExit};
-  Reaching.insert(PExit);
-  while (!Work.empty()) {
-    const BasicBlock *B = Work.pop_back_val();
-    for (const BasicBlock *Pred : predecessors(B))
-      if (Reaching.insert(Pred))
-        Work.push_back(Pred);
-  }
+  // In program order, so that the generated code reads in order.
+  for (const BasicBlock &B : P)
+    if (Canon.returns(&B))
+      Reaching.insert(&B);
 }
 
 const ReverseSynthesizer::LoopRev *
@@ -741,7 +725,7 @@ void ReverseSynthesizer::createFinal() {
   IRBuilder<> B(DFinal);
   SmallVector<Type *, 8> Fields;
   SmallVector<Value *, 8> Values;
-  if (Req.ReturnPrimal && Req.RetType != "void") {
+  if (Req.ReturnPrimal && RetType) {
     Fields.push_back(RetSlot->getAllocatedType());
     Values.push_back(B.CreateLoad(RetSlot->getAllocatedType(), RetSlot));
   }
@@ -804,7 +788,17 @@ Expected<Function *> synthesizeReverse(const CanonicalFunction &C,
                                        const TypeAnalysis &TA,
                                        const ActivityAnalysis &AA,
                                        raw_ostream *Log) {
-  ReverseSynthesizer S(C, Req, TA, AA, Log);
+  Type *RetType = nullptr;
+  if (Req.RetType != "void") {
+    SMDiagnostic Err;
+    RetType = parseType(Req.RetType, Err, *C.F->getParent());
+    if (!RetType || RetType->isVoidTy())
+      return makeError("request", "cannot parse ret_type '" + Req.RetType + "'");
+    if (Req.RetActive && !RetType->isFloatingPointTy())
+      return makeError("request", "ret_activity is active but ret_type '" +
+                                      Req.RetType + "' is not a float");
+  }
+  ReverseSynthesizer S(C, Req, RetType, TA, AA, Log);
   return S.run();
 }
 

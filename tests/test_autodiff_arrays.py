@@ -498,3 +498,28 @@ def test_strided_output_and_strided_shadow_in_place():
     outbuf = np.zeros(3 * n)
     fd.check_vjp(stencil, fd.Dup(u, shadow=lambda x: np.zeros(2 * n)[::2]),
                  fd.Dup(outbuf[::3], shadow=lambda x: np.zeros(n)), fd.Active(0.3))
+
+
+@numba.njit
+def _scaled_sum_with_checked_input(x, a):
+    s = 0.0
+    for i in range(x.shape[0]):
+        if x[i] < -100.0:
+            raise ValueError("value out of range", x[i], a)
+        s += x[i] * a
+    return s
+
+
+def test_code_on_the_way_to_raising_is_not_differentiated():
+    # Building the exception's arguments calls numba's allocator: that path
+    # never returns normally, so it needs (and gets) no derivative.
+    fd.check_vjp(_scaled_sum_with_checked_input, fd.Dup(np.linspace(0.0, 1.0, 7)), fd.Active(2.0))
+
+
+def test_exception_with_runtime_arguments_propagates_and_leaves_shadows():
+    x = np.linspace(0.0, 1.0, 7)
+    x[3] = -200.0
+    dx = np.full(7, 0.25)
+    with pytest.raises(ValueError, match="value out of range"):
+        enzpy.autodiff(_scaled_sum_with_checked_input, Duplicated(x, dx), Active(2.0))
+    np.testing.assert_array_equal(dx, np.full(7, 0.25))

@@ -350,3 +350,16 @@ def test_explain_returns_the_log_and_touches_nothing():
     assert isinstance(log, str) and log.strip()
     for a, c in zip((x, out, dx, dout), copies):
         np.testing.assert_array_equal(a, c)
+
+
+@numba.njit
+def _value_and_square(a):
+    return (a, a * a)
+
+
+def test_reverse_with_primal_returns_an_aggregate_primal_when_not_seeded():
+    derivs, primal = enzpy.autodiff(
+        _value_and_square, Active(3.0), mode=enzpy.ReverseWithPrimal, ret=Const
+    )
+    assert primal == (3.0, 9.0)
+    assert derivs == (0.0,)
