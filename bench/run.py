@@ -255,8 +255,9 @@ class Heat(Kernel):
             self.dH.fill(0.0)
 
     def grad(self):
-        self.r = enzpy.autodiff(heat, Duplicated(self.u0, self.du0),
-                                Duplicated(self.H, self.dH), Active(self.a))
+        self.r = enzpy.autodiff(
+            heat, Duplicated(self.u0, self.du0), Duplicated(self.H, self.dH), Active(self.a)
+        )
 
     def grad_vector(self):
         return np.concatenate([self.du0, [self.r[2]]])
@@ -264,8 +265,9 @@ class Heat(Kernel):
     def directional_fd(self, v, h):
         H = np.empty_like(self.H)
         u, a = v[:-1], v[-1]
-        return (heat(self.u0 + h * u, H, self.a + h * a)
-                - heat(self.u0 - h * u, H, self.a - h * a)) / (2 * h)
+        return (
+            heat(self.u0 + h * u, H, self.a + h * a) - heat(self.u0 - h * u, H, self.a - h * a)
+        ) / (2 * h)
 
     def jax(self):
         import jax
@@ -326,8 +328,9 @@ class Lorenz(Kernel):
 
     def directional_fd(self, v, h):
         p = np.array(self.p)
-        return (lorenz(*(p + h * v), self.dt, self.steps)
-                - lorenz(*(p - h * v), self.dt, self.steps)) / (2 * h)
+        return (
+            lorenz(*(p + h * v), self.dt, self.steps) - lorenz(*(p - h * v), self.dt, self.steps)
+        ) / (2 * h)
 
     def jax(self):
         import jax
@@ -344,8 +347,10 @@ class Lorenz(Kernel):
                 k2 = rhs(*(q + 0.5 * dt * k for q, k in zip(s, k1)))
                 k3 = rhs(*(q + 0.5 * dt * k for q, k in zip(s, k2)))
                 k4 = rhs(*(q + dt * k for q, k in zip(s, k3)))
-                return tuple(q + dt / 6.0 * (a + 2.0 * b + 2.0 * c + d)
-                             for q, a, b, c, d in zip(s, k1, k2, k3, k4))
+                return tuple(
+                    q + dt / 6.0 * (a + 2.0 * b + 2.0 * c + d)
+                    for q, a, b, c, d in zip(s, k1, k2, k3, k4)
+                )
 
             x, y, z = jax.lax.fori_loop(0, steps, body, (x, y, z))
             return x + y + z
@@ -374,8 +379,10 @@ class Lorenz(Kernel):
                 k2 = rhs(*(q + 0.5 * dt * k for q, k in zip(s, k1)))
                 k3 = rhs(*(q + 0.5 * dt * k for q, k in zip(s, k2)))
                 k4 = rhs(*(q + dt * k for q, k in zip(s, k3)))
-                x, y, z = (q + dt / 6.0 * (a + 2.0 * b + 2.0 * c + d)
-                           for q, a, b, c, d in zip(s, k1, k2, k3, k4))
+                x, y, z = (
+                    q + dt / 6.0 * (a + 2.0 * b + 2.0 * c + d)
+                    for q, a, b, c, d in zip(s, k1, k2, k3, k4)
+                )
             (x + y + z).backward()
 
         return run
@@ -412,8 +419,9 @@ class Dot(Kernel):
     def directional_fd(self, v, h):
         n = self.x.size
         vx, vy = v[:n], v[n:]
-        return (dot(self.x + h * vx, self.y + h * vy)
-                - dot(self.x - h * vx, self.y - h * vy)) / (2 * h)
+        return (dot(self.x + h * vx, self.y + h * vy) - dot(self.x - h * vx, self.y - h * vy)) / (
+            2 * h
+        )
 
     def jax(self):
         import jax
@@ -477,15 +485,15 @@ def run_kernel(k, peers, budget):
     rec = {"name": k.name, "description": k.description, "n_inputs": k.n_inputs()}
     compile_primal, _ = first_call(k.primal)
     t_primal = best_time(k.primal, budget=budget)
-    rec.update(primal_s=t_primal, compile_primal_s=compile_primal,
-               fd_ratio=2 * k.n_inputs() + 1)
+    rec.update(primal_s=t_primal, compile_primal_s=compile_primal, fd_ratio=2 * k.n_inputs() + 1)
 
     try:
         k.grad_setup(full=True)
         compile_grad, _ = first_call(k.grad)
         t_grad = best_time(k.grad, setup=k.grad_setup, budget=budget)
-        rec.update(grad_s=t_grad, ratio=t_grad / t_primal,
-                   compile_grad_s=max(compile_grad - t_grad, 0.0))
+        rec.update(
+            grad_s=t_grad, ratio=t_grad / t_primal, compile_grad_s=max(compile_grad - t_grad, 0.0)
+        )
         # Correctness along one random direction.
         k.grad_setup(full=True)
         k.grad()
@@ -494,8 +502,7 @@ def run_kernel(k, peers, budget):
         v /= np.linalg.norm(v)
         fd = k.directional_fd(v, k.check_step)
         ad = float(g @ v)
-        rec.update(check_ad=ad, check_fd=fd,
-                   check_rel_err=abs(ad - fd) / max(abs(fd), 1e-300))
+        rec.update(check_ad=ad, check_fd=fd, check_rel_err=abs(ad - fd) / max(abs(fd), 1e-300))
     except Exception as e:  # noqa: BLE001 - the engine may not handle a kernel yet
         rec["error"] = f"{type(e).__name__}: {e}"
         print(f"  enzpy failed on {k.name}: {rec['error']}", file=sys.stderr)
@@ -510,8 +517,11 @@ def run_kernel(k, peers, budget):
             compile_peer, fn = first_call(getattr(k, peer))
             t_first, _ = first_call(fn)
             t_peer = best_time(fn, budget=budget)
-            rec["peers"][peer] = {"grad_s": t_peer, "ratio": t_peer / t_primal,
-                                  "compile_s": max(compile_peer + t_first - t_peer, 0.0)}
+            rec["peers"][peer] = {
+                "grad_s": t_peer,
+                "ratio": t_peer / t_primal,
+                "compile_s": max(compile_peer + t_first - t_peer, 0.0),
+            }
         except Exception as e:  # noqa: BLE001
             rec["peers"][peer] = {"error": f"{type(e).__name__}: {e}"}
     return rec
@@ -538,16 +548,23 @@ def print_table(records, peers):
     cols += [f"{p} ratio" for p in peers] + ["check"]
     rows = []
     for r in records:
-        row = [r["name"], fmt_time(r["primal_s"]), fmt_time(r.get("grad_s")),
-               fmt_ratio(r.get("ratio")),
-               f"{r['compile_primal_s']:.2f} s / "
-               + (f"{r['compile_grad_s']:.2f} s" if "compile_grad_s" in r else "-"),
-               fmt_ratio(r["fd_ratio"])]
+        row = [
+            r["name"],
+            fmt_time(r["primal_s"]),
+            fmt_time(r.get("grad_s")),
+            fmt_ratio(r.get("ratio")),
+            f"{r['compile_primal_s']:.2f} s / "
+            + (f"{r['compile_grad_s']:.2f} s" if "compile_grad_s" in r else "-"),
+            fmt_ratio(r["fd_ratio"]),
+        ]
         for p in peers:
             pr = r["peers"].get(p, {})
             row.append(fmt_ratio(pr["ratio"]) if "ratio" in pr else "error")
-        row.append(f"{r['check_rel_err']:.1e}" if "check_rel_err" in r
-                   else ("FAILED" if "error" in r else "-"))
+        row.append(
+            f"{r['check_rel_err']:.1e}"
+            if "check_rel_err" in r
+            else ("FAILED" if "error" in r else "-")
+        )
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
@@ -555,9 +572,11 @@ def print_table(records, peers):
     print("-" * len(line))
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
-    print("\nratio = time / numba primal time (single thread, float64); "
-          "FD = (2n+1) primal calls; check = rel. error of enzpy's gradient "
-          "along a random direction vs a central difference")
+    print(
+        "\nratio = time / numba primal time (single thread, float64); "
+        "FD = (2n+1) primal calls; check = rel. error of enzpy's gradient "
+        "along a random direction vs a central difference"
+    )
     for r in records:
         if "error" in r:
             print(f"{r['name']}: enzpy error: {r['error']}")
@@ -581,8 +600,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--no-peers", action="store_true", help="skip jax and torch")
     ap.add_argument("--only", default="", help="comma-separated kernel names")
-    ap.add_argument("--budget", type=float, default=1.0,
-                    help="seconds of repeats per measurement (best time is kept)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=1.0,
+        help="seconds of repeats per measurement (best time is kept)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = ap.parse_args(argv)
 
@@ -604,11 +627,14 @@ def main(argv=None):
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "platform": platform.platform()},
-        "versions": {"python": platform.python_version(),
-                     "enzpy": getattr(enzpy, "__version__", None),
-                     "numba": numba.__version__, "numpy": np.__version__, **peers},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "versions": {
+            "python": platform.python_version(),
+            "enzpy": getattr(enzpy, "__version__", None),
+            "numba": numba.__version__,
+            "numpy": np.__version__,
+            **peers,
+        },
         "peers_skipped": skipped,
         "kernels": records,
     }

@@ -1,6 +1,7 @@
 """pytest configuration for enzpy's tests. pyproject.toml already puts tests/ on
 sys.path (pythonpath) and declares the ``slow`` marker; this keeps the helper
 modules beside this file (fd.py) importable when pytest runs without that config."""
+
 import os
 import sys
 

@@ -46,9 +46,17 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "Const", "Active", "Dup", "DupNoNeed",
-    "check_vjp", "check_gradient", "fd_gradient", "enzpy_backend",
-    "RTOL_FLOAT64", "RTOL_FLOAT32", "random_array",
+    "Const",
+    "Active",
+    "Dup",
+    "DupNoNeed",
+    "check_vjp",
+    "check_gradient",
+    "fd_gradient",
+    "enzpy_backend",
+    "RTOL_FLOAT64",
+    "RTOL_FLOAT32",
+    "random_array",
 ]
 
 #: Default relative tolerance for float64 kernels (see the module docstring).
@@ -76,6 +84,7 @@ _EPS64 = float(np.finfo(np.float64).eps)
 # argument specifications (independent of enzpy's own annotation classes)
 # --------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Const:
     """A constant argument, passed to enzpy as ``enzpy.Const(value)``.
@@ -84,12 +93,14 @@ class Const:
     Const). Arrays are copied for every finite-difference evaluation, so a Const
     scratch array that the function writes is fine.
     """
+
     value: Any
 
 
 @dataclasses.dataclass
 class Active:
     """A float scalar whose derivative enzpy returns (``enzpy.Active``)."""
+
     value: Any
 
 
@@ -101,6 +112,7 @@ class Dup:
     possibly with other strides (e.g. a view into a larger buffer). The harness writes
     the random cotangent into it before every call. Default: ``np.zeros_like(x)``.
     """
+
     value: np.ndarray
     shadow: Callable[[np.ndarray], np.ndarray] | None = None
 
@@ -132,6 +144,7 @@ def random_array(rng, shape, dtype=np.float64, low=-1.0, high=1.0):
 # the enzpy side
 # --------------------------------------------------------------------------------------
 
+
 def enzpy_backend(f, specs, shadows, ret_active: bool, with_primal: bool):
     """Reverse-mode call through ``enzpy.autodiff``.
 
@@ -161,18 +174,21 @@ def enzpy_backend(f, specs, shadows, ret_active: bool, with_primal: bool):
         kw["mode"] = enzpy.ReverseWithPrimal
         out = enzpy.autodiff(f, *ann, **kw)
         assert isinstance(out, tuple) and len(out) == 2, (
-            f"ReverseWithPrimal must return (derivatives, primal), got {out!r}")
+            f"ReverseWithPrimal must return (derivatives, primal), got {out!r}"
+        )
         derivs, primal = out
     else:
         derivs = enzpy.autodiff(f, *ann, **kw)
         primal = None
     assert isinstance(derivs, tuple), f"autodiff must return a tuple, got {derivs!r}"
     assert len(derivs) == len(specs), (
-        f"autodiff returned {len(derivs)} entries for {len(specs)} arguments")
+        f"autodiff returned {len(derivs)} entries for {len(specs)} arguments"
+    )
     for i, (s, d) in enumerate(zip(specs, derivs)):
         if isinstance(s, Active):
             assert _is_float_scalar(d), (
-                f"derivative of Active argument {i} must be a float, got {d!r}")
+                f"derivative of Active argument {i} must be a float, got {d!r}"
+            )
         else:
             assert d is None, f"entry {i} (not Active) must be None, got {d!r}"
     return derivs, primal
@@ -181,6 +197,7 @@ def enzpy_backend(f, specs, shadows, ret_active: bool, with_primal: bool):
 # --------------------------------------------------------------------------------------
 # the finite-difference side
 # --------------------------------------------------------------------------------------
+
 
 def _promote(x, fd_dtype):
     """Copy of an argument for one evaluation, float32 promoted to ``fd_dtype``."""
@@ -203,12 +220,13 @@ def _evaluate(f, values, fd_dtype):
 @dataclasses.dataclass
 class Trial:
     """One reverse-mode call and its check, for further assertions by a test."""
-    derivs: tuple                   # enzpy's result
-    primal: Any                     # primal return from ReverseWithPrimal (or None)
-    shadows_in: list                # copies of the cotangents written before the call
-    shadows_out: list               # copies of the shadows after the call
-    lhs: dict                       # argument index -> <w, J v> by FD
-    rhs: dict                       # argument index -> <Jᵀw, v> from enzpy
+
+    derivs: tuple  # enzpy's result
+    primal: Any  # primal return from ReverseWithPrimal (or None)
+    shadows_in: list  # copies of the cotangents written before the call
+    shadows_out: list  # copies of the shadows after the call
+    lhs: dict  # argument index -> <w, J v> by FD
+    rhs: dict  # argument index -> <Jᵀw, v> from enzpy
 
 
 def _dot_abs(a, b):
@@ -237,11 +255,21 @@ def _outputs_along(f, base, k, x0, v, t, fd_dtype, ret_is_output, w, dup_idx):
     return outs
 
 
-def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
-              trials: int = 2, seed: int = 0, rtol: float | None = None,
-              atol: float = 0.0, h: float = 1e-6, fd_dtype=np.float64,
-              backend: Callable = enzpy_backend, check_primal: bool = True,
-              shadow_scale: float = 1.0) -> list:
+def check_vjp(
+    f,
+    *args,
+    ret: str = "active",
+    with_primal: bool = False,
+    trials: int = 2,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float = 0.0,
+    h: float = 1e-6,
+    fd_dtype=np.float64,
+    backend: Callable = enzpy_backend,
+    check_primal: bool = True,
+    shadow_scale: float = 1.0,
+) -> list:
     """Check enzpy's reverse mode of ``f(*args)`` against central finite differences.
 
     ``args`` are fd specs (:class:`Const`, :class:`Active`, :class:`Dup`,
@@ -258,8 +286,7 @@ def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
     assert ret in ("active", "const")
     specs = list(args)
     values = [s.value if _spec(s) is not None else s for s in specs]
-    arrays0 = [np.array(v, copy=True) if isinstance(v, np.ndarray) else None
-               for v in values]
+    arrays0 = [np.array(v, copy=True) if isinstance(v, np.ndarray) else None for v in values]
     diff_idx = [i for i, s in enumerate(specs) if isinstance(s, (Active, Dup))]
     for i in diff_idx:
         v = values[i]
@@ -267,7 +294,8 @@ def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
             assert _is_float_scalar(v), f"Active argument {i} must be a float scalar"
         else:
             assert isinstance(v, np.ndarray) and v.dtype.kind == "f", (
-                f"Dup argument {i} must be a float array")
+                f"Dup argument {i} must be a float array"
+            )
     dtypes = {np.asarray(values[i]).dtype for i in diff_idx}
     if rtol is None:
         rtol = RTOL_FLOAT32 if np.dtype(np.float32) in dtypes else RTOL_FLOAT64
@@ -275,7 +303,7 @@ def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
     rng = np.random.default_rng(seed)
 
     results = []
-    reference = None            # (return, final args) of the plain call, native dtypes
+    reference = None  # (return, final args) of the plain call, native dtypes
     for trial in range(trials):
         # restore the user's arrays in place (keeps views and layouts)
         for i, a0 in enumerate(arrays0):
@@ -297,18 +325,20 @@ def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
         derivs, primal = backend(f, specs, shadows, ret == "active", with_primal)
 
         shadows_out = [None if s is None else np.array(s, copy=True) for s in shadows]
-        after = [np.array(v, copy=True) if isinstance(v, np.ndarray) else None
-                 for v in values]
+        after = [np.array(v, copy=True) if isinstance(v, np.ndarray) else None for v in values]
 
         if reference is None:
             # the plain primal, after the first enzpy call (so that enzpy also
             # meets dispatchers that numba has not compiled yet)
-            r0, final0 = _evaluate(f, [a0 if a0 is not None else v
-                                       for a0, v in zip(arrays0, values)], None)
+            r0, final0 = _evaluate(
+                f, [a0 if a0 is not None else v for a0, v in zip(arrays0, values)], None
+            )
             reference = (r0, final0)
-            assert r0 is None or _is_float_return(r0) or isinstance(
-                r0, (int, np.integer, bool, np.bool_)), (
-                f"check_vjp handles a None, float or integer return, got {r0!r}")
+            assert (
+                r0 is None
+                or _is_float_return(r0)
+                or isinstance(r0, (int, np.integer, bool, np.bool_))
+            ), f"check_vjp handles a None, float or integer return, got {r0!r}"
         r0, final0 = reference
         ret_is_output = ret == "active" and _is_float_return(r0)
 
@@ -319,19 +349,24 @@ def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
                 ref = final0[i]
                 tol = PRIMAL_RTOL.get(ref.dtype, 0.0)
                 np.testing.assert_allclose(
-                    after[i], ref, rtol=tol,
+                    after[i],
+                    ref,
+                    rtol=tol,
                     atol=tol * float(np.max(np.abs(ref), initial=0.0)),
                     err_msg=f"argument {i}: primal contents after the reverse-mode "
-                            f"call differ from the plain call's")
+                    f"call differ from the plain call's",
+                )
             if with_primal:
                 if r0 is None:
                     assert primal is None, f"primal return must be None, got {primal!r}"
                 else:
                     assert primal is not None, "ReverseWithPrimal returned no primal"
                     np.testing.assert_allclose(
-                        float(primal), float(r0),
+                        float(primal),
+                        float(r0),
                         rtol=PRIMAL_RTOL.get(np.asarray(r0).dtype, 1e-13),
-                        err_msg="primal return of ReverseWithPrimal")
+                        err_msg="primal return of ReverseWithPrimal",
+                    )
 
         # directions, one differentiable argument at a time
         lhs, rhs = {}, {}
@@ -344,7 +379,8 @@ def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
             base = [a0 if a0 is not None else val for a0, val in zip(arrays0, values)]
             plus, minus = (
                 _outputs_along(f, base, k, x0, v, t, fd_dtype, ret_is_output, w, dup_idx)
-                for t in (h, -h))
+                for t in (h, -h)
+            )
             lhs_k = 0.0
             fd_scale = 0.0
             noise = 0.0
@@ -365,15 +401,17 @@ def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
             lhs[k], rhs[k] = lhs_k, rhs_k
             tol = rtol * max(fd_scale, ad_scale) + noise + atol
             err = abs(lhs_k - rhs_k)
-            if not (err <= tol):          # also catches NaN
+            if not (err <= tol):  # also catches NaN
                 kind = type(specs[k]).__name__ if _spec(specs[k]) else "?"
                 failures.append(
                     f"argument {k} ({kind}), trial {trial}: <w, J v> by FD = {lhs_k!r}, "
                     f"<J^T w, v> from enzpy = {rhs_k!r}, |diff| = {err:.3e} > "
                     f"tol = {tol:.3e} (rtol={rtol}, scale={max(fd_scale, ad_scale):.3e}, "
-                    f"noise={noise:.3e})")
-        assert not failures, "reverse mode disagrees with finite differences:\n  " + \
-            "\n  ".join(failures)
+                    f"noise={noise:.3e})"
+                )
+        assert not failures, "reverse mode disagrees with finite differences:\n  " + "\n  ".join(
+            failures
+        )
         results.append(Trial(derivs, primal, shadows_in, shadows_out, lhs, rhs))
     return results
 
@@ -381,6 +419,7 @@ def check_vjp(f, *args, ret: str = "active", with_primal: bool = False,
 # --------------------------------------------------------------------------------------
 # gradients of scalar-valued functions
 # --------------------------------------------------------------------------------------
+
 
 def fd_gradient(f, *xs, h: float = 1e-6, fd_dtype=np.float64):
     """Central-difference gradient of a float-valued ``f(*xs)``, one component at a
@@ -422,8 +461,14 @@ def _fd_tolerance(f0, x, rtol, atol, h, g_fd):
     return rtol * np.abs(g_fd) + NOISE_ULPS * _EPS64 * abs(f0) / hk + atol
 
 
-def check_gradient(f, *xs, rtol: float | None = None, atol: float = 0.0,
-                   h: float = 1e-6, grad: Callable | None = None):
+def check_gradient(
+    f,
+    *xs,
+    rtol: float | None = None,
+    atol: float = 0.0,
+    h: float = 1e-6,
+    grad: Callable | None = None,
+):
     """Compare ``enzpy.gradient(f, *xs)`` (or ``grad(f, *xs)``) with the componentwise
     central-difference gradient (:func:`fd_gradient`). Float32 inputs use
     ``RTOL_FLOAT32`` and a float64 reference. ``gradient`` returns one gradient per
@@ -431,6 +476,7 @@ def check_gradient(f, *xs, rtol: float | None = None, atol: float = 0.0,
     as a tuple."""
     if grad is None:
         import enzpy
+
         grad = enzpy.gradient
     copies = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in xs]
     g = grad(f, *xs)
@@ -439,7 +485,8 @@ def check_gradient(f, *xs, rtol: float | None = None, atol: float = 0.0,
         assert not isinstance(g, tuple), f"gradient of one argument returned a tuple {g!r}"
         g = (g,)
     assert isinstance(g, tuple) and len(g) == len(xs), (
-        f"gradient must return one entry per argument, got {g!r}")
+        f"gradient must return one entry per argument, got {g!r}"
+    )
     for x, x0 in zip(xs, copies):
         if isinstance(x, np.ndarray):
             np.testing.assert_array_equal(x, x0, err_msg="gradient() changed its input")
@@ -452,7 +499,8 @@ def check_gradient(f, *xs, rtol: float | None = None, atol: float = 0.0,
         assert gk is not None, f"gradient of argument {k} is None"
         gk = np.asarray(gk, dtype=np.float64)
         assert gk.shape == np.shape(gfk), (
-            f"gradient of argument {k} has shape {gk.shape}, expected {np.shape(gfk)}")
+            f"gradient of argument {k} has shape {gk.shape}, expected {np.shape(gfk)}"
+        )
         tol = _fd_tolerance(f0, x, r, atol, h, gfk)
         # float32 AD: rounding relative to the function's own scale, too
         if is32:
@@ -461,7 +509,8 @@ def check_gradient(f, *xs, rtol: float | None = None, atol: float = 0.0,
         assert not np.any(bad), (
             f"gradient of argument {k} disagrees with finite differences at "
             f"{np.argwhere(bad).tolist() if np.ndim(bad) else ''}:\n"
-            f"  enzpy: {gk!r}\n  FD:    {gfk!r}")
+            f"  enzpy: {gk!r}\n  FD:    {gfk!r}"
+        )
     return g
 
 
@@ -475,4 +524,5 @@ def assert_close_to_reference(value, reference, rtol=RTOL_FLOAT64, atol=0.0, wha
         with np.printoptions(precision=17):
             raise AssertionError(
                 f"{what}: got {value!r}, expected {reference!r} "
-                f"(max |diff| {np.max(err):.3e}, rtol {rtol}, atol {atol})")
+                f"(max |diff| {np.max(err):.3e}, rtol {rtol}, atol {atol})"
+            )

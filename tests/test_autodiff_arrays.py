@@ -18,7 +18,7 @@ import pytest
 import enzpy
 from enzpy import Active, Const, Duplicated
 
-RTOL = 1e-12   # enzpy vs an analytic formula, both float64
+RTOL = 1e-12  # enzpy vs an analytic formula, both float64
 
 
 def rng(seed):
@@ -34,6 +34,7 @@ def away_from_zero(r, n, lo=0.1, hi=1.0):
 # ---------------------------------------------------------------------------------
 # reductions
 # ---------------------------------------------------------------------------------
+
 
 @numba.njit
 def dot(x, y):
@@ -91,8 +92,9 @@ def test_sum_x2_sinx():
     fd.check_vjp(sum_x2_sinx, fd.Dup(x))
     dx = np.zeros(16)
     enzpy.autodiff(sum_x2_sinx, Duplicated(x, dx))
-    fd.assert_close_to_reference(dx, 2 * x * np.sin(x) + x * x * np.cos(x), RTOL,
-                                 what="d sum x^2 sin x / dx")
+    fd.assert_close_to_reference(
+        dx, 2 * x * np.sin(x) + x * x * np.cos(x), RTOL, what="d sum x^2 sin x / dx"
+    )
 
 
 def test_sum_x2_sinx_float32():
@@ -102,13 +104,19 @@ def test_sum_x2_sinx_float32():
     enzpy.autodiff(sum_x2_sinx, Duplicated(x, dx))
     assert dx.dtype == np.float32
     xd = x.astype(np.float64)
-    fd.assert_close_to_reference(dx, 2 * xd * np.sin(xd) + xd * xd * np.cos(xd),
-                                 fd.RTOL_FLOAT32, atol=1e-6, what="float32 gradient")
+    fd.assert_close_to_reference(
+        dx,
+        2 * xd * np.sin(xd) + xd * xd * np.cos(xd),
+        fd.RTOL_FLOAT32,
+        atol=1e-6,
+        what="float32 gradient",
+    )
 
 
 # ---------------------------------------------------------------------------------
 # stencils
 # ---------------------------------------------------------------------------------
+
 
 @numba.njit
 def stencil(u, out, a):
@@ -147,15 +155,15 @@ def test_stencil_shadows_analytic():
     fd.assert_close_to_reference(du, ref_du, RTOL, atol=1e-15, what="du")
     da_ref = float(np.sum(wi * (u[:-2] - 2 * u[1:-1] + u[2:])))
     terms = wi * (u[:-2] - 2 * u[1:-1] + u[2:])
-    fd.assert_close_to_reference(res[2], da_ref, RTOL, atol=1e-14 * np.sum(np.abs(terms)),
-                                 what="da")
+    fd.assert_close_to_reference(
+        res[2], da_ref, RTOL, atol=1e-14 * np.sum(np.abs(terms)), what="da"
+    )
 
 
 def test_stencil_float32():
     n = 33
     u = rng(9).uniform(-1, 1, n).astype(np.float32)
-    fd.check_vjp(stencil, fd.Dup(u), fd.Dup(np.zeros(n, np.float32)),
-                 fd.Active(np.float32(0.2)))
+    fd.check_vjp(stencil, fd.Dup(u), fd.Dup(np.zeros(n, np.float32)), fd.Active(np.float32(0.2)))
 
 
 @numba.njit
@@ -211,9 +219,11 @@ def heat_allocating(u, a, nsteps):
 
 
 NOT_YET_ALLOC = pytest.mark.xfail(
-    raises=enzpy.UnsupportedError, strict=True,
+    raises=enzpy.UnsupportedError,
+    strict=True,
     reason="arrays allocated inside the kernel (NRT_MemInfo_alloc_aligned): a DESIGN.md "
-           "§1 target, not supported by the engine yet; remove this mark when it is")
+    "§1 target, not supported by the engine yet; remove this mark when it is",
+)
 
 
 @NOT_YET_ALLOC
@@ -226,7 +236,7 @@ def test_array_allocated_inside_kernel():
 @numba.njit
 def sum_sq_sin_vectorized(x):
     # numpy array expressions allocate temporaries inside the kernel
-    return np.sum(x ** 2 * np.sin(x))
+    return np.sum(x**2 * np.sin(x))
 
 
 @NOT_YET_ALLOC
@@ -235,8 +245,7 @@ def test_array_expression_with_temporaries():
     fd.check_vjp(sum_sq_sin_vectorized, fd.Dup(x))
     dx = np.zeros(9)
     enzpy.autodiff(sum_sq_sin_vectorized, Duplicated(x, dx))
-    fd.assert_close_to_reference(dx, 2 * x * np.sin(x) + x * x * np.cos(x), RTOL,
-                                 what="gradient")
+    fd.assert_close_to_reference(dx, 2 * x * np.sin(x) + x * x * np.cos(x), RTOL, what="gradient")
 
 
 @numba.njit
@@ -255,16 +264,19 @@ def test_integer_power_of_an_expression_in_a_loop():
     dx = np.zeros(7)
     (_, da) = enzpy.autodiff(sum_sq_dev, Duplicated(x, dx), Active(0.3))
     a = 0.3
-    fd.assert_close_to_reference(dx, 2 * (x - a) + 3 * a * (x * a) ** 2, RTOL, atol=1e-15,
-                                 what="dx")
+    fd.assert_close_to_reference(
+        dx, 2 * (x - a) + 3 * a * (x * a) ** 2, RTOL, atol=1e-15, what="dx"
+    )
     terms = np.abs(2 * (x - a)) + np.abs(3 * x * (x * a) ** 2)
-    fd.assert_close_to_reference(da, np.sum(-2 * (x - a) + 3 * x * (x * a) ** 2), RTOL,
-                                 atol=1e-14 * np.sum(terms), what="da")
+    fd.assert_close_to_reference(
+        da, np.sum(-2 * (x - a) + 3 * x * (x * a) ** 2), RTOL, atol=1e-14 * np.sum(terms), what="da"
+    )
 
 
 # ---------------------------------------------------------------------------------
 # control flow that depends on the data
 # ---------------------------------------------------------------------------------
+
 
 @numba.njit
 def branchy_sum(x, a):
@@ -298,8 +310,7 @@ def test_value_dependent_branches_reduction():
     ref_dx = np.where(x > 0, 2 * a * x, a * np.cos(a * x))
     ref_da = float(np.sum(np.where(x > 0, x * x, x * np.cos(a * x))))
     fd.assert_close_to_reference(dx, ref_dx, RTOL, what="dx")
-    fd.assert_close_to_reference(da, ref_da, RTOL, atol=1e-14 * np.sum(np.abs(x)),
-                                 what="da")
+    fd.assert_close_to_reference(da, ref_da, RTOL, atol=1e-14 * np.sum(np.abs(x)), what="da")
 
 
 def test_value_dependent_branches_elementwise_output():
@@ -329,9 +340,9 @@ def test_while_loop_newton_solve():
     fd.check_vjp(solve_cubic, fd.Dup(x), fd.Dup(np.zeros(9)))
     out, dx, dout = np.zeros(9), np.zeros(9), np.ones(9)
     enzpy.autodiff(solve_cubic, Duplicated(x, dx), Duplicated(out, dout))
-    np.testing.assert_allclose(out ** 3 + out, x, rtol=1e-13)
+    np.testing.assert_allclose(out**3 + out, x, rtol=1e-13)
     # implicit function theorem: dy/dx = 1 / (3y^2 + 1)
-    fd.assert_close_to_reference(dx, 1 / (3 * out ** 2 + 1), rtol=1e-10, what="dy/dx")
+    fd.assert_close_to_reference(dx, 1 / (3 * out**2 + 1), rtol=1e-10, what="dy/dx")
     assert np.all(dout == 0)
 
 
@@ -356,13 +367,14 @@ def test_while_loop_halving():
     dx = np.zeros(10)
     res = enzpy.autodiff(halve_until_small, Duplicated(x, dx), Const(thresh))
     assert res == (None, None)
-    y = x / 2.0 ** k
-    fd.assert_close_to_reference(dx, 2 * y / 2.0 ** k, RTOL, what="dx")
+    y = x / 2.0**k
+    fd.assert_close_to_reference(dx, 2 * y / 2.0**k, RTOL, what="dx")
 
 
 # ---------------------------------------------------------------------------------
 # 2-D and 3-D arrays, layouts, views
 # ---------------------------------------------------------------------------------
+
 
 @numba.njit
 def matvec_tanh(A, v, out):
@@ -377,15 +389,15 @@ def _layouts(seed, dtype=np.float64):
     B = rng(seed).uniform(-1, 1, (7, 9)).astype(dtype)
     return {
         "C": B,
-        "transposed": B.T,                       # F-contiguous view, numba layout F
-        "sliced": B[::2, 1:],                    # non-contiguous view, layout A
+        "transposed": B.T,  # F-contiguous view, numba layout F
+        "sliced": B[::2, 1:],  # non-contiguous view, layout A
         "fortran": np.asfortranarray(B),
-        "transposed-sliced": B.T[1::2, ::-1],    # negative strides
+        "transposed-sliced": B.T[1::2, ::-1],  # negative strides
     }
 
 
 SHADOWS = {
-    "zeros_like": np.zeros_like,                                   # numpy's choice
+    "zeros_like": np.zeros_like,  # numpy's choice
     "c-contiguous": lambda x: np.zeros(x.shape, x.dtype),
     "strided-view": lambda x: np.zeros((x.shape[0] * 2, x.shape[1] + 3), x.dtype)[::2, 3:],
 }
@@ -398,8 +410,7 @@ def test_nested_loops_2d_layouts(layout, shadow):
     assert layout == "C" or not A.flags.c_contiguous
     m, n = A.shape
     v = rng(19).uniform(-1, 1, n)
-    fd.check_vjp(matvec_tanh, fd.Dup(A, shadow=SHADOWS[shadow]), fd.Dup(v),
-                 fd.Dup(np.zeros(m)))
+    fd.check_vjp(matvec_tanh, fd.Dup(A, shadow=SHADOWS[shadow]), fd.Dup(v), fd.Dup(np.zeros(m)))
 
 
 def test_nested_loops_2d_analytic_on_sliced_view():
@@ -408,16 +419,17 @@ def test_nested_loops_2d_analytic_on_sliced_view():
     B_before = B.copy()
     m, n = A.shape
     v = rng(21).uniform(-1, 1, n)
-    dA = np.zeros_like(A)            # C-contiguous: other strides than A
+    dA = np.zeros_like(A)  # C-contiguous: other strides than A
     assert dA.strides != A.strides
     dv, out, w = np.zeros(n), np.zeros(m), rng(22).standard_normal(m)
     dout = w.copy()
     enzpy.autodiff(matvec_tanh, Duplicated(A, dA), Duplicated(v, dv), Duplicated(out, dout))
-    np.testing.assert_array_equal(B, B_before)   # the view's base is not written
+    np.testing.assert_array_equal(B, B_before)  # the view's base is not written
     acc = A @ v + 0.1 * np.sum(A * A, axis=1)
     g = w * (1 - np.tanh(acc) ** 2)
-    fd.assert_close_to_reference(dA, g[:, None] * (v[None, :] + 0.2 * A), RTOL,
-                                 atol=1e-15, what="dA")
+    fd.assert_close_to_reference(
+        dA, g[:, None] * (v[None, :] + 0.2 * A), RTOL, atol=1e-15, what="dA"
+    )
     fd.assert_close_to_reference(dv, A.T @ g, RTOL, atol=1e-15, what="dv")
     assert np.all(dout == 0)
 
@@ -444,9 +456,11 @@ def trilinear(T, x, out):
 @pytest.mark.parametrize("view", ["C", "transposed", "sliced"])
 def test_3d_arrays(view):
     base = rng(25).uniform(-1, 1, (4, 5, 6))
-    T = {"C": np.ascontiguousarray(base[:4, :4, :4]),
-         "transposed": base[:4, :4, :4].transpose(2, 0, 1),
-         "sliced": base[:3, ::2, 1:4]}[view]
+    T = {
+        "C": np.ascontiguousarray(base[:4, :4, :4]),
+        "transposed": base[:4, :4, :4].transpose(2, 0, 1),
+        "sliced": base[:3, ::2, 1:4],
+    }[view]
     assert view == "C" or not T.flags.c_contiguous
     n = T.shape[0]
     assert T.shape == (n, n, n)
@@ -464,6 +478,7 @@ def test_3d_float32():
 # shadows with other strides than the primal
 # ---------------------------------------------------------------------------------
 
+
 def test_strided_primal_contiguous_shadow():
     big = rng(29).uniform(-2, 2, 30)
     x = big[::3]
@@ -471,8 +486,7 @@ def test_strided_primal_contiguous_shadow():
     dx = np.zeros_like(x)
     assert dx.strides != x.strides
     enzpy.autodiff(sum_x2_sinx, Duplicated(x, dx))
-    fd.assert_close_to_reference(dx, 2 * x * np.sin(x) + x * x * np.cos(x), RTOL,
-                                 what="gradient")
+    fd.assert_close_to_reference(dx, 2 * x * np.sin(x) + x * x * np.cos(x), RTOL, what="gradient")
     np.testing.assert_array_equal(big, big_before)
     fd.check_vjp(sum_x2_sinx, fd.Dup(x))
 
@@ -481,11 +495,16 @@ def test_contiguous_primal_strided_shadow_writes_only_the_view():
     x = rng(30).uniform(-2, 2, 10)
     buf = rng(31).standard_normal(30)
     buf_before = buf.copy()
-    dx = buf[1::3]                              # a view: strides 24 vs 8
+    dx = buf[1::3]  # a view: strides 24 vs 8
     dx0 = dx.copy()
     enzpy.autodiff(sum_x2_sinx, Duplicated(x, dx))
-    fd.assert_close_to_reference(dx, dx0 + 2 * x * np.sin(x) + x * x * np.cos(x), RTOL,
-                                 atol=1e-15, what="accumulated gradient")
+    fd.assert_close_to_reference(
+        dx,
+        dx0 + 2 * x * np.sin(x) + x * x * np.cos(x),
+        RTOL,
+        atol=1e-15,
+        what="accumulated gradient",
+    )
     mask = np.ones(30, bool)
     mask[1::3] = False
     np.testing.assert_array_equal(buf[mask], buf_before[mask])
@@ -496,8 +515,12 @@ def test_strided_output_and_strided_shadow_in_place():
     n = 9
     u = rng(32).uniform(-1, 1, n)
     outbuf = np.zeros(3 * n)
-    fd.check_vjp(stencil, fd.Dup(u, shadow=lambda x: np.zeros(2 * n)[::2]),
-                 fd.Dup(outbuf[::3], shadow=lambda x: np.zeros(n)), fd.Active(0.3))
+    fd.check_vjp(
+        stencil,
+        fd.Dup(u, shadow=lambda x: np.zeros(2 * n)[::2]),
+        fd.Dup(outbuf[::3], shadow=lambda x: np.zeros(n)),
+        fd.Active(0.3),
+    )
 
 
 @numba.njit

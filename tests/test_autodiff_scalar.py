@@ -31,9 +31,11 @@ def sign(x):
 
 
 NO_RULE_YET = pytest.mark.xfail(
-    raises=enzpy.UnsupportedError, strict=True,
+    raises=enzpy.UnsupportedError,
+    strict=True,
     reason="the engine has no derivative rule for this libm/numba function yet "
-           "(lgamma, numba_gamma); remove this mark when it has")
+    "(lgamma, numba_gamma); remove this mark when it has",
+)
 
 # name, function of x, analytic derivative, points
 UNARY = [
@@ -59,11 +61,20 @@ UNARY = [
     ("math.atanh", lambda x: math.atanh(x), lambda x: 1 / (1 - x * x), (0.3, -0.7)),
     ("math.erf", lambda x: math.erf(x), lambda x: 2 / SQRT_PI * math.exp(-x * x), (0.3, -1.1)),
     ("math.erfc", lambda x: math.erfc(x), lambda x: -2 / SQRT_PI * math.exp(-x * x), (0.3, -1.1)),
-    pytest.param("math.lgamma", lambda x: math.lgamma(x), lambda x: scipy.special.digamma(x),
-                 (0.7, 3.5), marks=NO_RULE_YET),
-    pytest.param("math.gamma", lambda x: math.gamma(x),
-                 lambda x: math.gamma(x) * scipy.special.digamma(x), (0.7, 3.5),
-                 marks=NO_RULE_YET),
+    pytest.param(
+        "math.lgamma",
+        lambda x: math.lgamma(x),
+        lambda x: scipy.special.digamma(x),
+        (0.7, 3.5),
+        marks=NO_RULE_YET,
+    ),
+    pytest.param(
+        "math.gamma",
+        lambda x: math.gamma(x),
+        lambda x: math.gamma(x) * scipy.special.digamma(x),
+        (0.7, 3.5),
+        marks=NO_RULE_YET,
+    ),
     ("math.degrees", lambda x: math.degrees(x), lambda x: 180 / math.pi, (0.3,)),
     ("math.radians", lambda x: math.radians(x), lambda x: math.pi / 180, (30.0,)),
     # math.floor/ceil/trunc return ints in numba; their derivative is zero, so
@@ -73,13 +84,13 @@ UNARY = [
     ("x*math.trunc", lambda x: x * math.trunc(x), lambda x: math.trunc(x), (2.3, -1.6)),
     # powers: numba lowers a literal int exponent to multiplications, 0.5 to sqrt,
     # others to llvm.pow
-    ("x**2", lambda x: x ** 2, lambda x: 2 * x, (0.3, -1.7)),
-    ("x**3", lambda x: x ** 3, lambda x: 3 * x * x, (0.3, -1.7)),
-    ("x**-1", lambda x: x ** -1, lambda x: -1 / (x * x), (0.3, -1.7)),
-    ("x**-2", lambda x: x ** -2, lambda x: -2 / x ** 3, (0.3, -1.7)),
-    ("x**0.5", lambda x: x ** 0.5, lambda x: 0.5 / math.sqrt(x), (0.3, 5.0)),
-    ("x**1.5", lambda x: x ** 1.5, lambda x: 1.5 * math.sqrt(x), (0.3, 5.0)),
-    ("x**-0.7", lambda x: x ** -0.7, lambda x: -0.7 * x ** -1.7, (0.3, 5.0)),
+    ("x**2", lambda x: x**2, lambda x: 2 * x, (0.3, -1.7)),
+    ("x**3", lambda x: x**3, lambda x: 3 * x * x, (0.3, -1.7)),
+    ("x**-1", lambda x: x**-1, lambda x: -1 / (x * x), (0.3, -1.7)),
+    ("x**-2", lambda x: x**-2, lambda x: -2 / x**3, (0.3, -1.7)),
+    ("x**0.5", lambda x: x**0.5, lambda x: 0.5 / math.sqrt(x), (0.3, 5.0)),
+    ("x**1.5", lambda x: x**1.5, lambda x: 1.5 * math.sqrt(x), (0.3, 5.0)),
+    ("x**-0.7", lambda x: x**-0.7, lambda x: -0.7 * x**-1.7, (0.3, 5.0)),
     ("abs", lambda x: abs(x), sign, (0.4, -2.5)),
     ("neg", lambda x: -x, lambda x: -1.0, (0.4, -2.5)),
     ("reciprocal", lambda x: 1.0 / x, lambda x: -1 / (x * x), (0.4, -2.5)),
@@ -89,7 +100,7 @@ UNARY = [
     ("np.cos", lambda x: np.cos(x), lambda x: -math.sin(x), (0.3, -1.7)),
     ("np.tan", lambda x: np.tan(x), lambda x: 1 / math.cos(x) ** 2, (0.3, -1.2)),
     ("np.exp", lambda x: np.exp(x), lambda x: math.exp(x), (0.3, -2.1)),
-    ("np.exp2", lambda x: np.exp2(x), lambda x: math.log(2) * 2 ** x, (0.3, -2.1)),
+    ("np.exp2", lambda x: np.exp2(x), lambda x: math.log(2) * 2**x, (0.3, -2.1)),
     ("np.log", lambda x: np.log(x), lambda x: 1 / x, (0.05, 3.0)),
     ("np.log2", lambda x: np.log2(x), lambda x: 1 / (x * math.log(2)), (0.05, 3.0)),
     ("np.log10", lambda x: np.log10(x), lambda x: 1 / (x * math.log(10)), (0.05, 3.0)),
@@ -120,10 +131,33 @@ UNARY = [
 ]
 
 # a subset also run on float32 scalars
-FLOAT32 = {"math.sin", "math.cos", "math.tan", "math.exp", "math.log", "math.log1p",
-           "math.sqrt", "math.fabs", "math.tanh", "math.atan", "math.asin", "math.erf",
-           "x**2", "x**3", "x**0.5", "x**1.5", "abs", "reciprocal", "np.exp", "np.log",
-           "np.sqrt", "np.tanh", "np.cbrt", "x+np.floor"}
+FLOAT32 = {
+    "math.sin",
+    "math.cos",
+    "math.tan",
+    "math.exp",
+    "math.log",
+    "math.log1p",
+    "math.sqrt",
+    "math.fabs",
+    "math.tanh",
+    "math.atan",
+    "math.asin",
+    "math.erf",
+    "x**2",
+    "x**3",
+    "x**0.5",
+    "x**1.5",
+    "abs",
+    "reciprocal",
+    "np.exp",
+    "np.log",
+    "np.sqrt",
+    "np.tanh",
+    "np.cbrt",
+    "x+np.floor",
+}
+
 
 def _fields(case):
     """The plain tuple of a case (unwrapping pytest.param)."""
@@ -137,8 +171,9 @@ def _check_formula_by_fd(jitted, args, refs, name):
     """The analytic formula agrees with central FD of the compiled function."""
     _, g_fd = fd.fd_gradient(jitted, *args)
     for k, (g, r) in enumerate(zip(g_fd, refs)):
-        fd.assert_close_to_reference(g, r, rtol=RTOL_FD, atol=1e-8,
-                                     what=f"test bug: formula for {name}, argument {k}, vs FD")
+        fd.assert_close_to_reference(
+            g, r, rtol=RTOL_FD, atol=1e-8, what=f"test bug: formula for {name}, argument {k}, vs FD"
+        )
 
 
 @pytest.mark.parametrize("name, fn, dfn, points", UNARY, ids=[_fields(u)[0] for u in UNARY])
@@ -148,13 +183,16 @@ def test_unary_float64(name, fn, dfn, points):
         (d,) = enzpy.autodiff(f, Active(x))
         ref = float(dfn(x))
         _check_formula_by_fd(f, (x,), (ref,), f"{name} at {x}")
-        fd.assert_close_to_reference(d, ref, rtol=RTOL_ANALYTIC, atol=1e-300,
-                                     what=f"d/dx {name} at x={x}")
+        fd.assert_close_to_reference(
+            d, ref, rtol=RTOL_ANALYTIC, atol=1e-300, what=f"d/dx {name} at x={x}"
+        )
 
 
-@pytest.mark.parametrize("name, fn, dfn, points",
-                         [u for u in UNARY if _fields(u)[0] in FLOAT32],
-                         ids=[_fields(u)[0] for u in UNARY if _fields(u)[0] in FLOAT32])
+@pytest.mark.parametrize(
+    "name, fn, dfn, points",
+    [u for u in UNARY if _fields(u)[0] in FLOAT32],
+    ids=[_fields(u)[0] for u in UNARY if _fields(u)[0] in FLOAT32],
+)
 def test_unary_float32(name, fn, dfn, points):
     f = _JIT[name]
     for x in points:
@@ -163,67 +201,154 @@ def test_unary_float32(name, fn, dfn, points):
         assert isinstance(d, (float, np.floating))
         ref = float(dfn(float(x32)))
         # float32 arithmetic: see fd.RTOL_FLOAT32; a zero derivative stays exactly zero
-        fd.assert_close_to_reference(d, ref, rtol=fd.RTOL_FLOAT32, atol=1e-300,
-                                     what=f"d/dx {name} at x=float32({x})")
+        fd.assert_close_to_reference(
+            d, ref, rtol=fd.RTOL_FLOAT32, atol=1e-300, what=f"d/dx {name} at x=float32({x})"
+        )
 
 
 # name, f(x, y), df/dx, df/dy, points
 BINARY = [
-    ("math.atan2", lambda x, y: math.atan2(x, y),
-     lambda x, y: y / (x * x + y * y), lambda x, y: -x / (x * x + y * y),
-     ((0.3, 0.8), (-0.5, -1.2), (1.1, -0.4))),
-    ("math.hypot", lambda x, y: math.hypot(x, y),
-     lambda x, y: x / math.hypot(x, y), lambda x, y: y / math.hypot(x, y),
-     ((0.3, 0.8), (-0.5, -1.2))),
-    ("x**y", lambda x, y: x ** y,
-     lambda x, y: y * x ** (y - 1), lambda x, y: x ** y * math.log(x),
-     ((0.3, 0.8), (2.5, -1.3), (1.7, 3.0))),
-    ("math.pow", lambda x, y: math.pow(x, y),
-     lambda x, y: y * x ** (y - 1), lambda x, y: x ** y * math.log(x),
-     ((0.3, 0.8), (2.5, -1.3))),
-    ("math.copysign", lambda x, y: math.copysign(x, y),
-     lambda x, y: sign(x) * sign(y), lambda x, y: 0.0,
-     ((0.7, -0.3), (-0.7, -0.3), (0.5, 2.0))),
-    ("min", lambda x, y: min(x, y),
-     lambda x, y: 1.0 if x < y else 0.0, lambda x, y: 0.0 if x < y else 1.0,
-     ((0.3, 0.8), (0.9, -0.2))),
-    ("max", lambda x, y: max(x, y),
-     lambda x, y: 1.0 if x > y else 0.0, lambda x, y: 0.0 if x > y else 1.0,
-     ((0.3, 0.8), (0.9, -0.2))),
-    ("x/y", lambda x, y: x / y, lambda x, y: 1 / y, lambda x, y: -x / (y * y),
-     ((0.3, 0.8), (-1.5, 0.4))),
-    ("x*y-x", lambda x, y: x * y - x, lambda x, y: y - 1, lambda x, y: x,
-     ((0.3, 0.8),)),
-    ("x%y", lambda x, y: x % y, lambda x, y: 1.0, lambda x, y: -math.floor(x / y),
-     ((2.7, 0.8), (-2.7, 0.8), (2.7, -0.8))),
-    ("x//y+x*y", lambda x, y: x // y + x * y, lambda x, y: y, lambda x, y: x,
-     ((2.7, 0.8), (-2.7, 0.8))),
-    ("np.fmod", lambda x, y: np.fmod(x, y), lambda x, y: 1.0,
-     lambda x, y: -math.trunc(x / y), ((2.7, 0.8), (-2.7, 0.8))),
-    ("np.arctan2", lambda x, y: np.arctan2(x, y),
-     lambda x, y: y / (x * x + y * y), lambda x, y: -x / (x * x + y * y),
-     ((0.3, 0.8), (-0.5, -1.2))),
-    ("np.hypot", lambda x, y: np.hypot(x, y),
-     lambda x, y: x / math.hypot(x, y), lambda x, y: y / math.hypot(x, y),
-     ((0.3, 0.8),)),
-    ("np.power", lambda x, y: np.power(x, y),
-     lambda x, y: y * x ** (y - 1), lambda x, y: x ** y * math.log(x), ((2.5, -1.3),)),
-    ("np.maximum", lambda x, y: np.maximum(x, y),
-     lambda x, y: 1.0 if x > y else 0.0, lambda x, y: 0.0 if x > y else 1.0,
-     ((0.3, 0.8), (0.9, -0.2))),
-    ("np.minimum", lambda x, y: np.minimum(x, y),
-     lambda x, y: 1.0 if x < y else 0.0, lambda x, y: 0.0 if x < y else 1.0,
-     ((0.3, 0.8), (0.9, -0.2))),
-    ("np.fmax", lambda x, y: np.fmax(x, y),
-     lambda x, y: 1.0 if x > y else 0.0, lambda x, y: 0.0 if x > y else 1.0,
-     ((0.3, 0.8), (0.9, -0.2))),
-    ("np.copysign", lambda x, y: np.copysign(x, y),
-     lambda x, y: sign(x) * sign(y), lambda x, y: 0.0, ((0.7, -0.3), (-0.7, 0.3))),
-    ("np.logaddexp", lambda x, y: np.logaddexp(x, y),
-     lambda x, y: 1 / (1 + math.exp(y - x)), lambda x, y: 1 / (1 + math.exp(x - y)),
-     ((0.3, 0.8), (-2.0, 1.5))),
-    ("np.divide", lambda x, y: np.divide(x, y), lambda x, y: 1 / y,
-     lambda x, y: -x / (y * y), ((0.3, 0.8),)),
+    (
+        "math.atan2",
+        lambda x, y: math.atan2(x, y),
+        lambda x, y: y / (x * x + y * y),
+        lambda x, y: -x / (x * x + y * y),
+        ((0.3, 0.8), (-0.5, -1.2), (1.1, -0.4)),
+    ),
+    (
+        "math.hypot",
+        lambda x, y: math.hypot(x, y),
+        lambda x, y: x / math.hypot(x, y),
+        lambda x, y: y / math.hypot(x, y),
+        ((0.3, 0.8), (-0.5, -1.2)),
+    ),
+    (
+        "x**y",
+        lambda x, y: x**y,
+        lambda x, y: y * x ** (y - 1),
+        lambda x, y: x**y * math.log(x),
+        ((0.3, 0.8), (2.5, -1.3), (1.7, 3.0)),
+    ),
+    (
+        "math.pow",
+        lambda x, y: math.pow(x, y),
+        lambda x, y: y * x ** (y - 1),
+        lambda x, y: x**y * math.log(x),
+        ((0.3, 0.8), (2.5, -1.3)),
+    ),
+    (
+        "math.copysign",
+        lambda x, y: math.copysign(x, y),
+        lambda x, y: sign(x) * sign(y),
+        lambda x, y: 0.0,
+        ((0.7, -0.3), (-0.7, -0.3), (0.5, 2.0)),
+    ),
+    (
+        "min",
+        lambda x, y: min(x, y),
+        lambda x, y: 1.0 if x < y else 0.0,
+        lambda x, y: 0.0 if x < y else 1.0,
+        ((0.3, 0.8), (0.9, -0.2)),
+    ),
+    (
+        "max",
+        lambda x, y: max(x, y),
+        lambda x, y: 1.0 if x > y else 0.0,
+        lambda x, y: 0.0 if x > y else 1.0,
+        ((0.3, 0.8), (0.9, -0.2)),
+    ),
+    (
+        "x/y",
+        lambda x, y: x / y,
+        lambda x, y: 1 / y,
+        lambda x, y: -x / (y * y),
+        ((0.3, 0.8), (-1.5, 0.4)),
+    ),
+    ("x*y-x", lambda x, y: x * y - x, lambda x, y: y - 1, lambda x, y: x, ((0.3, 0.8),)),
+    (
+        "x%y",
+        lambda x, y: x % y,
+        lambda x, y: 1.0,
+        lambda x, y: -math.floor(x / y),
+        ((2.7, 0.8), (-2.7, 0.8), (2.7, -0.8)),
+    ),
+    (
+        "x//y+x*y",
+        lambda x, y: x // y + x * y,
+        lambda x, y: y,
+        lambda x, y: x,
+        ((2.7, 0.8), (-2.7, 0.8)),
+    ),
+    (
+        "np.fmod",
+        lambda x, y: np.fmod(x, y),
+        lambda x, y: 1.0,
+        lambda x, y: -math.trunc(x / y),
+        ((2.7, 0.8), (-2.7, 0.8)),
+    ),
+    (
+        "np.arctan2",
+        lambda x, y: np.arctan2(x, y),
+        lambda x, y: y / (x * x + y * y),
+        lambda x, y: -x / (x * x + y * y),
+        ((0.3, 0.8), (-0.5, -1.2)),
+    ),
+    (
+        "np.hypot",
+        lambda x, y: np.hypot(x, y),
+        lambda x, y: x / math.hypot(x, y),
+        lambda x, y: y / math.hypot(x, y),
+        ((0.3, 0.8),),
+    ),
+    (
+        "np.power",
+        lambda x, y: np.power(x, y),
+        lambda x, y: y * x ** (y - 1),
+        lambda x, y: x**y * math.log(x),
+        ((2.5, -1.3),),
+    ),
+    (
+        "np.maximum",
+        lambda x, y: np.maximum(x, y),
+        lambda x, y: 1.0 if x > y else 0.0,
+        lambda x, y: 0.0 if x > y else 1.0,
+        ((0.3, 0.8), (0.9, -0.2)),
+    ),
+    (
+        "np.minimum",
+        lambda x, y: np.minimum(x, y),
+        lambda x, y: 1.0 if x < y else 0.0,
+        lambda x, y: 0.0 if x < y else 1.0,
+        ((0.3, 0.8), (0.9, -0.2)),
+    ),
+    (
+        "np.fmax",
+        lambda x, y: np.fmax(x, y),
+        lambda x, y: 1.0 if x > y else 0.0,
+        lambda x, y: 0.0 if x > y else 1.0,
+        ((0.3, 0.8), (0.9, -0.2)),
+    ),
+    (
+        "np.copysign",
+        lambda x, y: np.copysign(x, y),
+        lambda x, y: sign(x) * sign(y),
+        lambda x, y: 0.0,
+        ((0.7, -0.3), (-0.7, 0.3)),
+    ),
+    (
+        "np.logaddexp",
+        lambda x, y: np.logaddexp(x, y),
+        lambda x, y: 1 / (1 + math.exp(y - x)),
+        lambda x, y: 1 / (1 + math.exp(x - y)),
+        ((0.3, 0.8), (-2.0, 1.5)),
+    ),
+    (
+        "np.divide",
+        lambda x, y: np.divide(x, y),
+        lambda x, y: 1 / y,
+        lambda x, y: -x / (y * y),
+        ((0.3, 0.8),),
+    ),
 ]
 
 _JIT2 = {name: numba.njit(fn) for name, fn, _, _, _ in BINARY}
@@ -236,10 +361,12 @@ def test_binary_float64(name, fn, dfx, dfy, points):
         dx, dy = enzpy.autodiff(f, Active(x), Active(y))
         rx, ry = float(dfx(x, y)), float(dfy(x, y))
         _check_formula_by_fd(f, (x, y), (rx, ry), f"{name} at {(x, y)}")
-        fd.assert_close_to_reference(dx, rx, rtol=RTOL_ANALYTIC, atol=1e-300,
-                                     what=f"d/dx {name} at {(x, y)}")
-        fd.assert_close_to_reference(dy, ry, rtol=RTOL_ANALYTIC, atol=1e-300,
-                                     what=f"d/dy {name} at {(x, y)}")
+        fd.assert_close_to_reference(
+            dx, rx, rtol=RTOL_ANALYTIC, atol=1e-300, what=f"d/dx {name} at {(x, y)}"
+        )
+        fd.assert_close_to_reference(
+            dy, ry, rtol=RTOL_ANALYTIC, atol=1e-300, what=f"d/dy {name} at {(x, y)}"
+        )
 
 
 @pytest.mark.parametrize("name", ["math.atan2", "x**y", "x/y", "max"])
@@ -249,15 +376,17 @@ def test_binary_float32(name):
     for x, y in points:
         x32, y32 = np.float32(x), np.float32(y)
         dx, dy = enzpy.autodiff(f, Active(x32), Active(y32))
-        fd.assert_close_to_reference(dx, dfx(float(x32), float(y32)), rtol=fd.RTOL_FLOAT32,
-                                     atol=1e-300, what=f"d/dx {name}")
-        fd.assert_close_to_reference(dy, dfy(float(x32), float(y32)), rtol=fd.RTOL_FLOAT32,
-                                     atol=1e-300, what=f"d/dy {name}")
+        fd.assert_close_to_reference(
+            dx, dfx(float(x32), float(y32)), rtol=fd.RTOL_FLOAT32, atol=1e-300, what=f"d/dx {name}"
+        )
+        fd.assert_close_to_reference(
+            dy, dfy(float(x32), float(y32)), rtol=fd.RTOL_FLOAT32, atol=1e-300, what=f"d/dy {name}"
+        )
 
 
 @numba.njit
 def _pow_const_exponent(x, c):
-    return x ** c
+    return x**c
 
 
 def test_one_active_one_const_argument():
@@ -270,13 +399,12 @@ def test_one_active_one_const_argument():
     assert dc2 is None and dx2 == dx
     dx3, dc3 = enzpy.autodiff(_pow_const_exponent, Const(x), Active(c))
     assert dx3 is None
-    fd.assert_close_to_reference(dc3, x ** c * math.log(x), rtol=RTOL_ANALYTIC,
-                                 what="d/dc x**c")
+    fd.assert_close_to_reference(dc3, x**c * math.log(x), rtol=RTOL_ANALYTIC, what="d/dc x**c")
 
 
 @numba.njit
 def _int_power(x, n):
-    return x ** n
+    return x**n
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7, -1, -3])
@@ -285,8 +413,9 @@ def test_integer_power_with_runtime_exponent(x, n):
     dx, dn = enzpy.autodiff(_int_power, Active(x), Const(n))
     assert dn is None
     ref = n * x ** (n - 1) if n != 0 else 0.0
-    fd.assert_close_to_reference(dx, ref, rtol=RTOL_ANALYTIC, atol=1e-300,
-                                 what=f"d/dx x**{n} at {x}")
+    fd.assert_close_to_reference(
+        dx, ref, rtol=RTOL_ANALYTIC, atol=1e-300, what=f"d/dx x**{n} at {x}"
+    )
 
 
 @numba.njit
@@ -302,8 +431,12 @@ def test_composite_of_three_active_floats():
 
 
 def test_composite_float32_scalars():
-    fd.check_vjp(_composite, fd.Active(np.float32(0.4)), fd.Active(np.float32(-0.7)),
-                 fd.Active(np.float32(1.3)))
+    fd.check_vjp(
+        _composite,
+        fd.Active(np.float32(0.4)),
+        fd.Active(np.float32(-0.7)),
+        fd.Active(np.float32(1.3)),
+    )
 
 
 @numba.njit
@@ -380,29 +513,31 @@ def _newton_sqrt(a):
 @pytest.mark.parametrize("a", [0.3, 2.0, 1e4])
 def test_newton_iteration_with_data_dependent_trip_count(a):
     (d,) = enzpy.autodiff(_newton_sqrt, Active(a))
-    fd.assert_close_to_reference(d, 0.5 / math.sqrt(a), rtol=1e-9,
-                                 what=f"d sqrt_newton(a)/da at {a}")
+    fd.assert_close_to_reference(
+        d, 0.5 / math.sqrt(a), rtol=1e-9, what=f"d sqrt_newton(a)/da at {a}"
+    )
 
 
 def _plain_python(x, y):
-    return math.sin(x) * y ** 2
+    return math.sin(x) * y**2
 
 
 def test_plain_function_is_compiled_with_njit():
     ref = enzpy.autodiff(numba.njit(_plain_python), Active(0.5), Active(1.5))
     got = enzpy.autodiff(_plain_python, Active(0.5), Active(1.5))
     np.testing.assert_allclose(got, ref, rtol=1e-15)
-    fd.assert_close_to_reference(got[0], math.cos(0.5) * 1.5 ** 2, what="dx")
+    fd.assert_close_to_reference(got[0], math.cos(0.5) * 1.5**2, what="dx")
     fd.assert_close_to_reference(got[1], 2 * math.sin(0.5) * 1.5, what="dy")
 
 
 def test_reverse_with_primal_scalar():
-    derivs, primal = enzpy.autodiff(_composite, Active(0.4), Active(-0.7), Active(1.3),
-                                    mode=enzpy.ReverseWithPrimal)
+    derivs, primal = enzpy.autodiff(
+        _composite, Active(0.4), Active(-0.7), Active(1.3), mode=enzpy.ReverseWithPrimal
+    )
     assert primal == _composite(0.4, -0.7, 1.3)
     np.testing.assert_allclose(
-        derivs, enzpy.autodiff(_composite, Active(0.4), Active(-0.7), Active(1.3)),
-        rtol=1e-15)
+        derivs, enzpy.autodiff(_composite, Active(0.4), Active(-0.7), Active(1.3)), rtol=1e-15
+    )
 
 
 @numba.njit
@@ -415,6 +550,5 @@ def test_active_tuple_of_floats():
     t, y = (0.3, 0.5, 0.7), 2.0
     dt, dy = enzpy.autodiff(_of_tuple, Active(t), Active(y))
     assert isinstance(dt, tuple) and len(dt) == 3
-    fd.assert_close_to_reference(dt, (t[1], t[0], math.cos(t[2]) * y), RTOL_ANALYTIC,
-                                 what="d/dt")
+    fd.assert_close_to_reference(dt, (t[1], t[0], math.cos(t[2]) * y), RTOL_ANALYTIC, what="d/dt")
     fd.assert_close_to_reference(dy, math.sin(t[2]), RTOL_ANALYTIC, what="d/dy")

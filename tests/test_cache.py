@@ -83,7 +83,7 @@ def test_second_call_with_same_types_compiles_nothing():
     dx1 = np.zeros(8)
     r1 = enzpy.autodiff(weighted, Duplicated(x, dx1), Active(0.5), 0.25)
     before = _cache.info()
-    x2 = rng(1).uniform(-1, 1, 11)                 # other values and length, same types
+    x2 = rng(1).uniform(-1, 1, 11)  # other values and length, same types
     dx2 = np.zeros(11)
     with count_compilations() as counts:
         r2 = enzpy.autodiff(weighted, Duplicated(x2, dx2), Active(1.5), 0.75)
@@ -127,8 +127,9 @@ def test_dtypes_layouts_activities_modes_get_their_own_derivatives():
         assert da == pytest.approx(grad_a(x), rel=1e-12)
         # float32 arrays and scalars
         x32, dx32 = x.astype(np.float32), np.zeros(8, np.float32)
-        (_, da32, _) = enzpy.autodiff(weighted, Duplicated(x32, dx32), Active(np.float32(a)),
-                                      np.float32(c))
+        (_, da32, _) = enzpy.autodiff(
+            weighted, Duplicated(x32, dx32), Active(np.float32(a)), np.float32(c)
+        )
         xd = x32.astype(np.float64)
         np.testing.assert_allclose(dx32, grad_x(xd, a, c), rtol=fd.RTOL_FLOAT32, atol=1e-6)
         assert float(da32) == pytest.approx(grad_a(xd), rel=fd.RTOL_FLOAT32)
@@ -152,26 +153,28 @@ def test_dtypes_layouts_activities_modes_get_their_own_derivatives():
         assert res[1] == 0.0 and np.all(dx == 0)
         # ReverseWithPrimal
         dx = np.zeros(8)
-        (res, primal) = enzpy.autodiff(weighted, Duplicated(x, dx), Active(a), c,
-                                       mode=enzpy.ReverseWithPrimal)
+        (res, primal) = enzpy.autodiff(
+            weighted, Duplicated(x, dx), Active(a), c, mode=enzpy.ReverseWithPrimal
+        )
         assert primal == pytest.approx(weighted(x, a, c), rel=1e-15)
         np.testing.assert_allclose(dx, grad_x(x, a, c), rtol=1e-12)
 
     run_all()
     before = _cache.info()
     with count_compilations() as counts:
-        run_all()          # every combination again, now from the cache
+        run_all()  # every combination again, now from the cache
     assert counts == {}, f"a cached combination compiled: {counts}"
     assert _cache.info().builds == before.builds
 
 
 def _make_scaled(k):
     @numba.njit
-    def scaled(x):          # same name and qualname for every k
+    def scaled(x):  # same name and qualname for every k
         s = 0.0
         for i in range(x.shape[0]):
             s += k * x[i] * x[i]
         return s
+
     return scaled
 
 
@@ -209,6 +212,7 @@ def test_autodiff_before_and_after_the_primal_is_compiled():
 
 # ------------------------------------------------------------------ derivative()
 
+
 @numba.njit
 def loss(x, a):
     s = 0.0
@@ -224,7 +228,7 @@ def test_derivative_callable_from_python_matches_autodiff():
     (_, da_ref) = enzpy.autodiff(loss, Duplicated(x, dx_ref), Active(0.4))
     d = enzpy.derivative(loss, Duplicated(x, np.zeros(6)), Active(0.4))
     dx = np.zeros(6)
-    out = d(x, dx, 0.4, 1.0)              # f's args, each shadow after its array, dret
+    out = d(x, dx, 0.4, 1.0)  # f's args, each shadow after its array, dret
     assert isinstance(out, tuple) and len(out) == 1
     assert out[0] == da_ref
     np.testing.assert_array_equal(dx, dx_ref)
@@ -237,8 +241,9 @@ def test_derivative_callable_from_python_matches_autodiff():
 
 def test_derivative_with_primal():
     x = rng(8).uniform(-1, 1, 6)
-    d = enzpy.derivative(loss, Duplicated(x, np.zeros(6)), Active(0.4),
-                         mode=enzpy.ReverseWithPrimal)
+    d = enzpy.derivative(
+        loss, Duplicated(x, np.zeros(6)), Active(0.4), mode=enzpy.ReverseWithPrimal
+    )
     dx = np.zeros(6)
     primal, da = d(x, dx, 0.4, 1.0)
     assert primal == pytest.approx(loss(x, 0.4), rel=1e-15)

@@ -67,6 +67,7 @@ def three_args(a, b, x):
 
 # ------------------------------------------------------ annotations and shadows
 
+
 def test_active_on_an_array():
     x = rng(0).uniform(-1, 1, 5)
     snap = Snapshot(x)
@@ -97,7 +98,7 @@ def test_shadow_of_wrong_shape():
         enzpy.autodiff(three_args, Active(0.5), Const(1.0), Duplicated(x, dx))
     assert isinstance(ei.value, ValueError) and isinstance(ei.value, enzpy.EnzpyError)
     assert mentions_position(ei.value, 2)
-    assert "(5,)" in str(ei.value)          # what was expected
+    assert "(5,)" in str(ei.value)  # what was expected
     snap.assert_unchanged()
 
 
@@ -151,6 +152,7 @@ def test_shadow_sharing_memory_with_its_array():
 
 # ---------------------------------------------------------------- numba errors
 
+
 def _does_not_type(x):
     s = 0.0
     for i in range(x.shape[0]):
@@ -178,6 +180,7 @@ def test_numba_compile_failure_is_wrapped(as_dispatcher):
 
 
 # ----------------------------------------------------------------- activity
+
 
 @numba.njit
 def stores_into_const(x, scratch_buf):
@@ -307,6 +310,7 @@ def test_call_to_other_njit_function_is_differentiated_or_named_unsupported():
 
 
 # ------------------------------------------------------- exceptions in the kernel
+
 
 @numba.njit
 def raises_on_negative(x, out):

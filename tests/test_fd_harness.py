@@ -13,11 +13,18 @@ import pytest
 # f(x, out, a): out <- a sin(x) (write-only), returns sum(x^2); x is read-only.
 def f_np(x, out, a):
     out[:] = a * np.sin(x)
-    return float(np.sum(x ** 2))
+    return float(np.sum(x**2))
 
 
-def make_backend(sign_da=1.0, drop_2x=False, keep_dout=False, overwrite_dx=False,
-                 always_seed=False, run_primal=True, scale_da=1.0):
+def make_backend(
+    sign_da=1.0,
+    drop_2x=False,
+    keep_dout=False,
+    overwrite_dx=False,
+    always_seed=False,
+    run_primal=True,
+    scale_da=1.0,
+):
     def backend(f, specs, shadows, ret_active, with_primal):
         x = specs[0].value
         out = specs[1].value
@@ -37,6 +44,7 @@ def make_backend(sign_da=1.0, drop_2x=False, keep_dout=False, overwrite_dx=False
             dout[...] = 0
         r = f(x, out, a) if run_primal else None
         return (None, None, x.dtype.type(da)), (r if with_primal else None)
+
     return backend
 
 
@@ -47,8 +55,9 @@ def args64(seed=0, n=7):
 
 def test_accepts_correct_vjp():
     x, out, a = args64()
-    trials = fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a),
-                          backend=make_backend(), trials=3)
+    trials = fd.check_vjp(
+        f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), backend=make_backend(), trials=3
+    )
     assert len(trials) == 3
     # the output shadow was consumed, the input shadow accumulated
     t = trials[-1]
@@ -58,39 +67,48 @@ def test_accepts_correct_vjp():
 
 def test_accepts_correct_vjp_with_primal_and_const_return():
     x, out, a = args64(1)
-    fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), with_primal=True,
-                 backend=make_backend())
+    fd.check_vjp(
+        f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), with_primal=True, backend=make_backend()
+    )
     x, out, a = args64(2)
-    fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), ret="const",
-                 backend=make_backend())
+    fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), ret="const", backend=make_backend())
 
 
-@pytest.mark.parametrize("mistake", [
-    dict(sign_da=-1.0),
-    dict(drop_2x=True),
-    dict(keep_dout=True),
-    dict(overwrite_dx=True),
-    dict(scale_da=1 + 1e-4),     # a small relative error is still caught
-])
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        dict(sign_da=-1.0),
+        dict(drop_2x=True),
+        dict(keep_dout=True),
+        dict(overwrite_dx=True),
+        dict(scale_da=1 + 1e-4),  # a small relative error is still caught
+    ],
+)
 def test_rejects_wrong_vjp(mistake):
     x, out, a = args64(3)
     with pytest.raises(AssertionError, match="argument"):
-        fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a),
-                     backend=make_backend(**mistake))
+        fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), backend=make_backend(**mistake))
 
 
 def test_rejects_seeding_a_const_return():
     x, out, a = args64(4)
     with pytest.raises(AssertionError, match="argument 0"):
-        fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), ret="const",
-                     backend=make_backend(always_seed=True))
+        fd.check_vjp(
+            f_np,
+            fd.Dup(x),
+            fd.Dup(out),
+            fd.Active(a),
+            ret="const",
+            backend=make_backend(always_seed=True),
+        )
 
 
 def test_rejects_missing_primal_results():
     x, out, a = args64(5)
     with pytest.raises(AssertionError, match="primal contents"):
-        fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a),
-                     backend=make_backend(run_primal=False))
+        fd.check_vjp(
+            f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), backend=make_backend(run_primal=False)
+        )
 
 
 def test_float32_tolerance_accepts_float32_arithmetic_and_rejects_a_sign_error():
@@ -100,8 +118,7 @@ def test_float32_tolerance_accepts_float32_arithmetic_and_rejects_a_sign_error()
     a = np.float32(0.7)
     fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), backend=make_backend())
     with pytest.raises(AssertionError):
-        fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a),
-                     backend=make_backend(sign_da=-1.0))
+        fd.check_vjp(f_np, fd.Dup(x), fd.Dup(out), fd.Active(a), backend=make_backend(sign_da=-1.0))
 
 
 # in place: x <- a x^2, so dx <- 2 a x0 dx (replaced, not accumulated), da = sum x0^2 dx
@@ -119,6 +136,7 @@ def inplace_backend(accumulate):
         da = float(np.sum(x0 * x0 * w))
         dx[...] = (w if accumulate else 0) + 2 * a * x0 * w
         return (None, da), None
+
     return backend
 
 
@@ -141,8 +159,14 @@ def test_strided_shadow_factory_is_used():
         seen.append(s)
         return s
 
-    fd.check_vjp(f_np, fd.Dup(x, shadow=shadow), fd.Dup(np.zeros(7)), fd.Active(0.3),
-                 backend=make_backend(), trials=1)
+    fd.check_vjp(
+        f_np,
+        fd.Dup(x, shadow=shadow),
+        fd.Dup(np.zeros(7)),
+        fd.Active(0.3),
+        backend=make_backend(),
+        trials=1,
+    )
     assert len(seen) == 1 and seen[0].strides == (16,)
 
 
@@ -166,8 +190,8 @@ def test_check_gradient_against_analytic_rosenbrock():
 
 
 def test_check_gradient_scalars():
-    f = lambda x, y: float(np.sin(x) * np.exp(y) + x ** 3)
-    g = lambda f, x, y: (np.cos(x) * np.exp(y) + 3 * x ** 2, np.sin(x) * np.exp(y))
+    f = lambda x, y: float(np.sin(x) * np.exp(y) + x**3)
+    g = lambda f, x, y: (np.cos(x) * np.exp(y) + 3 * x**2, np.sin(x) * np.exp(y))
     fd.check_gradient(f, 0.4, -0.3, grad=g)
     with pytest.raises(AssertionError, match="argument 1"):
         fd.check_gradient(f, 0.4, -0.3, grad=lambda f, x, y: (g(f, x, y)[0], -g(f, x, y)[1]))

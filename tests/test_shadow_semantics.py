@@ -70,6 +70,7 @@ def sin_into_and_sum(x, out, a):
 
 # ------------------------------------------------------------------- accumulation
 
+
 def test_input_shadow_accumulates_across_two_calls():
     x, y = rng(0).uniform(-1, 1, 8), rng(1).uniform(-1, 1, 8)
     dx0 = rng(2).standard_normal(8)
@@ -83,7 +84,7 @@ def test_input_shadow_accumulates_across_two_calls():
 def test_staged_shadow_accumulates_too():
     # a shadow with other strides than x is staged through a buffer: the buffer must
     # start from the shadow's contents, not from zero
-    x = rng(3).uniform(-1, 1, (6, 5))[:, ::2]     # non-contiguous
+    x = rng(3).uniform(-1, 1, (6, 5))[:, ::2]  # non-contiguous
     y = rng(4).uniform(-1, 1, 6)
 
     @numba.njit
@@ -94,7 +95,7 @@ def test_staged_shadow_accumulates_too():
                 s += x[i, j] * y[i]
         return s
 
-    dx = np.ones_like(x)                          # C-contiguous
+    dx = np.ones_like(x)  # C-contiguous
     assert dx.strides != x.strides
     enzpy.autodiff(f, Duplicated(x, dx), Const(y))
     enzpy.autodiff(f, Duplicated(x, dx), Const(y))
@@ -102,6 +103,7 @@ def test_staged_shadow_accumulates_too():
 
 
 # ---------------------------------------------------------------------- consumption
+
 
 def test_output_shadow_is_zero_after_the_call():
     x = rng(5).uniform(-2, 2, 9)
@@ -127,6 +129,7 @@ def test_output_shadow_consumed_only_once():
 
 # ------------------------------------------------------------------------- in place
 
+
 def test_in_place_update_replaces_shadow_with_jt_dx():
     x0 = rng(9).uniform(-1, 1, 7)
     a = 1.7
@@ -135,9 +138,10 @@ def test_in_place_update_replaces_shadow_with_jt_dx():
     (dxx, da) = enzpy.autodiff(scale_in_place, Duplicated(x, dx), Active(a))
     assert dxx is None
     np.testing.assert_allclose(x, a * x0 * x0, rtol=RTOL)
-    np.testing.assert_allclose(dx, 2 * a * x0 * w, rtol=RTOL)      # replaced, not +=
-    fd.assert_close_to_reference(da, np.sum(x0 * x0 * w), 1e-12,
-                                 atol=1e-14 * np.sum(np.abs(x0 * x0 * w)), what="da")
+    np.testing.assert_allclose(dx, 2 * a * x0 * w, rtol=RTOL)  # replaced, not +=
+    fd.assert_close_to_reference(
+        da, np.sum(x0 * x0 * w), 1e-12, atol=1e-14 * np.sum(np.abs(x0 * x0 * w)), what="da"
+    )
     fd.check_vjp(scale_in_place, fd.Dup(x0.copy()), fd.Active(a))
 
 
@@ -148,10 +152,11 @@ def test_axpy_in_place_accumulation():
     y, dx, dy = y0.copy(), dx0.copy(), w.copy()
     (da, _, _) = enzpy.autodiff(axpy, Active(a), Duplicated(x, dx), Duplicated(y, dy))
     np.testing.assert_allclose(y, y0 + a * x, rtol=RTOL)
-    np.testing.assert_array_equal(dy, w)                  # d y_after / d y_before = I
+    np.testing.assert_array_equal(dy, w)  # d y_after / d y_before = I
     np.testing.assert_allclose(dx, dx0 + a * w, rtol=RTOL)
-    fd.assert_close_to_reference(da, np.sum(x * w), 1e-12,
-                                 atol=1e-14 * np.sum(np.abs(x * w)), what="da")
+    fd.assert_close_to_reference(
+        da, np.sum(x * w), 1e-12, atol=1e-14 * np.sum(np.abs(x * w)), what="da"
+    )
 
 
 def test_in_place_overwrite_needs_old_values():
@@ -170,22 +175,24 @@ def test_in_place_overwrite_needs_old_values():
 
 # ---------------------------------------------------------------- DuplicatedNoNeed
 
+
 def test_duplicated_no_need_gives_the_same_shadows_as_duplicated():
     x = rng(17).uniform(-2, 2, 9)
     w = rng(18).standard_normal(9)
     results = {}
     for ann in (Duplicated, DuplicatedNoNeed):
         dx, dout = np.zeros(9), w.copy()
-        res = enzpy.autodiff(sin_into_and_sum, Duplicated(x, dx), ann(np.zeros(9), dout),
-                             Active(0.8))
+        res = enzpy.autodiff(
+            sin_into_and_sum, Duplicated(x, dx), ann(np.zeros(9), dout), Active(0.8)
+        )
         assert res[0] is None and res[1] is None
         assert np.all(dout == 0.0)
         results[ann] = (dx, res[2])
-    np.testing.assert_allclose(results[DuplicatedNoNeed][0], results[Duplicated][0],
-                               rtol=1e-15)
+    np.testing.assert_allclose(results[DuplicatedNoNeed][0], results[Duplicated][0], rtol=1e-15)
     assert results[DuplicatedNoNeed][1] == pytest.approx(results[Duplicated][1], rel=1e-15)
-    fd.assert_close_to_reference(results[Duplicated][0], 0.8 * np.cos(x) * w + 2 * x,
-                                 1e-12, atol=1e-15, what="dx")
+    fd.assert_close_to_reference(
+        results[Duplicated][0], 0.8 * np.cos(x) * w + 2 * x, 1e-12, atol=1e-15, what="dx"
+    )
 
 
 def test_duplicated_no_need_against_fd():
@@ -195,34 +202,43 @@ def test_duplicated_no_need_against_fd():
 
 # ------------------------------------------------------------- ReverseWithPrimal
 
+
 def test_reverse_with_primal_returns_the_primal():
     x = rng(20).uniform(-2, 2, 9)
     ref = sin_into_and_sum(x.copy(), np.zeros(9), 0.8)
     dx, out, dout = np.zeros(9), np.zeros(9), np.ones(9)
-    derivs, primal = enzpy.autodiff(sin_into_and_sum, Duplicated(x, dx),
-                                    Duplicated(out, dout), Active(0.8),
-                                    mode=enzpy.ReverseWithPrimal)
+    derivs, primal = enzpy.autodiff(
+        sin_into_and_sum,
+        Duplicated(x, dx),
+        Duplicated(out, dout),
+        Active(0.8),
+        mode=enzpy.ReverseWithPrimal,
+    )
     assert primal == pytest.approx(ref, rel=1e-15)
     np.testing.assert_array_equal(out, 0.8 * np.sin(x))
     dx2, out2, dout2 = np.zeros(9), np.zeros(9), np.ones(9)
-    derivs2 = enzpy.autodiff(sin_into_and_sum, Duplicated(x, dx2), Duplicated(out2, dout2),
-                             Active(0.8))
+    derivs2 = enzpy.autodiff(
+        sin_into_and_sum, Duplicated(x, dx2), Duplicated(out2, dout2), Active(0.8)
+    )
     assert derivs[:2] == (None, None) and derivs[2] == pytest.approx(derivs2[2], rel=1e-15)
     np.testing.assert_allclose(dx, dx2, rtol=1e-15)
-    fd.check_vjp(sin_into_and_sum, fd.Dup(x), fd.Dup(np.zeros(9)), fd.Active(0.8),
-                 with_primal=True)
+    fd.check_vjp(sin_into_and_sum, fd.Dup(x), fd.Dup(np.zeros(9)), fd.Active(0.8), with_primal=True)
 
 
 def test_reverse_with_primal_of_a_none_returning_function():
     x = rng(21).uniform(-2, 2, 5)
-    derivs, primal = enzpy.autodiff(sin_into, Duplicated(x, np.zeros(5)),
-                                    Duplicated(np.zeros(5), np.ones(5)),
-                                    mode=enzpy.ReverseWithPrimal)
+    derivs, primal = enzpy.autodiff(
+        sin_into,
+        Duplicated(x, np.zeros(5)),
+        Duplicated(np.zeros(5), np.ones(5)),
+        mode=enzpy.ReverseWithPrimal,
+    )
     assert derivs == (None, None)
     assert primal is None
 
 
 # ------------------------------------------------------------------- ret=Const
+
 
 def test_ret_const_is_not_seeded():
     x, y = rng(22).uniform(-1, 1, 6), rng(122).uniform(-1, 1, 6)
@@ -250,17 +266,23 @@ def test_ret_const_still_propagates_output_shadows():
     x = rng(23).uniform(-2, 2, 9)
     w = rng(24).standard_normal(9)
     dx, dout = np.zeros(9), w.copy()
-    res = enzpy.autodiff(sin_into_and_sum, Duplicated(x, dx), Duplicated(np.zeros(9), dout),
-                         Active(0.8), ret=enzpy.Const)
+    res = enzpy.autodiff(
+        sin_into_and_sum,
+        Duplicated(x, dx),
+        Duplicated(np.zeros(9), dout),
+        Active(0.8),
+        ret=enzpy.Const,
+    )
     # only the path through `out`; the return's 2x term is absent
     np.testing.assert_allclose(dx, 0.8 * np.cos(x) * w, rtol=1e-12, atol=1e-15)
-    fd.assert_close_to_reference(res[2], np.sum(np.sin(x) * w), 1e-12,
-                                 atol=1e-14 * np.sum(np.abs(np.sin(x) * w)), what="da")
-    fd.check_vjp(sin_into_and_sum, fd.Dup(x), fd.Dup(np.zeros(9)), fd.Active(0.8),
-                 ret="const")
+    fd.assert_close_to_reference(
+        res[2], np.sum(np.sin(x) * w), 1e-12, atol=1e-14 * np.sum(np.abs(np.sin(x) * w)), what="da"
+    )
+    fd.check_vjp(sin_into_and_sum, fd.Dup(x), fd.Dup(np.zeros(9)), fd.Active(0.8), ret="const")
 
 
 # ------------------------------------------------------------------- gradient()
+
 
 @numba.njit
 def loss(x, a):
@@ -317,6 +339,7 @@ def test_gradient_const_int_argument_gets_none():
 
 # ------------------------------------------------------------------- make_zero()
 
+
 def test_make_zero():
     x = rng(29).uniform(-1, 1, (4, 6))
     for v in (x, x[:, ::2], x.T, x.astype(np.float32)):
@@ -340,13 +363,13 @@ def test_make_zero_as_shadow():
 
 # --------------------------------------------------------------------- explain()
 
+
 def test_explain_returns_the_log_and_touches_nothing():
     x = rng(31).uniform(-2, 2, 6)
     out = np.zeros(6)
     dx, dout = np.zeros(6), np.ones(6)
     copies = [a.copy() for a in (x, out, dx, dout)]
-    log = enzpy.explain(sin_into_and_sum, Duplicated(x, dx), Duplicated(out, dout),
-                        Active(0.8))
+    log = enzpy.explain(sin_into_and_sum, Duplicated(x, dx), Duplicated(out, dout), Active(0.8))
     assert isinstance(log, str) and log.strip()
     for a, c in zip((x, out, dx, dout), copies):
         np.testing.assert_array_equal(a, c)
