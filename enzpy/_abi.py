@@ -159,6 +159,7 @@ def plan(
     *,
     ret_active: bool,
     return_primal: bool,
+    noalias: bool = False,
     name: str | None = None,
 ) -> Plan:
     """Decide the request and the derivative signature.
@@ -166,6 +167,8 @@ def plan(
     ``kinds[i]`` is the activity of primal argument ``i`` (``const``,
     ``active``, ``dup`` or ``dupnoneed``); ``ret_active`` asks to seed the
     return value, which happens only when it is a float32/float64 scalar.
+    ``noalias`` says the caller checked that no two arguments' memory
+    overlaps, for every call this derivative will serve.
     """
     argtypes = tuple(argtypes)
     kinds = tuple(kinds)
@@ -219,7 +222,7 @@ def plan(
 
     if name is None:
         digest = hashlib.sha1(
-            repr((function, ret_type, params, seeded, has_primal)).encode()
+            repr((function, ret_type, params, seeded, has_primal, noalias)).encode()
         ).hexdigest()[:10]
         name = f"enzpy_rev_{next(_counter)}_{digest}"
 
@@ -231,6 +234,7 @@ def plan(
         "ret_activity": ACTIVE if seeded else CONST,
         "return_primal": has_primal,
         "params": params,
+        "noalias": bool(noalias),
     }
     return Plan(
         request=request,

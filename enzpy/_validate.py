@@ -260,7 +260,7 @@ class Staged:
 class Prepared:
     """One call's arguments, checked and classified."""
 
-    __slots__ = ("kinds", "argtypes", "call_args", "staged", "signature")
+    __slots__ = ("kinds", "argtypes", "call_args", "staged", "signature", "noalias")
 
     def __init__(
         self,
@@ -269,6 +269,7 @@ class Prepared:
         call_args: list[Any],
         staged: list[Staged],
         signature: tuple[Any, ...],
+        noalias: bool,
     ) -> None:
         #: Activity of each argument.
         self.kinds = kinds
@@ -281,6 +282,8 @@ class Prepared:
         #: A cheaply hashable key of kinds and types: (kind, id(type)) per
         #: argument (numba types are interned; the cache keeps them alive).
         self.signature = signature
+        #: No two array arguments share memory (checked for this call).
+        self.noalias = noalias
 
 
 def prepare(args: Sequence[Any]) -> Prepared:
@@ -290,6 +293,8 @@ def prepare(args: Sequence[Any]) -> Prepared:
     call_args: list[Any] = []
     staged: list[Staged] = []
     sig: list[Any] = []
+    arrays: list[np.ndarray] = []
+    containers = False
     for i, a in enumerate(args):
         t = type(a)
         if t is Duplicated or t is DuplicatedNoNeed:
@@ -323,9 +328,29 @@ def prepare(args: Sequence[Any]) -> Prepared:
             v = a
             kind = CONST
             call_args.append(v)
+        if isinstance(v, np.ndarray):
+            arrays.append(v)
+        elif isinstance(v, tuple | list):
+            containers = True
         ty = typeof(v)
         kinds.append(kind)
         tys.append(ty)
         sig.append(kind)
         sig.append(id(ty))
-    return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig))
+    noalias = not containers and arrays_disjoint(arrays)
+    sig.append(noalias)
+    return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias)
+
+
+def arrays_disjoint(arrays: Sequence[np.ndarray]) -> bool:
+    """No two of ``arrays`` may share memory (a cheap bounds check: arrays
+    whose extents overlap count as sharing). The engine may then re-read
+    arrays the function never writes instead of taping them."""
+    n = len(arrays)
+    if n < 2:
+        return True
+    for i in range(n):
+        for j in range(i + 1, n):
+            if np.may_share_memory(arrays[i], arrays[j]):
+                return False
+    return True

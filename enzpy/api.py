@@ -105,6 +105,7 @@ def _plan(
     kinds: tuple[str, ...],
     mode: Mode,
     ret_active: bool,
+    noalias: bool,
 ) -> tuple[Captured, _abi.Plan]:
     _native.load()  # fail before compiling anything when the engine is missing
     captured = capture(disp, argtypes)
@@ -122,6 +123,7 @@ def _plan(
         kinds,
         ret_active=ret_active,
         return_primal=mode.returns_primal,
+        noalias=noalias,
     )
     return captured, plan
 
@@ -132,24 +134,31 @@ def _build(
     kinds: tuple[str, ...],
     mode: Mode,
     ret_active: bool,
+    noalias: bool,
 ) -> _Entry:
-    captured, plan = _plan(disp, argtypes, kinds, mode, ret_active)
+    captured, plan = _plan(disp, argtypes, kinds, mode, ret_active, noalias)
     bitcode, _ = _run_engine(captured, plan, log=False)
     linked = _link.link(bitcode, plan, captured.libraries, _name(disp), captured.environments)
     return _Entry(linked, captured.restype, (disp, argtypes))
 
 
-def _entry(f: Any, args: tuple[Any, ...], mode: Any, ret: Any) -> tuple[_Entry, Any]:
+def _entry(
+    f: Any, args: tuple[Any, ...], mode: Any, ret: Any, noalias: bool | None = None
+) -> tuple[_Entry, Any]:
+    """The compiled derivative for these arguments. ``noalias`` defaults to
+    what this call's arrays allow; a derivative kept for other calls
+    (``derivative``) must not assume it."""
     disp = f if type(f) is CPUDispatcher else as_dispatcher(f)
     ret_active = _ret_active(ret)
     if mode is not Reverse and mode is not ReverseWithPrimal:
         _mode(mode)
     prep = prepare(args)
-    key = (id(disp), mode, ret_active, prep.signature)
+    disjoint = prep.noalias if noalias is None else noalias
+    key = (id(disp), mode, ret_active, prep.signature, disjoint)
     entry = _cache.lookup(key)
     if entry is None:
         entry = _cache.get_or_build(
-            key, lambda: _build(disp, prep.argtypes, prep.kinds, mode, ret_active)
+            key, lambda: _build(disp, prep.argtypes, prep.kinds, mode, ret_active, disjoint)
         )
     return entry, prep
 
@@ -261,7 +270,7 @@ def derivative(f: Any, *args: Any, mode: Mode = Reverse, ret: type = Active) -> 
     place (Enzyme's reverse-mode semantics). Argument types must match the
     examples' numba types.
     """
-    entry, _ = _entry(f, args, mode, ret)
+    entry, _ = _entry(f, args, mode, ret, noalias=False)
     return entry.wrapper
 
 
@@ -274,6 +283,6 @@ def explain(f: Any, *args: Any, mode: Mode = Reverse, ret: type = Active) -> str
     m = _mode(mode)
     ret_active = _ret_active(ret)
     prep = prepare(args)
-    captured, plan = _plan(disp, prep.argtypes, prep.kinds, m, ret_active)
+    captured, plan = _plan(disp, prep.argtypes, prep.kinds, m, ret_active, prep.noalias)
     _, log = _run_engine(captured, plan, log=True)
     return log
