@@ -50,8 +50,22 @@ Expected<Request> parseRequest(StringRef Json) {
   std::string ModeStr = "reverse";
   if (Error E = Str("mode", ModeStr, false))
     return std::move(E);
-  if (ModeStr != "reverse")
+  if (ModeStr == "reverse")
+    R.DiffMode = Mode::Reverse;
+  else if (ModeStr == "forward")
+    R.DiffMode = Mode::Forward;
+  else
     return makeError("unsupported", "mode '" + ModeStr + "' is not supported");
+  if (const json::Value *WV = Obj->get("width")) {
+    std::optional<int64_t> Width = WV->getAsInteger();
+    if (!Width || *Width < 1 || *Width > MaxWidth)
+      return bad("width must be an integer from 1 to " + Twine(MaxWidth));
+    if (*Width > 1 && R.DiffMode != Mode::Forward)
+      return makeError("unsupported",
+                       "batch mode (width > 1) is only supported in forward "
+                       "mode");
+    R.Width = static_cast<unsigned>(*Width);
+  }
   std::string RetAct = "const";
   if (Error E = Str("ret_activity", RetAct, false))
     return std::move(E);

@@ -27,12 +27,18 @@ struct ParamSpec {
   }
 };
 
-enum class Mode { Reverse };
+enum class Mode { Reverse, Forward };
+
+/// The largest batch width a request may ask for.
+constexpr unsigned MaxWidth = 64;
 
 struct Request {
   std::string Function;
   std::string Name;
   Mode DiffMode = Mode::Reverse;
+  /// Forward mode: the number of tangents propagated in one sweep (batch
+  /// mode when above 1). Always 1 in reverse mode.
+  unsigned Width = 1;
   std::string RetType = "void";
   bool RetActive = false;
   bool ReturnPrimal = false;

@@ -16,6 +16,7 @@
 #include "llvm/IR/Module.h"
 #include "llvm/IR/Operator.h"
 #include "llvm/Transforms/Utils/Cloning.h"
+#include "llvm/Transforms/Utils/ScalarEvolutionExpander.h"
 #include "llvm/Transforms/Utils/ValueMapper.h"
 #include <optional>
 
@@ -129,6 +130,8 @@ private:
     BasicBlock *Latch = nullptr;
   };
 
+  void expandTripBounds();
+  void emitPushes();
   void createFunction();
   void findReaching();
   void createLoopCounters();
@@ -182,6 +185,10 @@ private:
   DenseMap<const BasicBlock *, const BasicBlock *> PBlock; // forward -> primal
   DenseMap<const Value *, const Value *> Primal;            // forward -> primal
   DenseMap<const Loop *, LoopRev> Loops;
+  /// Innermost loops with an upper bound on their iteration count, computed
+  /// in the preheader (a primal value, cloned like the rest): the tape is
+  /// reserved once before the loop instead of checked every iteration.
+  DenseMap<const Loop *, Value *> TripBound;
   std::optional<Tape> TheTape;
   AllocaInst *RetSlot = nullptr;
   AllocaInst *RetShadow = nullptr;
@@ -192,6 +199,15 @@ private:
   SmallSetVector<const BasicBlock *, 32> Reaching; // blocks that can return
   std::string Decisions;
 };
+
+/// Sum + Delta for adjoints: the sign of a zero adjoint carries no
+/// information, so "0 + x" may fold to x (no-signed-zeros).
+static Value *addAdjointValues(IRBuilder<> &B, Value *Sum, Value *Delta) {
+  Value *V = B.CreateFAdd(Sum, Delta);
+  if (auto *I = dyn_cast<Instruction>(V))
+    I->setHasNoSignedZeros(true);
+  return V;
+}
 
 Value *ReverseSynthesizer::mapped(const Value *PV) const {
   if (isa<Constant>(PV))
@@ -364,7 +380,7 @@ void ReverseSynthesizer::addAdjoint(IRBuilder<> &B, const Value *PV,
   if (!Delta || !AA.isActive(PV))
     return;
   AllocaInst *Slot = adjointSlot(PV);
-  B.CreateStore(B.CreateFAdd(B.CreateLoad(PV->getType(), Slot), Delta), Slot);
+  B.CreateStore(addAdjointValues(B, B.CreateLoad(PV->getType(), Slot), Delta), Slot);
 }
 
 Value *ReverseSynthesizer::takeAdjoint(IRBuilder<> &B, const Value *PV) {
@@ -568,7 +584,7 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
       return;
     Value *A = takeAdjoint(RB, L);
     Value *S = fetchShadow(L->getPointerOperand(), R);
-    RB.CreateStore(RB.CreateFAdd(RB.CreateLoad(L->getType(), S), A), S);
+    RB.CreateStore(addAdjointValues(RB, RB.CreateLoad(L->getType(), S), A), S);
     return;
   }
   if (auto *St = dyn_cast<StoreInst>(&I)) {
@@ -761,7 +777,56 @@ void ReverseSynthesizer::logDecisions() {
   }
 }
 
+/// An upper bound on the iterations of each innermost loop, expanded in its
+/// preheader before the primal is cloned.
+void ReverseSynthesizer::expandTripBounds() {
+  SCEVExpander Expander(SE, "enzpy.trips");
+  for (Loop *L : LI.getLoopsInPreorder()) {
+    BasicBlock *Pre = L->getLoopPreheader();
+    if (!L->isInnermost() || !Pre || !Canon.returns(L->getHeader()))
+      continue;
+    const SCEV *BTC = SE.getSymbolicMaxBackedgeTakenCount(L);
+    if (isa<SCEVCouldNotCompute>(BTC) || !BTC->getType()->isIntegerTy() ||
+        BTC->getType()->getIntegerBitWidth() > 64)
+      continue;
+    const SCEV *Trips =
+        SE.getAddExpr(SE.getZeroExtendExpr(BTC, I64), SE.getOne(I64));
+    if (!Expander.isSafeToExpandAt(Trips, Pre->getTerminator()))
+      continue;
+    TripBound[L] = Expander.expandCodeFor(Trips, I64, Pre->getTerminator());
+  }
+}
+
+/// Each forward block pushes its frame; inside innermost loops whose trip
+/// bound is known, one reservation in the preheader covers every iteration.
+void ReverseSynthesizer::emitPushes() {
+  DenseMap<const Loop *, unsigned> LoopSlots;
+  for (const BasicBlock *B : Reaching)
+    if (const Loop *L = LI.getLoopFor(B))
+      if (TripBound.count(L))
+        LoopSlots[L] += Rev[B].Frame->size();
+  SmallVector<std::pair<Instruction *, Value *>, 4> Reserve;
+  for (auto &[L, Slots] : LoopSlots) {
+    if (Slots == 0)
+      continue;
+    auto *Pre = cast<BasicBlock>(VMap[L->getLoopPreheader()]);
+    IRBuilder<> B(Pre->getTerminator());
+    Value *N = B.CreateMul(mapped(TripBound[L]), ConstantInt::get(I64, Slots),
+                           "enzpy.reserve", /*HasNUW=*/true);
+    Reserve.push_back({Pre->getTerminator(), N});
+  }
+  for (const BasicBlock *B : Reaching) {
+    const Loop *L = LI.getLoopFor(B);
+    bool Reserved = L && LoopSlots.lookup(L) > 0;
+    Rev[B].Frame->emitPush(cast<BasicBlock>(VMap[B]), !Reserved);
+  }
+  // After the preheaders' own pushes, so that those come first.
+  for (auto &[Term, N] : Reserve)
+    TheTape->emitReserve(Term, N);
+}
+
 Expected<Function *> ReverseSynthesizer::run() {
+  expandTripBounds();
   createFunction();
   findReaching();
   createLoopCounters();
@@ -775,8 +840,7 @@ Expected<Function *> ReverseSynthesizer::run() {
     DExit->getTerminator()->eraseFromParent();
     BranchInst::Create(Rev[PExit].Head, DExit);
   }
-  for (const BasicBlock *B : Reaching)
-    Rev[B].Frame->emitPush(cast<BasicBlock>(VMap[B]));
+  emitPushes();
   logDecisions();
   return D;
 }

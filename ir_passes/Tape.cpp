@@ -80,48 +80,64 @@ Value *Tape::Frame::pop(Value *Forward) {
   return L;
 }
 
-void Tape::Frame::emitPush(BasicBlock *BB) {
+Value *Tape::emitEnsure(Instruction *Term, Value *Extra) {
+  BasicBlock *BB = Term->getParent();
+  LLVMContext &C = BB->getContext();
+  BasicBlock *Tail = BB->splitBasicBlock(Term, BB->getName() + ".push");
+  BB->getTerminator()->eraseFromParent();
+  IRBuilder<> B(BB);
+  Value *OldTop = B.CreateLoad(I64, Top);
+  Value *Need = B.CreateAdd(OldTop, Extra);
+  Value *CapV = B.CreateLoad(I64, Cap);
+  BasicBlock *Grow = BasicBlock::Create(C, "enzpy.tape.grow", &D);
+  BasicBlock *Grown = BasicBlock::Create(C, "enzpy.tape.grown", &D);
+  MDBuilder MDB(C);
+  B.CreateCondBr(B.CreateICmpUGT(Need, CapV), Grow, Tail,
+                 MDB.createUnlikelyBranchWeights());
+  // Grow: capacity max(2 * cap, need + 1024) slots.
+  B.SetInsertPoint(Grow);
+  Value *Old = B.CreateLoad(Ptr, Base);
+  Value *Twice = B.CreateShl(CapV, 1);
+  Value *Min = B.CreateAdd(Need, ConstantInt::get(I64, 1024));
+  Value *NewCap = B.CreateSelect(B.CreateICmpUGT(Twice, Min), Twice, Min);
+  Value *Bytes = B.CreateMul(NewCap, ConstantInt::get(I64, SlotBytes));
+  Value *NewBase = B.CreateCall(libcReallocFn(*D.getParent()), {Old, Bytes});
+  B.CreateCondBr(B.CreateIsNull(NewBase), oomBlock(), Grown,
+                 MDB.createUnlikelyBranchWeights());
+  B.SetInsertPoint(Grown);
+  B.CreateStore(NewBase, Base);
+  B.CreateStore(NewCap, Cap);
+  B.CreateBr(Tail);
+  return OldTop;
+}
+
+void Tape::emitReserve(Instruction *Before, Value *Slots) {
+  emitEnsure(Before, Slots);
+}
+
+void Tape::Frame::emitPush(BasicBlock *BB, bool Checked) {
   unsigned K = Pushed.size();
   NewTop->setOperand(1, ConstantInt::get(T.I64, K));
   if (K == 0)
     return;
-  LLVMContext &C = BB->getContext();
   Instruction *Term = BB->getTerminator();
-  BasicBlock *Tail = BB->splitBasicBlock(Term, BB->getName() + ".push");
-  BB->getTerminator()->eraseFromParent();
-  IRBuilder<> B(BB);
-  Value *Top = B.CreateLoad(T.I64, T.Top);
-  Value *Need = B.CreateAdd(Top, ConstantInt::get(T.I64, K));
-  Value *Cap = B.CreateLoad(T.I64, T.Cap);
-  BasicBlock *Grow = BasicBlock::Create(C, "enzpy.tape.grow", BB->getParent());
-  BasicBlock *Grown =
-      BasicBlock::Create(C, "enzpy.tape.grown", BB->getParent());
-  MDBuilder MDB(C);
-  B.CreateCondBr(B.CreateICmpUGT(Need, Cap), Grow, Tail,
-                 MDB.createUnlikelyBranchWeights());
-  // Grow: capacity max(2 * cap, need + 1024) slots.
-  B.SetInsertPoint(Grow);
-  Value *Old = B.CreateLoad(T.Ptr, T.Base);
-  Value *Twice = B.CreateShl(Cap, 1);
-  Value *Min = B.CreateAdd(Need, ConstantInt::get(T.I64, 1024));
-  Value *NewCap = B.CreateSelect(B.CreateICmpUGT(Twice, Min), Twice, Min);
-  Value *Bytes = B.CreateMul(NewCap, ConstantInt::get(T.I64, SlotBytes));
-  Value *NewBase = B.CreateCall(libcReallocFn(*BB->getModule()), {Old, Bytes});
-  B.CreateCondBr(B.CreateIsNull(NewBase), T.oomBlock(), Grown,
-                 MDB.createUnlikelyBranchWeights());
-  B.SetInsertPoint(Grown);
-  B.CreateStore(NewBase, T.Base);
-  B.CreateStore(NewCap, T.Cap);
-  B.CreateBr(Tail);
-  // Tail: store the frame and bump the top.
-  B.SetInsertPoint(Tail, Tail->getFirstInsertionPt());
+  Value *KV = ConstantInt::get(T.I64, K);
+  Value *Top;
+  if (Checked) {
+    Top = T.emitEnsure(Term, KV);
+  } else {
+    IRBuilder<> B(Term);
+    Top = B.CreateLoad(T.I64, T.Top);
+  }
+  // Store the frame and bump the top, just before the terminator.
+  IRBuilder<> B(Term);
   Value *Base = B.CreateLoad(T.Ptr, T.Base);
   for (unsigned I = 0; I < K; ++I) {
     Value *Addr =
         B.CreateGEP(T.I64, Base, B.CreateAdd(Top, ConstantInt::get(T.I64, I)));
     B.CreateAlignedStore(Pushed[I], Addr, Align(8));
   }
-  B.CreateStore(Need, T.Top);
+  B.CreateStore(B.CreateAdd(Top, KV), T.Top);
 }
 
 } // namespace enzpy

@@ -34,8 +34,10 @@ public:
     /// The value that \p Forward had when the frame was pushed.
     llvm::Value *pop(llvm::Value *Forward);
     llvm::ArrayRef<llvm::Value *> pushed() const { return Pushed; }
-    /// Emit the push of this frame before \p ForwardEnd's terminator.
-    void emitPush(llvm::BasicBlock *ForwardEnd);
+    /// Emit the push of this frame before \p ForwardEnd's terminator. With
+    /// \p Checked false the capacity was reserved earlier (reserve()).
+    void emitPush(llvm::BasicBlock *ForwardEnd, bool Checked = true);
+    unsigned size() const { return Pushed.size(); }
 
   private:
     Tape &T;
@@ -48,11 +50,18 @@ public:
 
   /// Free the tape's memory (before \p Before).
   void emitFree(llvm::Instruction *Before);
+  /// Make room for \p Slots more slots (before \p Before, which must be a
+  /// terminator): one check before a counted loop instead of one per
+  /// iteration.
+  void emitReserve(llvm::Instruction *Before, llvm::Value *Slots);
   /// The largest value a slot holds, in bytes.
   static constexpr unsigned SlotBytes = 8;
 
 private:
   llvm::BasicBlock *oomBlock();
+  /// Split \p Term's block before \p Term and grow the tape there when
+  /// top + Extra exceeds the capacity. Returns the old top.
+  llvm::Value *emitEnsure(llvm::Instruction *Term, llvm::Value *Extra);
 
   llvm::Function &D;
   llvm::Type *I64;
