@@ -12,7 +12,12 @@ using namespace llvm;
 namespace enzpy {
 
 bool isInactiveRuntimeCall(StringRef Name) {
-  return Name == "NRT_incref" || Name == "NRT_decref";
+  // Reference counting, allocation, and numba's C helper that computes the
+  // strides of a reshaped view (it reads and writes integer buffers only).
+  return Name == "NRT_incref" || Name == "NRT_decref" ||
+         Name.starts_with("NRT_MemInfo_alloc") ||
+         Name == "NRT_MemInfo_data_fast" ||
+         Name == "numba_attempt_nocopy_reshape";
 }
 
 std::string pythonArgName(const Argument &A) {
@@ -41,14 +46,32 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
   if (findCallRule(Callee))
     return Error::success();
   if (auto *MI = dyn_cast<AnyMemIntrinsic>(&CB)) {
-    bool Touches = pointsToActive(MI->getRawDest());
-    if (auto *MT = dyn_cast<AnyMemTransferInst>(MI))
-      Touches |= pointsToActive(MT->getRawSource());
-    if (Touches)
+    // Fills of differentiable memory and copies between differentiable
+    // arrays of one float type have derivatives; other copies do not.
+    auto *MT = dyn_cast<AnyMemTransferInst>(MI);
+    bool DestActive = pointsToActive(MI->getRawDest());
+    bool SrcActive = MT && pointsToActive(MT->getRawSource());
+    if (!MT || (!DestActive && !SrcActive))
+      return Error::success();
+    auto floatType = [&](const Value *Ptr) -> Type * {
+      Type *T = nullptr;
+      for (const Value *R : TA.roots(Ptr)) {
+        Type *E = R == UnknownRoot ? nullptr : TA.elementType(R);
+        if (!E || (T && T != E))
+          return nullptr;
+        T = E;
+      }
+      return T;
+    };
+    if (isa<AnyMemMoveInst>(MI) || !DestActive ||
+        (SrcActive && (!floatType(MT->getRawDest()) ||
+                       floatType(MT->getRawDest()) !=
+                           floatType(MT->getRawSource()))))
       return makeError("unsupported",
-                       "a memory copy or fill (" + Callee->getName() +
+                       "this memory copy (" + Callee->getName() +
                            ") of differentiable array memory is not "
-                           "supported yet",
+                           "supported yet (only copies between arrays of one "
+                           "float type, and fills)",
                        &CB);
     return Error::success();
   }
@@ -61,8 +84,16 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                          &CB);
     return Error::success();
   }
-  if (isInactiveRuntimeCall(Callee->getName()))
+  if (isInactiveRuntimeCall(Callee->getName())) {
+    for (const Value *A : CB.args())
+      if (A->getType()->isPointerTy() && pointsToActive(A))
+        return makeError("unsupported",
+                         "differentiable memory is passed to the runtime "
+                         "function '" +
+                             Callee->getName() + "'",
+                         &CB);
     return Error::success();
+  }
   return makeError("unsupported",
                    "call to '" + displayName(Callee->getName()) +
                        "' cannot be differentiated: its body is not "
@@ -93,6 +124,26 @@ Error ActivityAnalysis::checkInstruction(const Instruction &I) const {
                    &I);
 }
 
+/// A float read or written through a pointer the analysis cannot trace
+/// might be differentiable memory: with differentiable memory about, that is
+/// an error, never a silently missing derivative.
+Error ActivityAnalysis::checkTraceable(const Instruction *I,
+                                       const Value *Ptr) const {
+  Type *T = isa<LoadInst>(I) ? I->getType()
+                             : cast<StoreInst>(I)->getValueOperand()->getType();
+  if (!isFloatLike(T) || ActiveRoots.empty() ||
+      !TA.roots(Ptr).contains(UnknownRoot))
+    return Error::success();
+  return makeError("unsupported",
+                   "a float is " +
+                       Twine(isa<LoadInst>(I) ? "read from" : "written to") +
+                       " memory the engine cannot trace (through " +
+                       describe(Ptr) +
+                       "); it might be a differentiable array, so this is "
+                       "not supported yet",
+                   I);
+}
+
 Error ActivityAnalysis::checkStore(const StoreInst &SI) {
   const Value *V = SI.getValueOperand();
   bool ToActive = pointsToActive(SI.getPointerOperand());
@@ -109,7 +160,8 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
     if (R == UnknownRoot)
       return makeError("unsupported",
                        "a differentiable value is stored into memory of "
-                       "unknown origin",
+                       "unknown origin (through " +
+                           describe(SI.getPointerOperand()) + ")",
                        &SI);
     if (TA.isRetPtr(R))
       continue; // the return value, not seeded (ret=Const)
@@ -147,11 +199,22 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
         mark(LI);
       continue;
     }
+    if (auto *MT = dyn_cast<AnyMemTransferInst>(&I)) {
+      // Copying differentiable data into a local allocation makes it active.
+      if (C.returns(MT->getParent()) && pointsToActive(MT->getRawSource()))
+        for (const Value *R : TA.roots(MT->getRawDest()))
+          if (R != UnknownRoot &&
+              (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
+              ActiveRoots.insert(R).second)
+            Changed = true;
+      continue;
+    }
     if (auto *SI = dyn_cast<StoreInst>(&I)) {
       // A varied float stored into a local allocation makes it active.
       if (C.returns(SI->getParent()) && isVaried(SI->getValueOperand()))
         for (const Value *R : TA.roots(SI->getPointerOperand()))
-          if (R != UnknownRoot && isa<AllocaInst>(R) &&
+          if (R != UnknownRoot &&
+              (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
               ActiveRoots.insert(R).second)
             Changed = true;
       continue;
@@ -223,6 +286,8 @@ Error ActivityAnalysis::run() {
     } else if (auto *SI = dyn_cast<StoreInst>(&I)) {
       if (Error E = checkStore(*SI))
         return E;
+      if (Error E = checkTraceable(SI, SI->getPointerOperand()))
+        return E;
     } else if (auto *LI = dyn_cast<LoadInst>(&I)) {
       if (pointsToActive(LI->getPointerOperand()) &&
           !isFloatLike(LI->getType()))
@@ -231,6 +296,8 @@ Error ActivityAnalysis::run() {
                          "value (" +
                              describe(LI) + ")",
                          LI);
+      if (Error E = checkTraceable(LI, LI->getPointerOperand()))
+        return E;
     } else if (isa<PtrToIntInst>(I) && pointsToActive(I.getOperand(0))) {
       return makeError("unsupported",
                        "the address of differentiable memory is converted to "

@@ -52,10 +52,13 @@ public:
   }
 
   void print(llvm::raw_ostream &OS) const;
+  const TypeAnalysis &types() const { return TA; }
 
 private:
   llvm::Error checkCall(const llvm::CallBase &CB) const;
   llvm::Error checkStore(const llvm::StoreInst &SI);
+  llvm::Error checkTraceable(const llvm::Instruction *I,
+                             const llvm::Value *Ptr) const;
   llvm::Error checkInstruction(const llvm::Instruction &I) const;
   bool computeVaried(llvm::Error &Err);
   void computeUseful();

@@ -61,6 +61,8 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
     return C.takeError();
 
   raw_string_ostream LogOS(Log);
+  if (Req.DumpIR)
+    LogOS << "canonical primal:\n" << *C->F << "\n";
   TypeAnalysis TA(*C->F, Req);
   ActivityAnalysis AA(*C, Req, TA);
   if (Error E = AA.run())
@@ -90,6 +92,8 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
     return makeError("internal", "the derivative failed LLVM's verifier: " +
                                      StringRef(VerifyMsg).take_front(2000));
   }
+  if (Req.DumpIR)
+    LogOS << "derivative before optimization:\n" << **D << "\n";
   optimizeDerivative(M);
   std::string Out;
   raw_string_ostream OS(Out);

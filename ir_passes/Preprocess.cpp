@@ -12,6 +12,7 @@
 #include "llvm/Passes/PassBuilder.h"
 #include "llvm/Transforms/IPO/AlwaysInliner.h"
 #include "llvm/Transforms/Scalar/EarlyCSE.h"
+#include "llvm/Transforms/Scalar/Scalarizer.h"
 #include "llvm/Transforms/Scalar/SROA.h"
 #include "llvm/Transforms/Scalar/SimplifyCFG.h"
 #include "llvm/Transforms/Utils/BasicBlockUtils.h"
@@ -83,6 +84,12 @@ static void runCanonicalPasses(Function &F) {
   PB.registerLoopAnalyses(LAM);
   PB.crossRegisterProxies(LAM, FAM, CGAM, MAM);
   FunctionPassManager FPM;
+  // Callees that numba had already compiled arrive optimized, sometimes
+  // vectorized: split vector operations back into scalar ones.
+  ScalarizerPassOptions SO;
+  SO.ScalarizeLoadStore = true;
+  SO.ScalarizeVariableInsertExtract = true;
+  FPM.addPass(ScalarizerPass(SO));
   FPM.addPass(SROAPass(SROAOptions::ModifyCFG));
   FPM.addPass(PromotePass());
   FPM.addPass(EarlyCSEPass());

@@ -75,6 +75,7 @@ Expected<Request> parseRequest(StringRef Json) {
   R.ReturnPrimal = Obj->getBoolean("return_primal").value_or(false);
   R.Log = Obj->getBoolean("log").value_or(false);
   R.NoAlias = Obj->getBoolean("noalias").value_or(false);
+  R.DumpIR = Obj->getBoolean("dump_ir").value_or(false);
   const json::Array *Params = Obj->getArray("params");
   if (!Params)
     return bad("missing array field 'params'");

@@ -47,6 +47,8 @@ struct Request {
   /// arrays passed as distinct arguments may otherwise be views of one
   /// buffer).
   bool NoAlias = false;
+  /// Debugging: put the canonical primal and the derivative into the log.
+  bool DumpIR = false;
   llvm::SmallVector<ParamSpec, 16> Params;
 };
 

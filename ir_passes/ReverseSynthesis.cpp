@@ -10,8 +10,10 @@
 #include "llvm/Analysis/ScalarEvolution.h"
 #include "llvm/Analysis/ScalarEvolutionExpressions.h"
 #include "llvm/Analysis/TargetLibraryInfo.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/AsmParser/Parser.h"
 #include "llvm/IR/Dominators.h"
+#include "llvm/IR/IntrinsicInst.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/Operator.h"
@@ -24,11 +26,25 @@ using namespace llvm;
 
 namespace enzpy {
 
+/// A pointer that points nowhere (a path where the array was never set up,
+/// e.g. an allocation that failed and raised).
+static bool isNowhere(const Value *V) {
+  return isa<ConstantPointerNull>(V) || isa<UndefValue>(V);
+}
+
+/// A pointer loaded back from a local allocation it was spilled to.
+static bool isSpilledPointer(const Value *V) {
+  auto *L = dyn_cast<LoadInst>(V);
+  return L && L->getType()->isPointerTy() &&
+         isa<AllocaInst>(getUnderlyingObject(L->getPointerOperand(), 0));
+}
+
 /// Address computations whose shadow the engine can mirror.
-static bool isShadowableAddress(const Value *V) {
+static bool isShadowableAddress(const Value *V, const TypeAnalysis &TA) {
   return isa<Argument>(V) || isa<AllocaInst>(V) || isa<GetElementPtrInst>(V) ||
          isa<PHINode>(V) || isa<SelectInst>(V) || isa<BitCastInst>(V) ||
-         isa<AddrSpaceCastInst>(V);
+         isa<AddrSpaceCastInst>(V) || TA.allocationOf(V) ||
+         isSpilledPointer(V);
 }
 
 Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
@@ -44,12 +60,19 @@ Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
                                                          : nullptr;
       if (Ptr)
         Work.push_back({Ptr, &I});
+      if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I)) {
+        if (AA.pointsToActive(MI->getRawDest()))
+          Work.push_back({MI->getRawDest(), &I});
+        if (auto *MT = dyn_cast<AnyMemTransferInst>(MI))
+          if (AA.pointsToActive(MT->getRawSource()))
+            Work.push_back({MT->getRawSource(), &I});
+      }
     }
   while (!Work.empty()) {
     auto [V, User] = Work.pop_back_val();
     if (!Seen.insert(V).second)
       continue;
-    if (!isShadowableAddress(V))
+    if (!isShadowableAddress(V, AA.types()))
       return makeError("unsupported",
                        "the address " + describe(V) +
                            " into differentiable memory cannot be mirrored "
@@ -68,6 +91,8 @@ Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
       push(GEP->getPointerOperand());
     else if (auto *Phi = dyn_cast<PHINode>(I)) {
       for (const Value *In : Phi->incoming_values()) {
+        if (isNowhere(In))
+          continue;
         if (!AA.pointsToActive(In))
           return makeError("unsupported",
                            "a pointer that may point into either "
@@ -78,6 +103,8 @@ Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
       }
     } else if (auto *Sel = dyn_cast<SelectInst>(I)) {
       for (const Value *In : {Sel->getTrueValue(), Sel->getFalseValue()}) {
+        if (isNowhere(In))
+          continue;
         if (!AA.pointsToActive(In))
           return makeError("unsupported",
                            "a pointer that may point into either "
@@ -88,6 +115,8 @@ Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
       }
     } else if (isa<CastInst>(I))
       push(I->getOperand(0));
+    else if (isSpilledPointer(I))
+      Work.push_back({cast<LoadInst>(I)->getPointerOperand(), I});
   }
   return Error::success();
 }
@@ -158,6 +187,13 @@ private:
 
   // Shadows of addresses, computed in the forward sweep.
   Value *shadow(const Value *PPtr);
+  Value *shadowMemInfo(const CallBase *Alloc);
+  void createShadows();
+  /// The forward block that ends primal block \p PB (blocks get split when
+  /// the forward sweep needs control flow of its own).
+  BasicBlock *forwardEnd(const BasicBlock *PB) const;
+  void reverseMemoryIntrinsic(AnyMemIntrinsic &MI, IRBuilder<> &RB,
+                              BlockRev &R);
 
   const CanonicalFunction &Canon;
   Type *RetType; // what the primal stores through retptr; null for None
@@ -195,6 +231,8 @@ private:
   SmallVector<Argument *, 8> ShadowArgs; // per primal param index, or null
   DenseMap<const Value *, AllocaInst *> Adjoints;
   DenseMap<const Value *, Value *> Shadows;
+  DenseMap<const Value *, Value *> ShadowMemInfos; // allocation -> shadow's
+  DenseMap<const BasicBlock *, BasicBlock *> ForwardEnd;
   DenseMap<const BasicBlock *, BlockRev> Rev;
   SmallSetVector<const BasicBlock *, 32> Reaching; // blocks that can return
   std::string Decisions;
@@ -251,8 +289,11 @@ static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
     default:
       return false;
     }
-  if (auto *L = dyn_cast<LoadInst>(I))
-    return Cache.canReread(cast<LoadInst>(Primal.lookup(L)));
+  if (auto *L = dyn_cast<LoadInst>(I)) {
+    // Loads the synthesis added (allocations' shadow pointers) have none.
+    auto *PL = dyn_cast_or_null<LoadInst>(Primal.lookup(L));
+    return PL && Cache.canReread(PL);
+  }
   return false;
 }
 
@@ -305,7 +346,10 @@ Value *ReverseSynthesizer::recompute(Instruction *I, BlockRev &R) {
     Value *K = H.CreateLoad(I64, LR->Remaining, "enzpy.iter");
     if (Phi == LR->Counter)
       return K;
-    auto *PP = cast<PHINode>(Primal.lookup(Phi));
+    // Phis the synthesis added (shadows of pointer phis) have no primal.
+    auto *PP = dyn_cast_or_null<PHINode>(Primal.lookup(Phi));
+    if (!PP)
+      return nullptr;
     auto *AR = dyn_cast<SCEVAddRecExpr>(SE.getSCEV(const_cast<PHINode *>(PP)));
     if (!AR || AR->getLoop() != L || !AR->isAffine())
       return nullptr;
@@ -424,22 +468,161 @@ Value *ReverseSynthesizer::shadow(const Value *PPtr) {
                                   Phi->getName() + "'shadow");
     SP->insertBefore(DP->getIterator());
     Shadows[PPtr] = SP; // before the incoming values: cycles
-    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I)
-      SP->addIncoming(shadow(Phi->getIncomingValue(I)),
+    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I) {
+      const Value *In = Phi->getIncomingValue(I);
+      SP->addIncoming(isNowhere(In) ? const_cast<Value *>(In) : shadow(In),
                       DP->getIncomingBlock(I));
+    }
     return SP;
   } else if (auto *Sel = dyn_cast<SelectInst>(PPtr)) {
     auto *DS = cast<SelectInst>(mapped(Sel));
-    Value *T = shadow(Sel->getTrueValue());
-    Value *F = shadow(Sel->getFalseValue());
+    auto side = [&](const Value *V) {
+      return isNowhere(V) ? const_cast<Value *>(V) : shadow(V);
+    };
+    Value *T = side(Sel->getTrueValue());
+    Value *F = side(Sel->getFalseValue());
     IRBuilder<> B(DS->getNextNode());
     S = B.CreateSelect(DS->getCondition(), T, F, Sel->getName() + "'shadow");
   } else if (auto *Cast = dyn_cast<CastInst>(PPtr)) {
     S = shadow(Cast->getOperand(0));
+  } else if (isSpilledPointer(PPtr)) {
+    // The shadow was spilled beside it (see createShadows).
+    auto *L = cast<LoadInst>(PPtr);
+    Value *Slot = shadow(L->getPointerOperand());
+    auto *DL = cast<Instruction>(mapped(L));
+    IRBuilder<> B(DL->getNextNode());
+    S = B.CreateLoad(L->getType(), Slot, L->getName() + "'shadow");
+  } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
+    Value *SMI = shadowMemInfo(Alloc);
+    auto *DL = cast<Instruction>(mapped(PPtr));
+    IRBuilder<> B(DL->getNextNode());
+    S = B.CreateLoad(
+        DL->getType(),
+        B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset),
+        PPtr->getName() + "'shadow");
   }
   assert(S && "checkShadowable let an unshadowable address through");
   Shadows[PPtr] = S;
   return S;
+}
+
+/// An allocated array's shadow: allocated (and zeroed) right after it, freed
+/// when the reverse sweep passes the allocation.
+Value *ReverseSynthesizer::shadowMemInfo(const CallBase *Alloc) {
+  auto It = ShadowMemInfos.find(Alloc);
+  if (It != ShadowMemInfos.end())
+    return It->second;
+  auto *DA = cast<CallBase>(mapped(Alloc));
+  Instruction *After = DA->getNextNode();
+  IRBuilder<> B(After);
+  SmallVector<Value *, 2> Args(DA->args());
+  CallInst *SMI = B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(),
+                               Args, Alloc->getName() + "'shadow");
+  BasicBlock *Head = DA->getParent();
+  BasicBlock *Tail = TheTape->emitFailIfNull(After, SMI);
+  const BasicBlock *PB = PBlock.lookup(Head);
+  PBlock[Tail] = PB;
+  if (forwardEnd(PB) == Head)
+    ForwardEnd[PB] = Tail;
+  B.SetInsertPoint(After);
+  Value *Data = B.CreateLoad(
+      B.getPtrTy(), B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset));
+  B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
+  ShadowMemInfos[Alloc] = SMI;
+  return SMI;
+}
+
+BasicBlock *ReverseSynthesizer::forwardEnd(const BasicBlock *PB) const {
+  auto It = ForwardEnd.find(PB);
+  if (It != ForwardEnd.end())
+    return It->second;
+  return cast<BasicBlock>(VMap.lookup(PB));
+}
+
+/// Every shadow address the reverse sweep will use, created up front so
+/// that allocations' shadows exist before any block's reverse is built.
+void ReverseSynthesizer::createShadows() {
+  for (const BasicBlock *B : Reaching)
+    for (const Instruction &I : *B) {
+      if (auto *L = dyn_cast<LoadInst>(&I)) {
+        if (AA.isActive(L))
+          shadow(L->getPointerOperand());
+      } else if (auto *S = dyn_cast<StoreInst>(&I)) {
+        if (AA.pointsToActive(S->getPointerOperand()))
+          shadow(S->getPointerOperand());
+        // A pointer into active memory spilled to the stack: spill its
+        // shadow to the allocation's shadow at the same place.
+        const Value *V = S->getValueOperand();
+        if (V->getType()->isPointerTy() && AA.pointsToActive(V) &&
+            isa<AllocaInst>(getUnderlyingObject(S->getPointerOperand(), 0))) {
+          Value *SV = shadow(V);
+          Value *SP = shadow(S->getPointerOperand());
+          IRBuilder<> B(cast<Instruction>(mapped(S))->getNextNode());
+          B.CreateStore(SV, SP);
+        }
+      } else if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I)) {
+        if (AA.pointsToActive(MI->getRawDest())) {
+          shadow(MI->getRawDest());
+          if (auto *MT = dyn_cast<AnyMemTransferInst>(MI))
+            if (AA.pointsToActive(MT->getRawSource()))
+              shadow(MT->getRawSource());
+        }
+      }
+    }
+}
+
+/// for k: s[k] += d[k]; d[k] = 0 — the adjoint of copying \p Elem values
+/// from s to d.
+static FunctionCallee copyAdjointFn(Module &M, Type *Elem) {
+  LLVMContext &C = M.getContext();
+  std::string Name = "enzpy.copy.adjoint." + std::string(Elem->isFloatTy() ? "f32" : "f64");
+  if (Function *F = M.getFunction(Name))
+    return F;
+  Type *Ptr = PointerType::getUnqual(C), *I64 = Type::getInt64Ty(C);
+  Function *F = Function::Create(
+      FunctionType::get(Type::getVoidTy(C), {Ptr, Ptr, I64}, false),
+      GlobalValue::InternalLinkage, Name, M);
+  Argument *Dst = F->getArg(0), *Src = F->getArg(1), *Bytes = F->getArg(2);
+  BasicBlock *Entry = BasicBlock::Create(C, "entry", F);
+  BasicBlock *Loop = BasicBlock::Create(C, "loop", F);
+  BasicBlock *Exit = BasicBlock::Create(C, "exit", F);
+  IRBuilder<> B(Entry);
+  unsigned Size = Elem->isFloatTy() ? 4 : 8;
+  Value *N = B.CreateUDiv(Bytes, ConstantInt::get(I64, Size));
+  B.CreateCondBr(B.CreateICmpEQ(N, ConstantInt::get(I64, 0)), Exit, Loop);
+  B.SetInsertPoint(Loop);
+  PHINode *K = B.CreatePHI(I64, 2);
+  K->addIncoming(ConstantInt::get(I64, 0), Entry);
+  Value *PD = B.CreateGEP(Elem, Dst, K), *PS = B.CreateGEP(Elem, Src, K);
+  Value *V = B.CreateLoad(Elem, PD);
+  B.CreateStore(ConstantFP::get(Elem, 0.0), PD);
+  B.CreateStore(B.CreateFAdd(B.CreateLoad(Elem, PS), V), PS);
+  Value *Next = B.CreateAdd(K, ConstantInt::get(I64, 1));
+  K->addIncoming(Next, Loop);
+  B.CreateCondBr(B.CreateICmpEQ(Next, N), Exit, Loop);
+  B.SetInsertPoint(Exit);
+  B.CreateRetVoid();
+  return F;
+}
+
+/// memset: the overwritten contents had no influence, their shadow is
+/// zeroed. memcpy: the destination's adjoint moves onto the source's.
+void ReverseSynthesizer::reverseMemoryIntrinsic(AnyMemIntrinsic &MI,
+                                                IRBuilder<> &RB, BlockRev &R) {
+  if (!AA.pointsToActive(MI.getRawDest()))
+    return;
+  Value *SD = fetchShadow(MI.getRawDest(), R);
+  Value *Len = fetchPrimal(MI.getLength(), R);
+  auto *MT = dyn_cast<AnyMemTransferInst>(&MI);
+  if (MT && AA.pointsToActive(MT->getRawSource())) {
+    Type *Elem = nullptr;
+    for (const Value *Root : TA.roots(MI.getRawDest()))
+      Elem = TA.elementType(Root);
+    Value *SS = fetchShadow(MT->getRawSource(), R);
+    RB.CreateCall(copyAdjointFn(*D->getParent(), Elem), {SD, SS, Len});
+    return;
+  }
+  RB.CreateMemSet(SD, RB.getInt8(0), Len, MaybeAlign());
 }
 
 void ReverseSynthesizer::createFunction() {
@@ -579,6 +762,18 @@ void ReverseSynthesizer::createPids() {
 
 void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
                                             BlockRev &R) {
+  if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I))
+    return reverseMemoryIntrinsic(*MI, RB, R);
+  if (isAllocationCall(&I)) {
+    auto It = ShadowMemInfos.find(&I);
+    if (It != ShadowMemInfos.end()) {
+      FunctionCallee Decref = D->getParent()->getOrInsertFunction(
+          "NRT_decref", FunctionType::get(Type::getVoidTy(Ctx),
+                                          {PointerType::getUnqual(Ctx)}, false));
+      RB.CreateCall(Decref, {fetch(It->second, R)});
+    }
+    return;
+  }
   if (auto *L = dyn_cast<LoadInst>(&I)) {
     if (!AA.isActive(L))
       return;
@@ -809,7 +1004,7 @@ void ReverseSynthesizer::emitPushes() {
   for (auto &[L, Slots] : LoopSlots) {
     if (Slots == 0)
       continue;
-    auto *Pre = cast<BasicBlock>(VMap[L->getLoopPreheader()]);
+    BasicBlock *Pre = forwardEnd(L->getLoopPreheader());
     IRBuilder<> B(Pre->getTerminator());
     Value *N = B.CreateMul(mapped(TripBound[L]), ConstantInt::get(I64, Slots),
                            "enzpy.reserve", /*HasNUW=*/true);
@@ -818,7 +1013,7 @@ void ReverseSynthesizer::emitPushes() {
   for (const BasicBlock *B : Reaching) {
     const Loop *L = LI.getLoopFor(B);
     bool Reserved = L && LoopSlots.lookup(L) > 0;
-    Rev[B].Frame->emitPush(cast<BasicBlock>(VMap[B]), !Reserved);
+    Rev[B].Frame->emitPush(forwardEnd(B), !Reserved);
   }
   // After the preheaders' own pushes, so that those come first.
   for (auto &[Term, N] : Reserve)
@@ -831,12 +1026,13 @@ Expected<Function *> ReverseSynthesizer::run() {
   findReaching();
   createLoopCounters();
   createPids();
+  createShadows();
   DFinal = nullptr;
   createFinal();
   for (const BasicBlock *B : Reaching)
     reverseBlock(const_cast<BasicBlock *>(B));
   if (PExit) {
-    auto *DExit = cast<BasicBlock>(VMap[PExit]);
+    BasicBlock *DExit = forwardEnd(PExit);
     DExit->getTerminator()->eraseFromParent();
     BranchInst::Create(Rev[PExit].Head, DExit);
   }

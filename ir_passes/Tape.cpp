@@ -111,6 +111,17 @@ Value *Tape::emitEnsure(Instruction *Term, Value *Extra) {
   return OldTop;
 }
 
+BasicBlock *Tape::emitFailIfNull(Instruction *Before, Value *V) {
+  BasicBlock *BB = Before->getParent();
+  BasicBlock *Tail = BB->splitBasicBlock(Before, BB->getName() + ".ok");
+  BB->getTerminator()->eraseFromParent();
+  IRBuilder<> B(BB);
+  MDBuilder MDB(BB->getContext());
+  B.CreateCondBr(B.CreateIsNull(V), oomBlock(), Tail,
+                 MDB.createUnlikelyBranchWeights());
+  return Tail;
+}
+
 void Tape::emitReserve(Instruction *Before, Value *Slots) {
   emitEnsure(Before, Slots);
 }

@@ -54,6 +54,10 @@ public:
   /// terminator): one check before a counted loop instead of one per
   /// iteration.
   void emitReserve(llvm::Instruction *Before, llvm::Value *Slots);
+  /// Fail the derivative (status -1) when \p V is null, checked before
+  /// \p Before, whose block is split there; returns the block that now holds
+  /// \p Before.
+  llvm::BasicBlock *emitFailIfNull(llvm::Instruction *Before, llvm::Value *V);
   /// The largest value a slot holds, in bytes.
   static constexpr unsigned SlotBytes = 8;
 

@@ -7,6 +7,10 @@
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/Module.h"
 #include "Diagnostics.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/Analysis/ValueTracking.h"
+#include "llvm/IR/IntrinsicInst.h"
+#include <optional>
 #include <cstdint>
 
 using namespace llvm;
@@ -46,6 +50,54 @@ static Type *floatElementOf(Type *T) {
   return nullptr;
 }
 
+bool isAllocationCall(const Value *V) {
+  auto *CB = dyn_cast<CallBase>(V);
+  if (!CB || !CB->getCalledFunction())
+    return false;
+  StringRef N = CB->getCalledFunction()->getName();
+  return N == "NRT_MemInfo_alloc" || N == "NRT_MemInfo_alloc_aligned" ||
+         N == "NRT_MemInfo_alloc_safe" || N == "NRT_MemInfo_alloc_safe_aligned";
+}
+
+/// \p V with pointer casts and "null or V" selects looked through (numba
+/// guards allocations that way).
+static const Value *throughNullGuards(const Value *V) {
+  while (true) {
+    V = V->stripPointerCasts();
+    auto *Sel = dyn_cast<SelectInst>(V);
+    if (!Sel)
+      return V;
+    if (isa<ConstantPointerNull>(Sel->getTrueValue()))
+      V = Sel->getFalseValue();
+    else if (isa<ConstantPointerNull>(Sel->getFalseValue()))
+      V = Sel->getTrueValue();
+    else
+      return V;
+  }
+}
+
+/// The allocation whose data pointer \p I reads (a load of the MemInfo's
+/// data field, or numba's NRT_MemInfo_data_fast), if it does.
+static const CallBase *allocationRead(const Instruction *I) {
+  if (auto *CB = dyn_cast<CallBase>(I)) {
+    const Function *F = CB->getCalledFunction();
+    if (F && F->getName() == "NRT_MemInfo_data_fast" && CB->arg_size() == 1 &&
+        isAllocationCall(throughNullGuards(CB->getArgOperand(0))))
+      return cast<CallBase>(throughNullGuards(CB->getArgOperand(0)));
+    return nullptr;
+  }
+  auto *L = dyn_cast<LoadInst>(I);
+  if (!L || !L->getType()->isPointerTy())
+    return nullptr;
+  const DataLayout &DL = L->getModule()->getDataLayout();
+  APInt Offset(64, 0);
+  const Value *Base = throughNullGuards(
+      L->getPointerOperand()->stripAndAccumulateConstantOffsets(DL, Offset, true));
+  if (isAllocationCall(Base) && Offset == MemInfoDataOffset)
+    return cast<CallBase>(Base);
+  return nullptr;
+}
+
 TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
   LLVMContext &Ctx = F.getContext();
   // Seeds: parameters and allocas are their own roots.
@@ -61,11 +113,16 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
         Elem[&A] = floatNamed(Ctx, S.Elem);
     }
   }
-  for (Instruction &I : instructions(F))
+  for (Instruction &I : instructions(F)) {
     if (auto *AI = dyn_cast<AllocaInst>(&I)) {
       Roots[AI].insert(AI);
       Elem[AI] = floatElementOf(AI->getAllocatedType());
     }
+    if (const CallBase *A = allocationRead(&I)) {
+      Roots[&I].insert(&I);
+      Allocations[&I] = A;
+    }
+  }
 
   // Propagate through address computations to a fixpoint (phis make
   // cycles).
@@ -83,14 +140,58 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
     else if (!isa<Instruction>(V) && !isa<Argument>(V))
       Out.insert(UnknownRoot); // a constant expression we do not model
   };
+  // Pointers kept in local allocations (numba spills array structs to the
+  // stack when their address is passed to a runtime helper): a pointer
+  // stored at a constant offset of an alloca and loaded back from there
+  // keeps its roots. An alloca written at unknown offsets, or copied into,
+  // loses track.
+  const DataLayout &DL = F.getParent()->getDataLayout();
+  using Slot = std::pair<const Value *, int64_t>;
+  DenseMap<Slot, SmallVector<const Value *, 2>> SlotStores;
+  DenseSet<const Value *> Opaque;
+  auto slotOf = [&](const Value *Ptr) -> std::optional<Slot> {
+    APInt Off(64, 0);
+    const Value *Base = Ptr->stripAndAccumulateConstantOffsets(DL, Off, true);
+    if (isa<AllocaInst>(Base))
+      return Slot{Base, Off.getSExtValue()};
+    return std::nullopt;
+  };
+  auto underlyingAllocas = [&](const Value *Ptr, auto &&Fn) {
+    const Value *Base = getUnderlyingObject(Ptr, 0);
+    if (isa<AllocaInst>(Base))
+      Fn(Base);
+  };
+  for (Instruction &I : instructions(F)) {
+    if (auto *S = dyn_cast<StoreInst>(&I)) {
+      if (!S->getValueOperand()->getType()->isPointerTy())
+        continue;
+      if (auto Sl = slotOf(S->getPointerOperand()))
+        SlotStores[*Sl].push_back(S->getValueOperand());
+      else
+        underlyingAllocas(S->getPointerOperand(),
+                          [&](const Value *A) { Opaque.insert(A); });
+    } else if (auto *MT = dyn_cast<AnyMemTransferInst>(&I)) {
+      underlyingAllocas(MT->getRawDest(),
+                        [&](const Value *A) { Opaque.insert(A); });
+    }
+  }
+
   bool Changed = true;
   while (Changed) {
     Changed = false;
     for (Instruction &I : instructions(F)) {
-      if (!I.getType()->isPointerTy() || isa<AllocaInst>(I))
+      if (!I.getType()->isPointerTy() || isa<AllocaInst>(I) ||
+          Allocations.count(&I))
         continue;
       RootSet New;
-      if (auto *GEP = dyn_cast<GetElementPtrInst>(&I))
+      auto *Ld = dyn_cast<LoadInst>(&I);
+      std::optional<Slot> Sl = Ld ? slotOf(Ld->getPointerOperand()) : std::nullopt;
+      if (Sl && !Opaque.contains(Sl->first)) {
+        auto It = SlotStores.find(*Sl);
+        if (It != SlotStores.end())
+          for (const Value *V : It->second)
+            rootsOfOperand(V, New);
+      } else if (auto *GEP = dyn_cast<GetElementPtrInst>(&I))
         rootsOfOperand(GEP->getPointerOperand(), New);
       else if (auto *Phi = dyn_cast<PHINode>(&I))
         for (Value *In : Phi->incoming_values())
@@ -109,6 +210,38 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
       }
     }
   }
+
+  // Allocated arrays: the float type they are accessed with, if only one.
+  DenseMap<const Value *, Type *> Seen;
+  DenseSet<const Value *> Mixed;
+  for (Instruction &I : instructions(F)) {
+    Type *AccessTy = nullptr;
+    const Value *Ptr = nullptr;
+    if (auto *L = dyn_cast<LoadInst>(&I)) {
+      AccessTy = L->getType();
+      Ptr = L->getPointerOperand();
+    } else if (auto *S = dyn_cast<StoreInst>(&I)) {
+      AccessTy = S->getValueOperand()->getType();
+      Ptr = S->getPointerOperand();
+    } else {
+      continue;
+    }
+    for (const Value *R : roots(Ptr)) {
+      if (!Allocations.count(R))
+        continue;
+      Type *&T = Seen[R];
+      if (!AccessTy->isFloatingPointTy() || (T && T != AccessTy))
+        Mixed.insert(R);
+      T = AccessTy;
+    }
+  }
+  for (auto &[R, T] : Seen)
+    if (!Mixed.contains(R))
+      Elem[R] = T;
+}
+
+const CallBase *TypeAnalysis::allocationOf(const Value *Root) const {
+  return Allocations.lookup(Root);
 }
 
 const RootSet &TypeAnalysis::roots(const Value *Ptr) const {
@@ -143,7 +276,7 @@ void TypeAnalysis::print(raw_ostream &OS) const {
     if (Type *T = elementType(&A))
       OS << "  memory " << describe(&A) << " holds " << *T << "\n";
   for (const Instruction &I : instructions(F))
-    if (isa<AllocaInst>(I))
+    if (isa<AllocaInst>(I) || Allocations.count(&I))
       if (Type *T = elementType(&I))
         OS << "  memory " << describe(&I) << " holds " << *T << "\n";
 }

@@ -1,12 +1,16 @@
 //===- TypeAnalysis.h - which memory holds which floats ---------*- C++ -*-===//
 //
 // For every pointer in the primal, the set of memory roots it may point
-// into: a parameter, an alloca, a global, or "unknown" (a pointer loaded from
-// memory, returned by a call, or made from an integer). For the roots that
+// into: a parameter, an alloca, an array allocated by numba's runtime (the
+// data pointer read from a NRT_MemInfo_alloc* result), a global, or
+// "unknown" (another pointer loaded from memory, returned by a call, or made
+// from an integer). For the roots that
 // can hold derivatives, the float type of their elements. The element types
 // are seeded from numba's types through the request (the data pointer of a
-// float64 array holds doubles) and from allocas' allocated types; nothing is
-// guessed from how the memory happens to be accessed.
+// float64 array holds doubles) and from allocas' allocated types. Arrays
+// allocated inside the function carry no type in the IR: theirs is the one
+// float type numba's lowering reads and writes them with (mixed accesses
+// leave them untyped, and the activity analysis rejects them).
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_TYPEANALYSIS_H
@@ -18,6 +22,7 @@
 #include "llvm/Support/raw_ostream.h"
 
 namespace llvm {
+class CallBase;
 class Function;
 class Value;
 class Type;
@@ -26,9 +31,16 @@ class Type;
 namespace enzpy {
 
 /// A memory root is the Value that owns the memory (Argument, AllocaInst,
-/// GlobalVariable); UnknownRoot stands for memory of unknown origin.
+/// GlobalVariable, or the load of an allocated array's data pointer);
+/// UnknownRoot stands for memory of unknown origin.
 using RootSet = llvm::SmallSetVector<const llvm::Value *, 2>;
 extern const llvm::Value *const UnknownRoot;
+
+/// numba's runtime allocation (returns a MemInfo whose data field points to
+/// \p size bytes).
+bool isAllocationCall(const llvm::Value *V);
+/// Offset of the data pointer in numba's NRT_MemInfo.
+constexpr int64_t MemInfoDataOffset = 24;
 
 class TypeAnalysis {
 public:
@@ -42,6 +54,9 @@ public:
   /// The request's spec for a parameter root (null for other roots).
   const ParamSpec *paramSpec(const llvm::Value *Root) const;
   bool isRetPtr(const llvm::Value *Root) const;
+  /// For the root of an array allocated in the function, the allocating
+  /// call (NRT_MemInfo_alloc*), else null.
+  const llvm::CallBase *allocationOf(const llvm::Value *Root) const;
 
   void print(llvm::raw_ostream &OS) const;
 
@@ -50,6 +65,7 @@ private:
   const Request &Req;
   llvm::DenseMap<const llvm::Value *, RootSet> Roots;
   llvm::DenseMap<const llvm::Value *, llvm::Type *> Elem;
+  llvm::DenseMap<const llvm::Value *, const llvm::CallBase *> Allocations;
   RootSet Empty;
 };
 

@@ -23,8 +23,10 @@
  *                    memory overlaps (lets the reverse sweep re-read arrays
  *                    that the function never writes instead of taping them).
  *   "log":           true to record the analyses' decisions in the result log.
+ *   "dump_ir":       debugging: also log the canonical primal and the
+ *                    derivative before optimization.
  *
- * The derivative has the signature
+ * Reverse mode: the derivative has the signature
  *   i32 name(ptr retptr, ptr excinfo, <primal params...>,
  *            <one ptr shadow per dup/dupnoneed param, in order>,
  *            [<ret float type> dret, when ret_activity is "active">])

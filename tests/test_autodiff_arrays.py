@@ -218,15 +218,6 @@ def heat_allocating(u, a, nsteps):
     return u[n // 2]
 
 
-NOT_YET_ALLOC = pytest.mark.xfail(
-    raises=enzpy.UnsupportedError,
-    strict=True,
-    reason="arrays allocated inside the kernel (NRT_MemInfo_alloc_aligned): a DESIGN.md "
-    "§1 target, not supported by the engine yet; remove this mark when it is",
-)
-
-
-@NOT_YET_ALLOC
 def test_array_allocated_inside_kernel():
     n = 10
     u = rng(12).uniform(-1, 1, n)
@@ -239,7 +230,6 @@ def sum_sq_sin_vectorized(x):
     return np.sum(x**2 * np.sin(x))
 
 
-@NOT_YET_ALLOC
 def test_array_expression_with_temporaries():
     x = rng(13).uniform(-2, 2, 9)
     fd.check_vjp(sum_sq_sin_vectorized, fd.Dup(x))
