@@ -31,6 +31,30 @@ std::string pythonArgName(const Argument &A) {
 
 static bool isFloatLike(const Type *T) { return T->isFloatingPointTy(); }
 
+/// What numpy operation a helper of numba's runtime implements, for errors.
+static StringRef knownExternal(StringRef Name) {
+  static const std::pair<const char *, const char *> Table[] = {
+      {"numba_xxdot", "np.dot / @ of two vectors (BLAS dot)"},
+      {"numba_xxgemv", "np.dot / @ of a matrix and a vector (BLAS gemv)"},
+      {"numba_xxgemm", "np.dot / @ of two matrices (BLAS gemm)"},
+      {"numba_xxnrm2", "np.linalg.norm (BLAS nrm2)"},
+      {"numba_xgesv", "np.linalg.solve (LAPACK gesv)"},
+      {"numba_xxgetrf", "an LU factorization (np.linalg.inv, det, ...)"},
+      {"numba_ez_xxgetri", "np.linalg.inv (LAPACK getri)"},
+      {"numba_xxpotrf", "np.linalg.cholesky (LAPACK potrf)"},
+      {"numba_ez_gesdd", "np.linalg.svd (LAPACK gesdd)"},
+      {"numba_ez_rgeev", "np.linalg.eig (LAPACK geev)"},
+      {"numba_ez_xxxevd", "np.linalg.eigh (LAPACK syevd)"},
+      {"numba_ez_gelsd", "np.linalg.lstsq (LAPACK gelsd)"},
+      {"numba_gamma", "math.gamma"},
+      {"numba_lgamma", "math.lgamma"},
+  };
+  for (auto &[Sym, What] : Table)
+    if (Name == Sym)
+      return What;
+  return {};
+}
+
 bool ActivityAnalysis::pointsToActive(const Value *Ptr) const {
   for (const Value *R : TA.roots(Ptr))
     if (ActiveRoots.contains(R))
@@ -94,6 +118,11 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                          &CB);
     return Error::success();
   }
+  if (StringRef What = knownExternal(Callee->getName()); !What.empty())
+    return makeError("unsupported",
+                     What + " (numba calls '" + Callee->getName() +
+                         "') cannot be differentiated yet",
+                     &CB);
   return makeError("unsupported",
                    "call to '" + displayName(Callee->getName()) +
                        "' cannot be differentiated: its body is not "
