@@ -1,5 +1,6 @@
 //===- ActivityAnalysis.cpp - which values carry derivatives --------------===//
 #include "ActivityAnalysis.h"
+#include "BlasRules.h"
 #include "DerivativeRules.h"
 #include "Diagnostics.h"
 #include "llvm/IR/Function.h"
@@ -69,6 +70,28 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                      &CB);
   if (findCallRule(Callee))
     return Error::success();
+  if (std::optional<BlasCall> Blas = matchBlasCall(CB)) {
+    // Arrays the analysis cannot trace might be differentiable.
+    SmallVector<unsigned, 3> Arrays(Blas->inputs());
+    Arrays.push_back(Blas->output());
+    for (unsigned I : Arrays)
+      if (!ActiveRoots.empty() &&
+          TA.roots(CB.getArgOperand(I)).contains(UnknownRoot))
+        return makeError("unsupported",
+                         Twine(knownExternal(Callee->getName())) +
+                             ": an array it uses cannot be traced",
+                         &CB);
+    bool AnyInput = false;
+    for (unsigned I : Blas->inputs())
+      AnyInput |= pointsToActive(CB.getArgOperand(I));
+    if (AnyInput && !pointsToActive(CB.getArgOperand(Blas->output())))
+      return makeError("unsupported",
+                       Twine(knownExternal(Callee->getName())) +
+                           " writes a differentiable result into memory "
+                           "that cannot hold its derivative",
+                       &CB);
+    return Error::success();
+  }
   if (auto *MI = dyn_cast<AnyMemIntrinsic>(&CB)) {
     // Fills of differentiable memory and copies between differentiable
     // arrays of one float type have derivatives; other copies do not.
@@ -228,6 +251,29 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
         mark(LI);
       continue;
     }
+    // Local memory that one pointer may reach as well as active memory is
+    // active too (e.g. a result that is either a product or a fresh zero
+    // array): it only costs a shadow.
+    if ((isa<PHINode>(I) || isa<SelectInst>(I)) && I.getType()->isPointerTy() &&
+        C.returns(I.getParent()) && pointsToActive(&I))
+      for (const Value *R : TA.roots(&I))
+        if (R != UnknownRoot && (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
+            ActiveRoots.insert(R).second)
+          Changed = true;
+    if (auto *CB = dyn_cast<CallBase>(&I))
+      if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
+        // A product of differentiable arrays makes its output active.
+        bool AnyInput = false;
+        for (unsigned K : Blas->inputs())
+          AnyInput |= pointsToActive(CB->getArgOperand(K));
+        if (AnyInput && C.returns(CB->getParent()))
+          for (const Value *R : TA.roots(CB->getArgOperand(Blas->output())))
+            if (R != UnknownRoot &&
+                (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
+                ActiveRoots.insert(R).second)
+              Changed = true;
+        continue;
+      }
     if (auto *MT = dyn_cast<AnyMemTransferInst>(&I)) {
       // Copying differentiable data into a local allocation makes it active.
       if (C.returns(MT->getParent()) && pointsToActive(MT->getRawSource()))

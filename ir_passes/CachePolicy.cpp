@@ -1,6 +1,7 @@
 //===- CachePolicy.cpp - which reads the reverse sweep may repeat ---------===//
 #include "CachePolicy.h"
 #include "ActivityAnalysis.h"
+#include "BlasRules.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
@@ -18,10 +19,9 @@ static bool isParameterRoot(const Value *R) {
 }
 
 CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
-                         const TypeAnalysis &TA) {
+                         const TypeAnalysis &TA)
+    : TA(TA), NoAlias(Req.NoAlias) {
   Function &F = *C.F;
-  // Roots that the function may write.
-  DenseSet<const Value *> Written;
   auto writes = [&](const Value *Ptr) {
     for (const Value *R : TA.roots(Ptr))
       Written.insert(R);
@@ -36,6 +36,11 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
     } else if (auto *CB = dyn_cast<CallBase>(&I)) {
       if (CB->onlyReadsMemory())
         continue;
+      // BLAS calls write their output array only.
+      if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
+        writes(CB->getArgOperand(Blas->output()));
+        continue;
+      }
       const Function *Callee = CB->getCalledFunction();
       // Reference counting touches only the meminfo, never array data.
       if (Callee && isInactiveRuntimeCall(Callee->getName()))
@@ -48,25 +53,26 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
       Written.insert(UnknownRoot);
     }
   }
-  if (Written.contains(UnknownRoot))
-    return;
-  bool AnyParameterWritten = false;
+  AnyUnknownWrite = Written.contains(UnknownRoot);
   for (const Value *R : Written)
     AnyParameterWritten |= isParameterRoot(R);
 
-  for (Instruction &I : instructions(F)) {
-    auto *L = dyn_cast<LoadInst>(&I);
-    if (!L || L->isVolatile())
-      continue;
-    const RootSet &Roots = TA.roots(L->getPointerOperand());
-    bool Ok = !Roots.empty();
-    for (const Value *R : Roots)
-      Ok &= isParameterRoot(R) && !Written.contains(R);
-    if (Ok && !Req.NoAlias && AnyParameterWritten)
-      Ok = false;
-    if (Ok)
-      Rereadable.insert(L);
-  }
+  for (Instruction &I : instructions(F))
+    if (auto *L = dyn_cast<LoadInst>(&I))
+      if (!L->isVolatile() && canRereadMemory(L->getPointerOperand()))
+        Rereadable.insert(L);
+}
+
+bool CachePolicy::canRereadMemory(const Value *Ptr) const {
+  if (AnyUnknownWrite)
+    return false;
+  const RootSet &Roots = TA.roots(Ptr);
+  if (Roots.empty())
+    return false;
+  for (const Value *R : Roots)
+    if (!isParameterRoot(R) || Written.contains(R))
+      return false;
+  return NoAlias || !AnyParameterWritten;
 }
 
 } // namespace enzpy

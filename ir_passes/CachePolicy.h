@@ -35,8 +35,15 @@ public:
   bool canReread(const llvm::LoadInst *L) const {
     return Rereadable.contains(L);
   }
+  /// The memory \p Ptr points into is never written during the call.
+  bool canRereadMemory(const llvm::Value *Ptr) const;
 
 private:
+  const TypeAnalysis &TA;
+  bool NoAlias;
+  bool AnyUnknownWrite = false;
+  bool AnyParameterWritten = false;
+  llvm::DenseSet<const llvm::Value *> Written;
   llvm::DenseSet<const llvm::LoadInst *> Rereadable;
 };
 

@@ -1,5 +1,6 @@
 //===- ReverseSynthesis.cpp - combined reverse-mode derivative ------------===//
 #include "ReverseSynthesis.h"
+#include "BlasRules.h"
 #include "CachePolicy.h"
 #include "DerivativeRules.h"
 #include "Diagnostics.h"
@@ -194,6 +195,9 @@ private:
   BasicBlock *forwardEnd(const BasicBlock *PB) const;
   void reverseMemoryIntrinsic(AnyMemIntrinsic &MI, IRBuilder<> &RB,
                               BlockRev &R);
+  void prepareBlas(const BlasCall &Call);
+  void reverseBlas(const BlasCall &Call, IRBuilder<> &RB, BlockRev &R);
+  bool blasActive(const BlasCall &Call) const;
 
   const CanonicalFunction &Canon;
   Type *RetType; // what the primal stores through retptr; null for None
@@ -233,6 +237,10 @@ private:
   DenseMap<const Value *, Value *> Shadows;
   DenseMap<const Value *, Value *> ShadowMemInfos; // allocation -> shadow's
   DenseMap<const BasicBlock *, BasicBlock *> ForwardEnd;
+  /// BLAS inputs the reverse needs but that may be overwritten: copies made
+  /// in the forward sweep (call, argument) -> copy. And alpha, beta.
+  DenseMap<std::pair<const Value *, unsigned>, Value *> SavedInputs;
+  DenseMap<const Value *, std::pair<Value *, Value *>> BlasScalars;
   DenseMap<const BasicBlock *, BlockRev> Rev;
   SmallSetVector<const BasicBlock *, 32> Reaching; // blocks that can return
   std::string Decisions;
@@ -560,6 +568,11 @@ void ReverseSynthesizer::createShadows() {
           IRBuilder<> B(cast<Instruction>(mapped(S))->getNextNode());
           B.CreateStore(SV, SP);
         }
+      } else if (auto *CB = dyn_cast<CallBase>(&I);
+                 CB && matchBlasCall(*CB)) {
+        BlasCall Call = *matchBlasCall(*CB);
+        if (blasActive(Call))
+          prepareBlas(Call);
       } else if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I)) {
         if (AA.pointsToActive(MI->getRawDest())) {
           shadow(MI->getRawDest());
@@ -569,6 +582,85 @@ void ReverseSynthesizer::createShadows() {
         }
       }
     }
+}
+
+bool ReverseSynthesizer::blasActive(const BlasCall &Call) const {
+  return AA.pointsToActive(Call.Call->getArgOperand(Call.output()));
+}
+
+/// Shadows of the call's arrays; copies of the inputs whose contents the
+/// reverse needs but which may change before it runs; alpha and beta.
+void ReverseSynthesizer::prepareBlas(const BlasCall &Call) {
+  const CallBase *CB = Call.Call;
+  SmallVector<unsigned, 3> Arrays(Call.inputs());
+  Arrays.push_back(Call.output());
+  for (unsigned I : Arrays)
+    if (AA.pointsToActive(CB->getArgOperand(I)))
+      shadow(CB->getArgOperand(I));
+  auto *DC = cast<CallBase>(mapped(CB));
+  for (unsigned I : Call.inputs()) {
+    bool OtherActive = false;
+    for (unsigned J : Call.inputs())
+      OtherActive |= J != I && AA.pointsToActive(CB->getArgOperand(J));
+    if (!OtherActive || Cache.canRereadMemory(CB->getArgOperand(I)))
+      continue;
+    // Copy before the call: malloc + memcpy, checked for null.
+    IRBuilder<> B(DC);
+    Value *Bytes = emitBlasInputBytes(
+        B, Call, I, [&](unsigned K) { return DC->getArgOperand(K); });
+    Module &M = *D->getParent();
+    FunctionCallee Malloc = M.getOrInsertFunction(
+        "malloc", FunctionType::get(B.getPtrTy(), {B.getInt64Ty()}, false));
+    CallInst *Copy = B.CreateCall(Malloc, {Bytes}, "enzpy.blas.saved");
+    BasicBlock *Head = DC->getParent();
+    BasicBlock *Tail = TheTape->emitFailIfNull(DC, Copy);
+    const BasicBlock *PB = PBlock.lookup(Head);
+    PBlock[Tail] = PB;
+    if (forwardEnd(PB) == Head)
+      ForwardEnd[PB] = Tail;
+    B.SetInsertPoint(DC);
+    B.CreateMemCpy(Copy, MaybeAlign(), DC->getArgOperand(I), MaybeAlign(),
+                   Bytes);
+    SavedInputs[{CB, I}] = Copy;
+  }
+  IRBuilder<> B(DC->getNextNode());
+  Value *Alpha = ConstantFP::get(Call.Elem, 1.0);
+  Value *Beta = ConstantFP::get(Call.Elem, 0.0);
+  if (auto A = Call.alpha())
+    Alpha = B.CreateLoad(Call.Elem, DC->getArgOperand(*A), "enzpy.alpha");
+  if (auto Bt = Call.beta()) {
+    // beta is read before the call overwrites anything it might alias.
+    IRBuilder<> BB(DC);
+    Beta = BB.CreateLoad(Call.Elem, DC->getArgOperand(*Bt), "enzpy.beta");
+  }
+  BlasScalars[CB] = {Alpha, Beta};
+}
+
+void ReverseSynthesizer::reverseBlas(const BlasCall &Call, IRBuilder<> &RB,
+                                     BlockRev &R) {
+  const CallBase *CB = Call.Call;
+  auto ArgFn = [&](unsigned I) { return fetchPrimal(CB->getArgOperand(I), R); };
+  SmallVector<Value *, 2> ToFree;
+  auto InputFn = [&](unsigned I) -> Value * {
+    auto It = SavedInputs.find({CB, I});
+    if (It == SavedInputs.end())
+      return fetchPrimal(CB->getArgOperand(I), R);
+    Value *Copy = fetch(It->second, R);
+    ToFree.push_back(Copy);
+    return Copy;
+  };
+  auto ShadowFn = [&](unsigned I) -> Value * {
+    const Value *Ptr = CB->getArgOperand(I);
+    return AA.pointsToActive(Ptr) ? fetchShadow(Ptr, R) : nullptr;
+  };
+  auto [Alpha, Beta] = BlasScalars.lookup(CB);
+  BlasReverseInputs In{ArgFn, InputFn, ShadowFn, fetch(Alpha, R),
+                       fetch(Beta, R)};
+  emitBlasReverse(RB, Call, In);
+  FunctionCallee Free = D->getParent()->getOrInsertFunction(
+      "free", FunctionType::get(RB.getVoidTy(), {RB.getPtrTy()}, false));
+  for (Value *Copy : ToFree)
+    RB.CreateCall(Free, {Copy});
 }
 
 /// for k: s[k] += d[k]; d[k] = 0 — the adjoint of copying \p Elem values
@@ -764,6 +856,12 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
                                             BlockRev &R) {
   if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I))
     return reverseMemoryIntrinsic(*MI, RB, R);
+  if (auto *CB = dyn_cast<CallBase>(&I))
+    if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
+      if (blasActive(*Blas))
+        reverseBlas(*Blas, RB, R);
+      return;
+    }
   if (isAllocationCall(&I)) {
     auto It = ShadowMemInfos.find(&I);
     if (It != ShadowMemInfos.end()) {

@@ -1,0 +1,287 @@
+//===- BlasRules.cpp - derivatives of numba's BLAS calls ------------------===//
+//
+// Argument lists (numba/_lapack.c):
+//   numba_xxdot(kind, conj, n, x, y, out)                  out = x . y
+//   numba_xxgemv(kind, trans, m, n, alpha, a, lda, x, beta, y)
+//       y = alpha op(A) x + beta y,   A is m x n (column-major, lda)
+//   numba_xxgemm(kind, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta,
+//                c, ldc)
+//       C = alpha op(A) op(B) + beta C,  op(A) m x k, op(B) k x n, C m x n
+//
+//===----------------------------------------------------------------------===//
+#include "BlasRules.h"
+#include "llvm/IR/Constants.h"
+#include "llvm/IR/Module.h"
+
+using namespace llvm;
+
+namespace enzpy {
+
+SmallVector<unsigned, 2> BlasCall::inputs() const {
+  switch (Kind) {
+  case Dot:
+    return {3, 4};
+  case Gemv:
+    return {5, 7};
+  case Gemm:
+    return {7, 9};
+  }
+  return {};
+}
+
+unsigned BlasCall::output() const {
+  switch (Kind) {
+  case Dot:
+    return 5;
+  case Gemv:
+    return 9;
+  case Gemm:
+    return 12;
+  }
+  return 0;
+}
+
+std::optional<unsigned> BlasCall::alpha() const {
+  if (Kind == Gemv)
+    return 4;
+  if (Kind == Gemm)
+    return 6;
+  return std::nullopt;
+}
+
+std::optional<unsigned> BlasCall::beta() const {
+  if (Kind == Gemv)
+    return 8;
+  if (Kind == Gemm)
+    return 11;
+  return std::nullopt;
+}
+
+std::optional<BlasCall> matchBlasCall(const CallBase &CB) {
+  const Function *F = CB.getCalledFunction();
+  if (!F)
+    return std::nullopt;
+  BlasCall C{BlasCall::Dot, &CB, nullptr};
+  StringRef N = F->getName();
+  unsigned Args;
+  if (N == "numba_xxdot") {
+    C.Kind = BlasCall::Dot;
+    Args = 6;
+  } else if (N == "numba_xxgemv") {
+    C.Kind = BlasCall::Gemv;
+    Args = 10;
+  } else if (N == "numba_xxgemm") {
+    C.Kind = BlasCall::Gemm;
+    Args = 14;
+  } else {
+    return std::nullopt;
+  }
+  if (CB.arg_size() != Args)
+    return std::nullopt;
+  auto *KindC = dyn_cast<ConstantInt>(CB.getArgOperand(0));
+  if (!KindC)
+    return std::nullopt;
+  LLVMContext &Ctx = CB.getContext();
+  if (KindC->getZExtValue() == 'd')
+    C.Elem = Type::getDoubleTy(Ctx);
+  else if (KindC->getZExtValue() == 's')
+    C.Elem = Type::getFloatTy(Ctx);
+  else
+    return std::nullopt; // complex kinds
+  if (C.Kind == BlasCall::Dot) {
+    auto *Conj = dyn_cast<ConstantInt>(CB.getArgOperand(1));
+    if (!Conj || !Conj->isZero())
+      return std::nullopt;
+  }
+  return C;
+}
+
+static FunctionCallee gemvFn(Module &M) {
+  LLVMContext &C = M.getContext();
+  Type *I8 = Type::getInt8Ty(C), *I64 = Type::getInt64Ty(C),
+       *P = PointerType::getUnqual(C);
+  return M.getOrInsertFunction(
+      "numba_xxgemv",
+      FunctionType::get(Type::getInt32Ty(C),
+                        {I8, I8, I64, I64, P, P, I64, P, P, P}, false));
+}
+
+static FunctionCallee gemmFn(Module &M) {
+  LLVMContext &C = M.getContext();
+  Type *I8 = Type::getInt8Ty(C), *I64 = Type::getInt64Ty(C),
+       *P = PointerType::getUnqual(C);
+  return M.getOrInsertFunction(
+      "numba_xxgemm",
+      FunctionType::get(Type::getInt32Ty(C),
+                        {I8, I8, I8, I64, I64, I64, P, P, I64, P, I64, P, P,
+                         I64},
+                        false));
+}
+
+/// A stack slot holding \p V (BLAS takes scalars by address).
+static Value *slot(IRBuilder<> &B, Value *V) {
+  Function *F = B.GetInsertBlock()->getParent();
+  IRBuilder<> EB(&F->getEntryBlock(), F->getEntryBlock().getFirstInsertionPt());
+  AllocaInst *A = EB.CreateAlloca(V->getType());
+  B.CreateStore(V, A);
+  return A;
+}
+
+/// BLAS rejects leading dimensions below 1, even for empty matrices.
+static Value *atLeastOne(IRBuilder<> &B, Value *V) {
+  return B.CreateSelect(B.CreateICmpSLT(V, B.getInt64(1)), B.getInt64(1), V);
+}
+
+static Value *flip(IRBuilder<> &B, Value *Trans) {
+  Value *IsN = B.CreateICmpEQ(Trans, B.getInt8('n'));
+  return B.CreateSelect(IsN, B.getInt8('t'), B.getInt8('n'));
+}
+
+/// y[0..n) *= s (s == 0 stores zeros, whatever y held).
+static void scale(IRBuilder<> &B, Type *Elem, Value *Y, Value *N, Value *S) {
+  Function *F = B.GetInsertBlock()->getParent();
+  LLVMContext &C = B.getContext();
+  BasicBlock *Pre = B.GetInsertBlock();
+  BasicBlock *Loop = BasicBlock::Create(C, "enzpy.blas.scale", F);
+  BasicBlock *Done = BasicBlock::Create(C, "enzpy.blas.scaled", F);
+  B.CreateCondBr(B.CreateICmpSGT(N, B.getInt64(0)), Loop, Done);
+  B.SetInsertPoint(Loop);
+  PHINode *K = B.CreatePHI(B.getInt64Ty(), 2);
+  K->addIncoming(B.getInt64(0), Pre);
+  Value *P = B.CreateGEP(Elem, Y, K);
+  Value *Zero = ConstantFP::get(Elem, 0.0);
+  Value *Scaled = B.CreateSelect(B.CreateFCmpOEQ(S, Zero), Zero,
+                                 B.CreateFMul(B.CreateLoad(Elem, P), S));
+  B.CreateStore(Scaled, P);
+  Value *Next = B.CreateAdd(K, B.getInt64(1));
+  K->addIncoming(Next, Loop);
+  B.CreateCondBr(B.CreateICmpSLT(Next, N), Loop, Done);
+  B.SetInsertPoint(Done);
+}
+
+Value *emitBlasInputBytes(IRBuilder<> &B, const BlasCall &Call, unsigned I,
+                          function_ref<Value *(unsigned)> arg) {
+  Value *Size = B.getInt64(Call.Elem->isFloatTy() ? 4 : 8);
+  Value *Count = nullptr;
+  switch (Call.Kind) {
+  case BlasCall::Dot:
+    Count = arg(2);
+    break;
+  case BlasCall::Gemv: {
+    Value *IsN = B.CreateICmpEQ(arg(1), B.getInt8('n'));
+    if (I == 5) // A: lda x n
+      Count = B.CreateMul(arg(6), arg(3));
+    else // x: n for 'n', m for 't'
+      Count = B.CreateSelect(IsN, arg(3), arg(2));
+    break;
+  }
+  case BlasCall::Gemm: {
+    // A is stored lda x (k for 'n', m for 't'); B is ldb x (n for 'n', k).
+    Value *IsNA = B.CreateICmpEQ(arg(1), B.getInt8('n'));
+    Value *IsNB = B.CreateICmpEQ(arg(2), B.getInt8('n'));
+    if (I == 7)
+      Count = B.CreateMul(arg(8), B.CreateSelect(IsNA, arg(5), arg(3)));
+    else
+      Count = B.CreateMul(arg(10), B.CreateSelect(IsNB, arg(4), arg(5)));
+    break;
+  }
+  }
+  return B.CreateMul(Count, Size);
+}
+
+void emitBlasReverse(IRBuilder<> &B, const BlasCall &Call,
+                     BlasReverseInputs &In) {
+  Module &M = *B.GetInsertBlock()->getModule();
+  Type *Elem = Call.Elem;
+  Value *Kind = In.Arg(0);
+  Value *One = slot(B, ConstantFP::get(Elem, 1.0));
+  switch (Call.Kind) {
+  case BlasCall::Dot: {
+    // out = x . y: dx += dout * y, dy += dout * x (as n x 1 gemv's).
+    Value *N = In.Arg(2);
+    Value *SOut = In.Shadow(5);
+    Value *D = B.CreateLoad(Elem, SOut);
+    B.CreateStore(ConstantFP::get(Elem, 0.0), SOut);
+    Value *DSlot = slot(B, D);
+    FunctionCallee Gemv = gemvFn(M);
+    // dx += dout * y: gemv('n', m = n, n = 1, alpha = dout, A = y as an
+    // n x 1 matrix, x = [1], beta = 1, y = dx); likewise dy.
+    for (auto [Target, Other] : {std::pair{3u, 4u}, std::pair{4u, 3u}})
+      if (Value *S = In.Shadow(Target))
+        B.CreateCall(Gemv, {Kind, B.getInt8('n'), N, B.getInt64(1), DSlot,
+                            In.Input(Other), atLeastOne(B, N), One, One, S});
+    break;
+  }
+  case BlasCall::Gemv: {
+    Value *Trans = In.Arg(1), *Mm = In.Arg(2), *Nn = In.Arg(3);
+    Value *Lda = In.Arg(6);
+    Value *IsN = B.CreateICmpEQ(Trans, B.getInt8('n'));
+    Value *LenY = B.CreateSelect(IsN, Mm, Nn);
+    Value *SY = In.Shadow(9);
+    Value *AlphaSlot = slot(B, In.Alpha);
+    FunctionCallee Gemm = gemmFn(M), Gemv = gemvFn(M);
+    if (Value *SA = In.Shadow(5)) {
+      // 'n': dA (m x n) += alpha * dy (m x 1) * x^T (1 x n)
+      // 't': dA (m x n) += alpha * x (m x 1) * dy^T (1 x n)
+      Value *X = In.Input(7);
+      Value *Left = B.CreateSelect(IsN, SY, X);
+      Value *Right = B.CreateSelect(IsN, X, SY);
+      B.CreateCall(Gemm, {Kind, B.getInt8('n'), B.getInt8('n'), Mm, Nn,
+                          B.getInt64(1), AlphaSlot, Left, atLeastOne(B, Mm),
+                          Right, B.getInt64(1), One, SA, Lda});
+    }
+    if (Value *SX = In.Shadow(7))
+      // dx += alpha * op(A)^T dy
+      B.CreateCall(Gemv, {Kind, flip(B, Trans), Mm, Nn, AlphaSlot,
+                          In.Input(5), Lda, SY, One, SX});
+    scale(B, Elem, SY, LenY, In.Beta);
+    break;
+  }
+  case BlasCall::Gemm: {
+    Value *TA = In.Arg(1), *TB = In.Arg(2);
+    Value *Mm = In.Arg(3), *Nn = In.Arg(4), *Kk = In.Arg(5);
+    Value *Lda = In.Arg(8), *Ldb = In.Arg(10), *Ldc = In.Arg(13);
+    Value *SC = In.Shadow(12);
+    Value *AlphaSlot = slot(B, In.Alpha);
+    FunctionCallee Gemm = gemmFn(M);
+    Value *IsNA = B.CreateICmpEQ(TA, B.getInt8('n'));
+    Value *IsNB = B.CreateICmpEQ(TB, B.getInt8('n'));
+    if (Value *SA = In.Shadow(7)) {
+      // 'n': dA (m x k) += alpha dC op(B)^T   = gemm(n, flip(tb), m, k, n)
+      // 't': dA (k x m) += alpha op(B) dC^T   = gemm(tb, t, k, m, n)
+      Value *Bv = In.Input(9);
+      Value *T1 = B.CreateSelect(IsNA, B.getInt8('n'), TB);
+      Value *T2 = B.CreateSelect(IsNA, flip(B, TB), B.getInt8('t'));
+      Value *M1 = B.CreateSelect(IsNA, Mm, Kk);
+      Value *N1 = B.CreateSelect(IsNA, Kk, Mm);
+      Value *X = B.CreateSelect(IsNA, SC, Bv);
+      Value *LdX = B.CreateSelect(IsNA, Ldc, Ldb);
+      Value *Y = B.CreateSelect(IsNA, Bv, SC);
+      Value *LdY = B.CreateSelect(IsNA, Ldb, Ldc);
+      B.CreateCall(Gemm, {Kind, T1, T2, M1, N1, Nn, AlphaSlot, X, LdX, Y, LdY,
+                          One, SA, Lda});
+    }
+    if (Value *SB = In.Shadow(9)) {
+      // 'n': dB (k x n) += alpha op(A)^T dC   = gemm(flip(ta), n, k, n, m)
+      // 't': dB (n x k) += alpha dC^T op(A)   = gemm(t, ta, n, k, m)
+      Value *Av = In.Input(7);
+      Value *T1 = B.CreateSelect(IsNB, flip(B, TA), B.getInt8('t'));
+      Value *T2 = B.CreateSelect(IsNB, B.getInt8('n'), TA);
+      Value *M1 = B.CreateSelect(IsNB, Kk, Nn);
+      Value *N1 = B.CreateSelect(IsNB, Nn, Kk);
+      Value *X = B.CreateSelect(IsNB, Av, SC);
+      Value *LdX = B.CreateSelect(IsNB, Lda, Ldc);
+      Value *Y = B.CreateSelect(IsNB, SC, Av);
+      Value *LdY = B.CreateSelect(IsNB, Ldc, Lda);
+      B.CreateCall(Gemm, {Kind, T1, T2, M1, N1, Mm, AlphaSlot, X, LdX, Y, LdY,
+                          One, SB, Ldb});
+    }
+    // dC_before = beta dC (column by column would respect ldc; numba's C is
+    // a fresh contiguous array, ldc == m).
+    scale(B, Elem, SC, B.CreateMul(Ldc, Nn), In.Beta);
+    break;
+  }
+  }
+}
+
+} // namespace enzpy

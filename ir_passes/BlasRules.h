@@ -1,0 +1,63 @@
+//===- BlasRules.h - derivatives of numba's BLAS calls ----------*- C++ -*-===//
+//
+// numba lowers np.dot / @ on arrays to calls into its helper library:
+// numba_xxdot (vector . vector), numba_xxgemv (matrix . vector) and
+// numba_xxgemm (matrix . matrix), with Fortran (column-major) BLAS
+// conventions. This file recognizes those calls (real kinds 's' and 'd'),
+// says which of their arguments they read and write, and emits their
+// reverse: the adjoints of the inputs are accumulated with BLAS calls again
+// (gemv/gemm with the transposes of the forward call), and the output's
+// adjoint is scaled by beta (numba passes beta = 0: the output is consumed).
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_BLASRULES_H
+#define ENZPY_BLASRULES_H
+
+#include "llvm/ADT/STLFunctionalExtras.h"
+#include "llvm/ADT/SmallVector.h"
+#include "llvm/IR/IRBuilder.h"
+#include <optional>
+
+namespace enzpy {
+
+struct BlasCall {
+  enum Op { Dot, Gemv, Gemm } Kind;
+  const llvm::CallBase *Call;
+  llvm::Type *Elem; // float or double
+
+  /// Argument positions of the arrays read and of the array written.
+  llvm::SmallVector<unsigned, 2> inputs() const;
+  unsigned output() const;
+  /// Argument positions of alpha and beta (pointers to scalars), if any.
+  std::optional<unsigned> alpha() const;
+  std::optional<unsigned> beta() const;
+};
+
+/// The BLAS call \p CB makes, if it is one of numba's real BLAS helpers.
+std::optional<BlasCall> matchBlasCall(const llvm::CallBase &CB);
+
+/// What the reverse of a BLAS call is given, all usable in the reverse sweep.
+struct BlasReverseInputs {
+  /// The forward call's argument \p I (integers and flags).
+  llvm::function_ref<llvm::Value *(unsigned)> Arg;
+  /// The primal contents of input array argument \p I (its pointer, or a
+  /// copy saved in the forward sweep).
+  llvm::function_ref<llvm::Value *(unsigned)> Input;
+  /// The shadow of array argument \p I, or null when it is not active.
+  llvm::function_ref<llvm::Value *(unsigned)> Shadow;
+  llvm::Value *Alpha; // the scalar values (1 and 0 when the call has none)
+  llvm::Value *Beta;
+};
+
+void emitBlasReverse(llvm::IRBuilder<> &B, const BlasCall &Call,
+                     BlasReverseInputs &In);
+
+/// The number of bytes of input array argument \p I that the call reads,
+/// computed from the call's arguments as \p Arg gives them.
+llvm::Value *
+emitBlasInputBytes(llvm::IRBuilder<> &B, const BlasCall &Call, unsigned I,
+                   llvm::function_ref<llvm::Value *(unsigned)> Arg);
+
+} // namespace enzpy
+
+#endif
