@@ -18,6 +18,7 @@ from numba.core.registry import CPUDispatcher
 
 from . import _abi, _cache, _link, _native
 from ._abi import ACTIVE, CONST
+from ._aliasing import check_arguments
 from ._capture import Captured, as_dispatcher, capture
 from ._validate import prepare
 from .annotations import Active, Annotation, Const, Duplicated, Mode, Reverse, ReverseWithPrimal
@@ -153,6 +154,8 @@ def _entry(
     if mode is not Reverse and mode is not ReverseWithPrimal:
         _mode(mode)
     prep = prepare(args)
+    if not prep.noalias:
+        check_arguments(args)  # overlapping arrays: refuse what cannot be right
     disjoint = prep.noalias if noalias is None else noalias
     key = (id(disp), mode, ret_active, prep.signature, disjoint)
     entry = _cache.lookup(key)

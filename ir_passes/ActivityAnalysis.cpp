@@ -18,7 +18,10 @@ bool isInactiveRuntimeCall(StringRef Name) {
   return Name == "NRT_incref" || Name == "NRT_decref" ||
          Name.starts_with("NRT_MemInfo_alloc") ||
          Name == "NRT_MemInfo_data_fast" ||
-         Name == "numba_attempt_nocopy_reshape";
+         Name == "numba_attempt_nocopy_reshape" ||
+         Name.starts_with("NRT_MemInfo_new_varsize") ||
+         Name.starts_with("NRT_MemInfo_varsize") || Name == "NRT_Allocate" ||
+         Name == "NRT_Free";
 }
 
 std::string pythonArgName(const Argument &A) {
@@ -141,6 +144,11 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                          &CB);
     return Error::success();
   }
+  if (C.Recursive.contains(Callee->getName()))
+    return makeError("unsupported",
+                     "the recursive call to '" + displayName(Callee->getName()) +
+                         "' cannot be differentiated yet (recursion)",
+                     &CB);
   if (StringRef What = knownExternal(Callee->getName()); !What.empty())
     return makeError("unsupported",
                      What + " (numba calls '" + Callee->getName() +
@@ -186,6 +194,16 @@ Error ActivityAnalysis::checkTraceable(const Instruction *I,
   if (!isFloatLike(T) || ActiveRoots.empty() ||
       !TA.roots(Ptr).contains(UnknownRoot))
     return Error::success();
+  // Such memory usually comes out of a library call the engine has no rule
+  // for (LAPACK): name that call rather than an anonymous pointer.
+  for (const Instruction &J : instructions(F))
+    if (auto *CB = dyn_cast<CallBase>(&J))
+      if (const Function *Callee = CB->getCalledFunction())
+        if (StringRef What = knownExternal(Callee->getName()); !What.empty())
+          return makeError("unsupported",
+                           What + " (numba calls '" + Callee->getName() +
+                               "') cannot be differentiated yet",
+                           CB);
   return makeError("unsupported",
                    "a float is " +
                        Twine(isa<LoadInst>(I) ? "read from" : "written to") +
@@ -350,6 +368,11 @@ Error ActivityAnalysis::run() {
   while (computeVaried(Err)) {
   }
   consumeError(std::move(Err));
+  // Addresses compared as integers (numba's overlap checks) are harmless
+  // as long as no integer is turned back into a pointer.
+  bool MakesPointersFromIntegers = false;
+  for (Instruction &I : instructions(F))
+    MakesPointersFromIntegers |= isa<IntToPtrInst>(I);
   // Checks run in program order so that the first offending construct is
   // the one reported.
   for (Instruction &I : instructions(F)) {
@@ -373,7 +396,8 @@ Error ActivityAnalysis::run() {
                          LI);
       if (Error E = checkTraceable(LI, LI->getPointerOperand()))
         return E;
-    } else if (isa<PtrToIntInst>(I) && pointsToActive(I.getOperand(0))) {
+    } else if (isa<PtrToIntInst>(I) && pointsToActive(I.getOperand(0)) &&
+               MakesPointersFromIntegers) {
       return makeError("unsupported",
                        "the address of differentiable memory is converted to "
                        "an integer",

@@ -25,10 +25,20 @@ namespace enzpy {
 
 /// Drop every other function body and every unused declaration or global:
 /// the derivative module carries only what the primal refers to.
-static void isolate(Module &M, Function &F) {
+static void isolate(Module &M, Function &F, StringSet<> &Recursive) {
   for (Function &G : M)
-    if (&G != &F && !G.isDeclaration())
+    if (&G != &F && !G.isDeclaration()) {
+      for (const User *U : G.users())
+        if (auto *CB = dyn_cast<CallBase>(U))
+          if (CB->getFunction() == &F)
+            Recursive.insert(G.getName());
       G.deleteBody();
+    }
+  // The primal calling itself.
+  for (const User *U : F.users())
+    if (auto *CB = dyn_cast<CallBase>(U))
+      if (CB->getFunction() == &F)
+        Recursive.insert(F.getName());
   bool Changed = true;
   while (Changed) {
     Changed = false;
@@ -202,11 +212,13 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   }
   F->removeFnAttr(Attribute::NoInline);
   inlineCallees(M, *F);
-  isolate(M, *F);
+  StringSet<> Recursive;
+  isolate(M, *F, Recursive);
   F->removeFnAttr(Attribute::OptimizeNone);
   runCanonicalPasses(*F);
   CanonicalFunction C;
   C.F = F;
+  C.Recursive = std::move(Recursive);
   splitExits(*F, C);
   if (C.NormalExit) {
     SmallVector<const BasicBlock *, 32> Work = {C.NormalExit};

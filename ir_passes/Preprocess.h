@@ -14,6 +14,7 @@
 
 #include "Request.h"
 #include "llvm/ADT/SmallPtrSet.h"
+#include "llvm/ADT/StringSet.h"
 #include "llvm/Support/Error.h"
 
 namespace llvm {
@@ -31,6 +32,9 @@ struct CanonicalFunction {
   /// Blocks from which the normal exit can be reached. Code outside them
   /// only runs on the way to raising an exception: it has no derivative.
   llvm::SmallPtrSet<const llvm::BasicBlock *, 32> Returning;
+  /// Functions that had a body in the module but are still called after
+  /// inlining: recursive ones.
+  llvm::StringSet<> Recursive;
   bool returns(const llvm::BasicBlock *BB) const {
     return Returning.contains(BB);
   }

@@ -238,6 +238,20 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
   for (auto &[R, T] : Seen)
     if (!Mixed.contains(R))
       Elem[R] = T;
+  // An allocation only ever copied into takes its source's type.
+  for (int Round = 0; Round < 2; ++Round)
+    for (Instruction &I : instructions(F))
+      if (auto *MT = dyn_cast<AnyMemTransferInst>(&I)) {
+        Type *SrcT = nullptr;
+        for (const Value *R : roots(MT->getRawSource()))
+          if (Type *E = elementType(R))
+            SrcT = E;
+        if (!SrcT)
+          continue;
+        for (const Value *R : roots(MT->getRawDest()))
+          if (Allocations.count(R) && !Elem.count(R) && !Mixed.contains(R))
+            Elem[R] = SrcT;
+      }
 }
 
 const CallBase *TypeAnalysis::allocationOf(const Value *Root) const {
