@@ -14,9 +14,24 @@ For each kernel this prints and records
   check      relative error of enzpy's gradient along one random direction
              against a central finite difference (a fast wrong gradient must not
              look good).
+and for forward mode (enzpy.autodiff(..., mode=Forward), one direction):
+  tangent    best time of the forward-mode call, and tangent / primal,
+  batch 8    best time of one BatchDuplicated call with 8 directions, and its
+             ratio to 8 separate forward calls,
+  check      relative error of the tangent against the central difference
+             along the same random direction,
+  hvp        for functions of one array, enzpy.hvp time (reverse over forward)
+             divided by the gradient's time.
+and, unless --no-memory, the peak memory of one call (bench/peakmem.py): the
+growth of the process's resident set during one call after a warm-up call,
+each measured in a fresh subprocess, for the numba primal, enzpy's gradient
+and the peers' gradients (tracemalloc cannot see numba's, the engine's, XLA's
+or PyTorch's allocations). A peer result marked '~' was measured on fewer
+time steps and scaled linearly (a sequential in-place sweep is a Python loop
+of scalar operations in PyTorch).
 Results also go to bench/results/latest.json. Not run in CI.
 
-    .venv/bin/python bench/run.py [--quick] [--no-peers] [--only heat,lorenz]
+    .venv/bin/python bench/run.py [--quick] [--no-peers] [--no-memory] [--only heat,lorenz]
 """
 
 from __future__ import annotations
@@ -39,9 +54,10 @@ os.environ.setdefault(
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from peakmem import PROBE_FLAG, peak_growth, probe_in_subprocess  # noqa: E402
 
 import enzpy  # noqa: E402
-from enzpy import Active, Duplicated  # noqa: E402
+from enzpy import Active, BatchDuplicated, Duplicated, Forward  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -158,6 +174,9 @@ class Kernel:
     def primal(self):
         raise NotImplementedError
 
+    def primal_setup(self):
+        """Restore the inputs that the primal updates in place (untimed)."""
+
     def grad_setup(self, full=False):
         """Zero the accumulating shadows (untimed); full=True zeroes every shadow."""
 
@@ -178,6 +197,20 @@ class Kernel:
         raise NotImplementedError
 
     def torch(self):
+        raise NotImplementedError
+
+    def hvp(self, v):
+        """A zero-argument callable computing a Hessian-vector product with
+        enzpy.hvp along the flat direction v, or None when the kernel is not a
+        function of one array."""
+        return None
+
+    def forward(self, vs, batch):
+        """A zero-argument callable running enzpy's forward mode along the flat
+        directions ``vs`` (same layout as grad_vector()): one Duplicated call
+        (``batch`` False, one direction) or one BatchDuplicated call with
+        len(vs) directions; it returns the tangent(s) of the loss. Shadows are
+        allocated here, outside the timed region."""
         raise NotImplementedError
 
 
@@ -226,6 +259,17 @@ class SumX2Sin(Kernel):
             (x * x * torch.sin(x)).sum().backward()
 
         return run
+
+    def hvp(self, v):
+        return lambda: enzpy.hvp(sum_x2_sin, self.x, v)
+
+    def forward(self, vs, batch):
+        x = self.x
+        if not batch:
+            dx = vs[0].copy()
+            return lambda: enzpy.autodiff(sum_x2_sin, Duplicated(x, dx), mode=Forward)
+        dxs = tuple(v.copy() for v in vs)
+        return lambda: enzpy.autodiff(sum_x2_sin, BatchDuplicated(x, dxs), mode=Forward)
 
 
 class Heat(Kernel):
@@ -303,6 +347,25 @@ class Heat(Kernel):
             (u * u).sum().backward()
 
         return run
+
+    def forward(self, vs, batch):
+        n = self.u0.size
+        u0, H = self.u0, self.H
+        if not batch:
+            du, da, dH = vs[0][:n].copy(), float(vs[0][n]), np.zeros_like(H)
+            return lambda: enzpy.autodiff(
+                heat, Duplicated(u0, du), Duplicated(H, dH), Duplicated(self.a, da), mode=Forward
+            )
+        dus = tuple(v[:n].copy() for v in vs)
+        das = tuple(float(v[n]) for v in vs)
+        dHs = tuple(np.zeros_like(H) for _ in vs)
+        return lambda: enzpy.autodiff(
+            heat,
+            BatchDuplicated(u0, dus),
+            BatchDuplicated(H, dHs),
+            BatchDuplicated(self.a, das),
+            mode=Forward,
+        )
 
 
 class Lorenz(Kernel):
@@ -387,6 +450,15 @@ class Lorenz(Kernel):
 
         return run
 
+    def forward(self, vs, batch):
+        if not batch:
+            args = [Duplicated(p, float(t)) for p, t in zip(self.p, vs[0])]
+        else:
+            args = [
+                BatchDuplicated(p, tuple(float(v[i]) for v in vs)) for i, p in enumerate(self.p)
+            ]
+        return lambda: enzpy.autodiff(lorenz, *args, self.dt, self.steps, mode=Forward)
+
 
 class Dot(Kernel):
     name = "dot"
@@ -444,11 +516,354 @@ class Dot(Kernel):
 
         return run
 
+    def forward(self, vs, batch):
+        n = self.x.size
+        x, y = self.x, self.y
+        if not batch:
+            dx, dy = vs[0][:n].copy(), vs[0][n:].copy()
+            return lambda: enzpy.autodiff(dot, Duplicated(x, dx), Duplicated(y, dy), mode=Forward)
+        dxs = tuple(v[:n].copy() for v in vs)
+        dys = tuple(v[n:].copy() for v in vs)
+        return lambda: enzpy.autodiff(
+            dot, BatchDuplicated(x, dxs), BatchDuplicated(y, dys), mode=Forward
+        )
+
+
+@numba.njit
+def heat_in_place(u, a, steps):
+    # truly in place, sweeping left to right: u[i-1] is already this step's value
+    n = u.shape[0]
+    for _ in range(steps):
+        for i in range(1, n - 1):
+            u[i] = u[i] + a * (u[i - 1] - 2.0 * u[i] + u[i + 1])
+    s = 0.0
+    for i in range(n):
+        s += u[i] * u[i]
+    return s
+
+
+@numba.njit
+def lorenz_rhs_array(s, k, sigma, rho, beta):
+    k[0] = sigma * (s[1] - s[0])
+    k[1] = s[0] * (rho - s[2]) - s[1]
+    k[2] = s[0] * s[1] - beta * s[2]
+
+
+@numba.njit
+def lorenz_rk4_array(state, sigma, rho, beta, dt, nsteps):
+    # the state lives in a length-3 array updated in place; stages in arrays
+    k1 = np.empty(3)
+    k2 = np.empty(3)
+    k3 = np.empty(3)
+    k4 = np.empty(3)
+    tmp = np.empty(3)
+    for _ in range(nsteps):
+        lorenz_rhs_array(state, k1, sigma, rho, beta)
+        for j in range(3):
+            tmp[j] = state[j] + 0.5 * dt * k1[j]
+        lorenz_rhs_array(tmp, k2, sigma, rho, beta)
+        for j in range(3):
+            tmp[j] = state[j] + 0.5 * dt * k2[j]
+        lorenz_rhs_array(tmp, k3, sigma, rho, beta)
+        for j in range(3):
+            tmp[j] = state[j] + dt * k3[j]
+        lorenz_rhs_array(tmp, k4, sigma, rho, beta)
+        for j in range(3):
+            state[j] += dt / 6.0 * (k1[j] + 2.0 * k2[j] + 2.0 * k3[j] + k4[j])
+    return state[0] + state[1] + state[2]
+
+
+class Scaled:
+    """A peer's gradient measured on a smaller problem, for which the full one
+    would take minutes: its time and memory are multiplied by ``factor``
+    (both grow linearly in the part that was shortened) and the table marks
+    them with '~'."""
+
+    def __init__(self, fn, factor, note):
+        self.fn, self.factor, self.note = fn, factor, note
+
+    def __call__(self):
+        return self.fn()
+
+
+class HeatInPlace(Kernel):
+    name = "heat_in_place"
+    check_step = 1e-4
+
+    def __init__(self, n, steps, a=0.25):
+        self.description = (
+            f"1-D heat stencil updated in place (left-to-right sweep), {steps} steps x {n} points"
+        )
+        rng = np.random.default_rng(4)
+        self.u0 = np.sin(np.linspace(0, np.pi, n)) + 0.1 * rng.standard_normal(n)
+        self.u = self.u0.copy()
+        self.du = np.zeros(n)
+        self.a = a
+        self.steps = steps
+
+    def n_inputs(self):
+        return self.u0.size + 1
+
+    def primal_setup(self):
+        np.copyto(self.u, self.u0)
+
+    def primal(self):
+        return heat_in_place(self.u, self.a, self.steps)
+
+    def grad_setup(self, full=False):
+        # the state is updated in place: restore it; its shadow is the cotangent
+        # of the final state (0: only the returned energy is differentiated)
+        np.copyto(self.u, self.u0)
+        self.du.fill(0.0)
+
+    def grad(self):
+        self.r = enzpy.autodiff(
+            heat_in_place, Duplicated(self.u, self.du), Active(self.a), self.steps
+        )
+
+    def grad_vector(self):
+        return np.concatenate([self.du, [self.r[1]]])
+
+    def directional_fd(self, v, h):
+        u, a = v[:-1], v[-1]
+        return (
+            heat_in_place(self.u0 + h * u, self.a + h * a, self.steps)
+            - heat_in_place(self.u0 - h * u, self.a - h * a, self.steps)
+        ) / (2 * h)
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        steps = self.steps
+
+        def f(u, a):
+            def sweep(_, u):
+                # the same sequential recurrence: carry = the new left neighbour
+                def body(left_new, xs):
+                    ui, right_old = xs
+                    new = ui + a * (left_new - 2.0 * ui + right_old)
+                    return new, new
+
+                _, mid = jax.lax.scan(body, u[0], (u[1:-1], u[2:]))
+                return jnp.concatenate([u[:1], mid, u[-1:]])
+
+            u = jax.lax.fori_loop(0, steps, sweep, u)
+            return jnp.sum(u * u)
+
+        g = jax.jit(jax.grad(f, argnums=(0, 1)))
+        u0, a = jnp.asarray(self.u0), jnp.asarray(self.a)
+        return lambda: jax.block_until_ready(g(u0, a))
+
+    def torch(self):
+        import torch
+
+        n = self.u0.size
+        # A sequential in-place sweep is a chain of scalar operations in torch
+        # (no vectorized form): time a few steps and scale to the full count.
+        run_steps = min(self.steps, max(1, 20_000 // n))
+        u0 = torch.tensor(self.u0, requires_grad=True)
+        a = torch.tensor(self.a, dtype=torch.float64, requires_grad=True)
+
+        def run():
+            u0.grad = None
+            a.grad = None
+            u = list(u0.unbind())
+            for _ in range(run_steps):
+                for i in range(1, n - 1):
+                    u[i] = u[i] + a * (u[i - 1] - 2.0 * u[i] + u[i + 1])
+            s = torch.stack(u)
+            (s * s).sum().backward()
+
+        if run_steps == self.steps:
+            return run
+        return Scaled(run, self.steps / run_steps, f"{run_steps} of {self.steps} steps, scaled")
+
+    def forward(self, vs, batch):
+        # The state is updated in place and forward mode overwrites the tangents
+        # with the output tangents: restore both (an O(n) copy) in each call.
+        n = self.u0.size
+        u, u0 = self.u, self.u0
+        if not batch:
+            dv, da = vs[0][:n].copy(), float(vs[0][n])
+            du = dv.copy()
+
+            def one():
+                np.copyto(u, u0)
+                np.copyto(du, dv)
+                return enzpy.autodiff(
+                    heat_in_place,
+                    Duplicated(u, du),
+                    Duplicated(self.a, da),
+                    self.steps,
+                    mode=Forward,
+                )
+
+            return one
+        dvs = [v[:n].copy() for v in vs]
+        dus = tuple(d.copy() for d in dvs)
+        das = tuple(float(v[n]) for v in vs)
+
+        def many():
+            np.copyto(u, u0)
+            for d, v in zip(dus, dvs):
+                np.copyto(d, v)
+            return enzpy.autodiff(
+                heat_in_place,
+                BatchDuplicated(u, dus),
+                BatchDuplicated(self.a, das),
+                self.steps,
+                mode=Forward,
+            )
+
+        return many
+
+
+class LorenzArray(Kernel):
+    name = "lorenz_rk4_array"
+
+    def __init__(self, steps, dt=5e-4):
+        self.description = f"Lorenz RK4, state in a length-3 array updated in place, {steps} steps"
+        self.s0 = np.array([1.0, 1.0, 1.0])
+        self.s = self.s0.copy()
+        self.ds = np.zeros(3)
+        self.p = (10.0, 28.0, 8.0 / 3.0)
+        self.dt = dt
+        self.steps = steps
+
+    def n_inputs(self):
+        return 6
+
+    def primal_setup(self):
+        np.copyto(self.s, self.s0)
+
+    def primal(self):
+        return lorenz_rk4_array(self.s, *self.p, self.dt, self.steps)
+
+    def grad_setup(self, full=False):
+        np.copyto(self.s, self.s0)
+        self.ds.fill(0.0)
+
+    def grad(self):
+        self.r = enzpy.autodiff(
+            lorenz_rk4_array,
+            Duplicated(self.s, self.ds),
+            *[Active(v) for v in self.p],
+            self.dt,
+            self.steps,
+        )
+
+    def grad_vector(self):
+        return np.concatenate([self.ds, np.array(self.r[1:4], dtype=np.float64)])
+
+    def directional_fd(self, v, h):
+        p = np.array(self.p)
+        return (
+            lorenz_rk4_array(self.s0 + h * v[:3], *(p + h * v[3:]), self.dt, self.steps)
+            - lorenz_rk4_array(self.s0 - h * v[:3], *(p - h * v[3:]), self.dt, self.steps)
+        ) / (2 * h)
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        dt, steps = self.dt, self.steps
+
+        def f(s, sigma, rho, beta):
+            def rhs(s):
+                return jnp.stack(
+                    [sigma * (s[1] - s[0]), s[0] * (rho - s[2]) - s[1], s[0] * s[1] - beta * s[2]]
+                )
+
+            def body(_, s):
+                k1 = rhs(s)
+                k2 = rhs(s + 0.5 * dt * k1)
+                k3 = rhs(s + 0.5 * dt * k2)
+                k4 = rhs(s + dt * k3)
+                return s + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+            return jnp.sum(jax.lax.fori_loop(0, steps, body, s))
+
+        g = jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))
+        args = [jnp.asarray(self.s0)] + [jnp.asarray(v) for v in self.p]
+        return lambda: jax.block_until_ready(g(*args))
+
+    def torch(self):
+        import torch
+
+        dt, steps = self.dt, self.steps
+        s0 = torch.tensor(self.s0, requires_grad=True)
+        p = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in self.p]
+
+        def run():
+            for t in [s0, *p]:
+                t.grad = None
+            sigma, rho, beta = p
+
+            def rhs(s):
+                return torch.stack(
+                    [sigma * (s[1] - s[0]), s[0] * (rho - s[2]) - s[1], s[0] * s[1] - beta * s[2]]
+                )
+
+            s = s0
+            for _ in range(steps):
+                k1 = rhs(s)
+                k2 = rhs(s + 0.5 * dt * k1)
+                k3 = rhs(s + 0.5 * dt * k2)
+                k4 = rhs(s + dt * k3)
+                s = s + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+            s.sum().backward()
+
+        return run
+
+    def forward(self, vs, batch):
+        s, s0 = self.s, self.s0
+        if not batch:
+            dv = vs[0][:3].copy()
+            ds = dv.copy()
+            ps = [Duplicated(p, float(t)) for p, t in zip(self.p, vs[0][3:])]
+
+            def one():
+                np.copyto(s, s0)
+                np.copyto(ds, dv)
+                return enzpy.autodiff(
+                    lorenz_rk4_array, Duplicated(s, ds), *ps, self.dt, self.steps, mode=Forward
+                )
+
+            return one
+        dvs = [v[:3].copy() for v in vs]
+        dss = tuple(d.copy() for d in dvs)
+        ps = [BatchDuplicated(p, tuple(float(v[3 + i]) for v in vs)) for i, p in enumerate(self.p)]
+
+        def many():
+            np.copyto(s, s0)
+            for d, v in zip(dss, dvs):
+                np.copyto(d, v)
+            return enzpy.autodiff(
+                lorenz_rk4_array, BatchDuplicated(s, dss), *ps, self.dt, self.steps, mode=Forward
+            )
+
+        return many
+
 
 def make_kernels(quick):
     if quick:
-        return [SumX2Sin(10**5), Heat(1000, 50), Lorenz(10**3), Dot(10**5)]
-    return [SumX2Sin(10**6), Heat(10**4, 200), Lorenz(10**4), Dot(10**6)]
+        return [
+            SumX2Sin(10**5),
+            Heat(1000, 50),
+            HeatInPlace(1000, 50),
+            Lorenz(10**3),
+            LorenzArray(10**3),
+            Dot(10**5),
+        ]
+    return [
+        SumX2Sin(10**6),
+        Heat(10**4, 200),
+        HeatInPlace(10**4, 200),
+        Lorenz(10**4),
+        LorenzArray(10**4),
+        Dot(10**6),
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -483,8 +898,9 @@ def load_peers(enabled):
 
 def run_kernel(k, peers, budget):
     rec = {"name": k.name, "description": k.description, "n_inputs": k.n_inputs()}
+    k.primal_setup()
     compile_primal, _ = first_call(k.primal)
-    t_primal = best_time(k.primal, budget=budget)
+    t_primal = best_time(k.primal, setup=k.primal_setup, budget=budget)
     rec.update(primal_s=t_primal, compile_primal_s=compile_primal, fd_ratio=2 * k.n_inputs() + 1)
 
     try:
@@ -509,6 +925,14 @@ def run_kernel(k, peers, budget):
         if os.environ.get("ENZPY_BENCH_TRACEBACK"):
             traceback.print_exc()
 
+    try:
+        run_forward(k, rec, t_primal, budget)
+    except Exception as e:  # noqa: BLE001 - the engine may not handle a kernel yet
+        rec["fwd_error"] = f"{type(e).__name__}: {e}"
+        print(f"  enzpy forward mode failed on {k.name}: {rec['fwd_error']}", file=sys.stderr)
+        if os.environ.get("ENZPY_BENCH_TRACEBACK"):
+            traceback.print_exc()
+
     rec["peers"] = {}
     for peer in ("jax", "torch"):
         if peer not in peers:
@@ -517,14 +941,113 @@ def run_kernel(k, peers, budget):
             compile_peer, fn = first_call(getattr(k, peer))
             t_first, _ = first_call(fn)
             t_peer = best_time(fn, budget=budget)
+            factor = fn.factor if isinstance(fn, Scaled) else 1.0
             rec["peers"][peer] = {
-                "grad_s": t_peer,
-                "ratio": t_peer / t_primal,
+                "grad_s": t_peer * factor,
+                "ratio": t_peer * factor / t_primal,
                 "compile_s": max(compile_peer + t_first - t_peer, 0.0),
             }
+            if isinstance(fn, Scaled):
+                rec["peers"][peer]["scaled"] = fn.note
         except Exception as e:  # noqa: BLE001
             rec["peers"][peer] = {"error": f"{type(e).__name__}: {e}"}
     return rec
+
+
+BATCH_WIDTH = 8
+
+
+def run_forward(k, rec, t_primal, budget):
+    """Forward mode: one direction, a batch of BATCH_WIDTH, and a check of the
+    tangent against a central difference."""
+    rng = np.random.default_rng(11)
+    nin = k.n_inputs()
+    vs = [rng.standard_normal(nin) for _ in range(BATCH_WIDTH)]
+    vs = [v / np.linalg.norm(v) for v in vs]
+    one = k.forward(vs[:1], batch=False)
+    compile_fwd, _ = first_call(one)
+    t_fwd = best_time(one, budget=budget)
+    rec.update(fwd_s=t_fwd, fwd_ratio=t_fwd / t_primal, compile_fwd_s=max(compile_fwd - t_fwd, 0.0))
+    tangent = float(one())
+    fd = k.directional_fd(vs[0], k.check_step)
+    rec.update(
+        fwd_check_ad=tangent,
+        fwd_check_fd=fd,
+        fwd_check_rel_err=abs(tangent - fd) / max(abs(fd), 1e-300),
+    )
+    many = k.forward(vs, batch=True)
+    first_call(many)
+    t_batch = best_time(many, budget=budget)
+    rec.update(
+        batch_width=BATCH_WIDTH,
+        batch_s=t_batch,
+        batch_ratio=t_batch / t_primal,
+        batch_vs_separate=t_batch / (BATCH_WIDTH * t_fwd),
+    )
+    hvp = k.hvp(vs[0])
+    if hvp is not None and "grad_s" in rec:
+        compile_hvp, _ = first_call(hvp)
+        t_hvp = best_time(hvp, budget=budget)
+        rec.update(
+            hvp_s=t_hvp,
+            hvp_ratio=t_hvp / t_primal,
+            hvp_vs_grad=t_hvp / rec["grad_s"],
+            compile_hvp_s=max(compile_hvp - t_hvp, 0.0),
+        )
+    tangents = many()
+    rec["batch_max_rel_diff"] = max(
+        abs(float(t) - float(k.forward([v], batch=False)())) / max(abs(float(t)), 1e-300)
+        for t, v in zip(tangents, vs)
+    )
+
+
+def print_forward_table(records):
+    cols = [
+        "kernel",
+        "tangent",
+        "ratio",
+        "compile",
+        f"batch {BATCH_WIDTH}",
+        "ratio",
+        f"vs {BATCH_WIDTH} calls",
+        "check",
+    ]
+    rows = []
+    for r in records:
+        if "fwd_s" not in r:
+            rows.append([r["name"]] + ["-"] * 6 + ["FAILED" if "fwd_error" in r else "-"])
+            continue
+        rows.append(
+            [
+                r["name"],
+                fmt_time(r["fwd_s"]),
+                fmt_ratio(r["fwd_ratio"]),
+                f"{r['compile_fwd_s']:.2f} s",
+                fmt_time(r.get("batch_s")),
+                fmt_ratio(r.get("batch_ratio")),
+                f"{r['batch_vs_separate']:.2f}" if "batch_vs_separate" in r else "-",
+                f"{r['fwd_check_rel_err']:.1e}",
+            ]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    print(
+        "\nforward mode: ratio = time / numba primal time; 'vs 8 calls' = batch time / "
+        "(8 x one-direction time); check = rel. error of the tangent vs a central difference"
+    )
+    for r in records:
+        if "fwd_error" in r:
+            print(f"{r['name']}: enzpy forward-mode error: {r['fwd_error']}")
+        if "hvp_s" in r:
+            print(
+                f"{r['name']}: hvp (reverse over forward) {fmt_time(r['hvp_s'])} = "
+                f"{fmt_ratio(r['hvp_ratio'])} primal = {r['hvp_vs_grad']:.2f}x gradient "
+                f"(compile {r['compile_hvp_s']:.2f} s)"
+            )
 
 
 def fmt_time(s):
@@ -559,7 +1082,8 @@ def print_table(records, peers):
         ]
         for p in peers:
             pr = r["peers"].get(p, {})
-            row.append(fmt_ratio(pr["ratio"]) if "ratio" in pr else "error")
+            mark = "~" if "scaled" in pr else ""
+            row.append(mark + fmt_ratio(pr["ratio"]) if "ratio" in pr else "error")
         row.append(
             f"{r['check_rel_err']:.1e}"
             if "check_rel_err" in r
@@ -583,6 +1107,98 @@ def print_table(records, peers):
         for p, pr in r["peers"].items():
             if "error" in pr:
                 print(f"{r['name']}: {p} error: {pr['error']}")
+            if "scaled" in pr:
+                print(f"{r['name']}: {p} '~': {pr['scaled']}")
+
+
+# --------------------------------------------------------------------------
+# peak memory (bench/peakmem.py), one fresh subprocess per measurement
+
+MEMORY_WHATS = ("primal", "enzpy", "jax", "torch")
+
+
+def memory_probe(spec, quick):
+    """In the probe subprocess: measure one kernel:what and print JSON."""
+    name, what = spec.split(":")
+    (k,) = [k for k in make_kernels(quick) if k.name == name]
+    try:
+        if what == "primal":
+            nbytes = peak_growth(k.primal, k.primal_setup)
+        elif what == "enzpy":
+            nbytes = peak_growth(k.grad, lambda: k.grad_setup(full=True))
+        else:
+            peers, skipped = load_peers(True)
+            if what not in peers:
+                raise ImportError(skipped.get(what, what))
+            fn = getattr(k, what)()
+            nbytes = peak_growth(fn) * (fn.factor if isinstance(fn, Scaled) else 1.0)
+        print(json.dumps({"bytes": nbytes}))
+    except Exception as e:  # noqa: BLE001 - reported in the parent's table
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+    return 0
+
+
+def run_memory(records, peers, quick):
+    extra = ["--quick"] if quick else []
+    for r in records:
+        print(f"peak memory of {r['name']} ...", flush=True)
+        mem = {}
+        for what in MEMORY_WHATS:
+            if what in ("jax", "torch") and (what not in peers or "ratio" not in r["peers"][what]):
+                continue
+            if what == "enzpy" and "ratio" not in r:
+                continue
+            mem[what] = probe_in_subprocess(Path(__file__).resolve(), r["name"], what, extra)
+        r["peak_memory"] = mem
+
+
+def fmt_bytes(m):
+    if m is None:
+        return "-"
+    if "error" in m:
+        return "error"
+    b = m["bytes"]
+    if b < 1024:
+        return f"{b:.0f} B"
+    if b < 1 << 20:
+        return f"{b / 1024:.0f} KB"
+    return f"{b / (1 << 20):.1f} MB"
+
+
+def print_memory_table(records, peers):
+    cols = ["kernel", "inputs", "numba primal", "enzpy gradient", "gradient/primal"]
+    cols += [f"{p} gradient" for p in peers]
+    rows = []
+    for r in records:
+        mem = r.get("peak_memory", {})
+        p, g = mem.get("primal"), mem.get("enzpy")
+        if p and g and "bytes" in p and "bytes" in g:
+            ratio = fmt_ratio(g["bytes"] / p["bytes"]) if p["bytes"] >= 1 << 18 else "-"
+        else:
+            ratio = "-"
+        inputs = fmt_bytes({"bytes": 8 * r["n_inputs"]})
+        row = [r["name"], inputs, fmt_bytes(p), fmt_bytes(g), ratio]
+        for peer in peers:
+            mark = "~" if "scaled" in r["peers"].get(peer, {}) else ""
+            m = mem.get(peer)
+            row.append(mark + fmt_bytes(m) if m and "bytes" in m else fmt_bytes(m))
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    print(
+        "\npeak memory = growth of the resident set during one call after a warm-up call "
+        "(inputs and shadows allocated before the call are not counted), each in a fresh "
+        "process; inputs = 8 bytes per differentiable input; gradient/primal only where the "
+        "primal itself needs >= 256 KB"
+    )
+    for r in records:
+        for what, m in r.get("peak_memory", {}).items():
+            if "error" in m:
+                print(f"{r['name']}: {what} memory probe error: {m['error']}")
 
 
 def cpu_model():
@@ -607,7 +1223,11 @@ def main(argv=None):
         help="seconds of repeats per measurement (best time is kept)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    ap.add_argument(PROBE_FLAG, default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_probe:
+        return memory_probe(args.memory_probe, args.quick)
 
     kernels = make_kernels(args.quick)
     if args.only:
@@ -623,6 +1243,13 @@ def main(argv=None):
         records.append(run_kernel(k, peers, args.budget))
     print()
     print_table(records, list(peers))
+    print()
+    print_forward_table(records)
+    if not args.no_memory:
+        print()
+        run_memory(records, peers, args.quick)
+        print()
+        print_memory_table(records, list(peers))
 
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -8,19 +8,24 @@ level, in the way Enzyme does it.
     ...     return a * (x * x).sum()
     >>> x = np.arange(3.0); dx = np.zeros(3)
     >>> _, da = enzpy.autodiff(f, Duplicated(x, dx), Active(2.0))  # dx == 2*a*x
+    >>> t = enzpy.autodiff(f, Duplicated(x, np.ones(3)), Duplicated(2.0, 0.0),
+    ...                    mode=enzpy.Forward)  # directional derivative along ones
 
 See DESIGN.md for the contract.
 """
 
 from .annotations import (
     Active,
+    BatchDuplicated,
     Const,
     Duplicated,
     DuplicatedNoNeed,
+    Forward,
+    ForwardWithPrimal,
     Reverse,
     ReverseWithPrimal,
 )
-from .api import autodiff, derivative, explain, gradient, make_zero
+from .api import autodiff, derivative, explain, gradient, hessian, hvp, jacobian, make_zero
 from .errors import (
     ActivityError,
     CompilationError,
@@ -36,6 +41,9 @@ __version__ = "0.1.0"
 __all__ = [
     "autodiff",
     "gradient",
+    "jacobian",
+    "hvp",
+    "hessian",
     "make_zero",
     "derivative",
     "explain",
@@ -43,8 +51,11 @@ __all__ = [
     "Active",
     "Duplicated",
     "DuplicatedNoNeed",
+    "BatchDuplicated",
     "Reverse",
     "ReverseWithPrimal",
+    "Forward",
+    "ForwardWithPrimal",
     "EnzpyError",
     "UnsupportedError",
     "ActivityError",

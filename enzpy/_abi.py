@@ -148,6 +148,14 @@ class Plan:
     ret_active: bool
     #: Whether the result struct starts with the primal return value.
     has_primal: bool
+    #: Forward mode (the derivative takes tangents and returns the return
+    #: value's tangent) rather than reverse mode.
+    forward: bool = False
+    #: Forward mode: tangents per differentiable argument (batch width).
+    width: int = 1
+    #: Forward mode: shadows and tangents come as tuples of ``width`` (batch
+    #: mode), and so does the return value's tangent.
+    batch: bool = False
 
 
 def plan(
@@ -161,14 +169,23 @@ def plan(
     return_primal: bool,
     noalias: bool = False,
     name: str | None = None,
+    forward: bool = False,
+    width: int = 1,
+    batch: bool = False,
 ) -> Plan:
     """Decide the request and the derivative signature.
 
     ``kinds[i]`` is the activity of primal argument ``i`` (``const``,
     ``active``, ``dup`` or ``dupnoneed``); ``ret_active`` asks to seed the
-    return value, which happens only when it is a float32/float64 scalar.
-    ``noalias`` says the caller checked that no two arguments' memory
-    overlaps, for every call this derivative will serve.
+    return value (forward mode: to return its tangent), which happens only
+    when it is a float32/float64 scalar. ``noalias`` says the caller checked
+    that no two arguments' memory overlaps, for every call this derivative
+    will serve.
+
+    Forward mode (``forward``): ``active`` arguments are float scalars (or
+    tuples of floats) that take a tangent; each ``dup`` argument takes
+    ``width`` shadows and each active one ``width`` tangents (the engine's
+    forward ABI, ``native/enzpy_native.h``).
     """
     argtypes = tuple(argtypes)
     kinds = tuple(kinds)
@@ -179,6 +196,9 @@ def plan(
     shadow_types: list[types.Type] = []
     adjoint_types: list[types.Type] = []
     flat_adjoint_types: list[types.Type] = []
+    tangent_types: list[types.Type] = []
+    if not forward and width != 1:
+        raise ValueError("batch width applies to forward mode only")
     for i, (ty, kind) in enumerate(zip(argtypes, kinds, strict=True)):
         flat = flat_llvm_params(context, ty)
         if kind == CONST:
@@ -193,6 +213,8 @@ def plan(
             params.extend({"activity": ACTIVE, "elem": e} for e in elems)  # type: ignore[misc]
             adjoint_types.append(ty)
             flat_adjoint_types.extend(_leaves(ty))
+            for leaf in _leaves(ty):
+                tangent_types.extend([leaf] * width)
         elif kind in (DUP, DUPNONEED):
             if not isinstance(ty, types.Array) or ty.dtype not in FLOAT_TYPES:
                 raise EnzpyTypeError(
@@ -206,7 +228,7 @@ def plan(
                     params.append({"activity": kind, "elem": elem})
                 else:
                     params.append({"activity": CONST})
-            shadow_types.append(types.CPointer(ty.dtype))
+            shadow_types.extend([types.CPointer(ty.dtype)] * width)
         else:
             raise ValueError(f"unknown activity {kind!r}")
 
@@ -216,26 +238,34 @@ def plan(
     ret_type = "void" if is_none else llvm_type_str(context.get_return_type(restype))
 
     primal_member = [restype] if has_primal else []
-    d_restype: types.Type = types.Tuple(primal_member + flat_adjoint_types)
-    result_type: types.Type = types.Tuple(primal_member + adjoint_types)
-    d_argtypes = argtypes + tuple(shadow_types) + ((restype,) if seeded else ())
+    if forward:
+        d_restype: types.Type = types.Tuple(primal_member + ([restype] * width if seeded else []))
+        ret_tangent = types.UniTuple(restype, width) if batch else restype
+        result_type: types.Type = types.Tuple(primal_member + ([ret_tangent] if seeded else []))
+        d_argtypes = argtypes + tuple(shadow_types) + tuple(tangent_types)
+    else:
+        d_restype = types.Tuple(primal_member + flat_adjoint_types)
+        result_type = types.Tuple(primal_member + adjoint_types)
+        d_argtypes = argtypes + tuple(shadow_types) + ((restype,) if seeded else ())
 
     if name is None:
         digest = hashlib.sha1(
-            repr((function, ret_type, params, seeded, has_primal, noalias)).encode()
+            repr((function, ret_type, params, seeded, has_primal, noalias, forward, width)).encode()
         ).hexdigest()[:10]
-        name = f"enzpy_rev_{next(_counter)}_{digest}"
+        name = f"enzpy_{'fwd' if forward else 'rev'}_{next(_counter)}_{digest}"
 
     request: dict[str, Any] = {
         "function": function,
         "name": name,
-        "mode": "reverse",
+        "mode": "forward" if forward else "reverse",
         "ret_type": ret_type,
         "ret_activity": ACTIVE if seeded else CONST,
         "return_primal": has_primal,
         "params": params,
         "noalias": bool(noalias),
     }
+    if forward:
+        request["width"] = width
     return Plan(
         request=request,
         name=name,
@@ -245,14 +275,24 @@ def plan(
         kinds=kinds,
         ret_active=seeded,
         has_primal=has_primal,
+        forward=forward,
+        width=width,
+        batch=batch,
     )
 
 
-def seeding_problem(restype: types.Type) -> str | None:
-    """Why a return value of ``restype`` cannot be seeded although it carries
-    floats (None when it can be seeded or carries nothing differentiable)."""
+def seeding_problem(restype: types.Type, forward: bool = False) -> str | None:
+    """Why a return value of ``restype`` cannot be seeded (forward mode: have
+    its tangent returned) although it carries floats (None when it can, or
+    when it carries nothing differentiable)."""
     if restype in FLOAT_TYPES or not _contains_float(restype):
         return None
+    if forward:
+        return (
+            f"the function returns {restype}, whose tangent enzpy cannot return "
+            "yet (only float32/float64 scalars); pass ret=enzpy.Const to get only "
+            "the tangents of the arrays it writes, or return a float"
+        )
     return (
         f"the function returns {restype}, which enzpy cannot seed with a "
         "cotangent yet (only float32/float64 scalars); pass ret=enzpy.Const to "

@@ -72,17 +72,27 @@ def check_shared_memory(
 
 
 def check_arguments(args: Sequence[object]) -> None:
-    """``check_shared_memory`` over one call's (annotated) arguments."""
-    from .annotations import Const, Duplicated, DuplicatedNoNeed
+    """``check_shared_memory`` over one call's (annotated) arguments; for
+    ``BatchDuplicated`` arguments, once per lane."""
+    from .annotations import BatchDuplicated, Const, Duplicated, DuplicatedNoNeed
 
-    duplicated: list[tuple[int, np.ndarray, np.ndarray]] = []
-    const: list[tuple[int, np.ndarray]] = []
-    for i, a in enumerate(args):
-        if type(a) in (Duplicated, DuplicatedNoNeed):
-            if isinstance(a.value, np.ndarray) and isinstance(a.shadow, np.ndarray):
-                duplicated.append((i, a.value, a.shadow))
-        else:
-            v = a.value if type(a) is Const else a
-            if isinstance(v, np.ndarray):
-                const.append((i, v))
-    check_shared_memory(duplicated, const)
+    lanes = 1
+    for a in args:
+        if type(a) is BatchDuplicated and isinstance(a.shadows, tuple):
+            lanes = max(lanes, len(a.shadows))
+    for lane in range(lanes):
+        duplicated: list[tuple[int, np.ndarray, np.ndarray]] = []
+        const: list[tuple[int, np.ndarray]] = []
+        for i, a in enumerate(args):
+            if type(a) in (Duplicated, DuplicatedNoNeed):
+                shadow = a.shadow
+            elif type(a) is BatchDuplicated:
+                shadow = a.shadows[lane] if lane < len(a.shadows) else None
+            else:
+                v = a.value if type(a) is Const else a
+                if isinstance(v, np.ndarray):
+                    const.append((i, v))
+                continue
+            if isinstance(a.value, np.ndarray) and isinstance(shadow, np.ndarray):
+                duplicated.append((i, a.value, shadow))
+        check_shared_memory(duplicated, const)

@@ -175,15 +175,53 @@ def _regroup(context: Any, builder: Any, plan: Plan, flat: Any) -> Any:
     return context.make_tuple(builder, plan.result_type, members)
 
 
+def _regroup_forward(context: Any, builder: Any, plan: Plan, flat: Any) -> Any:
+    """The result tuple of a batch forward derivative: the primal return (if
+    any), then the ``width`` tangents of the return value as one tuple."""
+    members = []
+    pos = 0
+    if plan.has_primal:
+        members.append(builder.extract_value(flat, 0))
+        pos = 1
+    if plan.ret_active:
+        lanes = [builder.extract_value(flat, pos + k) for k in range(plan.width)]
+        members.append(context.make_tuple(builder, plan.result_type.types[-1], lanes))
+    return context.make_tuple(builder, plan.result_type, members)
+
+
+def _leaf_values(context: Any, builder: Any, ty: types.Type, val: Any) -> list[Any]:
+    """The scalar members of a (nested) tuple value, in order."""
+    if isinstance(ty, types.BaseTuple):
+        out: list[Any] = []
+        for k, t in enumerate(ty.types):
+            out.extend(_leaf_values(context, builder, t, builder.extract_value(val, k)))
+        return out
+    return [val]
+
+
+def _shadow_ok(actual: Any, want: types.Array) -> bool:
+    return (
+        isinstance(actual, types.Array)
+        and actual.dtype == want.dtype
+        and actual.ndim == want.ndim
+        and actual.mutable
+    )
+
+
 def _make_intrinsic(lib: Any, plan: Plan, arg_names: list[str], roles: list[tuple[str, int]]):
     """A fixed-arity @intrinsic calling the derivative.
 
     ``roles[k]`` says what wrapper parameter ``k`` is: ``("primal", i)``,
-    ``("shadow", i)`` (the shadow array of primal argument ``i``) or
-    ``("dret", -1)``."""
+    ``("shadow", i)`` (the shadow array of primal argument ``i``; in batch
+    mode a tuple of ``width`` of them), ``("data", i)`` (an array like
+    argument ``i`` passed as its data pointer: a ``CPointer`` parameter of
+    the derivative, in order among the primal ones), ``("tangent", i)`` (forward mode: the
+    tangent of the float scalar or tuple argument ``i``; in batch mode a
+    tuple of ``width`` of them) or ``("dret", -1)``."""
     nprimal = len(plan.kinds)
     primal_types = plan.argtypes[:nprimal]
     name = plan.name
+    width, batch = plan.width, plan.batch
 
     def typer(typingctx: Any, *argtys: Any) -> Any:
         expected: list[Any] = []
@@ -198,17 +236,45 @@ def _make_intrinsic(lib: Any, plan: Plan, arg_names: list[str], roles: list[tupl
                 expected.append(want)
             elif role == "shadow":
                 want = primal_types[i]
+                if batch:
+                    ok = (
+                        isinstance(actual, types.BaseTuple)
+                        and len(actual) == width
+                        and all(_shadow_ok(t, want) for t in actual.types)
+                    )
+                    what = f"a tuple of {width} writeable {want.ndim}-d {want.dtype} arrays"
+                else:
+                    ok = _shadow_ok(actual, want)
+                    what = f"a writeable {want.ndim}-d {want.dtype} array"
+                if not ok:
+                    raise TypingError(
+                        f"enzpy derivative {name}: the shadow of argument {i} must be "
+                        f"{what}, got {actual}"
+                    )
+                expected.append(actual)
+            elif role == "data":
+                # An array like argument i, passed as its data pointer.
+                want = primal_types[i]
                 if not (
                     isinstance(actual, types.Array)
                     and actual.dtype == want.dtype
                     and actual.ndim == want.ndim
-                    and actual.mutable
                 ):
                     raise TypingError(
-                        f"enzpy derivative {name}: the shadow of argument {i} must be "
-                        f"a writeable {want.ndim}-d {want.dtype} array, got {actual}"
+                        f"enzpy derivative {name}: expected a {want.ndim}-d {want.dtype} "
+                        f"array like argument {i}, got {actual}"
                     )
                 expected.append(actual)
+            elif role == "tangent":
+                want = primal_types[i]
+                if batch:
+                    want = types.UniTuple(want, width)
+                if actual != want and typingctx.can_convert(actual, want) is None:
+                    raise TypingError(
+                        f"enzpy derivative {name}: the tangent of argument {i} must be "
+                        f"{want}, got {actual}"
+                    )
+                expected.append(want)
             else:
                 want = plan.argtypes[-1]
                 if actual != want and typingctx.can_convert(actual, want) is None:
@@ -222,22 +288,46 @@ def _make_intrinsic(lib: Any, plan: Plan, arg_names: list[str], roles: list[tupl
             fn = cgutils.get_or_insert_function(builder.module, fnty, name)
             primal_vals: list[Any] = []
             shadow_vals: list[Any] = []
+            tangent_vals: list[Any] = []
             dret: list[Any] = []
-            for (role, _i), ty, val in zip(roles, signature.args, args, strict=True):
+            for (role, i), ty, val in zip(roles, signature.args, args, strict=True):
                 if role == "primal":
                     primal_vals.append(val)
+                elif role == "data":
+                    primal_vals.append(context.make_array(ty)(context, builder, val).data)
                 elif role == "shadow":
-                    ary = context.make_array(ty)(context, builder, val)
-                    shadow_vals.append(ary.data)
+                    lanes = (
+                        [(t, builder.extract_value(val, k)) for k, t in enumerate(ty.types)]
+                        if batch
+                        else [(ty, val)]
+                    )
+                    for t, v in lanes:
+                        shadow_vals.append(context.make_array(t)(context, builder, v).data)
+                elif role == "tangent":
+                    # The engine takes, per scalar of the argument, its
+                    # tangent in every lane.
+                    one = primal_types[i]
+                    lanes = (
+                        [builder.extract_value(val, k) for k in range(width)] if batch else [val]
+                    )
+                    leaves = [_leaf_values(context, builder, one, v) for v in lanes]
+                    for j in range(len(leaves[0])):
+                        tangent_vals.extend(lane[j] for lane in leaves)
                 else:
                     dret.append(val)
             status, res = context.call_conv.call_function(
-                builder, fn, plan.restype, plan.argtypes, primal_vals + shadow_vals + dret
+                builder,
+                fn,
+                plan.restype,
+                plan.argtypes,
+                primal_vals + shadow_vals + tangent_vals + dret,
             )
             with cgutils.if_unlikely(builder, status.is_error):
                 context.call_conv.return_status_propagate(builder, status)
             if plan.result_type == plan.restype:
                 return res
+            if plan.forward:
+                return _regroup_forward(context, builder, plan, res)
             return _regroup(context, builder, plan, res)
 
         return sig, codegen
@@ -250,7 +340,30 @@ def _make_intrinsic(lib: Any, plan: Plan, arg_names: list[str], roles: list[tupl
     return intrinsic(ns["enzpy_derivative_intrinsic"])
 
 
+def _docstring_forward(plan: Plan, arg_names: list[str], what: str) -> str:
+    results = []
+    if plan.has_primal:
+        results.append("primal return")
+    if plan.ret_active:
+        results.append("tangent of the return" + (" per direction" if plan.batch else ""))
+    lines = [
+        f"Forward-mode derivative of {what} (enzpy"
+        + (f", batch of {plan.width} directions" if plan.batch else "")
+        + ").",
+        "",
+        f"enzpy_derivative({', '.join(arg_names)}) -> ({', '.join(results)})",
+        "",
+        "x<i> is argument i of the function; dx<i> its tangent: the shadow array",
+        "of a Duplicated array (same shape and strides as x<i>, holding the input",
+        "tangent on entry and the output tangent on exit), or the tangent of a",
+        "float argument" + ("; in batch mode a tuple, one per direction." if plan.batch else "."),
+    ]
+    return "\n".join(lines)
+
+
 def _docstring(plan: Plan, arg_names: list[str], what: str) -> str:
+    if plan.forward:
+        return _docstring_forward(plan, arg_names, what)
     results = []
     if plan.has_primal:
         results.append("primal return")
@@ -270,21 +383,29 @@ def _docstring(plan: Plan, arg_names: list[str], what: str) -> str:
 
 
 def _make_wrapper(
-    intr: Any, plan: Plan, arg_names: list[str], roles: list[tuple[str, int]], what: str
+    intr: Any,
+    plan: Plan,
+    arg_names: list[str],
+    roles: list[tuple[str, int]],
+    what: str,
+    doc: str | None = None,
 ):
     """The @njit function Python and njit code call."""
     lines = [f"def enzpy_derivative({', '.join(arg_names)}):"]
-    lines.append(f"    {_docstring(plan, arg_names, what)!r}")
+    lines.append(f"    {doc or _docstring(plan, arg_names, what)!r}")
     for (role, i), nm in zip(roles, arg_names, strict=True):
-        if role == "shadow":
+        if role not in ("shadow", "data"):
+            continue
+        lanes = [f"{nm}[{k}]" for k in range(plan.width)] if plan.batch else [nm]
+        for sh in lanes:
             x = f"x{i}"
-            lines.append(f"    if {nm}.shape != {x}.shape:")
+            lines.append(f"    if {sh}.shape != {x}.shape:")
             lines.append(
                 f"        raise ValueError('enzpy: the shadow of argument {i} "
                 "has another shape than the argument')"
             )
             lines.append(f"    for k in range({x}.ndim):")
-            lines.append(f"        if {x}.shape[k] > 1 and {nm}.strides[k] != {x}.strides[k]:")
+            lines.append(f"        if {x}.shape[k] > 1 and {sh}.strides[k] != {x}.strides[k]:")
             lines.append(
                 f"            raise ValueError('enzpy: the shadow of argument {i} "
                 "has other strides than the argument')"
@@ -297,8 +418,9 @@ def _make_wrapper(
 
 def wrapper_params(plan: Plan) -> tuple[list[str], list[tuple[str, int]]]:
     """Parameter names and roles of the wrapper: each primal argument ``x<i>``
-    in order, followed by its shadow ``dx<i>`` when duplicated; then ``dret``
-    when the return value is seeded."""
+    in order, followed by its shadow ``dx<i>`` when duplicated (forward mode:
+    also the tangent ``dx<i>`` of an active float argument); then ``dret``
+    when the return value is seeded (reverse mode)."""
     names: list[str] = []
     roles: list[tuple[str, int]] = []
     for i, kind in enumerate(plan.kinds):
@@ -307,9 +429,12 @@ def wrapper_params(plan: Plan) -> tuple[list[str], list[tuple[str, int]]]:
         if kind in (DUP, DUPNONEED):
             names.append(f"dx{i}")
             roles.append(("shadow", i))
+        elif kind == ACTIVE and plan.forward:
+            names.append(f"dx{i}")
+            roles.append(("tangent", i))
         elif kind not in (CONST, ACTIVE):
             raise InternalError(f"unknown activity {kind!r}")
-    if plan.ret_active:
+    if plan.ret_active and not plan.forward:
         names.append("dret")
         roles.append(("dret", -1))
     return names, roles
@@ -321,10 +446,14 @@ def link(
     libraries: list[Any],
     what: str,
     environments: Sequence[tuple[str, Any]] = (),
+    params: tuple[list[str], list[tuple[str, int]]] | None = None,
+    doc: str | None = None,
 ) -> Linked:
-    """Load the derivative and build its intrinsic and njit wrapper."""
+    """Load the derivative and build its intrinsic and njit wrapper (whose
+    parameters are ``wrapper_params(plan)`` unless ``params`` gives names and
+    roles, and whose docstring is ``doc`` if given)."""
     lib = load_library(bitcode, plan.name, libraries, what, environments)
-    names, roles = wrapper_params(plan)
+    names, roles = params if params is not None else wrapper_params(plan)
     intr = _make_intrinsic(lib, plan, names, roles)
-    wrapper = _make_wrapper(intr, plan, names, roles, what)
+    wrapper = _make_wrapper(intr, plan, names, roles, what, doc)
     return Linked(lib, plan, wrapper, names, [env for _, env in environments])

@@ -6,6 +6,11 @@ numba types and the argument list of the derivative's wrapper. Shadows whose
 strides differ from their primal's are staged through a buffer with exactly
 the primal's layout (``Staged``); the caller copies them back after a
 successful call. Errors name the argument's position and what was expected.
+
+In forward mode (``prepare(args, forward=True)``) ``Duplicated(x, dx)`` also
+takes a float scalar (or tuple of floats) ``x`` with its tangent ``dx``
+(activity ``active``: a value with a tangent), ``Active`` is refused, and
+``BatchDuplicated(x, (dx1, ..., dxW))`` gives ``W`` shadows per argument.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 from numba.core import types
 
 from ._abi import ACTIVE, CONST, DUP, DUPNONEED
-from .annotations import Active, Annotation, Const, Duplicated, DuplicatedNoNeed
+from .annotations import Active, Annotation, BatchDuplicated, Const, Duplicated, DuplicatedNoNeed
 from .errors import EnzpyTypeError, EnzpyValueError, UnsupportedError
 
 __all__ = [
@@ -260,7 +265,16 @@ class Staged:
 class Prepared:
     """One call's arguments, checked and classified."""
 
-    __slots__ = ("kinds", "argtypes", "call_args", "staged", "signature", "noalias")
+    __slots__ = (
+        "kinds",
+        "argtypes",
+        "call_args",
+        "staged",
+        "signature",
+        "noalias",
+        "width",
+        "batch",
+    )
 
     def __init__(
         self,
@@ -270,6 +284,8 @@ class Prepared:
         staged: list[Staged],
         signature: tuple[Any, ...],
         noalias: bool,
+        width: int = 1,
+        batch: bool = False,
     ) -> None:
         #: Activity of each argument.
         self.kinds = kinds
@@ -284,10 +300,88 @@ class Prepared:
         self.signature = signature
         #: No two array arguments share memory (checked for this call).
         self.noalias = noalias
+        #: Forward mode: tangents per differentiable argument (batch width).
+        self.width = width
+        #: Forward mode: the shadows came as BatchDuplicated (each wrapper
+        #: shadow argument is then a tuple of ``width`` shadows).
+        self.batch = batch
 
 
-def prepare(args: Sequence[Any]) -> Prepared:
-    """Check and classify the (annotated) arguments of one call."""
+def _check_scalar_tangent(i: int, x: Any, dx: Any, name: str) -> Any:
+    """The tangent ``dx`` of the float scalar (or tuple of floats) ``x``,
+    converted to ``x``'s type."""
+    if isinstance(x, tuple):
+        if not isinstance(dx, tuple) or len(dx) != len(x):
+            raise EnzpyTypeError(
+                f"{_ordinal(i)}: the tangent of a tuple of {len(x)} floats must be a "
+                f"tuple of {len(x)} floats, got {dx!r}"
+            )
+        return tuple(_check_scalar_tangent(i, a, b, name) for a, b in zip(x, dx, strict=True))
+    if isinstance(dx, bool | np.bool_) or not isinstance(
+        dx, float | int | np.floating | np.integer
+    ):
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: the tangent of a float scalar must be a real number, "
+            f"got {_describe(dx)}"
+        )
+    return type(x)(dx)
+
+
+def _forward_arg(
+    i: int, a: Any, shadows: tuple[Any, ...], name: str
+) -> tuple[str, list[Any], list[Staged]]:
+    """Check one Duplicated/BatchDuplicated argument in forward mode: its
+    kind and its checked shadows (staged where their strides differ)."""
+    x = a.value
+    staged: list[Staged] = []
+    if type(x) in _FLOAT_SCALARS or (isinstance(x, tuple) and _is_float_tuple(x)):
+        return ACTIVE, [_check_scalar_tangent(i, x, dx, name) for dx in shadows], staged
+    if isinstance(x, bool | np.bool_ | int | np.integer):
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: {name} needs a float array or a float scalar, got "
+            f"{_describe(x)} {x!r}; pass a float such as {float(x)!r}, or Const(...) "
+            "for a value without derivative"
+        )
+    out: list[Any] = []
+    for k, dx in enumerate(shadows):
+        _check_duplicated(i, x, dx, name)
+        for prev in out:
+            if dx.size and np.may_share_memory(prev, dx):
+                raise EnzpyValueError(
+                    f"{_ordinal(i)}: shadow {k} shares memory with another shadow "
+                    "of the same argument"
+                )
+        if dx.strides != x.strides and not same_layout(x, dx):
+            st = Staged(dx, staged_like(x, dx))
+            staged.append(st)
+            dx = st.buffer
+        out.append(dx)
+    kind = DUPNONEED if type(a) is DuplicatedNoNeed else DUP
+    return kind, out, staged
+
+
+_MAX_WIDTH = 64
+
+
+def _batch_shadows(i: int, a: BatchDuplicated) -> tuple[Any, ...]:
+    sh = a.shadows
+    if not isinstance(sh, tuple) or not sh:
+        raise EnzpyTypeError(
+            f"{_ordinal(i)}: BatchDuplicated needs a non-empty tuple of shadows, got {sh!r}"
+        )
+    if len(sh) > _MAX_WIDTH:
+        raise EnzpyValueError(
+            f"{_ordinal(i)}: a batch of {len(sh)} shadows is wider than the "
+            f"supported {_MAX_WIDTH}; split it into chunks"
+        )
+    return sh
+
+
+def prepare(args: Sequence[Any], forward: bool = False) -> Prepared:
+    """Check and classify the (annotated) arguments of one call (of a
+    forward-mode derivative when ``forward``)."""
+    if forward:
+        return _prepare_forward(args)
     kinds: list[str] = []
     tys: list[types.Type] = []
     call_args: list[Any] = []
@@ -313,6 +407,11 @@ def prepare(args: Sequence[Any]) -> Prepared:
             _check_active(i, v)
             kind = ACTIVE
             call_args.append(v)
+        elif t is BatchDuplicated:
+            raise UnsupportedError(
+                f"{_ordinal(i)}: BatchDuplicated is supported in forward mode only "
+                "(mode=enzpy.Forward); reverse-mode batches are not implemented yet"
+            )
         elif t is Const:
             v = a.value
             kind = CONST
@@ -340,6 +439,92 @@ def prepare(args: Sequence[Any]) -> Prepared:
     noalias = not containers and arrays_disjoint(arrays)
     sig.append(noalias)
     return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias)
+
+
+def _prepare_forward(args: Sequence[Any]) -> Prepared:
+    widths: set[int] = set()
+    plain = False
+    kinds: list[str] = []
+    tys: list[types.Type] = []
+    call_args: list[Any] = []
+    staged: list[Staged] = []
+    sig: list[Any] = []
+    arrays: list[np.ndarray] = []
+    containers = False
+    for i, a in enumerate(args):
+        t = type(a)
+        if (t is Duplicated or t is DuplicatedNoNeed) and type(a.value) is np.ndarray:
+            # Fast path: an array with one shadow.
+            v = x = a.value
+            dx = a.shadow
+            _check_duplicated(i, x, dx, t.__name__)
+            if dx.strides != x.strides and not same_layout(x, dx):
+                st = Staged(dx, staged_like(x, dx))
+                staged.append(st)
+                dx = st.buffer
+            kind = DUP if t is Duplicated else DUPNONEED
+            call_args.append(x)
+            call_args.append(dx)
+            plain = True
+        elif t is Duplicated or t is DuplicatedNoNeed or t is BatchDuplicated:
+            if t is BatchDuplicated:
+                shadows = _batch_shadows(i, a)
+                widths.add(len(shadows))
+            else:
+                shadows = (a.shadow,)
+                plain = True
+            kind, checked, st = _forward_arg(i, a, shadows, t.__name__)
+            staged.extend(st)
+            v = a.value
+            call_args.append(v)
+            call_args.append(tuple(checked) if t is BatchDuplicated else checked[0])
+        elif t is Active:
+            raise EnzpyTypeError(
+                f"{_ordinal(i)}: Active is for reverse mode; in forward mode pass a float "
+                "scalar with its tangent as Duplicated(x, dx)"
+            )
+        elif t is Const:
+            v = a.value
+            kind = CONST
+            call_args.append(v)
+        elif isinstance(a, Annotation):
+            raise EnzpyTypeError(f"{_ordinal(i)}: unknown annotation {type(a).__name__}")
+        elif isinstance(a, type) and issubclass(a, Annotation):
+            raise EnzpyTypeError(
+                f"{_ordinal(i)}: {a.__name__} is an annotation class; wrap the value, "
+                f"e.g. {a.__name__}(x)"
+            )
+        else:
+            v = a
+            kind = CONST
+            call_args.append(v)
+        if isinstance(v, np.ndarray):
+            arrays.append(v)
+        elif isinstance(v, tuple | list):
+            containers = True
+        ty = typeof(v)
+        kinds.append(kind)
+        tys.append(ty)
+        sig.append(kind)
+        sig.append(id(ty))
+    width, batch = 1, False
+    if widths:
+        if len(widths) > 1:
+            raise EnzpyValueError(
+                f"all BatchDuplicated arguments of one call need the same number of "
+                f"shadows, got {sorted(widths)}"
+            )
+        if plain:
+            raise EnzpyValueError(
+                "a batch call needs every differentiable argument as BatchDuplicated "
+                "(one shadow per direction); mixing it with Duplicated is ambiguous"
+            )
+        width, batch = widths.pop(), True
+    noalias = not containers and arrays_disjoint(arrays)
+    sig.append(noalias)
+    sig.append(width)
+    sig.append(batch)
+    return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias, width, batch)
 
 
 def arrays_disjoint(arrays: Sequence[np.ndarray]) -> bool:

@@ -1,9 +1,11 @@
 """Activity annotations for the arguments of a differentiated function, and
 the differentiation modes.
 
-``Const(v)``, ``Active(x)``, ``Duplicated(x, dx)`` and ``DuplicatedNoNeed(x, dx)``
-wrap the values passed to :func:`enzpy.autodiff`; a bare value means ``Const``.
-``Reverse`` and ``ReverseWithPrimal`` select what ``autodiff`` computes and returns.
+``Const(v)``, ``Active(x)``, ``Duplicated(x, dx)``, ``DuplicatedNoNeed(x, dx)`` and
+``BatchDuplicated(x, (dx1, ..., dxW))`` wrap the values passed to
+:func:`enzpy.autodiff`; a bare value means ``Const``. ``Reverse``,
+``ReverseWithPrimal``, ``Forward`` and ``ForwardWithPrimal`` select what
+``autodiff`` computes and returns.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ __all__ = [
     "Active",
     "Duplicated",
     "DuplicatedNoNeed",
+    "BatchDuplicated",
     "Mode",
     "Reverse",
     "ReverseWithPrimal",
+    "Forward",
+    "ForwardWithPrimal",
 ]
 
 
@@ -47,7 +52,8 @@ class Const(Annotation):
 
 class Active(Annotation):
     """``Active(x)``: a float scalar (or tuple of floats) passed by value whose
-    derivative ``autodiff`` returns."""
+    derivative ``autodiff`` returns (reverse mode only: in forward mode a
+    scalar's tangent is given as ``Duplicated(x, dx)``)."""
 
     __slots__ = ("value",)
 
@@ -65,6 +71,12 @@ class Duplicated(Annotation):
     Reverse mode: on entry ``dx`` holds the cotangent of ``x``'s contents after
     the call; on exit the cotangent of its contents before the call (shadows of
     inputs accumulate, shadows of write-only outputs are consumed).
+
+    Forward mode: on entry ``dx`` holds the tangent of ``x``'s contents before
+    the call; on exit the tangent of its contents after the call (elements the
+    function only reads keep their tangent, elements it writes receive the
+    tangent of what it wrote). In forward mode ``x`` may also be a float scalar
+    (or a tuple of floats) and ``dx`` its tangent, a value of the same kind.
     """
 
     __slots__ = ("value", "shadow")
@@ -84,21 +96,50 @@ class DuplicatedNoNeed(Duplicated):
     __slots__ = ()
 
 
+class BatchDuplicated(Annotation):
+    """``BatchDuplicated(x, (dx1, ..., dxW))``: ``x`` with ``W`` shadows, in
+    forward mode: one primal evaluation propagates the ``W`` tangents (batch
+    mode; ``W`` is fixed when the derivative is compiled). Each ``dxk`` is a
+    shadow as in :class:`Duplicated` (an array like ``x``, or the tangent of a
+    float scalar). All differentiable arguments of one call must then be
+    ``BatchDuplicated`` with the same ``W``."""
+
+    __slots__ = ("value", "shadows")
+
+    def __init__(self, value: Any, shadows: Any) -> None:
+        self.value = value
+        self.shadows = tuple(shadows) if isinstance(shadows, list | tuple) else shadows
+
+    def __repr__(self) -> str:
+        return f"BatchDuplicated({self.value!r}, {self.shadows!r})"
+
+
 class Mode(enum.Enum):
     """Differentiation mode."""
 
     Reverse = "reverse"
     ReverseWithPrimal = "reverse_with_primal"
+    Forward = "forward"
+    ForwardWithPrimal = "forward_with_primal"
 
     def __repr__(self) -> str:
         return f"enzpy.{self.name}"
 
     @property
     def returns_primal(self) -> bool:
-        return self is Mode.ReverseWithPrimal
+        return self is Mode.ReverseWithPrimal or self is Mode.ForwardWithPrimal
+
+    @property
+    def is_forward(self) -> bool:
+        return self is Mode.Forward or self is Mode.ForwardWithPrimal
 
 
 #: Reverse mode: ``autodiff`` returns one derivative (or None) per argument.
 Reverse = Mode.Reverse
 #: Reverse mode that also returns the primal result: ``(derivatives, primal)``.
 ReverseWithPrimal = Mode.ReverseWithPrimal
+#: Forward mode: ``autodiff`` returns the tangent of the return value (shadows
+#: of the arrays the function writes receive their tangents).
+Forward = Mode.Forward
+#: Forward mode that also returns the primal result: ``(tangent, primal)``.
+ForwardWithPrimal = Mode.ForwardWithPrimal

@@ -1,13 +1,15 @@
 //===- Engine.cpp - pipeline driver ---------------------------------------===//
 //
-// parse -> preprocess -> type analysis -> activity analysis -> synthesis ->
-// verify -> post-opt -> bitcode. Every failure becomes a structured result;
-// each request gets its own LLVMContext.
+// parse -> preprocess -> type analysis -> activity analysis -> synthesis
+// (forward or reverse, as the request asks) -> verify -> post-opt ->
+// bitcode. Every failure becomes a structured result; each request gets its
+// own LLVMContext.
 //
 //===----------------------------------------------------------------------===//
 #include "Engine.h"
 #include "ActivityAnalysis.h"
 #include "Diagnostics.h"
+#include "ForwardSynthesis.h"
 #include "PostOpt.h"
 #include "Preprocess.h"
 #include "Request.h"
@@ -76,8 +78,11 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   // Locations have served the diagnostics; the derivative carries none.
   StripDebugInfo(M);
 
+  raw_ostream *SynthLog = Req.Log ? &LogOS : nullptr;
   Expected<Function *> D =
-      synthesizeReverse(*C, Req, TA, AA, Req.Log ? &LogOS : nullptr);
+      Req.DiffMode == Mode::Forward
+          ? synthesizeForward(*C, Req, TA, AA, SynthLog)
+          : synthesizeReverse(*C, Req, TA, AA, SynthLog);
   if (!D)
     return D.takeError();
   C->F->eraseFromParent();
@@ -94,7 +99,8 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   }
   if (Req.DumpIR)
     LogOS << "derivative before optimization:\n" << **D << "\n";
-  optimizeDerivative(M);
+  if (Req.Optimize)
+    optimizeDerivative(M);
   std::string Out;
   raw_string_ostream OS(Out);
   WriteBitcodeToFile(M, OS);

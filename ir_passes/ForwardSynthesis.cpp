@@ -1,13 +1,17 @@
 //===- ForwardSynthesis.cpp - forward-mode (tangent) derivative -----------===//
 #include "ForwardSynthesis.h"
+#include "BlasRules.h"
 #include "DerivativeRules.h"
 #include "Diagnostics.h"
 #include "llvm/ADT/PostOrderIterator.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/AsmParser/Parser.h"
 #include "llvm/IR/CFG.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/Instructions.h"
+#include "llvm/IR/IntrinsicInst.h"
+#include "llvm/IR/MDBuilder.h"
 #include "llvm/IR/Module.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Transforms/Utils/Cloning.h"
@@ -22,6 +26,28 @@ namespace {
 /// One value per lane of the batch; a null entry is a zero tangent.
 using Lanes = SmallVector<Value *, 4>;
 
+/// A pointer loaded back from a local allocation it was spilled to.
+bool isSpilledPointer(const Value *V) {
+  auto *L = dyn_cast<LoadInst>(V);
+  return L && L->getType()->isPointerTy() &&
+         isa<AllocaInst>(getUnderlyingObject(L->getPointerOperand(), 0));
+}
+
+bool isRefcountCall(const Instruction &I) {
+  auto *CB = dyn_cast<CallBase>(&I);
+  const Function *F = CB ? CB->getCalledFunction() : nullptr;
+  return F && CB->arg_size() == 1 &&
+         (F->getName() == "NRT_incref" || F->getName() == "NRT_decref");
+}
+
+/// What a MemInfo pointer (numba's reference-counted array owner) is, as
+/// far as the shadows of allocations go.
+enum class MemInfoKind {
+  None,       // never an allocation that has a shadow
+  Shadowed,   // may be one: its shadow MemInfo can be mirrored
+  Untraceable // may be one, and where it came from is not known
+};
+
 /// A + C where either may be null (zero); null when both are.
 Value *addTangents(IRBuilder<> &B, Value *A, Value *C) {
   if (!A)
@@ -34,9 +60,9 @@ Value *addTangents(IRBuilder<> &B, Value *A, Value *C) {
 class ForwardSynthesizer {
 public:
   ForwardSynthesizer(const CanonicalFunction &C, const Request &Req,
-                     Type *RetType, const ActivityAnalysis &AA,
-                     raw_ostream *Log)
-      : Canon(C), Req(Req), RetType(RetType), AA(AA), Log(Log),
+                     Type *RetType, const TypeAnalysis &TA,
+                     const ActivityAnalysis &AA, raw_ostream *Log)
+      : Canon(C), Req(Req), RetType(RetType), TA(TA), AA(AA), Log(Log),
         P(*C.F), Ctx(P.getContext()), Width(Req.Width) {}
 
   Expected<Function *> run();
@@ -44,6 +70,17 @@ public:
 private:
   void createFunction();
   Error visitInstruction(const Instruction &PI);
+  void visitMemoryIntrinsic(const AnyMemIntrinsic &MI);
+  void visitBlasCall(const BlasCall &Blas);
+  Value *constantSlot(Type *T, double V);
+  void mirrorSpill(const StoreInst &St);
+  Error mirrorRefcounts();
+  void createShadowAllocations();
+  const Lanes &shadowAllocation(const CallBase *Alloc);
+  MemInfoKind classifyMemInfo(const Value *V,
+                              SmallPtrSetImpl<const Value *> &Visiting) const;
+  Value *memInfoShadow(const Value *V, unsigned K);
+  void emitNullChecks();
   void createTangentPhis(const BasicBlock &PB);
   void fillTangentPhis();
   void createResult();
@@ -59,6 +96,7 @@ private:
   const CanonicalFunction &Canon;
   const Request &Req;
   Type *RetType; // what the primal stores through retptr; null for None
+  const TypeAnalysis &TA;
   const ActivityAnalysis &AA;
   raw_ostream *Log;
   Function &P;
@@ -74,6 +112,14 @@ private:
   DenseMap<const Value *, Lanes> Tangents;  // primal value -> its tangents
   DenseMap<const Value *, Lanes> Shadows;   // primal address -> mirrored
   SmallVector<const PHINode *, 16> TangentPhis; // to fill in at the end
+  /// Allocations of arrays that carry tangents -> their shadows' MemInfos.
+  DenseMap<const CallBase *, Lanes> ShadowAllocs;
+  /// Primal MemInfo pointers -> the MemInfos of their shadows.
+  DenseMap<const Value *, Lanes> MemInfoShadows;
+  /// Stack slots holding constants that BLAS takes by address.
+  DenseMap<Constant *, AllocaInst *> ConstantSlots;
+  /// Shadow allocations to check for failure once the CFG is final.
+  SmallVector<Instruction *, 4> NullChecks;
   std::string Decisions;
 };
 
@@ -107,6 +153,10 @@ void ForwardSynthesizer::note(const char *What, const Value *PV) {
 }
 
 Value *ForwardSynthesizer::shadow(const Value *PPtr, unsigned K) {
+  // A pointer to nowhere (a path where the array was never set up, e.g. an
+  // allocation that failed and raised) mirrors to itself.
+  if (isa<ConstantPointerNull>(PPtr) || isa<UndefValue>(PPtr))
+    return const_cast<Value *>(PPtr);
   auto Found = Shadows.find(PPtr);
   if (Found != Shadows.end() && Found->second[K])
     return Found->second[K];
@@ -160,12 +210,307 @@ Value *ForwardSynthesizer::shadow(const Value *PPtr, unsigned K) {
     S = B.CreateSelect(DS->getCondition(), T, F, Sel->getName() + "'shadow");
   } else if (auto *Cast = dyn_cast<CastInst>(PPtr)) {
     S = shadow(Cast->getOperand(0), K);
+  } else if (isSpilledPointer(PPtr)) {
+    // Its shadow was spilled beside it (see mirrorSpill).
+    auto *L = cast<LoadInst>(PPtr);
+    Value *Slot = shadow(L->getPointerOperand(), K);
+    IRBuilder<> B(cast<Instruction>(mapped(L))->getNextNode());
+    S = B.CreateLoad(L->getType(), Slot, L->getName() + "'shadow");
+  } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
+    Value *SMI = shadowAllocation(Alloc)[K];
+    IRBuilder<> B(cast<Instruction>(mapped(PPtr))->getNextNode());
+    S = B.CreateLoad(
+        B.getPtrTy(),
+        B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset),
+        PPtr->getName() + "'shadow");
   }
   assert(S && "checkShadowable let an unmirrorable address through");
   Lanes &L = Shadows[PPtr];
   L.resize(Width, nullptr);
   L[K] = S;
   return S;
+}
+
+/// The shadow of an allocated array: allocated like it right after it, and
+/// zeroed (the tangent of numba's uninitialized memory is taken as zero).
+const Lanes &ForwardSynthesizer::shadowAllocation(const CallBase *Alloc) {
+  auto It = ShadowAllocs.find(Alloc);
+  if (It != ShadowAllocs.end())
+    return It->second;
+  auto *DA = cast<CallBase>(mapped(Alloc));
+  IRBuilder<> B(DA->getNextNode());
+  SmallVector<Value *, 2> Args(DA->args());
+  Lanes SMIs;
+  for (unsigned K = 0; K < Width; ++K) {
+    CallInst *SMI = B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(),
+                                 Args, Alloc->getName() + "'shadow");
+    Value *Data = B.CreateLoad(
+        B.getPtrTy(),
+        B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset));
+    NullChecks.push_back(SMI);
+    B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
+    SMIs.push_back(SMI);
+  }
+  note("shadow-allocation", Alloc);
+  return ShadowAllocs[Alloc] = std::move(SMIs);
+}
+
+void ForwardSynthesizer::createShadowAllocations() {
+  for (const BasicBlock &PB : P) {
+    if (!Canon.returns(&PB))
+      continue;
+    for (const Instruction &I : PB)
+      if (const CallBase *Alloc = TA.allocationOf(&I))
+        if (AA.isActiveRoot(&I))
+          shadowAllocation(Alloc);
+  }
+}
+
+/// A failed shadow allocation returns status -1, as a failed tape
+/// allocation does in reverse mode.
+void ForwardSynthesizer::emitNullChecks() {
+  if (NullChecks.empty())
+    return;
+  BasicBlock *Fail = BasicBlock::Create(Ctx, "enzpy.shadow.oom", D);
+  ReturnInst::Create(Ctx, ConstantInt::get(Type::getInt32Ty(Ctx), -1), Fail);
+  MDBuilder MDB(Ctx);
+  for (Instruction *SMI : NullChecks) {
+    Instruction *After = SMI->getNextNode();
+    BasicBlock *BB = After->getParent();
+    BasicBlock *Tail = BB->splitBasicBlock(After, BB->getName() + ".ok");
+    BB->getTerminator()->eraseFromParent();
+    IRBuilder<> B(BB);
+    B.CreateCondBr(B.CreateIsNull(SMI), Fail, Tail,
+                   MDB.createUnlikelyBranchWeights());
+  }
+}
+
+MemInfoKind ForwardSynthesizer::classifyMemInfo(
+    const Value *V, SmallPtrSetImpl<const Value *> &Visiting) const {
+  V = V->stripPointerCasts();
+  if (isa<Constant>(V) || isa<Argument>(V) || !Visiting.insert(V).second)
+    return MemInfoKind::None;
+  if (auto *CB = dyn_cast<CallBase>(V)) {
+    if (isAllocationCall(CB))
+      return ShadowAllocs.count(CB) ? MemInfoKind::Shadowed
+                                    : MemInfoKind::None;
+    return MemInfoKind::Untraceable;
+  }
+  if (isSpilledPointer(V))
+    return MemInfoKind::Shadowed; // the shadow slot says (null if none)
+  SmallVector<const Value *, 2> Ins;
+  if (auto *Phi = dyn_cast<PHINode>(V))
+    Ins.append(Phi->value_op_begin(), Phi->value_op_end());
+  else if (auto *Sel = dyn_cast<SelectInst>(V))
+    Ins.append({Sel->getTrueValue(), Sel->getFalseValue()});
+  else
+    return MemInfoKind::Untraceable;
+  MemInfoKind Kind = MemInfoKind::None;
+  for (const Value *In : Ins) {
+    MemInfoKind InKind = classifyMemInfo(In, Visiting);
+    if (InKind == MemInfoKind::Untraceable)
+      return InKind;
+    if (InKind == MemInfoKind::Shadowed)
+      Kind = InKind;
+  }
+  return Kind;
+}
+
+/// The shadow MemInfo of a MemInfo classified Shadowed (null where it is
+/// not an allocation with a shadow).
+Value *ForwardSynthesizer::memInfoShadow(const Value *V, unsigned K) {
+  Type *Ptr = PointerType::getUnqual(Ctx);
+  V = V->stripPointerCasts();
+  if (isa<Constant>(V) || isa<Argument>(V))
+    return ConstantPointerNull::get(cast<PointerType>(Ptr));
+  auto Found = MemInfoShadows.find(V);
+  if (Found != MemInfoShadows.end() && Found->second[K])
+    return Found->second[K];
+  Value *S = nullptr;
+  if (auto *CB = dyn_cast<CallBase>(V)) {
+    auto It = ShadowAllocs.find(CB);
+    S = It != ShadowAllocs.end()
+            ? It->second[K]
+            : ConstantPointerNull::get(cast<PointerType>(Ptr));
+  } else if (isSpilledPointer(V)) {
+    auto *L = cast<LoadInst>(V);
+    Value *Slot = shadow(L->getPointerOperand(), K);
+    IRBuilder<> B(cast<Instruction>(mapped(L))->getNextNode());
+    S = B.CreateLoad(Ptr, Slot, L->getName() + "'shadow.mi");
+  } else if (auto *Phi = dyn_cast<PHINode>(V)) {
+    auto *DP = cast<PHINode>(mapped(Phi));
+    PHINode *SP = PHINode::Create(Ptr, DP->getNumIncomingValues(),
+                                  Phi->getName() + "'shadow.mi");
+    SP->insertBefore(DP->getIterator());
+    Lanes &L = MemInfoShadows[V];
+    L.resize(Width, nullptr);
+    L[K] = SP; // before the incoming values: cycles
+    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I) {
+      Value *In = memInfoShadow(Phi->getIncomingValue(I), K);
+      SP->addIncoming(In, DP->getIncomingBlock(I));
+    }
+    return SP;
+  } else if (auto *Sel = dyn_cast<SelectInst>(V)) {
+    auto *DS = cast<SelectInst>(mapped(Sel));
+    Value *T = memInfoShadow(Sel->getTrueValue(), K);
+    Value *F = memInfoShadow(Sel->getFalseValue(), K);
+    IRBuilder<> B(DS->getNextNode());
+    S = B.CreateSelect(DS->getCondition(), T, F,
+                       Sel->getName() + "'shadow.mi");
+  }
+  assert(S && "memInfoShadow of a MemInfo that classifyMemInfo rejects");
+  Lanes &L = MemInfoShadows[V];
+  L.resize(Width, nullptr);
+  L[K] = S;
+  return S;
+}
+
+/// A pointer stored into a local allocation (numba spills array structs
+/// to the stack): its shadow goes to the same place in the allocation's
+/// shadow, so that the pointer loaded back has one. That is the shadow
+/// address for pointers into active memory, the shadow MemInfo for
+/// allocations' MemInfos, and null for other pointers (so that a slot
+/// reused for another array never keeps a stale shadow). Stores to shadow
+/// slots that nothing reads are removed by the optimizer.
+void ForwardSynthesizer::mirrorSpill(const StoreInst &St) {
+  const Value *V = St.getValueOperand();
+  if (!V->getType()->isPointerTy() ||
+      !isa<AllocaInst>(getUnderlyingObject(St.getPointerOperand(), 0)))
+    return;
+  bool Address = Canon.returns(St.getParent()) && AA.pointsToActive(V);
+  SmallPtrSet<const Value *, 8> Visiting;
+  bool MemInfo = !Address && !ShadowAllocs.empty() &&
+                 classifyMemInfo(V, Visiting) == MemInfoKind::Shadowed;
+  for (unsigned K = 0; K < Width; ++K) {
+    Value *SV = Address   ? shadow(V, K)
+                : MemInfo ? memInfoShadow(V, K)
+                          : ConstantPointerNull::get(
+                                PointerType::getUnqual(Ctx));
+    Value *Slot = shadow(St.getPointerOperand(), K);
+    IRBuilder<> B(cast<Instruction>(mapped(&St))->getNextNode());
+    B.CreateAlignedStore(SV, Slot, St.getAlign());
+  }
+}
+
+/// Shadows of allocations live as long as their arrays: every reference
+/// count operation on an allocation's MemInfo is repeated on its shadow's.
+Error ForwardSynthesizer::mirrorRefcounts() {
+  if (ShadowAllocs.empty())
+    return Error::success();
+  for (const BasicBlock &PB : P)
+    for (const Instruction &I : PB) {
+      if (!isRefcountCall(I))
+        continue;
+      const Value *MI = cast<CallBase>(I).getArgOperand(0);
+      SmallPtrSet<const Value *, 8> Visiting;
+      MemInfoKind Kind = classifyMemInfo(MI, Visiting);
+      if (Kind == MemInfoKind::None)
+        continue;
+      if (Kind == MemInfoKind::Untraceable)
+        return makeError("unsupported",
+                         "forward mode cannot follow the lifetime of an array "
+                         "allocated in the function: a reference count is "
+                         "updated through " +
+                             describe(MI),
+                         &I);
+      auto *DC = cast<CallBase>(mapped(&I));
+      for (unsigned K = 0; K < Width; ++K) {
+        Value *S = memInfoShadow(MI, K);
+        IRBuilder<> B(DC->getNextNode());
+        B.CreateCall(DC->getFunctionType(), DC->getCalledOperand(), {S});
+      }
+    }
+  return Error::success();
+}
+
+void ForwardSynthesizer::visitMemoryIntrinsic(const AnyMemIntrinsic &MI) {
+  auto *DI = cast<Instruction>(mapped(&MI));
+  IRBuilder<> B(DI->getNextNode());
+  Value *Len = mapped(MI.getLength());
+  if (!AA.pointsToActive(MI.getRawDest())) {
+    // A stack slot overwritten wholesale: no pointer loaded from it
+    // afterwards has a shadow (see mirrorSpill).
+    if (isa<AllocaInst>(getUnderlyingObject(MI.getRawDest(), 0)))
+      for (unsigned K = 0; K < Width; ++K)
+        B.CreateMemSet(shadow(MI.getRawDest(), K), B.getInt8(0), Len,
+                       MI.getDestAlign());
+    return;
+  }
+  auto *MT = dyn_cast<AnyMemTransferInst>(&MI);
+  bool Copy = MT && AA.pointsToActive(MT->getRawSource());
+  for (unsigned K = 0; K < Width; ++K) {
+    Value *SD = shadow(MI.getRawDest(), K);
+    if (Copy)
+      B.CreateMemCpy(SD, MT->getDestAlign(), shadow(MT->getRawSource(), K),
+                     MT->getSourceAlign(), Len);
+    else // a fill, or a copy of constant data: a zero tangent
+      B.CreateMemSet(SD, B.getInt8(0), Len, MI.getDestAlign());
+  }
+  note(Copy ? "tangent-copy" : "tangent-fill", &MI);
+}
+
+Value *ForwardSynthesizer::constantSlot(Type *T, double V) {
+  Constant *C = ConstantFP::get(T, V);
+  AllocaInst *&Slot = ConstantSlots[C];
+  if (!Slot) {
+    IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
+    Slot = B.CreateAlloca(T);
+    B.CreateStore(C, Slot);
+  }
+  return Slot;
+}
+
+/// numba's BLAS products are bilinear: the tangent of
+///   out = alpha op(A) op(B) + beta out
+/// is alpha (op(dA) op(B) + op(A) op(dB)) + beta dout, the same call on
+/// the shadows once per active input, the second one accumulating
+/// (beta = 1). A dot product's tangent is the sum of two dot products.
+void ForwardSynthesizer::visitBlasCall(const BlasCall &Blas) {
+  const CallBase &CB = *Blas.Call;
+  unsigned Out = Blas.output();
+  if (!AA.pointsToActive(CB.getArgOperand(Out)))
+    return;
+  auto *DC = cast<CallBase>(mapped(&CB));
+  IRBuilder<> B(DC->getNextNode());
+  SmallVector<unsigned, 2> ActiveIns;
+  for (unsigned I : Blas.inputs())
+    if (AA.pointsToActive(CB.getArgOperand(I)))
+      ActiveIns.push_back(I);
+  auto call = [&](ArrayRef<std::pair<unsigned, Value *>> Replace) {
+    SmallVector<Value *, 14> Args(DC->args());
+    for (auto &[I, V] : Replace)
+      Args[I] = V;
+    B.CreateCall(DC->getFunctionType(), DC->getCalledOperand(), Args);
+  };
+  for (unsigned K = 0; K < Width; ++K) {
+    Value *SOut = shadow(CB.getArgOperand(Out), K);
+    if (Blas.Kind == BlasCall::Dot) {
+      Value *Sum = nullptr;
+      for (unsigned I : ActiveIns) {
+        IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
+        AllocaInst *Tmp = EB.CreateAlloca(Blas.Elem);
+        call({{I, shadow(CB.getArgOperand(I), K)}, {Out, Tmp}});
+        Sum = addTangents(B, Sum, B.CreateLoad(Blas.Elem, Tmp));
+      }
+      B.CreateStore(Sum ? Sum : ConstantFP::get(Blas.Elem, 0.0), SOut);
+      continue;
+    }
+    if (ActiveIns.empty()) {
+      // alpha = 0: BLAS reads neither input and leaves beta * dout.
+      call({{Out, SOut}, {*Blas.alpha(), constantSlot(Blas.Elem, 0.0)}});
+      continue;
+    }
+    bool First = true;
+    for (unsigned I : ActiveIns) {
+      SmallVector<std::pair<unsigned, Value *>, 3> Replace = {
+          {I, shadow(CB.getArgOperand(I), K)}, {Out, SOut}};
+      if (!First)
+        Replace.push_back({*Blas.beta(), constantSlot(Blas.Elem, 1.0)});
+      call(Replace);
+      First = false;
+    }
+  }
+  note("tangent-blas", &CB);
 }
 
 void ForwardSynthesizer::createFunction() {
@@ -277,12 +622,17 @@ void ForwardSynthesizer::fillTangentPhis() {
 }
 
 Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
-  if (isa<PHINode>(PI))
-    return Error::success(); // see createTangentPhis
+  if (isa<PHINode>(PI) || PI.isTerminator())
+    return Error::success(); // phis: see createTangentPhis
+  if (auto *MI = dyn_cast<AnyMemIntrinsic>(&PI)) {
+    visitMemoryIntrinsic(*MI);
+    return Error::success();
+  }
   auto *DI = cast<Instruction>(mapped(&PI));
   IRBuilder<> B(DI->getNextNode());
 
   if (auto *St = dyn_cast<StoreInst>(&PI)) {
+    mirrorSpill(*St);
     if (!AA.pointsToActive(St->getPointerOperand()))
       return Error::success();
     const Value *V = St->getValueOperand();
@@ -293,6 +643,29 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
     note("tangent-store", St);
     return Error::success();
   }
+  if (auto *CB = dyn_cast<CallBase>(&PI))
+    if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
+      visitBlasCall(*Blas);
+      return Error::success();
+    }
+  // Any other call that may write differentiable memory has no tangent
+  // here: an error, not a stale shadow. (Lifetime markers and intrinsics
+  // that only read change no value.)
+  if (auto *CB = dyn_cast<CallBase>(&PI))
+    if (!findCallRule(CB->getCalledFunction()) && !isAllocationCall(CB) &&
+        !isRefcountCall(PI) && !CB->isLifetimeStartOrEnd() &&
+        !(isa<IntrinsicInst>(CB) && !CB->mayWriteToMemory()))
+      for (const Value *Arg : CB->args())
+        if (Arg->getType()->isPointerTy() && AA.pointsToActive(Arg))
+          return makeError(
+              "unsupported",
+              "forward mode cannot differentiate the call to '" +
+                  displayName(CB->getCalledFunction()
+                                  ? CB->getCalledFunction()->getName()
+                                  : StringRef("an indirect callee")) +
+                  "', which reads or writes differentiable memory (reverse "
+                  "mode can)",
+              &PI);
   if (!AA.isActive(&PI))
     return Error::success();
 
@@ -431,19 +804,29 @@ void ForwardSynthesizer::createResult() {
 
 Expected<Function *> ForwardSynthesizer::run() {
   createFunction();
+  createShadowAllocations();
   ReversePostOrderTraversal<Function *> RPOT(&P);
   // Definitions come before their uses in reverse post-order, except for
   // phis' incoming values, which are filled in at the end.
   for (BasicBlock *PB : RPOT) {
-    if (!Canon.returns(PB))
-      continue; // only runs on the way to raising: no tangents
+    if (!Canon.returns(PB)) {
+      // Only runs on the way to raising: no tangents, but pointers spilled
+      // there must not leave stale shadows behind.
+      for (const Instruction &PI : *PB)
+        if (auto *St = dyn_cast<StoreInst>(&PI))
+          mirrorSpill(*St);
+      continue;
+    }
     createTangentPhis(*PB);
     for (const Instruction &PI : *PB)
       if (Error E = visitInstruction(PI))
         return std::move(E);
   }
   fillTangentPhis();
+  if (Error E = mirrorRefcounts())
+    return std::move(E);
   createResult();
+  emitNullChecks();
   if (Log)
     *Log << "forward:\n" << Decisions;
   return D;
@@ -467,7 +850,7 @@ Expected<Function *> synthesizeForward(const CanonicalFunction &C,
   if (Req.RetActive && (!RetType || !RetType->isFloatingPointTy()))
     return makeError("request", "ret_activity is active but ret_type '" +
                                     Req.RetType + "' is not a float");
-  ForwardSynthesizer S(C, Req, RetType, AA, Log);
+  ForwardSynthesizer S(C, Req, RetType, TA, AA, Log);
   return S.run();
 }
 

@@ -20,7 +20,15 @@
 //    selects); a load of an active value loads its tangent from the mirrored
 //    address, and a store into active memory stores the stored value's
 //    tangent (zero when the value is inactive) there. In-place updates and
-//    overwritten memory therefore need nothing special.
+//    overwritten memory therefore need nothing special. A fill (memset) of
+//    active memory zeroes the shadow; a copy (memcpy) copies the shadows.
+//  - Arrays allocated by numba's runtime that carry tangents get a zeroed
+//    shadow allocation beside them; every reference count operation on the
+//    array's MemInfo is repeated on the shadow's, so the shadow lives as long
+//    as the array (an operation on a MemInfo whose origin cannot be traced is
+//    an "unsupported" error rather than a leak or a premature free).
+//    Pointers numba spills to stack slots get their shadows (the shadow
+//    address, or the shadow MemInfo) spilled to the slot's shadow.
 //  - Control flow is the primal's own: branches, loops and early exits run
 //    once, with the tangents beside the values.
 //  - Blocks that only run on the way to raising an exception

@@ -76,6 +76,7 @@ Expected<Request> parseRequest(StringRef Json) {
   R.Log = Obj->getBoolean("log").value_or(false);
   R.NoAlias = Obj->getBoolean("noalias").value_or(false);
   R.DumpIR = Obj->getBoolean("dump_ir").value_or(false);
+  R.Optimize = Obj->getBoolean("optimize").value_or(true);
   const json::Array *Params = Obj->getArray("params");
   if (!Params)
     return bad("missing array field 'params'");

@@ -1,10 +1,11 @@
 //===- Request.h - what the caller asks the engine to produce ---*- C++ -*-===//
 //
 // The request arrives as JSON (see native/enzpy_native.h). It names the
-// primal, the derivative's symbol, the mode, and for every LLVM parameter of
-// the primal after (retptr, excinfo) its activity and, for active and
-// duplicated ones, the float type of the value or of the pointed-to
-// elements. These come from numba's types: the engine never guesses them.
+// primal, the derivative's symbol, the mode (and in forward mode the batch
+// width), and for every LLVM parameter of the primal after (retptr, excinfo)
+// its activity and, for active and duplicated ones, the float type of the
+// value or of the pointed-to elements. These come from numba's types: the
+// engine never guesses them.
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_REQUEST_H
@@ -49,6 +50,9 @@ struct Request {
   bool NoAlias = false;
   /// Debugging: put the canonical primal and the derivative into the log.
   bool DumpIR = false;
+  /// Run the O3 pipeline on the derivative (off when the derivative will be
+  /// differentiated again: the engine reads unvectorized code).
+  bool Optimize = true;
   llvm::SmallVector<ParamSpec, 16> Params;
 };
 

@@ -11,18 +11,27 @@
  *   "function":      name of the primal function in the module (numba native
  *                    calling convention: i32 f(ptr retptr, ptr excinfo, ...)).
  *   "name":          symbol name to give the derivative.
- *   "mode":          "reverse".
+ *   "mode":          "reverse" (default) or "forward".
+ *   "width":         forward mode only: the number W >= 1 of tangents
+ *                    propagated in one sweep (batch mode when W > 1);
+ *                    default 1, at most 64.
  *   "ret_type":      LLVM type of the value the primal stores through retptr
  *                    ("double", "float", "i64", ... or "void" for None).
- *   "ret_activity":  "active" (seeded by an extra trailing argument) or "const".
+ *   "ret_activity":  "active" or "const": in reverse mode whether the return
+ *                    value is seeded (by an extra trailing argument), in
+ *                    forward mode whether its tangent is returned.
  *   "return_primal": include the primal return value in the result struct.
  *   "params":        one entry per primal parameter after retptr and excinfo:
  *                    {"activity": "const" | "active" | "dup" | "dupnoneed",
  *                     "elem": "double" | "float"}   (elem for active/dup)
+ *                    "active" is a float passed by value: reverse mode
+ *                    returns its adjoint, forward mode takes its tangent.
  *   "noalias":       true when the caller has checked that no two parameters'
  *                    memory overlaps (lets the reverse sweep re-read arrays
  *                    that the function never writes instead of taping them).
  *   "log":           true to record the analyses' decisions in the result log.
+ *   "optimize":      false to skip the O3 pipeline on the derivative (for a
+ *                    derivative that is differentiated again); default true.
  *   "dump_ir":       debugging: also log the canonical primal and the
  *                    derivative before optimization.
  *
@@ -35,6 +44,27 @@
  *     <adjoint of each active param, in order, of the param's type> }.
  * It returns 0 on success, or the primal's error status (excinfo set by the
  * primal) if the primal raised; then no shadow has been updated.
+ *
+ * Forward mode, width W: the derivative has the signature
+ *   i32 name(ptr retptr, ptr excinfo, <primal params...>,
+ *            <W ptr shadows per dup/dupnoneed param: param by param, in
+ *             order, and for each param lane 0 .. W-1>,
+ *            <W tangents per active param, of the param's type: param by
+ *             param, lane 0 .. W-1>)
+ * and writes through retptr the struct
+ *   { [primal return, when return_primal and ret_type is not void],
+ *     [W tangents of the return (lane 0 .. W-1), of ret_type, when
+ *      ret_activity is "active"] }.
+ * A shadow holds on entry the tangent of the array's contents before the
+ * call and on exit the tangent of its contents after the call (lane k's
+ * direction in lane k's shadow): elements the function only reads keep their
+ * tangent, elements it writes receive the tangent of what it wrote. Shadows
+ * are read and written with the primal's element offsets (the same strides).
+ * It returns 0 on success, the primal's error status if the primal raised
+ * (shadows may then have been partly written, as the primal's own arrays may
+ * have been), or -1 if allocating the shadow of an array that the primal
+ * allocates failed. Forward mode keeps no tape: the only memory it allocates
+ * is those shadows, released with their arrays.
  */
 #ifndef ENZPY_NATIVE_H
 #define ENZPY_NATIVE_H

@@ -4,6 +4,7 @@ instead of taping them only when this call's arrays are disjoint."""
 
 import numba
 import numpy as np
+import pytest
 
 import enzpy
 from enzpy import Duplicated
@@ -72,3 +73,38 @@ def test_disjoint_arrays_are_reread_and_aliased_ones_taped():
     aliased = enzpy.explain(square_into, Duplicated(x, np.zeros(4)), Duplicated(x, np.zeros(4)))
     assert "reread" not in aliased
     assert "tape" in aliased
+
+
+@numba.njit
+def _axpy_into(x, y, a):
+    for i in range(x.shape[0]):
+        y[i] = y[i] + a * x[i] * x[i]
+
+
+def test_one_buffer_with_two_different_shadows_is_refused():
+    x = np.array([0.5, -0.3])
+    d1, d2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    with pytest.raises(enzpy.EnzpyValueError, match="shadows"):
+        enzpy.autodiff(_axpy_into, Duplicated(x, d1), Duplicated(x, d2), enzpy.Active(0.7))
+    np.testing.assert_array_equal(d1, [1.0, 0.0])
+    np.testing.assert_array_equal(x, [0.5, -0.3])
+
+
+def test_const_alias_of_a_duplicated_array_is_refused():
+    x = np.array([0.5, -0.3])
+    with pytest.raises(enzpy.EnzpyValueError, match="Const"):
+        enzpy.autodiff(_axpy_into, x, Duplicated(x, np.ones(2)), enzpy.Active(0.7))
+
+
+def test_batch_lanes_are_checked_for_aliasing_too():
+    x = np.array([0.5, -0.3])
+    lanes1 = (np.zeros(2), np.zeros(2))
+    lanes2 = (np.zeros(2), np.ones(2))
+    with pytest.raises(enzpy.EnzpyValueError, match="shadows"):
+        enzpy.autodiff(
+            _axpy_into,
+            enzpy.BatchDuplicated(x, lanes1),
+            enzpy.BatchDuplicated(x, lanes2),
+            enzpy.BatchDuplicated(0.7, (0.0, 0.0)),
+            mode=enzpy.Forward,
+        )
