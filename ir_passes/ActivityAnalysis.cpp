@@ -114,9 +114,9 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
       return T;
     };
     if (isa<AnyMemMoveInst>(MI) || !DestActive ||
-        (SrcActive && (!floatType(MT->getRawDest()) ||
-                       floatType(MT->getRawDest()) !=
-                           floatType(MT->getRawSource()))))
+        (SrcActive &&
+         (!floatType(MT->getRawDest()) ||
+          floatType(MT->getRawDest()) != floatType(MT->getRawSource()))))
       return makeError("unsupported",
                        "this memory copy (" + Callee->getName() +
                            ") of differentiable array memory is not "
@@ -128,10 +128,9 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
   if (Callee->isIntrinsic()) {
     for (const Value *A : CB.args())
       if (isVaried(A))
-        return makeError("unsupported",
-                         "no derivative rule for the intrinsic " +
-                             Callee->getName(),
-                         &CB);
+        return makeError(
+            "unsupported",
+            "no derivative rule for the intrinsic " + Callee->getName(), &CB);
     return Error::success();
   }
   if (isInactiveRuntimeCall(Callee->getName())) {
@@ -146,7 +145,8 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
   }
   if (C.Recursive.contains(Callee->getName()))
     return makeError("unsupported",
-                     "the recursive call to '" + displayName(Callee->getName()) +
+                     "the recursive call to '" +
+                         displayName(Callee->getName()) +
                          "' cannot be differentiated yet (recursion)",
                      &CB);
   if (StringRef What = knownExternal(Callee->getName()); !What.empty())
@@ -204,14 +204,13 @@ Error ActivityAnalysis::checkTraceable(const Instruction *I,
                            What + " (numba calls '" + Callee->getName() +
                                "') cannot be differentiated yet",
                            CB);
-  return makeError("unsupported",
-                   "a float is " +
-                       Twine(isa<LoadInst>(I) ? "read from" : "written to") +
-                       " memory the engine cannot trace (through " +
-                       describe(Ptr) +
-                       "); it might be a differentiable array, so this is "
-                       "not supported yet",
-                   I);
+  return makeError(
+      "unsupported",
+      "a float is " + Twine(isa<LoadInst>(I) ? "read from" : "written to") +
+          " memory the engine cannot trace (through " + describe(Ptr) +
+          "); it might be a differentiable array, so this is "
+          "not supported yet",
+      I);
 }
 
 Error ActivityAnalysis::checkStore(const StoreInst &SI) {
@@ -296,8 +295,7 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
       // Copying differentiable data into a local allocation makes it active.
       if (C.returns(MT->getParent()) && pointsToActive(MT->getRawSource()))
         for (const Value *R : TA.roots(MT->getRawDest()))
-          if (R != UnknownRoot &&
-              (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
+          if (R != UnknownRoot && (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
               ActiveRoots.insert(R).second)
             Changed = true;
       continue;
@@ -306,8 +304,7 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
       // A varied float stored into a local allocation makes it active.
       if (C.returns(SI->getParent()) && isVaried(SI->getValueOperand()))
         for (const Value *R : TA.roots(SI->getPointerOperand()))
-          if (R != UnknownRoot &&
-              (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
+          if (R != UnknownRoot && (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
               ActiveRoots.insert(R).second)
             Changed = true;
       continue;

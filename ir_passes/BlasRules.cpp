@@ -110,12 +110,11 @@ static FunctionCallee gemmFn(Module &M) {
   LLVMContext &C = M.getContext();
   Type *I8 = Type::getInt8Ty(C), *I64 = Type::getInt64Ty(C),
        *P = PointerType::getUnqual(C);
-  return M.getOrInsertFunction(
-      "numba_xxgemm",
-      FunctionType::get(Type::getInt32Ty(C),
-                        {I8, I8, I8, I64, I64, I64, P, P, I64, P, I64, P, P,
-                         I64},
-                        false));
+  return M.getOrInsertFunction("numba_xxgemm",
+                               FunctionType::get(Type::getInt32Ty(C),
+                                                 {I8, I8, I8, I64, I64, I64, P,
+                                                  P, I64, P, I64, P, P, I64},
+                                                 false));
 }
 
 /// A stack slot holding \p V (BLAS takes scalars by address).
@@ -232,8 +231,8 @@ void emitBlasReverse(IRBuilder<> &B, const BlasCall &Call,
     }
     if (Value *SX = In.Shadow(7))
       // dx += alpha * op(A)^T dy
-      B.CreateCall(Gemv, {Kind, flip(B, Trans), Mm, Nn, AlphaSlot,
-                          In.Input(5), Lda, SY, One, SX});
+      B.CreateCall(Gemv, {Kind, flip(B, Trans), Mm, Nn, AlphaSlot, In.Input(5),
+                          Lda, SY, One, SX});
     scale(B, Elem, SY, LenY, In.Beta);
     break;
   }

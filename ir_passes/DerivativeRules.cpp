@@ -53,7 +53,8 @@ static Value *sign(IRBuilder<> &B, Value *X) {
 
 static const CallRule Rules[] = {
     // Trigonometric and hyperbolic functions.
-    {"sin", 1, [](RuleInputs &In, unsigned) { return emitMathCall(BB, "cos", {X0}); }},
+    {"sin", 1,
+     [](RuleInputs &In, unsigned) { return emitMathCall(BB, "cos", {X0}); }},
     {"cos", 1,
      [](RuleInputs &In, unsigned) {
        return BB.CreateFNeg(emitMathCall(BB, "sin", {X0}));
@@ -71,17 +72,19 @@ static const CallRule Rules[] = {
     {"acos", 1,
      [](RuleInputs &In, unsigned) {
        Value *X = X0;
-       return BB.CreateFNeg(recip(
-           BB, emitMathCall(BB, "sqrt",
-                            {BB.CreateFSub(fp(T0, 1.0), sq(BB, X))})));
+       return BB.CreateFNeg(
+           recip(BB, emitMathCall(BB, "sqrt",
+                                  {BB.CreateFSub(fp(T0, 1.0), sq(BB, X))})));
      }},
     {"atan", 1,
      [](RuleInputs &In, unsigned) {
        Value *X = X0;
        return recip(BB, BB.CreateFAdd(fp(T0, 1.0), sq(BB, X)));
      }},
-    {"sinh", 1, [](RuleInputs &In, unsigned) { return emitMathCall(BB, "cosh", {X0}); }},
-    {"cosh", 1, [](RuleInputs &In, unsigned) { return emitMathCall(BB, "sinh", {X0}); }},
+    {"sinh", 1,
+     [](RuleInputs &In, unsigned) { return emitMathCall(BB, "cosh", {X0}); }},
+    {"cosh", 1,
+     [](RuleInputs &In, unsigned) { return emitMathCall(BB, "sinh", {X0}); }},
     {"tanh", 1,
      [](RuleInputs &In, unsigned) {
        return BB.CreateFSub(fp(T0, 1.0), sq(BB, R));

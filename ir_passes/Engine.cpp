@@ -14,6 +14,7 @@
 #include "Preprocess.h"
 #include "Request.h"
 #include "ReverseSynthesis.h"
+#include "ShadowAddresses.h"
 #include "TypeAnalysis.h"
 #include "llvm/AsmParser/Parser.h"
 #include "llvm/Bitcode/BitcodeReader.h"
@@ -35,9 +36,8 @@ static Expected<std::unique_ptr<Module>> parseModule(StringRef Bytes,
   if (Bytes.starts_with("BC")) {
     auto M = parseBitcodeFile(MemoryBufferRef(Bytes, "enzpy.input"), Ctx);
     if (!M)
-      return makeError("request",
-                       "cannot read the module's bitcode: " +
-                           toString(M.takeError()));
+      return makeError("request", "cannot read the module's bitcode: " +
+                                      toString(M.takeError()));
     return std::move(*M);
   }
   SMDiagnostic Diag;
@@ -79,10 +79,9 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   StripDebugInfo(M);
 
   raw_ostream *SynthLog = Req.Log ? &LogOS : nullptr;
-  Expected<Function *> D =
-      Req.DiffMode == Mode::Forward
-          ? synthesizeForward(*C, Req, TA, AA, SynthLog)
-          : synthesizeReverse(*C, Req, TA, AA, SynthLog);
+  Expected<Function *> D = Req.DiffMode == Mode::Forward
+                               ? synthesizeForward(*C, Req, TA, AA, SynthLog)
+                               : synthesizeReverse(*C, Req, TA, AA, SynthLog);
   if (!D)
     return D.takeError();
   C->F->eraseFromParent();

@@ -3,6 +3,7 @@
 #include "BlasRules.h"
 #include "DerivativeRules.h"
 #include "Diagnostics.h"
+#include "ShadowAddresses.h"
 #include "llvm/ADT/PostOrderIterator.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/AsmParser/Parser.h"
@@ -25,13 +26,6 @@ namespace {
 
 /// One value per lane of the batch; a null entry is a zero tangent.
 using Lanes = SmallVector<Value *, 4>;
-
-/// A pointer loaded back from a local allocation it was spilled to.
-bool isSpilledPointer(const Value *V) {
-  auto *L = dyn_cast<LoadInst>(V);
-  return L && L->getType()->isPointerTy() &&
-         isa<AllocaInst>(getUnderlyingObject(L->getPointerOperand(), 0));
-}
 
 bool isRefcountCall(const Instruction &I) {
   auto *CB = dyn_cast<CallBase>(&I);
@@ -62,8 +56,8 @@ public:
   ForwardSynthesizer(const CanonicalFunction &C, const Request &Req,
                      Type *RetType, const TypeAnalysis &TA,
                      const ActivityAnalysis &AA, raw_ostream *Log)
-      : Canon(C), Req(Req), RetType(RetType), TA(TA), AA(AA), Log(Log),
-        P(*C.F), Ctx(P.getContext()), Width(Req.Width) {}
+      : Canon(C), Req(Req), RetType(RetType), TA(TA), AA(AA), Log(Log), P(*C.F),
+        Ctx(P.getContext()), Width(Req.Width) {}
 
   Expected<Function *> run();
 
@@ -107,10 +101,10 @@ private:
   BasicBlock *DEntry = nullptr;
   ValueToValueMapTy VMap;
   AllocaInst *RetSlot = nullptr;
-  Lanes RetShadow;                          // per lane, when RetActive
-  SmallVector<Lanes, 8> ShadowArgs;         // per primal param
-  DenseMap<const Value *, Lanes> Tangents;  // primal value -> its tangents
-  DenseMap<const Value *, Lanes> Shadows;   // primal address -> mirrored
+  Lanes RetShadow;                              // per lane, when RetActive
+  SmallVector<Lanes, 8> ShadowArgs;             // per primal param
+  DenseMap<const Value *, Lanes> Tangents;      // primal value -> its tangents
+  DenseMap<const Value *, Lanes> Shadows;       // primal address -> mirrored
   SmallVector<const PHINode *, 16> TangentPhis; // to fill in at the end
   /// Allocations of arrays that carry tangents -> their shadows' MemInfos.
   DenseMap<const CallBase *, Lanes> ShadowAllocs;
@@ -177,9 +171,9 @@ Value *ForwardSynthesizer::shadow(const Value *PPtr, unsigned K) {
     SA->setAlignment(AI->getAlign());
     if (isa<Constant>(Count))
       B.SetInsertPoint(DEntry->getTerminator());
-    Value *Bytes = B.CreateMul(
-        B.CreateZExtOrTrunc(Count, B.getInt64Ty()),
-        B.getInt64(DL.getTypeAllocSize(AI->getAllocatedType())));
+    Value *Bytes =
+        B.CreateMul(B.CreateZExtOrTrunc(Count, B.getInt64Ty()),
+                    B.getInt64(DL.getTypeAllocSize(AI->getAllocatedType())));
     B.CreateMemSet(SA, B.getInt8(0), Bytes, AI->getAlign());
     S = SA;
   } else if (auto *GEP = dyn_cast<GetElementPtrInst>(PPtr)) {
@@ -244,9 +238,9 @@ const Lanes &ForwardSynthesizer::shadowAllocation(const CallBase *Alloc) {
   for (unsigned K = 0; K < Width; ++K) {
     CallInst *SMI = B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(),
                                  Args, Alloc->getName() + "'shadow");
-    Value *Data = B.CreateLoad(
-        B.getPtrTy(),
-        B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset));
+    Value *Data =
+        B.CreateLoad(B.getPtrTy(), B.CreateConstGEP1_64(B.getInt8Ty(), SMI,
+                                                        MemInfoDataOffset));
     NullChecks.push_back(SMI);
     B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
     SMIs.push_back(SMI);
@@ -292,8 +286,7 @@ MemInfoKind ForwardSynthesizer::classifyMemInfo(
     return MemInfoKind::None;
   if (auto *CB = dyn_cast<CallBase>(V)) {
     if (isAllocationCall(CB))
-      return ShadowAllocs.count(CB) ? MemInfoKind::Shadowed
-                                    : MemInfoKind::None;
+      return ShadowAllocs.count(CB) ? MemInfoKind::Shadowed : MemInfoKind::None;
     return MemInfoKind::Untraceable;
   }
   if (isSpilledPointer(V))
@@ -355,8 +348,7 @@ Value *ForwardSynthesizer::memInfoShadow(const Value *V, unsigned K) {
     Value *T = memInfoShadow(Sel->getTrueValue(), K);
     Value *F = memInfoShadow(Sel->getFalseValue(), K);
     IRBuilder<> B(DS->getNextNode());
-    S = B.CreateSelect(DS->getCondition(), T, F,
-                       Sel->getName() + "'shadow.mi");
+    S = B.CreateSelect(DS->getCondition(), T, F, Sel->getName() + "'shadow.mi");
   }
   assert(S && "memInfoShadow of a MemInfo that classifyMemInfo rejects");
   Lanes &L = MemInfoShadows[V];
@@ -382,10 +374,10 @@ void ForwardSynthesizer::mirrorSpill(const StoreInst &St) {
   bool MemInfo = !Address && !ShadowAllocs.empty() &&
                  classifyMemInfo(V, Visiting) == MemInfoKind::Shadowed;
   for (unsigned K = 0; K < Width; ++K) {
-    Value *SV = Address   ? shadow(V, K)
-                : MemInfo ? memInfoShadow(V, K)
-                          : ConstantPointerNull::get(
-                                PointerType::getUnqual(Ctx));
+    Value *SV = Address ? shadow(V, K)
+                : MemInfo
+                    ? memInfoShadow(V, K)
+                    : ConstantPointerNull::get(PointerType::getUnqual(Ctx));
     Value *Slot = shadow(St.getPointerOperand(), K);
     IRBuilder<> B(cast<Instruction>(mapped(&St))->getNextNode());
     B.CreateAlignedStore(SV, Slot, St.getAlign());
@@ -770,8 +762,8 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
     break;
   }
   default:
-    return makeError("internal", "forward mode has no tangent for " +
-                                     describe(&PI));
+    return makeError("internal",
+                     "forward mode has no tangent for " + describe(&PI));
   }
   for (Value *&V : T)
     if (!V)
@@ -839,18 +831,10 @@ Expected<Function *> synthesizeForward(const CanonicalFunction &C,
                                        const TypeAnalysis &TA,
                                        const ActivityAnalysis &AA,
                                        raw_ostream *Log) {
-  Type *RetType = nullptr;
-  if (Req.RetType != "void") {
-    SMDiagnostic Err;
-    RetType = parseType(Req.RetType, Err, *C.F->getParent());
-    if (!RetType || RetType->isVoidTy())
-      return makeError("request",
-                       "cannot parse ret_type '" + Req.RetType + "'");
-  }
-  if (Req.RetActive && (!RetType || !RetType->isFloatingPointTy()))
-    return makeError("request", "ret_activity is active but ret_type '" +
-                                    Req.RetType + "' is not a float");
-  ForwardSynthesizer S(C, Req, RetType, TA, AA, Log);
+  Expected<Type *> RetType = returnType(Req, *C.F->getParent());
+  if (!RetType)
+    return RetType.takeError();
+  ForwardSynthesizer S(C, Req, *RetType, TA, AA, Log);
   return S.run();
 }
 

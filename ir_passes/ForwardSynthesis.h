@@ -53,10 +53,11 @@
 namespace enzpy {
 
 /// Creates the forward-mode derivative function in the primal's module.
-llvm::Expected<llvm::Function *>
-synthesizeForward(const CanonicalFunction &C, const Request &Req,
-                  const TypeAnalysis &TA, const ActivityAnalysis &AA,
-                  llvm::raw_ostream *Log);
+llvm::Expected<llvm::Function *> synthesizeForward(const CanonicalFunction &C,
+                                                   const Request &Req,
+                                                   const TypeAnalysis &TA,
+                                                   const ActivityAnalysis &AA,
+                                                   llvm::raw_ostream *Log);
 
 } // namespace enzpy
 

@@ -1,6 +1,7 @@
 //===- Preprocess.cpp - bring the primal into canonical form --------------===//
 #include "Preprocess.h"
 #include "Diagnostics.h"
+#include "PostOpt.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
 #include "llvm/IR/CFG.h"
@@ -12,8 +13,8 @@
 #include "llvm/Passes/PassBuilder.h"
 #include "llvm/Transforms/IPO/AlwaysInliner.h"
 #include "llvm/Transforms/Scalar/EarlyCSE.h"
-#include "llvm/Transforms/Scalar/Scalarizer.h"
 #include "llvm/Transforms/Scalar/SROA.h"
+#include "llvm/Transforms/Scalar/Scalarizer.h"
 #include "llvm/Transforms/Scalar/SimplifyCFG.h"
 #include "llvm/Transforms/Utils/BasicBlockUtils.h"
 #include "llvm/Transforms/Utils/LoopSimplify.h"
@@ -67,32 +68,14 @@ static void inlineCallees(Module &M, Function &F) {
     G.removeFnAttr(Attribute::OptimizeNone);
     G.addFnAttr(Attribute::AlwaysInline);
   }
-  PassBuilder PB;
-  LoopAnalysisManager LAM;
-  FunctionAnalysisManager FAM;
-  CGSCCAnalysisManager CGAM;
-  ModuleAnalysisManager MAM;
-  PB.registerModuleAnalyses(MAM);
-  PB.registerCGSCCAnalyses(CGAM);
-  PB.registerFunctionAnalyses(FAM);
-  PB.registerLoopAnalyses(LAM);
-  PB.crossRegisterProxies(LAM, FAM, CGAM, MAM);
+  PassContext P;
   ModulePassManager MPM;
   MPM.addPass(AlwaysInlinerPass(/*InsertLifetimeIntrinsics=*/false));
-  MPM.run(M, MAM);
+  MPM.run(M, P.MAM);
 }
 
 static void runCanonicalPasses(Function &F) {
-  PassBuilder PB;
-  LoopAnalysisManager LAM;
-  FunctionAnalysisManager FAM;
-  CGSCCAnalysisManager CGAM;
-  ModuleAnalysisManager MAM;
-  PB.registerModuleAnalyses(MAM);
-  PB.registerCGSCCAnalyses(CGAM);
-  PB.registerFunctionAnalyses(FAM);
-  PB.registerLoopAnalyses(LAM);
-  PB.crossRegisterProxies(LAM, FAM, CGAM, MAM);
+  PassContext P;
   FunctionPassManager FPM;
   // Callees that numba had already compiled arrive optimized, sometimes
   // vectorized: split vector operations back into scalar ones.
@@ -105,7 +88,7 @@ static void runCanonicalPasses(Function &F) {
   FPM.addPass(EarlyCSEPass());
   FPM.addPass(SimplifyCFGPass());
   FPM.addPass(LoopSimplifyPass());
-  FPM.run(F, FAM);
+  FPM.run(F, P.FAM);
 }
 
 static bool isNormalStatus(Value *V) {
@@ -172,9 +155,9 @@ static void splitExits(Function &F, CanonicalFunction &C) {
       Status->addIncoming(S, BB);
     } else {
       IRBuilder<> B(BB);
-      Value *Ok = B.CreateOr(B.CreateICmpEQ(S, ConstantInt::get(I32, 0)),
-                             B.CreateICmpEQ(S, ConstantInt::get(I32, -2)),
-                             "enzpy.ok");
+      Value *Ok =
+          B.CreateOr(B.CreateICmpEQ(S, ConstantInt::get(I32, 0)),
+                     B.CreateICmpEQ(S, ConstantInt::get(I32, -2)), "enzpy.ok");
       BasicBlock *Raise = raiseExit();
       B.CreateCondBr(Ok, normalExit(), Raise)->setDebugLoc(DL);
       Status->addIncoming(S, BB);
@@ -186,19 +169,20 @@ static void splitExits(Function &F, CanonicalFunction &C) {
 Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   Function *F = M.getFunction(Req.Function);
   if (!F || F->isDeclaration())
-    return makeError("request",
-                     "function '" + Req.Function + "' is not defined in the module");
+    return makeError("request", "function '" + Req.Function +
+                                    "' is not defined in the module");
   FunctionType *FT = F->getFunctionType();
   if (!FT->getReturnType()->isIntegerTy(32) || FT->getNumParams() < 2 ||
-      !FT->getParamType(0)->isPointerTy() || !FT->getParamType(1)->isPointerTy())
+      !FT->getParamType(0)->isPointerTy() ||
+      !FT->getParamType(1)->isPointerTy())
     return makeError("request", "function '" + Req.Function +
                                     "' does not follow numba's native calling "
                                     "convention i32 (ptr, ptr, ...)");
   if (FT->getNumParams() - 2 != Req.Params.size())
-    return makeError("request",
-                     "the request describes " + Twine(Req.Params.size()) +
-                         " parameters but the function has " +
-                         Twine(FT->getNumParams() - 2));
+    return makeError("request", "the request describes " +
+                                    Twine(Req.Params.size()) +
+                                    " parameters but the function has " +
+                                    Twine(FT->getNumParams() - 2));
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
     const ParamSpec &S = Req.Params[I];
     Type *T = FT->getParamType(I + 2);

@@ -1,7 +1,10 @@
 //===- Request.cpp - parse the JSON request -------------------------------===//
 #include "Request.h"
 #include "Diagnostics.h"
+#include "llvm/AsmParser/Parser.h"
+#include "llvm/IR/Module.h"
 #include "llvm/Support/JSON.h"
+#include "llvm/Support/SourceMgr.h"
 
 using namespace llvm;
 
@@ -103,6 +106,23 @@ Expected<Request> parseRequest(StringRef Json) {
     R.Params.push_back(S);
   }
   return R;
+}
+
+Expected<Type *> returnType(const Request &Req, Module &M) {
+  if (Req.RetType == "void") {
+    if (Req.RetActive)
+      return makeError("request",
+                       "ret_activity is active but nothing is returned");
+    return nullptr;
+  }
+  SMDiagnostic Err;
+  Type *T = parseType(Req.RetType, Err, M);
+  if (!T || T->isVoidTy())
+    return makeError("request", "cannot parse ret_type '" + Req.RetType + "'");
+  if (Req.RetActive && !T->isFloatingPointTy())
+    return makeError("request", "ret_activity is active but ret_type '" +
+                                    Req.RetType + "' is not a float");
+  return T;
 }
 
 } // namespace enzpy

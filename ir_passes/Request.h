@@ -16,6 +16,11 @@
 #include "llvm/Support/Error.h"
 #include <string>
 
+namespace llvm {
+class Module;
+class Type;
+} // namespace llvm
+
 namespace enzpy {
 
 enum class Activity { Const, Active, Dup, DupNoNeed };
@@ -57,6 +62,10 @@ struct Request {
 };
 
 llvm::Expected<Request> parseRequest(llvm::StringRef Json);
+
+/// The LLVM type of what the primal stores through retptr (null for None),
+/// checked to be a float when the return is active.
+llvm::Expected<llvm::Type *> returnType(const Request &Req, llvm::Module &M);
 
 llvm::StringRef activityName(Activity A);
 

@@ -4,6 +4,7 @@
 #include "CachePolicy.h"
 #include "DerivativeRules.h"
 #include "Diagnostics.h"
+#include "ShadowAddresses.h"
 #include "Tape.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/Analysis/AssumptionCache.h"
@@ -15,9 +16,9 @@
 #include "llvm/AsmParser/Parser.h"
 #include "llvm/IR/Dominators.h"
 #include "llvm/IR/IntrinsicInst.h"
-#include "llvm/Support/SourceMgr.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/Operator.h"
+#include "llvm/Support/SourceMgr.h"
 #include "llvm/Transforms/Utils/Cloning.h"
 #include "llvm/Transforms/Utils/ScalarEvolutionExpander.h"
 #include "llvm/Transforms/Utils/ValueMapper.h"
@@ -27,101 +28,6 @@ using namespace llvm;
 
 namespace enzpy {
 
-/// A pointer that points nowhere (a path where the array was never set up,
-/// e.g. an allocation that failed and raised).
-static bool isNowhere(const Value *V) {
-  return isa<ConstantPointerNull>(V) || isa<UndefValue>(V);
-}
-
-/// A pointer loaded back from a local allocation it was spilled to.
-static bool isSpilledPointer(const Value *V) {
-  auto *L = dyn_cast<LoadInst>(V);
-  return L && L->getType()->isPointerTy() &&
-         isa<AllocaInst>(getUnderlyingObject(L->getPointerOperand(), 0));
-}
-
-/// Address computations whose shadow the engine can mirror.
-static bool isShadowableAddress(const Value *V, const TypeAnalysis &TA) {
-  return isa<Argument>(V) || isa<AllocaInst>(V) || isa<GetElementPtrInst>(V) ||
-         isa<PHINode>(V) || isa<SelectInst>(V) || isa<BitCastInst>(V) ||
-         isa<AddrSpaceCastInst>(V) || TA.allocationOf(V) ||
-         isSpilledPointer(V);
-}
-
-Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
-  SmallPtrSet<const Value *, 32> Seen;
-  SmallVector<std::pair<const Value *, const Instruction *>, 32> Work;
-  for (const BasicBlock &BB : *C.F)
-    for (const Instruction &I : BB) {
-      const Value *Ptr = nullptr;
-      if (auto *L = dyn_cast<LoadInst>(&I))
-        Ptr = AA.isActive(L) ? L->getPointerOperand() : nullptr;
-      else if (auto *S = dyn_cast<StoreInst>(&I))
-        Ptr = AA.pointsToActive(S->getPointerOperand()) ? S->getPointerOperand()
-                                                         : nullptr;
-      if (Ptr)
-        Work.push_back({Ptr, &I});
-      if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I)) {
-        if (AA.pointsToActive(MI->getRawDest()))
-          Work.push_back({MI->getRawDest(), &I});
-        if (auto *MT = dyn_cast<AnyMemTransferInst>(MI))
-          if (AA.pointsToActive(MT->getRawSource()))
-            Work.push_back({MT->getRawSource(), &I});
-      }
-    }
-  while (!Work.empty()) {
-    auto [V, User] = Work.pop_back_val();
-    if (!Seen.insert(V).second)
-      continue;
-    if (!isShadowableAddress(V, AA.types()))
-      return makeError("unsupported",
-                       "the address " + describe(V) +
-                           " into differentiable memory cannot be mirrored "
-                           "onto its shadow",
-                       User);
-    auto *I = dyn_cast<Instruction>(V);
-    if (!I)
-      continue;
-    auto push = [&](const Value *Op) {
-      if (!AA.pointsToActive(Op))
-        Work.push_back({Op, I}); // reported as mixed below
-      else
-        Work.push_back({Op, I});
-    };
-    if (auto *GEP = dyn_cast<GetElementPtrInst>(I))
-      push(GEP->getPointerOperand());
-    else if (auto *Phi = dyn_cast<PHINode>(I)) {
-      for (const Value *In : Phi->incoming_values()) {
-        if (isNowhere(In))
-          continue;
-        if (!AA.pointsToActive(In))
-          return makeError("unsupported",
-                           "a pointer that may point into either "
-                           "differentiable or constant memory (" +
-                               describe(Phi) + ") is not supported",
-                           Phi);
-        push(In);
-      }
-    } else if (auto *Sel = dyn_cast<SelectInst>(I)) {
-      for (const Value *In : {Sel->getTrueValue(), Sel->getFalseValue()}) {
-        if (isNowhere(In))
-          continue;
-        if (!AA.pointsToActive(In))
-          return makeError("unsupported",
-                           "a pointer that may point into either "
-                           "differentiable or constant memory (" +
-                               describe(Sel) + ") is not supported",
-                           Sel);
-        push(In);
-      }
-    } else if (isa<CastInst>(I))
-      push(I->getOperand(0));
-    else if (isSpilledPointer(I))
-      Work.push_back({cast<LoadInst>(I)->getPointerOperand(), I});
-  }
-  return Error::success();
-}
-
 namespace {
 
 class ReverseSynthesizer {
@@ -129,8 +35,8 @@ public:
   ReverseSynthesizer(const CanonicalFunction &C, const Request &Req,
                      Type *RetType, const TypeAnalysis &TA,
                      const ActivityAnalysis &AA, raw_ostream *Log)
-      : Canon(C), RetType(RetType), P(*C.F), PExit(C.NormalExit), PRaise(C.RaiseExit), Req(Req), TA(TA),
-        AA(AA), Log(Log), DT(P), LI(DT),
+      : Canon(C), RetType(RetType), P(*C.F), PExit(C.NormalExit),
+        PRaise(C.RaiseExit), Req(Req), TA(TA), AA(AA), Log(Log), DT(P), LI(DT),
         TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
         SE(P, TLI, AC, DT, LI), Cache(C, Req, TA), Ctx(P.getContext()),
         I64(Type::getInt64Ty(Ctx)) {}
@@ -139,14 +45,14 @@ public:
 
 private:
   struct BlockRev {
-    const BasicBlock *PB = nullptr;        // the primal block reversed
+    const BasicBlock *PB = nullptr; // the primal block reversed
     BasicBlock *Head = nullptr;
     BasicBlock *Body = nullptr;
     std::optional<Tape::Frame> Frame;
-    DenseMap<Value *, Value *> Rebuilt;    // recomputed or re-read in Head
+    DenseMap<Value *, Value *> Rebuilt; // recomputed or re-read in Head
     SmallVector<std::pair<const char *, Value *>, 4> Notes; // for the log
-    PHINode *Pid = nullptr;                // in the forward block
-    SmallVector<BasicBlock *, 4> Preds;    // primal predecessors, pid order
+    PHINode *Pid = nullptr;             // in the forward block
+    SmallVector<BasicBlock *, 4> Preds; // primal predecessors, pid order
   };
 
   /// A loop whose reverse is driven by an iteration counter instead of a
@@ -154,7 +60,7 @@ private:
   /// at exit is taped once per loop execution, and the reverse counts down.
   /// Affine induction variables are then recomputed from the count.
   struct LoopRev {
-    PHINode *Counter = nullptr; // forward: iterations before this one
+    PHINode *Counter = nullptr;      // forward: iterations before this one
     AllocaInst *Remaining = nullptr; // reverse: the iteration being reversed
     BasicBlock *Preheader = nullptr;
     BasicBlock *Latch = nullptr;
@@ -223,7 +129,7 @@ private:
   BasicBlock *DFinal = nullptr;
   ValueToValueMapTy VMap;
   DenseMap<const BasicBlock *, const BasicBlock *> PBlock; // forward -> primal
-  DenseMap<const Value *, const Value *> Primal;            // forward -> primal
+  DenseMap<const Value *, const Value *> Primal;           // forward -> primal
   DenseMap<const Loop *, LoopRev> Loops;
   /// Innermost loops with an upper bound on their iteration count, computed
   /// in the preheader (a primal value, cloned like the rest): the tape is
@@ -272,8 +178,9 @@ bool ReverseSynthesizer::reusable(const BasicBlock *PDef) const {
 /// Whether \p I can be recomputed in the reverse sweep from its operands:
 /// address arithmetic, integer index arithmetic, and reads of memory that
 /// the call never writes.
-static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
-                           const DenseMap<const Value *, const Value *> &Primal) {
+static bool
+isRecomputable(const Instruction *I, const CachePolicy &Cache,
+               const DenseMap<const Value *, const Value *> &Primal) {
   if (isa<GetElementPtrInst>(I))
     return true;
   if (isa<CastInst>(I))
@@ -364,18 +271,21 @@ Value *ReverseSynthesizer::recompute(Instruction *I, BlockRev &R) {
     auto *Step = dyn_cast<SCEVConstant>(AR->getStepRecurrence(SE));
     if (!Step)
       return nullptr;
-    Value *Start = fetch(mapped(PP->getIncomingValueForBlock(LR->Preheader)), R);
+    Value *Start =
+        fetch(mapped(PP->getIncomingValueForBlock(LR->Preheader)), R);
     H.SetInsertPoint(R.Head->getTerminator());
     if (Phi->getType()->isIntegerTy()) {
       Value *KT = H.CreateSExtOrTrunc(K, Phi->getType());
       Value *V = H.CreateAdd(
-          Start, H.CreateMul(KT, ConstantInt::get(Phi->getType(),
-                                                  Step->getAPInt().getSExtValue())));
+          Start,
+          H.CreateMul(KT, ConstantInt::get(Phi->getType(),
+                                           Step->getAPInt().getSExtValue())));
       R.Notes.push_back({"recompute", I});
       return V;
     }
     if (Phi->getType()->isPointerTy()) {
-      Value *Off = H.CreateMul(K, ConstantInt::get(I64, Step->getAPInt().getSExtValue()));
+      Value *Off = H.CreateMul(
+          K, ConstantInt::get(I64, Step->getAPInt().getSExtValue()));
       R.Notes.push_back({"recompute", I});
       return H.CreateGEP(H.getInt8Ty(), Start, Off);
     }
@@ -386,7 +296,8 @@ Value *ReverseSynthesizer::recompute(Instruction *I, BlockRev &R) {
   // Address arithmetic is always rebuilt (its index is shared); integer
   // values and reads when that pops no more than the value itself would;
   // float arithmetic only when it pops nothing.
-  if (!isa<GetElementPtrInst>(I) && !(isa<CastInst>(I) && I->getType()->isPointerTy())) {
+  if (!isa<GetElementPtrInst>(I) &&
+      !(isa<CastInst>(I) && I->getType()->isPointerTy())) {
     unsigned Cost = 0;
     for (Value *Op : I->operands())
       Cost += popCost(Op, R, 1);
@@ -432,7 +343,8 @@ void ReverseSynthesizer::addAdjoint(IRBuilder<> &B, const Value *PV,
   if (!Delta || !AA.isActive(PV))
     return;
   AllocaInst *Slot = adjointSlot(PV);
-  B.CreateStore(addAdjointValues(B, B.CreateLoad(PV->getType(), Slot), Delta), Slot);
+  B.CreateStore(addAdjointValues(B, B.CreateLoad(PV->getType(), Slot), Delta),
+                Slot);
 }
 
 Value *ReverseSynthesizer::takeAdjoint(IRBuilder<> &B, const Value *PV) {
@@ -453,9 +365,9 @@ Value *ReverseSynthesizer::shadow(const Value *PPtr) {
     assert(S && "shadow of a parameter that is not duplicated");
   } else if (auto *AI = dyn_cast<AllocaInst>(PPtr)) {
     IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
-    AllocaInst *SA = B.CreateAlloca(AI->getAllocatedType(),
-                                    mapped(AI->getArraySize()),
-                                    AI->getName() + "'shadow");
+    AllocaInst *SA =
+        B.CreateAlloca(AI->getAllocatedType(), mapped(AI->getArraySize()),
+                       AI->getName() + "'shadow");
     SA->setAlignment(AI->getAlign());
     B.SetInsertPoint(DEntry->getTerminator());
     const DataLayout &DL = P.getParent()->getDataLayout();
@@ -533,8 +445,9 @@ Value *ReverseSynthesizer::shadowMemInfo(const CallBase *Alloc) {
   if (forwardEnd(PB) == Head)
     ForwardEnd[PB] = Tail;
   B.SetInsertPoint(After);
-  Value *Data = B.CreateLoad(
-      B.getPtrTy(), B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset));
+  Value *Data =
+      B.CreateLoad(B.getPtrTy(),
+                   B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset));
   B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
   ShadowMemInfos[Alloc] = SMI;
   return SMI;
@@ -568,8 +481,7 @@ void ReverseSynthesizer::createShadows() {
           IRBuilder<> B(cast<Instruction>(mapped(S))->getNextNode());
           B.CreateStore(SV, SP);
         }
-      } else if (auto *CB = dyn_cast<CallBase>(&I);
-                 CB && matchBlasCall(*CB)) {
+      } else if (auto *CB = dyn_cast<CallBase>(&I); CB && matchBlasCall(*CB)) {
         BlasCall Call = *matchBlasCall(*CB);
         if (blasActive(Call))
           prepareBlas(Call);
@@ -667,7 +579,8 @@ void ReverseSynthesizer::reverseBlas(const BlasCall &Call, IRBuilder<> &RB,
 /// from s to d.
 static FunctionCallee copyAdjointFn(Module &M, Type *Elem) {
   LLVMContext &C = M.getContext();
-  std::string Name = "enzpy.copy.adjoint." + std::string(Elem->isFloatTy() ? "f32" : "f64");
+  std::string Name =
+      "enzpy.copy.adjoint." + std::string(Elem->isFloatTy() ? "f32" : "f64");
   if (Function *F = M.getFunction(Name))
     return F;
   Type *Ptr = PointerType::getUnqual(C), *I64 = Type::getInt64Ty(C);
@@ -845,8 +758,8 @@ void ReverseSynthesizer::createPids() {
     R.Pid = PB.CreatePHI(Type::getInt32Ty(Ctx), R.Preds.size() + 1,
                          B->getName() + ".from");
     for (BasicBlock *Pred : predecessors(const_cast<BasicBlock *>(B))) {
-      unsigned Id = std::find(R.Preds.begin(), R.Preds.end(), Pred) -
-                    R.Preds.begin();
+      unsigned Id =
+          std::find(R.Preds.begin(), R.Preds.end(), Pred) - R.Preds.begin();
       R.Pid->addIncoming(PB.getInt32(Id), cast<BasicBlock>(VMap[Pred]));
     }
   }
@@ -866,8 +779,9 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
     auto It = ShadowMemInfos.find(&I);
     if (It != ShadowMemInfos.end()) {
       FunctionCallee Decref = D->getParent()->getOrInsertFunction(
-          "NRT_decref", FunctionType::get(Type::getVoidTy(Ctx),
-                                          {PointerType::getUnqual(Ctx)}, false));
+          "NRT_decref",
+          FunctionType::get(Type::getVoidTy(Ctx), {PointerType::getUnqual(Ctx)},
+                            false));
       RB.CreateCall(Decref, {fetch(It->second, R)});
     }
     return;
@@ -1043,10 +957,9 @@ void ReverseSynthesizer::createFinal() {
       continue;
     Argument *PA = P.getArg(I + 2);
     Fields.push_back(PA->getType());
-    Values.push_back(AA.isActive(PA)
-                         ? static_cast<Value *>(B.CreateLoad(
-                               PA->getType(), adjointSlot(PA)))
-                         : ConstantFP::get(PA->getType(), 0.0));
+    Values.push_back(AA.isActive(PA) ? static_cast<Value *>(B.CreateLoad(
+                                           PA->getType(), adjointSlot(PA)))
+                                     : ConstantFP::get(PA->getType(), 0.0));
   }
   StructType *ST = StructType::get(Ctx, Fields);
   for (unsigned I = 0; I < Values.size(); ++I)
@@ -1062,8 +975,7 @@ void ReverseSynthesizer::logDecisions() {
   for (const BasicBlock *B : Reaching) {
     const BlockRev &R = Rev.find(B)->second;
     for (Value *V : R.Frame->pushed())
-      *Log << "  tape " << describe(V) << " in block %" << B->getName()
-           << "\n";
+      *Log << "  tape " << describe(V) << " in block %" << B->getName() << "\n";
     for (auto &[What, V] : R.Notes)
       *Log << "  " << What << " " << describe(V) << " in block %"
            << B->getName() << "\n";
@@ -1146,17 +1058,10 @@ Expected<Function *> synthesizeReverse(const CanonicalFunction &C,
                                        const TypeAnalysis &TA,
                                        const ActivityAnalysis &AA,
                                        raw_ostream *Log) {
-  Type *RetType = nullptr;
-  if (Req.RetType != "void") {
-    SMDiagnostic Err;
-    RetType = parseType(Req.RetType, Err, *C.F->getParent());
-    if (!RetType || RetType->isVoidTy())
-      return makeError("request", "cannot parse ret_type '" + Req.RetType + "'");
-    if (Req.RetActive && !RetType->isFloatingPointTy())
-      return makeError("request", "ret_activity is active but ret_type '" +
-                                      Req.RetType + "' is not a float");
-  }
-  ReverseSynthesizer S(C, Req, RetType, TA, AA, Log);
+  Expected<Type *> RetType = returnType(Req, *C.F->getParent());
+  if (!RetType)
+    return RetType.takeError();
+  ReverseSynthesizer S(C, Req, *RetType, TA, AA, Log);
   return S.run();
 }
 

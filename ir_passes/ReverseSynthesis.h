@@ -31,16 +31,12 @@
 
 namespace enzpy {
 
-/// Checks, on the primal (while it still has source locations), that every
-/// address into active memory has a computable shadow.
-llvm::Error checkShadowable(const CanonicalFunction &C,
-                            const ActivityAnalysis &AA);
-
 /// Creates the derivative function in the primal's module.
-llvm::Expected<llvm::Function *>
-synthesizeReverse(const CanonicalFunction &C, const Request &Req,
-                  const TypeAnalysis &TA, const ActivityAnalysis &AA,
-                  llvm::raw_ostream *Log);
+llvm::Expected<llvm::Function *> synthesizeReverse(const CanonicalFunction &C,
+                                                   const Request &Req,
+                                                   const TypeAnalysis &TA,
+                                                   const ActivityAnalysis &AA,
+                                                   llvm::raw_ostream *Log);
 
 } // namespace enzpy
 

@@ -11,17 +11,16 @@ namespace enzpy {
 static FunctionCallee libcReallocFn(Module &M) {
   LLVMContext &C = M.getContext();
   return M.getOrInsertFunction(
-      "realloc", FunctionType::get(PointerType::getUnqual(C),
-                                   {PointerType::getUnqual(C),
-                                    Type::getInt64Ty(C)},
-                                   false));
+      "realloc", FunctionType::get(
+                     PointerType::getUnqual(C),
+                     {PointerType::getUnqual(C), Type::getInt64Ty(C)}, false));
 }
 
 static FunctionCallee libcFreeFn(Module &M) {
   LLVMContext &C = M.getContext();
   return M.getOrInsertFunction(
-      "free", FunctionType::get(Type::getVoidTy(C),
-                                {PointerType::getUnqual(C)}, false));
+      "free", FunctionType::get(Type::getVoidTy(C), {PointerType::getUnqual(C)},
+                                false));
 }
 
 Tape::Tape(Function &D, BasicBlock &Entry) : D(D) {

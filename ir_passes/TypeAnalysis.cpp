@@ -1,17 +1,17 @@
 //===- TypeAnalysis.cpp - which memory holds which floats -----------------===//
 #include "TypeAnalysis.h"
+#include "Diagnostics.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/DataLayout.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
-#include "llvm/IR/Module.h"
-#include "Diagnostics.h"
-#include "llvm/ADT/DenseSet.h"
-#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/IntrinsicInst.h"
-#include <optional>
+#include "llvm/IR/Module.h"
 #include <cstdint>
+#include <optional>
 
 using namespace llvm;
 
@@ -92,7 +92,8 @@ static const CallBase *allocationRead(const Instruction *I) {
   const DataLayout &DL = L->getModule()->getDataLayout();
   APInt Offset(64, 0);
   const Value *Base = throughNullGuards(
-      L->getPointerOperand()->stripAndAccumulateConstantOffsets(DL, Offset, true));
+      L->getPointerOperand()->stripAndAccumulateConstantOffsets(DL, Offset,
+                                                                true));
   if (isAllocationCall(Base) && Offset == MemInfoDataOffset)
     return cast<CallBase>(Base);
   return nullptr;
@@ -185,7 +186,8 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
         continue;
       RootSet New;
       auto *Ld = dyn_cast<LoadInst>(&I);
-      std::optional<Slot> Sl = Ld ? slotOf(Ld->getPointerOperand()) : std::nullopt;
+      std::optional<Slot> Sl =
+          Ld ? slotOf(Ld->getPointerOperand()) : std::nullopt;
       if (Sl && !Opaque.contains(Sl->first)) {
         auto It = SlotStores.find(*Sl);
         if (It != SlotStores.end())

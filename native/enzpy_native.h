@@ -91,8 +91,10 @@ ENZPY_API int enzpy_abi_version(void);
 ENZPY_API int enzpy_llvm_version_major(void);
 
 /* Differentiate. Never returns NULL; free the result with enzpy_result_free. */
-ENZPY_API enzpy_result *enzpy_differentiate(const char *module, size_t module_len,
-                                  const char *request, size_t request_len);
+ENZPY_API enzpy_result *enzpy_differentiate(const char *module,
+                                            size_t module_len,
+                                            const char *request,
+                                            size_t request_len);
 
 /* 1 when the derivative was produced, 0 on error. */
 ENZPY_API int enzpy_result_ok(const enzpy_result *r);
@@ -101,7 +103,8 @@ ENZPY_API const char *enzpy_result_bitcode(const enzpy_result *r, size_t *len);
 /* Error kind: "unsupported", "activity", "request", "internal" ("" if ok). */
 ENZPY_API const char *enzpy_result_error_kind(const enzpy_result *r);
 ENZPY_API const char *enzpy_result_error_message(const enzpy_result *r);
-/* Source file and line of the construct the error names ("" and 0 if unknown). */
+/* Source file and line of the construct the error names ("" and 0 if unknown).
+ */
 ENZPY_API const char *enzpy_result_error_file(const enzpy_result *r);
 ENZPY_API unsigned enzpy_result_error_line(const enzpy_result *r);
 /* The analyses' decisions, when the request asked for "log". */
