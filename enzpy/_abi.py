@@ -295,6 +295,8 @@ def seeding_problem(restype: types.Type, forward: bool = False) -> str | None:
         )
     return (
         f"the function returns {restype}, which enzpy cannot seed with a "
-        "cotangent yet (only float32/float64 scalars); pass ret=enzpy.Const to "
-        "differentiate only through the arguments, or return a float"
+        "cotangent yet (only float32/float64 scalars): write the result into an "
+        "output argument passed as Duplicated(out, dout) with dout holding its "
+        "cotangent, or pass ret=enzpy.Const to differentiate only through the "
+        "arguments"
     )
