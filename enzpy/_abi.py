@@ -151,10 +151,12 @@ class Plan:
     #: Forward mode (the derivative takes tangents and returns the return
     #: value's tangent) rather than reverse mode.
     forward: bool = False
-    #: Forward mode: tangents per differentiable argument (batch width).
+    #: Tangents (forward) or cotangents (reverse) per differentiable argument
+    #: (batch width).
     width: int = 1
-    #: Forward mode: shadows and tangents come as tuples of ``width`` (batch
-    #: mode), and so does the return value's tangent.
+    #: Batch mode: shadows come as tuples of ``width``; forward mode: so do
+    #: tangents and the return value's tangent; reverse mode: so do the
+    #: return's seeds (``dret``) and each Active argument's adjoint.
     batch: bool = False
 
 
@@ -186,6 +188,11 @@ def plan(
     tuples of floats) that take a tangent; each ``dup`` argument takes
     ``width`` shadows and each active one ``width`` tangents (the engine's
     forward ABI, ``native/enzpy_native.h``).
+
+    Reverse mode with ``width`` W: each ``dup`` argument takes W shadows, a
+    seeded return W seeds, and the result holds W adjoints per Active scalar
+    (the engine's reverse batch ABI); ``result_type`` regroups them into one
+    ``UniTuple(type, W)`` per Active argument when ``batch``.
     """
     argtypes = tuple(argtypes)
     kinds = tuple(kinds)
@@ -197,8 +204,6 @@ def plan(
     adjoint_types: list[types.Type] = []
     flat_adjoint_types: list[types.Type] = []
     tangent_types: list[types.Type] = []
-    if not forward and width != 1:
-        raise ValueError("batch width applies to forward mode only")
     for i, (ty, kind) in enumerate(zip(argtypes, kinds, strict=True)):
         flat = flat_llvm_params(context, ty)
         if kind == CONST:
@@ -211,9 +216,9 @@ def plan(
                     f"floats, got numba type {ty}"
                 )
             params.extend({"activity": ACTIVE, "elem": e} for e in elems)  # type: ignore[misc]
-            adjoint_types.append(ty)
-            flat_adjoint_types.extend(_leaves(ty))
+            adjoint_types.append(types.UniTuple(ty, width) if batch else ty)
             for leaf in _leaves(ty):
+                flat_adjoint_types.extend([leaf] * width)
                 tangent_types.extend([leaf] * width)
         elif kind in (DUP, DUPNONEED):
             if not isinstance(ty, types.Array) or ty.dtype not in FLOAT_TYPES:
@@ -246,7 +251,7 @@ def plan(
     else:
         d_restype = types.Tuple(primal_member + flat_adjoint_types)
         result_type = types.Tuple(primal_member + adjoint_types)
-        d_argtypes = argtypes + tuple(shadow_types) + ((restype,) if seeded else ())
+        d_argtypes = argtypes + tuple(shadow_types) + ((restype,) * width if seeded else ())
 
     if name is None:
         digest = hashlib.sha1(
@@ -264,7 +269,7 @@ def plan(
         "params": params,
         "noalias": bool(noalias),
     }
-    if forward:
+    if forward or width != 1:
         request["width"] = width
     return Plan(
         request=request,

@@ -189,6 +189,46 @@ def _regroup_forward(context: Any, builder: Any, plan: Plan, flat: Any) -> Any:
     return context.make_tuple(builder, plan.result_type, members)
 
 
+def _regroup_reverse_batch(context: Any, builder: Any, plan: Plan, flat: Any) -> Any:
+    """The result tuple of a batch reverse derivative: the primal return (if
+    any), then per Active argument a tuple of its ``width`` adjoints. The
+    engine writes, per scalar of the argument, that scalar's adjoint in every
+    lane (lane 0 .. width-1)."""
+    width = plan.width
+    members = []
+    pos = 0
+    if plan.has_primal:
+        members.append(builder.extract_value(flat, 0))
+        pos = 1
+    first = 1 if plan.has_primal else 0
+    for lanes_ty in plan.result_type.types[first:]:
+        one = lanes_ty.dtype
+        nleaves = len(_leaf_types(one))
+        lanes = []
+        for k in range(width):
+            leaves = iter(
+                [builder.extract_value(flat, pos + j * width + k) for j in range(nleaves)]
+            )
+            lanes.append(_build_from_leaves(context, builder, one, leaves))
+        pos += nleaves * width
+        members.append(context.make_tuple(builder, lanes_ty, lanes))
+    return context.make_tuple(builder, plan.result_type, members)
+
+
+def _leaf_types(ty: types.Type) -> list[types.Type]:
+    if isinstance(ty, types.BaseTuple):
+        return [leaf for t in ty.types for leaf in _leaf_types(t)]
+    return [ty]
+
+
+def _build_from_leaves(context: Any, builder: Any, ty: types.Type, leaves: Any) -> Any:
+    if isinstance(ty, types.BaseTuple):
+        return context.make_tuple(
+            builder, ty, [_build_from_leaves(context, builder, t, leaves) for t in ty.types]
+        )
+    return next(leaves)
+
+
 def _leaf_values(context: Any, builder: Any, ty: types.Type, val: Any) -> list[Any]:
     """The scalar members of a (nested) tuple value, in order."""
     if isinstance(ty, types.BaseTuple):
@@ -277,6 +317,8 @@ def _make_intrinsic(lib: Any, plan: Plan, arg_names: list[str], roles: list[tupl
                 expected.append(want)
             else:
                 want = plan.argtypes[-1]
+                if batch:
+                    want = types.UniTuple(want, width)
                 if actual != want and typingctx.can_convert(actual, want) is None:
                     raise TypingError(f"enzpy derivative {name}: dret must be {want}, got {actual}")
                 expected.append(want)
@@ -313,6 +355,8 @@ def _make_intrinsic(lib: Any, plan: Plan, arg_names: list[str], roles: list[tupl
                     leaves = [_leaf_values(context, builder, one, v) for v in lanes]
                     for j in range(len(leaves[0])):
                         tangent_vals.extend(lane[j] for lane in leaves)
+                elif batch:
+                    dret.extend(builder.extract_value(val, k) for k in range(width))
                 else:
                     dret.append(val)
             status, res = context.call_conv.call_function(
@@ -328,6 +372,8 @@ def _make_intrinsic(lib: Any, plan: Plan, arg_names: list[str], roles: list[tupl
                 return res
             if plan.forward:
                 return _regroup_forward(context, builder, plan, res)
+            if batch:
+                return _regroup_reverse_batch(context, builder, plan, res)
             return _regroup(context, builder, plan, res)
 
         return sig, codegen
@@ -369,7 +415,9 @@ def _docstring(plan: Plan, arg_names: list[str], what: str) -> str:
         results.append("primal return")
     results += [f"d/dx{i}" for i, k in enumerate(plan.kinds) if k == ACTIVE]
     lines = [
-        f"Reverse-mode derivative of {what} (enzpy).",
+        f"Reverse-mode derivative of {what} (enzpy"
+        + (f", batch of {plan.width} cotangents" if plan.batch else "")
+        + ").",
         "",
         f"enzpy_derivative({', '.join(arg_names)}) -> ({', '.join(results)})",
         "",
@@ -377,8 +425,14 @@ def _docstring(plan: Plan, arg_names: list[str], what: str) -> str:
         "Duplicated argument (same shape and strides as x<i>), updated in place;",
     ]
     if plan.ret_active:
-        lines.append("dret the cotangent of the return value;")
-    lines.append("d/dx<i> the derivative for each Active argument.")
+        lines.append(
+            "dret the cotangent of the return value"
+            + (" (a tuple, one per lane);" if plan.batch else ";")
+        )
+    lines.append(
+        "d/dx<i> the derivative for each Active argument"
+        + (" (a tuple, one per lane); shadows are tuples of arrays." if plan.batch else ".")
+    )
     return "\n".join(lines)
 
 

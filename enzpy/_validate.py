@@ -11,6 +11,10 @@ In forward mode (``prepare(args, forward=True)``) ``Duplicated(x, dx)`` also
 takes a float scalar (or tuple of floats) ``x`` with its tangent ``dx``
 (activity ``active``: a value with a tangent), ``Active`` is refused, and
 ``BatchDuplicated(x, (dx1, ..., dxW))`` gives ``W`` shadows per argument.
+
+In reverse mode ``BatchDuplicated(x, (dx1, ..., dxW))`` takes float arrays
+only (``W`` cotangents in one reverse sweep); float scalars stay ``Active(x)``
+and get ``W`` adjoints back. A call mixes it with no plain ``Duplicated``.
 """
 
 from __future__ import annotations
@@ -300,10 +304,11 @@ class Prepared:
         self.signature = signature
         #: No two array arguments share memory (checked for this call).
         self.noalias = noalias
-        #: Forward mode: tangents per differentiable argument (batch width).
+        #: Tangents (forward) or cotangents (reverse) per differentiable
+        #: argument (batch width).
         self.width = width
-        #: Forward mode: the shadows came as BatchDuplicated (each wrapper
-        #: shadow argument is then a tuple of ``width`` shadows).
+        #: The shadows came as BatchDuplicated (each wrapper shadow argument
+        #: is then a tuple of ``width`` shadows).
         self.batch = batch
 
 
@@ -389,9 +394,12 @@ def prepare(args: Sequence[Any], forward: bool = False) -> Prepared:
     sig: list[Any] = []
     arrays: list[np.ndarray] = []
     containers = False
+    widths: set[int] = set()
+    plain = False
     for i, a in enumerate(args):
         t = type(a)
         if t is Duplicated or t is DuplicatedNoNeed:
+            plain = True
             x, dx = a.value, a.shadow
             _check_duplicated(i, x, dx, t.__name__)
             if dx.strides != x.strides and not same_layout(x, dx):
@@ -408,10 +416,19 @@ def prepare(args: Sequence[Any], forward: bool = False) -> Prepared:
             kind = ACTIVE
             call_args.append(v)
         elif t is BatchDuplicated:
-            raise UnsupportedError(
-                f"{_ordinal(i)}: BatchDuplicated is supported in forward mode only "
-                "(mode=enzpy.Forward); reverse-mode batches are not implemented yet"
-            )
+            v = a.value
+            if type(v) in _FLOAT_SCALARS or (isinstance(v, tuple) and _is_float_tuple(v)):
+                raise EnzpyTypeError(
+                    f"{_ordinal(i)}: in reverse mode BatchDuplicated takes a float array; "
+                    "pass a float scalar as Active(x): a batch call returns its W "
+                    "adjoints as a tuple"
+                )
+            shadows = _batch_shadows(i, a)
+            widths.add(len(shadows))
+            kind, checked, st = _forward_arg(i, a, shadows, t.__name__)
+            staged.extend(st)
+            call_args.append(v)
+            call_args.append(tuple(checked))
         elif t is Const:
             v = a.value
             kind = CONST
@@ -438,7 +455,28 @@ def prepare(args: Sequence[Any], forward: bool = False) -> Prepared:
         sig.append(id(ty))
     noalias = not containers and arrays_disjoint(arrays)
     sig.append(noalias)
-    return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias)
+    if not widths:
+        return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias)
+    width = _one_width(widths, plain)
+    sig.append(width)
+    sig.append(True)
+    return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias, width, True)
+
+
+def _one_width(widths: set[int], plain: bool) -> int:
+    """The batch width of a call whose BatchDuplicated arguments have
+    ``widths`` shadows (``plain``: it also has plain Duplicated ones)."""
+    if len(widths) > 1:
+        raise EnzpyValueError(
+            f"all BatchDuplicated arguments of one call need the same number of "
+            f"shadows, got {sorted(widths)}"
+        )
+    if plain:
+        raise EnzpyValueError(
+            "a batch call needs every differentiable argument as BatchDuplicated "
+            "(one shadow per direction); mixing it with Duplicated is ambiguous"
+        )
+    return next(iter(widths))
 
 
 def _prepare_forward(args: Sequence[Any]) -> Prepared:

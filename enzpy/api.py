@@ -50,13 +50,24 @@ __all__ = [
 class _Entry:
     """A built derivative and how to read its results."""
 
-    __slots__ = ("wrapper", "ret_active", "forward", "restype", "unpack", "keepalive")
+    __slots__ = (
+        "wrapper",
+        "ret_active",
+        "forward",
+        "width",
+        "batch",
+        "restype",
+        "unpack",
+        "keepalive",
+    )
 
     def __init__(self, linked: _link.Linked, restype: types.Type, keepalive: Any) -> None:
         plan = linked.plan
         self.wrapper = linked.wrapper
         self.ret_active = plan.ret_active
         self.forward = plan.forward
+        self.width = plan.width
+        self.batch = plan.batch
         #: The primal's numba return type.
         self.restype = restype
         #: raw result tuple -> (one derivative or None per argument, primal or None)
@@ -114,7 +125,53 @@ def _ret_active(ret: Any) -> bool:
         return True
     if ret is Const:
         return False
-    raise EnzpyValueError(f"ret must be enzpy.Active or enzpy.Const, got {ret!r}")
+    if _is_seed_tuple(ret):
+        return True
+    raise EnzpyValueError(
+        "ret must be enzpy.Active, enzpy.Const or (reverse-mode batch) a tuple of W "
+        f"float seeds, got {ret!r}"
+    )
+
+
+def _is_seed_tuple(ret: Any) -> bool:
+    return (
+        type(ret) is tuple
+        and len(ret) > 0
+        and all(
+            isinstance(s, float | int | np.floating | np.integer)
+            and not isinstance(s, bool | np.bool_)
+            for s in ret
+        )
+    )
+
+
+def _batch_seeds(ret: Any, mode: Mode, prep: Any) -> tuple[float, ...] | None:
+    """Reverse-mode batch: the seeds of a float return given as
+    ``ret=(s1, ..., sW)`` (which also makes a call without BatchDuplicated
+    arguments a batch of W). None when ``ret`` is not a tuple."""
+    if not _is_seed_tuple(ret):
+        return None
+    if mode.is_forward:
+        raise EnzpyValueError(
+            "ret=(s1, ..., sW) seeds the return of a reverse-mode batch; forward mode "
+            "takes ret=enzpy.Active or enzpy.Const"
+        )
+    if not prep.batch:
+        if any(k not in (ACTIVE, CONST) for k in prep.kinds):
+            raise EnzpyValueError(
+                "ret=(s1, ..., sW) needs the arrays as BatchDuplicated with W shadows, "
+                "not Duplicated"
+            )
+        prep.width, prep.batch = len(ret), True
+        prep.signature = prep.signature + (len(ret), True)
+    elif prep.width != len(ret):
+        raise EnzpyValueError(
+            f"ret has {len(ret)} seeds but the BatchDuplicated arguments have "
+            f"{prep.width} shadows each"
+        )
+    if len(ret) > 64:
+        raise EnzpyValueError(f"a batch of {len(ret)} seeds is wider than the supported 64")
+    return tuple(float(s) for s in ret)
 
 
 def _name(disp: Any) -> str:
@@ -203,6 +260,7 @@ def _entry(
     if mode is not Reverse:
         _mode(mode)
     prep = prepare(args, forward=mode.is_forward)
+    _batch_seeds(ret, mode, prep)
     if not prep.noalias:
         check_arguments(args)  # overlapping arrays: refuse what cannot be right
     disjoint = prep.noalias if noalias is None else noalias
@@ -225,10 +283,15 @@ def _entry(
     return entry, prep
 
 
-def _call(entry: _Entry, prep: Any) -> tuple[tuple[Any, ...], Any]:
+def _call(entry: _Entry, prep: Any, ret: Any = None) -> tuple[tuple[Any, ...], Any]:
     call_args = prep.call_args
     if entry.ret_active and not entry.forward:
-        call_args.append(1.0)
+        if not entry.batch:
+            call_args.append(1.0)
+        elif _is_seed_tuple(ret):
+            call_args.append(tuple(float(s) for s in ret))
+        else:
+            call_args.append((1.0,) * entry.width)
     try:
         raw = entry.wrapper(*call_args)
     except NumbaError as e:
@@ -263,9 +326,17 @@ def autodiff(f: Any, *args: Any, mode: Mode = Reverse, ret: type = Active) -> An
     ``mode=ForwardWithPrimal``, ``(tangent, primal_return)``.
     ``BatchDuplicated(x, (dx1, ..., dxW))`` propagates ``W`` directions in one
     sweep; the tangent of the return is then a tuple of ``W`` floats.
+
+    Reverse-mode batch: ``BatchDuplicated(x, (dx1, ..., dxW))`` on float
+    arrays propagates ``W`` cotangents (lane k's in ``dxk``) in one reverse
+    sweep -- one primal evaluation and one tape for all lanes. Float scalars
+    stay ``Active(a)``; their derivative is then a tuple of ``W`` adjoints.
+    A float return is seeded with 1.0 in every lane, or lane by lane with
+    ``ret=(s1, ..., sW)``. Every array argument that carries derivatives must
+    then be ``BatchDuplicated`` with the same ``W``.
     """
     entry, prep = _entry(f, args, mode, ret)
-    derivs, primal = _call(entry, prep)
+    derivs, primal = _call(entry, prep, ret)
     if mode is Reverse or mode is Forward:
         return derivs
     return derivs, primal
@@ -355,9 +426,11 @@ def jacobian(
     ``mode=Forward`` (the default) propagates ``chunk`` unit directions per
     call in batch mode (default 8, at most 64; the last chunk is padded with
     zero directions so that one compiled derivative serves every chunk), so
-    it costs ``ceil(x.size / chunk)`` sweeps. ``mode=Reverse`` runs one
-    reverse sweep per element of ``out`` (one in total without ``out``);
-    ``chunk`` does not apply (reverse-mode batches are not implemented).
+    it costs ``ceil(x.size / chunk)`` sweeps. ``mode=Reverse`` propagates
+    ``chunk`` unit cotangents of ``out`` per reverse sweep in batch mode (the
+    same default and padding), one sweep giving ``chunk`` rows, so it costs
+    ``ceil(out.size / chunk)`` sweeps; without ``out`` it is one gradient
+    sweep.
     """
     m = _mode(mode)
     x = _jacobian_array("x", x)
@@ -375,10 +448,10 @@ def jacobian(
             )
         return t
 
+    width = JACOBIAN_CHUNK if chunk is None else int(chunk)
+    if not 1 <= width <= 64:
+        raise EnzpyValueError(f"jacobian: chunk must be from 1 to 64, got {chunk!r}")
     if m.is_forward:
-        width = JACOBIAN_CHUNK if chunk is None else int(chunk)
-        if not 1 <= width <= 64:
-            raise EnzpyValueError(f"jacobian: chunk must be from 1 to 64, got {chunk!r}")
         width = min(width, n)
         J = np.zeros((n,) + (() if out is None else out.shape), dtype)
         for start in range(0, n, width):
@@ -403,12 +476,23 @@ def jacobian(
         _, primal = autodiff(f, Duplicated(x.copy(), g), *args, mode=ReverseWithPrimal)
         returned(primal if isinstance(primal, float | np.floating) else None)
         return g
-    J = np.zeros((out.size,) + x.shape, dtype)
-    for i in range(out.size):
-        dx = np.zeros(x.shape, x.dtype)
-        dout = _unit(out.shape, out.dtype, i)
-        autodiff(f, Duplicated(x.copy(), dx), Duplicated(out.copy(), dout), *args, ret=Const)
-        J[i] = dx
+    rows = out.size
+    width = min(width, rows)
+    J = np.zeros((rows,) + x.shape, dtype)
+    for start in range(0, rows, width):
+        lanes = [i if i < rows else -1 for i in range(start, start + width)]
+        dxs = tuple(np.zeros(x.shape, x.dtype) for _ in lanes)
+        douts = tuple(_unit(out.shape, out.dtype, i) for i in lanes)
+        autodiff(
+            f,
+            BatchDuplicated(x.copy(), dxs),
+            BatchDuplicated(out.copy(), douts),
+            *args,
+            ret=Const,
+        )
+        for k, i in enumerate(lanes):
+            if i >= 0:
+                J[i] = dxs[k]
     return J.reshape(shape)
 
 
@@ -567,6 +651,7 @@ def explain(f: Any, *args: Any, mode: Mode = Reverse, ret: type = Active) -> str
     m = _mode(mode)
     ret_active = _ret_active(ret)
     prep = prepare(args, forward=m.is_forward)
+    _batch_seeds(ret, m, prep)
     captured, plan = _plan(
         disp, prep.argtypes, prep.kinds, m, ret_active, prep.noalias, prep.width, prep.batch
     )

@@ -63,10 +63,6 @@ Expected<Request> parseRequest(StringRef Json) {
     std::optional<int64_t> Width = WV->getAsInteger();
     if (!Width || *Width < 1 || *Width > MaxWidth)
       return bad("width must be an integer from 1 to " + Twine(MaxWidth));
-    if (*Width > 1 && R.DiffMode != Mode::Forward)
-      return makeError("unsupported",
-                       "batch mode (width > 1) is only supported in forward "
-                       "mode");
     R.Width = static_cast<unsigned>(*Width);
   }
   std::string RetAct = "const";

@@ -1,11 +1,10 @@
 //===- Request.h - what the caller asks the engine to produce ---*- C++ -*-===//
 //
 // The request arrives as JSON (see native/enzpy_native.h). It names the
-// primal, the derivative's symbol, the mode (and in forward mode the batch
-// width), and for every LLVM parameter of the primal after (retptr, excinfo)
-// its activity and, for active and duplicated ones, the float type of the
-// value or of the pointed-to elements. These come from numba's types: the
-// engine never guesses them.
+// primal, the derivative's symbol, the mode and the batch width, and for every
+// LLVM parameter of the primal after (retptr, excinfo) its activity and, for
+// active and duplicated ones, the float type of the value or of the pointed-to
+// elements. These come from numba's types: the engine never guesses them.
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_REQUEST_H
@@ -42,8 +41,9 @@ struct Request {
   std::string Function;
   std::string Name;
   Mode DiffMode = Mode::Reverse;
-  /// Forward mode: the number of tangents propagated in one sweep (batch
-  /// mode when above 1). Always 1 in reverse mode.
+  /// The number of tangents (forward mode) or cotangents (reverse mode)
+  /// propagated in one sweep: batch mode when above 1. The primal runs once
+  /// (and in reverse mode fills one tape) for all of them.
   unsigned Width = 1;
   std::string RetType = "void";
   bool RetActive = false;

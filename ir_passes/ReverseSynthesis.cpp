@@ -30,6 +30,10 @@ namespace enzpy {
 
 namespace {
 
+/// One value per lane of the batch (Request::Width of them; one when the
+/// width is 1).
+using Lanes = SmallVector<Value *, 4>;
+
 class ReverseSynthesizer {
 public:
   ReverseSynthesizer(const CanonicalFunction &C, const Request &Req,
@@ -39,7 +43,7 @@ public:
         PRaise(C.RaiseExit), Req(Req), TA(TA), AA(AA), Log(Log), DT(P), LI(DT),
         TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
         SE(P, TLI, AC, DT, LI), Cache(C, Req, TA), Ctx(P.getContext()),
-        I64(Type::getInt64Ty(Ctx)) {}
+        I64(Type::getInt64Ty(Ctx)), Width(Req.Width) {}
 
   Expected<Function *> run();
 
@@ -85,16 +89,19 @@ private:
   Value *recompute(Instruction *I, BlockRev &R);
   unsigned popCost(Value *DV, BlockRev &R, unsigned Depth);
   Value *fetchPrimal(const Value *PV, BlockRev &R);
-  Value *fetchShadow(const Value *PPtr, BlockRev &R);
+  Value *fetchShadow(const Value *PPtr, unsigned K, BlockRev &R);
 
-  // Adjoint accumulators.
-  AllocaInst *adjointSlot(const Value *PV);
-  void addAdjoint(IRBuilder<> &B, const Value *PV, Value *Delta);
-  Value *takeAdjoint(IRBuilder<> &B, const Value *PV);
+  // Adjoint accumulators, one per lane.
+  AllocaInst *adjointSlot(const Value *PV, unsigned K);
+  void addAdjoint(IRBuilder<> &B, const Value *PV, unsigned K, Value *Delta);
+  Value *takeAdjoint(IRBuilder<> &B, const Value *PV, unsigned K);
+  Lanes takeAdjoints(IRBuilder<> &B, const Value *PV);
+  /// \p Base, with the lane's number when the width is above 1.
+  std::string laneName(const Twine &Base, unsigned K) const;
 
-  // Shadows of addresses, computed in the forward sweep.
-  Value *shadow(const Value *PPtr);
-  Value *shadowMemInfo(const CallBase *Alloc);
+  // Shadows of addresses (one per lane), computed in the forward sweep.
+  Lanes shadow(const Value *PPtr);
+  Lanes shadowMemInfo(const CallBase *Alloc);
   void createShadows();
   /// The forward block that ends primal block \p PB (blocks get split when
   /// the forward sweep needs control flow of its own).
@@ -123,6 +130,9 @@ private:
   CachePolicy Cache;
   LLVMContext &Ctx;
   Type *I64;
+  /// The batch width: adjoints and shadows come in this many lanes; the
+  /// forward sweep and the tape are shared by all of them.
+  unsigned Width;
 
   Function *D = nullptr;
   BasicBlock *DEntry = nullptr;
@@ -137,11 +147,11 @@ private:
   DenseMap<const Loop *, Value *> TripBound;
   std::optional<Tape> TheTape;
   AllocaInst *RetSlot = nullptr;
-  AllocaInst *RetShadow = nullptr;
-  SmallVector<Argument *, 8> ShadowArgs; // per primal param index, or null
-  DenseMap<const Value *, AllocaInst *> Adjoints;
-  DenseMap<const Value *, Value *> Shadows;
-  DenseMap<const Value *, Value *> ShadowMemInfos; // allocation -> shadow's
+  Lanes RetShadow;                  // per lane, when the return is seeded
+  SmallVector<Lanes, 8> ShadowArgs; // per primal param index (empty: none)
+  DenseMap<std::pair<const Value *, unsigned>, AllocaInst *> Adjoints;
+  DenseMap<const Value *, Lanes> Shadows;
+  DenseMap<const Value *, Lanes> ShadowMemInfos; // allocation -> shadows'
   DenseMap<const BasicBlock *, BasicBlock *> ForwardEnd;
   /// BLAS inputs the reverse needs but that may be overwritten: copies made
   /// in the forward sweep (call, argument) -> copy. And alpha, beta.
@@ -321,136 +331,170 @@ Value *ReverseSynthesizer::fetchPrimal(const Value *PV, BlockRev &R) {
   return fetch(mapped(PV), R);
 }
 
-Value *ReverseSynthesizer::fetchShadow(const Value *PPtr, BlockRev &R) {
-  return fetch(shadow(PPtr), R);
+Value *ReverseSynthesizer::fetchShadow(const Value *PPtr, unsigned K,
+                                       BlockRev &R) {
+  return fetch(shadow(PPtr)[K], R);
 }
 
-AllocaInst *ReverseSynthesizer::adjointSlot(const Value *PV) {
-  auto It = Adjoints.find(PV);
+std::string ReverseSynthesizer::laneName(const Twine &Base, unsigned K) const {
+  return Width == 1 ? Base.str() : (Base + "." + Twine(K)).str();
+}
+
+AllocaInst *ReverseSynthesizer::adjointSlot(const Value *PV, unsigned K) {
+  auto It = Adjoints.find({PV, K});
   if (It != Adjoints.end())
     return It->second;
   IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
-  AllocaInst *Slot =
-      B.CreateAlloca(PV->getType(), nullptr, PV->getName() + ".adj");
+  AllocaInst *Slot = B.CreateAlloca(PV->getType(), nullptr,
+                                    laneName(PV->getName() + ".adj", K));
   B.SetInsertPoint(DEntry->getTerminator());
   B.CreateStore(ConstantFP::get(PV->getType(), 0.0), Slot);
-  Adjoints[PV] = Slot;
+  Adjoints[{PV, K}] = Slot;
   return Slot;
 }
 
-void ReverseSynthesizer::addAdjoint(IRBuilder<> &B, const Value *PV,
+void ReverseSynthesizer::addAdjoint(IRBuilder<> &B, const Value *PV, unsigned K,
                                     Value *Delta) {
   if (!Delta || !AA.isActive(PV))
     return;
-  AllocaInst *Slot = adjointSlot(PV);
+  AllocaInst *Slot = adjointSlot(PV, K);
   B.CreateStore(addAdjointValues(B, B.CreateLoad(PV->getType(), Slot), Delta),
                 Slot);
 }
 
-Value *ReverseSynthesizer::takeAdjoint(IRBuilder<> &B, const Value *PV) {
-  AllocaInst *Slot = adjointSlot(PV);
-  Value *A = B.CreateLoad(PV->getType(), Slot, PV->getName() + ".d");
+Value *ReverseSynthesizer::takeAdjoint(IRBuilder<> &B, const Value *PV,
+                                       unsigned K) {
+  AllocaInst *Slot = adjointSlot(PV, K);
+  Value *A =
+      B.CreateLoad(PV->getType(), Slot, laneName(PV->getName() + ".d", K));
   B.CreateStore(ConstantFP::get(PV->getType(), 0.0), Slot);
   return A;
 }
 
-Value *ReverseSynthesizer::shadow(const Value *PPtr) {
+Lanes ReverseSynthesizer::takeAdjoints(IRBuilder<> &B, const Value *PV) {
+  Lanes A;
+  for (unsigned K = 0; K < Width; ++K)
+    A.push_back(takeAdjoint(B, PV, K));
+  return A;
+}
+
+Lanes ReverseSynthesizer::shadow(const Value *PPtr) {
   auto It = Shadows.find(PPtr);
   if (It != Shadows.end())
     return It->second;
-  Value *S = nullptr;
+  Lanes S;
   if (auto *A = dyn_cast<Argument>(PPtr)) {
-    S = A->getArgNo() == 0 ? static_cast<Value *>(RetShadow)
-                           : ShadowArgs[A->getArgNo() - 2];
-    assert(S && "shadow of a parameter that is not duplicated");
+    S = A->getArgNo() == 0 ? RetShadow : ShadowArgs[A->getArgNo() - 2];
+    assert(!S.empty() && "shadow of a parameter that is not duplicated");
   } else if (auto *AI = dyn_cast<AllocaInst>(PPtr)) {
-    IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
-    AllocaInst *SA =
-        B.CreateAlloca(AI->getAllocatedType(), mapped(AI->getArraySize()),
-                       AI->getName() + "'shadow");
-    SA->setAlignment(AI->getAlign());
-    B.SetInsertPoint(DEntry->getTerminator());
-    const DataLayout &DL = P.getParent()->getDataLayout();
-    B.CreateMemSet(SA, B.getInt8(0),
-                   DL.getTypeAllocSize(AI->getAllocatedType()).getFixedValue(),
-                   AI->getAlign());
-    S = SA;
+    for (unsigned K = 0; K < Width; ++K) {
+      IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
+      AllocaInst *SA =
+          B.CreateAlloca(AI->getAllocatedType(), mapped(AI->getArraySize()),
+                         laneName(AI->getName() + "'shadow", K));
+      SA->setAlignment(AI->getAlign());
+      B.SetInsertPoint(DEntry->getTerminator());
+      const DataLayout &DL = P.getParent()->getDataLayout();
+      B.CreateMemSet(
+          SA, B.getInt8(0),
+          DL.getTypeAllocSize(AI->getAllocatedType()).getFixedValue(),
+          AI->getAlign());
+      S.push_back(SA);
+    }
   } else if (auto *GEP = dyn_cast<GetElementPtrInst>(PPtr)) {
     auto *DG = cast<GetElementPtrInst>(mapped(GEP));
-    Value *Base = shadow(GEP->getPointerOperand());
+    Lanes Base = shadow(GEP->getPointerOperand());
     IRBuilder<> B(DG->getNextNode());
     SmallVector<Value *, 4> Idx(DG->indices());
-    S = B.CreateGEP(DG->getSourceElementType(), Base, Idx,
-                    GEP->getName() + "'shadow", DG->getNoWrapFlags());
+    for (unsigned K = 0; K < Width; ++K)
+      S.push_back(B.CreateGEP(DG->getSourceElementType(), Base[K], Idx,
+                              laneName(GEP->getName() + "'shadow", K),
+                              DG->getNoWrapFlags()));
   } else if (auto *Phi = dyn_cast<PHINode>(PPtr)) {
     auto *DP = cast<PHINode>(mapped(Phi));
-    PHINode *SP = PHINode::Create(DP->getType(), DP->getNumIncomingValues(),
-                                  Phi->getName() + "'shadow");
-    SP->insertBefore(DP->getIterator());
-    Shadows[PPtr] = SP; // before the incoming values: cycles
+    for (unsigned K = 0; K < Width; ++K) {
+      PHINode *SP = PHINode::Create(DP->getType(), DP->getNumIncomingValues(),
+                                    laneName(Phi->getName() + "'shadow", K));
+      SP->insertBefore(DP->getIterator());
+      S.push_back(SP);
+    }
+    Shadows[PPtr] = S; // before the incoming values: cycles
     for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I) {
       const Value *In = Phi->getIncomingValue(I);
-      SP->addIncoming(isNowhere(In) ? const_cast<Value *>(In) : shadow(In),
-                      DP->getIncomingBlock(I));
+      Lanes InS =
+          isNowhere(In) ? Lanes(Width, const_cast<Value *>(In)) : shadow(In);
+      for (unsigned K = 0; K < Width; ++K)
+        cast<PHINode>(S[K])->addIncoming(InS[K], DP->getIncomingBlock(I));
     }
-    return SP;
+    return S;
   } else if (auto *Sel = dyn_cast<SelectInst>(PPtr)) {
     auto *DS = cast<SelectInst>(mapped(Sel));
     auto side = [&](const Value *V) {
-      return isNowhere(V) ? const_cast<Value *>(V) : shadow(V);
+      return isNowhere(V) ? Lanes(Width, const_cast<Value *>(V)) : shadow(V);
     };
-    Value *T = side(Sel->getTrueValue());
-    Value *F = side(Sel->getFalseValue());
+    Lanes T = side(Sel->getTrueValue());
+    Lanes F = side(Sel->getFalseValue());
     IRBuilder<> B(DS->getNextNode());
-    S = B.CreateSelect(DS->getCondition(), T, F, Sel->getName() + "'shadow");
+    for (unsigned K = 0; K < Width; ++K)
+      S.push_back(B.CreateSelect(DS->getCondition(), T[K], F[K],
+                                 laneName(Sel->getName() + "'shadow", K)));
   } else if (auto *Cast = dyn_cast<CastInst>(PPtr)) {
     S = shadow(Cast->getOperand(0));
   } else if (isSpilledPointer(PPtr)) {
     // The shadow was spilled beside it (see createShadows).
     auto *L = cast<LoadInst>(PPtr);
-    Value *Slot = shadow(L->getPointerOperand());
+    Lanes Slot = shadow(L->getPointerOperand());
     auto *DL = cast<Instruction>(mapped(L));
     IRBuilder<> B(DL->getNextNode());
-    S = B.CreateLoad(L->getType(), Slot, L->getName() + "'shadow");
+    for (unsigned K = 0; K < Width; ++K)
+      S.push_back(B.CreateLoad(L->getType(), Slot[K],
+                               laneName(L->getName() + "'shadow", K)));
   } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
-    Value *SMI = shadowMemInfo(Alloc);
+    Lanes SMI = shadowMemInfo(Alloc);
     auto *DL = cast<Instruction>(mapped(PPtr));
     IRBuilder<> B(DL->getNextNode());
-    S = B.CreateLoad(
-        DL->getType(),
-        B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset),
-        PPtr->getName() + "'shadow");
+    for (unsigned K = 0; K < Width; ++K)
+      S.push_back(B.CreateLoad(
+          DL->getType(),
+          B.CreateConstGEP1_64(B.getInt8Ty(), SMI[K], MemInfoDataOffset),
+          laneName(PPtr->getName() + "'shadow", K)));
   }
-  assert(S && "checkShadowable let an unshadowable address through");
+  assert(S.size() == Width &&
+         "checkShadowable let an unshadowable address through");
   Shadows[PPtr] = S;
   return S;
 }
 
-/// An allocated array's shadow: allocated (and zeroed) right after it, freed
-/// when the reverse sweep passes the allocation.
-Value *ReverseSynthesizer::shadowMemInfo(const CallBase *Alloc) {
+/// An allocated array's shadows (one per lane): allocated (and zeroed) right
+/// after it, freed when the reverse sweep passes the allocation.
+Lanes ReverseSynthesizer::shadowMemInfo(const CallBase *Alloc) {
   auto It = ShadowMemInfos.find(Alloc);
   if (It != ShadowMemInfos.end())
     return It->second;
   auto *DA = cast<CallBase>(mapped(Alloc));
   Instruction *After = DA->getNextNode();
-  IRBuilder<> B(After);
   SmallVector<Value *, 2> Args(DA->args());
-  CallInst *SMI = B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(),
-                               Args, Alloc->getName() + "'shadow");
-  BasicBlock *Head = DA->getParent();
-  BasicBlock *Tail = TheTape->emitFailIfNull(After, SMI);
-  const BasicBlock *PB = PBlock.lookup(Head);
-  PBlock[Tail] = PB;
-  if (forwardEnd(PB) == Head)
-    ForwardEnd[PB] = Tail;
-  B.SetInsertPoint(After);
-  Value *Data =
-      B.CreateLoad(B.getPtrTy(),
-                   B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset));
-  B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
-  ShadowMemInfos[Alloc] = SMI;
-  return SMI;
+  Lanes SMIs;
+  for (unsigned K = 0; K < Width; ++K) {
+    IRBuilder<> B(After);
+    CallInst *SMI =
+        B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(), Args,
+                     laneName(Alloc->getName() + "'shadow", K));
+    BasicBlock *Head = After->getParent();
+    BasicBlock *Tail = TheTape->emitFailIfNull(After, SMI);
+    const BasicBlock *PB = PBlock.lookup(Head);
+    PBlock[Tail] = PB;
+    if (forwardEnd(PB) == Head)
+      ForwardEnd[PB] = Tail;
+    B.SetInsertPoint(After);
+    Value *Data =
+        B.CreateLoad(B.getPtrTy(), B.CreateConstGEP1_64(B.getInt8Ty(), SMI,
+                                                        MemInfoDataOffset));
+    B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
+    SMIs.push_back(SMI);
+  }
+  ShadowMemInfos[Alloc] = SMIs;
+  return SMIs;
 }
 
 BasicBlock *ReverseSynthesizer::forwardEnd(const BasicBlock *PB) const {
@@ -476,10 +520,11 @@ void ReverseSynthesizer::createShadows() {
         const Value *V = S->getValueOperand();
         if (V->getType()->isPointerTy() && AA.pointsToActive(V) &&
             isa<AllocaInst>(getUnderlyingObject(S->getPointerOperand(), 0))) {
-          Value *SV = shadow(V);
-          Value *SP = shadow(S->getPointerOperand());
+          Lanes SV = shadow(V);
+          Lanes SP = shadow(S->getPointerOperand());
           IRBuilder<> B(cast<Instruction>(mapped(S))->getNextNode());
-          B.CreateStore(SV, SP);
+          for (unsigned K = 0; K < Width; ++K)
+            B.CreateStore(SV[K], SP[K]);
         }
       } else if (auto *CB = dyn_cast<CallBase>(&I); CB && matchBlasCall(*CB)) {
         BlasCall Call = *matchBlasCall(*CB);
@@ -552,23 +597,26 @@ void ReverseSynthesizer::reverseBlas(const BlasCall &Call, IRBuilder<> &RB,
                                      BlockRev &R) {
   const CallBase *CB = Call.Call;
   auto ArgFn = [&](unsigned I) { return fetchPrimal(CB->getArgOperand(I), R); };
-  SmallVector<Value *, 2> ToFree;
+  SmallSetVector<Value *, 2> ToFree; // the same copy serves every lane
   auto InputFn = [&](unsigned I) -> Value * {
     auto It = SavedInputs.find({CB, I});
     if (It == SavedInputs.end())
       return fetchPrimal(CB->getArgOperand(I), R);
     Value *Copy = fetch(It->second, R);
-    ToFree.push_back(Copy);
+    ToFree.insert(Copy);
     return Copy;
   };
-  auto ShadowFn = [&](unsigned I) -> Value * {
-    const Value *Ptr = CB->getArgOperand(I);
-    return AA.pointsToActive(Ptr) ? fetchShadow(Ptr, R) : nullptr;
-  };
   auto [Alpha, Beta] = BlasScalars.lookup(CB);
-  BlasReverseInputs In{ArgFn, InputFn, ShadowFn, fetch(Alpha, R),
-                       fetch(Beta, R)};
-  emitBlasReverse(RB, Call, In);
+  Value *AlphaV = fetch(Alpha, R), *BetaV = fetch(Beta, R);
+  // One reverse per lane: the lanes' shadows are separate arrays.
+  for (unsigned K = 0; K < Width; ++K) {
+    auto ShadowFn = [&](unsigned I) -> Value * {
+      const Value *Ptr = CB->getArgOperand(I);
+      return AA.pointsToActive(Ptr) ? fetchShadow(Ptr, K, R) : nullptr;
+    };
+    BlasReverseInputs In{ArgFn, InputFn, ShadowFn, AlphaV, BetaV};
+    emitBlasReverse(RB, Call, In);
+  }
   FunctionCallee Free = D->getParent()->getOrInsertFunction(
       "free", FunctionType::get(RB.getVoidTy(), {RB.getPtrTy()}, false));
   for (Value *Copy : ToFree)
@@ -616,18 +664,20 @@ void ReverseSynthesizer::reverseMemoryIntrinsic(AnyMemIntrinsic &MI,
                                                 IRBuilder<> &RB, BlockRev &R) {
   if (!AA.pointsToActive(MI.getRawDest()))
     return;
-  Value *SD = fetchShadow(MI.getRawDest(), R);
-  Value *Len = fetchPrimal(MI.getLength(), R);
-  auto *MT = dyn_cast<AnyMemTransferInst>(&MI);
-  if (MT && AA.pointsToActive(MT->getRawSource())) {
-    Type *Elem = nullptr;
-    for (const Value *Root : TA.roots(MI.getRawDest()))
-      Elem = TA.elementType(Root);
-    Value *SS = fetchShadow(MT->getRawSource(), R);
-    RB.CreateCall(copyAdjointFn(*D->getParent(), Elem), {SD, SS, Len});
-    return;
+  for (unsigned K = 0; K < Width; ++K) {
+    Value *SD = fetchShadow(MI.getRawDest(), K, R);
+    Value *Len = fetchPrimal(MI.getLength(), R);
+    auto *MT = dyn_cast<AnyMemTransferInst>(&MI);
+    if (MT && AA.pointsToActive(MT->getRawSource())) {
+      Type *Elem = nullptr;
+      for (const Value *Root : TA.roots(MI.getRawDest()))
+        Elem = TA.elementType(Root);
+      Value *SS = fetchShadow(MT->getRawSource(), K, R);
+      RB.CreateCall(copyAdjointFn(*D->getParent(), Elem), {SD, SS, Len});
+      continue;
+    }
+    RB.CreateMemSet(SD, RB.getInt8(0), Len, MaybeAlign());
   }
-  RB.CreateMemSet(SD, RB.getInt8(0), Len, MaybeAlign());
 }
 
 void ReverseSynthesizer::createFunction() {
@@ -636,9 +686,9 @@ void ReverseSynthesizer::createFunction() {
   unsigned NumPrimal = Params.size();
   for (const ParamSpec &S : Req.Params)
     if (S.isDuplicated())
-      Params.push_back(PointerType::getUnqual(Ctx));
+      Params.append(Width, PointerType::getUnqual(Ctx));
   if (Req.RetActive)
-    Params.push_back(RetType);
+    Params.append(Width, RetType);
   D = Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
                        GlobalValue::ExternalLinkage, Req.Name, P.getParent());
   DEntry = BasicBlock::Create(Ctx, "enzpy.entry", D);
@@ -655,23 +705,28 @@ void ReverseSynthesizer::createFunction() {
   D->getArg(1)->setName("excinfo");
   VMap[P.getArg(0)] = RetSlot;
   VMap[P.getArg(1)] = D->getArg(1);
-  ShadowArgs.assign(Req.Params.size(), nullptr);
+  ShadowArgs.assign(Req.Params.size(), Lanes());
   unsigned Next = NumPrimal;
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
     Argument *A = D->getArg(I + 2);
     A->setName(P.getArg(I + 2)->getName());
     VMap[P.getArg(I + 2)] = A;
-    if (Req.Params[I].isDuplicated()) {
-      ShadowArgs[I] = D->getArg(Next++);
-      ShadowArgs[I]->setName(P.getArg(I + 2)->getName() + "'shadow");
+    if (Req.Params[I].isDuplicated())
+      for (unsigned K = 0; K < Width; ++K) {
+        Argument *S = D->getArg(Next++);
+        S->setName(laneName(P.getArg(I + 2)->getName() + "'shadow", K));
+        ShadowArgs[I].push_back(S);
+      }
+  }
+  if (Req.RetActive)
+    for (unsigned K = 0; K < Width; ++K) {
+      Argument *DRet = D->getArg(Next++);
+      DRet->setName(laneName("dret", K));
+      AllocaInst *RS =
+          B.CreateAlloca(RetType, nullptr, laneName("enzpy.ret'shadow", K));
+      B.CreateStore(DRet, RS);
+      RetShadow.push_back(RS);
     }
-  }
-  if (Req.RetActive) {
-    Argument *DRet = D->getArg(Next);
-    DRet->setName("dret");
-    RetShadow = B.CreateAlloca(RetType, nullptr, "enzpy.ret'shadow");
-    B.CreateStore(DRet, RetShadow);
-  }
 
   SmallVector<ReturnInst *, 4> Returns;
   CloneFunctionInto(D, &P, VMap, CloneFunctionChangeType::LocalChangesOnly,
@@ -782,77 +837,102 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
           "NRT_decref",
           FunctionType::get(Type::getVoidTy(Ctx), {PointerType::getUnqual(Ctx)},
                             false));
-      RB.CreateCall(Decref, {fetch(It->second, R)});
+      for (unsigned K = 0; K < Width; ++K)
+        RB.CreateCall(Decref, {fetch(It->second[K], R)});
     }
     return;
   }
   if (auto *L = dyn_cast<LoadInst>(&I)) {
     if (!AA.isActive(L))
       return;
-    Value *A = takeAdjoint(RB, L);
-    Value *S = fetchShadow(L->getPointerOperand(), R);
-    RB.CreateStore(addAdjointValues(RB, RB.CreateLoad(L->getType(), S), A), S);
+    for (unsigned K = 0; K < Width; ++K) {
+      Value *A = takeAdjoint(RB, L, K);
+      Value *S = fetchShadow(L->getPointerOperand(), K, R);
+      RB.CreateStore(addAdjointValues(RB, RB.CreateLoad(L->getType(), S), A),
+                     S);
+    }
     return;
   }
   if (auto *St = dyn_cast<StoreInst>(&I)) {
     if (!AA.pointsToActive(St->getPointerOperand()))
       return;
     Value *V = St->getValueOperand();
-    Value *S = fetchShadow(St->getPointerOperand(), R);
-    if (AA.isActive(V))
-      addAdjoint(RB, V, RB.CreateLoad(V->getType(), S));
-    RB.CreateStore(Constant::getNullValue(V->getType()), S);
+    for (unsigned K = 0; K < Width; ++K) {
+      Value *S = fetchShadow(St->getPointerOperand(), K, R);
+      if (AA.isActive(V))
+        addAdjoint(RB, V, K, RB.CreateLoad(V->getType(), S));
+      RB.CreateStore(Constant::getNullValue(V->getType()), S);
+    }
     return;
   }
   if (!AA.isActive(&I))
     return;
-  Value *A = takeAdjoint(RB, &I);
+  // Each rule fetches the forward values it needs once and applies its
+  // partial to every lane's adjoint.
+  Lanes A = takeAdjoints(RB, &I);
   Type *T = I.getType();
   auto active = [&](unsigned K) { return AA.isActive(I.getOperand(K)); };
   auto op = [&](unsigned K) { return fetchPrimal(I.getOperand(K), R); };
+  // Operand \p Op receives f(lane's adjoint) in every lane.
+  auto each = [&](const Value *Op, function_ref<Value *(Value *)> Fn) {
+    for (unsigned K = 0; K < Width; ++K)
+      addAdjoint(RB, Op, K, Fn(A[K]));
+  };
   switch (I.getOpcode()) {
   case Instruction::FAdd:
-    addAdjoint(RB, I.getOperand(0), A);
-    addAdjoint(RB, I.getOperand(1), A);
+    each(I.getOperand(0), [](Value *AK) { return AK; });
+    each(I.getOperand(1), [](Value *AK) { return AK; });
     return;
   case Instruction::FSub:
-    addAdjoint(RB, I.getOperand(0), A);
+    each(I.getOperand(0), [](Value *AK) { return AK; });
     if (active(1))
-      addAdjoint(RB, I.getOperand(1), RB.CreateFNeg(A));
+      each(I.getOperand(1), [&](Value *AK) { return RB.CreateFNeg(AK); });
     return;
   case Instruction::FMul:
-    if (active(0))
-      addAdjoint(RB, I.getOperand(0), RB.CreateFMul(A, op(1)));
-    if (active(1))
-      addAdjoint(RB, I.getOperand(1), RB.CreateFMul(A, op(0)));
+    if (active(0)) {
+      Value *Y = op(1);
+      each(I.getOperand(0), [&](Value *AK) { return RB.CreateFMul(AK, Y); });
+    }
+    if (active(1)) {
+      Value *X = op(0);
+      each(I.getOperand(1), [&](Value *AK) { return RB.CreateFMul(AK, X); });
+    }
     return;
   case Instruction::FDiv:
-    if (active(0))
-      addAdjoint(RB, I.getOperand(0), RB.CreateFDiv(A, op(1)));
+    // Divisions stay per lane so that every lane rounds as a call of width
+    // one would.
+    if (active(0)) {
+      Value *Y = op(1);
+      each(I.getOperand(0), [&](Value *AK) { return RB.CreateFDiv(AK, Y); });
+    }
     if (active(1)) {
       // d(x/y)/dy = -(x/y)/y
       Value *Q = fetchPrimal(&I, R);
-      addAdjoint(RB, I.getOperand(1),
-                 RB.CreateFNeg(RB.CreateFDiv(RB.CreateFMul(A, Q), op(1))));
+      Value *Y = op(1);
+      each(I.getOperand(1), [&](Value *AK) {
+        return RB.CreateFNeg(RB.CreateFDiv(RB.CreateFMul(AK, Q), Y));
+      });
     }
     return;
   case Instruction::FRem:
-    addAdjoint(RB, I.getOperand(0), A);
+    each(I.getOperand(0), [](Value *AK) { return AK; });
     if (active(1)) {
       Value *Q = emitMathCall(RB, "trunc", {RB.CreateFDiv(op(0), op(1))});
-      addAdjoint(RB, I.getOperand(1), RB.CreateFNeg(RB.CreateFMul(A, Q)));
+      each(I.getOperand(1),
+           [&](Value *AK) { return RB.CreateFNeg(RB.CreateFMul(AK, Q)); });
     }
     return;
   case Instruction::FNeg:
-    addAdjoint(RB, I.getOperand(0), RB.CreateFNeg(A));
+    each(I.getOperand(0), [&](Value *AK) { return RB.CreateFNeg(AK); });
     return;
   case Instruction::FPExt:
   case Instruction::FPTrunc:
-    addAdjoint(RB, I.getOperand(0),
-               RB.CreateFPCast(A, I.getOperand(0)->getType()));
+    each(I.getOperand(0), [&](Value *AK) {
+      return RB.CreateFPCast(AK, I.getOperand(0)->getType());
+    });
     return;
   case Instruction::Freeze:
-    addAdjoint(RB, I.getOperand(0), A);
+    each(I.getOperand(0), [](Value *AK) { return AK; });
     return;
   case Instruction::Select: {
     auto *Sel = cast<SelectInst>(&I);
@@ -863,9 +943,11 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
       return;
     Value *C = fetchPrimal(Sel->getCondition(), R);
     if (TrueActive)
-      addAdjoint(RB, Sel->getTrueValue(), RB.CreateSelect(C, A, Zero));
+      each(Sel->getTrueValue(),
+           [&](Value *AK) { return RB.CreateSelect(C, AK, Zero); });
     if (FalseActive)
-      addAdjoint(RB, Sel->getFalseValue(), RB.CreateSelect(C, Zero, A));
+      each(Sel->getFalseValue(),
+           [&](Value *AK) { return RB.CreateSelect(C, Zero, AK); });
     return;
   }
   case Instruction::Call: {
@@ -880,7 +962,8 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
       if (!AA.isActive(CB->getArgOperand(K)))
         continue;
       if (Value *Partial = Rule->Partial(In, K))
-        addAdjoint(RB, CB->getArgOperand(K), RB.CreateFMul(A, Partial));
+        each(CB->getArgOperand(K),
+             [&](Value *AK) { return RB.CreateFMul(AK, Partial); });
     }
     return;
   }
@@ -896,13 +979,14 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
     if (!isa<PHINode>(I))
       reverseInstruction(I, RB, R);
   // Phis are evaluated together on entry: take all their adjoints first.
-  SmallVector<std::pair<PHINode *, Value *>, 4> PhiAdj;
+  SmallVector<std::pair<PHINode *, Lanes>, 4> PhiAdj;
   for (PHINode &Phi : B->phis())
     if (AA.isActive(&Phi))
-      PhiAdj.push_back({&Phi, takeAdjoint(RB, &Phi)});
+      PhiAdj.push_back({&Phi, takeAdjoints(RB, &Phi)});
   auto edgeTo = [&](IRBuilder<> &EB, BasicBlock *Pred) {
     for (auto &[Phi, A] : PhiAdj)
-      addAdjoint(EB, Phi->getIncomingValueForBlock(Pred), A);
+      for (unsigned K = 0; K < Width; ++K)
+        addAdjoint(EB, Phi->getIncomingValueForBlock(Pred), K, A[K]);
     // Entering counted loops backwards: start from their last iteration.
     for (const Loop *L = LI.getLoopFor(Pred); L && !L->contains(B);
          L = L->getParentLoop())
@@ -956,10 +1040,12 @@ void ReverseSynthesizer::createFinal() {
     if (Req.Params[I].Act != Activity::Active)
       continue;
     Argument *PA = P.getArg(I + 2);
-    Fields.push_back(PA->getType());
-    Values.push_back(AA.isActive(PA) ? static_cast<Value *>(B.CreateLoad(
-                                           PA->getType(), adjointSlot(PA)))
-                                     : ConstantFP::get(PA->getType(), 0.0));
+    for (unsigned K = 0; K < Width; ++K) {
+      Fields.push_back(PA->getType());
+      Values.push_back(AA.isActive(PA) ? static_cast<Value *>(B.CreateLoad(
+                                             PA->getType(), adjointSlot(PA, K)))
+                                       : ConstantFP::get(PA->getType(), 0.0));
+    }
   }
   StructType *ST = StructType::get(Ctx, Fields);
   for (unsigned I = 0; I < Values.size(); ++I)
@@ -1011,7 +1097,9 @@ void ReverseSynthesizer::emitPushes() {
       if (TripBound.count(L))
         LoopSlots[L] += Rev[B].Frame->size();
   SmallVector<std::pair<Instruction *, Value *>, 4> Reserve;
-  for (auto &[L, Slots] : LoopSlots) {
+  // In program order (not the map's), so that the output is reproducible.
+  for (const Loop *L : LI.getLoopsInPreorder()) {
+    unsigned Slots = LoopSlots.lookup(L);
     if (Slots == 0)
       continue;
     BasicBlock *Pre = forwardEnd(L->getLoopPreheader());

@@ -16,6 +16,13 @@
 // Values read from memory are taped when they are read, so memory that is
 // overwritten later is handled correctly.
 //
+// Batch mode (Request::Width W > 1): every adjoint accumulator, shadow
+// address and shadow allocation comes in W lanes (W shadow arguments per
+// duplicated parameter, W seeds of the return, W adjoints per Active
+// parameter); each rule fetches its forward values once and applies its
+// partial to every lane. The forward sweep and the tape are shared: W
+// cotangents cost one primal evaluation. Width 1 is the plain case.
+//
 // Assumes preprocess() ran (one normal exit, one raise exit) and that the
 // activity analysis accepted the function.
 //

@@ -12,9 +12,9 @@
  *                    calling convention: i32 f(ptr retptr, ptr excinfo, ...)).
  *   "name":          symbol name to give the derivative.
  *   "mode":          "reverse" (default) or "forward".
- *   "width":         forward mode only: the number W >= 1 of tangents
- *                    propagated in one sweep (batch mode when W > 1);
- *                    default 1, at most 64.
+ *   "width":         the number W >= 1 of tangents (forward mode) or
+ *                    cotangents (reverse mode) propagated in one sweep
+ *                    (batch mode when W > 1); default 1, at most 64.
  *   "ret_type":      LLVM type of the value the primal stores through retptr
  *                    ("double", "float", "i64", ... or "void" for None).
  *   "ret_activity":  "active" or "const": in reverse mode whether the return
@@ -35,15 +35,26 @@
  *   "dump_ir":       debugging: also log the canonical primal and the
  *                    derivative before optimization.
  *
- * Reverse mode: the derivative has the signature
+ * Reverse mode, width W: the derivative has the signature
  *   i32 name(ptr retptr, ptr excinfo, <primal params...>,
- *            <one ptr shadow per dup/dupnoneed param, in order>,
- *            [<ret float type> dret, when ret_activity is "active">])
+ *            <W ptr shadows per dup/dupnoneed param: param by param, in
+ *             order, and for each param lane 0 .. W-1>,
+ *            [<W dret values of the ret float type, lane 0 .. W-1>, when
+ *             ret_activity is "active">])
  * and writes through retptr the struct
  *   { [primal return, when return_primal and ret_type is not void],
- *     <adjoint of each active param, in order, of the param's type> }.
- * It returns 0 on success, or the primal's error status (excinfo set by the
- * primal) if the primal raised; then no shadow has been updated.
+ *     <W adjoints of each active param, of the param's type: param by
+ *      param, in order, and for each param lane 0 .. W-1> }.
+ * With W = 1 this is one shadow per dup param, one dret and one adjoint per
+ * active param. Lane k is the vector-Jacobian product with lane k's
+ * cotangents (lane k's shadows on entry and dret k): the primal runs once
+ * and one tape serves every lane; lanes never mix. Each lane's arithmetic is
+ * that of a width-one derivative, so lane k's results equal those of a call
+ * of width one with lane k's cotangents.
+ * It returns 0 on success, the primal's error status (excinfo set by the
+ * primal) if the primal raised, then no shadow has been updated; or -1 if
+ * the tape or the shadow of an array that the primal allocates could not be
+ * allocated.
  *
  * Forward mode, width W: the derivative has the signature
  *   i32 name(ptr retptr, ptr excinfo, <primal params...>,

@@ -748,8 +748,9 @@ def test_batch_errors():
         enzpy.autodiff(
             dot, BatchDuplicated(x, (np.ones(4),)), Duplicated(x.copy(), np.ones(4)), mode=Forward
         )
-    with pytest.raises(enzpy.UnsupportedError, match="forward mode only"):
-        enzpy.autodiff(dot, BatchDuplicated(x, (np.ones(4),)), x.copy())
+    # Reverse mode takes a batch of arrays, but not of scalars.
+    with pytest.raises(enzpy.EnzpyTypeError, match="Active"):
+        enzpy.autodiff(dot, BatchDuplicated(1.0, (1.0,)), x.copy())
     with pytest.raises(enzpy.EnzpyTypeError, match="non-empty tuple"):
         enzpy.autodiff(dot, BatchDuplicated(x, ()), x.copy(), mode=Forward)
     sh = np.ones(4)

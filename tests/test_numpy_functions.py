@@ -319,8 +319,7 @@ UNSUPPORTED = {
     "np.linalg.solve": "no rule for LAPACK gesv (numba_xgesv) yet; the error names "
     "np.linalg.solve and gesv",
     "np.linalg.inv": "no rule for the LU factorization (numba_xxgetrf / getri)",
-    "np.linalg.det": "no rule for the LU factorization (numba_xxgetrf) yet; the error "
-    "names it",
+    "np.linalg.det": "no rule for the LU factorization (numba_xxgetrf) yet; the error names it",
     "np.linalg.cholesky": "no rule for LAPACK potrf (numba_xxpotrf)",
 }
 
