@@ -2,6 +2,7 @@
 #include "CachePolicy.h"
 #include "ActivityAnalysis.h"
 #include "BlasRules.h"
+#include "DerivativeRules.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
@@ -34,7 +35,13 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
     } else if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I)) {
       writes(MI->getRawDest());
     } else if (auto *CB = dyn_cast<CallBase>(&I)) {
-      if (CB->onlyReadsMemory())
+      // Math functions with a derivative rule write nothing we read (errno
+      // at most).
+      if (CB->onlyReadsMemory() || findCallRule(CB->getCalledFunction()))
+        continue;
+      // Other intrinsics (scope and lifetime markers, assumptions) write no
+      // array memory; the memory ones were handled above.
+      if (isa<IntrinsicInst>(CB))
         continue;
       // BLAS calls write their output array only.
       if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
