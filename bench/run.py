@@ -846,6 +846,239 @@ class LorenzArray(Kernel):
         return many
 
 
+@numba.njit
+def gmm_objective(alphas, means, icf, x, wishart_gamma, wishart_m):
+    # ADBench's GMM negative log-likelihood with a diagonal inverse covariance:
+    # icf[c] holds the log of Q_c's diagonal, Q_c = L_c^-1 (Sigma_c^-1 = Q_c^T Q_c).
+    n, d = x.shape
+    k = alphas.shape[0]
+    qdiag = np.empty((k, d))
+    sum_qs = np.empty(k)
+    for c in range(k):
+        s = 0.0
+        for j in range(d):
+            qdiag[c, j] = math.exp(icf[c, j])
+            s += icf[c, j]
+        sum_qs[c] = s
+    main = np.empty(k)
+    slse = 0.0
+    for i in range(n):
+        mx = -np.inf
+        for c in range(k):
+            sq = 0.0
+            for j in range(d):
+                q = qdiag[c, j] * (x[i, j] - means[c, j])
+                sq += q * q
+            main[c] = alphas[c] + sum_qs[c] - 0.5 * sq
+            mx = max(mx, main[c])
+        se = 0.0
+        for c in range(k):
+            se += math.exp(main[c] - mx)
+        slse += mx + math.log(se)
+    amx = -np.inf
+    for c in range(k):
+        amx = max(amx, alphas[c])
+    ase = 0.0
+    for c in range(k):
+        ase += math.exp(alphas[c] - amx)
+    lse_alphas = amx + math.log(ase)
+    # Wishart prior on the precisions (constants dropped but the data term's)
+    prior = 0.0
+    for c in range(k):
+        fro = 0.0
+        for j in range(d):
+            fro += qdiag[c, j] * qdiag[c, j]
+        prior += 0.5 * wishart_gamma * wishart_gamma * fro - wishart_m * sum_qs[c]
+    const = -0.5 * n * d * math.log(2.0 * math.pi)
+    return const + slse - n * lse_alphas + prior
+
+
+@numba.njit
+def mlp_softmax_ce(W1, b1, W2, b2, X, labels):
+    # tanh hidden layer, linear output layer, mean softmax cross-entropy;
+    # the hidden and output buffers are reused across the samples
+    n, d = X.shape
+    h = W1.shape[0]
+    c = W2.shape[0]
+    z = np.empty(h)
+    o = np.empty(c)
+    loss = 0.0
+    for s in range(n):
+        for j in range(h):
+            acc = b1[j]
+            for k in range(d):
+                acc += W1[j, k] * X[s, k]
+            z[j] = math.tanh(acc)
+        mx = -np.inf
+        for i in range(c):
+            acc = b2[i]
+            for j in range(h):
+                acc += W2[i, j] * z[j]
+            o[i] = acc
+            mx = max(mx, acc)
+        se = 0.0
+        for i in range(c):
+            se += math.exp(o[i] - mx)
+        loss += mx + math.log(se) - o[labels[s]]
+    return loss / n
+
+
+class ArrayParams(Kernel):
+    """A kernel f(*params, *consts) differentiated w.r.t. a few arrays."""
+
+    fn = None
+
+    def n_inputs(self):
+        return sum(p.size for p in self.params)
+
+    def primal(self):
+        return self.fn(*self.params, *self.consts)
+
+    def grad_setup(self, full=False):
+        for g in self.shadows:
+            g.fill(0.0)
+
+    def grad(self):
+        self.r = enzpy.autodiff(
+            self.fn, *[Duplicated(p, g) for p, g in zip(self.params, self.shadows)], *self.consts
+        )
+
+    def grad_vector(self):
+        return np.concatenate([g.ravel() for g in self.shadows])
+
+    def split(self, v):
+        """The flat vector v as arrays shaped like the parameters."""
+        out, at = [], 0
+        for p in self.params:
+            out.append(np.ascontiguousarray(v[at : at + p.size]).reshape(p.shape))
+            at += p.size
+        return out
+
+    def directional_fd(self, v, h):
+        vs = self.split(v)
+        plus = [p + h * t for p, t in zip(self.params, vs)]
+        minus = [p - h * t for p, t in zip(self.params, vs)]
+        return (self.fn(*plus, *self.consts) - self.fn(*minus, *self.consts)) / (2 * h)
+
+    def forward(self, vs, batch):
+        if not batch:
+            args = [Duplicated(p, t) for p, t in zip(self.params, self.split(vs[0]))]
+        else:
+            per = [self.split(v) for v in vs]
+            args = [
+                BatchDuplicated(p, tuple(ts[i] for ts in per)) for i, p in enumerate(self.params)
+            ]
+        return lambda: enzpy.autodiff(self.fn, *args, *self.consts, mode=Forward)
+
+
+class GMM(ArrayParams):
+    name = "gmm"
+    fn = staticmethod(gmm_objective)
+
+    def __init__(self, d, k, n):
+        self.description = f"ADBench GMM objective (diagonal), d={d}, k={k}, n={n}"
+        rng = np.random.default_rng(5)
+        self.params = [
+            rng.standard_normal(k),
+            rng.standard_normal((k, d)),
+            0.1 * rng.standard_normal((k, d)),
+        ]
+        self.shadows = [np.zeros_like(p) for p in self.params]
+        self.consts = [rng.standard_normal((n, d)), 1.0, 0.0]
+
+    def peer_loss(self, xp, x, logsumexp):
+        """The same objective vectorized over samples and components, for the
+        array library xp (jax.numpy or torch) with x already converted."""
+        _, gamma, m = self.consts
+        n, d = x.shape
+
+        def f(alphas, means, icf):
+            q = xp.exp(icf)
+            sum_qs = xp.sum(icf, 1)
+            qd = q[None, :, :] * (x[:, None, :] - means[None, :, :])
+            main = alphas[None, :] + sum_qs[None, :] - 0.5 * xp.sum(qd * qd, 2)
+            slse = xp.sum(logsumexp(main, 1))
+            prior = 0.5 * gamma * gamma * xp.sum(q * q) - m * xp.sum(sum_qs)
+            const = -0.5 * n * d * math.log(2.0 * math.pi)
+            return const + slse - n * logsumexp(alphas, 0) + prior
+
+        return f
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+        from jax.scipy.special import logsumexp
+
+        f = self.peer_loss(jnp, jnp.asarray(self.consts[0]), lambda a, ax: logsumexp(a, axis=ax))
+        g = jax.jit(jax.grad(f, argnums=(0, 1, 2)))
+        args = [jnp.asarray(p) for p in self.params]
+        return lambda: jax.block_until_ready(g(*args))
+
+    def torch(self):
+        import torch
+
+        f = self.peer_loss(torch, torch.tensor(self.consts[0]), torch.logsumexp)
+        ps = [torch.tensor(p, requires_grad=True) for p in self.params]
+
+        def run():
+            for p in ps:
+                p.grad = None
+            f(*ps).backward()
+
+        return run
+
+
+class MLP(ArrayParams):
+    name = "mlp"
+    check_step = 1e-4
+
+    fn = staticmethod(mlp_softmax_ce)
+
+    def __init__(self, d, h, c, n):
+        self.description = f"2-layer MLP, explicit loops, {d}->{h} tanh->{c} softmax CE, batch {n}"
+        rng = np.random.default_rng(6)
+        self.params = [
+            rng.standard_normal((h, d)) / math.sqrt(d),
+            0.1 * rng.standard_normal(h),
+            rng.standard_normal((c, h)) / math.sqrt(h),
+            0.1 * rng.standard_normal(c),
+        ]
+        self.shadows = [np.zeros_like(p) for p in self.params]
+        self.consts = [rng.standard_normal((n, d)), rng.integers(0, c, n)]
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+        from jax.scipy.special import logsumexp
+
+        X, labels = (jnp.asarray(a) for a in self.consts)
+        rows = jnp.arange(X.shape[0])
+
+        def f(W1, b1, W2, b2):
+            o = jnp.tanh(X @ W1.T + b1) @ W2.T + b2
+            return jnp.mean(logsumexp(o, axis=1) - o[rows, labels])
+
+        g = jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))
+        args = [jnp.asarray(p) for p in self.params]
+        return lambda: jax.block_until_ready(g(*args))
+
+    def torch(self):
+        import torch
+
+        X, labels = (torch.tensor(a) for a in self.consts)
+        rows = torch.arange(X.shape[0])
+        ps = [torch.tensor(p, requires_grad=True) for p in self.params]
+
+        def run():
+            for p in ps:
+                p.grad = None
+            W1, b1, W2, b2 = ps
+            o = torch.tanh(X @ W1.T + b1) @ W2.T + b2
+            (torch.logsumexp(o, 1) - o[rows, labels]).mean().backward()
+
+        return run
+
+
 def make_kernels(quick):
     if quick:
         return [
@@ -855,6 +1088,8 @@ def make_kernels(quick):
             Lorenz(10**3),
             LorenzArray(10**3),
             Dot(10**5),
+            GMM(5, 10, 200),
+            MLP(32, 64, 10, 64),
         ]
     return [
         SumX2Sin(10**6),
@@ -863,6 +1098,8 @@ def make_kernels(quick):
         Lorenz(10**4),
         LorenzArray(10**4),
         Dot(10**6),
+        GMM(10, 25, 1000),
+        MLP(784, 128, 10, 256),
     ]
 
 
