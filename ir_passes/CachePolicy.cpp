@@ -3,6 +3,9 @@
 #include "ActivityAnalysis.h"
 #include "BlasRules.h"
 #include "DerivativeRules.h"
+#include "llvm/Analysis/CFG.h"
+#include "llvm/Analysis/LoopInfo.h"
+#include "llvm/IR/Dominators.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
@@ -20,14 +23,20 @@ static bool isParameterRoot(const Value *R) {
 }
 
 CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
-                         const TypeAnalysis &TA)
-    : TA(TA), NoAlias(Req.NoAlias) {
+                         const TypeAnalysis &TA, const DominatorTree &DT,
+                         const LoopInfo &LI)
+    : TA(TA), NoAlias(Req.NoAlias), DT(DT), LI(LI) {
   Function &F = *C.F;
+  const Instruction *Writer = nullptr;
   auto writes = [&](const Value *Ptr) {
-    for (const Value *R : TA.roots(Ptr))
+    for (const Value *R : TA.roots(Ptr)) {
       Written.insert(R);
+      if (TA.allocationOf(R))
+        AllocationWriters[R].push_back(Writer);
+    }
   };
   for (Instruction &I : instructions(F)) {
+    Writer = &I;
     if (!C.returns(I.getParent()))
       continue; // on the way to raising: the reverse sweep never runs
     if (auto *S = dyn_cast<StoreInst>(&I)) {
@@ -66,20 +75,39 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
 
   for (Instruction &I : instructions(F))
     if (auto *L = dyn_cast<LoadInst>(&I))
-      if (!L->isVolatile() && canRereadMemory(L->getPointerOperand()))
+      if (C.returns(L->getParent()) && !L->isVolatile() &&
+          canRereadMemory(L->getPointerOperand(), L)) {
         Rereadable.insert(L);
+        for (const Value *R : TA.roots(L->getPointerOperand()))
+          if (const CallBase *A = TA.allocationOf(R))
+            KeptAlive.insert(A);
+      }
 }
 
-bool CachePolicy::canRereadMemory(const Value *Ptr) const {
+bool CachePolicy::canRereadMemory(const Value *Ptr,
+                                  const Instruction *At) const {
   if (AnyUnknownWrite)
     return false;
   const RootSet &Roots = TA.roots(Ptr);
   if (Roots.empty())
     return false;
-  for (const Value *R : Roots)
+  bool AnyParameter = false;
+  for (const Value *R : Roots) {
+    if (At && TA.allocationOf(R)) {
+      // An allocation is disjoint from everything else: only its own
+      // writes matter, and none may run after the read.
+      auto It = AllocationWriters.find(R);
+      if (It != AllocationWriters.end())
+        for (const Instruction *W : It->second)
+          if (isPotentiallyReachable(At, W, nullptr, &DT, &LI))
+            return false;
+      continue;
+    }
     if (!isParameterRoot(R) || Written.contains(R))
       return false;
-  return NoAlias || !AnyParameterWritten;
+    AnyParameter = true;
+  }
+  return !AnyParameter || NoAlias || !AnyParameterWritten;
 }
 
 } // namespace enzpy

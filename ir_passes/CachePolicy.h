@@ -6,7 +6,10 @@
 // memory intrinsic or call writes any root the load may read. Distinct
 // parameters are taken to be disjoint only when the caller checked it at
 // call time (Request::NoAlias); otherwise any write to parameter memory makes
-// every parameter read taped. Loads from local allocations are always taped.
+// every parameter read taped. An array allocated in the function is re-read
+// when no write to it can run after the read (CFG reachability, loops
+// included); the synthesis then keeps it alive until the reverse sweep has
+// passed its allocation. Loads from allocas are always taped.
 // Writes on paths that end in raising an exception do not count: when they
 // run, the reverse sweep does not.
 //
@@ -17,11 +20,17 @@
 #include "Preprocess.h"
 #include "Request.h"
 #include "TypeAnalysis.h"
+#include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/SmallPtrSet.h"
 
 namespace llvm {
+class CallBase;
+class DominatorTree;
 class Function;
+class Instruction;
 class LoadInst;
+class LoopInfo;
 } // namespace llvm
 
 namespace enzpy {
@@ -29,21 +38,34 @@ namespace enzpy {
 class CachePolicy {
 public:
   CachePolicy(const CanonicalFunction &C, const Request &Req,
-              const TypeAnalysis &TA);
+              const TypeAnalysis &TA, const llvm::DominatorTree &DT,
+              const llvm::LoopInfo &LI);
 
   /// The memory L reads is never written during the call.
   bool canReread(const llvm::LoadInst *L) const {
     return Rereadable.contains(L);
   }
-  /// The memory \p Ptr points into is never written during the call.
-  bool canRereadMemory(const llvm::Value *Ptr) const;
+  /// The memory \p Ptr points into is never written during the call (or,
+  /// for allocated arrays, not after \p At).
+  bool canRereadMemory(const llvm::Value *Ptr,
+                       const llvm::Instruction *At = nullptr) const;
+  /// Allocations some re-read load reads: they must outlive the primal.
+  const llvm::SmallPtrSetImpl<const llvm::CallBase *> &keptAlive() const {
+    return KeptAlive;
+  }
 
 private:
   const TypeAnalysis &TA;
   bool NoAlias;
   bool AnyUnknownWrite = false;
   bool AnyParameterWritten = false;
+  const llvm::DominatorTree &DT;
+  const llvm::LoopInfo &LI;
   llvm::DenseSet<const llvm::Value *> Written;
+  llvm::DenseMap<const llvm::Value *,
+                 llvm::SmallVector<const llvm::Instruction *, 4>>
+      AllocationWriters;
+  llvm::SmallPtrSet<const llvm::CallBase *, 4> KeptAlive;
   llvm::DenseSet<const llvm::LoadInst *> Rereadable;
 };
 

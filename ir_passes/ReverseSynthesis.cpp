@@ -42,7 +42,7 @@ public:
       : Canon(C), RetType(RetType), P(*C.F), PExit(C.NormalExit),
         PRaise(C.RaiseExit), Req(Req), TA(TA), AA(AA), Log(Log), DT(P), LI(DT),
         TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
-        SE(P, TLI, AC, DT, LI), Cache(C, Req, TA), Ctx(P.getContext()),
+        SE(P, TLI, AC, DT, LI), Cache(C, Req, TA, DT, LI), Ctx(P.getContext()),
         I64(Type::getInt64Ty(Ctx)), Width(Req.Width) {}
 
   Expected<Function *> run();
@@ -507,6 +507,16 @@ BasicBlock *ReverseSynthesizer::forwardEnd(const BasicBlock *PB) const {
 /// Every shadow address the reverse sweep will use, created up front so
 /// that allocations' shadows exist before any block's reverse is built.
 void ReverseSynthesizer::createShadows() {
+  // Arrays the reverse sweep re-reads must outlive the primal's own
+  // release of them: one more reference until the reverse passes them.
+  FunctionCallee Incref = D->getParent()->getOrInsertFunction(
+      "NRT_incref", FunctionType::get(Type::getVoidTy(Ctx),
+                                      {PointerType::getUnqual(Ctx)}, false));
+  for (const CallBase *A : Cache.keptAlive()) {
+    auto *DA = cast<Instruction>(mapped(A));
+    IRBuilder<> B(DA->getNextNode());
+    B.CreateCall(Incref, {DA});
+  }
   for (const BasicBlock *B : Reaching)
     for (const Instruction &I : *B) {
       if (auto *L = dyn_cast<LoadInst>(&I)) {
@@ -831,15 +841,16 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
       return;
     }
   if (isAllocationCall(&I)) {
+    FunctionCallee Decref = D->getParent()->getOrInsertFunction(
+        "NRT_decref", FunctionType::get(Type::getVoidTy(Ctx),
+                                        {PointerType::getUnqual(Ctx)}, false));
     auto It = ShadowMemInfos.find(&I);
-    if (It != ShadowMemInfos.end()) {
-      FunctionCallee Decref = D->getParent()->getOrInsertFunction(
-          "NRT_decref",
-          FunctionType::get(Type::getVoidTy(Ctx), {PointerType::getUnqual(Ctx)},
-                            false));
+    if (It != ShadowMemInfos.end())
       for (unsigned K = 0; K < Width; ++K)
         RB.CreateCall(Decref, {fetch(It->second[K], R)});
-    }
+    // The array itself, kept alive for re-reads (see createShadows).
+    if (Cache.keptAlive().contains(cast<CallBase>(&I)))
+      RB.CreateCall(Decref, {fetchPrimal(&I, R)});
     return;
   }
   if (auto *L = dyn_cast<LoadInst>(&I)) {

@@ -139,3 +139,33 @@ def test_active_scalar_with_allocation():
     res = enzpy.autodiff(via_empty, Duplicated(np.array([1.0, 2.0]), np.zeros(2)), Active(0.5))
     # s = a * sum(x^3): ds/da = sum(x^3) = 9
     np.testing.assert_allclose(res[1], 9.0, rtol=1e-14)
+
+
+@numba.njit
+def precomputed_table(x, reps):
+    # the table is filled once, then only read: the reverse sweep re-reads
+    # it instead of taping every read (the array is kept alive until then)
+    t = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
+        t[i] = np.exp(x[i])
+    s = 0.0
+    for r in range(reps):
+        for i in range(x.shape[0]):
+            s += t[i] * x[(i + r) % x.shape[0]]
+    return s
+
+
+def test_array_filled_then_only_read_is_reread_and_released():
+    x = rng(9).uniform(-1, 1, 6)
+    fd.check_vjp(precomputed_table, fd.Dup(x), 3)
+    log = enzpy.explain(precomputed_table, Duplicated(x, np.zeros(6)), 3)
+    assert "reread" in log
+    big = rng(10).uniform(-1, 1, 100_000)
+    dbig = np.zeros_like(big)
+    enzpy.autodiff(precomputed_table, Duplicated(big, dbig), 1)
+    before = _rss_bytes()
+    for _ in range(200):
+        enzpy.autodiff(precomputed_table, Duplicated(big, dbig), 1)
+    grown = _rss_bytes() - before
+    # 200 leaked tables (and shadows) would be 320 MB
+    assert grown < 50e6, f"memory grew by {grown / 1e6:.1f} MB over 200 calls"
