@@ -382,57 +382,37 @@ def _batch_shadows(i: int, a: BatchDuplicated) -> tuple[Any, ...]:
     return sh
 
 
-def prepare(args: Sequence[Any], forward: bool = False) -> Prepared:
-    """Check and classify the (annotated) arguments of one call (of a
-    forward-mode derivative when ``forward``)."""
-    if forward:
-        return _prepare_forward(args)
-    kinds: list[str] = []
-    tys: list[types.Type] = []
-    call_args: list[Any] = []
-    staged: list[Staged] = []
-    sig: list[Any] = []
-    arrays: list[np.ndarray] = []
-    containers = False
-    widths: set[int] = set()
-    plain = False
-    for i, a in enumerate(args):
-        t = type(a)
-        if t is Duplicated or t is DuplicatedNoNeed:
-            plain = True
-            x, dx = a.value, a.shadow
-            _check_duplicated(i, x, dx, t.__name__)
-            if dx.strides != x.strides and not same_layout(x, dx):
-                st = Staged(dx, staged_like(x, dx))
-                staged.append(st)
-                dx = st.buffer
-            kind = DUP if t is Duplicated else DUPNONEED
-            call_args.append(x)
-            call_args.append(dx)
-            v = x
-        elif t is Active:
+class _Collector:
+    """What ``prepare`` gathers over one call's arguments, in both modes."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.tys: list[types.Type] = []
+        self.call_args: list[Any] = []
+        self.staged: list[Staged] = []
+        self.sig: list[Any] = []
+        self.arrays: list[np.ndarray] = []
+        self.containers = False
+        self.widths: set[int] = set()
+        self.plain = False  # a plain (one-shadow) Duplicated argument was seen
+
+    def duplicated_array(self, i: int, a: Any, name: str) -> str:
+        """A float array with one shadow (staged when its strides differ)."""
+        x, dx = a.value, a.shadow
+        _check_duplicated(i, x, dx, name)
+        if dx.strides != x.strides and not same_layout(x, dx):
+            st = Staged(dx, staged_like(x, dx))
+            self.staged.append(st)
+            dx = st.buffer
+        self.call_args.append(x)
+        self.call_args.append(dx)
+        self.plain = True
+        return DUP if type(a) is Duplicated else DUPNONEED
+
+    def constant(self, i: int, a: Any) -> Any:
+        """A Const or bare argument (or a misused annotation: an error)."""
+        if type(a) is Const:
             v = a.value
-            _check_active(i, v)
-            kind = ACTIVE
-            call_args.append(v)
-        elif t is BatchDuplicated:
-            v = a.value
-            if type(v) in _FLOAT_SCALARS or (isinstance(v, tuple) and _is_float_tuple(v)):
-                raise EnzpyTypeError(
-                    f"{_ordinal(i)}: in reverse mode BatchDuplicated takes a float array; "
-                    "pass a float scalar as Active(x): a batch call returns its W "
-                    "adjoints as a tuple"
-                )
-            shadows = _batch_shadows(i, a)
-            widths.add(len(shadows))
-            kind, checked, st = _forward_arg(i, a, shadows, t.__name__)
-            staged.extend(st)
-            call_args.append(v)
-            call_args.append(tuple(checked))
-        elif t is Const:
-            v = a.value
-            kind = CONST
-            call_args.append(v)
         elif isinstance(a, Annotation):
             raise EnzpyTypeError(f"{_ordinal(i)}: unknown annotation {type(a).__name__}")
         elif isinstance(a, type) and issubclass(a, Annotation):
@@ -442,25 +422,71 @@ def prepare(args: Sequence[Any], forward: bool = False) -> Prepared:
             )
         else:
             v = a
-            kind = CONST
-            call_args.append(v)
+        self.call_args.append(v)
+        return v
+
+    def record(self, v: Any, kind: str) -> None:
         if isinstance(v, np.ndarray):
-            arrays.append(v)
+            self.arrays.append(v)
         elif isinstance(v, tuple | list):
-            containers = True
+            self.containers = True
         ty = typeof(v)
-        kinds.append(kind)
-        tys.append(ty)
-        sig.append(kind)
-        sig.append(id(ty))
-    noalias = not containers and arrays_disjoint(arrays)
-    sig.append(noalias)
-    if not widths:
-        return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias)
-    width = _one_width(widths, plain)
-    sig.append(width)
-    sig.append(True)
-    return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias, width, True)
+        self.kinds.append(kind)
+        self.tys.append(ty)
+        self.sig.append(kind)
+        self.sig.append(id(ty))
+
+    def finish(self) -> Prepared:
+        noalias = not self.containers and arrays_disjoint(self.arrays)
+        width, batch = (_one_width(self.widths, self.plain), True) if self.widths else (1, False)
+        self.sig += [noalias, width, batch]
+        return Prepared(
+            tuple(self.kinds),
+            tuple(self.tys),
+            self.call_args,
+            self.staged,
+            tuple(self.sig),
+            noalias,
+            width,
+            batch,
+        )
+
+
+def prepare(args: Sequence[Any], forward: bool = False) -> Prepared:
+    """Check and classify the (annotated) arguments of one call (of a
+    forward-mode derivative when ``forward``)."""
+    if forward:
+        return _prepare_forward(args)
+    c = _Collector()
+    for i, a in enumerate(args):
+        t = type(a)
+        if t is Duplicated or t is DuplicatedNoNeed:
+            v = a.value
+            kind = c.duplicated_array(i, a, t.__name__)
+        elif t is Active:
+            v = a.value
+            _check_active(i, v)
+            kind = ACTIVE
+            c.call_args.append(v)
+        elif t is BatchDuplicated:
+            v = a.value
+            if type(v) in _FLOAT_SCALARS or (isinstance(v, tuple) and _is_float_tuple(v)):
+                raise EnzpyTypeError(
+                    f"{_ordinal(i)}: in reverse mode BatchDuplicated takes a float array; "
+                    "pass a float scalar as Active(x): a batch call returns its W "
+                    "adjoints as a tuple"
+                )
+            shadows = _batch_shadows(i, a)
+            c.widths.add(len(shadows))
+            kind, checked, st = _forward_arg(i, a, shadows, t.__name__)
+            c.staged.extend(st)
+            c.call_args.append(v)
+            c.call_args.append(tuple(checked))
+        else:
+            v = c.constant(i, a)
+            kind = CONST
+        c.record(v, kind)
+    return c.finish()
 
 
 def _one_width(widths: set[int], plain: bool) -> int:
@@ -480,89 +506,35 @@ def _one_width(widths: set[int], plain: bool) -> int:
 
 
 def _prepare_forward(args: Sequence[Any]) -> Prepared:
-    widths: set[int] = set()
-    plain = False
-    kinds: list[str] = []
-    tys: list[types.Type] = []
-    call_args: list[Any] = []
-    staged: list[Staged] = []
-    sig: list[Any] = []
-    arrays: list[np.ndarray] = []
-    containers = False
+    c = _Collector()
     for i, a in enumerate(args):
         t = type(a)
         if (t is Duplicated or t is DuplicatedNoNeed) and type(a.value) is np.ndarray:
             # Fast path: an array with one shadow.
-            v = x = a.value
-            dx = a.shadow
-            _check_duplicated(i, x, dx, t.__name__)
-            if dx.strides != x.strides and not same_layout(x, dx):
-                st = Staged(dx, staged_like(x, dx))
-                staged.append(st)
-                dx = st.buffer
-            kind = DUP if t is Duplicated else DUPNONEED
-            call_args.append(x)
-            call_args.append(dx)
-            plain = True
+            v = a.value
+            kind = c.duplicated_array(i, a, t.__name__)
         elif t is Duplicated or t is DuplicatedNoNeed or t is BatchDuplicated:
             if t is BatchDuplicated:
                 shadows = _batch_shadows(i, a)
-                widths.add(len(shadows))
+                c.widths.add(len(shadows))
             else:
                 shadows = (a.shadow,)
-                plain = True
+                c.plain = True
             kind, checked, st = _forward_arg(i, a, shadows, t.__name__)
-            staged.extend(st)
+            c.staged.extend(st)
             v = a.value
-            call_args.append(v)
-            call_args.append(tuple(checked) if t is BatchDuplicated else checked[0])
+            c.call_args.append(v)
+            c.call_args.append(tuple(checked) if t is BatchDuplicated else checked[0])
         elif t is Active:
             raise EnzpyTypeError(
                 f"{_ordinal(i)}: Active is for reverse mode; in forward mode pass a float "
                 "scalar with its tangent as Duplicated(x, dx)"
             )
-        elif t is Const:
-            v = a.value
-            kind = CONST
-            call_args.append(v)
-        elif isinstance(a, Annotation):
-            raise EnzpyTypeError(f"{_ordinal(i)}: unknown annotation {type(a).__name__}")
-        elif isinstance(a, type) and issubclass(a, Annotation):
-            raise EnzpyTypeError(
-                f"{_ordinal(i)}: {a.__name__} is an annotation class; wrap the value, "
-                f"e.g. {a.__name__}(x)"
-            )
         else:
-            v = a
+            v = c.constant(i, a)
             kind = CONST
-            call_args.append(v)
-        if isinstance(v, np.ndarray):
-            arrays.append(v)
-        elif isinstance(v, tuple | list):
-            containers = True
-        ty = typeof(v)
-        kinds.append(kind)
-        tys.append(ty)
-        sig.append(kind)
-        sig.append(id(ty))
-    width, batch = 1, False
-    if widths:
-        if len(widths) > 1:
-            raise EnzpyValueError(
-                f"all BatchDuplicated arguments of one call need the same number of "
-                f"shadows, got {sorted(widths)}"
-            )
-        if plain:
-            raise EnzpyValueError(
-                "a batch call needs every differentiable argument as BatchDuplicated "
-                "(one shadow per direction); mixing it with Duplicated is ambiguous"
-            )
-        width, batch = widths.pop(), True
-    noalias = not containers and arrays_disjoint(arrays)
-    sig.append(noalias)
-    sig.append(width)
-    sig.append(batch)
-    return Prepared(tuple(kinds), tuple(tys), call_args, staged, tuple(sig), noalias, width, batch)
+        c.record(v, kind)
+    return c.finish()
 
 
 def arrays_disjoint(arrays: Sequence[np.ndarray]) -> bool:
