@@ -1,9 +1,10 @@
 //===- ForwardSynthesis.cpp - forward-mode (tangent) derivative -----------===//
-#include "ForwardSynthesis.h"
-#include "BlasRules.h"
-#include "DerivativeRules.h"
-#include "Diagnostics.h"
-#include "ShadowAddresses.h"
+#include "synthesis/ForwardSynthesis.h"
+#include "driver/Diagnostics.h"
+#include "numba/NumbaABI.h"
+#include "rules/BlasRules.h"
+#include "rules/DerivativeRules.h"
+#include "synthesis/ShadowAddresses.h"
 #include "llvm/ADT/PostOrderIterator.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/AsmParser/Parser.h"
@@ -26,13 +27,6 @@ namespace {
 
 /// One value per lane of the batch; a null entry is a zero tangent.
 using Lanes = SmallVector<Value *, 4>;
-
-bool isRefcountCall(const Instruction &I) {
-  auto *CB = dyn_cast<CallBase>(&I);
-  const Function *F = CB ? CB->getCalledFunction() : nullptr;
-  return F && CB->arg_size() == 1 &&
-         (F->getName() == "NRT_incref" || F->getName() == "NRT_decref");
-}
 
 /// What a MemInfo pointer (numba's reference-counted array owner) is, as
 /// far as the shadows of allocations go.
@@ -156,7 +150,9 @@ Value *ForwardSynthesizer::shadow(const Value *PPtr, unsigned K) {
     return Found->second[K];
   Value *S = nullptr;
   if (auto *A = dyn_cast<Argument>(PPtr)) {
-    S = A->getArgNo() == 0 ? RetShadow[K] : ShadowArgs[A->getArgNo() - 2][K];
+    S = A->getArgNo() == numba::RetPtrParam
+            ? RetShadow[K]
+            : ShadowArgs[numba::userParamIndex(*A)][K];
     assert(S && "shadow of a parameter that is not duplicated");
   } else if (auto *AI = dyn_cast<AllocaInst>(PPtr)) {
     const DataLayout &DL = P.getParent()->getDataLayout();
@@ -213,10 +209,7 @@ Value *ForwardSynthesizer::shadow(const Value *PPtr, unsigned K) {
   } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
     Value *SMI = shadowAllocation(Alloc)[K];
     IRBuilder<> B(cast<Instruction>(mapped(PPtr))->getNextNode());
-    S = B.CreateLoad(
-        B.getPtrTy(),
-        B.CreateConstGEP1_64(B.getInt8Ty(), SMI, MemInfoDataOffset),
-        PPtr->getName() + "'shadow");
+    S = numba::emitDataPointer(B, SMI, PPtr->getName() + "'shadow");
   }
   assert(S && "checkShadowable let an unmirrorable address through");
   Lanes &L = Shadows[PPtr];
@@ -238,9 +231,7 @@ const Lanes &ForwardSynthesizer::shadowAllocation(const CallBase *Alloc) {
   for (unsigned K = 0; K < Width; ++K) {
     CallInst *SMI = B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(),
                                  Args, Alloc->getName() + "'shadow");
-    Value *Data =
-        B.CreateLoad(B.getPtrTy(), B.CreateConstGEP1_64(B.getInt8Ty(), SMI,
-                                                        MemInfoDataOffset));
+    Value *Data = numba::emitDataPointer(B, SMI);
     NullChecks.push_back(SMI);
     B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
     SMIs.push_back(SMI);
@@ -285,7 +276,7 @@ MemInfoKind ForwardSynthesizer::classifyMemInfo(
   if (isa<Constant>(V) || isa<Argument>(V) || !Visiting.insert(V).second)
     return MemInfoKind::None;
   if (auto *CB = dyn_cast<CallBase>(V)) {
-    if (isAllocationCall(CB))
+    if (numba::isAllocationCall(CB))
       return ShadowAllocs.count(CB) ? MemInfoKind::Shadowed : MemInfoKind::None;
     return MemInfoKind::Untraceable;
   }
@@ -391,7 +382,7 @@ Error ForwardSynthesizer::mirrorRefcounts() {
     return Error::success();
   for (const BasicBlock &PB : P)
     for (const Instruction &I : PB) {
-      if (!isRefcountCall(I))
+      if (!numba::isRefcountCall(I))
         continue;
       const Value *MI = cast<CallBase>(I).getArgOperand(0);
       SmallPtrSet<const Value *, 8> Visiting;
@@ -514,7 +505,7 @@ void ForwardSynthesizer::createFunction() {
       Params.append(Width, PointerType::getUnqual(Ctx));
   for (unsigned I = 0; I < Req.Params.size(); ++I)
     if (Req.Params[I].Act == Activity::Active)
-      Params.append(Width, PT->getParamType(I + 2));
+      Params.append(Width, numba::userParam(P, I)->getType());
   D = Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
                        GlobalValue::ExternalLinkage, Req.Name, P.getParent());
   DEntry = BasicBlock::Create(Ctx, "enzpy.entry", D);
@@ -539,9 +530,9 @@ void ForwardSynthesizer::createFunction() {
   VMap[P.getArg(0)] = RetSlot;
   VMap[P.getArg(1)] = D->getArg(1);
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
-    Argument *A = D->getArg(I + 2);
-    A->setName(P.getArg(I + 2)->getName());
-    VMap[P.getArg(I + 2)] = A;
+    Argument *A = numba::userParam(*D, I);
+    A->setName(numba::userParam(P, I)->getName());
+    VMap[numba::userParam(P, I)] = A;
   }
   ShadowArgs.assign(Req.Params.size(), Lanes());
   unsigned Next = NumPrimal;
@@ -550,7 +541,7 @@ void ForwardSynthesizer::createFunction() {
       continue;
     for (unsigned K = 0; K < Width; ++K) {
       Argument *S = D->getArg(Next++);
-      S->setName(P.getArg(I + 2)->getName() + "'shadow" +
+      S->setName(numba::userParam(P, I)->getName() + "'shadow" +
                  (Width > 1 ? "." + Twine(K) : Twine()));
       ShadowArgs[I].push_back(S);
     }
@@ -558,7 +549,7 @@ void ForwardSynthesizer::createFunction() {
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
     if (Req.Params[I].Act != Activity::Active)
       continue;
-    Argument *PA = P.getArg(I + 2);
+    Argument *PA = numba::userParam(P, I);
     Lanes T;
     for (unsigned K = 0; K < Width; ++K) {
       Argument *DT = D->getArg(Next++);
@@ -644,8 +635,9 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
   // here: an error, not a stale shadow. (Lifetime markers and intrinsics
   // that only read change no value.)
   if (auto *CB = dyn_cast<CallBase>(&PI))
-    if (!findCallRule(CB->getCalledFunction()) && !isAllocationCall(CB) &&
-        !isRefcountCall(PI) && !CB->isLifetimeStartOrEnd() &&
+    if (!findCallRule(CB->getCalledFunction()) &&
+        !numba::isAllocationCall(CB) && !numba::isRefcountCall(PI) &&
+        !CB->isLifetimeStartOrEnd() &&
         !(isa<IntrinsicInst>(CB) && !CB->mayWriteToMemory()))
       for (const Value *Arg : CB->args())
         if (Arg->getType()->isPointerTy() && AA.pointsToActive(Arg))

@@ -17,9 +17,9 @@
 #ifndef ENZPY_CACHEPOLICY_H
 #define ENZPY_CACHEPOLICY_H
 
-#include "Preprocess.h"
-#include "Request.h"
-#include "TypeAnalysis.h"
+#include "analysis/TypeAnalysis.h"
+#include "driver/Request.h"
+#include "transforms/Preprocess.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/SmallPtrSet.h"

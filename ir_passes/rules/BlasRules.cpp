@@ -9,7 +9,8 @@
 //       C = alpha op(A) op(B) + beta C,  op(A) m x k, op(B) k x n, C m x n
 //
 //===----------------------------------------------------------------------===//
-#include "BlasRules.h"
+#include "rules/BlasRules.h"
+#include "numba/NumbaABI.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/Module.h"
 
@@ -64,13 +65,13 @@ std::optional<BlasCall> matchBlasCall(const CallBase &CB) {
   BlasCall C{BlasCall::Dot, &CB, nullptr};
   StringRef N = F->getName();
   unsigned Args;
-  if (N == "numba_xxdot") {
+  if (N == numba::BlasDot) {
     C.Kind = BlasCall::Dot;
     Args = 6;
-  } else if (N == "numba_xxgemv") {
+  } else if (N == numba::BlasGemv) {
     C.Kind = BlasCall::Gemv;
     Args = 10;
-  } else if (N == "numba_xxgemm") {
+  } else if (N == numba::BlasGemm) {
     C.Kind = BlasCall::Gemm;
     Args = 14;
   } else {
@@ -101,7 +102,7 @@ static FunctionCallee gemvFn(Module &M) {
   Type *I8 = Type::getInt8Ty(C), *I64 = Type::getInt64Ty(C),
        *P = PointerType::getUnqual(C);
   return M.getOrInsertFunction(
-      "numba_xxgemv",
+      numba::BlasGemv,
       FunctionType::get(Type::getInt32Ty(C),
                         {I8, I8, I64, I64, P, P, I64, P, P, P}, false));
 }
@@ -110,7 +111,7 @@ static FunctionCallee gemmFn(Module &M) {
   LLVMContext &C = M.getContext();
   Type *I8 = Type::getInt8Ty(C), *I64 = Type::getInt64Ty(C),
        *P = PointerType::getUnqual(C);
-  return M.getOrInsertFunction("numba_xxgemm",
+  return M.getOrInsertFunction(numba::BlasGemm,
                                FunctionType::get(Type::getInt32Ty(C),
                                                  {I8, I8, I8, I64, I64, I64, P,
                                                   P, I64, P, I64, P, P, I64},

@@ -12,7 +12,7 @@
 #ifndef ENZPY_PREPROCESS_H
 #define ENZPY_PREPROCESS_H
 
-#include "Request.h"
+#include "driver/Request.h"
 #include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/Support/Error.h"

@@ -1,5 +1,5 @@
 //===- DerivativeRules.cpp - derivatives of intrinsics and libm -----------===//
-#include "DerivativeRules.h"
+#include "rules/DerivativeRules.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/IR/Intrinsics.h"
 #include "llvm/IR/Module.h"

@@ -11,8 +11,8 @@
 #ifndef ENZPY_SHADOWADDRESSES_H
 #define ENZPY_SHADOWADDRESSES_H
 
-#include "ActivityAnalysis.h"
-#include "Preprocess.h"
+#include "analysis/ActivityAnalysis.h"
+#include "transforms/Preprocess.h"
 #include "llvm/Support/Error.h"
 
 namespace llvm {

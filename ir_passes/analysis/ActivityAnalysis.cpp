@@ -1,8 +1,9 @@
 //===- ActivityAnalysis.cpp - which values carry derivatives --------------===//
-#include "ActivityAnalysis.h"
-#include "BlasRules.h"
-#include "DerivativeRules.h"
-#include "Diagnostics.h"
+#include "analysis/ActivityAnalysis.h"
+#include "driver/Diagnostics.h"
+#include "numba/NumbaABI.h"
+#include "rules/BlasRules.h"
+#include "rules/DerivativeRules.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
@@ -12,52 +13,7 @@ using namespace llvm;
 
 namespace enzpy {
 
-bool isInactiveRuntimeCall(StringRef Name) {
-  // Reference counting, allocation, and numba's C helper that computes the
-  // strides of a reshaped view (it reads and writes integer buffers only).
-  return Name == "NRT_incref" || Name == "NRT_decref" ||
-         Name.starts_with("NRT_MemInfo_alloc") ||
-         Name == "NRT_MemInfo_data_fast" ||
-         Name == "numba_attempt_nocopy_reshape" ||
-         Name.starts_with("NRT_MemInfo_new_varsize") ||
-         Name.starts_with("NRT_MemInfo_varsize") || Name == "NRT_Allocate" ||
-         Name == "NRT_Free";
-}
-
-std::string pythonArgName(const Argument &A) {
-  StringRef N = A.getName();
-  if (N.consume_front("arg.")) {
-    size_t Dot = N.find('.');
-    return N.substr(0, Dot).str();
-  }
-  return N.empty() ? ("#" + Twine(A.getArgNo())).str() : N.str();
-}
-
 static bool isFloatLike(const Type *T) { return T->isFloatingPointTy(); }
-
-/// What numpy operation a helper of numba's runtime implements, for errors.
-static StringRef knownExternal(StringRef Name) {
-  static const std::pair<const char *, const char *> Table[] = {
-      {"numba_xxdot", "np.dot / @ of two vectors (BLAS dot)"},
-      {"numba_xxgemv", "np.dot / @ of a matrix and a vector (BLAS gemv)"},
-      {"numba_xxgemm", "np.dot / @ of two matrices (BLAS gemm)"},
-      {"numba_xxnrm2", "np.linalg.norm (BLAS nrm2)"},
-      {"numba_xgesv", "np.linalg.solve (LAPACK gesv)"},
-      {"numba_xxgetrf", "an LU factorization (np.linalg.inv, det, ...)"},
-      {"numba_ez_xxgetri", "np.linalg.inv (LAPACK getri)"},
-      {"numba_xxpotrf", "np.linalg.cholesky (LAPACK potrf)"},
-      {"numba_ez_gesdd", "np.linalg.svd (LAPACK gesdd)"},
-      {"numba_ez_rgeev", "np.linalg.eig (LAPACK geev)"},
-      {"numba_ez_xxxevd", "np.linalg.eigh (LAPACK syevd)"},
-      {"numba_ez_gelsd", "np.linalg.lstsq (LAPACK gelsd)"},
-      {"numba_gamma", "math.gamma"},
-      {"numba_lgamma", "math.lgamma"},
-  };
-  for (auto &[Sym, What] : Table)
-    if (Name == Sym)
-      return What;
-  return {};
-}
 
 bool ActivityAnalysis::pointsToActive(const Value *Ptr) const {
   for (const Value *R : TA.roots(Ptr))
@@ -81,7 +37,7 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
       if (!ActiveRoots.empty() &&
           TA.roots(CB.getArgOperand(I)).contains(UnknownRoot))
         return makeError("unsupported",
-                         Twine(knownExternal(Callee->getName())) +
+                         Twine(numba::describeHelper(Callee->getName())) +
                              ": an array it uses cannot be traced",
                          &CB);
     bool AnyInput = false;
@@ -89,7 +45,7 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
       AnyInput |= pointsToActive(CB.getArgOperand(I));
     if (AnyInput && !pointsToActive(CB.getArgOperand(Blas->output())))
       return makeError("unsupported",
-                       Twine(knownExternal(Callee->getName())) +
+                       Twine(numba::describeHelper(Callee->getName())) +
                            " writes a differentiable result into memory "
                            "that cannot hold its derivative",
                        &CB);
@@ -133,7 +89,7 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
             "no derivative rule for the intrinsic " + Callee->getName(), &CB);
     return Error::success();
   }
-  if (isInactiveRuntimeCall(Callee->getName())) {
+  if (numba::isInactiveRuntimeCall(Callee->getName())) {
     for (const Value *A : CB.args())
       if (A->getType()->isPointerTy() && pointsToActive(A))
         return makeError("unsupported",
@@ -149,7 +105,7 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                          displayName(Callee->getName()) +
                          "' cannot be differentiated yet (recursion)",
                      &CB);
-  if (StringRef What = knownExternal(Callee->getName()); !What.empty())
+  if (StringRef What = numba::describeHelper(Callee->getName()); !What.empty())
     return makeError("unsupported",
                      What + " (numba calls '" + Callee->getName() +
                          "') cannot be differentiated yet",
@@ -199,7 +155,8 @@ Error ActivityAnalysis::checkTraceable(const Instruction *I,
   for (const Instruction &J : instructions(F))
     if (auto *CB = dyn_cast<CallBase>(&J))
       if (const Function *Callee = CB->getCalledFunction())
-        if (StringRef What = knownExternal(Callee->getName()); !What.empty())
+        if (StringRef What = numba::describeHelper(Callee->getName());
+            !What.empty())
           return makeError("unsupported",
                            What + " (numba calls '" + Callee->getName() +
                                "') cannot be differentiated yet",
@@ -235,7 +192,7 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
     if (TA.isRetPtr(R))
       continue; // the return value, not seeded (ret=Const)
     if (auto *A = dyn_cast<Argument>(R)) {
-      if (A->getArgNo() == 1)
+      if (A->getArgNo() == numba::ExcInfoParam)
         return makeError("unsupported",
                          "a differentiable value is stored into the "
                          "exception state",
@@ -243,7 +200,7 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
       return makeError("activity",
                        "a value that depends on active inputs is stored into "
                        "argument '" +
-                           pythonArgName(*A) +
+                           numba::pythonArgName(*A) +
                            "', which is Const; pass it as Duplicated (with a "
                            "shadow array) to get its derivative",
                        &SI);
@@ -351,11 +308,11 @@ void ActivityAnalysis::computeUseful() {
 
 Error ActivityAnalysis::run() {
   for (Argument &A : F.args()) {
-    if (A.getArgNo() == 0 && Req.RetActive)
+    if (A.getArgNo() == numba::RetPtrParam && Req.RetActive)
       ActiveRoots.insert(&A);
-    if (A.getArgNo() < 2)
+    if (!numba::isUserParam(A))
       continue;
-    const ParamSpec &S = Req.Params[A.getArgNo() - 2];
+    const ParamSpec &S = Req.Params[numba::userParamIndex(A)];
     if (S.isDuplicated())
       ActiveRoots.insert(&A);
     if (S.Act == Activity::Active)
@@ -413,7 +370,7 @@ Error ActivityAnalysis::run() {
 void ActivityAnalysis::print(raw_ostream &OS) const {
   OS << "activity:\n";
   for (Argument &A : F.args()) {
-    if (A.getArgNo() < 2)
+    if (!numba::isUserParam(A))
       continue;
     if (isActive(&A))
       OS << "  active " << describe(&A) << "\n";

@@ -1,8 +1,9 @@
 //===- CachePolicy.cpp - which reads the reverse sweep may repeat ---------===//
-#include "CachePolicy.h"
-#include "ActivityAnalysis.h"
-#include "BlasRules.h"
-#include "DerivativeRules.h"
+#include "analysis/CachePolicy.h"
+#include "analysis/ActivityAnalysis.h"
+#include "numba/NumbaABI.h"
+#include "rules/BlasRules.h"
+#include "rules/DerivativeRules.h"
 #include "llvm/Analysis/CFG.h"
 #include "llvm/Analysis/LoopInfo.h"
 #include "llvm/IR/Dominators.h"
@@ -19,7 +20,7 @@ static bool isParameterRoot(const Value *R) {
   if (R == UnknownRoot)
     return false;
   auto *A = dyn_cast<Argument>(R);
-  return A && A->getArgNo() >= 2;
+  return A && numba::isUserParam(*A);
 }
 
 CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
@@ -59,7 +60,7 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
       }
       const Function *Callee = CB->getCalledFunction();
       // Reference counting touches only the meminfo, never array data.
-      if (Callee && isInactiveRuntimeCall(Callee->getName()))
+      if (Callee && numba::isInactiveRuntimeCall(Callee->getName()))
         continue;
       Written.insert(UnknownRoot);
       for (const Value *A : CB->args())

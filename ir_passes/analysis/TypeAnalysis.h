@@ -16,7 +16,7 @@
 #ifndef ENZPY_TYPEANALYSIS_H
 #define ENZPY_TYPEANALYSIS_H
 
-#include "Request.h"
+#include "driver/Request.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/Support/raw_ostream.h"
@@ -35,12 +35,6 @@ namespace enzpy {
 /// UnknownRoot stands for memory of unknown origin.
 using RootSet = llvm::SmallSetVector<const llvm::Value *, 2>;
 extern const llvm::Value *const UnknownRoot;
-
-/// numba's runtime allocation (returns a MemInfo whose data field points to
-/// \p size bytes).
-bool isAllocationCall(const llvm::Value *V);
-/// Offset of the data pointer in numba's NRT_MemInfo.
-constexpr int64_t MemInfoDataOffset = 24;
 
 class TypeAnalysis {
 public:

@@ -18,9 +18,9 @@
 #ifndef ENZPY_ACTIVITYANALYSIS_H
 #define ENZPY_ACTIVITYANALYSIS_H
 
-#include "Preprocess.h"
-#include "Request.h"
-#include "TypeAnalysis.h"
+#include "analysis/TypeAnalysis.h"
+#include "driver/Request.h"
+#include "transforms/Preprocess.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/Support/Error.h"
 
@@ -72,12 +72,6 @@ private:
   llvm::DenseSet<const llvm::Value *> Useful;
   llvm::DenseSet<const llvm::Value *> Active;
 };
-
-/// Runtime functions that carry no derivative and may stay as calls.
-bool isInactiveRuntimeCall(llvm::StringRef Name);
-
-/// The Python name of a numba parameter ("arg.x.4" -> "x").
-std::string pythonArgName(const llvm::Argument &A);
 
 } // namespace enzpy
 

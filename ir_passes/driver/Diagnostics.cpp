@@ -1,5 +1,5 @@
 //===- Diagnostics.cpp - structured errors of the engine ------------------===//
-#include "Diagnostics.h"
+#include "driver/Diagnostics.h"
 #include "llvm/Demangle/Demangle.h"
 #include "llvm/IR/DebugInfoMetadata.h"
 #include "llvm/IR/Instruction.h"

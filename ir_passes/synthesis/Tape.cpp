@@ -1,5 +1,5 @@
 //===- Tape.cpp - the stack of values the reverse sweep needs -------------===//
-#include "Tape.h"
+#include "synthesis/Tape.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/MDBuilder.h"
 #include "llvm/IR/Module.h"

@@ -1,7 +1,8 @@
 //===- Preprocess.cpp - bring the primal into canonical form --------------===//
-#include "Preprocess.h"
-#include "Diagnostics.h"
-#include "PostOpt.h"
+#include "transforms/Preprocess.h"
+#include "driver/Diagnostics.h"
+#include "numba/NumbaABI.h"
+#include "transforms/PostOpt.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
 #include "llvm/IR/CFG.h"
@@ -93,7 +94,7 @@ static void runCanonicalPasses(Function &F) {
 
 static bool isNormalStatus(Value *V) {
   if (auto *C = dyn_cast<ConstantInt>(V))
-    return C->getSExtValue() == 0 || C->getSExtValue() == -2;
+    return numba::isReturnStatus(C->getSExtValue());
   return false;
 }
 
@@ -155,9 +156,7 @@ static void splitExits(Function &F, CanonicalFunction &C) {
       Status->addIncoming(S, BB);
     } else {
       IRBuilder<> B(BB);
-      Value *Ok =
-          B.CreateOr(B.CreateICmpEQ(S, ConstantInt::get(I32, 0)),
-                     B.CreateICmpEQ(S, ConstantInt::get(I32, -2)), "enzpy.ok");
+      Value *Ok = numba::emitIsReturnStatus(B, S);
       BasicBlock *Raise = raiseExit();
       B.CreateCondBr(Ok, normalExit(), Raise)->setDebugLoc(DL);
       Status->addIncoming(S, BB);
@@ -172,20 +171,18 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
     return makeError("request", "function '" + Req.Function +
                                     "' is not defined in the module");
   FunctionType *FT = F->getFunctionType();
-  if (!FT->getReturnType()->isIntegerTy(32) || FT->getNumParams() < 2 ||
-      !FT->getParamType(0)->isPointerTy() ||
-      !FT->getParamType(1)->isPointerTy())
+  if (!numba::hasNativeSignature(*FT))
     return makeError("request", "function '" + Req.Function +
                                     "' does not follow numba's native calling "
                                     "convention i32 (ptr, ptr, ...)");
-  if (FT->getNumParams() - 2 != Req.Params.size())
-    return makeError("request", "the request describes " +
-                                    Twine(Req.Params.size()) +
-                                    " parameters but the function has " +
-                                    Twine(FT->getNumParams() - 2));
+  unsigned NumUser = FT->getNumParams() - numba::NumHiddenParams;
+  if (NumUser != Req.Params.size())
+    return makeError("request",
+                     "the request describes " + Twine(Req.Params.size()) +
+                         " parameters but the function has " + Twine(NumUser));
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
     const ParamSpec &S = Req.Params[I];
-    Type *T = FT->getParamType(I + 2);
+    Type *T = numba::userParam(*F, I)->getType();
     if (S.Act == Activity::Active && !T->isFloatingPointTy())
       return makeError("request", "parameter " + Twine(I) +
                                       " is marked active but is not a float");

@@ -1,6 +1,6 @@
 //===- Request.cpp - parse the JSON request -------------------------------===//
-#include "Request.h"
-#include "Diagnostics.h"
+#include "driver/Request.h"
+#include "driver/Diagnostics.h"
 #include "llvm/AsmParser/Parser.h"
 #include "llvm/IR/Module.h"
 #include "llvm/Support/JSON.h"

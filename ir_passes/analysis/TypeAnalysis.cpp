@@ -1,6 +1,7 @@
 //===- TypeAnalysis.cpp - which memory holds which floats -----------------===//
-#include "TypeAnalysis.h"
-#include "Diagnostics.h"
+#include "analysis/TypeAnalysis.h"
+#include "driver/Diagnostics.h"
+#include "numba/NumbaABI.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Constants.h"
@@ -50,15 +51,6 @@ static Type *floatElementOf(Type *T) {
   return nullptr;
 }
 
-bool isAllocationCall(const Value *V) {
-  auto *CB = dyn_cast<CallBase>(V);
-  if (!CB || !CB->getCalledFunction())
-    return false;
-  StringRef N = CB->getCalledFunction()->getName();
-  return N == "NRT_MemInfo_alloc" || N == "NRT_MemInfo_alloc_aligned" ||
-         N == "NRT_MemInfo_alloc_safe" || N == "NRT_MemInfo_alloc_safe_aligned";
-}
-
 /// \p V with pointer casts and "null or V" selects looked through (numba
 /// guards allocations that way).
 static const Value *throughNullGuards(const Value *V) {
@@ -80,9 +72,8 @@ static const Value *throughNullGuards(const Value *V) {
 /// data field, or numba's NRT_MemInfo_data_fast), if it does.
 static const CallBase *allocationRead(const Instruction *I) {
   if (auto *CB = dyn_cast<CallBase>(I)) {
-    const Function *F = CB->getCalledFunction();
-    if (F && F->getName() == "NRT_MemInfo_data_fast" && CB->arg_size() == 1 &&
-        isAllocationCall(throughNullGuards(CB->getArgOperand(0))))
+    if (numba::isDataPointerCall(*CB) &&
+        numba::isAllocationCall(throughNullGuards(CB->getArgOperand(0))))
       return cast<CallBase>(throughNullGuards(CB->getArgOperand(0)));
     return nullptr;
   }
@@ -94,7 +85,7 @@ static const CallBase *allocationRead(const Instruction *I) {
   const Value *Base = throughNullGuards(
       L->getPointerOperand()->stripAndAccumulateConstantOffsets(DL, Offset,
                                                                 true));
-  if (isAllocationCall(Base) && Offset == MemInfoDataOffset)
+  if (numba::isAllocationCall(Base) && Offset == numba::MemInfoDataOffset)
     return cast<CallBase>(Base);
   return nullptr;
 }
@@ -106,10 +97,10 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
     if (!A.getType()->isPointerTy())
       continue;
     Roots[&A].insert(&A);
-    if (A.getArgNo() == 0)
+    if (A.getArgNo() == numba::RetPtrParam)
       Elem[&A] = Req.RetType == "void" ? nullptr : floatNamed(Ctx, Req.RetType);
-    else if (A.getArgNo() >= 2) {
-      const ParamSpec &S = Req.Params[A.getArgNo() - 2];
+    else if (numba::isUserParam(A)) {
+      const ParamSpec &S = Req.Params[numba::userParamIndex(A)];
       if (S.isDuplicated())
         Elem[&A] = floatNamed(Ctx, S.Elem);
     }
@@ -274,8 +265,8 @@ const ParamSpec *TypeAnalysis::paramSpec(const Value *Root) const {
   if (Root == UnknownRoot)
     return nullptr;
   if (auto *A = dyn_cast<Argument>(Root))
-    if (A->getParent() == &F && A->getArgNo() >= 2)
-      return &Req.Params[A->getArgNo() - 2];
+    if (A->getParent() == &F && numba::isUserParam(*A))
+      return &Req.Params[numba::userParamIndex(*A)];
   return nullptr;
 }
 
@@ -283,7 +274,7 @@ bool TypeAnalysis::isRetPtr(const Value *Root) const {
   if (Root == UnknownRoot)
     return false;
   auto *A = dyn_cast<Argument>(Root);
-  return A && A->getParent() == &F && A->getArgNo() == 0;
+  return A && A->getParent() == &F && A->getArgNo() == numba::RetPtrParam;
 }
 
 void TypeAnalysis::print(raw_ostream &OS) const {

@@ -1,5 +1,5 @@
 //===- PostOpt.cpp - optimize the finished derivative ---------------------===//
-#include "PostOpt.h"
+#include "transforms/PostOpt.h"
 #include "llvm/IR/Module.h"
 
 using namespace llvm;

@@ -1,6 +1,6 @@
 //===- ShadowAddresses.cpp - which addresses have shadows -----------------===//
-#include "ShadowAddresses.h"
-#include "Diagnostics.h"
+#include "synthesis/ShadowAddresses.h"
+#include "driver/Diagnostics.h"
 #include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Constants.h"

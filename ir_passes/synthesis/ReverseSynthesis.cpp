@@ -1,11 +1,12 @@
 //===- ReverseSynthesis.cpp - combined reverse-mode derivative ------------===//
-#include "ReverseSynthesis.h"
-#include "BlasRules.h"
-#include "CachePolicy.h"
-#include "DerivativeRules.h"
-#include "Diagnostics.h"
-#include "ShadowAddresses.h"
-#include "Tape.h"
+#include "synthesis/ReverseSynthesis.h"
+#include "analysis/CachePolicy.h"
+#include "driver/Diagnostics.h"
+#include "numba/NumbaABI.h"
+#include "rules/BlasRules.h"
+#include "rules/DerivativeRules.h"
+#include "synthesis/ShadowAddresses.h"
+#include "synthesis/Tape.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/Analysis/AssumptionCache.h"
 #include "llvm/Analysis/LoopInfo.h"
@@ -384,7 +385,9 @@ Lanes ReverseSynthesizer::shadow(const Value *PPtr) {
     return It->second;
   Lanes S;
   if (auto *A = dyn_cast<Argument>(PPtr)) {
-    S = A->getArgNo() == 0 ? RetShadow : ShadowArgs[A->getArgNo() - 2];
+    S = A->getArgNo() == numba::RetPtrParam
+            ? RetShadow
+            : ShadowArgs[numba::userParamIndex(*A)];
     assert(!S.empty() && "shadow of a parameter that is not duplicated");
   } else if (auto *AI = dyn_cast<AllocaInst>(PPtr)) {
     for (unsigned K = 0; K < Width; ++K) {
@@ -454,10 +457,8 @@ Lanes ReverseSynthesizer::shadow(const Value *PPtr) {
     auto *DL = cast<Instruction>(mapped(PPtr));
     IRBuilder<> B(DL->getNextNode());
     for (unsigned K = 0; K < Width; ++K)
-      S.push_back(B.CreateLoad(
-          DL->getType(),
-          B.CreateConstGEP1_64(B.getInt8Ty(), SMI[K], MemInfoDataOffset),
-          laneName(PPtr->getName() + "'shadow", K)));
+      S.push_back(numba::emitDataPointer(
+          B, SMI[K], laneName(PPtr->getName() + "'shadow", K)));
   }
   assert(S.size() == Width &&
          "checkShadowable let an unshadowable address through");
@@ -487,9 +488,7 @@ Lanes ReverseSynthesizer::shadowMemInfo(const CallBase *Alloc) {
     if (forwardEnd(PB) == Head)
       ForwardEnd[PB] = Tail;
     B.SetInsertPoint(After);
-    Value *Data =
-        B.CreateLoad(B.getPtrTy(), B.CreateConstGEP1_64(B.getInt8Ty(), SMI,
-                                                        MemInfoDataOffset));
+    Value *Data = numba::emitDataPointer(B, SMI);
     B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
     SMIs.push_back(SMI);
   }
@@ -509,9 +508,7 @@ BasicBlock *ReverseSynthesizer::forwardEnd(const BasicBlock *PB) const {
 void ReverseSynthesizer::createShadows() {
   // Arrays the reverse sweep re-reads must outlive the primal's own
   // release of them: one more reference until the reverse passes them.
-  FunctionCallee Incref = D->getParent()->getOrInsertFunction(
-      "NRT_incref", FunctionType::get(Type::getVoidTy(Ctx),
-                                      {PointerType::getUnqual(Ctx)}, false));
+  FunctionCallee Incref = numba::increfFunction(*D->getParent());
   for (const CallBase *A : Cache.keptAlive()) {
     auto *DA = cast<Instruction>(mapped(A));
     IRBuilder<> B(DA->getNextNode());
@@ -718,13 +715,13 @@ void ReverseSynthesizer::createFunction() {
   ShadowArgs.assign(Req.Params.size(), Lanes());
   unsigned Next = NumPrimal;
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
-    Argument *A = D->getArg(I + 2);
-    A->setName(P.getArg(I + 2)->getName());
-    VMap[P.getArg(I + 2)] = A;
+    Argument *A = numba::userParam(*D, I);
+    A->setName(numba::userParam(P, I)->getName());
+    VMap[numba::userParam(P, I)] = A;
     if (Req.Params[I].isDuplicated())
       for (unsigned K = 0; K < Width; ++K) {
         Argument *S = D->getArg(Next++);
-        S->setName(laneName(P.getArg(I + 2)->getName() + "'shadow", K));
+        S->setName(laneName(numba::userParam(P, I)->getName() + "'shadow", K));
         ShadowArgs[I].push_back(S);
       }
   }
@@ -840,10 +837,8 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
         reverseBlas(*Blas, RB, R);
       return;
     }
-  if (isAllocationCall(&I)) {
-    FunctionCallee Decref = D->getParent()->getOrInsertFunction(
-        "NRT_decref", FunctionType::get(Type::getVoidTy(Ctx),
-                                        {PointerType::getUnqual(Ctx)}, false));
+  if (numba::isAllocationCall(&I)) {
+    FunctionCallee Decref = numba::decrefFunction(*D->getParent());
     auto It = ShadowMemInfos.find(&I);
     if (It != ShadowMemInfos.end())
       for (unsigned K = 0; K < Width; ++K)
@@ -1050,7 +1045,7 @@ void ReverseSynthesizer::createFinal() {
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
     if (Req.Params[I].Act != Activity::Active)
       continue;
-    Argument *PA = P.getArg(I + 2);
+    Argument *PA = numba::userParam(P, I);
     for (unsigned K = 0; K < Width; ++K) {
       Fields.push_back(PA->getType());
       Values.push_back(AA.isActive(PA) ? static_cast<Value *>(B.CreateLoad(

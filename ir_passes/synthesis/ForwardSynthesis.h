@@ -44,10 +44,10 @@
 #ifndef ENZPY_FORWARDSYNTHESIS_H
 #define ENZPY_FORWARDSYNTHESIS_H
 
-#include "ActivityAnalysis.h"
-#include "Preprocess.h"
-#include "Request.h"
-#include "TypeAnalysis.h"
+#include "analysis/ActivityAnalysis.h"
+#include "analysis/TypeAnalysis.h"
+#include "driver/Request.h"
+#include "transforms/Preprocess.h"
 #include "llvm/Support/Error.h"
 
 namespace enzpy {

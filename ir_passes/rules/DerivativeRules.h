@@ -27,7 +27,7 @@ struct RuleInputs {
 };
 
 /// d result / d argument I, or null when it is identically zero.
-using PartialFn = llvm::Value *(*)(RuleInputs &In, unsigned I);
+using PartialFn = llvm::Value *(*)(RuleInputs & In, unsigned I);
 
 struct CallRule {
   const char *Name;

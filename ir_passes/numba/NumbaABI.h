@@ -1,0 +1,104 @@
+//===- NumbaABI.h - what the engine knows about numba -----------*- C++ -*-===//
+//
+// Everything numba-specific the engine relies on lives here, so that a second
+// frontend (plain C through clang, say) replaces this unit and nothing else:
+//
+//  - the native calling convention: i32 f(ptr retptr, ptr excinfo, args...),
+//    where the i32 is a status (0 or -2: returned; anything else: raised,
+//    with the exception in *excinfo) and retptr receives the return value;
+//  - the names numba gives parameters ("arg.<python name>.<n>");
+//  - the runtime (NRT): reference-counted MemInfo owners of arrays, their
+//    allocation functions and the offset of the data pointer in a MemInfo;
+//  - numba's C helpers: which runtime calls carry no derivative, and which
+//    numpy operation each BLAS/LAPACK helper implements (for errors).
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_NUMBA_NUMBAABI_H
+#define ENZPY_NUMBA_NUMBAABI_H
+
+#include "llvm/ADT/StringRef.h"
+#include "llvm/IR/Function.h"
+#include "llvm/IR/IRBuilder.h"
+#include <cstdint>
+#include <string>
+
+namespace llvm {
+class Argument;
+class CallBase;
+class Instruction;
+class Module;
+class Value;
+} // namespace llvm
+
+namespace enzpy::numba {
+
+//===-- Calling convention -----------------------------------------------===//
+
+/// LLVM parameter positions of the return slot and the exception state; the
+/// Python arguments' parameters follow them.
+constexpr unsigned RetPtrParam = 0;
+constexpr unsigned ExcInfoParam = 1;
+constexpr unsigned NumHiddenParams = 2;
+
+/// The LLVM parameter of the \p I-th Python-level parameter.
+inline llvm::Argument *userParam(llvm::Function &F, unsigned I) {
+  return F.getArg(I + NumHiddenParams);
+}
+/// Whether \p A is one of the Python-level parameters (not retptr/excinfo).
+inline bool isUserParam(const llvm::Argument &A) {
+  return A.getArgNo() >= NumHiddenParams;
+}
+/// The Python-level index of a user parameter.
+inline unsigned userParamIndex(const llvm::Argument &A) {
+  return A.getArgNo() - NumHiddenParams;
+}
+
+/// Whether the function's type is the native calling convention.
+bool hasNativeSignature(const llvm::FunctionType &FT);
+
+/// Status values that mean "the function returned" (0, and -2 for a None
+/// return); every other status means an exception was raised.
+bool isReturnStatus(int64_t Status);
+/// i1: \p Status is a return status.
+llvm::Value *emitIsReturnStatus(llvm::IRBuilder<> &B, llvm::Value *Status);
+
+/// The Python name of a numba parameter ("arg.x.4" -> "x").
+std::string pythonArgName(const llvm::Argument &A);
+
+//===-- Runtime (NRT) ----------------------------------------------------===//
+
+/// Offset of the data pointer in numba's NRT_MemInfo.
+constexpr int64_t MemInfoDataOffset = 24;
+
+/// A call that allocates a new array (NRT_MemInfo_alloc*): it returns the
+/// MemInfo, and its first argument is the size in bytes.
+bool isAllocationCall(const llvm::Value *V);
+/// numba's accessor of a MemInfo's data pointer (NRT_MemInfo_data_fast).
+bool isDataPointerCall(const llvm::CallBase &CB);
+/// NRT_incref / NRT_decref on one MemInfo.
+bool isRefcountCall(const llvm::Instruction &I);
+/// Declarations of NRT_incref / NRT_decref in \p M.
+llvm::FunctionCallee increfFunction(llvm::Module &M);
+llvm::FunctionCallee decrefFunction(llvm::Module &M);
+/// The data pointer of the array owned by \p MemInfo.
+llvm::Value *emitDataPointer(llvm::IRBuilder<> &B, llvm::Value *MemInfo,
+                             const llvm::Twine &Name = "");
+
+/// Runtime functions that carry no derivative and may stay as calls
+/// (reference counting, allocation, the stride helper of reshapes).
+bool isInactiveRuntimeCall(llvm::StringRef Name);
+
+//===-- Helper library ---------------------------------------------------===//
+
+/// numba's BLAS helpers whose derivatives rules/BlasRules provides.
+constexpr llvm::StringLiteral BlasDot = "numba_xxdot";
+constexpr llvm::StringLiteral BlasGemv = "numba_xxgemv";
+constexpr llvm::StringLiteral BlasGemm = "numba_xxgemm";
+
+/// What numpy operation a helper of numba's runtime implements ("np.linalg.
+/// solve (LAPACK gesv)"), or empty when \p Name is not one of them.
+llvm::StringRef describeHelper(llvm::StringRef Name);
+
+} // namespace enzpy::numba
+
+#endif
