@@ -124,10 +124,12 @@ Error ActivityAnalysis::checkInstruction(const Instruction &I) const {
     AnyVariedOperand |= isVaried(Op);
   if (!AnyVariedOperand)
     return Error::success();
-  if (isa<BinaryOperator>(I) || isa<UnaryOperator>(I) || isa<PHINode>(I) ||
-      isa<SelectInst>(I) || isa<FPExtInst>(I) || isa<FPTruncInst>(I) ||
-      isa<FCmpInst>(I) || isa<FPToSIInst>(I) || isa<FPToUIInst>(I) ||
-      isa<StoreInst>(I) || isa<CallBase>(I) || isa<FreezeInst>(I))
+  // Arithmetic needs a row in the rule table; memory, phis and calls are
+  // checked elsewhere; comparisons and conversions to integers carry no
+  // derivative.
+  if (findScalarRule(I) || isa<PHINode>(I) || isa<FCmpInst>(I) ||
+      isa<FPToSIInst>(I) || isa<FPToUIInst>(I) || isa<StoreInst>(I) ||
+      isa<CallBase>(I))
     return Error::success();
   if (isa<BitCastInst>(I) && !isFloatLike(I.getType()))
     return makeError("unsupported",

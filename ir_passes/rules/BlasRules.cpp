@@ -284,4 +284,56 @@ void emitBlasReverse(IRBuilder<> &B, const BlasCall &Call,
   }
 }
 
+void emitBlasTangent(IRBuilder<> &B, const BlasCall &Call,
+                     BlasTangentInputs &In) {
+  const CallBase &CB = *Call.Call;
+  Module &M = *B.GetInsertBlock()->getModule();
+  FunctionCallee Callee = M.getOrInsertFunction(
+      CB.getCalledFunction()->getName(), CB.getFunctionType());
+  unsigned Out = Call.output();
+  auto call = [&](ArrayRef<std::pair<unsigned, Value *>> Replace) {
+    SmallVector<Value *, 14> Args;
+    for (unsigned I = 0; I < CB.arg_size(); ++I)
+      Args.push_back(In.Arg(I));
+    for (auto &[I, V] : Replace)
+      Args[I] = V;
+    B.CreateCall(Callee, Args);
+  };
+  SmallVector<std::pair<unsigned, Value *>, 2> Active;
+  for (unsigned I : Call.inputs())
+    if (Value *S = In.Shadow(I))
+      Active.push_back({I, S});
+  Value *SOut = In.Shadow(Out);
+  if (Call.Kind == BlasCall::Dot) {
+    // -0.0 is the identity of fadd: a single term folds to itself.
+    Value *Sum = ConstantFP::getNegativeZero(Call.Elem);
+    Function *F = B.GetInsertBlock()->getParent();
+    for (auto &[I, S] : Active) {
+      IRBuilder<> EB(&F->getEntryBlock(),
+                     F->getEntryBlock().getFirstInsertionPt());
+      AllocaInst *Tmp = EB.CreateAlloca(Call.Elem);
+      call({{I, S}, {Out, Tmp}});
+      Sum = B.CreateFAdd(Sum, B.CreateLoad(Call.Elem, Tmp));
+    }
+    B.CreateStore(Sum, SOut);
+    return;
+  }
+  if (Active.empty()) {
+    // alpha = 0: BLAS reads neither input and leaves beta * dout.
+    call({{Out, SOut},
+          {*Call.alpha(), slot(B, ConstantFP::get(Call.Elem, 0.0))}});
+    return;
+  }
+  bool First = true;
+  for (auto &[I, S] : Active) {
+    SmallVector<std::pair<unsigned, Value *>, 3> Replace = {{I, S},
+                                                            {Out, SOut}};
+    if (!First) // the second product accumulates
+      Replace.push_back(
+          {*Call.beta(), slot(B, ConstantFP::get(Call.Elem, 1.0))});
+    call(Replace);
+    First = false;
+  }
+}
+
 } // namespace enzpy

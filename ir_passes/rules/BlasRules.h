@@ -5,9 +5,11 @@
 // numba_xxgemm (matrix . matrix), with Fortran (column-major) BLAS
 // conventions. This file recognizes those calls (real kinds 's' and 'd'),
 // says which of their arguments they read and write, and emits their
-// reverse: the adjoints of the inputs are accumulated with BLAS calls again
-// (gemv/gemm with the transposes of the forward call), and the output's
-// adjoint is scaled by beta (numba passes beta = 0: the output is consumed).
+// derivative as a linear map on the arrays' shadows, once: its tangent (the
+// same call on the shadows), and its transpose (the adjoints of the inputs
+// are accumulated with BLAS calls again, gemv/gemm with the transposes of the
+// forward call, and the output's adjoint is scaled by beta; numba passes
+// beta = 0: the output is consumed).
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_BLASRULES_H
@@ -49,8 +51,25 @@ struct BlasReverseInputs {
   llvm::Value *Beta;
 };
 
+/// The transpose: accumulates the output shadow's contribution into the
+/// input shadows and leaves beta * dout in the output's shadow.
 void emitBlasReverse(llvm::IRBuilder<> &B, const BlasCall &Call,
                      BlasReverseInputs &In);
+
+/// What the tangent of a BLAS call is built from, in the forward sweep.
+struct BlasTangentInputs {
+  /// The call's argument \p I, as the derivative computes it.
+  llvm::function_ref<llvm::Value *(unsigned)> Arg;
+  /// The shadow of array argument \p I in this lane, or null when inactive.
+  llvm::function_ref<llvm::Value *(unsigned)> Shadow;
+};
+
+/// The tangent of one lane, written into the output's shadow. The products
+/// are bilinear: the tangent of out = alpha op(A) op(B) + beta out is
+/// alpha (op(dA) op(B) + op(A) op(dB)) + beta dout, the same call on the
+/// shadows once per active input; a dot product's is a sum of two dots.
+void emitBlasTangent(llvm::IRBuilder<> &B, const BlasCall &Call,
+                     BlasTangentInputs &In);
 
 /// The number of bytes of input array argument \p I that the call reads,
 /// computed from the call's arguments as \p Arg gives them.

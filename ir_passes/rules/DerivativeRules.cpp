@@ -1,15 +1,15 @@
-//===- DerivativeRules.cpp - derivatives of intrinsics and libm -----------===//
+//===- DerivativeRules.cpp - the table of scalar derivative rules ---------===//
 #include "rules/DerivativeRules.h"
 #include "llvm/ADT/StringMap.h"
+#include "llvm/IR/Instructions.h"
 #include "llvm/IR/Intrinsics.h"
 #include "llvm/IR/Module.h"
+#include <array>
 #include <cmath>
 
 using namespace llvm;
 
 namespace enzpy {
-
-static Constant *fp(Type *T, double V) { return ConstantFP::get(T, V); }
 
 Value *emitMathCall(IRBuilder<> &B, StringRef Name, ArrayRef<Value *> Args) {
   Type *T = Args[0]->getType();
@@ -37,233 +37,233 @@ Value *emitMathCall(IRBuilder<> &B, StringRef Name, ArrayRef<Value *> Args) {
   return B.CreateCall(Fn, Args);
 }
 
-// Shorthands for the table below.
-static Value *sq(IRBuilder<> &B, Value *X) { return B.CreateFMul(X, X); }
-static Value *recip(IRBuilder<> &B, Value *X) {
-  return B.CreateFDiv(fp(X->getType(), 1.0), X);
-}
-static Value *sign(IRBuilder<> &B, Value *X) {
-  return emitMathCall(B, "copysign", {fp(X->getType(), 1.0), X});
-}
-#define X0 In.Arg(0)
-#define X1 In.Arg(1)
-#define R In.Result()
-#define BB In.B
-#define T0 In.Ty
+Value *RuleExpr::c(double V) { return ConstantFP::get(Ty, V); }
 
-static const CallRule Rules[] = {
-    // Trigonometric and hyperbolic functions.
-    {"sin", 1,
-     [](RuleInputs &In, unsigned) { return emitMathCall(BB, "cos", {X0}); }},
-    {"cos", 1,
-     [](RuleInputs &In, unsigned) {
-       return BB.CreateFNeg(emitMathCall(BB, "sin", {X0}));
+Value *RuleExpr::call(StringRef Name, ArrayRef<Value *> Args) {
+  return emitMathCall(B, Name, Args);
+}
+
+namespace {
+
+using E = RuleExpr;
+constexpr auto Op = ScalarRule::Opcode;
+constexpr auto Fn = ScalarRule::Callee;
+
+Partial one(E &, unsigned) { return Partial::one(); }
+Partial zero(E &, unsigned) { return Partial(); }
+/// A function of an integer-valued rounding: zero almost everywhere.
+constexpr PartialFn Flat = zero;
+
+/// 1 / sqrt(S): the derivative of the inverse trigonometric and hyperbolic
+/// functions.
+Value *rsqrt(E &X, Value *S) { return X.recip(X.call("sqrt", {S})); }
+
+/// min/max: the derivative goes to the argument that was chosen (the first
+/// one on ties).
+Partial choose(E &X, unsigned I, Value *FirstChosen) {
+  return Partial::where(FirstChosen, I == 0);
+}
+
+/// fmod(a, b) = a - trunc(a / b) * b.
+Partial fmod(E &X, unsigned I) {
+  if (I == 0)
+    return Partial::one();
+  return X.neg(X.call("trunc", {X.div(X.x(0), X.x(1))}));
+}
+
+/// fma(a, b, c) = a * b + c.
+Partial fma(E &X, unsigned I) {
+  if (I == 2)
+    return Partial::one();
+  return X.x(I == 0 ? 1 : 0);
+}
+
+// One row per operation. Aliases (other names of a row) are in findRow.
+const ScalarRule Rules[] = {
+    // Arithmetic instructions.
+    {Op, "fadd", 2, one},
+    {Op, "fsub", 2,
+     [](E &, unsigned I) {
+       return I == 0 ? Partial::one() : Partial::minusOne();
      }},
-    {"tan", 1,
-     [](RuleInputs &In, unsigned) {
-       return BB.CreateFAdd(fp(T0, 1.0), sq(BB, R));
+    {Op, "fmul", 2, [](E &X, unsigned I) { return Partial(X.x(1 - I)); }},
+    {Op, "fdiv", 2,
+     [](E &X, unsigned I) -> Partial {
+       if (I == 0) // d(a/b)/da = 1/b
+         return X.recip(X.x(1));
+       return X.neg(X.div(X.result(), X.x(1))); // d(a/b)/db = -(a/b)/b
      }},
-    {"asin", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return recip(BB, emitMathCall(BB, "sqrt",
-                                     {BB.CreateFSub(fp(T0, 1.0), sq(BB, X))}));
-     }},
-    {"acos", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return BB.CreateFNeg(
-           recip(BB, emitMathCall(BB, "sqrt",
-                                  {BB.CreateFSub(fp(T0, 1.0), sq(BB, X))})));
-     }},
-    {"atan", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return recip(BB, BB.CreateFAdd(fp(T0, 1.0), sq(BB, X)));
-     }},
-    {"sinh", 1,
-     [](RuleInputs &In, unsigned) { return emitMathCall(BB, "cosh", {X0}); }},
-    {"cosh", 1,
-     [](RuleInputs &In, unsigned) { return emitMathCall(BB, "sinh", {X0}); }},
-    {"tanh", 1,
-     [](RuleInputs &In, unsigned) {
-       return BB.CreateFSub(fp(T0, 1.0), sq(BB, R));
-     }},
-    {"asinh", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return recip(BB, emitMathCall(BB, "sqrt",
-                                     {BB.CreateFAdd(sq(BB, X), fp(T0, 1.0))}));
-     }},
-    {"acosh", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return recip(BB, emitMathCall(BB, "sqrt",
-                                     {BB.CreateFSub(sq(BB, X), fp(T0, 1.0))}));
-     }},
-    {"atanh", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return recip(BB, BB.CreateFSub(fp(T0, 1.0), sq(BB, X)));
-     }},
-    {"atan2", 2,
-     [](RuleInputs &In, unsigned I) {
-       // atan2(y, x): d/dy = x / (x^2 + y^2), d/dx = -y / (x^2 + y^2).
-       Value *Y = X0, *X = X1;
-       Value *Den = BB.CreateFAdd(sq(BB, X), sq(BB, Y));
-       return I == 0 ? BB.CreateFDiv(X, Den)
-                     : BB.CreateFDiv(BB.CreateFNeg(Y), Den);
-     }},
-    {"hypot", 2,
-     [](RuleInputs &In, unsigned I) {
-       Value *Num = I == 0 ? X0 : X1;
-       Value *H = R;
-       // At the origin the derivative is taken as 0, not NaN.
-       Value *Zero = fp(T0, 0.0);
-       return BB.CreateSelect(BB.CreateFCmpOEQ(H, Zero), Zero,
-                              BB.CreateFDiv(Num, H));
-     }},
-    // Exponentials and logarithms.
-    {"exp", 1, [](RuleInputs &In, unsigned) { return R; }},
-    {"exp2", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *Res = R;
-       return BB.CreateFMul(Res, fp(T0, M_LN2));
-     }},
-    {"expm1", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *Res = R;
-       return BB.CreateFAdd(Res, fp(T0, 1.0));
-     }},
-    {"log", 1, [](RuleInputs &In, unsigned) { return recip(BB, X0); }},
-    {"log2", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return recip(BB, BB.CreateFMul(X, fp(T0, M_LN2)));
-     }},
-    {"log10", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return recip(BB, BB.CreateFMul(X, fp(T0, M_LN10)));
-     }},
-    {"log1p", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       return recip(BB, BB.CreateFAdd(X, fp(T0, 1.0)));
-     }},
-    {"sqrt", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *Res = R;
-       return BB.CreateFDiv(fp(T0, 0.5), Res);
-     }},
-    {"cbrt", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *Res = R;
-       return recip(BB, BB.CreateFMul(fp(T0, 3.0), sq(BB, Res)));
-     }},
-    {"pow", 2,
-     [](RuleInputs &In, unsigned I) -> Value * {
-       Value *X = X0, *Y = X1;
-       Type *T = In.Ty;
-       if (I == 0) // y * x^(y-1)
-         return BB.CreateFMul(
-             Y, emitMathCall(BB, "pow", {X, BB.CreateFSub(Y, fp(T, 1.0))}));
-       // x^y * log(x); taken as 0 at x == 0 (the limit for y > 0).
-       Value *D = BB.CreateFMul(R, emitMathCall(BB, "log", {X}));
-       return BB.CreateSelect(BB.CreateFCmpOEQ(X, fp(T, 0.0)), fp(T, 0.0), D);
-     }},
-    {"powi", 2,
-     [](RuleInputs &In, unsigned I) -> Value * {
-       if (I != 0)
-         return nullptr; // integer exponent
-       Value *X = X0, *N = X1;
-       Value *NF = BB.CreateSIToFP(N, T0);
-       Value *Nm1 = BB.CreateSub(N, ConstantInt::get(N->getType(), 1));
-       Value *P = BB.CreateIntrinsic(Intrinsic::powi,
-                                     {X->getType(), N->getType()}, {X, Nm1});
-       return BB.CreateFMul(NF, P);
-     }},
-    {"erf", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       Value *E = emitMathCall(BB, "exp", {BB.CreateFNeg(sq(BB, X))});
-       return BB.CreateFMul(fp(T0, 2.0 / std::sqrt(M_PI)), E);
-     }},
-    {"erfc", 1,
-     [](RuleInputs &In, unsigned) {
-       Value *X = X0;
-       Value *E = emitMathCall(BB, "exp", {BB.CreateFNeg(sq(BB, X))});
-       return BB.CreateFMul(fp(T0, -2.0 / std::sqrt(M_PI)), E);
-     }},
-    // Sign, magnitude, rounding.
-    {"fabs", 1, [](RuleInputs &In, unsigned) { return sign(BB, X0); }},
-    {"copysign", 2,
-     [](RuleInputs &In, unsigned I) -> Value * {
-       if (I != 0)
-         return nullptr;
-       return BB.CreateFMul(sign(BB, X0), sign(BB, X1));
-     }},
-    {"floor", 1, [](RuleInputs &, unsigned) -> Value * { return nullptr; }},
-    {"ceil", 1, [](RuleInputs &, unsigned) -> Value * { return nullptr; }},
-    {"trunc", 1, [](RuleInputs &, unsigned) -> Value * { return nullptr; }},
-    {"round", 1, [](RuleInputs &, unsigned) -> Value * { return nullptr; }},
-    {"roundeven", 1, [](RuleInputs &, unsigned) -> Value * { return nullptr; }},
-    {"rint", 1, [](RuleInputs &, unsigned) -> Value * { return nullptr; }},
-    {"nearbyint", 1, [](RuleInputs &, unsigned) -> Value * { return nullptr; }},
-    // Fused and two-argument arithmetic.
-    {"fma", 3,
-     [](RuleInputs &In, unsigned I) -> Value * {
-       if (I == 2)
-         return fp(T0, 1.0);
-       return I == 0 ? X1 : X0;
-     }},
-    {"fmuladd", 3,
-     [](RuleInputs &In, unsigned I) -> Value * {
-       if (I == 2)
-         return fp(T0, 1.0);
-       return I == 0 ? X1 : X0;
-     }},
-    {"fmod", 2,
-     [](RuleInputs &In, unsigned I) -> Value * {
+    {Op, "frem", 2, fmod},
+    {Op, "fneg", 1, [](E &, unsigned) { return Partial::minusOne(); }},
+    {Op, "fpext", 1, one},
+    {Op, "fptrunc", 1, one},
+    {Op, "freeze", 1, one},
+    // select(c, t, f): the derivative goes to the operand that was chosen.
+    {Op, "select", 3,
+     [](E &X, unsigned I) -> Partial {
        if (I == 0)
-         return fp(T0, 1.0);
-       Value *Q = emitMathCall(BB, "trunc", {BB.CreateFDiv(X0, X1)});
-       return BB.CreateFNeg(Q);
+         return Partial(); // the condition
+       return Partial::where(X.x(0), I == 1);
      }},
-    // min/max: the derivative goes to the argument that was chosen (the
-    // first one on ties).
-    {"minnum", 2,
-     [](RuleInputs &In, unsigned I) -> Value * {
-       Value *C = BB.CreateFCmpOLE(X0, X1);
-       if (I == 1)
-         C = BB.CreateNot(C);
-       return BB.CreateUIToFP(C, T0);
+
+    // Trigonometric and hyperbolic functions.
+    {Fn, "sin", 1,
+     [](E &X, unsigned) { return Partial(X.call("cos", {X.x(0)})); }},
+    {Fn, "cos", 1,
+     [](E &X, unsigned) { return Partial(X.neg(X.call("sin", {X.x(0)}))); }},
+    {Fn, "tan", 1,
+     [](E &X, unsigned) { return Partial(X.add(X.c(1.0), X.sq(X.result()))); }},
+    {Fn, "asin", 1,
+     [](E &X, unsigned) {
+       return Partial(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0)))));
      }},
-    {"maxnum", 2,
-     [](RuleInputs &In, unsigned I) -> Value * {
-       Value *C = BB.CreateFCmpOGE(X0, X1);
-       if (I == 1)
-         C = BB.CreateNot(C);
-       return BB.CreateUIToFP(C, T0);
+    {Fn, "acos", 1,
+     [](E &X, unsigned) {
+       return Partial(X.neg(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0))))));
+     }},
+    {Fn, "atan", 1,
+     [](E &X, unsigned) {
+       return Partial(X.recip(X.add(X.c(1.0), X.sq(X.x(0)))));
+     }},
+    {Fn, "sinh", 1,
+     [](E &X, unsigned) { return Partial(X.call("cosh", {X.x(0)})); }},
+    {Fn, "cosh", 1,
+     [](E &X, unsigned) { return Partial(X.call("sinh", {X.x(0)})); }},
+    {Fn, "tanh", 1,
+     [](E &X, unsigned) { return Partial(X.sub(X.c(1.0), X.sq(X.result()))); }},
+    {Fn, "asinh", 1,
+     [](E &X, unsigned) {
+       return Partial(rsqrt(X, X.add(X.sq(X.x(0)), X.c(1.0))));
+     }},
+    {Fn, "acosh", 1,
+     [](E &X, unsigned) {
+       return Partial(rsqrt(X, X.sub(X.sq(X.x(0)), X.c(1.0))));
+     }},
+    {Fn, "atanh", 1,
+     [](E &X, unsigned) {
+       return Partial(X.recip(X.sub(X.c(1.0), X.sq(X.x(0)))));
+     }},
+    {Fn, "atan2", 2,
+     [](E &X, unsigned I) {
+       // atan2(y, x): d/dy = x / (x^2 + y^2), d/dx = -y / (x^2 + y^2).
+       Value *Y = X.x(0), *Xv = X.x(1);
+       Value *Den = X.add(X.sq(Xv), X.sq(Y));
+       return Partial(I == 0 ? X.div(Xv, Den) : X.div(X.neg(Y), Den));
+     }},
+    {Fn, "hypot", 2,
+     [](E &X, unsigned I) {
+       // x_i / hypot; taken as 0 at the origin, not NaN.
+       Value *H = X.result();
+       return Partial(X.select(X.isZero(H), X.c(0.0), X.div(X.x(I), H)));
+     }},
+
+    // Exponentials and logarithms.
+    {Fn, "exp", 1, [](E &X, unsigned) { return Partial(X.result()); }},
+    {Fn, "exp2", 1,
+     [](E &X, unsigned) { return Partial(X.mul(X.result(), X.c(M_LN2))); }},
+    {Fn, "expm1", 1,
+     [](E &X, unsigned) { return Partial(X.add(X.result(), X.c(1.0))); }},
+    {Fn, "log", 1, [](E &X, unsigned) { return Partial(X.recip(X.x(0))); }},
+    {Fn, "log2", 1,
+     [](E &X, unsigned) {
+       return Partial(X.recip(X.mul(X.x(0), X.c(M_LN2))));
+     }},
+    {Fn, "log10", 1,
+     [](E &X, unsigned) {
+       return Partial(X.recip(X.mul(X.x(0), X.c(M_LN10))));
+     }},
+    {Fn, "log1p", 1,
+     [](E &X, unsigned) { return Partial(X.recip(X.add(X.x(0), X.c(1.0)))); }},
+    {Fn, "sqrt", 1,
+     [](E &X, unsigned) { return Partial(X.div(X.c(0.5), X.result())); }},
+    {Fn, "cbrt", 1,
+     [](E &X, unsigned) {
+       return Partial(X.recip(X.mul(X.c(3.0), X.sq(X.result()))));
+     }},
+    {Fn, "pow", 2,
+     [](E &X, unsigned I) {
+       Value *Base = X.x(0), *Exp = X.x(1);
+       if (I == 0) // y * x^(y-1)
+         return Partial(
+             X.mul(Exp, X.call("pow", {Base, X.sub(Exp, X.c(1.0))})));
+       // x^y * log(x); taken as 0 at x == 0 (the limit for y > 0).
+       Value *D = X.mul(X.result(), X.call("log", {Base}));
+       return Partial(X.select(X.isZero(Base), X.c(0.0), D));
+     }},
+    {Fn, "powi", 2,
+     [](E &X, unsigned I) -> Partial {
+       if (I != 0)
+         return Partial(); // an integer exponent
+       // n * x^(n-1)
+       Value *Base = X.x(0), *N = X.x(1);
+       Value *Nm1 = X.B.CreateSub(N, ConstantInt::get(N->getType(), 1));
+       Value *P = X.B.CreateIntrinsic(
+           Intrinsic::powi, {Base->getType(), N->getType()}, {Base, Nm1});
+       return X.mul(X.B.CreateSIToFP(N, X.Ty), P);
+     }},
+    {Fn, "erf", 1,
+     [](E &X, unsigned) {
+       Value *G = X.call("exp", {X.neg(X.sq(X.x(0)))});
+       return Partial(X.mul(X.c(2.0 / std::sqrt(M_PI)), G));
+     }},
+    {Fn, "erfc", 1,
+     [](E &X, unsigned) {
+       Value *G = X.call("exp", {X.neg(X.sq(X.x(0)))});
+       return Partial(X.mul(X.c(-2.0 / std::sqrt(M_PI)), G));
+     }},
+
+    // Sign, magnitude, rounding.
+    {Fn, "fabs", 1, [](E &X, unsigned) { return Partial(X.sign(X.x(0))); }},
+    {Fn, "copysign", 2,
+     [](E &X, unsigned I) -> Partial {
+       if (I != 0)
+         return Partial(); // only the sign is taken from the second
+       return X.mul(X.sign(X.x(0)), X.sign(X.x(1)));
+     }},
+    {Fn, "floor", 1, Flat},
+    {Fn, "ceil", 1, Flat},
+    {Fn, "trunc", 1, Flat},
+    {Fn, "round", 1, Flat},
+    {Fn, "roundeven", 1, Flat},
+    {Fn, "rint", 1, Flat},
+    {Fn, "nearbyint", 1, Flat},
+
+    // Fused and two-argument arithmetic.
+    {Fn, "fma", 3, fma},
+    {Fn, "fmuladd", 3, fma},
+    {Fn, "fmod", 2, fmod},
+    {Fn, "minnum", 2,
+     [](E &X, unsigned I) {
+       return choose(X, I, X.B.CreateFCmpOLE(X.x(0), X.x(1)));
+     }},
+    {Fn, "maxnum", 2,
+     [](E &X, unsigned I) {
+       return choose(X, I, X.B.CreateFCmpOGE(X.x(0), X.x(1)));
      }},
 };
 
-#undef X0
-#undef X1
-#undef R
-#undef BB
-#undef T0
+/// Other names of rows: IEEE min/max variants and libm spellings.
+const std::pair<const char *, const char *> Aliases[] = {
+    {"minimum", "minnum"}, {"minimumnum", "minnum"}, {"fmin", "minnum"},
+    {"maximum", "maxnum"}, {"maximumnum", "maxnum"}, {"fmax", "maxnum"},
+};
 
-const CallRule *findCallRule(const Function *Callee) {
-  static const StringMap<const CallRule *> ByName = [] {
-    StringMap<const CallRule *> M;
-    for (const CallRule &Rule : Rules)
-      M[Rule.Name] = &Rule;
-    // Aliases: IEEE min/max variants and the libm spellings of rows.
-    M["minimum"] = M["minimumnum"] = M["fmin"] = M["minnum"];
-    M["maximum"] = M["maximumnum"] = M["fmax"] = M["maxnum"];
-    return M;
+const ScalarRule *findRow(ScalarRule::KeyKind On, StringRef Name) {
+  using Index = std::array<StringMap<const ScalarRule *>, 2>;
+  static const Index ByKey = [] {
+    Index Maps;
+    for (const ScalarRule &Rule : Rules)
+      Maps[Rule.On][Rule.Name] = &Rule;
+    for (auto &[Alias, Row] : Aliases)
+      Maps[Fn][Alias] = Maps[Fn][Row];
+    return Maps;
   }();
+  return ByKey[On].lookup(Name);
+}
+
+} // namespace
+
+const ScalarRule *findCallRule(const Function *Callee) {
   if (!Callee)
     return nullptr;
   StringRef Name;
@@ -274,15 +274,87 @@ const CallRule *findCallRule(const Function *Callee) {
   } else {
     Name = Callee->getName();
   }
-  auto It = ByName.find(Name);
-  if (It == ByName.end() && !Callee->isIntrinsic() && Name.ends_with("f") &&
+  const ScalarRule *Rule = findRow(Fn, Name);
+  // libm's float variants: "log1pf" is log1p on floats.
+  if (!Rule && !Callee->isIntrinsic() && Name.ends_with("f") &&
       Callee->getReturnType()->isFloatTy())
-    It = ByName.find(Name.drop_back());
-  if (It == ByName.end())
+    Rule = findRow(Fn, Name.drop_back());
+  if (!Rule || Callee->arg_size() != Rule->NumOperands)
     return nullptr;
-  if (Callee->arg_size() != It->second->NumArgs)
+  return Rule;
+}
+
+const ScalarRule *findScalarRule(const Instruction &I) {
+  if (auto *CB = dyn_cast<CallBase>(&I))
+    return findCallRule(CB->getCalledFunction());
+  if (!I.getType()->isFloatingPointTy())
     return nullptr;
-  return It->second;
+  const ScalarRule *Rule = findRow(Op, I.getOpcodeName());
+  return Rule && Rule->NumOperands == I.getNumOperands() ? Rule : nullptr;
+}
+
+const Value *ruleOperand(const Instruction &I, unsigned K) {
+  if (auto *CB = dyn_cast<CallBase>(&I))
+    return CB->getArgOperand(K);
+  return I.getOperand(K);
+}
+
+unsigned ruleOperandCount(const Instruction &I) {
+  if (auto *CB = dyn_cast<CallBase>(&I))
+    return CB->arg_size();
+  return I.getNumOperands();
+}
+
+ArrayRef<ScalarRule> scalarRules() { return Rules; }
+
+Value *applyPartial(IRBuilder<> &B, const Partial &P, Value *Seed, Type *To) {
+  Value *V = nullptr;
+  Value *Zero = Constant::getNullValue(Seed->getType());
+  switch (P.S) {
+  case Partial::Zero:
+    return nullptr;
+  case Partial::One:
+    V = Seed;
+    break;
+  case Partial::MinusOne:
+    V = B.CreateFNeg(Seed);
+    break;
+  case Partial::Factor:
+    V = B.CreateFMul(Seed, P.V);
+    break;
+  case Partial::WhereTrue:
+    V = B.CreateSelect(P.V, Seed, Zero);
+    break;
+  case Partial::WhereFalse:
+    V = B.CreateSelect(P.V, Zero, Seed);
+    break;
+  }
+  return V->getType() == To ? V : B.CreateFPCast(V, To);
+}
+
+Value *sumTangents(IRBuilder<> &B, ArrayRef<std::pair<Partial, Value *>> Terms,
+                   Type *To) {
+  SmallVector<std::pair<Partial, Value *>, 3> Live;
+  for (const auto &T : Terms)
+    if (T.second && !T.first.isZero())
+      Live.push_back(T);
+  // A choice between two operands is a select of their tangents.
+  if (Live.size() == 2 && Live[0].first.V == Live[1].first.V) {
+    Partial::Shape S0 = Live[0].first.S, S1 = Live[1].first.S;
+    if ((S0 == Partial::WhereTrue && S1 == Partial::WhereFalse) ||
+        (S0 == Partial::WhereFalse && S1 == Partial::WhereTrue)) {
+      Value *T = S0 == Partial::WhereTrue ? Live[0].second : Live[1].second;
+      Value *F = S0 == Partial::WhereTrue ? Live[1].second : Live[0].second;
+      Value *V = B.CreateSelect(Live[0].first.V, T, F);
+      return V->getType() == To ? V : B.CreateFPCast(V, To);
+    }
+  }
+  Value *Sum = nullptr;
+  for (auto &[P, Tangent] : Live) {
+    Value *Term = applyPartial(B, P, Tangent, To);
+    Sum = Sum ? B.CreateFAdd(Sum, Term) : Term;
+  }
+  return Sum;
 }
 
 } // namespace enzpy

@@ -1,42 +1,144 @@
-//===- DerivativeRules.h - derivatives of intrinsics and libm ---*- C++ -*-===//
+//===- DerivativeRules.h - the table of scalar derivative rules -*- C++ -*-===//
 //
-// The derivative of every math function the engine knows is one row of a
-// table: the function's name (an LLVM intrinsic's base name such as
-// "llvm.sin", or a libm name such as "log1p"; the float variant "log1pf"
-// finds the same row) and a partial-derivative builder. The reverse sweep
-// multiplies the partial by the result's adjoint and adds it to the
-// argument's adjoint. Functions with a zero derivative (floor, ceil, ...)
-// have rows whose builder returns null.
+// Every differentiable scalar operation is one row of one table: what it is
+// (an instruction opcode such as "fmul", or a callee: an LLVM intrinsic's base
+// name without "llvm.", or a libm name; "log1pf" finds the "log1p" row), how
+// many operands it has, and its partial derivatives d result / d operand_i,
+// written once in terms of the primal operands and result.
+//
+// No synthesizer knows any specific operation. From a row they derive:
+//   forward mode   tangent   = sum_i partial_i * tangent_i     (sumTangents)
+//   reverse mode   adjoint_i += partial_i * adjoint            (applyPartial)
+//   batch mode     the partials are built once and shared by the W lanes.
+// A partial is one of a few shapes (zero, one, minus one, a factor, or "one
+// where a condition holds, else zero") so that the synthesizers emit the
+// cheapest code for it: no multiplications by one, selects instead of
+// multiplications by 0/1 (which would turn an infinite seed into NaN).
+//
+// Operations whose derivative is not a set of scalar partials (BLAS products,
+// memory copies and fills) are linear maps on memory: rules/BlasRules and
+// rules/MemoryRules give each as a tangent and its transpose.
+//
+// Adding a derivative: add a row to the table in DerivativeRules.cpp.
 //
 //===----------------------------------------------------------------------===//
-#ifndef ENZPY_DERIVATIVERULES_H
-#define ENZPY_DERIVATIVERULES_H
+#ifndef ENZPY_RULES_DERIVATIVERULES_H
+#define ENZPY_RULES_DERIVATIVERULES_H
 
+#include "llvm/ADT/ArrayRef.h"
 #include "llvm/ADT/STLFunctionalExtras.h"
 #include "llvm/IR/IRBuilder.h"
+#include <utility>
 
 namespace enzpy {
 
-/// What a rule may ask for: the primal arguments and result as available in
-/// the reverse sweep (each is fetched, or taped, only when asked for).
-struct RuleInputs {
-  llvm::IRBuilder<> &B;
-  llvm::Type *Ty; // the float type of the call's result
-  llvm::function_ref<llvm::Value *(unsigned)> Arg;
-  llvm::function_ref<llvm::Value *()> Result;
+/// d result / d operand, in a shape the synthesizers can apply cheaply.
+struct Partial {
+  enum Shape : unsigned char {
+    Zero,
+    One,
+    MinusOne,
+    Factor,     // V (a float of the result's type)
+    WhereTrue,  // 1 where the i1 V holds, else 0
+    WhereFalse, // 1 where the i1 V does not hold, else 0
+  };
+  Shape S = Zero;
+  llvm::Value *V = nullptr;
+
+  /// A factor; null means zero.
+  Partial(llvm::Value *Factor = nullptr)
+      : S(Factor ? Partial::Factor : Zero), V(Factor) {}
+  static Partial one() { return Partial(One, nullptr); }
+  static Partial minusOne() { return Partial(MinusOne, nullptr); }
+  /// 1 where \p Cond == \p When, else 0.
+  static Partial where(llvm::Value *Cond, bool When) {
+    return Partial(When ? WhereTrue : WhereFalse, Cond);
+  }
+  bool isZero() const { return S == Zero; }
+
+private:
+  Partial(Shape S, llvm::Value *V) : S(S), V(V) {}
 };
 
-/// d result / d argument I, or null when it is identically zero.
-using PartialFn = llvm::Value *(*)(RuleInputs & In, unsigned I);
+/// What a rule writes its partials with: the primal operands and result (as
+/// available where the derivative is built; the reverse sweep fetches or
+/// tapes each only when a rule asks for it) and a few arithmetic helpers,
+/// so that rows read like the formulas they implement.
+class RuleExpr {
+public:
+  RuleExpr(llvm::IRBuilder<> &B, llvm::Type *Ty,
+           llvm::function_ref<llvm::Value *(unsigned)> Operand,
+           llvm::function_ref<llvm::Value *()> Result)
+      : B(B), Ty(Ty), OperandFn(Operand), ResultFn(Result) {}
 
-struct CallRule {
+  llvm::Value *x(unsigned I) { return OperandFn(I); }
+  llvm::Value *result() { return ResultFn(); }
+  llvm::Value *c(double V);
+  llvm::Value *add(llvm::Value *A, llvm::Value *C) {
+    return B.CreateFAdd(A, C);
+  }
+  llvm::Value *sub(llvm::Value *A, llvm::Value *C) {
+    return B.CreateFSub(A, C);
+  }
+  llvm::Value *mul(llvm::Value *A, llvm::Value *C) {
+    return B.CreateFMul(A, C);
+  }
+  llvm::Value *div(llvm::Value *A, llvm::Value *C) {
+    return B.CreateFDiv(A, C);
+  }
+  llvm::Value *neg(llvm::Value *A) { return B.CreateFNeg(A); }
+  llvm::Value *sq(llvm::Value *A) { return mul(A, A); }
+  llvm::Value *recip(llvm::Value *A) { return div(c(1.0), A); }
+  /// +1 or -1 with the sign of \p A.
+  llvm::Value *sign(llvm::Value *A) { return call("copysign", {c(1.0), A}); }
+  llvm::Value *isZero(llvm::Value *A) { return B.CreateFCmpOEQ(A, c(0.0)); }
+  llvm::Value *select(llvm::Value *Cond, llvm::Value *A, llvm::Value *C) {
+    return B.CreateSelect(Cond, A, C);
+  }
+  /// The math function \p Name (see emitMathCall).
+  llvm::Value *call(llvm::StringRef Name, llvm::ArrayRef<llvm::Value *> Args);
+
+  /// For rules that need more than the helpers.
+  llvm::IRBuilder<> &B;
+  /// The float type of the result.
+  llvm::Type *Ty;
+
+private:
+  llvm::function_ref<llvm::Value *(unsigned)> OperandFn;
+  llvm::function_ref<llvm::Value *()> ResultFn;
+};
+
+/// The partial derivative with respect to operand \p I.
+using PartialFn = Partial (*)(RuleExpr &E, unsigned I);
+
+struct ScalarRule {
+  enum KeyKind : unsigned char { Opcode, Callee };
+  KeyKind On;
   const char *Name;
-  unsigned NumArgs;
+  unsigned NumOperands;
   PartialFn Partial;
 };
 
-/// The rule for a call's callee, or null when the table has none.
-const CallRule *findCallRule(const llvm::Function *Callee);
+/// The row for \p I (an instruction by opcode, or a call by callee), or null.
+const ScalarRule *findScalarRule(const llvm::Instruction &I);
+/// The row for calls to \p Callee, or null.
+const ScalarRule *findCallRule(const llvm::Function *Callee);
+/// The operands a rule's partials refer to: a call's arguments, or an
+/// instruction's operands.
+const llvm::Value *ruleOperand(const llvm::Instruction &I, unsigned K);
+unsigned ruleOperandCount(const llvm::Instruction &I);
+/// Every row, for documentation and tests.
+llvm::ArrayRef<ScalarRule> scalarRules();
+
+/// \p Seed * \p P, converted to \p To (null when \p P is zero).
+llvm::Value *applyPartial(llvm::IRBuilder<> &B, const Partial &P,
+                          llvm::Value *Seed, llvm::Type *To);
+/// sum_i P_i * tangent_i in \p To, null when every term is zero. A term's
+/// tangent may be null (zero).
+llvm::Value *
+sumTangents(llvm::IRBuilder<> &B,
+            llvm::ArrayRef<std::pair<Partial, llvm::Value *>> Terms,
+            llvm::Type *To);
 
 /// Calls the math function \p Name on \p Args: the LLVM intrinsic when there
 /// is one, the libm function (with the "f" suffix for float) otherwise.

@@ -4,6 +4,7 @@
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
 #include "rules/DerivativeRules.h"
+#include "rules/MemoryRules.h"
 #include "synthesis/ShadowAddresses.h"
 #include "llvm/ADT/PostOrderIterator.h"
 #include "llvm/Analysis/ValueTracking.h"
@@ -36,15 +37,6 @@ enum class MemInfoKind {
   Untraceable // may be one, and where it came from is not known
 };
 
-/// A + C where either may be null (zero); null when both are.
-Value *addTangents(IRBuilder<> &B, Value *A, Value *C) {
-  if (!A)
-    return C;
-  if (!C)
-    return A;
-  return B.CreateFAdd(A, C);
-}
-
 class ForwardSynthesizer {
 public:
   ForwardSynthesizer(const CanonicalFunction &C, const Request &Req,
@@ -60,7 +52,6 @@ private:
   Error visitInstruction(const Instruction &PI);
   void visitMemoryIntrinsic(const AnyMemIntrinsic &MI);
   void visitBlasCall(const BlasCall &Blas);
-  Value *constantSlot(Type *T, double V);
   void mirrorSpill(const StoreInst &St);
   Error mirrorRefcounts();
   void createShadowAllocations();
@@ -104,8 +95,6 @@ private:
   DenseMap<const CallBase *, Lanes> ShadowAllocs;
   /// Primal MemInfo pointers -> the MemInfos of their shadows.
   DenseMap<const Value *, Lanes> MemInfoShadows;
-  /// Stack slots holding constants that BLAS takes by address.
-  DenseMap<Constant *, AllocaInst *> ConstantSlots;
   /// Shadow allocations to check for failure once the CFG is final.
   SmallVector<Instruction *, 4> NullChecks;
   std::string Decisions;
@@ -421,77 +410,27 @@ void ForwardSynthesizer::visitMemoryIntrinsic(const AnyMemIntrinsic &MI) {
   }
   auto *MT = dyn_cast<AnyMemTransferInst>(&MI);
   bool Copy = MT && AA.pointsToActive(MT->getRawSource());
-  for (unsigned K = 0; K < Width; ++K) {
-    Value *SD = shadow(MI.getRawDest(), K);
-    if (Copy)
-      B.CreateMemCpy(SD, MT->getDestAlign(), shadow(MT->getRawSource(), K),
-                     MT->getSourceAlign(), Len);
-    else // a fill, or a copy of constant data: a zero tangent
-      B.CreateMemSet(SD, B.getInt8(0), Len, MI.getDestAlign());
-  }
+  for (unsigned K = 0; K < Width; ++K)
+    emitMemoryTangent(B, shadow(MI.getRawDest(), K),
+                      Copy ? shadow(MT->getRawSource(), K) : nullptr, Len);
   note(Copy ? "tangent-copy" : "tangent-fill", &MI);
 }
 
-Value *ForwardSynthesizer::constantSlot(Type *T, double V) {
-  Constant *C = ConstantFP::get(T, V);
-  AllocaInst *&Slot = ConstantSlots[C];
-  if (!Slot) {
-    IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
-    Slot = B.CreateAlloca(T);
-    B.CreateStore(C, Slot);
-  }
-  return Slot;
-}
-
-/// numba's BLAS products are bilinear: the tangent of
-///   out = alpha op(A) op(B) + beta out
-/// is alpha (op(dA) op(B) + op(A) op(dB)) + beta dout, the same call on
-/// the shadows once per active input, the second one accumulating
-/// (beta = 1). A dot product's tangent is the sum of two dot products.
+/// The tangent of a BLAS call, lane by lane, after the call.
 void ForwardSynthesizer::visitBlasCall(const BlasCall &Blas) {
   const CallBase &CB = *Blas.Call;
-  unsigned Out = Blas.output();
-  if (!AA.pointsToActive(CB.getArgOperand(Out)))
+  if (!AA.pointsToActive(CB.getArgOperand(Blas.output())))
     return;
   auto *DC = cast<CallBase>(mapped(&CB));
   IRBuilder<> B(DC->getNextNode());
-  SmallVector<unsigned, 2> ActiveIns;
-  for (unsigned I : Blas.inputs())
-    if (AA.pointsToActive(CB.getArgOperand(I)))
-      ActiveIns.push_back(I);
-  auto call = [&](ArrayRef<std::pair<unsigned, Value *>> Replace) {
-    SmallVector<Value *, 14> Args(DC->args());
-    for (auto &[I, V] : Replace)
-      Args[I] = V;
-    B.CreateCall(DC->getFunctionType(), DC->getCalledOperand(), Args);
-  };
   for (unsigned K = 0; K < Width; ++K) {
-    Value *SOut = shadow(CB.getArgOperand(Out), K);
-    if (Blas.Kind == BlasCall::Dot) {
-      Value *Sum = nullptr;
-      for (unsigned I : ActiveIns) {
-        IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
-        AllocaInst *Tmp = EB.CreateAlloca(Blas.Elem);
-        call({{I, shadow(CB.getArgOperand(I), K)}, {Out, Tmp}});
-        Sum = addTangents(B, Sum, B.CreateLoad(Blas.Elem, Tmp));
-      }
-      B.CreateStore(Sum ? Sum : ConstantFP::get(Blas.Elem, 0.0), SOut);
-      continue;
-    }
-    if (ActiveIns.empty()) {
-      // alpha = 0: BLAS reads neither input and leaves beta * dout.
-      call({{Out, SOut}, {*Blas.alpha(), constantSlot(Blas.Elem, 0.0)}});
-      continue;
-    }
-    bool First = true;
-    for (unsigned I : ActiveIns) {
-      SmallVector<std::pair<unsigned, Value *>, 3> Replace = {
-          {I, shadow(CB.getArgOperand(I), K)}, {Out, SOut}};
-      if (!First)
-        Replace.push_back({*Blas.beta(), constantSlot(Blas.Elem, 1.0)});
-      call(Replace);
-      First = false;
-    }
+    auto Arg = [&](unsigned I) { return DC->getArgOperand(I); };
+    auto Shadow = [&](unsigned I) -> Value * {
+      const Value *Ptr = CB.getArgOperand(I);
+      return AA.pointsToActive(Ptr) ? shadow(Ptr, K) : nullptr;
+    };
+    BlasTangentInputs In{Arg, Shadow};
+    emitBlasTangent(B, Blas, In);
   }
   note("tangent-blas", &CB);
 }
@@ -655,105 +594,29 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
 
   Lanes T(Width, nullptr);
   Type *Ty = PI.getType();
-  auto op = [&](unsigned I) { return mapped(PI.getOperand(I)); };
-  auto t = [&](unsigned I, unsigned K) { return tangent(PI.getOperand(I), K); };
-  switch (PI.getOpcode()) {
-  case Instruction::Load: {
-    auto *L = cast<LoadInst>(&PI);
+  if (auto *L = dyn_cast<LoadInst>(&PI)) {
     for (unsigned K = 0; K < Width; ++K)
       T[K] = B.CreateAlignedLoad(Ty, shadow(L->getPointerOperand(), K),
                                  L->getAlign(), PI.getName() + "'tangent");
-    break;
-  }
-  case Instruction::FAdd:
-    for (unsigned K = 0; K < Width; ++K)
-      T[K] = addTangents(B, t(0, K), t(1, K));
-    break;
-  case Instruction::FSub:
-    for (unsigned K = 0; K < Width; ++K) {
-      Value *T1 = t(1, K);
-      T[K] = addTangents(B, t(0, K), T1 ? B.CreateFNeg(T1) : nullptr);
-    }
-    break;
-  case Instruction::FMul:
-    // d(a*b) = da*b + a*db
-    for (unsigned K = 0; K < Width; ++K) {
-      Value *T0 = t(0, K), *T1 = t(1, K);
-      T[K] = addTangents(B, T0 ? B.CreateFMul(T0, op(1)) : nullptr,
-                         T1 ? B.CreateFMul(op(0), T1) : nullptr);
-    }
-    break;
-  case Instruction::FDiv:
-    // d(a/b) = (da - (a/b)*db) / b
-    for (unsigned K = 0; K < Width; ++K) {
-      Value *T0 = t(0, K), *T1 = t(1, K);
-      Value *Num =
-          addTangents(B, T0, T1 ? B.CreateFNeg(B.CreateFMul(DI, T1)) : nullptr);
-      T[K] = Num ? B.CreateFDiv(Num, op(1)) : nullptr;
-    }
-    break;
-  case Instruction::FRem: {
-    // a - trunc(a/b)*b: d = da - trunc(a/b)*db
-    Value *Q = nullptr;
-    for (unsigned K = 0; K < Width; ++K) {
-      Value *T1 = t(1, K);
-      if (T1 && !Q)
-        Q = emitMathCall(B, "trunc", {B.CreateFDiv(op(0), op(1))});
-      T[K] = addTangents(B, t(0, K),
-                         T1 ? B.CreateFNeg(B.CreateFMul(Q, T1)) : nullptr);
-    }
-    break;
-  }
-  case Instruction::FNeg:
-    for (unsigned K = 0; K < Width; ++K)
-      if (Value *T0 = t(0, K))
-        T[K] = B.CreateFNeg(T0);
-    break;
-  case Instruction::FPExt:
-  case Instruction::FPTrunc:
-    for (unsigned K = 0; K < Width; ++K)
-      if (Value *T0 = t(0, K))
-        T[K] = B.CreateFPCast(T0, Ty);
-    break;
-  case Instruction::Freeze:
-    for (unsigned K = 0; K < Width; ++K)
-      T[K] = t(0, K);
-    break;
-  case Instruction::Select: {
-    auto *Sel = cast<SelectInst>(&PI);
-    Value *C = mapped(Sel->getCondition());
-    for (unsigned K = 0; K < Width; ++K) {
-      Value *TT = tangent(Sel->getTrueValue(), K);
-      Value *TF = tangent(Sel->getFalseValue(), K);
-      if (TT || TF)
-        T[K] = B.CreateSelect(C, TT ? TT : Constant::getNullValue(Ty),
-                              TF ? TF : Constant::getNullValue(Ty));
-    }
-    break;
-  }
-  case Instruction::Call: {
-    auto *CB = cast<CallBase>(&PI);
-    const CallRule *Rule = findCallRule(CB->getCalledFunction());
-    if (!Rule)
-      return makeError("internal", "no derivative rule for the active call " +
-                                       describe(&PI));
+  } else if (const ScalarRule *Rule = findScalarRule(PI)) {
+    // tangent = sum_i partial_i * tangent_i; the partials serve every lane.
     // function_ref does not own its callable: keep the lambdas alive.
-    auto ArgFn = [&](unsigned I) { return mapped(CB->getArgOperand(I)); };
-    auto ResultFn = [&]() -> Value * { return DI; };
-    RuleInputs In{B, Ty, ArgFn, ResultFn};
-    for (unsigned I = 0; I < CB->arg_size(); ++I) {
-      if (!AA.isActive(CB->getArgOperand(I)))
-        continue;
-      Value *Partial = Rule->Partial(In, I);
-      if (!Partial)
-        continue;
-      for (unsigned K = 0; K < Width; ++K)
-        if (Value *TI = tangent(CB->getArgOperand(I), K))
-          T[K] = addTangents(B, T[K], B.CreateFMul(Partial, TI));
+    auto Operand = [&](unsigned I) { return mapped(ruleOperand(PI, I)); };
+    auto Result = [&]() -> Value * { return DI; };
+    RuleExpr X(B, Ty, Operand, Result);
+    SmallVector<std::pair<Partial, const Value *>, 3> Parts;
+    for (unsigned I = 0, N = ruleOperandCount(PI); I < N; ++I) {
+      const Value *Op = ruleOperand(PI, I);
+      if (AA.isActive(Op))
+        Parts.push_back({Rule->Partial(X, I), Op});
     }
-    break;
-  }
-  default:
+    for (unsigned K = 0; K < Width; ++K) {
+      SmallVector<std::pair<Partial, Value *>, 3> Terms;
+      for (auto &[P, Op] : Parts)
+        Terms.push_back({P, tangent(Op, K)});
+      T[K] = sumTangents(B, Terms, Ty);
+    }
+  } else {
     return makeError("internal",
                      "forward mode has no tangent for " + describe(&PI));
   }

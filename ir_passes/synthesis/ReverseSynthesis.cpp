@@ -5,6 +5,7 @@
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
 #include "rules/DerivativeRules.h"
+#include "rules/MemoryRules.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Tape.h"
 #include "llvm/ADT/SetVector.h"
@@ -630,61 +631,20 @@ void ReverseSynthesizer::reverseBlas(const BlasCall &Call, IRBuilder<> &RB,
     RB.CreateCall(Free, {Copy});
 }
 
-/// for k: s[k] += d[k]; d[k] = 0 — the adjoint of copying \p Elem values
-/// from s to d.
-static FunctionCallee copyAdjointFn(Module &M, Type *Elem) {
-  LLVMContext &C = M.getContext();
-  std::string Name =
-      "enzpy.copy.adjoint." + std::string(Elem->isFloatTy() ? "f32" : "f64");
-  if (Function *F = M.getFunction(Name))
-    return F;
-  Type *Ptr = PointerType::getUnqual(C), *I64 = Type::getInt64Ty(C);
-  Function *F = Function::Create(
-      FunctionType::get(Type::getVoidTy(C), {Ptr, Ptr, I64}, false),
-      GlobalValue::InternalLinkage, Name, M);
-  Argument *Dst = F->getArg(0), *Src = F->getArg(1), *Bytes = F->getArg(2);
-  BasicBlock *Entry = BasicBlock::Create(C, "entry", F);
-  BasicBlock *Loop = BasicBlock::Create(C, "loop", F);
-  BasicBlock *Exit = BasicBlock::Create(C, "exit", F);
-  IRBuilder<> B(Entry);
-  unsigned Size = Elem->isFloatTy() ? 4 : 8;
-  Value *N = B.CreateUDiv(Bytes, ConstantInt::get(I64, Size));
-  B.CreateCondBr(B.CreateICmpEQ(N, ConstantInt::get(I64, 0)), Exit, Loop);
-  B.SetInsertPoint(Loop);
-  PHINode *K = B.CreatePHI(I64, 2);
-  K->addIncoming(ConstantInt::get(I64, 0), Entry);
-  Value *PD = B.CreateGEP(Elem, Dst, K), *PS = B.CreateGEP(Elem, Src, K);
-  Value *V = B.CreateLoad(Elem, PD);
-  B.CreateStore(ConstantFP::get(Elem, 0.0), PD);
-  B.CreateStore(B.CreateFAdd(B.CreateLoad(Elem, PS), V), PS);
-  Value *Next = B.CreateAdd(K, ConstantInt::get(I64, 1));
-  K->addIncoming(Next, Loop);
-  B.CreateCondBr(B.CreateICmpEQ(Next, N), Exit, Loop);
-  B.SetInsertPoint(Exit);
-  B.CreateRetVoid();
-  return F;
-}
-
-/// memset: the overwritten contents had no influence, their shadow is
-/// zeroed. memcpy: the destination's adjoint moves onto the source's.
 void ReverseSynthesizer::reverseMemoryIntrinsic(AnyMemIntrinsic &MI,
                                                 IRBuilder<> &RB, BlockRev &R) {
   if (!AA.pointsToActive(MI.getRawDest()))
     return;
-  for (unsigned K = 0; K < Width; ++K) {
-    Value *SD = fetchShadow(MI.getRawDest(), K, R);
-    Value *Len = fetchPrimal(MI.getLength(), R);
-    auto *MT = dyn_cast<AnyMemTransferInst>(&MI);
-    if (MT && AA.pointsToActive(MT->getRawSource())) {
-      Type *Elem = nullptr;
-      for (const Value *Root : TA.roots(MI.getRawDest()))
-        Elem = TA.elementType(Root);
-      Value *SS = fetchShadow(MT->getRawSource(), K, R);
-      RB.CreateCall(copyAdjointFn(*D->getParent(), Elem), {SD, SS, Len});
-      continue;
-    }
-    RB.CreateMemSet(SD, RB.getInt8(0), Len, MaybeAlign());
-  }
+  auto *MT = dyn_cast<AnyMemTransferInst>(&MI);
+  bool Copy = MT && AA.pointsToActive(MT->getRawSource());
+  Type *Elem = nullptr;
+  for (const Value *Root : TA.roots(MI.getRawDest()))
+    Elem = TA.elementType(Root);
+  Value *Len = fetchPrimal(MI.getLength(), R);
+  for (unsigned K = 0; K < Width; ++K)
+    emitMemoryTranspose(RB, Elem, fetchShadow(MI.getRawDest(), K, R),
+                        Copy ? fetchShadow(MT->getRawSource(), K, R) : nullptr,
+                        Len);
 }
 
 void ReverseSynthesizer::createFunction() {
@@ -873,108 +833,22 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
   }
   if (!AA.isActive(&I))
     return;
-  // Each rule fetches the forward values it needs once and applies its
-  // partial to every lane's adjoint.
+  // adjoint_i += partial_i * adjoint: the rule fetches the forward values
+  // its partials need once, and each partial serves every lane.
+  const ScalarRule *Rule = findScalarRule(I);
+  assert(Rule && "activity analysis accepted an operation without a rule");
   Lanes A = takeAdjoints(RB, &I);
-  Type *T = I.getType();
-  auto active = [&](unsigned K) { return AA.isActive(I.getOperand(K)); };
-  auto op = [&](unsigned K) { return fetchPrimal(I.getOperand(K), R); };
-  // Operand \p Op receives f(lane's adjoint) in every lane.
-  auto each = [&](const Value *Op, function_ref<Value *(Value *)> Fn) {
-    for (unsigned K = 0; K < Width; ++K)
-      addAdjoint(RB, Op, K, Fn(A[K]));
-  };
-  switch (I.getOpcode()) {
-  case Instruction::FAdd:
-    each(I.getOperand(0), [](Value *AK) { return AK; });
-    each(I.getOperand(1), [](Value *AK) { return AK; });
-    return;
-  case Instruction::FSub:
-    each(I.getOperand(0), [](Value *AK) { return AK; });
-    if (active(1))
-      each(I.getOperand(1), [&](Value *AK) { return RB.CreateFNeg(AK); });
-    return;
-  case Instruction::FMul:
-    if (active(0)) {
-      Value *Y = op(1);
-      each(I.getOperand(0), [&](Value *AK) { return RB.CreateFMul(AK, Y); });
-    }
-    if (active(1)) {
-      Value *X = op(0);
-      each(I.getOperand(1), [&](Value *AK) { return RB.CreateFMul(AK, X); });
-    }
-    return;
-  case Instruction::FDiv:
-    // Divisions stay per lane so that every lane rounds as a call of width
-    // one would.
-    if (active(0)) {
-      Value *Y = op(1);
-      each(I.getOperand(0), [&](Value *AK) { return RB.CreateFDiv(AK, Y); });
-    }
-    if (active(1)) {
-      // d(x/y)/dy = -(x/y)/y
-      Value *Q = fetchPrimal(&I, R);
-      Value *Y = op(1);
-      each(I.getOperand(1), [&](Value *AK) {
-        return RB.CreateFNeg(RB.CreateFDiv(RB.CreateFMul(AK, Q), Y));
-      });
-    }
-    return;
-  case Instruction::FRem:
-    each(I.getOperand(0), [](Value *AK) { return AK; });
-    if (active(1)) {
-      Value *Q = emitMathCall(RB, "trunc", {RB.CreateFDiv(op(0), op(1))});
-      each(I.getOperand(1),
-           [&](Value *AK) { return RB.CreateFNeg(RB.CreateFMul(AK, Q)); });
-    }
-    return;
-  case Instruction::FNeg:
-    each(I.getOperand(0), [&](Value *AK) { return RB.CreateFNeg(AK); });
-    return;
-  case Instruction::FPExt:
-  case Instruction::FPTrunc:
-    each(I.getOperand(0), [&](Value *AK) {
-      return RB.CreateFPCast(AK, I.getOperand(0)->getType());
-    });
-    return;
-  case Instruction::Freeze:
-    each(I.getOperand(0), [](Value *AK) { return AK; });
-    return;
-  case Instruction::Select: {
-    auto *Sel = cast<SelectInst>(&I);
-    Value *Zero = ConstantFP::get(T, 0.0);
-    bool TrueActive = AA.isActive(Sel->getTrueValue());
-    bool FalseActive = AA.isActive(Sel->getFalseValue());
-    if (!TrueActive && !FalseActive)
-      return;
-    Value *C = fetchPrimal(Sel->getCondition(), R);
-    if (TrueActive)
-      each(Sel->getTrueValue(),
-           [&](Value *AK) { return RB.CreateSelect(C, AK, Zero); });
-    if (FalseActive)
-      each(Sel->getFalseValue(),
-           [&](Value *AK) { return RB.CreateSelect(C, Zero, AK); });
-    return;
-  }
-  case Instruction::Call: {
-    auto *CB = cast<CallBase>(&I);
-    const CallRule *Rule = findCallRule(CB->getCalledFunction());
-    assert(Rule && "activity analysis accepted a call without a rule");
-    // function_ref does not own its callable: keep the lambdas alive.
-    auto ArgFn = [&](unsigned K) { return op(K); };
-    auto ResultFn = [&]() { return fetchPrimal(&I, R); };
-    RuleInputs In{RB, T, ArgFn, ResultFn};
-    for (unsigned K = 0; K < CB->arg_size(); ++K) {
-      if (!AA.isActive(CB->getArgOperand(K)))
-        continue;
-      if (Value *Partial = Rule->Partial(In, K))
-        each(CB->getArgOperand(K),
-             [&](Value *AK) { return RB.CreateFMul(AK, Partial); });
-    }
-    return;
-  }
-  default:
-    llvm_unreachable("activity analysis accepted an unsupported instruction");
+  // function_ref does not own its callable: keep the lambdas alive.
+  auto Operand = [&](unsigned K) { return fetchPrimal(ruleOperand(I, K), R); };
+  auto Result = [&]() { return fetchPrimal(&I, R); };
+  RuleExpr X(RB, I.getType(), Operand, Result);
+  for (unsigned K = 0, N = ruleOperandCount(I); K < N; ++K) {
+    const Value *Op = ruleOperand(I, K);
+    if (!AA.isActive(Op))
+      continue;
+    Partial P = Rule->Partial(X, K);
+    for (unsigned L = 0; L < Width; ++L)
+      addAdjoint(RB, Op, L, applyPartial(RB, P, A[L], Op->getType()));
   }
 }
 
