@@ -1,6 +1,9 @@
 """The benchmark's cases: for each kernel, its inputs, the numba primal call,
 enzpy's reverse and forward calls, a directional finite-difference check and
 the same algorithm written for the peers (JAX, PyTorch).
+
+Kernels shared with the demo and the tests (heat, dot, lorenz_rhs) live in
+examples/kernels.py; the ones only the benchmark uses are defined here.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import math
 
 import numba
 import numpy as np
+from kernels import dot, heat, lorenz_rhs
 from peers import Scaled
 
 import enzpy
@@ -20,23 +24,6 @@ def sum_x2_sin(x):
     s = 0.0
     for i in range(x.shape[0]):
         s += x[i] * x[i] * np.sin(x[i])
-    return s
-
-
-@numba.njit
-def heat(u0, H, a):
-    steps = H.shape[0] - 1
-    n = H.shape[1]
-    for i in range(n):
-        H[0, i] = u0[i]
-    for t in range(steps):
-        H[t + 1, 0] = H[t, 0]
-        H[t + 1, n - 1] = H[t, n - 1]
-        for i in range(1, n - 1):
-            H[t + 1, i] = H[t, i] + a * (H[t, i - 1] - 2.0 * H[t, i] + H[t, i + 1])
-    s = 0.0
-    for i in range(n):
-        s += H[steps, i] * H[steps, i]
     return s
 
 
@@ -70,14 +57,6 @@ def lorenz(x, y, z, sigma, rho, beta, dt, nsteps):
         y = y + h6 * (k1y + 2.0 * k2y + 2.0 * k3y + k4y)
         z = z + h6 * (k1z + 2.0 * k2z + 2.0 * k3z + k4z)
     return x + y + z
-
-
-@numba.njit
-def dot(x, y):
-    s = 0.0
-    for i in range(x.shape[0]):
-        s += x[i] * y[i]
-    return s
 
 
 class Kernel:
@@ -463,13 +442,6 @@ def heat_in_place(u, a, steps):
 
 
 @numba.njit
-def lorenz_rhs_array(s, k, sigma, rho, beta):
-    k[0] = sigma * (s[1] - s[0])
-    k[1] = s[0] * (rho - s[2]) - s[1]
-    k[2] = s[0] * s[1] - beta * s[2]
-
-
-@numba.njit
 def lorenz_rk4_array(state, sigma, rho, beta, dt, nsteps):
     # the state lives in a length-3 array updated in place; stages in arrays
     k1 = np.empty(3)
@@ -478,16 +450,16 @@ def lorenz_rk4_array(state, sigma, rho, beta, dt, nsteps):
     k4 = np.empty(3)
     tmp = np.empty(3)
     for _ in range(nsteps):
-        lorenz_rhs_array(state, k1, sigma, rho, beta)
+        lorenz_rhs(state, k1, sigma, rho, beta)
         for j in range(3):
             tmp[j] = state[j] + 0.5 * dt * k1[j]
-        lorenz_rhs_array(tmp, k2, sigma, rho, beta)
+        lorenz_rhs(tmp, k2, sigma, rho, beta)
         for j in range(3):
             tmp[j] = state[j] + 0.5 * dt * k2[j]
-        lorenz_rhs_array(tmp, k3, sigma, rho, beta)
+        lorenz_rhs(tmp, k3, sigma, rho, beta)
         for j in range(3):
             tmp[j] = state[j] + dt * k3[j]
-        lorenz_rhs_array(tmp, k4, sigma, rho, beta)
+        lorenz_rhs(tmp, k4, sigma, rho, beta)
         for j in range(3):
             state[j] += dt / 6.0 * (k1[j] + 2.0 * k2[j] + 2.0 * k3[j] + k4[j])
     return state[0] + state[1] + state[2]

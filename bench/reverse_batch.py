@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-# This folder's modules by plain name, also under `python -P`.
+# This folder and examples/ (shared kernels) by plain name, also under `python -P`.
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 
 import cases as B  # noqa: E402
 import numpy as np  # noqa: E402

@@ -33,7 +33,7 @@ of scalar operations in PyTorch).
 The code: cases.py (the kernels, their inputs and peer versions), measure.py
 (timing, checks and memory of one case), peers.py (loading JAX and PyTorch),
 timing.py, peakmem.py (peak memory in a subprocess) and report.py (tables and
-JSON).
+JSON); kernels shared with the demo and the tests are in examples/kernels.py.
 
     .venv/bin/python -P bench/run.py [--quick] [--no-peers] [--no-memory] [--only heat,lorenz]
 """
@@ -44,9 +44,9 @@ import argparse
 import sys
 from pathlib import Path
 
-# This folder's modules by plain name, also under `python -P`.
+# This folder and examples/ (shared kernels) by plain name, also under `python -P`.
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 
 from cases import make_kernels  # noqa: E402
 from measure import memory_probe, run_kernel, run_memory  # noqa: E402
