@@ -1,5 +1,5 @@
 """Reverse-mode batch: one BatchDuplicated call with W = 8 cotangents against 8
-separate reverse calls, on kernels of bench/run.py. Prints primal time, one
+separate reverse calls, on kernels of the benchmark (bench/cases.py). Prints primal time, one
 reverse call, the batch call, and batch / (8 separate calls). Not run in CI.
 
     .venv/bin/python -P bench/reverse_batch.py
@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This folder and examples/ (shared kernels) by plain name, also under `python -P`.
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 
+import cases as B  # noqa: E402
 import numpy as np  # noqa: E402
-import run as B  # noqa: E402
 
 import enzpy  # noqa: E402
 from enzpy import Active, BatchDuplicated, Const, Duplicated  # noqa: E402

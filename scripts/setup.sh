@@ -12,6 +12,9 @@
 # Works from any directory. Environment knobs:
 #   ENZPY_PYTHON=/path/to/python   interpreter for the venv (default python3.11, python3)
 #   ENZPY_FORCE_INSTALL=1          reinstall even if the sources are unchanged
+#   ENZPY_LINT_TOOLS=1             also install the linters scripts/lint.sh runs:
+#                                  clang-format-22 (apt, when missing) and the
+#                                  `dev` extra of pyproject.toml (ruff, mypy) into .venv
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,6 +59,10 @@ if command -v dpkg-query >/dev/null 2>&1 && ! deb_installed libzstd-dev; then
 fi
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+LINT_TOOLS="${ENZPY_LINT_TOOLS:-0}"
+if [ "$LINT_TOOLS" = 1 ]; then
+  command -v clang-format-22 >/dev/null 2>&1 || missing+=(clang-format-22)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
@@ -91,7 +98,18 @@ if [ ! -x "$VPY" ]; then
   "$PY" -m venv "$VENV"
 fi
 
-# --- 3. build and install enzpy ---------------------------------------------
+# --- 3. linters (ENZPY_LINT_TOOLS=1) -----------------------------------------
+# The `dev` extra's pinned requirements, without building enzpy: pip only
+# downloads what is missing or at another version.
+if [ "$LINT_TOOLS" = 1 ]; then
+  mapfile -t dev_reqs < <("$VPY" -P -c 'import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["optional-dependencies"]["dev"]))')
+  say "pip install ${dev_reqs[*]} (the dev extra: linters)"
+  "$VPY" -m pip install -q --disable-pip-version-check "${dev_reqs[@]}"
+fi
+
+# --- 4. build and install enzpy ---------------------------------------------
 # Hash of everything that goes into the installed package.
 source_hash() {
   {

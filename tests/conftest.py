@@ -1,10 +1,12 @@
-"""pytest configuration for enzpy's tests. pyproject.toml already puts tests/ on
-sys.path (pythonpath) and declares the ``slow`` marker; this keeps the helper
-modules beside this file (fd.py) importable when pytest runs without that config."""
+"""pytest configuration for enzpy's tests. pyproject.toml already puts tests/ and
+examples/ on sys.path (pythonpath) and declares the ``slow`` marker; this keeps
+the helper modules beside this file (fd.py) and the shared example kernels
+(examples/kernels.py) importable when pytest runs without that config."""
 
 import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+for _dir in (_HERE, os.path.join(os.path.dirname(_HERE), "examples")):
+    if _dir not in sys.path:
+        sys.path.insert(0, _dir)

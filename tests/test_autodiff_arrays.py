@@ -14,6 +14,7 @@ import fd
 import numba
 import numpy as np
 import pytest
+from kernels import dot
 
 import enzpy
 from enzpy import Active, Const, Duplicated
@@ -34,14 +35,6 @@ def away_from_zero(r, n, lo=0.1, hi=1.0):
 # ---------------------------------------------------------------------------------
 # reductions
 # ---------------------------------------------------------------------------------
-
-
-@numba.njit
-def dot(x, y):
-    s = 0.0
-    for i in range(x.shape[0]):
-        s += x[i] * y[i]
-    return s
 
 
 @numba.njit

@@ -25,13 +25,13 @@ import fd
 import numba
 import numpy as np
 import pytest
+from kernels import dot
 from test_autodiff_arrays import (
     _layouts,
     _scaled_sum_with_checked_input,
     away_from_zero,
     branchy_map,
     branchy_sum,
-    dot,
     halve_until_small,
     heat_counting,
     heat_in_place,

@@ -20,6 +20,7 @@ import fd
 import numba
 import numpy as np
 import pytest
+from kernels import lorenz_rhs
 
 import enzpy
 from enzpy import Active, Duplicated
@@ -439,13 +440,6 @@ def test_gauss_seidel_converged_derivative_is_the_linear_solves():
 # ---------------------------------------------------------------------------------
 # explicit RK4 with the state in a small array, updated in place for thousands of steps
 # ---------------------------------------------------------------------------------
-
-
-@numba.njit
-def lorenz_rhs(s, k, sigma, rho, beta):
-    k[0] = sigma * (s[1] - s[0])
-    k[1] = s[0] * (rho - s[2]) - s[1]
-    k[2] = s[0] * s[1] - beta * s[2]
 
 
 @numba.njit

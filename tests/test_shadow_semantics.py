@@ -10,6 +10,7 @@ import fd
 import numba
 import numpy as np
 import pytest
+from kernels import dot
 
 import enzpy
 from enzpy import Active, Const, Duplicated, DuplicatedNoNeed
@@ -19,14 +20,6 @@ RTOL = 1e-13
 
 def rng(seed):
     return np.random.default_rng(seed)
-
-
-@numba.njit
-def dot(x, y):
-    s = 0.0
-    for i in range(x.shape[0]):
-        s += x[i] * y[i]
-    return s
 
 
 @numba.njit
