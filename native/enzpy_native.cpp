@@ -5,7 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "enzpy_native.h"
-#include "Engine.h"
+#include "driver/Engine.h"
 #include "llvm/Config/llvm-config.h"
 
 struct enzpy_result {

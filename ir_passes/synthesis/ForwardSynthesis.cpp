@@ -6,6 +6,7 @@
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
 #include "synthesis/ShadowAddresses.h"
+#include "synthesis/Skeleton.h"
 #include "llvm/ADT/PostOrderIterator.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/AsmParser/Parser.h"
@@ -26,9 +27,6 @@ namespace enzpy {
 
 namespace {
 
-/// One value per lane of the batch; a null entry is a zero tangent.
-using Lanes = SmallVector<Value *, 4>;
-
 /// What a MemInfo pointer (numba's reference-counted array owner) is, as
 /// far as the shadows of allocations go.
 enum class MemInfoKind {
@@ -42,8 +40,8 @@ public:
   ForwardSynthesizer(const CanonicalFunction &C, const Request &Req,
                      Type *RetType, const TypeAnalysis &TA,
                      const ActivityAnalysis &AA, raw_ostream *Log)
-      : Canon(C), Req(Req), RetType(RetType), TA(TA), AA(AA), Log(Log), P(*C.F),
-        Ctx(P.getContext()), Width(Req.Width) {}
+      : Sk(C, Req, RetType, TA, AA), Canon(C), Req(Req), TA(TA), AA(AA),
+        Log(Log), P(*C.F), Ctx(P.getContext()), Width(Req.Width) {}
 
   Expected<Function *> run();
 
@@ -55,26 +53,25 @@ private:
   void mirrorSpill(const StoreInst &St);
   Error mirrorRefcounts();
   void createShadowAllocations();
-  const Lanes &shadowAllocation(const CallBase *Alloc);
   MemInfoKind classifyMemInfo(const Value *V,
                               SmallPtrSetImpl<const Value *> &Visiting) const;
   Value *memInfoShadow(const Value *V, unsigned K);
-  void emitNullChecks();
   void createTangentPhis(const BasicBlock &PB);
   void fillTangentPhis();
   void createResult();
+  void emitNullChecks();
 
-  Value *mapped(const Value *PV) const;
+  Value *mapped(const Value *PV) const { return Sk.mapped(PV); }
   /// The tangent of \p PV in lane \p K, or null when it is zero.
   Value *tangent(const Value *PV, unsigned K) const;
   Value *tangentOrZero(const Value *PV, unsigned K) const;
   /// The address that mirrors \p PPtr on the shadow of lane \p K.
-  Value *shadow(const Value *PPtr, unsigned K);
+  Value *shadow(const Value *PPtr, unsigned K) { return Sk.shadow(PPtr, K); }
   void note(const char *What, const Value *PV);
 
+  DerivativeSkeleton Sk;
   const CanonicalFunction &Canon;
   const Request &Req;
-  Type *RetType; // what the primal stores through retptr; null for None
   const TypeAnalysis &TA;
   const ActivityAnalysis &AA;
   raw_ostream *Log;
@@ -82,31 +79,12 @@ private:
   LLVMContext &Ctx;
   unsigned Width;
 
-  Function *D = nullptr;
-  BasicBlock *DEntry = nullptr;
-  ValueToValueMapTy VMap;
-  AllocaInst *RetSlot = nullptr;
-  Lanes RetShadow;                              // per lane, when RetActive
-  SmallVector<Lanes, 8> ShadowArgs;             // per primal param
   DenseMap<const Value *, Lanes> Tangents;      // primal value -> its tangents
-  DenseMap<const Value *, Lanes> Shadows;       // primal address -> mirrored
   SmallVector<const PHINode *, 16> TangentPhis; // to fill in at the end
-  /// Allocations of arrays that carry tangents -> their shadows' MemInfos.
-  DenseMap<const CallBase *, Lanes> ShadowAllocs;
   /// Primal MemInfo pointers -> the MemInfos of their shadows.
   DenseMap<const Value *, Lanes> MemInfoShadows;
-  /// Shadow allocations to check for failure once the CFG is final.
-  SmallVector<Instruction *, 4> NullChecks;
   std::string Decisions;
 };
-
-Value *ForwardSynthesizer::mapped(const Value *PV) const {
-  if (isa<Constant>(PV))
-    return const_cast<Value *>(PV);
-  auto It = VMap.find(PV);
-  assert(It != VMap.end() && "primal value without a copy");
-  return It->second;
-}
 
 Value *ForwardSynthesizer::tangent(const Value *PV, unsigned K) const {
   if (isa<Constant>(PV) || !AA.isActive(PV))
@@ -129,133 +107,16 @@ void ForwardSynthesizer::note(const char *What, const Value *PV) {
   OS << "  " << What << " " << describe(PV) << "\n";
 }
 
-Value *ForwardSynthesizer::shadow(const Value *PPtr, unsigned K) {
-  // A pointer to nowhere (a path where the array was never set up, e.g. an
-  // allocation that failed and raised) mirrors to itself.
-  if (isa<ConstantPointerNull>(PPtr) || isa<UndefValue>(PPtr))
-    return const_cast<Value *>(PPtr);
-  auto Found = Shadows.find(PPtr);
-  if (Found != Shadows.end() && Found->second[K])
-    return Found->second[K];
-  Value *S = nullptr;
-  if (auto *A = dyn_cast<Argument>(PPtr)) {
-    S = A->getArgNo() == numba::RetPtrParam
-            ? RetShadow[K]
-            : ShadowArgs[numba::userParamIndex(*A)][K];
-    assert(S && "shadow of a parameter that is not duplicated");
-  } else if (auto *AI = dyn_cast<AllocaInst>(PPtr)) {
-    const DataLayout &DL = P.getParent()->getDataLayout();
-    Value *Count = mapped(AI->getArraySize());
-    IRBuilder<> B(Ctx);
-    if (isa<Constant>(Count))
-      B.SetInsertPoint(DEntry, DEntry->getFirstInsertionPt());
-    else
-      B.SetInsertPoint(cast<Instruction>(mapped(AI))->getNextNode());
-    AllocaInst *SA = B.CreateAlloca(AI->getAllocatedType(), Count,
-                                    AI->getName() + "'shadow");
-    SA->setAlignment(AI->getAlign());
-    if (isa<Constant>(Count))
-      B.SetInsertPoint(DEntry->getTerminator());
-    Value *Bytes =
-        B.CreateMul(B.CreateZExtOrTrunc(Count, B.getInt64Ty()),
-                    B.getInt64(DL.getTypeAllocSize(AI->getAllocatedType())));
-    B.CreateMemSet(SA, B.getInt8(0), Bytes, AI->getAlign());
-    S = SA;
-  } else if (auto *GEP = dyn_cast<GetElementPtrInst>(PPtr)) {
-    auto *DG = cast<GetElementPtrInst>(mapped(GEP));
-    Value *Base = shadow(GEP->getPointerOperand(), K);
-    IRBuilder<> B(DG->getNextNode());
-    SmallVector<Value *, 4> Idx(DG->indices());
-    S = B.CreateGEP(DG->getSourceElementType(), Base, Idx,
-                    GEP->getName() + "'shadow", DG->getNoWrapFlags());
-  } else if (auto *Phi = dyn_cast<PHINode>(PPtr)) {
-    auto *DP = cast<PHINode>(mapped(Phi));
-    PHINode *SP = PHINode::Create(DP->getType(), DP->getNumIncomingValues(),
-                                  Phi->getName() + "'shadow");
-    SP->insertBefore(DP->getIterator());
-    Lanes &L = Shadows[PPtr];
-    L.resize(Width, nullptr);
-    L[K] = SP; // before the incoming values: cycles
-    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I) {
-      Value *In = shadow(Phi->getIncomingValue(I), K);
-      SP->addIncoming(In, DP->getIncomingBlock(I));
-    }
-    return SP;
-  } else if (auto *Sel = dyn_cast<SelectInst>(PPtr)) {
-    auto *DS = cast<SelectInst>(mapped(Sel));
-    Value *T = shadow(Sel->getTrueValue(), K);
-    Value *F = shadow(Sel->getFalseValue(), K);
-    IRBuilder<> B(DS->getNextNode());
-    S = B.CreateSelect(DS->getCondition(), T, F, Sel->getName() + "'shadow");
-  } else if (auto *Cast = dyn_cast<CastInst>(PPtr)) {
-    S = shadow(Cast->getOperand(0), K);
-  } else if (isSpilledPointer(PPtr)) {
-    // Its shadow was spilled beside it (see mirrorSpill).
-    auto *L = cast<LoadInst>(PPtr);
-    Value *Slot = shadow(L->getPointerOperand(), K);
-    IRBuilder<> B(cast<Instruction>(mapped(L))->getNextNode());
-    S = B.CreateLoad(L->getType(), Slot, L->getName() + "'shadow");
-  } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
-    Value *SMI = shadowAllocation(Alloc)[K];
-    IRBuilder<> B(cast<Instruction>(mapped(PPtr))->getNextNode());
-    S = numba::emitDataPointer(B, SMI, PPtr->getName() + "'shadow");
-  }
-  assert(S && "checkShadowable let an unmirrorable address through");
-  Lanes &L = Shadows[PPtr];
-  L.resize(Width, nullptr);
-  L[K] = S;
-  return S;
-}
-
-/// The shadow of an allocated array: allocated like it right after it, and
-/// zeroed (the tangent of numba's uninitialized memory is taken as zero).
-const Lanes &ForwardSynthesizer::shadowAllocation(const CallBase *Alloc) {
-  auto It = ShadowAllocs.find(Alloc);
-  if (It != ShadowAllocs.end())
-    return It->second;
-  auto *DA = cast<CallBase>(mapped(Alloc));
-  IRBuilder<> B(DA->getNextNode());
-  SmallVector<Value *, 2> Args(DA->args());
-  Lanes SMIs;
-  for (unsigned K = 0; K < Width; ++K) {
-    CallInst *SMI = B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(),
-                                 Args, Alloc->getName() + "'shadow");
-    Value *Data = numba::emitDataPointer(B, SMI);
-    NullChecks.push_back(SMI);
-    B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
-    SMIs.push_back(SMI);
-  }
-  note("shadow-allocation", Alloc);
-  return ShadowAllocs[Alloc] = std::move(SMIs);
-}
-
 void ForwardSynthesizer::createShadowAllocations() {
   for (const BasicBlock &PB : P) {
     if (!Canon.returns(&PB))
       continue;
     for (const Instruction &I : PB)
       if (const CallBase *Alloc = TA.allocationOf(&I))
-        if (AA.isActiveRoot(&I))
-          shadowAllocation(Alloc);
-  }
-}
-
-/// A failed shadow allocation returns status -1, as a failed tape
-/// allocation does in reverse mode.
-void ForwardSynthesizer::emitNullChecks() {
-  if (NullChecks.empty())
-    return;
-  BasicBlock *Fail = BasicBlock::Create(Ctx, "enzpy.shadow.oom", D);
-  ReturnInst::Create(Ctx, ConstantInt::get(Type::getInt32Ty(Ctx), -1), Fail);
-  MDBuilder MDB(Ctx);
-  for (Instruction *SMI : NullChecks) {
-    Instruction *After = SMI->getNextNode();
-    BasicBlock *BB = After->getParent();
-    BasicBlock *Tail = BB->splitBasicBlock(After, BB->getName() + ".ok");
-    BB->getTerminator()->eraseFromParent();
-    IRBuilder<> B(BB);
-    B.CreateCondBr(B.CreateIsNull(SMI), Fail, Tail,
-                   MDB.createUnlikelyBranchWeights());
+        if (AA.isActiveRoot(&I)) {
+          Sk.shadowAllocation(Alloc);
+          note("shadow-allocation", Alloc);
+        }
   }
 }
 
@@ -266,7 +127,8 @@ MemInfoKind ForwardSynthesizer::classifyMemInfo(
     return MemInfoKind::None;
   if (auto *CB = dyn_cast<CallBase>(V)) {
     if (numba::isAllocationCall(CB))
-      return ShadowAllocs.count(CB) ? MemInfoKind::Shadowed : MemInfoKind::None;
+      return Sk.hasShadowAllocation(CB) ? MemInfoKind::Shadowed
+                                        : MemInfoKind::None;
     return MemInfoKind::Untraceable;
   }
   if (isSpilledPointer(V))
@@ -301,9 +163,8 @@ Value *ForwardSynthesizer::memInfoShadow(const Value *V, unsigned K) {
     return Found->second[K];
   Value *S = nullptr;
   if (auto *CB = dyn_cast<CallBase>(V)) {
-    auto It = ShadowAllocs.find(CB);
-    S = It != ShadowAllocs.end()
-            ? It->second[K]
+    S = Sk.hasShadowAllocation(CB)
+            ? Sk.shadowAllocation(CB)[K]
             : ConstantPointerNull::get(cast<PointerType>(Ptr));
   } else if (isSpilledPointer(V)) {
     auto *L = cast<LoadInst>(V);
@@ -337,37 +198,23 @@ Value *ForwardSynthesizer::memInfoShadow(const Value *V, unsigned K) {
   return S;
 }
 
-/// A pointer stored into a local allocation (numba spills array structs
-/// to the stack): its shadow goes to the same place in the allocation's
-/// shadow, so that the pointer loaded back has one. That is the shadow
-/// address for pointers into active memory, the shadow MemInfo for
-/// allocations' MemInfos, and null for other pointers (so that a slot
-/// reused for another array never keeps a stale shadow). Stores to shadow
-/// slots that nothing reads are removed by the optimizer.
+/// A pointer spilled to a stack slot: its shadow (or, for the MemInfo of an
+/// allocation with a shadow, the shadow's MemInfo) is spilled beside it.
 void ForwardSynthesizer::mirrorSpill(const StoreInst &St) {
-  const Value *V = St.getValueOperand();
-  if (!V->getType()->isPointerTy() ||
-      !isa<AllocaInst>(getUnderlyingObject(St.getPointerOperand(), 0)))
-    return;
-  bool Address = Canon.returns(St.getParent()) && AA.pointsToActive(V);
-  SmallPtrSet<const Value *, 8> Visiting;
-  bool MemInfo = !Address && !ShadowAllocs.empty() &&
-                 classifyMemInfo(V, Visiting) == MemInfoKind::Shadowed;
-  for (unsigned K = 0; K < Width; ++K) {
-    Value *SV = Address ? shadow(V, K)
-                : MemInfo
-                    ? memInfoShadow(V, K)
-                    : ConstantPointerNull::get(PointerType::getUnqual(Ctx));
-    Value *Slot = shadow(St.getPointerOperand(), K);
-    IRBuilder<> B(cast<Instruction>(mapped(&St))->getNextNode());
-    B.CreateAlignedStore(SV, Slot, St.getAlign());
-  }
+  auto MemInfo = [&](const Value *V, unsigned K) -> Value * {
+    SmallPtrSet<const Value *, 8> Visiting;
+    if (!Sk.anyShadowAllocation() ||
+        classifyMemInfo(V, Visiting) != MemInfoKind::Shadowed)
+      return nullptr;
+    return memInfoShadow(V, K);
+  };
+  Sk.mirrorSpill(St, MemInfo);
 }
 
 /// Shadows of allocations live as long as their arrays: every reference
 /// count operation on an allocation's MemInfo is repeated on its shadow's.
 Error ForwardSynthesizer::mirrorRefcounts() {
-  if (ShadowAllocs.empty())
+  if (!Sk.anyShadowAllocation())
     return Error::success();
   for (const BasicBlock &PB : P)
     for (const Instruction &I : PB) {
@@ -435,86 +282,37 @@ void ForwardSynthesizer::visitBlasCall(const BlasCall &Blas) {
   note("tangent-blas", &CB);
 }
 
+/// The skeleton, with the tangents of Active scalars as trailing
+/// parameters (Width per scalar), and the seeded return's tangent slots.
 void ForwardSynthesizer::createFunction() {
-  FunctionType *PT = P.getFunctionType();
-  SmallVector<Type *, 16> Params(PT->params());
-  unsigned NumPrimal = Params.size();
-  for (unsigned I = 0; I < Req.Params.size(); ++I)
-    if (Req.Params[I].isDuplicated())
-      Params.append(Width, PointerType::getUnqual(Ctx));
-  for (unsigned I = 0; I < Req.Params.size(); ++I)
-    if (Req.Params[I].Act == Activity::Active)
-      Params.append(Width, numba::userParam(P, I)->getType());
-  D = Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
-                       GlobalValue::ExternalLinkage, Req.Name, P.getParent());
-  DEntry = BasicBlock::Create(Ctx, "enzpy.entry", D);
-  IRBuilder<> B(DEntry);
-
-  // The primal's return value goes to a local slot (a None return stores a
-  // null pointer: give the slot room for it); D's retptr receives the
-  // result struct.
-  RetSlot = B.CreateAlloca(RetType ? RetType : PointerType::getUnqual(Ctx),
-                           nullptr, "enzpy.ret");
-  RetSlot->setAlignment(Align(8));
-  if (Req.RetActive)
-    for (unsigned K = 0; K < Width; ++K) {
-      AllocaInst *S = B.CreateAlloca(RetType, nullptr, "enzpy.ret'shadow");
-      S->setAlignment(Align(8));
-      B.CreateStore(Constant::getNullValue(RetType), S);
-      RetShadow.push_back(S);
-    }
-
-  D->getArg(0)->setName("retptr");
-  D->getArg(1)->setName("excinfo");
-  VMap[P.getArg(0)] = RetSlot;
-  VMap[P.getArg(1)] = D->getArg(1);
-  for (unsigned I = 0; I < Req.Params.size(); ++I) {
-    Argument *A = numba::userParam(*D, I);
-    A->setName(numba::userParam(P, I)->getName());
-    VMap[numba::userParam(P, I)] = A;
-  }
-  ShadowArgs.assign(Req.Params.size(), Lanes());
-  unsigned Next = NumPrimal;
-  for (unsigned I = 0; I < Req.Params.size(); ++I) {
-    if (!Req.Params[I].isDuplicated())
-      continue;
-    for (unsigned K = 0; K < Width; ++K) {
-      Argument *S = D->getArg(Next++);
-      S->setName(numba::userParam(P, I)->getName() + "'shadow" +
-                 (Width > 1 ? "." + Twine(K) : Twine()));
-      ShadowArgs[I].push_back(S);
-    }
-  }
+  SmallVector<DerivativeSkeleton::Trailing, 8> Extra;
+  SmallVector<unsigned, 8> ActiveParams;
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
     if (Req.Params[I].Act != Activity::Active)
       continue;
     Argument *PA = numba::userParam(P, I);
+    ActiveParams.push_back(I);
+    for (unsigned K = 0; K < Width; ++K)
+      Extra.push_back(
+          {PA->getType(), Sk.laneName(PA->getName() + "'tangent", K)});
+  }
+  Sk.create(Extra);
+  if (Req.RetActive)
+    Sk.createReturnShadows(
+        [&](unsigned) { return Constant::getNullValue(Sk.RetType); });
+  unsigned Next = 0;
+  for (unsigned I : ActiveParams) {
     Lanes T;
-    for (unsigned K = 0; K < Width; ++K) {
-      Argument *DT = D->getArg(Next++);
-      DT->setName(PA->getName() + "'tangent" +
-                  (Width > 1 ? "." + Twine(K) : Twine()));
-      T.push_back(DT);
-    }
+    for (unsigned K = 0; K < Width; ++K)
+      T.push_back(Sk.trailing(Next++));
+    Argument *PA = numba::userParam(P, I);
     if (AA.isActive(PA))
       Tangents[PA] = std::move(T);
   }
-
-  SmallVector<ReturnInst *, 4> Returns;
-  CloneFunctionInto(D, &P, VMap, CloneFunctionChangeType::LocalChangesOnly,
-                    Returns);
-  auto *FwdEntry = cast<BasicBlock>(VMap[&P.getEntryBlock()]);
-  // Static allocas of the primal stay static in the new entry block.
-  for (Instruction &I : make_early_inc_range(*FwdEntry))
-    if (auto *AI = dyn_cast<AllocaInst>(&I))
-      if (isa<Constant>(AI->getArraySize()))
-        AI->moveBefore(DEntry->end());
-  B.SetInsertPoint(DEntry);
-  B.CreateBr(FwdEntry);
 }
 
 void ForwardSynthesizer::createTangentPhis(const BasicBlock &PB) {
-  auto *DB = cast<BasicBlock>(VMap[&PB]);
+  BasicBlock *DB = Sk.mapped(&PB);
   for (const PHINode &Phi : PB.phis()) {
     if (!AA.isActive(&Phi))
       continue;
@@ -535,7 +333,7 @@ void ForwardSynthesizer::fillTangentPhis() {
   for (const PHINode *Phi : TangentPhis) {
     const Lanes &T = Tangents[Phi];
     for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I) {
-      auto *From = cast<BasicBlock>(VMap[Phi->getIncomingBlock(I)]);
+      BasicBlock *From = Sk.mapped(Phi->getIncomingBlock(I));
       for (unsigned K = 0; K < Width; ++K)
         cast<PHINode>(T[K])->addIncoming(
             tangentOrZero(Phi->getIncomingValue(I), K), From);
@@ -628,25 +426,29 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
   return Error::success();
 }
 
+/// Result struct: the primal return value (when asked for), then the
+/// return value's tangent in each lane (when it is seeded).
 void ForwardSynthesizer::createResult() {
   if (!Canon.NormalExit)
     return; // the primal never returns normally
-  auto *DExit = cast<BasicBlock>(VMap[Canon.NormalExit]);
-  IRBuilder<> B(DExit->getTerminator());
-  SmallVector<Type *, 8> Fields;
+  IRBuilder<> B(Sk.mapped(Canon.NormalExit)->getTerminator());
   SmallVector<Value *, 8> Values;
-  if (Req.ReturnPrimal && RetType) {
-    Fields.push_back(RetType);
-    Values.push_back(B.CreateLoad(RetType, RetSlot));
-  }
+  if (Req.ReturnPrimal && Sk.RetType)
+    Values.push_back(B.CreateLoad(Sk.RetType, Sk.RetSlot));
   if (Req.RetActive)
-    for (unsigned K = 0; K < Width; ++K) {
-      Fields.push_back(RetType);
-      Values.push_back(B.CreateLoad(RetType, RetShadow[K]));
-    }
-  StructType *ST = StructType::get(Ctx, Fields);
-  for (unsigned I = 0; I < Values.size(); ++I)
-    B.CreateStore(Values[I], B.CreateStructGEP(ST, D->getArg(0), I));
+    for (Value *S : Sk.returnShadows())
+      Values.push_back(B.CreateLoad(Sk.RetType, S));
+  Sk.storeResult(B, Values);
+}
+
+/// A failed shadow allocation returns status -1, as a failed tape
+/// allocation does in reverse mode.
+void ForwardSynthesizer::emitNullChecks() {
+  BasicBlock *Fail = BasicBlock::Create(Ctx, "enzpy.shadow.oom", Sk.D);
+  ReturnInst::Create(Ctx, ConstantInt::get(Type::getInt32Ty(Ctx), -1), Fail);
+  Sk.emitNullChecks(Fail);
+  if (pred_empty(Fail))
+    Fail->eraseFromParent();
 }
 
 Expected<Function *> ForwardSynthesizer::run() {
@@ -676,7 +478,7 @@ Expected<Function *> ForwardSynthesizer::run() {
   emitNullChecks();
   if (Log)
     *Log << "forward:\n" << Decisions;
-  return D;
+  return Sk.D;
 }
 
 } // namespace

@@ -7,6 +7,7 @@
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
 #include "synthesis/ShadowAddresses.h"
+#include "synthesis/Skeleton.h"
 #include "synthesis/Tape.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/Analysis/AssumptionCache.h"
@@ -32,16 +33,12 @@ namespace enzpy {
 
 namespace {
 
-/// One value per lane of the batch (Request::Width of them; one when the
-/// width is 1).
-using Lanes = SmallVector<Value *, 4>;
-
 class ReverseSynthesizer {
 public:
   ReverseSynthesizer(const CanonicalFunction &C, const Request &Req,
                      Type *RetType, const TypeAnalysis &TA,
                      const ActivityAnalysis &AA, raw_ostream *Log)
-      : Canon(C), RetType(RetType), P(*C.F), PExit(C.NormalExit),
+      : Sk(C, Req, RetType, TA, AA), Canon(C), P(*C.F), PExit(C.NormalExit),
         PRaise(C.RaiseExit), Req(Req), TA(TA), AA(AA), Log(Log), DT(P), LI(DT),
         TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
         SE(P, TLI, AC, DT, LI), Cache(C, Req, TA, DT, LI), Ctx(P.getContext()),
@@ -85,7 +82,7 @@ private:
   void logDecisions();
 
   // Values of the forward sweep as usable in the reverse of a block.
-  Value *mapped(const Value *PV) const;
+  Value *mapped(const Value *PV) const { return Sk.mapped(PV); }
   bool reusable(const BasicBlock *PDef) const;
   Value *fetch(Value *DV, BlockRev &R);
   Value *recompute(Instruction *I, BlockRev &R);
@@ -98,24 +95,23 @@ private:
   void addAdjoint(IRBuilder<> &B, const Value *PV, unsigned K, Value *Delta);
   Value *takeAdjoint(IRBuilder<> &B, const Value *PV, unsigned K);
   Lanes takeAdjoints(IRBuilder<> &B, const Value *PV);
-  /// \p Base, with the lane's number when the width is above 1.
-  std::string laneName(const Twine &Base, unsigned K) const;
+  std::string laneName(const Twine &Base, unsigned K) const {
+    return Sk.laneName(Base, K);
+  }
 
   // Shadows of addresses (one per lane), computed in the forward sweep.
   Lanes shadow(const Value *PPtr);
-  Lanes shadowMemInfo(const CallBase *Alloc);
   void createShadows();
-  /// The forward block that ends primal block \p PB (blocks get split when
-  /// the forward sweep needs control flow of its own).
-  BasicBlock *forwardEnd(const BasicBlock *PB) const;
+  /// The forward clone of primal block \p PB.
+  BasicBlock *forwardEnd(const BasicBlock *PB) const { return Sk.mapped(PB); }
   void reverseMemoryIntrinsic(AnyMemIntrinsic &MI, IRBuilder<> &RB,
                               BlockRev &R);
   void prepareBlas(const BlasCall &Call);
   void reverseBlas(const BlasCall &Call, IRBuilder<> &RB, BlockRev &R);
   bool blasActive(const BlasCall &Call) const;
 
+  DerivativeSkeleton Sk;
   const CanonicalFunction &Canon;
-  Type *RetType; // what the primal stores through retptr; null for None
   Function &P;
   BasicBlock *PExit;
   BasicBlock *PRaise;
@@ -139,22 +135,13 @@ private:
   Function *D = nullptr;
   BasicBlock *DEntry = nullptr;
   BasicBlock *DFinal = nullptr;
-  ValueToValueMapTy VMap;
-  DenseMap<const BasicBlock *, const BasicBlock *> PBlock; // forward -> primal
-  DenseMap<const Value *, const Value *> Primal;           // forward -> primal
   DenseMap<const Loop *, LoopRev> Loops;
   /// Innermost loops with an upper bound on their iteration count, computed
   /// in the preheader (a primal value, cloned like the rest): the tape is
   /// reserved once before the loop instead of checked every iteration.
   DenseMap<const Loop *, Value *> TripBound;
   std::optional<Tape> TheTape;
-  AllocaInst *RetSlot = nullptr;
-  Lanes RetShadow;                  // per lane, when the return is seeded
-  SmallVector<Lanes, 8> ShadowArgs; // per primal param index (empty: none)
   DenseMap<std::pair<const Value *, unsigned>, AllocaInst *> Adjoints;
-  DenseMap<const Value *, Lanes> Shadows;
-  DenseMap<const Value *, Lanes> ShadowMemInfos; // allocation -> shadows'
-  DenseMap<const BasicBlock *, BasicBlock *> ForwardEnd;
   /// BLAS inputs the reverse needs but that may be overwritten: copies made
   /// in the forward sweep (call, argument) -> copy. And alpha, beta.
   DenseMap<std::pair<const Value *, unsigned>, Value *> SavedInputs;
@@ -173,14 +160,6 @@ static Value *addAdjointValues(IRBuilder<> &B, Value *Sum, Value *Delta) {
   return V;
 }
 
-Value *ReverseSynthesizer::mapped(const Value *PV) const {
-  if (isa<Constant>(PV))
-    return const_cast<Value *>(PV);
-  auto It = VMap.find(PV);
-  assert(It != VMap.end() && "primal value without a forward clone");
-  return It->second;
-}
-
 /// A forward value can be used directly in every reverse block when its
 /// block runs exactly once on every path that returns normally.
 bool ReverseSynthesizer::reusable(const BasicBlock *PDef) const {
@@ -190,9 +169,8 @@ bool ReverseSynthesizer::reusable(const BasicBlock *PDef) const {
 /// Whether \p I can be recomputed in the reverse sweep from its operands:
 /// address arithmetic, integer index arithmetic, and reads of memory that
 /// the call never writes.
-static bool
-isRecomputable(const Instruction *I, const CachePolicy &Cache,
-               const DenseMap<const Value *, const Value *> &Primal) {
+static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
+                           const DerivativeSkeleton &Sk) {
   if (isa<GetElementPtrInst>(I))
     return true;
   if (isa<CastInst>(I))
@@ -218,7 +196,7 @@ isRecomputable(const Instruction *I, const CachePolicy &Cache,
     }
   if (auto *L = dyn_cast<LoadInst>(I)) {
     // Loads the synthesis added (allocations' shadow pointers) have none.
-    auto *PL = dyn_cast_or_null<LoadInst>(Primal.lookup(L));
+    auto *PL = dyn_cast_or_null<LoadInst>(Sk.primalOf(L));
     return PL && Cache.canReread(PL);
   }
   return false;
@@ -228,11 +206,11 @@ isRecomputable(const Instruction *I, const CachePolicy &Cache,
 /// are reusable, already fetched, or recomputable for free.
 unsigned ReverseSynthesizer::popCost(Value *DV, BlockRev &R, unsigned Depth) {
   auto *I = dyn_cast<Instruction>(DV);
-  if (!I || reusable(PBlock.lookup(I->getParent())) || R.Rebuilt.count(I))
+  if (!I || reusable(Sk.primalOf(I->getParent())) || R.Rebuilt.count(I))
     return 0;
-  if (Depth > 6 || !isRecomputable(I, Cache, Primal)) {
+  if (Depth > 6 || !isRecomputable(I, Cache, Sk)) {
     if (auto *Phi = dyn_cast<PHINode>(I)) {
-      const Loop *L = LI.getLoopFor(PBlock.lookup(Phi->getParent()));
+      const Loop *L = LI.getLoopFor(Sk.primalOf(Phi->getParent()));
       if (L && loopOfHeader(L->getHeader()) && L->contains(R.PB))
         return 0; // a counter or induction variable, see recompute()
     }
@@ -250,7 +228,7 @@ unsigned ReverseSynthesizer::popCost(Value *DV, BlockRev &R, unsigned Depth) {
 /// the loop's counter, a re-read of memory nobody writes); popped otherwise.
 Value *ReverseSynthesizer::fetch(Value *DV, BlockRev &R) {
   auto *I = dyn_cast<Instruction>(DV);
-  if (!I || reusable(PBlock.lookup(I->getParent())))
+  if (!I || reusable(Sk.primalOf(I->getParent())))
     return DV;
   auto It = R.Rebuilt.find(I);
   if (It != R.Rebuilt.end())
@@ -265,7 +243,7 @@ Value *ReverseSynthesizer::fetch(Value *DV, BlockRev &R) {
 Value *ReverseSynthesizer::recompute(Instruction *I, BlockRev &R) {
   IRBuilder<> H(R.Head->getTerminator());
   if (auto *Phi = dyn_cast<PHINode>(I)) {
-    const BasicBlock *PH = PBlock.lookup(Phi->getParent());
+    const BasicBlock *PH = Sk.primalOf(Phi->getParent());
     const Loop *L = LI.getLoopFor(PH);
     const LoopRev *LR = loopOfHeader(PH);
     if (!LR || !L->contains(R.PB))
@@ -274,7 +252,7 @@ Value *ReverseSynthesizer::recompute(Instruction *I, BlockRev &R) {
     if (Phi == LR->Counter)
       return K;
     // Phis the synthesis added (shadows of pointer phis) have no primal.
-    auto *PP = dyn_cast_or_null<PHINode>(Primal.lookup(Phi));
+    auto *PP = dyn_cast_or_null<PHINode>(Sk.primalOf(Phi));
     if (!PP)
       return nullptr;
     auto *AR = dyn_cast<SCEVAddRecExpr>(SE.getSCEV(const_cast<PHINode *>(PP)));
@@ -303,7 +281,7 @@ Value *ReverseSynthesizer::recompute(Instruction *I, BlockRev &R) {
     }
     return nullptr;
   }
-  if (!isRecomputable(I, Cache, Primal))
+  if (!isRecomputable(I, Cache, Sk))
     return nullptr;
   // Address arithmetic is always rebuilt (its index is shared); integer
   // values and reads when that pops no more than the value itself would;
@@ -336,10 +314,6 @@ Value *ReverseSynthesizer::fetchPrimal(const Value *PV, BlockRev &R) {
 Value *ReverseSynthesizer::fetchShadow(const Value *PPtr, unsigned K,
                                        BlockRev &R) {
   return fetch(shadow(PPtr)[K], R);
-}
-
-std::string ReverseSynthesizer::laneName(const Twine &Base, unsigned K) const {
-  return Width == 1 ? Base.str() : (Base + "." + Twine(K)).str();
 }
 
 AllocaInst *ReverseSynthesizer::adjointSlot(const Value *PV, unsigned K) {
@@ -381,127 +355,10 @@ Lanes ReverseSynthesizer::takeAdjoints(IRBuilder<> &B, const Value *PV) {
 }
 
 Lanes ReverseSynthesizer::shadow(const Value *PPtr) {
-  auto It = Shadows.find(PPtr);
-  if (It != Shadows.end())
-    return It->second;
   Lanes S;
-  if (auto *A = dyn_cast<Argument>(PPtr)) {
-    S = A->getArgNo() == numba::RetPtrParam
-            ? RetShadow
-            : ShadowArgs[numba::userParamIndex(*A)];
-    assert(!S.empty() && "shadow of a parameter that is not duplicated");
-  } else if (auto *AI = dyn_cast<AllocaInst>(PPtr)) {
-    for (unsigned K = 0; K < Width; ++K) {
-      IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
-      AllocaInst *SA =
-          B.CreateAlloca(AI->getAllocatedType(), mapped(AI->getArraySize()),
-                         laneName(AI->getName() + "'shadow", K));
-      SA->setAlignment(AI->getAlign());
-      B.SetInsertPoint(DEntry->getTerminator());
-      const DataLayout &DL = P.getParent()->getDataLayout();
-      B.CreateMemSet(
-          SA, B.getInt8(0),
-          DL.getTypeAllocSize(AI->getAllocatedType()).getFixedValue(),
-          AI->getAlign());
-      S.push_back(SA);
-    }
-  } else if (auto *GEP = dyn_cast<GetElementPtrInst>(PPtr)) {
-    auto *DG = cast<GetElementPtrInst>(mapped(GEP));
-    Lanes Base = shadow(GEP->getPointerOperand());
-    IRBuilder<> B(DG->getNextNode());
-    SmallVector<Value *, 4> Idx(DG->indices());
-    for (unsigned K = 0; K < Width; ++K)
-      S.push_back(B.CreateGEP(DG->getSourceElementType(), Base[K], Idx,
-                              laneName(GEP->getName() + "'shadow", K),
-                              DG->getNoWrapFlags()));
-  } else if (auto *Phi = dyn_cast<PHINode>(PPtr)) {
-    auto *DP = cast<PHINode>(mapped(Phi));
-    for (unsigned K = 0; K < Width; ++K) {
-      PHINode *SP = PHINode::Create(DP->getType(), DP->getNumIncomingValues(),
-                                    laneName(Phi->getName() + "'shadow", K));
-      SP->insertBefore(DP->getIterator());
-      S.push_back(SP);
-    }
-    Shadows[PPtr] = S; // before the incoming values: cycles
-    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I) {
-      const Value *In = Phi->getIncomingValue(I);
-      Lanes InS =
-          isNowhere(In) ? Lanes(Width, const_cast<Value *>(In)) : shadow(In);
-      for (unsigned K = 0; K < Width; ++K)
-        cast<PHINode>(S[K])->addIncoming(InS[K], DP->getIncomingBlock(I));
-    }
-    return S;
-  } else if (auto *Sel = dyn_cast<SelectInst>(PPtr)) {
-    auto *DS = cast<SelectInst>(mapped(Sel));
-    auto side = [&](const Value *V) {
-      return isNowhere(V) ? Lanes(Width, const_cast<Value *>(V)) : shadow(V);
-    };
-    Lanes T = side(Sel->getTrueValue());
-    Lanes F = side(Sel->getFalseValue());
-    IRBuilder<> B(DS->getNextNode());
-    for (unsigned K = 0; K < Width; ++K)
-      S.push_back(B.CreateSelect(DS->getCondition(), T[K], F[K],
-                                 laneName(Sel->getName() + "'shadow", K)));
-  } else if (auto *Cast = dyn_cast<CastInst>(PPtr)) {
-    S = shadow(Cast->getOperand(0));
-  } else if (isSpilledPointer(PPtr)) {
-    // The shadow was spilled beside it (see createShadows).
-    auto *L = cast<LoadInst>(PPtr);
-    Lanes Slot = shadow(L->getPointerOperand());
-    auto *DL = cast<Instruction>(mapped(L));
-    IRBuilder<> B(DL->getNextNode());
-    for (unsigned K = 0; K < Width; ++K)
-      S.push_back(B.CreateLoad(L->getType(), Slot[K],
-                               laneName(L->getName() + "'shadow", K)));
-  } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
-    Lanes SMI = shadowMemInfo(Alloc);
-    auto *DL = cast<Instruction>(mapped(PPtr));
-    IRBuilder<> B(DL->getNextNode());
-    for (unsigned K = 0; K < Width; ++K)
-      S.push_back(numba::emitDataPointer(
-          B, SMI[K], laneName(PPtr->getName() + "'shadow", K)));
-  }
-  assert(S.size() == Width &&
-         "checkShadowable let an unshadowable address through");
-  Shadows[PPtr] = S;
+  for (unsigned K = 0; K < Width; ++K)
+    S.push_back(Sk.shadow(PPtr, K));
   return S;
-}
-
-/// An allocated array's shadows (one per lane): allocated (and zeroed) right
-/// after it, freed when the reverse sweep passes the allocation.
-Lanes ReverseSynthesizer::shadowMemInfo(const CallBase *Alloc) {
-  auto It = ShadowMemInfos.find(Alloc);
-  if (It != ShadowMemInfos.end())
-    return It->second;
-  auto *DA = cast<CallBase>(mapped(Alloc));
-  Instruction *After = DA->getNextNode();
-  SmallVector<Value *, 2> Args(DA->args());
-  Lanes SMIs;
-  for (unsigned K = 0; K < Width; ++K) {
-    IRBuilder<> B(After);
-    CallInst *SMI =
-        B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(), Args,
-                     laneName(Alloc->getName() + "'shadow", K));
-    BasicBlock *Head = After->getParent();
-    BasicBlock *Tail = TheTape->emitFailIfNull(After, SMI);
-    const BasicBlock *PB = PBlock.lookup(Head);
-    PBlock[Tail] = PB;
-    if (forwardEnd(PB) == Head)
-      ForwardEnd[PB] = Tail;
-    B.SetInsertPoint(After);
-    Value *Data = numba::emitDataPointer(B, SMI);
-    B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
-    SMIs.push_back(SMI);
-  }
-  ShadowMemInfos[Alloc] = SMIs;
-  return SMIs;
-}
-
-BasicBlock *ReverseSynthesizer::forwardEnd(const BasicBlock *PB) const {
-  auto It = ForwardEnd.find(PB);
-  if (It != ForwardEnd.end())
-    return It->second;
-  return cast<BasicBlock>(VMap.lookup(PB));
 }
 
 /// Every shadow address the reverse sweep will use, created up front so
@@ -523,17 +380,8 @@ void ReverseSynthesizer::createShadows() {
       } else if (auto *S = dyn_cast<StoreInst>(&I)) {
         if (AA.pointsToActive(S->getPointerOperand()))
           shadow(S->getPointerOperand());
-        // A pointer into active memory spilled to the stack: spill its
-        // shadow to the allocation's shadow at the same place.
-        const Value *V = S->getValueOperand();
-        if (V->getType()->isPointerTy() && AA.pointsToActive(V) &&
-            isa<AllocaInst>(getUnderlyingObject(S->getPointerOperand(), 0))) {
-          Lanes SV = shadow(V);
-          Lanes SP = shadow(S->getPointerOperand());
-          IRBuilder<> B(cast<Instruction>(mapped(S))->getNextNode());
-          for (unsigned K = 0; K < Width; ++K)
-            B.CreateStore(SV[K], SP[K]);
-        }
+        // A pointer spilled to the stack: its shadow goes beside it.
+        Sk.mirrorSpill(*S);
       } else if (auto *CB = dyn_cast<CallBase>(&I); CB && matchBlasCall(*CB)) {
         BlasCall Call = *matchBlasCall(*CB);
         if (blasActive(Call))
@@ -577,13 +425,7 @@ void ReverseSynthesizer::prepareBlas(const BlasCall &Call) {
     FunctionCallee Malloc = M.getOrInsertFunction(
         "malloc", FunctionType::get(B.getPtrTy(), {B.getInt64Ty()}, false));
     CallInst *Copy = B.CreateCall(Malloc, {Bytes}, "enzpy.blas.saved");
-    BasicBlock *Head = DC->getParent();
-    BasicBlock *Tail = TheTape->emitFailIfNull(DC, Copy);
-    const BasicBlock *PB = PBlock.lookup(Head);
-    PBlock[Tail] = PB;
-    if (forwardEnd(PB) == Head)
-      ForwardEnd[PB] = Tail;
-    B.SetInsertPoint(DC);
+    Sk.failIfNull(Copy);
     B.CreateMemCpy(Copy, MaybeAlign(), DC->getArgOperand(I), MaybeAlign(),
                    Bytes);
     SavedInputs[{CB, I}] = Copy;
@@ -647,74 +489,22 @@ void ReverseSynthesizer::reverseMemoryIntrinsic(AnyMemIntrinsic &MI,
                         Len);
 }
 
+/// The skeleton, with the return value's cotangents (one per lane) as
+/// trailing parameters when the return is seeded, and the tape.
 void ReverseSynthesizer::createFunction() {
-  FunctionType *PT = P.getFunctionType();
-  SmallVector<Type *, 16> Params(PT->params());
-  unsigned NumPrimal = Params.size();
-  for (const ParamSpec &S : Req.Params)
-    if (S.isDuplicated())
-      Params.append(Width, PointerType::getUnqual(Ctx));
+  SmallVector<DerivativeSkeleton::Trailing, 4> Extra;
   if (Req.RetActive)
-    Params.append(Width, RetType);
-  D = Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
-                       GlobalValue::ExternalLinkage, Req.Name, P.getParent());
-  DEntry = BasicBlock::Create(Ctx, "enzpy.entry", D);
-  IRBuilder<> B(DEntry);
-
-  // The primal's return value goes to a local slot; D's retptr receives
-  // the result struct.
-  // A None return stores a null pointer: give the slot room for it.
-  RetSlot = B.CreateAlloca(RetType ? RetType : PointerType::getUnqual(Ctx),
-                           nullptr, "enzpy.ret");
-  RetSlot->setAlignment(Align(8));
-
-  D->getArg(0)->setName("retptr");
-  D->getArg(1)->setName("excinfo");
-  VMap[P.getArg(0)] = RetSlot;
-  VMap[P.getArg(1)] = D->getArg(1);
-  ShadowArgs.assign(Req.Params.size(), Lanes());
-  unsigned Next = NumPrimal;
-  for (unsigned I = 0; I < Req.Params.size(); ++I) {
-    Argument *A = numba::userParam(*D, I);
-    A->setName(numba::userParam(P, I)->getName());
-    VMap[numba::userParam(P, I)] = A;
-    if (Req.Params[I].isDuplicated())
-      for (unsigned K = 0; K < Width; ++K) {
-        Argument *S = D->getArg(Next++);
-        S->setName(laneName(numba::userParam(P, I)->getName() + "'shadow", K));
-        ShadowArgs[I].push_back(S);
-      }
-  }
+    for (unsigned K = 0; K < Width; ++K)
+      Extra.push_back({Sk.RetType, laneName("dret", K)});
+  Sk.create(Extra);
+  D = Sk.D;
+  DEntry = Sk.Entry;
   if (Req.RetActive)
-    for (unsigned K = 0; K < Width; ++K) {
-      Argument *DRet = D->getArg(Next++);
-      DRet->setName(laneName("dret", K));
-      AllocaInst *RS =
-          B.CreateAlloca(RetType, nullptr, laneName("enzpy.ret'shadow", K));
-      B.CreateStore(DRet, RS);
-      RetShadow.push_back(RS);
-    }
-
-  SmallVector<ReturnInst *, 4> Returns;
-  CloneFunctionInto(D, &P, VMap, CloneFunctionChangeType::LocalChangesOnly,
-                    Returns);
-  for (const BasicBlock &PB : P) {
-    PBlock[cast<BasicBlock>(VMap[&PB])] = &PB;
-    for (const Instruction &PI : PB)
-      Primal[VMap[&PI]] = &PI;
-  }
-  auto *FwdEntry = cast<BasicBlock>(VMap[&P.getEntryBlock()]);
-  // Static allocas of the primal stay static in the new entry block.
-  for (Instruction &I : make_early_inc_range(*FwdEntry))
-    if (auto *AI = dyn_cast<AllocaInst>(&I))
-      if (isa<Constant>(AI->getArraySize()))
-        AI->moveBefore(DEntry->end());
-  B.SetInsertPoint(DEntry);
-  B.CreateBr(FwdEntry);
+    Sk.createReturnShadows([&](unsigned K) { return Sk.trailing(K); });
   TheTape.emplace(*D, *DEntry);
 
   if (PRaise) {
-    auto *DRaise = cast<BasicBlock>(VMap[PRaise]);
+    BasicBlock *DRaise = Sk.mapped(PRaise);
     TheTape->emitFree(DRaise->getTerminator());
   }
 }
@@ -745,15 +535,14 @@ void ReverseSynthesizer::createLoopCounters() {
     LoopRev &LR = Loops[L];
     LR.Preheader = Pre;
     LR.Latch = Latch;
-    auto *DH = cast<BasicBlock>(VMap[H]);
+    auto *DH = Sk.mapped(H);
     LR.Counter = PHINode::Create(I64, 2, H->getName() + ".iter");
     LR.Counter->insertBefore(DH->begin());
-    auto *DL = cast<BasicBlock>(VMap[Latch]);
+    auto *DL = Sk.mapped(Latch);
     IRBuilder<> B(DL->getTerminator());
     Value *Next = B.CreateAdd(LR.Counter, ConstantInt::get(I64, 1),
                               H->getName() + ".iter.next", true, true);
-    LR.Counter->addIncoming(ConstantInt::get(I64, 0),
-                            cast<BasicBlock>(VMap[Pre]));
+    LR.Counter->addIncoming(ConstantInt::get(I64, 0), Sk.mapped(Pre));
     LR.Counter->addIncoming(Next, DL);
     IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
     LR.Remaining = EB.CreateAlloca(I64, nullptr, H->getName() + ".rev.iter");
@@ -774,7 +563,7 @@ void ReverseSynthesizer::createPids() {
     R.Preds.assign(Preds.begin(), Preds.end());
     if (R.Preds.size() < 2 || loopOfHeader(B))
       continue;
-    auto *DB = cast<BasicBlock>(VMap[B]);
+    auto *DB = Sk.mapped(B);
     IRBuilder<> PB(DB, DB->getFirstNonPHIIt());
     PB.SetInsertPoint(DB, DB->getFirstNonPHIIt());
     R.Pid = PB.CreatePHI(Type::getInt32Ty(Ctx), R.Preds.size() + 1,
@@ -782,7 +571,7 @@ void ReverseSynthesizer::createPids() {
     for (BasicBlock *Pred : predecessors(const_cast<BasicBlock *>(B))) {
       unsigned Id =
           std::find(R.Preds.begin(), R.Preds.end(), Pred) - R.Preds.begin();
-      R.Pid->addIncoming(PB.getInt32(Id), cast<BasicBlock>(VMap[Pred]));
+      R.Pid->addIncoming(PB.getInt32(Id), Sk.mapped(Pred));
     }
   }
 }
@@ -799,10 +588,10 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
     }
   if (numba::isAllocationCall(&I)) {
     FunctionCallee Decref = numba::decrefFunction(*D->getParent());
-    auto It = ShadowMemInfos.find(&I);
-    if (It != ShadowMemInfos.end())
-      for (unsigned K = 0; K < Width; ++K)
-        RB.CreateCall(Decref, {fetch(It->second[K], R)});
+    auto *Alloc = cast<CallBase>(&I);
+    if (Sk.hasShadowAllocation(Alloc))
+      for (Value *SMI : Sk.shadowAllocation(Alloc))
+        RB.CreateCall(Decref, {fetch(SMI, R)});
     // The array itself, kept alive for re-reads (see createShadows).
     if (Cache.keptAlive().contains(cast<CallBase>(&I)))
       RB.CreateCall(Decref, {fetchPrimal(&I, R)});
@@ -907,29 +696,24 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
   }
 }
 
+/// Result struct: the primal return value (when asked for), then each
+/// Active parameter's adjoint in each lane.
 void ReverseSynthesizer::createFinal() {
   DFinal = BasicBlock::Create(Ctx, "enzpy.final", D);
   IRBuilder<> B(DFinal);
-  SmallVector<Type *, 8> Fields;
   SmallVector<Value *, 8> Values;
-  if (Req.ReturnPrimal && RetType) {
-    Fields.push_back(RetSlot->getAllocatedType());
-    Values.push_back(B.CreateLoad(RetSlot->getAllocatedType(), RetSlot));
-  }
+  if (Req.ReturnPrimal && Sk.RetType)
+    Values.push_back(B.CreateLoad(Sk.RetType, Sk.RetSlot));
   for (unsigned I = 0; I < Req.Params.size(); ++I) {
     if (Req.Params[I].Act != Activity::Active)
       continue;
     Argument *PA = numba::userParam(P, I);
-    for (unsigned K = 0; K < Width; ++K) {
-      Fields.push_back(PA->getType());
+    for (unsigned K = 0; K < Width; ++K)
       Values.push_back(AA.isActive(PA) ? static_cast<Value *>(B.CreateLoad(
                                              PA->getType(), adjointSlot(PA, K)))
                                        : ConstantFP::get(PA->getType(), 0.0));
-    }
   }
-  StructType *ST = StructType::get(Ctx, Fields);
-  for (unsigned I = 0; I < Values.size(); ++I)
-    B.CreateStore(Values[I], B.CreateStructGEP(ST, D->getArg(0), I));
+  Sk.storeResult(B, Values);
   ReturnInst *Ret = B.CreateRet(B.getInt32(0));
   TheTape->emitFree(Ret);
 }
@@ -1015,6 +799,8 @@ Expected<Function *> ReverseSynthesizer::run() {
     BranchInst::Create(Rev[PExit].Head, DExit);
   }
   emitPushes();
+  // After the pushes: the checks split blocks that the pushes end.
+  Sk.emitNullChecks(TheTape->failureBlock());
   logDecisions();
   return D;
 }

@@ -36,7 +36,7 @@ Tape::Tape(Function &D, BasicBlock &Entry) : D(D) {
   B.CreateStore(ConstantInt::get(I64, 0), Cap);
 }
 
-BasicBlock *Tape::oomBlock() {
+BasicBlock *Tape::failureBlock() {
   if (Oom)
     return Oom;
   Oom = BasicBlock::Create(D.getContext(), "enzpy.tape.oom", &D);
@@ -101,24 +101,13 @@ Value *Tape::emitEnsure(Instruction *Term, Value *Extra) {
   Value *NewCap = B.CreateSelect(B.CreateICmpUGT(Twice, Min), Twice, Min);
   Value *Bytes = B.CreateMul(NewCap, ConstantInt::get(I64, SlotBytes));
   Value *NewBase = B.CreateCall(libcReallocFn(*D.getParent()), {Old, Bytes});
-  B.CreateCondBr(B.CreateIsNull(NewBase), oomBlock(), Grown,
+  B.CreateCondBr(B.CreateIsNull(NewBase), failureBlock(), Grown,
                  MDB.createUnlikelyBranchWeights());
   B.SetInsertPoint(Grown);
   B.CreateStore(NewBase, Base);
   B.CreateStore(NewCap, Cap);
   B.CreateBr(Tail);
   return OldTop;
-}
-
-BasicBlock *Tape::emitFailIfNull(Instruction *Before, Value *V) {
-  BasicBlock *BB = Before->getParent();
-  BasicBlock *Tail = BB->splitBasicBlock(Before, BB->getName() + ".ok");
-  BB->getTerminator()->eraseFromParent();
-  IRBuilder<> B(BB);
-  MDBuilder MDB(BB->getContext());
-  B.CreateCondBr(B.CreateIsNull(V), oomBlock(), Tail,
-                 MDB.createUnlikelyBranchWeights());
-  return Tail;
 }
 
 void Tape::emitReserve(Instruction *Before, Value *Slots) {

@@ -54,15 +54,13 @@ public:
   /// terminator): one check before a counted loop instead of one per
   /// iteration.
   void emitReserve(llvm::Instruction *Before, llvm::Value *Slots);
-  /// Fail the derivative (status -1) when \p V is null, checked before
-  /// \p Before, whose block is split there; returns the block that now holds
-  /// \p Before.
-  llvm::BasicBlock *emitFailIfNull(llvm::Instruction *Before, llvm::Value *V);
+  /// A block that frees the tape and fails the derivative (status -1): where
+  /// a failed allocation of the derivative's own goes.
+  llvm::BasicBlock *failureBlock();
   /// The largest value a slot holds, in bytes.
   static constexpr unsigned SlotBytes = 8;
 
 private:
-  llvm::BasicBlock *oomBlock();
   /// Split \p Term's block before \p Term and grow the tape there when
   /// top + Extra exceeds the capacity. Returns the old top.
   llvm::Value *emitEnsure(llvm::Instruction *Term, llvm::Value *Extra);

@@ -1,0 +1,262 @@
+//===- Skeleton.cpp - what every derivative function is built on ----------===//
+#include "synthesis/Skeleton.h"
+#include "numba/NumbaABI.h"
+#include "synthesis/ShadowAddresses.h"
+#include "llvm/Analysis/ValueTracking.h"
+#include "llvm/IR/Constants.h"
+#include "llvm/IR/Instructions.h"
+#include "llvm/IR/MDBuilder.h"
+#include "llvm/IR/Module.h"
+#include "llvm/Transforms/Utils/Cloning.h"
+
+using namespace llvm;
+
+namespace enzpy {
+
+DerivativeSkeleton::DerivativeSkeleton(const CanonicalFunction &C,
+                                       const Request &Req, Type *RetType,
+                                       const TypeAnalysis &TA,
+                                       const ActivityAnalysis &AA)
+    : Canon(C), Req(Req), RetType(RetType), TA(TA), AA(AA), P(*C.F),
+      Ctx(P.getContext()), Width(Req.Width) {}
+
+std::string DerivativeSkeleton::laneName(const Twine &Base, unsigned K) const {
+  return Width == 1 ? Base.str() : (Base + "." + Twine(K)).str();
+}
+
+void DerivativeSkeleton::create(ArrayRef<Trailing> Extra) {
+  SmallVector<Type *, 16> Params(P.getFunctionType()->params());
+  unsigned Next = Params.size();
+  for (const ParamSpec &S : Req.Params)
+    if (S.isDuplicated())
+      Params.append(Width, PointerType::getUnqual(Ctx));
+  for (const Trailing &T : Extra)
+    Params.push_back(T.Ty);
+  D = Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
+                       GlobalValue::ExternalLinkage, Req.Name, P.getParent());
+  Entry = BasicBlock::Create(Ctx, "enzpy.entry", D);
+  IRBuilder<> B(Entry);
+
+  // The primal's return value goes to a local slot (a None return stores a
+  // null pointer: give the slot room for it); D's retptr receives the
+  // result struct.
+  RetSlot = B.CreateAlloca(RetType ? RetType : PointerType::getUnqual(Ctx),
+                           nullptr, "enzpy.ret");
+  RetSlot->setAlignment(Align(8));
+  D->getArg(numba::RetPtrParam)->setName("retptr");
+  D->getArg(numba::ExcInfoParam)->setName("excinfo");
+  VMap[P.getArg(numba::RetPtrParam)] = RetSlot;
+  VMap[P.getArg(numba::ExcInfoParam)] = D->getArg(numba::ExcInfoParam);
+  ShadowArgs.assign(Req.Params.size(), Lanes());
+  for (unsigned I = 0; I < Req.Params.size(); ++I) {
+    Argument *PA = numba::userParam(P, I), *A = numba::userParam(*D, I);
+    A->setName(PA->getName());
+    VMap[PA] = A;
+    if (!Req.Params[I].isDuplicated())
+      continue;
+    for (unsigned K = 0; K < Width; ++K) {
+      Argument *S = D->getArg(Next++);
+      S->setName(laneName(PA->getName() + "'shadow", K));
+      ShadowArgs[I].push_back(S);
+    }
+  }
+  for (const Trailing &T : Extra) {
+    Argument *A = D->getArg(Next++);
+    A->setName(T.Name);
+    TrailingArgs.push_back(A);
+  }
+
+  SmallVector<ReturnInst *, 4> Returns;
+  CloneFunctionInto(D, &P, VMap, CloneFunctionChangeType::LocalChangesOnly,
+                    Returns);
+  for (const BasicBlock &PB : P) {
+    PrimalBlock[mapped(&PB)] = &PB;
+    for (const Instruction &PI : PB)
+      Primal[VMap[&PI]] = &PI;
+  }
+  BasicBlock *CloneEntry = mapped(&P.getEntryBlock());
+  // Static allocas of the primal stay static in the new entry block.
+  for (Instruction &I : make_early_inc_range(*CloneEntry))
+    if (auto *AI = dyn_cast<AllocaInst>(&I))
+      if (isa<Constant>(AI->getArraySize()))
+        AI->moveBefore(Entry->end());
+  B.SetInsertPoint(Entry);
+  B.CreateBr(CloneEntry);
+}
+
+Value *DerivativeSkeleton::mapped(const Value *PV) const {
+  if (isa<Constant>(PV))
+    return const_cast<Value *>(PV);
+  auto It = VMap.find(PV);
+  assert(It != VMap.end() && "primal value without a clone");
+  return It->second;
+}
+
+BasicBlock *DerivativeSkeleton::mapped(const BasicBlock *PB) const {
+  return cast<BasicBlock>(VMap.lookup(PB));
+}
+
+Argument *DerivativeSkeleton::trailing(unsigned I) const {
+  return TrailingArgs[I];
+}
+
+void DerivativeSkeleton::createReturnShadows(
+    function_ref<Value *(unsigned)> Init) {
+  IRBuilder<> B(Entry, Entry->getFirstInsertionPt());
+  for (unsigned K = 0; K < Width; ++K) {
+    AllocaInst *S =
+        B.CreateAlloca(RetType, nullptr, laneName("enzpy.ret'shadow", K));
+    S->setAlignment(Align(8));
+    RetShadow.push_back(S);
+  }
+  B.SetInsertPoint(Entry->getTerminator());
+  for (unsigned K = 0; K < Width; ++K)
+    B.CreateStore(Init(K), RetShadow[K]);
+}
+
+Value *DerivativeSkeleton::shadow(const Value *PPtr, unsigned K) {
+  // A pointer to nowhere (a path where the array was never set up, e.g. an
+  // allocation that failed and raised) mirrors to itself.
+  if (isNowhere(PPtr))
+    return const_cast<Value *>(PPtr);
+  auto Found = Shadows.find(PPtr);
+  if (Found != Shadows.end() && Found->second[K])
+    return Found->second[K];
+  std::string Name = (PPtr->getName() + "'shadow").str();
+  Value *S = nullptr;
+  if (auto *A = dyn_cast<Argument>(PPtr)) {
+    S = A->getArgNo() == numba::RetPtrParam
+            ? RetShadow[K]
+            : ShadowArgs[numba::userParamIndex(*A)][K];
+    assert(S && "shadow of a parameter that is not duplicated");
+  } else if (auto *AI = dyn_cast<AllocaInst>(PPtr)) {
+    // As many zeroed elements as the alloca, allocated where it is.
+    const DataLayout &DL = P.getParent()->getDataLayout();
+    Value *Count = mapped(AI->getArraySize());
+    IRBuilder<> B(Ctx);
+    if (isa<Constant>(Count))
+      B.SetInsertPoint(Entry, Entry->getFirstInsertionPt());
+    else
+      B.SetInsertPoint(cast<Instruction>(mapped(AI))->getNextNode());
+    AllocaInst *SA =
+        B.CreateAlloca(AI->getAllocatedType(), Count, laneName(Name, K));
+    SA->setAlignment(AI->getAlign());
+    if (isa<Constant>(Count))
+      B.SetInsertPoint(Entry->getTerminator());
+    Value *Bytes =
+        B.CreateMul(B.CreateZExtOrTrunc(Count, B.getInt64Ty()),
+                    B.getInt64(DL.getTypeAllocSize(AI->getAllocatedType())));
+    B.CreateMemSet(SA, B.getInt8(0), Bytes, AI->getAlign());
+    S = SA;
+  } else if (auto *GEP = dyn_cast<GetElementPtrInst>(PPtr)) {
+    auto *DG = cast<GetElementPtrInst>(mapped(GEP));
+    Value *Base = shadow(GEP->getPointerOperand(), K);
+    IRBuilder<> B(DG->getNextNode());
+    SmallVector<Value *, 4> Idx(DG->indices());
+    S = B.CreateGEP(DG->getSourceElementType(), Base, Idx, laneName(Name, K),
+                    DG->getNoWrapFlags());
+  } else if (auto *Phi = dyn_cast<PHINode>(PPtr)) {
+    auto *DP = cast<PHINode>(mapped(Phi));
+    PHINode *SP = PHINode::Create(DP->getType(), DP->getNumIncomingValues(),
+                                  laneName(Name, K));
+    SP->insertBefore(DP->getIterator());
+    Lanes &L = Shadows[PPtr];
+    L.resize(Width, nullptr);
+    L[K] = SP; // before the incoming values: cycles
+    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I)
+      SP->addIncoming(shadow(Phi->getIncomingValue(I), K),
+                      DP->getIncomingBlock(I));
+    return SP;
+  } else if (auto *Sel = dyn_cast<SelectInst>(PPtr)) {
+    auto *DS = cast<SelectInst>(mapped(Sel));
+    Value *T = shadow(Sel->getTrueValue(), K);
+    Value *F = shadow(Sel->getFalseValue(), K);
+    IRBuilder<> B(DS->getNextNode());
+    S = B.CreateSelect(DS->getCondition(), T, F, laneName(Name, K));
+  } else if (auto *Cast = dyn_cast<CastInst>(PPtr)) {
+    S = shadow(Cast->getOperand(0), K);
+  } else if (isSpilledPointer(PPtr)) {
+    // Its shadow was spilled beside it (see mirrorSpill).
+    auto *L = cast<LoadInst>(PPtr);
+    Value *Slot = shadow(L->getPointerOperand(), K);
+    IRBuilder<> B(cast<Instruction>(mapped(L))->getNextNode());
+    S = B.CreateLoad(L->getType(), Slot, laneName(Name, K));
+  } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
+    Value *SMI = shadowAllocation(Alloc)[K];
+    IRBuilder<> B(cast<Instruction>(mapped(PPtr))->getNextNode());
+    S = numba::emitDataPointer(B, SMI, laneName(Name, K));
+  }
+  assert(S && "checkShadowable let an unmirrorable address through");
+  Lanes &L = Shadows[PPtr];
+  L.resize(Width, nullptr);
+  L[K] = S;
+  return S;
+}
+
+/// The shadows of an allocated array: allocated like it right after it, and
+/// zeroed (the derivative of numba's uninitialized memory is taken as zero).
+const Lanes &DerivativeSkeleton::shadowAllocation(const CallBase *Alloc) {
+  auto It = ShadowAllocs.find(Alloc);
+  if (It != ShadowAllocs.end())
+    return It->second;
+  auto *DA = cast<CallBase>(mapped(Alloc));
+  IRBuilder<> B(DA->getNextNode());
+  SmallVector<Value *, 2> Args(DA->args());
+  Lanes SMIs;
+  for (unsigned K = 0; K < Width; ++K) {
+    CallInst *SMI =
+        B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(), Args,
+                     laneName(Alloc->getName() + "'shadow", K));
+    failIfNull(SMI);
+    B.CreateMemSet(numba::emitDataPointer(B, SMI), B.getInt8(0),
+                   DA->getArgOperand(0), MaybeAlign());
+    SMIs.push_back(SMI);
+  }
+  return ShadowAllocs[Alloc] = std::move(SMIs);
+}
+
+void DerivativeSkeleton::mirrorSpill(
+    const StoreInst &St,
+    function_ref<Value *(const Value *, unsigned)> MemInfoShadow) {
+  const Value *V = St.getValueOperand();
+  if (!V->getType()->isPointerTy() ||
+      !isa<AllocaInst>(getUnderlyingObject(St.getPointerOperand(), 0)))
+    return;
+  bool Address = Canon.returns(St.getParent()) && AA.pointsToActive(V);
+  for (unsigned K = 0; K < Width; ++K) {
+    Value *SV = Address ? shadow(V, K) : nullptr;
+    if (!SV && MemInfoShadow)
+      SV = MemInfoShadow(V, K);
+    if (!SV)
+      SV = ConstantPointerNull::get(PointerType::getUnqual(Ctx));
+    Value *Slot = shadow(St.getPointerOperand(), K);
+    IRBuilder<> B(cast<Instruction>(mapped(&St))->getNextNode());
+    B.CreateAlignedStore(SV, Slot, St.getAlign());
+  }
+}
+
+void DerivativeSkeleton::emitNullChecks(BasicBlock *Fail) {
+  MDBuilder MDB(Ctx);
+  for (Instruction *V : NullChecks) {
+    Instruction *After = V->getNextNode();
+    BasicBlock *BB = After->getParent();
+    BasicBlock *Tail = BB->splitBasicBlock(After, BB->getName() + ".ok");
+    BB->getTerminator()->eraseFromParent();
+    IRBuilder<> B(BB);
+    B.CreateCondBr(B.CreateIsNull(V), Fail, Tail,
+                   MDB.createUnlikelyBranchWeights());
+  }
+  NullChecks.clear();
+}
+
+void DerivativeSkeleton::storeResult(IRBuilder<> &B, ArrayRef<Value *> Values) {
+  SmallVector<Type *, 8> Fields;
+  for (Value *V : Values)
+    Fields.push_back(V->getType());
+  StructType *ST = StructType::get(Ctx, Fields);
+  for (unsigned I = 0; I < Values.size(); ++I)
+    B.CreateStore(Values[I],
+                  B.CreateStructGEP(ST, D->getArg(numba::RetPtrParam), I));
+}
+
+} // namespace enzpy
