@@ -18,6 +18,7 @@ overlapping arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ __all__ = ["check_arguments", "check_shared_memory"]
 
 def _share(a: np.ndarray, b: np.ndarray) -> bool:
     try:
-        return bool(np.shares_memory(a, b, max_work=100_000))
+        return bool(np.shares_memory(a, b, max_work=100_000))  # type: ignore[arg-type]
     except np.exceptions.TooHardError:
         return True  # cannot tell: assume they do
 
@@ -71,28 +72,21 @@ def check_shared_memory(
                 )
 
 
-def check_arguments(args: Sequence[object]) -> None:
+def check_arguments(args: Sequence[Any]) -> None:
     """``check_shared_memory`` over one call's (annotated) arguments; for
-    ``BatchDuplicated`` arguments, once per lane."""
-    from .annotations import BatchDuplicated, Const, Duplicated, DuplicatedNoNeed
+    batch arguments, once per lane."""
+    from .annotations import Annotation, Const
 
-    lanes = 1
-    for a in args:
-        if type(a) is BatchDuplicated and isinstance(a.shadows, tuple):
-            lanes = max(lanes, len(a.shadows))
-    for lane in range(lanes):
+    annotated = [a if isinstance(a, Annotation) else Const(a) for a in args]
+    for lane in range(max((a.lanes for a in annotated), default=1)):
         duplicated: list[tuple[int, np.ndarray, np.ndarray]] = []
         const: list[tuple[int, np.ndarray]] = []
-        for i, a in enumerate(args):
-            if type(a) in (Duplicated, DuplicatedNoNeed):
-                shadow = a.shadow
-            elif type(a) is BatchDuplicated:
-                shadow = a.shadows[lane] if lane < len(a.shadows) else None
-            else:
-                v = a.value if type(a) is Const else a
+        for i, a in enumerate(annotated):
+            pair = a.shadowed_memory(lane)
+            if pair is None:
+                v = a.const_memory()
                 if isinstance(v, np.ndarray):
                     const.append((i, v))
-                continue
-            if isinstance(a.value, np.ndarray) and isinstance(shadow, np.ndarray):
-                duplicated.append((i, a.value, shadow))
+            elif isinstance(pair[0], np.ndarray) and isinstance(pair[1], np.ndarray):
+                duplicated.append((i, pair[0], pair[1]))
         check_shared_memory(duplicated, const)

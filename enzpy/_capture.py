@@ -82,6 +82,11 @@ class Captured:
         return str(llvm.parse_bitcode(self.bitcode))
 
 
+#: A numba dispatcher as this module uses it: numba's stubs declare none of
+#: the internals read here (``_compiler``, ``targetdescr``, ``overloads``'
+#: compile results), so to mypy it is Any.
+NumbaDispatcher = Any
+
 _njit_wrappers: weakref.WeakKeyDictionary[Any, Dispatcher] = weakref.WeakKeyDictionary()
 
 
@@ -121,7 +126,7 @@ def _numba_error(e: BaseException, what: str) -> CompilationError:
     )
 
 
-def _check_arity(disp: Dispatcher, argtypes: tuple[types.Type, ...]) -> None:
+def _check_arity(disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]) -> None:
     params = list(disp._compiler.pysig.parameters.values())
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
         return
@@ -133,7 +138,9 @@ def _check_arity(disp: Dispatcher, argtypes: tuple[types.Type, ...]) -> None:
         )
 
 
-def _resolve_argtypes(disp: Dispatcher, argtypes: tuple[types.Type, ...]) -> tuple[types.Type, ...]:
+def _resolve_argtypes(
+    disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]
+) -> tuple[types.Type, ...]:
     """The argument types to compile for: ``argtypes`` itself, or -- when the
     dispatcher has explicit signatures and compiles nothing new -- the
     compiled signature numba would convert them to."""
@@ -154,7 +161,7 @@ def _resolve_argtypes(disp: Dispatcher, argtypes: tuple[types.Type, ...]) -> tup
 
 
 def _compile_copy(
-    disp: Dispatcher, argtypes: tuple[types.Type, ...]
+    disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]
 ) -> tuple[Any, _RecordingLibrary]:
     """Compile a fresh, debug-info copy of ``disp`` for ``argtypes`` into a
     recording library (no wrappers, no machine code)."""
@@ -206,7 +213,7 @@ def _compile_copy(
     return cres, lib
 
 
-def _njit_callees(cres: Any) -> list[tuple[Dispatcher, tuple[types.Type, ...], str]]:
+def _njit_callees(cres: Any) -> list[tuple[NumbaDispatcher, tuple[types.Type, ...], str]]:
     """The njit functions ``cres`` calls: (dispatcher, argtypes, symbol)."""
     fndesc = cres.fndesc
     typemap, calltypes = fndesc.typemap, fndesc.calltypes
@@ -221,9 +228,11 @@ def _njit_callees(cres: Any) -> list[tuple[Dispatcher, tuple[types.Type, ...], s
         if not isinstance(callee, Dispatcher):
             continue
         args = tuple(sig.args)
-        callee_cres = callee.overloads.get(args)
+        # Compile results (numba's stubs declare none of their attributes).
+        overloads: dict[Any, Any] = callee.overloads
+        callee_cres = overloads.get(args)
         if callee_cres is None:
-            for c in callee.overloads.values():
+            for c in overloads.values():
                 if tuple(c.signature.args) == args:
                     callee_cres = c
                     break
@@ -317,7 +326,7 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
 
     Raises ``CompilationError`` (numba's message) when numba cannot compile it.
     """
-    disp = as_dispatcher(func)
+    disp: NumbaDispatcher = as_dispatcher(func)
     argtypes = tuple(argtypes)
     _check_arity(disp, argtypes)
     argtypes = _resolve_argtypes(disp, argtypes)

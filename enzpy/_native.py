@@ -67,8 +67,9 @@ def load() -> tuple[Any, Any]:
     if _state is not None:
         return _state
     with _lock:
-        if _state is not None:
-            return _state
+        first = _loaded()  # another thread may have been first
+        if first is not None:
+            return first
         import cffi
         import llvmlite.binding as llvm
 
@@ -102,10 +103,14 @@ def load() -> tuple[Any, Any]:
         return _state
 
 
+def _loaded() -> tuple[Any, Any] | None:
+    return _state
+
+
 def _string(ffi: Any, ptr: Any) -> str:
     if ptr == ffi.NULL:
         return ""
-    return ffi.string(ptr).decode("utf-8", errors="replace")
+    return str(ffi.string(ptr).decode("utf-8", errors="replace"))
 
 
 def differentiate(module: bytes, request: dict[str, Any]) -> tuple[bytes, str]:
@@ -142,5 +147,5 @@ def differentiate(module: bytes, request: dict[str, Any]) -> tuple[bytes, str]:
     elif kind not in _ERROR_CLASSES:
         message = f"{kind or 'error'}: {message}"
     err = cls(message, file=file, line=line)
-    err.log = log  # type: ignore[attr-defined]
+    err.log = log
     raise err

@@ -6,12 +6,42 @@ the differentiation modes.
 :func:`enzpy.autodiff`; a bare value means ``Const``. ``Reverse``,
 ``ReverseWithPrimal``, ``Forward`` and ``ForwardWithPrimal`` select what
 ``autodiff`` computes and returns.
+
+Each annotation class holds everything about its kind of argument:
+
+- ``bind`` checks one call's value (and shadows) -- errors name the
+  argument's position and what was expected -- and hands the values the
+  derivative's wrapper takes to the call being prepared;
+- ``layout`` says, from the argument's numba type alone, how it flattens
+  into the derivative: the engine's activity of each LLVM parameter, the
+  wrapper parameters (``_params``) and the derivative returned for it.
 """
 
 from __future__ import annotations
 
-import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from numba.core import types
+
+from ._abi import (
+    ACTIVE,
+    CONST,
+    DUP,
+    DUPNONEED,
+    array_data_offset,
+    contains_float,
+    flat_llvm_params,
+    float_elem,
+)
+from ._config import FLOAT_DTYPE_IDS, FLOAT_DTYPES, FLOAT_SCALARS, FLOAT_TYPES, MAX_BATCH_WIDTH
+from ._modes import Forward, ForwardWithPrimal, Mode, Reverse, ReverseWithPrimal
+from ._params import ArgLayout, CallShape, Lanes, Param, ShadowArrays, Tangents, Value
+from ._values import describe, is_float_tuple, ordinal
+from .errors import EnzpyTypeError, EnzpyValueError, InternalError, UnsupportedError
+
+if TYPE_CHECKING:
+    from ._signature import Prepared
 
 __all__ = [
     "Annotation",
@@ -33,6 +63,48 @@ class Annotation:
 
     __slots__ = ()
 
+    def bind(self, i: int, mode: Mode, call: Prepared) -> None:
+        """Check this annotation as argument ``i`` of a call in ``mode`` and
+        add its values to ``call``."""
+        raise EnzpyTypeError(f"{ordinal(i)}: unknown annotation {type(self).__name__}")
+
+    @classmethod
+    def layout(cls, i: int, ty: types.Type, shape: CallShape) -> ArgLayout:
+        """How argument ``i`` of numba type ``ty`` flattens into the derivative."""
+        raise InternalError(f"{cls.__name__} has no layout")
+
+    # What the checks for arguments that share memory (``_aliasing``) see.
+
+    @property
+    def lanes(self) -> int:
+        """Batch lanes of its shadows."""
+        return 1
+
+    def shadowed_memory(self, lane: int) -> tuple[Any, Any] | None:
+        """(value, its shadow in ``lane``) of an argument with shadows."""
+        return None
+
+    def const_memory(self) -> Any:
+        """The value of an argument read without derivative."""
+        return None
+
+
+def _const_layout(i: int, ty: types.Type, shape: CallShape) -> ArgLayout:
+    n = len(flat_llvm_params(shape.context, ty))
+    return ArgLayout(i, ty, tuple({"activity": CONST} for _ in range(n)), (Value(i, ty),))
+
+
+def _float_params(i: int, ty: types.Type, shape: CallShape) -> tuple[dict[str, str], ...]:
+    """The engine's entries for a float scalar (or tuple of floats) that
+    carries a derivative: one ``active`` entry per LLVM parameter."""
+    flat = flat_llvm_params(shape.context, ty)
+    elems = [float_elem(t) for t in flat]
+    if not flat or None in elems or not contains_float(ty):
+        raise EnzpyTypeError(
+            f"argument {i}: Active needs a float scalar or a tuple of floats, got numba type {ty}"
+        )
+    return tuple({"activity": ACTIVE, "elem": e} for e in elems if e is not None)
+
 
 class Const(Annotation):
     """``Const(v)``: no derivative flows through ``v``.
@@ -49,6 +121,16 @@ class Const(Annotation):
     def __repr__(self) -> str:
         return f"Const({self.value!r})"
 
+    def bind(self, i: int, mode: Mode, call: Prepared) -> None:
+        call.add(Const, self.value)
+
+    def const_memory(self) -> Any:
+        return self.value
+
+    @classmethod
+    def layout(cls, i: int, ty: types.Type, shape: CallShape) -> ArgLayout:
+        return _const_layout(i, ty, shape)
+
 
 class Active(Annotation):
     """``Active(x)``: a float scalar (or tuple of floats) passed by value whose
@@ -63,8 +145,188 @@ class Active(Annotation):
     def __repr__(self) -> str:
         return f"Active({self.value!r})"
 
+    def bind(self, i: int, mode: Mode, call: Prepared) -> None:
+        if not mode.allows_active:
+            mode.refuse_active(i)
+        value = self.value
+        if type(value) not in FLOAT_SCALARS:
+            _check_active(i, value)
+        call.add(Active, value)
 
-class Duplicated(Annotation):
+    @classmethod
+    def layout(cls, i: int, ty: types.Type, shape: CallShape) -> ArgLayout:
+        params = _float_params(i, ty, shape)
+        adjoint = Lanes(i, ty, shape.width, shape.batch)
+        return ArgLayout(i, ty, params, (Value(i, ty),), adjoint)
+
+
+def _check_active(i: int, value: Any) -> None:
+    if isinstance(value, np.ndarray):
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: Active needs a float scalar, got {describe(value)}; "
+            "differentiate arrays with Duplicated(x, dx)"
+        )
+    if isinstance(value, complex | np.complexfloating):
+        raise UnsupportedError(
+            f"{ordinal(i)}: complex numbers are not supported yet (got {describe(value)})"
+        )
+    if isinstance(value, bool | np.bool_ | int | np.integer):
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: Active needs a float (float32 or float64), got "
+            f"{describe(value)} {value!r}; pass a float such as {float(value)!r}, or "
+            "Const(...) for a value without derivative"
+        )
+    if isinstance(value, tuple) and is_float_tuple(value):
+        return
+    raise EnzpyTypeError(
+        f"{ordinal(i)}: Active needs a float scalar (float32 or float64) or a "
+        f"tuple of floats, got {describe(value)}"
+    )
+
+
+class _Shadowed(Annotation):
+    """An argument that comes with shadows: a float array with shadow arrays
+    of its shape and dtype, or (in forward mode) a float scalar or tuple of
+    floats with its tangents."""
+
+    __slots__ = ()
+    #: The engine's activity of an array's data pointer.
+    activity: ClassVar[str] = DUP
+
+    @classmethod
+    def layout(cls, i: int, ty: types.Type, shape: CallShape) -> ArgLayout:
+        primal: Param = Value(i, ty)
+        if not isinstance(ty, types.Array) and shape.mode.scalar_tangents:
+            tangents = Tangents(i, ty, shape.width, shape.batch)
+            return ArgLayout(i, ty, _float_params(i, ty, shape), (primal, tangents))
+        if not isinstance(ty, types.Array) or ty.dtype not in FLOAT_TYPES:
+            raise EnzpyTypeError(
+                f"argument {i}: Duplicated needs a float32 or float64 array, got numba type {ty}"
+            )
+        data = array_data_offset(shape.context, ty)
+        elem = "double" if ty.dtype == types.float64 else "float"
+        n = len(flat_llvm_params(shape.context, ty))
+        params = tuple(
+            {"activity": cls.activity, "elem": elem} if j == data else {"activity": CONST}
+            for j in range(n)
+        )
+        shadows = ShadowArrays(i, ty, shape.width, shape.batch)
+        return ArgLayout(i, ty, params, (primal, shadows))
+
+    @staticmethod
+    def check_array_shadow(i: int, x: Any, dx: Any, name: str) -> None:
+        """Check the float array ``x`` (argument ``i``, annotated ``name``)
+        and its shadow array ``dx``."""
+        # Fast path: everything in order.
+        if (
+            type(x) is np.ndarray
+            and type(dx) is np.ndarray
+            and id(x.dtype) in FLOAT_DTYPE_IDS
+            and dx.dtype is x.dtype
+            and dx.shape == x.shape
+            and dx.flags.writeable
+            and not np.may_share_memory(x, dx)
+        ):
+            return
+        _explain_array_shadow(i, x, dx, name)
+
+    def bind_lanes(self, i: int, call: Prepared, shadows: tuple[Any, ...]) -> None:
+        """Check the value and its ``shadows`` (the tangents of a float
+        scalar or tuple, or shadow arrays) and add them to ``call``; a
+        BatchDuplicated's shadows as a tuple."""
+        x = self.value
+        name = type(self).__name__
+        checked: list[Any] = []
+        if is_float_tuple(x):
+            checked = [_check_scalar_tangent(i, x, dx) for dx in shadows]
+        elif isinstance(x, bool | np.bool_ | int | np.integer):
+            raise EnzpyTypeError(
+                f"{ordinal(i)}: {name} needs a float array or a float scalar, got "
+                f"{describe(x)} {x!r}; pass a float such as {float(x)!r}, or Const(...) "
+                "for a value without derivative"
+            )
+        else:
+            for k, dx in enumerate(shadows):
+                self.check_array_shadow(i, x, dx, name)
+                for prev in checked:
+                    if dx.size and np.may_share_memory(prev, dx):
+                        raise EnzpyValueError(
+                            f"{ordinal(i)}: shadow {k} shares memory with another shadow "
+                            "of the same argument"
+                        )
+                checked.append(call.stage(x, dx))
+        call.add(type(self), x, tuple(checked) if isinstance(self, BatchDuplicated) else checked[0])
+
+    # Set by the subclasses.
+    value: Any
+
+
+def _explain_array_shadow(i: int, x: Any, dx: Any, name: str) -> None:
+    """Raise the error that says what is wrong with ``x`` and its shadow ``dx``
+    (nothing when they are in order)."""
+    if not isinstance(x, np.ndarray):
+        if type(x) in FLOAT_SCALARS:
+            raise EnzpyTypeError(
+                f"{ordinal(i)}: {name} needs an array, got a float scalar; "
+                "pass float scalars as Active(x)"
+            )
+        if isinstance(x, complex | np.complexfloating):
+            raise UnsupportedError(f"{ordinal(i)}: complex numbers are not supported yet")
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: {name} needs a numpy float32 or float64 array, got {describe(x)}"
+        )
+    if x.dtype not in FLOAT_DTYPES:
+        if x.dtype.kind == "c":
+            raise UnsupportedError(
+                f"{ordinal(i)}: complex arrays are not supported yet (got dtype {x.dtype})"
+            )
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: {name} needs a float32 or float64 array, got dtype {x.dtype}; "
+            "pass arrays of other dtypes as Const(x)"
+        )
+    if type(x) is not np.ndarray:
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: {name} needs a plain numpy.ndarray, got {type(x).__name__}"
+        )
+    if not isinstance(dx, np.ndarray):
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: the shadow must be a numpy array of dtype {x.dtype} and "
+            f"shape {x.shape}, got {describe(dx)}"
+        )
+    if dx.dtype != x.dtype:
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: the shadow must have the argument's dtype {x.dtype}, got {dx.dtype}"
+        )
+    if dx.shape != x.shape:
+        raise EnzpyValueError(
+            f"{ordinal(i)}: the shadow must have the argument's shape {x.shape}, got {dx.shape}"
+        )
+    if not dx.flags.writeable:
+        raise EnzpyValueError(f"{ordinal(i)}: the shadow array must be writeable")
+    if dx.size and np.may_share_memory(x, dx):
+        raise EnzpyValueError(f"{ordinal(i)}: the shadow must not share memory with the argument")
+
+
+def _check_scalar_tangent(i: int, x: Any, dx: Any) -> Any:
+    """The tangent ``dx`` of the float scalar (or tuple of floats) ``x``,
+    converted to ``x``'s type."""
+    if isinstance(x, tuple):
+        if not isinstance(dx, tuple) or len(dx) != len(x):
+            raise EnzpyTypeError(
+                f"{ordinal(i)}: the tangent of a tuple of {len(x)} floats must be a "
+                f"tuple of {len(x)} floats, got {dx!r}"
+            )
+        return tuple(_check_scalar_tangent(i, a, b) for a, b in zip(x, dx, strict=True))
+    if isinstance(dx, bool | np.bool_) or not isinstance(
+        dx, float | int | np.floating | np.integer
+    ):
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: the tangent of a float scalar must be a real number, got {describe(dx)}"
+        )
+    return type(x)(dx)
+
+
+class Duplicated(_Shadowed):
     """``Duplicated(x, dx)``: a float array ``x`` and its shadow ``dx`` of the
     same shape and dtype.
 
@@ -88,15 +350,30 @@ class Duplicated(Annotation):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.value!r}, {self.shadow!r})"
 
+    def bind(self, i: int, mode: Mode, call: Prepared) -> None:
+        call.plain = True
+        x = self.value
+        if type(x) is np.ndarray or not mode.scalar_tangents:
+            # The usual case: an array with one shadow.
+            dx = self.shadow
+            self.check_array_shadow(i, x, dx, type(self).__name__)
+            call.add(type(self), x, call.stage(x, dx))
+        else:
+            self.bind_lanes(i, call, (self.shadow,))
+
+    def shadowed_memory(self, lane: int) -> tuple[Any, Any] | None:
+        return self.value, self.shadow
+
 
 class DuplicatedNoNeed(Duplicated):
     """As :class:`Duplicated`, but the primal contents of ``x`` after the call
     are not needed (write-only outputs); the engine may skip computing them."""
 
     __slots__ = ()
+    activity = DUPNONEED
 
 
-class BatchDuplicated(Annotation):
+class BatchDuplicated(_Shadowed):
     """``BatchDuplicated(x, (dx1, ..., dxW))``: ``x`` with ``W`` shadows, in
     forward mode: one primal evaluation propagates the ``W`` tangents (batch
     mode; ``W`` is fixed when the derivative is compiled). Each ``dxk`` is a
@@ -113,33 +390,30 @@ class BatchDuplicated(Annotation):
     def __repr__(self) -> str:
         return f"BatchDuplicated({self.value!r}, {self.shadows!r})"
 
-
-class Mode(enum.Enum):
-    """Differentiation mode."""
-
-    Reverse = "reverse"
-    ReverseWithPrimal = "reverse_with_primal"
-    Forward = "forward"
-    ForwardWithPrimal = "forward_with_primal"
-
-    def __repr__(self) -> str:
-        return f"enzpy.{self.name}"
+    def bind(self, i: int, mode: Mode, call: Prepared) -> None:
+        if not mode.scalar_tangents and is_float_tuple(self.value):
+            raise EnzpyTypeError(
+                f"{ordinal(i)}: in reverse mode BatchDuplicated takes a float array; "
+                "pass a float scalar as Active(x): a batch call returns its W "
+                "adjoints as a tuple"
+            )
+        sh = self.shadows
+        if not isinstance(sh, tuple) or not sh:
+            raise EnzpyTypeError(
+                f"{ordinal(i)}: BatchDuplicated needs a non-empty tuple of shadows, got {sh!r}"
+            )
+        if len(sh) > MAX_BATCH_WIDTH:
+            raise EnzpyValueError(
+                f"{ordinal(i)}: a batch of {len(sh)} shadows is wider than the "
+                f"supported {MAX_BATCH_WIDTH}; split it into chunks"
+            )
+        call.widths.add(len(sh))
+        self.bind_lanes(i, call, sh)
 
     @property
-    def returns_primal(self) -> bool:
-        return self is Mode.ReverseWithPrimal or self is Mode.ForwardWithPrimal
+    def lanes(self) -> int:
+        return len(self.shadows) if isinstance(self.shadows, tuple) else 1
 
-    @property
-    def is_forward(self) -> bool:
-        return self is Mode.Forward or self is Mode.ForwardWithPrimal
-
-
-#: Reverse mode: ``autodiff`` returns one derivative (or None) per argument.
-Reverse = Mode.Reverse
-#: Reverse mode that also returns the primal result: ``(derivatives, primal)``.
-ReverseWithPrimal = Mode.ReverseWithPrimal
-#: Forward mode: ``autodiff`` returns the tangent of the return value (shadows
-#: of the arrays the function writes receive their tangents).
-Forward = Mode.Forward
-#: Forward mode that also returns the primal result: ``(tangent, primal)``.
-ForwardWithPrimal = Mode.ForwardWithPrimal
+    def shadowed_memory(self, lane: int) -> tuple[Any, Any] | None:
+        sh = self.shadows
+        return self.value, sh[lane] if isinstance(sh, tuple) and lane < len(sh) else None

@@ -7,6 +7,8 @@ carry it and ``str(error)`` reads ``"file:line: message"``.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "EnzpyError",
     "UnsupportedError",
@@ -44,7 +46,7 @@ class EnzpyError(Exception):
             return f"{self.file}: {self.message}"
         return self.message
 
-    def __reduce__(self):  # keep file/line when pickled (e.g. across processes)
+    def __reduce__(self) -> tuple[Any, ...]:  # keep file/line when pickled (e.g. across processes)
         return (_rebuild, (type(self), self.message, self.file, self.line))
 
 

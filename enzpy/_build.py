@@ -1,0 +1,279 @@
+"""The build pipeline: from a call to the compiled derivative that serves it.
+
+A call is bound first (:func:`bind`: the dispatcher, the mode, ``ret`` and
+the annotated arguments, checked). Its derivative is looked up in the cache
+(``_cache``); on a miss numba's pre-O3 IR is captured (``_capture``), the
+call signature is built from numba's types (``_signature``), the engine
+differentiates (``_native``) and the result is loaded into numba
+(``_link``). ``explain`` runs the same steps up to the engine, with its log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from numba.core import types
+from numba.core.dispatcher import Dispatcher
+from numba.core.errors import NumbaError
+from numba.core.registry import CPUDispatcher
+
+from . import _cache, _link, _native
+from ._aliasing import check_arguments
+from ._capture import Captured, as_dispatcher, capture
+from ._config import target_context
+from ._modes import Forward, Mode, ReverseWithPrimal, check_mode
+from ._params import CallShape, DataOf
+from ._signature import CallSignature, Prepared, prepare
+from .annotations import Active, Const, Duplicated
+from .errors import ActivityError, EnzpyTypeError, EnzpyValueError, InternalError, UnsupportedError
+
+__all__ = [
+    "Bound",
+    "Entry",
+    "autodiff",
+    "bind",
+    "call",
+    "dispatcher",
+    "entry",
+    "explain",
+    "function_name",
+    "hvp_entry",
+    "invoke",
+]
+
+
+class Entry:
+    """A built derivative: its njit wrapper and its signature."""
+
+    __slots__ = ("wrapper", "signature", "restype", "keepalive")
+
+    def __init__(self, linked: _link.Linked, restype: types.Type, keepalive: Any) -> None:
+        self.wrapper = linked.wrapper
+        self.signature = linked.signature
+        #: The primal's numba return type.
+        self.restype = restype
+        #: Objects whose ids are part of the cache key.
+        self.keepalive = keepalive
+
+
+def dispatcher(f: Any) -> Dispatcher:
+    """The numba dispatcher of ``f`` (compiled with njit if plain Python)."""
+    if type(f) is CPUDispatcher:
+        return f
+    return as_dispatcher(f)
+
+
+def function_name(disp: Any) -> str:
+    return str(getattr(disp.py_func, "__qualname__", repr(disp)))
+
+
+def _seed_tuple(ret: Any) -> tuple[float, ...] | None:
+    """The seeds of ``ret=(s1, ..., sW)`` (None when ``ret`` is not that)."""
+    if (
+        type(ret) is tuple
+        and len(ret) > 0
+        and all(
+            isinstance(s, float | int | np.floating | np.integer)
+            and not isinstance(s, bool | np.bool_)
+            for s in ret
+        )
+    ):
+        return tuple(float(s) for s in ret)
+    return None
+
+
+def _ret_active(ret: Any) -> bool:
+    if ret is Active:
+        return True
+    if ret is Const:
+        return False
+    if _seed_tuple(ret) is not None:
+        return True
+    raise EnzpyValueError(
+        "ret must be enzpy.Active, enzpy.Const or (reverse-mode batch) a tuple of W "
+        f"float seeds, got {ret!r}"
+    )
+
+
+@dataclass(slots=True)
+class Bound:
+    """One call, checked: what its derivative is built from."""
+
+    disp: Dispatcher
+    #: The annotated arguments as given.
+    args: Sequence[Any]
+    mode: Mode
+    ret_active: bool
+    prepared: Prepared
+
+
+def bind(f: Any, args: Sequence[Any], mode: Any, ret: Any) -> Bound:
+    """Check a call of ``f`` with the annotated ``args`` in ``mode``."""
+    disp = dispatcher(f)
+    ret_active = _ret_active(ret)
+    m = check_mode(mode)
+    prepared = prepare(args, m)
+    seeds = _seed_tuple(ret)
+    if seeds is not None:
+        m.apply_return_seeds(seeds, prepared)
+    return Bound(disp, args, m, ret_active, prepared)
+
+
+def _run_engine(
+    captured: Captured,
+    sig: CallSignature,
+    log: bool,
+    module: bytes | None = None,
+    **fields: Any,
+) -> tuple[bytes, str]:
+    """Differentiate as ``sig`` says: ``captured``'s module, or ``module``
+    (a derivative to differentiate again); ``fields`` amend the request."""
+    try:
+        return _native.differentiate(
+            captured.bitcode if module is None else module,
+            {**sig.request, "log": log, **fields},
+        )
+    except (UnsupportedError, ActivityError) as e:
+        # The engine names no line: at least name the function.
+        if e.file is None and e.line is None:
+            e.file, e.line = captured.file, captured.line
+        raise
+
+
+def _signature(b: Bound, noalias: bool) -> tuple[Captured, CallSignature]:
+    """Capture the function and build the signature of ``b``'s derivative."""
+    _native.load()  # fail before compiling anything when the engine is missing
+    p = b.prepared
+    captured = capture(b.disp, tuple(p.argtypes))
+    if b.ret_active and any(a is not Const for a in p.annotations):
+        problem = b.mode.seeding_problem(captured.restype)
+        if problem is not None:
+            raise UnsupportedError(
+                f"{function_name(b.disp)}: {problem}", file=captured.file, line=captured.line
+            )
+    sig = CallSignature.for_call(
+        captured.function,
+        p.annotations,
+        captured.argtypes,
+        captured.restype,
+        CallShape(target_context(), b.mode, p.width, p.batch),
+        ret_active=b.ret_active,
+        noalias=noalias,
+    )
+    return captured, sig
+
+
+def _build(b: Bound, noalias: bool) -> Entry:
+    captured, sig = _signature(b, noalias)
+    bitcode, _ = _run_engine(captured, sig, log=False)
+    linked = _link.link(
+        bitcode, sig, captured.libraries, function_name(b.disp), captured.environments
+    )
+    return Entry(linked, captured.restype, (b.disp, b.prepared.argtypes))
+
+
+def entry(b: Bound, noalias: bool | None = None) -> Entry:
+    """The compiled derivative for the call ``b``. ``noalias`` defaults to
+    what this call's arrays allow; a derivative kept for other calls
+    (``derivative``) must not assume it."""
+    if not b.prepared.noalias:
+        check_arguments(b.args)  # overlapping arrays: refuse what cannot be right
+    disjoint = b.prepared.noalias if noalias is None else noalias
+    key = (id(b.disp), b.mode, b.ret_active, b.prepared.key, disjoint)
+    found = _cache.lookup(key)
+    if found is None:
+        found = _cache.get_or_build(key, lambda: _build(b, disjoint))
+    assert isinstance(found, Entry)
+    return found
+
+
+def explain(b: Bound) -> str:
+    """The engine's log for the derivative of the call ``b`` (nothing is
+    cached or linked, and overlapping arrays are not refused)."""
+    captured, sig = _signature(b, b.prepared.noalias)
+    _, log = _run_engine(captured, sig, log=True)
+    return log
+
+
+def invoke(e: Entry, args: Sequence[Any]) -> tuple[Any, ...]:
+    """Call the wrapper of ``e`` with ``args``; its result tuple."""
+    try:
+        raw: tuple[Any, ...] = e.wrapper(*args)
+    except NumbaError as err:
+        raise InternalError(f"enzpy failed to compile the call of a derivative: {err}") from err
+    return raw
+
+
+def call(e: Entry, prepared: Prepared, ret: Any = None) -> tuple[Any, ...]:
+    """Call the derivative ``e`` for the bound arguments; its raw result."""
+    raw = invoke(e, e.signature.call_args(prepared, ret))
+    for st in prepared.staged:
+        st.copy_back()
+    return raw
+
+
+def autodiff(f: Any, args: Sequence[Any], mode: Any, ret: Any) -> Any:
+    """What ``enzpy.autodiff(f, *args, mode=mode, ret=ret)`` returns."""
+    b = bind(f, args, mode, ret)
+    e = entry(b)
+    return e.signature.autodiff_result(call(e, b.prepared, ret))
+
+
+def hvp_entry(f: Any, x: np.ndarray, v: np.ndarray, args: tuple[Any, ...], noalias: bool) -> Entry:
+    """The compiled Hessian-vector product of ``f`` for arguments like these:
+    an njit function ``(x, hv, *args, v, dret) -> (<grad f, v>,)`` that adds
+    ``dret * H v`` into ``hv``."""
+    disp = dispatcher(f)
+    prepared = prepare((Duplicated(x, v), *args), Forward)
+    key = ("hvp", id(disp), prepared.key, noalias)
+    found = _cache.lookup(key)
+    if found is None:
+        found = _cache.get_or_build(key, lambda: _build_hvp(disp, prepared, noalias))
+    assert isinstance(found, Entry)
+    return found
+
+
+def _build_hvp(disp: Dispatcher, prepared: Prepared, noalias: bool) -> Entry:
+    # Reverse over forward: the forward derivative x, v -> <grad f(x), v>
+    # (not optimized, so that the engine reads it as it wrote it) is
+    # differentiated in reverse mode with respect to x: H v (H symmetric).
+    name = function_name(disp)
+    fwd_call = Bound(disp, (), Forward, True, prepared)
+    captured, fsig = _signature(fwd_call, prepared.noalias)
+    if not fsig.seeded:
+        raise EnzpyTypeError(
+            f"hvp needs a function that returns a float scalar; {name} returns {captured.restype}"
+        )
+    fwd, _ = _run_engine(captured, fsig, log=False, optimize=False)
+    # The forward derivative's parameters: f's arguments, then the data
+    # pointer of x's tangent v (passed as an array like x).
+    x_type = fsig.layouts[0].ty
+    assert isinstance(x_type, types.Array)
+    n = len(fsig.layouts)
+    shape = CallShape(target_context(), ReverseWithPrimal, 1, False)
+    layouts = [Duplicated.layout(0, x_type, shape)]
+    layouts += [Const.layout(lay.index, lay.ty, shape) for lay in fsig.layouts[1:]]
+    v_pointer = Const.layout(n, fsig.argtypes[n], shape)
+    layouts.append(replace(v_pointer, wrapper=(DataOf(n, 0, x_type),)))
+    hsig = CallSignature(
+        fsig.name, layouts, captured.restype, shape, ret_active=True, noalias=noalias
+    )
+    bitcode, _ = _run_engine(captured, hsig, log=False, module=fwd)
+    doc = (
+        f"Hessian-vector product of {name} (enzpy, reverse over forward).\n\n"
+        f"enzpy_derivative({', '.join(hsig.names)}) -> (<grad f, v>,)\n\n"
+        f"x{n} is the direction v; adds dret * H v into dx0. x{n} and dx0 have the "
+        "shape and strides of x0."
+    )
+    linked = _link.link(
+        bitcode,
+        hsig,
+        captured.libraries,
+        f"the Hessian-vector product of {name}",
+        captured.environments,
+        doc=doc,
+    )
+    return Entry(linked, captured.restype, (disp, prepared.argtypes))

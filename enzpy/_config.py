@@ -1,0 +1,38 @@
+"""The constants enzpy's modules share: the widest batch, the float types
+that carry derivatives, and numba's CPU target context."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+from numba.core import types
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "FLOAT_DTYPE_IDS",
+    "FLOAT_SCALARS",
+    "FLOAT_TYPES",
+    "MAX_BATCH_WIDTH",
+    "target_context",
+]
+
+#: The most tangents (forward) or cotangents (reverse) one batch call carries.
+MAX_BATCH_WIDTH: Final = 64
+
+#: numpy dtypes of arrays that carry derivatives.
+FLOAT_DTYPES: Final = (np.dtype(np.float64), np.dtype(np.float32))
+#: ids of ``FLOAT_DTYPES`` (numpy's builtin dtypes are singletons): a fast test.
+FLOAT_DTYPE_IDS: Final = frozenset(id(d) for d in FLOAT_DTYPES)
+#: Python types of float scalars that carry derivatives.
+FLOAT_SCALARS: Final = (float, np.float64, np.float32)
+#: numba types of float scalars that carry derivatives.
+FLOAT_TYPES: Final = (types.float32, types.float64)
+
+
+def target_context() -> Any:
+    """numba's CPU target context (its data models, codegen and calling
+    convention)."""
+    from numba.core.registry import cpu_target
+
+    return cpu_target.target_context

@@ -1,0 +1,177 @@
+"""The drivers built on autodiff: jacobian (forward or reverse, in batch
+chunks), hvp (reverse over forward) and hessian (one hvp per element)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _build
+from ._config import FLOAT_DTYPES, MAX_BATCH_WIDTH
+from ._modes import Forward, Mode, Reverse, ReverseWithPrimal, check_mode
+from ._values import arrays_disjoint, same_layout, staged_like, zeros_like_strided
+from .annotations import Active, BatchDuplicated, Const, Duplicated
+from .errors import EnzpyTypeError, EnzpyValueError
+
+__all__ = ["JACOBIAN_CHUNK", "hessian", "hvp", "jacobian"]
+
+
+def _autodiff(f: Any, *args: Any, mode: Mode = Reverse, ret: Any = Active) -> Any:
+    return _build.autodiff(f, args, mode, ret)
+
+
+def _float_array(what: str, a: Any) -> np.ndarray:
+    """``a``, checked to be a non-empty float array (``what`` names it)."""
+    if not isinstance(a, np.ndarray) or a.dtype not in FLOAT_DTYPES:
+        raise EnzpyTypeError(
+            f"jacobian: {what} must be a float32 or float64 numpy array, got "
+            f"{type(a).__name__}" + (f" of dtype {a.dtype}" if isinstance(a, np.ndarray) else "")
+        )
+    if a.size == 0:
+        raise EnzpyValueError(f"jacobian: {what} is empty")
+    return a
+
+
+def _unit(shape: tuple[int, ...], dtype: Any, j: int) -> np.ndarray:
+    """The ``j``-th unit array (all zeros for ``j < 0``: padding)."""
+    e = np.zeros(shape, dtype)
+    if j >= 0:
+        e[np.unravel_index(j, shape)] = 1
+    return e
+
+
+#: Default batch width of forward-mode jacobian().
+JACOBIAN_CHUNK = 8
+
+
+def jacobian(
+    f: Any,
+    x: Any,
+    *args: Any,
+    out: Any = None,
+    mode: Mode = Forward,
+    chunk: int | None = None,
+) -> np.ndarray:
+    """Jacobian of ``f`` with respect to the float array ``x``.
+
+    Without ``out``, ``f(x, *args)`` must return a float; the result has
+    ``x``'s shape (the gradient). With ``out=y``, ``f(x, y, *args)`` writes
+    the float array ``y`` and the result has shape ``y.shape + x.shape``:
+    ``J[i..., j...] = d y[i...] (after the call) / d x[j...]``. ``args`` are
+    constant. ``f`` runs on copies: ``x`` and ``out`` are left as they are.
+
+    ``mode=Forward`` (the default) propagates ``chunk`` unit directions per
+    call in batch mode (default 8, at most 64; the last chunk is padded with
+    zero directions so that one compiled derivative serves every chunk), so
+    it costs ``ceil(x.size / chunk)`` sweeps. ``mode=Reverse`` propagates
+    ``chunk`` unit cotangents of ``out`` per reverse sweep in batch mode (the
+    same default and padding), one sweep giving ``chunk`` rows, so it costs
+    ``ceil(out.size / chunk)`` sweeps; without ``out`` it is one gradient
+    sweep.
+    """
+    m = check_mode(mode)
+    x = _float_array("x", x)
+    if out is not None:
+        out = _float_array("out", out)
+    n = x.size
+    shape = x.shape if out is None else out.shape + x.shape
+    dtype = np.result_type(x.dtype, out.dtype) if out is not None else x.dtype
+
+    def returned(t: Any) -> Any:
+        if t is None:
+            name = _build.function_name(_build.dispatcher(f))
+            raise EnzpyTypeError(
+                f"jacobian: {name} returns no float; pass the array "
+                "it writes as out=... (it is then called as f(x, out, *args))"
+            )
+        return t
+
+    width = JACOBIAN_CHUNK if chunk is None else int(chunk)
+    if not 1 <= width <= MAX_BATCH_WIDTH:
+        raise EnzpyValueError(f"jacobian: chunk must be from 1 to {MAX_BATCH_WIDTH}, got {chunk!r}")
+    if m.is_forward:
+        width = min(width, n)
+        J = np.zeros((n,) + (() if out is None else out.shape), dtype)
+        for start in range(0, n, width):
+            lanes = [j if j < n else -1 for j in range(start, start + width)]
+            seeds = tuple(_unit(x.shape, x.dtype, j) for j in lanes)
+            xa = BatchDuplicated(x.copy(), seeds)
+            if out is None:
+                ts = returned(_autodiff(f, xa, *args, mode=Forward))
+                for k, j in enumerate(lanes):
+                    if j >= 0:
+                        J[j] = ts[k]
+            else:
+                douts = tuple(np.zeros_like(out, order="C") for _ in lanes)
+                _autodiff(f, xa, BatchDuplicated(out.copy(), douts), *args, mode=Forward, ret=Const)
+                for k, j in enumerate(lanes):
+                    if j >= 0:
+                        J[j] = douts[k]
+        J = J.reshape((n, -1)).T.reshape(shape) if out is not None else J.reshape(shape)
+        return J
+    if out is None:
+        g = np.zeros(x.shape, x.dtype)
+        _, primal = _autodiff(f, Duplicated(x.copy(), g), *args, mode=ReverseWithPrimal)
+        returned(primal if isinstance(primal, float | np.floating) else None)
+        return g
+    rows = out.size
+    width = min(width, rows)
+    J = np.zeros((rows,) + x.shape, dtype)
+    for start in range(0, rows, width):
+        lanes = [i if i < rows else -1 for i in range(start, start + width)]
+        dxs = tuple(np.zeros(x.shape, x.dtype) for _ in lanes)
+        douts = tuple(_unit(out.shape, out.dtype, i) for i in lanes)
+        _autodiff(
+            f,
+            BatchDuplicated(x.copy(), dxs),
+            BatchDuplicated(out.copy(), douts),
+            *args,
+            ret=Const,
+        )
+        for k, i in enumerate(lanes):
+            if i >= 0:
+                J[i] = dxs[k]
+    return J.reshape(shape)
+
+
+def _same_array_like(what: str, x: np.ndarray, a: Any) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.shape != x.shape:
+        raise EnzpyTypeError(
+            f"hvp: {what} must be a {x.dtype} array of x's shape {x.shape}, got "
+            + (f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__)
+        )
+    return a
+
+
+def hvp(f: Any, x: Any, v: Any, *args: Any) -> np.ndarray:
+    """Hessian-vector product ``H v`` of the float-valued ``f(x, *args)`` with
+    respect to the float array ``x`` (``args`` are constant).
+
+    enzpy differentiates its own forward-mode derivative ``x -> <grad f(x), v>``
+    in reverse mode (reverse over forward), which gives ``H v`` for the
+    symmetric Hessian of a twice continuously differentiable ``f`` at the cost
+    of a few primal evaluations, with no Hessian formed. ``f`` runs once as
+    part of it (an ``f`` that writes ``x`` sees it written).
+    """
+    x = _float_array("x", x)
+    v = _same_array_like("v", x, v)
+    if not same_layout(x, v):
+        v = staged_like(x, v)
+    hv = zeros_like_strided(x)
+    arrays = [x, v, hv] + [a for a in args if isinstance(a, np.ndarray)]
+    noalias = not any(isinstance(a, tuple | list) for a in args) and arrays_disjoint(arrays)
+    entry = _build.hvp_entry(f, x, v, args, noalias)
+    _build.invoke(entry, (x, hv, *args, v, 1.0))
+    return hv if hv.flags.c_contiguous or hv.flags.f_contiguous else np.array(hv)
+
+
+def hessian(f: Any, x: Any, *args: Any) -> np.ndarray:
+    """The Hessian of the float-valued ``f(x, *args)`` with respect to the
+    float array ``x``, of shape ``x.shape + x.shape``, from one
+    Hessian-vector product per element of ``x`` (for small problems)."""
+    x = _float_array("x", x)
+    H = np.zeros((x.size,) + x.shape, x.dtype)
+    for j in range(x.size):
+        H[j] = hvp(f, x, _unit(x.shape, x.dtype, j), *args)
+    return H.reshape(x.shape + x.shape)
