@@ -11,9 +11,8 @@
 #include "analysis/TypeAnalysis.h"
 #include "driver/Diagnostics.h"
 #include "driver/Request.h"
-#include "synthesis/ForwardSynthesis.h"
-#include "synthesis/ReverseSynthesis.h"
 #include "synthesis/ShadowAddresses.h"
+#include "synthesis/Synthesize.h"
 #include "transforms/PostOpt.h"
 #include "transforms/Preprocess.h"
 #include "llvm/AsmParser/Parser.h"
@@ -79,9 +78,7 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   StripDebugInfo(M);
 
   raw_ostream *SynthLog = Req.Log ? &LogOS : nullptr;
-  Expected<Function *> D = Req.DiffMode == Mode::Forward
-                               ? synthesizeForward(*C, Req, TA, AA, SynthLog)
-                               : synthesizeReverse(*C, Req, TA, AA, SynthLog);
+  Expected<Function *> D = synthesize(*C, Req, TA, AA, SynthLog);
   if (!D)
     return D.takeError();
   C->F->eraseFromParent();

@@ -246,35 +246,33 @@ void emitBlasReverse(IRBuilder<> &B, const BlasCall &Call,
     FunctionCallee Gemm = gemmFn(M);
     Value *IsNA = B.CreateICmpEQ(TA, B.getInt8('n'));
     Value *IsNB = B.CreateICmpEQ(TB, B.getInt8('n'));
+    // dX += alpha * (a product of dC and the other input), whose operands
+    // depend on whether X was transposed; each pair is (when 'n', when 't').
+    using Choice = std::pair<Value *, Value *>;
+    auto accumulate = [&](Value *IsN, Choice T1, Choice T2, Choice M1,
+                          Choice N1, Value *K1, Choice X, Choice LdX, Choice Y,
+                          Choice LdY, Value *Out, Value *LdOut) {
+      auto pick = [&](Choice C) {
+        return B.CreateSelect(IsN, C.first, C.second);
+      };
+      B.CreateCall(Gemm,
+                   {Kind, pick(T1), pick(T2), pick(M1), pick(N1), K1, AlphaSlot,
+                    pick(X), pick(LdX), pick(Y), pick(LdY), One, Out, LdOut});
+    };
+    Value *N = B.getInt8('n'), *T = B.getInt8('t');
     if (Value *SA = In.Shadow(7)) {
       // 'n': dA (m x k) += alpha dC op(B)^T   = gemm(n, flip(tb), m, k, n)
       // 't': dA (k x m) += alpha op(B) dC^T   = gemm(tb, t, k, m, n)
       Value *Bv = In.Input(9);
-      Value *T1 = B.CreateSelect(IsNA, B.getInt8('n'), TB);
-      Value *T2 = B.CreateSelect(IsNA, flip(B, TB), B.getInt8('t'));
-      Value *M1 = B.CreateSelect(IsNA, Mm, Kk);
-      Value *N1 = B.CreateSelect(IsNA, Kk, Mm);
-      Value *X = B.CreateSelect(IsNA, SC, Bv);
-      Value *LdX = B.CreateSelect(IsNA, Ldc, Ldb);
-      Value *Y = B.CreateSelect(IsNA, Bv, SC);
-      Value *LdY = B.CreateSelect(IsNA, Ldb, Ldc);
-      B.CreateCall(Gemm, {Kind, T1, T2, M1, N1, Nn, AlphaSlot, X, LdX, Y, LdY,
-                          One, SA, Lda});
+      accumulate(IsNA, {N, TB}, {flip(B, TB), T}, {Mm, Kk}, {Kk, Mm}, Nn,
+                 {SC, Bv}, {Ldc, Ldb}, {Bv, SC}, {Ldb, Ldc}, SA, Lda);
     }
     if (Value *SB = In.Shadow(9)) {
       // 'n': dB (k x n) += alpha op(A)^T dC   = gemm(flip(ta), n, k, n, m)
       // 't': dB (n x k) += alpha dC^T op(A)   = gemm(t, ta, n, k, m)
       Value *Av = In.Input(7);
-      Value *T1 = B.CreateSelect(IsNB, flip(B, TA), B.getInt8('t'));
-      Value *T2 = B.CreateSelect(IsNB, B.getInt8('n'), TA);
-      Value *M1 = B.CreateSelect(IsNB, Kk, Nn);
-      Value *N1 = B.CreateSelect(IsNB, Nn, Kk);
-      Value *X = B.CreateSelect(IsNB, Av, SC);
-      Value *LdX = B.CreateSelect(IsNB, Lda, Ldc);
-      Value *Y = B.CreateSelect(IsNB, SC, Av);
-      Value *LdY = B.CreateSelect(IsNB, Ldc, Lda);
-      B.CreateCall(Gemm, {Kind, T1, T2, M1, N1, Mm, AlphaSlot, X, LdX, Y, LdY,
-                          One, SB, Ldb});
+      accumulate(IsNB, {flip(B, TA), T}, {N, TA}, {Kk, Nn}, {Nn, Kk}, Mm,
+                 {Av, SC}, {Lda, Ldc}, {SC, Av}, {Ldc, Lda}, SB, Ldb);
     }
     // dC_before = beta dC (column by column would respect ldc; numba's C is
     // a fresh contiguous array, ldc == m).

@@ -1,5 +1,32 @@
 //===- ReverseSynthesis.cpp - combined reverse-mode derivative ------------===//
-#include "synthesis/ReverseSynthesis.h"
+//
+// Builds the derivative function of native/enzpy_native.h's ABI in combined
+// mode: the primal's blocks run first (the augmented forward sweep) and push
+// onto the tape what their reverse will need; the normal exit then enters
+// the reverse sweep, which visits the blocks that ran in reverse order (the
+// tape says which predecessor each merge block was entered from), turns
+// every active instruction into adjoint updates, and finally writes the
+// adjoints of Active parameters into the result. Adjoints of SSA values live
+// in accumulators (allocas that later optimization promotes); the shadow of
+// an address is computed beside the primal address in the forward sweep.
+//
+// Shadow memory follows docs/design.md §3.1: a load from active memory
+// adds its adjoint into the shadow; a store reads the shadow into the stored
+// value's adjoint and zeroes it (the overwritten contents had no influence).
+// Values read from memory are taped when they are read, so memory that is
+// overwritten later is handled correctly.
+//
+// Batch mode (Request::Width W > 1): every adjoint accumulator, shadow
+// address and shadow allocation comes in W lanes (W shadow arguments per
+// duplicated parameter, W seeds of the return, W adjoints per Active
+// parameter); each rule fetches its forward values once and applies its
+// partial to every lane. The forward sweep and the tape are shared: W
+// cotangents cost one primal evaluation. Width 1 is the plain case.
+//
+// Assumes preprocess() ran (one normal exit, one raise exit) and that the
+// activity analysis accepted the function.
+//
+//===----------------------------------------------------------------------===//
 #include "analysis/CachePolicy.h"
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
@@ -8,6 +35,7 @@
 #include "rules/MemoryRules.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
+#include "synthesis/Synthesize.h"
 #include "synthesis/Tape.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/Analysis/AssumptionCache.h"
@@ -35,14 +63,12 @@ namespace {
 
 class ReverseSynthesizer {
 public:
-  ReverseSynthesizer(const CanonicalFunction &C, const Request &Req,
-                     Type *RetType, const TypeAnalysis &TA,
-                     const ActivityAnalysis &AA, raw_ostream *Log)
-      : Sk(C, Req, RetType, TA, AA), Canon(C), P(*C.F), PExit(C.NormalExit),
-        PRaise(C.RaiseExit), Req(Req), TA(TA), AA(AA), Log(Log), DT(P), LI(DT),
-        TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
-        SE(P, TLI, AC, DT, LI), Cache(C, Req, TA, DT, LI), Ctx(P.getContext()),
-        I64(Type::getInt64Ty(Ctx)), Width(Req.Width) {}
+  ReverseSynthesizer(DerivativeSkeleton &Sk, raw_ostream *Log)
+      : Sk(Sk), Canon(Sk.Canon), P(Sk.P), PExit(Canon.NormalExit),
+        PRaise(Canon.RaiseExit), Req(Sk.Req), TA(Sk.TA), AA(Sk.AA), Log(Log),
+        DT(P), LI(DT), TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
+        SE(P, TLI, AC, DT, LI), Cache(Canon, Req, TA, DT, LI), Ctx(Sk.Ctx),
+        I64(Type::getInt64Ty(Ctx)), Width(Sk.width()) {}
 
   Expected<Function *> run();
 
@@ -110,7 +136,7 @@ private:
   void reverseBlas(const BlasCall &Call, IRBuilder<> &RB, BlockRev &R);
   bool blasActive(const BlasCall &Call) const;
 
-  DerivativeSkeleton Sk;
+  DerivativeSkeleton &Sk;
   const CanonicalFunction &Canon;
   Function &P;
   BasicBlock *PExit;
@@ -807,15 +833,9 @@ Expected<Function *> ReverseSynthesizer::run() {
 
 } // namespace
 
-Expected<Function *> synthesizeReverse(const CanonicalFunction &C,
-                                       const Request &Req,
-                                       const TypeAnalysis &TA,
-                                       const ActivityAnalysis &AA,
+Expected<Function *> synthesizeReverse(DerivativeSkeleton &Sk,
                                        raw_ostream *Log) {
-  Expected<Type *> RetType = returnType(Req, *C.F->getParent());
-  if (!RetType)
-    return RetType.takeError();
-  ReverseSynthesizer S(C, Req, *RetType, TA, AA, Log);
+  ReverseSynthesizer S(Sk, Log);
   return S.run();
 }
 
