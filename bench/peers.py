@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-# Single-threaded peers, as in DESIGN.md's table. Must be set before importing them.
+# Single-threaded peers, as in docs/design.md §6. Must be set before importing them.
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )

@@ -11,7 +11,7 @@ level, in the way Enzyme does it.
     >>> t = enzpy.autodiff(f, Duplicated(x, np.ones(3)), Duplicated(2.0, 0.0),
     ...                    mode=enzpy.Forward)  # directional derivative along ones
 
-See DESIGN.md for the contract.
+See docs/design.md for the contract.
 """
 
 from .annotations import (

@@ -7,7 +7,7 @@
  * bitcode or a structured error (kind, message, source file and line).
  * No C++ exception and no abort crosses this boundary.
  *
- * Request (JSON object), see ir_passes/Request.h for the authoritative list:
+ * Request (JSON object; the authoritative list: ir_passes/driver/Request.h):
  *   "function":      name of the primal function in the module (numba native
  *                    calling convention: i32 f(ptr retptr, ptr excinfo, ...)).
  *   "name":          symbol name to give the derivative.

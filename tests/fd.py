@@ -8,7 +8,7 @@ Reverse mode computes a vector-Jacobian product. For one call ``f(*args)`` we vi
 so that ``y = F(u)``. Given cotangents ``w`` of the outputs -- ``dret = 1`` for a float
 return (enzpy seeds it with 1.0; 0 with ``ret=Const``) and the *initial* shadow
 contents for arrays -- enzpy returns ``Jᵀw``: the derivatives of the Active arguments
-and the *final* shadow contents (DESIGN.md §3, shadow semantics). For random
+and the *final* shadow contents (docs/design.md §3, shadow semantics). For random
 directions ``v`` we check the dot-product identity
 
     <w, J v>   (central finite differences of F, in float64)
@@ -151,7 +151,7 @@ def enzpy_backend(f, specs, shadows, ret_active: bool, with_primal: bool):
     ``specs`` is the list of the user's arguments (fd specs or bare values);
     ``shadows[i]`` is the shadow array for Dup arguments (None otherwise). Returns
     ``(derivatives tuple, primal return or None)`` and checks the shape of the result
-    that DESIGN.md §3 promises: one entry per argument, None for non-Active ones.
+    that docs/design.md §3 promises: one entry per argument, None for non-Active ones.
     """
     import enzpy
 

@@ -546,7 +546,7 @@ def _of_tuple(t, y):
 
 
 def test_active_tuple_of_floats():
-    # DESIGN.md §3: Active(x) takes a float scalar or a tuple of floats
+    # docs/design.md §3: Active(x) takes a float scalar or a tuple of floats
     t, y = (0.3, 0.5, 0.7), 2.0
     dt, dy = enzpy.autodiff(_of_tuple, Active(t), Active(y))
     assert isinstance(dt, tuple) and len(dt) == 3

@@ -1,4 +1,4 @@
-"""The error contract (DESIGN.md §4): wrong annotations and shadows raise
+"""The error contract (docs/design.md §4): wrong annotations and shadows raise
 EnzpyTypeError / EnzpyValueError naming the argument's position; numba's compile
 errors come wrapped in CompilationError with numba's message; active data stored into
 a Const argument raises ActivityError naming the argument; a call the engine cannot
@@ -292,7 +292,7 @@ def outer_calls_helper(x):
 
 
 def test_call_to_other_njit_function_is_differentiated_or_named_unsupported():
-    # DESIGN.md wants njit -> njit calls differentiated; until they are, the call
+    # docs/design.md wants njit -> njit calls differentiated; until they are, the call
     # must be reported, naming the callee and the line -- never a wrong derivative
     x = rng(17).uniform(-1, 1, 6)
     dx = rng(18).standard_normal(6)

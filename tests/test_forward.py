@@ -1,4 +1,4 @@
-"""Forward mode (DESIGN.md §3): ``Duplicated(x, dx)`` carries the input tangent,
+"""Forward mode (docs/design.md §3): ``Duplicated(x, dx)`` carries the input tangent,
 the tangent of the return value is returned, and shadows of the arrays the function
 writes receive the output tangents.
 

@@ -1,4 +1,4 @@
-"""Reverse-mode shadow semantics (DESIGN.md §3): on entry dx holds the cotangent of
+"""Reverse-mode shadow semantics (docs/design.md §3): on entry dx holds the cotangent of
 x's contents after the call, on exit the cotangent of its contents before the call.
 So input shadows accumulate, output shadows are consumed, in-place updates get
 dx <- Jᵀ dx. Also DuplicatedNoNeed, ReverseWithPrimal, ret=Const, gradient(),
