@@ -33,6 +33,7 @@
 #include "rules/BlasRules.h"
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
+#include "synthesis/Adjoints.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
@@ -68,7 +69,7 @@ public:
         PRaise(Canon.RaiseExit), Req(Sk.Req), TA(Sk.TA), AA(Sk.AA), Log(Log),
         DT(P), LI(DT), TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
         SE(P, TLI, AC, DT, LI), Cache(Canon, Req, TA, DT, LI), Ctx(Sk.Ctx),
-        I64(Type::getInt64Ty(Ctx)), Width(Sk.width()) {}
+        I64(Type::getInt64Ty(Ctx)), Width(Sk.width()), Adj(Sk) {}
 
   Expected<Function *> run();
 
@@ -116,11 +117,6 @@ private:
   Value *fetchPrimal(const Value *PV, BlockRev &R);
   Value *fetchShadow(const Value *PPtr, unsigned K, BlockRev &R);
 
-  // Adjoint accumulators, one per lane.
-  AllocaInst *adjointSlot(const Value *PV, unsigned K);
-  void addAdjoint(IRBuilder<> &B, const Value *PV, unsigned K, Value *Delta);
-  Value *takeAdjoint(IRBuilder<> &B, const Value *PV, unsigned K);
-  Lanes takeAdjoints(IRBuilder<> &B, const Value *PV);
   std::string laneName(const Twine &Base, unsigned K) const {
     return Sk.laneName(Base, K);
   }
@@ -167,7 +163,8 @@ private:
   /// reserved once before the loop instead of checked every iteration.
   DenseMap<const Loop *, Value *> TripBound;
   std::optional<Tape> TheTape;
-  DenseMap<std::pair<const Value *, unsigned>, AllocaInst *> Adjoints;
+  /// Adjoints of SSA values, one accumulator per lane.
+  AdjointStore Adj;
   /// BLAS inputs the reverse needs but that may be overwritten: copies made
   /// in the forward sweep (call, argument) -> copy. And alpha, beta.
   DenseMap<std::pair<const Value *, unsigned>, Value *> SavedInputs;
@@ -176,15 +173,6 @@ private:
   SmallSetVector<const BasicBlock *, 32> Reaching; // blocks that can return
   std::string Decisions;
 };
-
-/// Sum + Delta for adjoints: the sign of a zero adjoint carries no
-/// information, so "0 + x" may fold to x (no-signed-zeros).
-static Value *addAdjointValues(IRBuilder<> &B, Value *Sum, Value *Delta) {
-  Value *V = B.CreateFAdd(Sum, Delta);
-  if (auto *I = dyn_cast<Instruction>(V))
-    I->setHasNoSignedZeros(true);
-  return V;
-}
 
 /// A forward value can be used directly in every reverse block when its
 /// block runs exactly once on every path that returns normally.
@@ -340,44 +328,6 @@ Value *ReverseSynthesizer::fetchPrimal(const Value *PV, BlockRev &R) {
 Value *ReverseSynthesizer::fetchShadow(const Value *PPtr, unsigned K,
                                        BlockRev &R) {
   return fetch(shadow(PPtr)[K], R);
-}
-
-AllocaInst *ReverseSynthesizer::adjointSlot(const Value *PV, unsigned K) {
-  auto It = Adjoints.find({PV, K});
-  if (It != Adjoints.end())
-    return It->second;
-  IRBuilder<> B(DEntry, DEntry->getFirstInsertionPt());
-  AllocaInst *Slot = B.CreateAlloca(PV->getType(), nullptr,
-                                    laneName(PV->getName() + ".adj", K));
-  B.SetInsertPoint(DEntry->getTerminator());
-  B.CreateStore(ConstantFP::get(PV->getType(), 0.0), Slot);
-  Adjoints[{PV, K}] = Slot;
-  return Slot;
-}
-
-void ReverseSynthesizer::addAdjoint(IRBuilder<> &B, const Value *PV, unsigned K,
-                                    Value *Delta) {
-  if (!Delta || !AA.isActive(PV))
-    return;
-  AllocaInst *Slot = adjointSlot(PV, K);
-  B.CreateStore(addAdjointValues(B, B.CreateLoad(PV->getType(), Slot), Delta),
-                Slot);
-}
-
-Value *ReverseSynthesizer::takeAdjoint(IRBuilder<> &B, const Value *PV,
-                                       unsigned K) {
-  AllocaInst *Slot = adjointSlot(PV, K);
-  Value *A =
-      B.CreateLoad(PV->getType(), Slot, laneName(PV->getName() + ".d", K));
-  B.CreateStore(ConstantFP::get(PV->getType(), 0.0), Slot);
-  return A;
-}
-
-Lanes ReverseSynthesizer::takeAdjoints(IRBuilder<> &B, const Value *PV) {
-  Lanes A;
-  for (unsigned K = 0; K < Width; ++K)
-    A.push_back(takeAdjoint(B, PV, K));
-  return A;
 }
 
 Lanes ReverseSynthesizer::shadow(const Value *PPtr) {
@@ -627,9 +577,9 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
     if (!AA.isActive(L))
       return;
     for (unsigned K = 0; K < Width; ++K) {
-      Value *A = takeAdjoint(RB, L, K);
+      Value *A = Adj.take(RB, L, K);
       Value *S = fetchShadow(L->getPointerOperand(), K, R);
-      RB.CreateStore(addAdjointValues(RB, RB.CreateLoad(L->getType(), S), A),
+      RB.CreateStore(AdjointStore::sum(RB, RB.CreateLoad(L->getType(), S), A),
                      S);
     }
     return;
@@ -641,7 +591,7 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
     for (unsigned K = 0; K < Width; ++K) {
       Value *S = fetchShadow(St->getPointerOperand(), K, R);
       if (AA.isActive(V))
-        addAdjoint(RB, V, K, RB.CreateLoad(V->getType(), S));
+        Adj.add(RB, V, K, RB.CreateLoad(V->getType(), S));
       RB.CreateStore(Constant::getNullValue(V->getType()), S);
     }
     return;
@@ -652,7 +602,7 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
   // its partials need once, and each partial serves every lane.
   const ScalarRule *Rule = findScalarRule(I);
   assert(Rule && "activity analysis accepted an operation without a rule");
-  Lanes A = takeAdjoints(RB, &I);
+  Lanes A = Adj.takeAll(RB, &I);
   // function_ref does not own its callable: keep the lambdas alive.
   auto Operand = [&](unsigned K) { return fetchPrimal(ruleOperand(I, K), R); };
   auto Result = [&]() { return fetchPrimal(&I, R); };
@@ -663,7 +613,7 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
       continue;
     Partial P = Rule->Partial(X, K);
     for (unsigned L = 0; L < Width; ++L)
-      addAdjoint(RB, Op, L, applyPartial(RB, P, A[L], Op->getType()));
+      Adj.add(RB, Op, L, applyPartial(RB, P, A[L], Op->getType()));
   }
 }
 
@@ -677,11 +627,11 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
   SmallVector<std::pair<PHINode *, Lanes>, 4> PhiAdj;
   for (PHINode &Phi : B->phis())
     if (AA.isActive(&Phi))
-      PhiAdj.push_back({&Phi, takeAdjoints(RB, &Phi)});
+      PhiAdj.push_back({&Phi, Adj.takeAll(RB, &Phi)});
   auto edgeTo = [&](IRBuilder<> &EB, BasicBlock *Pred) {
     for (auto &[Phi, A] : PhiAdj)
       for (unsigned K = 0; K < Width; ++K)
-        addAdjoint(EB, Phi->getIncomingValueForBlock(Pred), K, A[K]);
+        Adj.add(EB, Phi->getIncomingValueForBlock(Pred), K, A[K]);
     // Entering counted loops backwards: start from their last iteration.
     for (const Loop *L = LI.getLoopFor(Pred); L && !L->contains(B);
          L = L->getParentLoop())
@@ -736,7 +686,7 @@ void ReverseSynthesizer::createFinal() {
     Argument *PA = numba::userParam(P, I);
     for (unsigned K = 0; K < Width; ++K)
       Values.push_back(AA.isActive(PA) ? static_cast<Value *>(B.CreateLoad(
-                                             PA->getType(), adjointSlot(PA, K)))
+                                             PA->getType(), Adj.slot(PA, K)))
                                        : ConstantFP::get(PA->getType(), 0.0));
   }
   Sk.storeResult(B, Values);
