@@ -38,6 +38,7 @@
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
 #include "synthesis/Tape.h"
+#include "synthesis/ValueRecovery.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/Analysis/AssumptionCache.h"
 #include "llvm/Analysis/LoopInfo.h"
@@ -67,56 +68,38 @@ public:
   ReverseSynthesizer(DerivativeSkeleton &Sk, raw_ostream *Log)
       : Sk(Sk), Canon(Sk.Canon), P(Sk.P), PExit(Canon.NormalExit),
         PRaise(Canon.RaiseExit), Req(Sk.Req), TA(Sk.TA), AA(Sk.AA), Log(Log),
-        DT(P), LI(DT), TLII(P.getParent()->getTargetTriple()), TLI(TLII), AC(P),
-        SE(P, TLI, AC, DT, LI), Cache(Canon, Req, TA, DT, LI), Ctx(Sk.Ctx),
-        I64(Type::getInt64Ty(Ctx)), Width(Sk.width()), Adj(Sk) {}
+        Ctx(Sk.Ctx), I64(Type::getInt64Ty(Ctx)), Width(Sk.width()), VR(Sk),
+        Adj(Sk) {}
 
   Expected<Function *> run();
 
 private:
+  /// The reverse of one primal block: its head (where forward values are
+  /// recovered, see ValueRecovery) branches to its body (the adjoint
+  /// updates), which ends by branching to the reverse of the predecessor the
+  /// forward sweep came from.
   struct BlockRev {
     const BasicBlock *PB = nullptr; // the primal block reversed
-    BasicBlock *Head = nullptr;
     BasicBlock *Body = nullptr;
-    std::optional<Tape::Frame> Frame;
-    DenseMap<Value *, Value *> Rebuilt; // recomputed or re-read in Head
-    SmallVector<std::pair<const char *, Value *>, 4> Notes; // for the log
+    ValueRecovery::Frame *Rec = nullptr;
     PHINode *Pid = nullptr;             // in the forward block
     SmallVector<BasicBlock *, 4> Preds; // primal predecessors, pid order
+    BasicBlock *head() const { return Rec->Head; }
   };
 
-  /// A loop whose reverse is driven by an iteration counter instead of a
-  /// taped predecessor index: the forward sweep counts iterations, the count
-  /// at exit is taped once per loop execution, and the reverse counts down.
-  /// Affine induction variables are then recomputed from the count.
-  struct LoopRev {
-    PHINode *Counter = nullptr;      // forward: iterations before this one
-    AllocaInst *Remaining = nullptr; // reverse: the iteration being reversed
-    BasicBlock *Preheader = nullptr;
-    BasicBlock *Latch = nullptr;
-  };
-
-  void expandTripBounds();
-  void emitPushes();
   void createFunction();
   void findReaching();
-  void createLoopCounters();
   void createPids();
-  const LoopRev *loopOfHeader(const BasicBlock *B) const;
   void reverseBlock(BasicBlock *B);
   void reverseInstruction(Instruction &I, IRBuilder<> &RB, BlockRev &R);
   void createFinal();
-  void logDecisions();
 
-  // Values of the forward sweep as usable in the reverse of a block.
-  Value *mapped(const Value *PV) const { return Sk.mapped(PV); }
-  bool reusable(const BasicBlock *PDef) const;
-  Value *fetch(Value *DV, BlockRev &R);
-  Value *recompute(Instruction *I, BlockRev &R);
-  unsigned popCost(Value *DV, BlockRev &R, unsigned Depth);
-  Value *fetchPrimal(const Value *PV, BlockRev &R);
+  Value *fetch(Value *DV, BlockRev &R) { return VR.fetch(DV, *R.Rec); }
+  Value *fetchPrimal(const Value *PV, BlockRev &R) {
+    return VR.fetchPrimal(PV, *R.Rec);
+  }
   Value *fetchShadow(const Value *PPtr, unsigned K, BlockRev &R);
-
+  Value *mapped(const Value *PV) const { return Sk.mapped(PV); }
   std::string laneName(const Twine &Base, unsigned K) const {
     return Sk.laneName(Base, K);
   }
@@ -124,8 +107,6 @@ private:
   // Shadows of addresses (one per lane), computed in the forward sweep.
   Lanes shadow(const Value *PPtr);
   void createShadows();
-  /// The forward clone of primal block \p PB.
-  BasicBlock *forwardEnd(const BasicBlock *PB) const { return Sk.mapped(PB); }
   void reverseMemoryIntrinsic(AnyMemIntrinsic &MI, IRBuilder<> &RB,
                               BlockRev &R);
   void prepareBlas(const BlasCall &Call);
@@ -141,189 +122,25 @@ private:
   const TypeAnalysis &TA;
   const ActivityAnalysis &AA;
   raw_ostream *Log;
-  DominatorTree DT;
-  LoopInfo LI;
-  TargetLibraryInfoImpl TLII;
-  TargetLibraryInfo TLI;
-  AssumptionCache AC;
-  ScalarEvolution SE;
-  CachePolicy Cache;
   LLVMContext &Ctx;
   Type *I64;
   /// The batch width: adjoints and shadows come in this many lanes; the
   /// forward sweep and the tape are shared by all of them.
   unsigned Width;
+  ValueRecovery VR;
+  /// Adjoints of SSA values, one accumulator per lane.
+  AdjointStore Adj;
 
   Function *D = nullptr;
   BasicBlock *DEntry = nullptr;
   BasicBlock *DFinal = nullptr;
-  DenseMap<const Loop *, LoopRev> Loops;
-  /// Innermost loops with an upper bound on their iteration count, computed
-  /// in the preheader (a primal value, cloned like the rest): the tape is
-  /// reserved once before the loop instead of checked every iteration.
-  DenseMap<const Loop *, Value *> TripBound;
-  std::optional<Tape> TheTape;
-  /// Adjoints of SSA values, one accumulator per lane.
-  AdjointStore Adj;
   /// BLAS inputs the reverse needs but that may be overwritten: copies made
   /// in the forward sweep (call, argument) -> copy. And alpha, beta.
   DenseMap<std::pair<const Value *, unsigned>, Value *> SavedInputs;
   DenseMap<const Value *, std::pair<Value *, Value *>> BlasScalars;
   DenseMap<const BasicBlock *, BlockRev> Rev;
-  SmallSetVector<const BasicBlock *, 32> Reaching; // blocks that can return
-  std::string Decisions;
+  BlockSet Reaching; // blocks that can return
 };
-
-/// A forward value can be used directly in every reverse block when its
-/// block runs exactly once on every path that returns normally.
-bool ReverseSynthesizer::reusable(const BasicBlock *PDef) const {
-  return !PDef || (DT.dominates(PDef, PExit) && !LI.getLoopFor(PDef));
-}
-
-/// Whether \p I can be recomputed in the reverse sweep from its operands:
-/// address arithmetic, integer index arithmetic, and reads of memory that
-/// the call never writes.
-static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
-                           const DerivativeSkeleton &Sk) {
-  if (isa<GetElementPtrInst>(I))
-    return true;
-  if (isa<CastInst>(I))
-    return !I->getType()->isFloatingPointTy() &&
-           !I->getOperand(0)->getType()->isFloatingPointTy();
-  if (isa<UnaryOperator>(I))
-    return true;
-  if (auto *BO = dyn_cast<BinaryOperator>(I))
-    switch (BO->getOpcode()) {
-    case Instruction::FAdd:
-    case Instruction::FSub:
-    case Instruction::FMul:
-    case Instruction::Add:
-    case Instruction::Sub:
-    case Instruction::Mul:
-    case Instruction::Shl:
-    case Instruction::And:
-    case Instruction::Or:
-    case Instruction::Xor:
-      return true;
-    default:
-      return false;
-    }
-  if (auto *L = dyn_cast<LoadInst>(I)) {
-    // Loads the synthesis added (allocations' shadow pointers) have none.
-    auto *PL = dyn_cast_or_null<LoadInst>(Sk.primalOf(L));
-    return PL && Cache.canReread(PL);
-  }
-  return false;
-}
-
-/// How many tape slots fetching \p DV would pop (capped): 0 for values that
-/// are reusable, already fetched, or recomputable for free.
-unsigned ReverseSynthesizer::popCost(Value *DV, BlockRev &R, unsigned Depth) {
-  auto *I = dyn_cast<Instruction>(DV);
-  if (!I || reusable(Sk.primalOf(I->getParent())) || R.Rebuilt.count(I))
-    return 0;
-  if (Depth > 6 || !isRecomputable(I, Cache, Sk)) {
-    if (auto *Phi = dyn_cast<PHINode>(I)) {
-      const Loop *L = LI.getLoopFor(Sk.primalOf(Phi->getParent()));
-      if (L && loopOfHeader(L->getHeader()) && L->contains(R.PB))
-        return 0; // a counter or induction variable, see recompute()
-    }
-    return 1;
-  }
-  unsigned Cost = 0;
-  for (Value *Op : I->operands())
-    Cost += popCost(Op, R, Depth + 1);
-  return Cost;
-}
-
-/// The value \p DV of the forward sweep, as usable in the reverse of a block:
-/// itself when it is reusable; recomputed when that costs no more tape than
-/// popping it (an address from a shared index, an induction variable from
-/// the loop's counter, a re-read of memory nobody writes); popped otherwise.
-Value *ReverseSynthesizer::fetch(Value *DV, BlockRev &R) {
-  auto *I = dyn_cast<Instruction>(DV);
-  if (!I || reusable(Sk.primalOf(I->getParent())))
-    return DV;
-  auto It = R.Rebuilt.find(I);
-  if (It != R.Rebuilt.end())
-    return It->second;
-  if (Value *V = recompute(I, R)) {
-    R.Rebuilt[I] = V;
-    return V;
-  }
-  return R.Frame->pop(DV);
-}
-
-Value *ReverseSynthesizer::recompute(Instruction *I, BlockRev &R) {
-  IRBuilder<> H(R.Head->getTerminator());
-  if (auto *Phi = dyn_cast<PHINode>(I)) {
-    const BasicBlock *PH = Sk.primalOf(Phi->getParent());
-    const Loop *L = LI.getLoopFor(PH);
-    const LoopRev *LR = loopOfHeader(PH);
-    if (!LR || !L->contains(R.PB))
-      return nullptr;
-    Value *K = H.CreateLoad(I64, LR->Remaining, "enzpy.iter");
-    if (Phi == LR->Counter)
-      return K;
-    // Phis the synthesis added (shadows of pointer phis) have no primal.
-    auto *PP = dyn_cast_or_null<PHINode>(Sk.primalOf(Phi));
-    if (!PP)
-      return nullptr;
-    auto *AR = dyn_cast<SCEVAddRecExpr>(SE.getSCEV(const_cast<PHINode *>(PP)));
-    if (!AR || AR->getLoop() != L || !AR->isAffine())
-      return nullptr;
-    auto *Step = dyn_cast<SCEVConstant>(AR->getStepRecurrence(SE));
-    if (!Step)
-      return nullptr;
-    Value *Start =
-        fetch(mapped(PP->getIncomingValueForBlock(LR->Preheader)), R);
-    H.SetInsertPoint(R.Head->getTerminator());
-    if (Phi->getType()->isIntegerTy()) {
-      Value *KT = H.CreateSExtOrTrunc(K, Phi->getType());
-      Value *V = H.CreateAdd(
-          Start,
-          H.CreateMul(KT, ConstantInt::get(Phi->getType(),
-                                           Step->getAPInt().getSExtValue())));
-      R.Notes.push_back({"recompute", I});
-      return V;
-    }
-    if (Phi->getType()->isPointerTy()) {
-      Value *Off = H.CreateMul(
-          K, ConstantInt::get(I64, Step->getAPInt().getSExtValue()));
-      R.Notes.push_back({"recompute", I});
-      return H.CreateGEP(H.getInt8Ty(), Start, Off);
-    }
-    return nullptr;
-  }
-  if (!isRecomputable(I, Cache, Sk))
-    return nullptr;
-  // Address arithmetic is always rebuilt (its index is shared); integer
-  // values and reads when that pops no more than the value itself would;
-  // float arithmetic only when it pops nothing.
-  if (!isa<GetElementPtrInst>(I) &&
-      !(isa<CastInst>(I) && I->getType()->isPointerTy())) {
-    unsigned Cost = 0;
-    for (Value *Op : I->operands())
-      Cost += popCost(Op, R, 1);
-    unsigned Limit = I->getType()->isFloatingPointTy() ? 0 : 1;
-    if (Cost > Limit)
-      return nullptr;
-  }
-  SmallVector<Value *, 4> Ops;
-  for (Value *Op : I->operands())
-    Ops.push_back(fetch(Op, R));
-  Instruction *Copy = I->clone();
-  for (unsigned K = 0; K < Ops.size(); ++K)
-    Copy->setOperand(K, Ops[K]);
-  Copy->setName(I->getName() + ".re");
-  Copy->insertBefore(R.Head->getTerminator()->getIterator());
-  R.Notes.push_back({isa<LoadInst>(I) ? "reread" : "recompute", I});
-  return Copy;
-}
-
-Value *ReverseSynthesizer::fetchPrimal(const Value *PV, BlockRev &R) {
-  return fetch(mapped(PV), R);
-}
 
 Value *ReverseSynthesizer::fetchShadow(const Value *PPtr, unsigned K,
                                        BlockRev &R) {
@@ -343,7 +160,7 @@ void ReverseSynthesizer::createShadows() {
   // Arrays the reverse sweep re-reads must outlive the primal's own
   // release of them: one more reference until the reverse passes them.
   FunctionCallee Incref = numba::increfFunction(*D->getParent());
-  for (const CallBase *A : Cache.keptAlive()) {
+  for (const CallBase *A : VR.cache().keptAlive()) {
     auto *DA = cast<Instruction>(mapped(A));
     IRBuilder<> B(DA->getNextNode());
     B.CreateCall(Incref, {DA});
@@ -391,7 +208,7 @@ void ReverseSynthesizer::prepareBlas(const BlasCall &Call) {
     bool OtherActive = false;
     for (unsigned J : Call.inputs())
       OtherActive |= J != I && AA.pointsToActive(CB->getArgOperand(J));
-    if (!OtherActive || Cache.canRereadMemory(CB->getArgOperand(I)))
+    if (!OtherActive || VR.cache().canRereadMemory(CB->getArgOperand(I)))
       continue;
     // Copy before the call: malloc + memcpy, checked for null.
     IRBuilder<> B(DC);
@@ -477,11 +294,11 @@ void ReverseSynthesizer::createFunction() {
   DEntry = Sk.Entry;
   if (Req.RetActive)
     Sk.createReturnShadows([&](unsigned K) { return Sk.trailing(K); });
-  TheTape.emplace(*D, *DEntry);
+  VR.createTape();
 
   if (PRaise) {
     BasicBlock *DRaise = Sk.mapped(PRaise);
-    TheTape->emitFree(DRaise->getTerminator());
+    VR.tape().emitFree(DRaise->getTerminator());
   }
 }
 
@@ -492,52 +309,19 @@ void ReverseSynthesizer::findReaching() {
       Reaching.insert(&B);
 }
 
-const ReverseSynthesizer::LoopRev *
-ReverseSynthesizer::loopOfHeader(const BasicBlock *B) const {
-  const Loop *L = LI.getLoopFor(B);
-  if (!L || L->getHeader() != B)
-    return nullptr;
-  auto It = Loops.find(L);
-  return It == Loops.end() ? nullptr : &It->second;
-}
-
-void ReverseSynthesizer::createLoopCounters() {
-  for (Loop *L : LI.getLoopsInPreorder()) {
-    BasicBlock *H = L->getHeader();
-    BasicBlock *Pre = L->getLoopPreheader();
-    BasicBlock *Latch = L->getLoopLatch();
-    if (!Pre || !Latch || !Reaching.contains(H) || pred_size(H) != 2)
-      continue;
-    LoopRev &LR = Loops[L];
-    LR.Preheader = Pre;
-    LR.Latch = Latch;
-    auto *DH = Sk.mapped(H);
-    LR.Counter = PHINode::Create(I64, 2, H->getName() + ".iter");
-    LR.Counter->insertBefore(DH->begin());
-    auto *DL = Sk.mapped(Latch);
-    IRBuilder<> B(DL->getTerminator());
-    Value *Next = B.CreateAdd(LR.Counter, ConstantInt::get(I64, 1),
-                              H->getName() + ".iter.next", true, true);
-    LR.Counter->addIncoming(ConstantInt::get(I64, 0), Sk.mapped(Pre));
-    LR.Counter->addIncoming(Next, DL);
-    IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
-    LR.Remaining = EB.CreateAlloca(I64, nullptr, H->getName() + ".rev.iter");
-  }
-}
-
 void ReverseSynthesizer::createPids() {
   for (const BasicBlock *B : Reaching) {
     BlockRev &R = Rev[B];
     R.PB = B;
-    R.Head = BasicBlock::Create(Ctx, "rev." + B->getName(), D);
+    BasicBlock *Head = BasicBlock::Create(Ctx, "rev." + B->getName(), D);
     R.Body = BasicBlock::Create(Ctx, "rev." + B->getName() + ".body", D);
-    BranchInst::Create(R.Body, R.Head);
-    R.Frame.emplace(*TheTape, R.Head);
+    BranchInst::Create(R.Body, Head);
+    R.Rec = &VR.createFrame(B, Head);
     SmallSetVector<BasicBlock *, 4> Preds;
     for (BasicBlock *Pred : predecessors(const_cast<BasicBlock *>(B)))
       Preds.insert(Pred);
     R.Preds.assign(Preds.begin(), Preds.end());
-    if (R.Preds.size() < 2 || loopOfHeader(B))
+    if (R.Preds.size() < 2 || VR.loopOfHeader(B))
       continue;
     auto *DB = Sk.mapped(B);
     IRBuilder<> PB(DB, DB->getFirstNonPHIIt());
@@ -569,7 +353,7 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
       for (Value *SMI : Sk.shadowAllocation(Alloc))
         RB.CreateCall(Decref, {fetch(SMI, R)});
     // The array itself, kept alive for re-reads (see createShadows).
-    if (Cache.keptAlive().contains(cast<CallBase>(&I)))
+    if (VR.cache().keptAlive().contains(cast<CallBase>(&I)))
       RB.CreateCall(Decref, {fetchPrimal(&I, R)});
     return;
   }
@@ -633,15 +417,16 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
       for (unsigned K = 0; K < Width; ++K)
         Adj.add(EB, Phi->getIncomingValueForBlock(Pred), K, A[K]);
     // Entering counted loops backwards: start from their last iteration.
-    for (const Loop *L = LI.getLoopFor(Pred); L && !L->contains(B);
+    for (const Loop *L = VR.loops().getLoopFor(Pred); L && !L->contains(B);
          L = L->getParentLoop())
-      if (const LoopRev *LR = loopOfHeader(L->getHeader()))
+      if (const ValueRecovery::CountedLoop *LR =
+              VR.loopOfHeader(L->getHeader()))
         EB.CreateStore(fetch(LR->Counter, R), LR->Remaining);
-    EB.CreateBr(Rev[Pred].Head);
+    EB.CreateBr(Rev[Pred].head());
   };
   if (B == &P.getEntryBlock()) {
     RB.CreateBr(DFinal);
-  } else if (const LoopRev *LR = loopOfHeader(B)) {
+  } else if (const ValueRecovery::CountedLoop *LR = VR.loopOfHeader(B)) {
     Value *K = RB.CreateLoad(I64, LR->Remaining);
     BasicBlock *FromPre = BasicBlock::Create(
         Ctx, "rev." + B->getName() + ".from." + LR->Preheader->getName(), D);
@@ -691,78 +476,14 @@ void ReverseSynthesizer::createFinal() {
   }
   Sk.storeResult(B, Values);
   ReturnInst *Ret = B.CreateRet(B.getInt32(0));
-  TheTape->emitFree(Ret);
-}
-
-void ReverseSynthesizer::logDecisions() {
-  if (!Log)
-    return;
-  *Log << "tape:\n";
-  for (const BasicBlock *B : Reaching) {
-    const BlockRev &R = Rev.find(B)->second;
-    for (Value *V : R.Frame->pushed())
-      *Log << "  tape " << describe(V) << " in block %" << B->getName() << "\n";
-    for (auto &[What, V] : R.Notes)
-      *Log << "  " << What << " " << describe(V) << " in block %"
-           << B->getName() << "\n";
-  }
-}
-
-/// An upper bound on the iterations of each innermost loop, expanded in its
-/// preheader before the primal is cloned.
-void ReverseSynthesizer::expandTripBounds() {
-  SCEVExpander Expander(SE, "enzpy.trips");
-  for (Loop *L : LI.getLoopsInPreorder()) {
-    BasicBlock *Pre = L->getLoopPreheader();
-    if (!L->isInnermost() || !Pre || !Canon.returns(L->getHeader()))
-      continue;
-    const SCEV *BTC = SE.getSymbolicMaxBackedgeTakenCount(L);
-    if (isa<SCEVCouldNotCompute>(BTC) || !BTC->getType()->isIntegerTy() ||
-        BTC->getType()->getIntegerBitWidth() > 64)
-      continue;
-    const SCEV *Trips =
-        SE.getAddExpr(SE.getZeroExtendExpr(BTC, I64), SE.getOne(I64));
-    if (!Expander.isSafeToExpandAt(Trips, Pre->getTerminator()))
-      continue;
-    TripBound[L] = Expander.expandCodeFor(Trips, I64, Pre->getTerminator());
-  }
-}
-
-/// Each forward block pushes its frame; inside innermost loops whose trip
-/// bound is known, one reservation in the preheader covers every iteration.
-void ReverseSynthesizer::emitPushes() {
-  DenseMap<const Loop *, unsigned> LoopSlots;
-  for (const BasicBlock *B : Reaching)
-    if (const Loop *L = LI.getLoopFor(B))
-      if (TripBound.count(L))
-        LoopSlots[L] += Rev[B].Frame->size();
-  SmallVector<std::pair<Instruction *, Value *>, 4> Reserve;
-  // In program order (not the map's), so that the output is reproducible.
-  for (const Loop *L : LI.getLoopsInPreorder()) {
-    unsigned Slots = LoopSlots.lookup(L);
-    if (Slots == 0)
-      continue;
-    BasicBlock *Pre = forwardEnd(L->getLoopPreheader());
-    IRBuilder<> B(Pre->getTerminator());
-    Value *N = B.CreateMul(mapped(TripBound[L]), ConstantInt::get(I64, Slots),
-                           "enzpy.reserve", /*HasNUW=*/true);
-    Reserve.push_back({Pre->getTerminator(), N});
-  }
-  for (const BasicBlock *B : Reaching) {
-    const Loop *L = LI.getLoopFor(B);
-    bool Reserved = L && LoopSlots.lookup(L) > 0;
-    Rev[B].Frame->emitPush(forwardEnd(B), !Reserved);
-  }
-  // After the preheaders' own pushes, so that those come first.
-  for (auto &[Term, N] : Reserve)
-    TheTape->emitReserve(Term, N);
+  VR.tape().emitFree(Ret);
 }
 
 Expected<Function *> ReverseSynthesizer::run() {
-  expandTripBounds();
+  VR.expandTripBounds();
   createFunction();
   findReaching();
-  createLoopCounters();
+  VR.createLoopCounters(Reaching);
   createPids();
   createShadows();
   DFinal = nullptr;
@@ -770,14 +491,15 @@ Expected<Function *> ReverseSynthesizer::run() {
   for (const BasicBlock *B : Reaching)
     reverseBlock(const_cast<BasicBlock *>(B));
   if (PExit) {
-    BasicBlock *DExit = forwardEnd(PExit);
+    BasicBlock *DExit = Sk.mapped(PExit);
     DExit->getTerminator()->eraseFromParent();
-    BranchInst::Create(Rev[PExit].Head, DExit);
+    BranchInst::Create(Rev[PExit].head(), DExit);
   }
-  emitPushes();
+  VR.emitPushes(Reaching);
   // After the pushes: the checks split blocks that the pushes end.
-  Sk.emitNullChecks(TheTape->failureBlock());
-  logDecisions();
+  Sk.emitNullChecks(VR.tape().failureBlock());
+  if (Log)
+    VR.print(*Log, Reaching);
   return D;
 }
 

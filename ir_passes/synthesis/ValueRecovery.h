@@ -1,0 +1,120 @@
+//===- ValueRecovery.h - forward values in the reverse sweep ----*- C++ -*-===//
+//
+// The reverse of a primal block needs forward values: operands of its rules,
+// shadow addresses, branch decisions. This unit decides, per value and per
+// reversed block, how to get each one back, and emits it at the start of the
+// reversed block (its "head"):
+//
+//  - reuse: a value defined in a block that runs exactly once on every path
+//    that returns (it dominates the normal exit, outside loops) is used as is;
+//  - recompute: address arithmetic, integer index arithmetic and affine
+//    induction variables (from the loop's iteration counter) are rebuilt
+//    from other recovered values when that pops no more tape than the value
+//    itself would; float arithmetic only when it pops nothing;
+//  - re-read: a load of memory that CachePolicy says nothing writes before
+//    the reverse runs is repeated;
+//  - tape: everything else is pushed at the end of its forward block and
+//    popped in the head (Tape.h), one frame per block execution.
+//
+// Counted loops (a preheader, one latch, two predecessors of the header) get
+// an iteration counter in the forward sweep; the reverse counts it down and
+// recomputes induction variables from it, and innermost loops whose trip
+// count ScalarEvolution bounds reserve their tape once in the preheader.
+//
+// Assumes the skeleton's clone of the primal; analyses (dominators, loops,
+// ScalarEvolution) run on the primal, before cloning.
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_SYNTHESIS_VALUERECOVERY_H
+#define ENZPY_SYNTHESIS_VALUERECOVERY_H
+
+#include "analysis/CachePolicy.h"
+#include "synthesis/Skeleton.h"
+#include "synthesis/Tape.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/Analysis/AssumptionCache.h"
+#include "llvm/Analysis/LoopInfo.h"
+#include "llvm/Analysis/ScalarEvolution.h"
+#include "llvm/Analysis/TargetLibraryInfo.h"
+#include "llvm/IR/Dominators.h"
+#include <memory>
+#include <optional>
+
+namespace enzpy {
+
+/// Primal blocks that can reach the normal exit, in program order.
+using BlockSet = llvm::SmallSetVector<const llvm::BasicBlock *, 32>;
+
+class ValueRecovery {
+public:
+  /// A loop reversed by counting instead of by taped predecessor indices:
+  /// the forward sweep counts iterations, the reverse counts down.
+  struct CountedLoop {
+    llvm::PHINode *Counter = nullptr; // forward: iterations before this one
+    llvm::AllocaInst *Remaining = nullptr; // reverse: iteration reversed
+    llvm::BasicBlock *Preheader = nullptr; // primal blocks
+    llvm::BasicBlock *Latch = nullptr;
+  };
+
+  /// What the reverse of one primal block has recovered, in its head.
+  struct Frame {
+    const llvm::BasicBlock *PB = nullptr;
+    llvm::BasicBlock *Head = nullptr;
+    std::optional<Tape::Frame> Taped;
+    llvm::DenseMap<llvm::Value *, llvm::Value *> Rebuilt;
+    llvm::SmallVector<std::pair<const char *, llvm::Value *>, 4> Notes;
+  };
+
+  explicit ValueRecovery(DerivativeSkeleton &Sk);
+
+  /// Before the skeleton clones the primal: an upper bound on the trip
+  /// count of each innermost loop, expanded in its preheader.
+  void expandTripBounds();
+  /// After cloning: the tape, and the counters of counted loops.
+  void createTape();
+  void createLoopCounters(const BlockSet &Reaching);
+  /// The recovery frame of primal block \p PB, whose reverse starts at
+  /// \p Head (a block ending in a branch).
+  Frame &createFrame(const llvm::BasicBlock *PB, llvm::BasicBlock *Head);
+  Frame &frame(const llvm::BasicBlock *PB) { return *Frames.find(PB)->second; }
+
+  /// The forward value \p DV (or the clone of primal \p PV) as usable in
+  /// the reverse of \p R's block.
+  llvm::Value *fetch(llvm::Value *DV, Frame &R);
+  llvm::Value *fetchPrimal(const llvm::Value *PV, Frame &R);
+
+  /// Emits every block's tape push and the loops' reservations; call once
+  /// the reverse sweep is complete (the frames' sizes are then known).
+  void emitPushes(const BlockSet &Reaching);
+  /// The decisions, for the log.
+  void print(llvm::raw_ostream &Log, const BlockSet &Reaching) const;
+
+  const CountedLoop *loopOfHeader(const llvm::BasicBlock *B) const;
+  const llvm::LoopInfo &loops() const { return LI; }
+  const CachePolicy &cache() const { return Cache; }
+  Tape &tape() { return *TheTape; }
+
+private:
+  bool reusable(const llvm::BasicBlock *PDef) const;
+  llvm::Value *recompute(llvm::Instruction *I, Frame &R);
+  unsigned popCost(llvm::Value *DV, Frame &R, unsigned Depth);
+
+  DerivativeSkeleton &Sk;
+  llvm::Type *I64;
+  llvm::DominatorTree DT;
+  llvm::LoopInfo LI;
+  llvm::TargetLibraryInfoImpl TLII;
+  llvm::TargetLibraryInfo TLI;
+  llvm::AssumptionCache AC;
+  llvm::ScalarEvolution SE;
+  CachePolicy Cache;
+  std::optional<Tape> TheTape;
+  llvm::DenseMap<const llvm::Loop *, CountedLoop> Loops;
+  /// Innermost loops' trip-count bounds (primal values in the preheader).
+  llvm::DenseMap<const llvm::Loop *, llvm::Value *> TripBound;
+  llvm::DenseMap<const llvm::BasicBlock *, std::unique_ptr<Frame>> Frames;
+};
+
+} // namespace enzpy
+
+#endif
