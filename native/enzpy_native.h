@@ -30,6 +30,8 @@
  *                    memory overlaps (lets the reverse sweep re-read arrays
  *                    that the function never writes instead of taping them).
  *   "log":           true to record the analyses' decisions in the result log.
+ *   "log_format":    "text" (default; what enzpy.explain shows) or "json": a
+ *                    list of {stage, kind, value, block?, detail?} records.
  *   "optimize":      false to skip the O3 pipeline on the derivative (for a
  *                    derivative that is differentiated again); default true.
  *   "dump_ir":       debugging: also log the canonical primal and the

@@ -369,23 +369,21 @@ Error ActivityAnalysis::run() {
   return Error::success();
 }
 
-void ActivityAnalysis::print(raw_ostream &OS) const {
-  OS << "activity:\n";
+void ActivityAnalysis::record(DecisionLog &Log) const {
+  Log.begin("activity");
   for (Argument &A : F.args()) {
     if (!numba::isUserParam(A))
       continue;
     if (isActive(&A))
-      OS << "  active " << describe(&A) << "\n";
+      Log.record("active", &A);
     if (ActiveRoots.contains(&A))
-      OS << "  active-memory " << describe(&A) << "\n";
+      Log.record("active-memory", &A);
   }
   for (const Instruction &I : instructions(F)) {
     if (isa<AllocaInst>(I) && ActiveRoots.contains(&I))
-      OS << "  active-memory " << describe(&I) << "\n";
-    if (!isFloatLike(I.getType()))
-      continue;
-    OS << "  " << (isActive(&I) ? "active " : "inactive ") << describe(&I)
-       << "\n";
+      Log.record("active-memory", &I);
+    if (isFloatLike(I.getType()))
+      Log.record(isActive(&I) ? "active" : "inactive", &I);
   }
 }
 

@@ -51,7 +51,8 @@ public:
     return ActiveRoots.contains(Root);
   }
 
-  void print(llvm::raw_ostream &OS) const;
+  /// Records the activity of parameters, allocas and float values.
+  void record(DecisionLog &Log) const;
   const TypeAnalysis &types() const { return TA; }
 
 private:

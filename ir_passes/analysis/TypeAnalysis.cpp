@@ -277,15 +277,21 @@ bool TypeAnalysis::isRetPtr(const Value *Root) const {
   return A && A->getParent() == &F && A->getArgNo() == numba::RetPtrParam;
 }
 
-void TypeAnalysis::print(raw_ostream &OS) const {
-  OS << "types:\n";
+void TypeAnalysis::record(DecisionLog &Log) const {
+  Log.begin("types");
+  auto holds = [](Type *T) {
+    std::string S;
+    raw_string_ostream OS(S);
+    OS << "holds " << *T;
+    return S;
+  };
   for (Argument &A : F.args())
     if (Type *T = elementType(&A))
-      OS << "  memory " << describe(&A) << " holds " << *T << "\n";
+      Log.record("memory", &A, nullptr, holds(T));
   for (const Instruction &I : instructions(F))
     if (isa<AllocaInst>(I) || Allocations.count(&I))
       if (Type *T = elementType(&I))
-        OS << "  memory " << describe(&I) << " holds " << *T << "\n";
+        Log.record("memory", &I, nullptr, holds(T));
 }
 
 } // namespace enzpy

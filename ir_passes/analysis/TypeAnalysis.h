@@ -16,6 +16,7 @@
 #ifndef ENZPY_TYPEANALYSIS_H
 #define ENZPY_TYPEANALYSIS_H
 
+#include "driver/DecisionLog.h"
 #include "driver/Request.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/SetVector.h"
@@ -52,7 +53,8 @@ public:
   /// call (NRT_MemInfo_alloc*), else null.
   const llvm::CallBase *allocationOf(const llvm::Value *Root) const;
 
-  void print(llvm::raw_ostream &OS) const;
+  /// Records the element type of every typed root.
+  void record(DecisionLog &Log) const;
 
 private:
   llvm::Function &F;

@@ -9,6 +9,7 @@
 #include "driver/Engine.h"
 #include "analysis/ActivityAnalysis.h"
 #include "analysis/TypeAnalysis.h"
+#include "driver/DecisionLog.h"
 #include "driver/Diagnostics.h"
 #include "driver/Request.h"
 #include "synthesis/ShadowAddresses.h"
@@ -50,8 +51,16 @@ static Expected<std::unique_ptr<Module>> parseModule(StringRef Bytes,
   return std::move(M);
 }
 
+/// \p X as LLVM prints it.
+template <typename T> static std::string printed(const T &X) {
+  std::string S;
+  raw_string_ostream OS(S);
+  OS << X;
+  return S;
+}
+
 static Expected<std::string> run(StringRef Bytes, const Request &Req,
-                                 std::string &Log) {
+                                 DecisionLog &Log) {
   LLVMContext Ctx;
   Expected<std::unique_ptr<Module>> MOr = parseModule(Bytes, Ctx);
   if (!MOr)
@@ -61,9 +70,8 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   if (!C)
     return C.takeError();
 
-  raw_string_ostream LogOS(Log);
   if (Req.DumpIR)
-    LogOS << "canonical primal:\n" << *C->F << "\n";
+    Log.dump("canonical primal", printed(*C->F));
   TypeAnalysis TA(*C->F, Req);
   ActivityAnalysis AA(*C, Req, TA);
   if (Error E = AA.run())
@@ -71,13 +79,13 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   if (Error E = checkShadowable(*C, AA))
     return std::move(E);
   if (Req.Log) {
-    TA.print(LogOS);
-    AA.print(LogOS);
+    TA.record(Log);
+    AA.record(Log);
   }
   // Locations have served the diagnostics; the derivative carries none.
   StripDebugInfo(M);
 
-  raw_ostream *SynthLog = Req.Log ? &LogOS : nullptr;
+  DecisionLog *SynthLog = Req.Log ? &Log : nullptr;
   Expected<Function *> D = synthesize(*C, Req, TA, AA, SynthLog);
   if (!D)
     return D.takeError();
@@ -86,15 +94,13 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   std::string VerifyMsg;
   raw_string_ostream VOS(VerifyMsg);
   if (verifyModule(M, &VOS)) {
-    if (Req.Log) {
-      LogOS << "invalid derivative:\n";
-      M.print(LogOS, nullptr);
-    }
+    if (Req.Log)
+      Log.dump("invalid derivative", printed(M));
     return makeError("internal", "the derivative failed LLVM's verifier: " +
                                      StringRef(VerifyMsg).take_front(2000));
   }
   if (Req.DumpIR)
-    LogOS << "derivative before optimization:\n" << **D << "\n";
+    Log.dump("derivative before optimization", printed(**D));
   if (Req.Optimize)
     optimizeDerivative(M);
   std::string Out;
@@ -105,9 +111,17 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
 
 EngineResult differentiate(StringRef Module, StringRef RequestJson) {
   EngineResult R;
+  DecisionLog Log;
   Expected<Request> Req = parseRequest(RequestJson);
   Expected<std::string> Bitcode =
-      Req ? run(Module, *Req, R.Log) : Expected<std::string>(Req.takeError());
+      Req ? run(Module, *Req, Log) : Expected<std::string>(Req.takeError());
+  if (Req) {
+    raw_string_ostream OS(R.Log);
+    if (Req->LogJson)
+      Log.renderJson(OS);
+    else
+      Log.renderText(OS);
+  }
   if (Bitcode) {
     R.Ok = true;
     R.Bitcode = std::move(*Bitcode);

@@ -73,6 +73,12 @@ Expected<Request> parseRequest(StringRef Json) {
   R.RetActive = RetAct == "active";
   R.ReturnPrimal = Obj->getBoolean("return_primal").value_or(false);
   R.Log = Obj->getBoolean("log").value_or(false);
+  std::string LogFormat = "text";
+  if (Error E = Str("log_format", LogFormat, false))
+    return std::move(E);
+  if (LogFormat != "text" && LogFormat != "json")
+    return bad("log_format must be 'text' or 'json'");
+  R.LogJson = LogFormat == "json";
   R.NoAlias = Obj->getBoolean("noalias").value_or(false);
   R.DumpIR = Obj->getBoolean("dump_ir").value_or(false);
   R.Optimize = Obj->getBoolean("optimize").value_or(true);

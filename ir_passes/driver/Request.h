@@ -49,6 +49,8 @@ struct Request {
   bool RetActive = false;
   bool ReturnPrimal = false;
   bool Log = false;
+  /// The log as JSON records (DecisionLog.h) instead of text.
+  bool LogJson = false;
   /// The caller has checked that no two parameters' memory overlaps (numba
   /// arrays passed as distinct arguments may otherwise be views of one
   /// buffer).

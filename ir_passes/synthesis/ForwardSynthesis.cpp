@@ -79,7 +79,7 @@ enum class MemInfoKind {
 
 class ForwardSynthesizer {
 public:
-  ForwardSynthesizer(DerivativeSkeleton &Sk, raw_ostream *Log)
+  ForwardSynthesizer(DerivativeSkeleton &Sk, DecisionLog *Log)
       : Sk(Sk), Canon(Sk.Canon), Req(Sk.Req), TA(Sk.TA), AA(Sk.AA), Log(Log),
         P(Sk.P), Ctx(Sk.Ctx), Width(Sk.width()) {}
 
@@ -114,7 +114,7 @@ private:
   const Request &Req;
   const TypeAnalysis &TA;
   const ActivityAnalysis &AA;
-  raw_ostream *Log;
+  DecisionLog *Log;
   Function &P;
   LLVMContext &Ctx;
   unsigned Width;
@@ -123,7 +123,6 @@ private:
   SmallVector<const PHINode *, 16> TangentPhis; // to fill in at the end
   /// Primal MemInfo pointers -> the MemInfos of their shadows.
   DenseMap<const Value *, Lanes> MemInfoShadows;
-  std::string Decisions;
 };
 
 Value *ForwardSynthesizer::tangent(const Value *PV, unsigned K) const {
@@ -141,10 +140,8 @@ Value *ForwardSynthesizer::tangentOrZero(const Value *PV, unsigned K) const {
 }
 
 void ForwardSynthesizer::note(const char *What, const Value *PV) {
-  if (!Log)
-    return;
-  raw_string_ostream OS(Decisions);
-  OS << "  " << What << " " << describe(PV) << "\n";
+  if (Log)
+    Log->record(What, PV);
 }
 
 void ForwardSynthesizer::createShadowAllocations() {
@@ -492,6 +489,8 @@ void ForwardSynthesizer::emitNullChecks() {
 }
 
 Expected<Function *> ForwardSynthesizer::run() {
+  if (Log)
+    Log->begin("forward");
   createFunction();
   createShadowAllocations();
   ReversePostOrderTraversal<Function *> RPOT(&P);
@@ -516,15 +515,13 @@ Expected<Function *> ForwardSynthesizer::run() {
     return std::move(E);
   createResult();
   emitNullChecks();
-  if (Log)
-    *Log << "forward:\n" << Decisions;
   return Sk.D;
 }
 
 } // namespace
 
 Expected<Function *> synthesizeForward(DerivativeSkeleton &Sk,
-                                       raw_ostream *Log) {
+                                       DecisionLog *Log) {
   ForwardSynthesizer S(Sk, Log);
   return S.run();
 }

@@ -65,7 +65,7 @@ namespace {
 
 class ReverseSynthesizer {
 public:
-  ReverseSynthesizer(DerivativeSkeleton &Sk, raw_ostream *Log)
+  ReverseSynthesizer(DerivativeSkeleton &Sk, DecisionLog *Log)
       : Sk(Sk), Canon(Sk.Canon), P(Sk.P), PExit(Canon.NormalExit),
         PRaise(Canon.RaiseExit), Req(Sk.Req), TA(Sk.TA), AA(Sk.AA), Log(Log),
         Ctx(Sk.Ctx), I64(Type::getInt64Ty(Ctx)), Width(Sk.width()), VR(Sk),
@@ -121,7 +121,7 @@ private:
   const Request &Req;
   const TypeAnalysis &TA;
   const ActivityAnalysis &AA;
-  raw_ostream *Log;
+  DecisionLog *Log;
   LLVMContext &Ctx;
   Type *I64;
   /// The batch width: adjoints and shadows come in this many lanes; the
@@ -499,14 +499,14 @@ Expected<Function *> ReverseSynthesizer::run() {
   // After the pushes: the checks split blocks that the pushes end.
   Sk.emitNullChecks(VR.tape().failureBlock());
   if (Log)
-    VR.print(*Log, Reaching);
+    VR.record(*Log, Reaching);
   return D;
 }
 
 } // namespace
 
 Expected<Function *> synthesizeReverse(DerivativeSkeleton &Sk,
-                                       raw_ostream *Log) {
+                                       DecisionLog *Log) {
   ReverseSynthesizer S(Sk, Log);
   return S.run();
 }

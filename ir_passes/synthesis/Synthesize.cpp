@@ -9,7 +9,7 @@ namespace enzpy {
 
 namespace {
 using SynthesizerFn = Expected<Function *> (*)(DerivativeSkeleton &,
-                                               raw_ostream *);
+                                               DecisionLog *);
 struct ModeRow {
   Mode M;
   SynthesizerFn Synthesize;
@@ -22,7 +22,7 @@ const ModeRow Modes[] = {
 
 Expected<Function *> synthesize(const CanonicalFunction &C, const Request &Req,
                                 const TypeAnalysis &TA,
-                                const ActivityAnalysis &AA, raw_ostream *Log) {
+                                const ActivityAnalysis &AA, DecisionLog *Log) {
   Expected<Type *> RetType = returnType(Req, *C.F->getParent());
   if (!RetType)
     return RetType.takeError();

@@ -11,6 +11,7 @@
 
 #include "analysis/ActivityAnalysis.h"
 #include "analysis/TypeAnalysis.h"
+#include "driver/DecisionLog.h"
 #include "driver/Request.h"
 #include "synthesis/Skeleton.h"
 #include "transforms/Preprocess.h"
@@ -23,14 +24,14 @@ llvm::Expected<llvm::Function *> synthesize(const CanonicalFunction &C,
                                             const Request &Req,
                                             const TypeAnalysis &TA,
                                             const ActivityAnalysis &AA,
-                                            llvm::raw_ostream *Log);
+                                            DecisionLog *Log);
 
 /// The synthesizers, one per mode, each building on the skeleton; their
 /// files' header comments say what they compute.
 llvm::Expected<llvm::Function *> synthesizeForward(DerivativeSkeleton &Sk,
-                                                   llvm::raw_ostream *Log);
+                                                   DecisionLog *Log);
 llvm::Expected<llvm::Function *> synthesizeReverse(DerivativeSkeleton &Sk,
-                                                   llvm::raw_ostream *Log);
+                                                   DecisionLog *Log);
 
 } // namespace enzpy
 

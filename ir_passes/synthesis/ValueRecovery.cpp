@@ -265,15 +265,14 @@ void ValueRecovery::emitPushes(const BlockSet &Reaching) {
     TheTape->emitReserve(Term, N);
 }
 
-void ValueRecovery::print(raw_ostream &Log, const BlockSet &Reaching) const {
-  Log << "tape:\n";
+void ValueRecovery::record(DecisionLog &Log, const BlockSet &Reaching) const {
+  Log.begin("tape");
   for (const BasicBlock *B : Reaching) {
     const Frame &R = *Frames.find(B)->second;
     for (Value *V : R.Taped->pushed())
-      Log << "  tape " << describe(V) << " in block %" << B->getName() << "\n";
+      Log.record("tape", V, B);
     for (auto &[What, V] : R.Notes)
-      Log << "  " << What << " " << describe(V) << " in block %" << B->getName()
-          << "\n";
+      Log.record(What, V, B);
   }
 }
 

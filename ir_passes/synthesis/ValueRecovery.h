@@ -29,6 +29,7 @@
 #define ENZPY_SYNTHESIS_VALUERECOVERY_H
 
 #include "analysis/CachePolicy.h"
+#include "driver/DecisionLog.h"
 #include "synthesis/Skeleton.h"
 #include "synthesis/Tape.h"
 #include "llvm/ADT/SetVector.h"
@@ -86,8 +87,8 @@ public:
   /// Emits every block's tape push and the loops' reservations; call once
   /// the reverse sweep is complete (the frames' sizes are then known).
   void emitPushes(const BlockSet &Reaching);
-  /// The decisions, for the log.
-  void print(llvm::raw_ostream &Log, const BlockSet &Reaching) const;
+  /// Records what each block tapes, recomputes and re-reads.
+  void record(DecisionLog &Log, const BlockSet &Reaching) const;
 
   const CountedLoop *loopOfHeader(const llvm::BasicBlock *B) const;
   const llvm::LoopInfo &loops() const { return LI; }

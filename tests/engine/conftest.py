@@ -1,9 +1,12 @@
-"""Helpers for engine tests: differentiate hand-written IR through the C ABI
-and run the derivative with llvmlite's JIT."""
+"""Helpers for engine tests: differentiate hand-written IR through the C ABI,
+read the engine's decisions as data (the JSON log), and run the derivative
+with llvmlite's JIT."""
 
 from __future__ import annotations
 
 import ctypes
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import llvmlite.binding as llvm
@@ -21,7 +24,40 @@ def const(n: int = 1) -> list[dict[str, str]]:
     return [{"activity": "const"}] * n
 
 
-def differentiate(ir: str, params: list[dict[str, str]], **fields: Any) -> tuple[bytes, str]:
+@dataclass(frozen=True)
+class Decision:
+    """One decision of the engine (ir_passes/driver/DecisionLog.h)."""
+
+    stage: str
+    kind: str
+    value: str
+    block: str | None = None
+    detail: str | None = None
+
+
+class Decisions:
+    """The engine's decisions for one request, queried by stage and kind."""
+
+    def __init__(self, records: list[dict[str, str]]) -> None:
+        self.all = [Decision(**r) for r in records if r["stage"] != "dump"]
+
+    def __iter__(self):
+        return iter(self.all)
+
+    def of(self, stage: str, kind: str | None = None) -> list[Decision]:
+        return [d for d in self.all if d.stage == stage and kind in (None, d.kind)]
+
+    def has(self, stage: str, kind: str, value: str, block: str | None = None) -> bool:
+        return any(
+            d.value == value and (block is None or d.block == block) for d in self.of(stage, kind)
+        )
+
+    def taped(self) -> list[tuple[str, str | None]]:
+        """(value, block) of every value the reverse sweep tapes."""
+        return [(d.value, d.block) for d in self.of("tape", "tape")]
+
+
+def differentiate(ir: str, params: list[dict[str, str]], **fields: Any) -> tuple[bytes, Decisions]:
     request = {
         "function": "f",
         "name": "df",
@@ -31,9 +67,11 @@ def differentiate(ir: str, params: list[dict[str, str]], **fields: Any) -> tuple
         "return_primal": fields.pop("return_primal", True),
         "params": params,
         "log": True,
+        "log_format": "json",
     }
     request.update(fields)
-    return _native.differentiate(ir.encode(), request)
+    bitcode, log = _native.differentiate(ir.encode(), request)
+    return bitcode, Decisions(json.loads(log))
 
 
 def jit(bitcode: bytes, name: str, *argtypes: Any) -> Any:

@@ -57,8 +57,9 @@ def _straight_grad(a, b):
 
 
 def test_straight_line_tangent():
-    bc, log = forward(STRAIGHT, [ACTIVE, ACTIVE])
-    assert "forward:" in log and "tangent %r" in log
+    bc, decisions = forward(STRAIGHT, [ACTIVE, ACTIVE])
+    assert decisions.has("forward", "tangent", "%r")
+    assert decisions.of("tape") == []
     df = jit(bc, "df", P, P, D, D, D, D)
     out = (D * 2)()
     a, b = 0.7, -1.3
@@ -112,8 +113,9 @@ exit:
 
 
 def test_loop_reduction_tangent_phis(rng):
-    bc, log = forward(SUM_SQUARES, [DUP, *const(), ACTIVE])
-    assert "tangent %acc" in log and "tangent %v" in log
+    bc, decisions = forward(SUM_SQUARES, [DUP, *const(), ACTIVE])
+    assert decisions.has("forward", "tangent", "%acc")
+    assert decisions.has("forward", "tangent", "%v")
     df = jit(bc, "df", P, P, P, I64, D, P, D)
     n, scale = 17, 1.5
     x, dx = rng.standard_normal(n), rng.standard_normal(n)
@@ -326,8 +328,10 @@ declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)
 
 
 def test_copies_and_fills_are_mirrored_on_shadows(rng):
-    bc, log = forward(COPY_FILL, [DUP, DUP, DUP, *const()], ret_type="void", ret_activity="const")
-    assert "tangent-copy" in log and "tangent-fill" in log
+    bc, decisions = forward(
+        COPY_FILL, [DUP, DUP, DUP, *const()], ret_type="void", ret_activity="const"
+    )
+    assert decisions.of("forward", "tangent-copy") and decisions.of("forward", "tangent-fill")
     df = jit(bc, "df", P, P, P, P, P, I64, P, P, P)
     n = 6
     x, dx = rng.standard_normal(n), rng.standard_normal(n)
