@@ -215,6 +215,16 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
   return Error::success();
 }
 
+/// Local memory (allocas and arrays allocated in the function) that \p Ptr
+/// may point into becomes active memory; true when any of it was not yet.
+bool ActivityAnalysis::activateLocalRoots(const Value *Ptr) {
+  bool Changed = false;
+  for (const Value *R : TA.roots(Ptr))
+    if (R != UnknownRoot && (isa<AllocaInst>(R) || TA.allocationOf(R)))
+      Changed |= ActiveRoots.insert(R).second;
+  return Changed;
+}
+
 bool ActivityAnalysis::computeVaried(Error &Err) {
   bool Changed = false;
   auto mark = [&](const Value *V) {
@@ -232,10 +242,7 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
     // array): it only costs a shadow.
     if ((isa<PHINode>(I) || isa<SelectInst>(I)) && I.getType()->isPointerTy() &&
         C.returns(I.getParent()) && pointsToActive(&I))
-      for (const Value *R : TA.roots(&I))
-        if (R != UnknownRoot && (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
-            ActiveRoots.insert(R).second)
-          Changed = true;
+      Changed |= activateLocalRoots(&I);
     if (auto *CB = dyn_cast<CallBase>(&I))
       if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
         // A product of differentiable arrays makes its output active.
@@ -243,29 +250,19 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
         for (unsigned K : Blas->inputs())
           AnyInput |= pointsToActive(CB->getArgOperand(K));
         if (AnyInput && C.returns(CB->getParent()))
-          for (const Value *R : TA.roots(CB->getArgOperand(Blas->output())))
-            if (R != UnknownRoot &&
-                (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
-                ActiveRoots.insert(R).second)
-              Changed = true;
+          Changed |= activateLocalRoots(CB->getArgOperand(Blas->output()));
         continue;
       }
     if (auto *MT = dyn_cast<AnyMemTransferInst>(&I)) {
       // Copying differentiable data into a local allocation makes it active.
       if (C.returns(MT->getParent()) && pointsToActive(MT->getRawSource()))
-        for (const Value *R : TA.roots(MT->getRawDest()))
-          if (R != UnknownRoot && (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
-              ActiveRoots.insert(R).second)
-            Changed = true;
+        Changed |= activateLocalRoots(MT->getRawDest());
       continue;
     }
     if (auto *SI = dyn_cast<StoreInst>(&I)) {
       // A varied float stored into a local allocation makes it active.
       if (C.returns(SI->getParent()) && isVaried(SI->getValueOperand()))
-        for (const Value *R : TA.roots(SI->getPointerOperand()))
-          if (R != UnknownRoot && (isa<AllocaInst>(R) || TA.allocationOf(R)) &&
-              ActiveRoots.insert(R).second)
-            Changed = true;
+        Changed |= activateLocalRoots(SI->getPointerOperand());
       continue;
     }
     if (!isFloatLike(I.getType()))

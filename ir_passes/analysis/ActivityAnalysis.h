@@ -61,6 +61,7 @@ private:
   llvm::Error checkTraceable(const llvm::Instruction *I,
                              const llvm::Value *Ptr) const;
   llvm::Error checkInstruction(const llvm::Instruction &I) const;
+  bool activateLocalRoots(const llvm::Value *Ptr);
   bool computeVaried(llvm::Error &Err);
   void computeUseful();
 

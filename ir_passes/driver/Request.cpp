@@ -65,20 +65,23 @@ Expected<Request> parseRequest(StringRef Json) {
       return bad("width must be an integer from 1 to " + Twine(MaxWidth));
     R.Width = static_cast<unsigned>(*Width);
   }
-  std::string RetAct = "const";
-  if (Error E = Str("ret_activity", RetAct, false))
+  // A string field that takes one of two words: true for the first.
+  auto Either = [&](StringRef Key, StringRef First, StringRef Second,
+                    StringRef Default, bool &Out) -> Error {
+    std::string V = Default.str();
+    if (Error E = Str(Key, V, false))
+      return E;
+    if (V != First && V != Second)
+      return bad(Key + " must be '" + First + "' or '" + Second + "'");
+    Out = V == First;
+    return Error::success();
+  };
+  if (Error E = Either("ret_activity", "active", "const", "const", R.RetActive))
     return std::move(E);
-  if (RetAct != "active" && RetAct != "const")
-    return bad("ret_activity must be 'active' or 'const'");
-  R.RetActive = RetAct == "active";
   R.ReturnPrimal = Obj->getBoolean("return_primal").value_or(false);
   R.Log = Obj->getBoolean("log").value_or(false);
-  std::string LogFormat = "text";
-  if (Error E = Str("log_format", LogFormat, false))
+  if (Error E = Either("log_format", "json", "text", "text", R.LogJson))
     return std::move(E);
-  if (LogFormat != "text" && LogFormat != "json")
-    return bad("log_format must be 'text' or 'json'");
-  R.LogJson = LogFormat == "json";
   R.NoAlias = Obj->getBoolean("noalias").value_or(false);
   R.DumpIR = Obj->getBoolean("dump_ir").value_or(false);
   R.Optimize = Obj->getBoolean("optimize").value_or(true);

@@ -42,20 +42,21 @@ unsigned BlasCall::output() const {
   return 0;
 }
 
+/// The argument position of a scalar that gemv and gemm take by address (a
+/// dot product has neither alpha nor beta).
+static std::optional<unsigned> scalarArg(BlasCall::Op Kind, unsigned InGemv,
+                                         unsigned InGemm) {
+  if (Kind == BlasCall::Dot)
+    return std::nullopt;
+  return Kind == BlasCall::Gemv ? InGemv : InGemm;
+}
+
 std::optional<unsigned> BlasCall::alpha() const {
-  if (Kind == Gemv)
-    return 4;
-  if (Kind == Gemm)
-    return 6;
-  return std::nullopt;
+  return scalarArg(Kind, 4, 6);
 }
 
 std::optional<unsigned> BlasCall::beta() const {
-  if (Kind == Gemv)
-    return 8;
-  if (Kind == Gemm)
-    return 11;
-  return std::nullopt;
+  return scalarArg(Kind, 8, 11);
 }
 
 std::optional<BlasCall> matchBlasCall(const CallBase &CB) {

@@ -208,25 +208,11 @@ Value *ForwardSynthesizer::memInfoShadow(const Value *V, unsigned K) {
     Value *Slot = shadow(L->getPointerOperand(), K);
     IRBuilder<> B(cast<Instruction>(mapped(L))->getNextNode());
     S = B.CreateLoad(Ptr, Slot, L->getName() + "'shadow.mi");
-  } else if (auto *Phi = dyn_cast<PHINode>(V)) {
-    auto *DP = cast<PHINode>(mapped(Phi));
-    PHINode *SP = PHINode::Create(Ptr, DP->getNumIncomingValues(),
-                                  Phi->getName() + "'shadow.mi");
-    SP->insertBefore(DP->getIterator());
-    Lanes &L = MemInfoShadows[V];
-    L.resize(Width, nullptr);
-    L[K] = SP; // before the incoming values: cycles
-    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I) {
-      Value *In = memInfoShadow(Phi->getIncomingValue(I), K);
-      SP->addIncoming(In, DP->getIncomingBlock(I));
-    }
-    return SP;
-  } else if (auto *Sel = dyn_cast<SelectInst>(V)) {
-    auto *DS = cast<SelectInst>(mapped(Sel));
-    Value *T = memInfoShadow(Sel->getTrueValue(), K);
-    Value *F = memInfoShadow(Sel->getFalseValue(), K);
-    IRBuilder<> B(DS->getNextNode());
-    S = B.CreateSelect(DS->getCondition(), T, F, Sel->getName() + "'shadow.mi");
+  } else {
+    S = Sk.mirrorMerge(
+        V, K, MemInfoShadows,
+        [&](const Value *In) { return memInfoShadow(In, K); },
+        V->getName() + "'shadow.mi");
   }
   assert(S && "memInfoShadow of a MemInfo that classifyMemInfo rejects");
   Lanes &L = MemInfoShadows[V];

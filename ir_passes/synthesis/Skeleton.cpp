@@ -155,24 +155,10 @@ Value *DerivativeSkeleton::shadow(const Value *PPtr, unsigned K) {
     SmallVector<Value *, 4> Idx(DG->indices());
     S = B.CreateGEP(DG->getSourceElementType(), Base, Idx, laneName(Name, K),
                     DG->getNoWrapFlags());
-  } else if (auto *Phi = dyn_cast<PHINode>(PPtr)) {
-    auto *DP = cast<PHINode>(mapped(Phi));
-    PHINode *SP = PHINode::Create(DP->getType(), DP->getNumIncomingValues(),
-                                  laneName(Name, K));
-    SP->insertBefore(DP->getIterator());
-    Lanes &L = Shadows[PPtr];
-    L.resize(Width, nullptr);
-    L[K] = SP; // before the incoming values: cycles
-    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I)
-      SP->addIncoming(shadow(Phi->getIncomingValue(I), K),
-                      DP->getIncomingBlock(I));
-    return SP;
-  } else if (auto *Sel = dyn_cast<SelectInst>(PPtr)) {
-    auto *DS = cast<SelectInst>(mapped(Sel));
-    Value *T = shadow(Sel->getTrueValue(), K);
-    Value *F = shadow(Sel->getFalseValue(), K);
-    IRBuilder<> B(DS->getNextNode());
-    S = B.CreateSelect(DS->getCondition(), T, F, laneName(Name, K));
+  } else if (isa<PHINode>(PPtr) || isa<SelectInst>(PPtr)) {
+    S = mirrorMerge(
+        PPtr, K, Shadows, [&](const Value *In) { return shadow(In, K); },
+        laneName(Name, K));
   } else if (auto *Cast = dyn_cast<CastInst>(PPtr)) {
     S = shadow(Cast->getOperand(0), K);
   } else if (isSpilledPointer(PPtr)) {
@@ -191,6 +177,36 @@ Value *DerivativeSkeleton::shadow(const Value *PPtr, unsigned K) {
   L.resize(Width, nullptr);
   L[K] = S;
   return S;
+}
+
+Value *DerivativeSkeleton::mirrorMerge(const Value *V, unsigned K,
+                                       DenseMap<const Value *, Lanes> &Memo,
+                                       function_ref<Value *(const Value *)> Of,
+                                       const Twine &Name) {
+  auto remember = [&](Value *M) {
+    Lanes &L = Memo[V];
+    L.resize(Width, nullptr);
+    L[K] = M;
+    return M;
+  };
+  if (auto *Phi = dyn_cast<PHINode>(V)) {
+    auto *DP = cast<PHINode>(mapped(Phi));
+    PHINode *M =
+        PHINode::Create(DP->getType(), DP->getNumIncomingValues(), Name);
+    M->insertBefore(DP->getIterator());
+    remember(M); // before the incoming values: cycles
+    for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I)
+      M->addIncoming(Of(Phi->getIncomingValue(I)), DP->getIncomingBlock(I));
+    return M;
+  }
+  if (auto *Sel = dyn_cast<SelectInst>(V)) {
+    auto *DS = cast<SelectInst>(mapped(Sel));
+    Value *T = Of(Sel->getTrueValue());
+    Value *F = Of(Sel->getFalseValue());
+    IRBuilder<> B(DS->getNextNode());
+    return remember(B.CreateSelect(DS->getCondition(), T, F, Name));
+  }
+  return nullptr;
 }
 
 /// The shadows of an allocated array: allocated like it right after it, and

@@ -80,6 +80,15 @@ public:
 
   /// The address that mirrors \p PPtr on the shadow of lane \p K.
   llvm::Value *shadow(const llvm::Value *PPtr, unsigned K);
+  /// The mirror of the pointer phi or select \p V in lane \p K: the same
+  /// merge beside V's clone, over \p Of(each incoming value) (its shadow, or
+  /// the MemInfo of its shadow), recorded in \p Memo before the incoming
+  /// values are mirrored (phis may be cyclic). Null for other values.
+  llvm::Value *
+  mirrorMerge(const llvm::Value *V, unsigned K,
+              llvm::DenseMap<const llvm::Value *, Lanes> &Memo,
+              llvm::function_ref<llvm::Value *(const llvm::Value *)> Of,
+              const llvm::Twine &Name);
   /// The MemInfos of the shadows of an array allocated in the function,
   /// allocated on first use.
   const Lanes &shadowAllocation(const llvm::CallBase *Alloc);
