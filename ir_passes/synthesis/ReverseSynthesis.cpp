@@ -34,6 +34,7 @@
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
 #include "synthesis/Adjoints.h"
+#include "synthesis/ReleaseList.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
@@ -130,6 +131,9 @@ private:
   ValueRecovery VR;
   /// Adjoints of SSA values, one accumulator per lane.
   AdjointStore Adj;
+  /// References to drop on every way out (shadow allocations, arrays kept
+  /// alive for re-reads).
+  std::optional<ReleaseList> Release;
 
   Function *D = nullptr;
   BasicBlock *DEntry = nullptr;
@@ -164,6 +168,7 @@ void ReverseSynthesizer::createShadows() {
     auto *DA = cast<Instruction>(mapped(A));
     IRBuilder<> B(DA->getNextNode());
     B.CreateCall(Incref, {DA});
+    Sk.failIfNull(Release->emitAppend(B, DA));
   }
   for (const BasicBlock *B : Reaching)
     for (const Instruction &I : *B) {
@@ -295,10 +300,16 @@ void ReverseSynthesizer::createFunction() {
   if (Req.RetActive)
     Sk.createReturnShadows([&](unsigned K) { return Sk.trailing(K); });
   VR.createTape();
+  Release.emplace(*D, *DEntry);
+  // Shadows live until every way out of the derivative (ReleaseList.h).
+  Sk.OnShadowAllocation = [this](IRBuilder<> &B, Value *SMI) {
+    Sk.failIfNull(Release->emitAppend(B, SMI));
+  };
 
   if (PRaise) {
     BasicBlock *DRaise = Sk.mapped(PRaise);
     VR.tape().emitFree(DRaise->getTerminator());
+    Release->emitReleaseAll(DRaise->getTerminator());
   }
 }
 
@@ -346,17 +357,8 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
         reverseBlas(*Blas, RB, R);
       return;
     }
-  if (numba::isAllocationCall(&I)) {
-    FunctionCallee Decref = numba::decrefFunction(*D->getParent());
-    auto *Alloc = cast<CallBase>(&I);
-    if (Sk.hasShadowAllocation(Alloc))
-      for (Value *SMI : Sk.shadowAllocation(Alloc))
-        RB.CreateCall(Decref, {fetch(SMI, R)});
-    // The array itself, kept alive for re-reads (see createShadows).
-    if (VR.cache().keptAlive().contains(cast<CallBase>(&I)))
-      RB.CreateCall(Decref, {fetchPrimal(&I, R)});
-    return;
-  }
+  if (numba::isAllocationCall(&I))
+    return; // its shadow and extra reference are on the release list
   if (auto *L = dyn_cast<LoadInst>(&I)) {
     if (!AA.isActive(L))
       return;
@@ -477,6 +479,7 @@ void ReverseSynthesizer::createFinal() {
   Sk.storeResult(B, Values);
   ReturnInst *Ret = B.CreateRet(B.getInt32(0));
   VR.tape().emitFree(Ret);
+  Release->emitReleaseAll(Ret);
 }
 
 Expected<Function *> ReverseSynthesizer::run() {
@@ -497,7 +500,9 @@ Expected<Function *> ReverseSynthesizer::run() {
   }
   VR.emitPushes(Reaching);
   // After the pushes: the checks split blocks that the pushes end.
-  Sk.emitNullChecks(VR.tape().failureBlock());
+  BasicBlock *Fail = VR.tape().failureBlock();
+  Release->emitReleaseAll(Fail->getTerminator());
+  Sk.emitNullChecks(Fail);
   if (Log)
     VR.record(*Log, Reaching);
   return D;

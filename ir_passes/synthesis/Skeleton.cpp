@@ -226,6 +226,8 @@ const Lanes &DerivativeSkeleton::shadowAllocation(const CallBase *Alloc) {
     failIfNull(SMI);
     B.CreateMemSet(numba::emitDataPointer(B, SMI), B.getInt8(0),
                    DA->getArgOperand(0), MaybeAlign());
+    if (OnShadowAllocation)
+      OnShadowAllocation(B, SMI);
     SMIs.push_back(SMI);
   }
   return ShadowAllocs[Alloc] = std::move(SMIs);

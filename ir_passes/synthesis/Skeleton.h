@@ -34,6 +34,7 @@
 #include "llvm/ADT/STLFunctionalExtras.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/Transforms/Utils/ValueMapper.h"
+#include <functional>
 
 namespace enzpy {
 
@@ -96,6 +97,9 @@ public:
     return ShadowAllocs.count(Alloc);
   }
   bool anyShadowAllocation() const { return !ShadowAllocs.empty(); }
+  /// Called with each new shadow MemInfo, the builder placed after its
+  /// set-up (reverse mode takes ownership of it there).
+  std::function<void(llvm::IRBuilder<> &, llvm::Value *)> OnShadowAllocation;
 
   /// A pointer stored to a stack slot: its shadow goes to the slot's shadow,
   /// so that the pointer loaded back has one. That is the shadow address
