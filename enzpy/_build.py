@@ -179,7 +179,7 @@ def entry(b: Bound, noalias: bool | None = None) -> Entry:
     """The compiled derivative for the call ``b``. ``noalias`` defaults to
     what this call's arrays allow; a derivative kept for other calls
     (``derivative``) must not assume it."""
-    if not b.prepared.noalias:
+    if not b.prepared.separate:
         check_arguments(b.args)  # overlapping arrays: refuse what cannot be right
     disjoint = b.prepared.noalias if noalias is None else noalias
     key = (id(b.disp), b.mode, b.ret_active, b.prepared.key, disjoint)
