@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import EnzpyValueError
 
-__all__ = ["arrays_in", "check_arguments", "check_shared_memory"]
+__all__ = ["address", "arrays_in", "check_arguments", "check_shared_memory"]
 
 
 def arrays_in(value: Any) -> list[np.ndarray]:
@@ -55,7 +55,8 @@ def _share(a: np.ndarray, b: np.ndarray) -> bool:
         return True  # cannot tell: assume they do
 
 
-def _address(a: np.ndarray) -> int:
+def address(a: np.ndarray) -> int:
+    """The address of ``a``'s first element."""
     return int(a.__array_interface__["data"][0])
 
 
@@ -120,7 +121,7 @@ def check_shared_memory(
                 primals
                 and dx.strides == x.strides
                 and dy.strides == y.strides
-                and _address(x) - _address(y) == _address(dx) - _address(dy)
+                and address(x) - address(y) == address(dx) - address(dy)
                 and (shadows or dx is dy)
             )
             if mirrored:
