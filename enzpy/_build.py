@@ -148,6 +148,15 @@ def _signature(b: Bound, noalias: bool) -> tuple[Captured, CallSignature]:
     _native.load()  # fail before compiling anything when the engine is missing
     p = b.prepared
     captured = capture(b.disp, tuple(p.argtypes))
+    if isinstance(captured.restype, types.Optional):
+        raise UnsupportedError(
+            f"{function_name(b.disp)} returns {captured.restype}: a value on some paths "
+            "and None on others (a bare `return`, or the end of the function reached "
+            "without a return), which enzpy cannot differentiate; return a "
+            f"{captured.restype.type} on every path (e.g. `return 0.0`)",
+            file=captured.file,
+            line=captured.line,
+        )
     if b.ret_active and any(a is not Const for a in p.annotations):
         problem = b.mode.seeding_problem(captured.restype)
         if problem is not None:

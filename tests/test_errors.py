@@ -331,3 +331,33 @@ def test_exception_raised_by_the_kernel_propagates_and_leaves_shadows_alone():
     # and the derivative works where the kernel does not raise
     x[2] = 1.0
     fd.check_vjp(raises_on_negative, fd.Dup(x), fd.Dup(np.zeros(4)))
+
+
+# -- optional returns (issue #10) -------------------------------------------------
+
+
+@numba.njit
+def positive_part_or_nothing(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i]
+    if s > 0:
+        return s * s
+
+
+@pytest.mark.parametrize(
+    "mode", [enzpy.Reverse, enzpy.ReverseWithPrimal, enzpy.Forward, enzpy.ForwardWithPrimal]
+)
+def test_optional_float_return_is_refused_naming_the_function_and_the_fix(mode):
+    x, dx = np.array([1.0, 2.0]), np.array([0.5, 0.5])
+    with pytest.raises(enzpy.UnsupportedError) as info:
+        enzpy.autodiff(positive_part_or_nothing, Duplicated(x, dx), mode=mode)
+    msg = str(info.value)
+    assert "positive_part_or_nothing" in msg and "None" in msg and "return 0.0" in msg
+    assert same_file(info.value.file)
+    np.testing.assert_array_equal(dx, [0.5, 0.5])
+    np.testing.assert_array_equal(x, [1.0, 2.0])
+    with pytest.raises(enzpy.UnsupportedError, match="every path"):
+        enzpy.gradient(positive_part_or_nothing, x)
+    with pytest.raises(enzpy.UnsupportedError, match="every path"):
+        enzpy.hvp(positive_part_or_nothing, x, np.ones(2))
