@@ -128,8 +128,15 @@ def _numba_error(e: BaseException, what: str) -> CompilationError:
 
 def _check_arity(disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]) -> None:
     params = list(disp._compiler.pysig.parameters.values())
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
-        return
+    star = [p for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if star:
+        stars = "*" if star[0].kind is star[0].VAR_POSITIONAL else "**"
+        raise UnsupportedError(
+            f"{disp.py_func.__qualname__} takes {stars}{star[0].name}: enzpy differentiates "
+            "functions with a fixed list of parameters (numba packs variable arguments "
+            "into a tuple, which the derivative's parameters cannot follow); define it "
+            "with one parameter per argument"
+        )
     if len(argtypes) != len(params):
         raise EnzpyTypeError(
             f"{disp.py_func.__qualname__} takes {len(params)} arguments, got "

@@ -11,7 +11,7 @@ from . import _build
 from ._aliasing import address, arrays_in, check_arguments
 from ._config import FLOAT_DTYPES, MAX_BATCH_WIDTH
 from ._modes import Forward, Mode, Reverse, ReverseWithPrimal, check_mode
-from ._values import arrays_disjoint, staged_like, zeros_like_strided
+from ._values import arrays_disjoint, check_plain_array, staged_like, zeros_like_strided
 from .annotations import Active, BatchDuplicated, Const, Duplicated
 from .errors import ActivityError, EnzpyTypeError, EnzpyValueError
 
@@ -48,6 +48,8 @@ def replica(values: tuple[Any, ...]) -> tuple[Any, ...]:
     the same function on the copies as on the originals.
     """
     arrays = arrays_in(values)
+    for k, a in enumerate(arrays):
+        check_plain_array(f"array {k} of the arguments", a)
     users: dict[int, int] = {}
     for a in {id(a): a for a in arrays}.values():
         users[id(_root(a))] = users.get(id(_root(a)), 0) + 1
@@ -87,6 +89,8 @@ def replica(values: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _float_array(what: str, a: Any) -> np.ndarray:
     """``a``, checked to be a non-empty float array (``what`` names it)."""
+    if isinstance(a, np.ndarray):
+        check_plain_array(f"jacobian: {what}", a)
     if not isinstance(a, np.ndarray) or a.dtype not in FLOAT_DTYPES:
         raise EnzpyTypeError(
             f"jacobian: {what} must be a float32 or float64 numpy array, got "
@@ -198,6 +202,8 @@ def jacobian(
 
 
 def _same_array_like(what: str, x: np.ndarray, a: Any) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        check_plain_array(f"hvp: {what}", a)
     if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.shape != x.shape:
         raise EnzpyTypeError(
             f"hvp: {what} must be a {x.dtype} array of x's shape {x.shape}, got "

@@ -27,7 +27,15 @@ from ._aliasing import arrays_in
 from ._config import FLOAT_TYPES, MAX_BATCH_WIDTH
 from ._modes import Mode
 from ._params import ArgLayout, CallShape, Lanes, Param, Result, Section, Seeds, Value, Whole
-from ._values import Staged, arrays_disjoint, ordinal, same_layout, staged_like, typeof
+from ._values import (
+    Staged,
+    arrays_disjoint,
+    check_plain_array,
+    ordinal,
+    same_layout,
+    staged_like,
+    typeof,
+)
 from .annotations import Annotation, Const
 from .errors import EnzpyTypeError, EnzpyValueError
 
@@ -92,11 +100,16 @@ class Prepared:
     def add(self, annotation: type[Annotation], value: Any, *shadows: Any) -> None:
         """Argument ``value`` annotated ``annotation``, and the shadows or
         tangents that follow it among the wrapper's arguments."""
+        position = len(self.annotations)
         if isinstance(value, np.ndarray):
+            check_plain_array(ordinal(position), value)
             self._arrays.append(value)
         elif isinstance(value, tuple | list):
             self._containers = True
-            self._nested.extend(arrays_in(value))
+            nested = arrays_in(value)
+            for a in nested:
+                check_plain_array(ordinal(position), a)
+            self._nested.extend(nested)
         self.call_args.append(value)
         self.call_args.extend(shadows)
         self.annotations.append(annotation)
