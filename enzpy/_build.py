@@ -22,7 +22,7 @@ from numba.core.registry import CPUDispatcher
 
 from . import _cache, _link, _native
 from ._aliasing import check_arguments
-from ._capture import Captured, as_dispatcher, capture
+from ._capture import Captured, as_dispatcher, capture, compiled_overload
 from ._config import target_context
 from ._modes import Forward, Mode, ReverseWithPrimal, check_mode
 from ._params import CallShape, DataOf
@@ -148,6 +148,15 @@ def _signature(b: Bound, noalias: bool) -> tuple[Captured, CallSignature]:
     _native.load()  # fail before compiling anything when the engine is missing
     p = b.prepared
     captured = capture(b.disp, tuple(p.argtypes))
+    if isinstance(captured.restype, types.Optional):
+        raise UnsupportedError(
+            f"{function_name(b.disp)} returns {captured.restype}: a value on some paths "
+            "and None on others (a bare `return`, or the end of the function reached "
+            "without a return), which enzpy cannot differentiate; return a "
+            f"{captured.restype.type} on every path (e.g. `return 0.0`)",
+            file=captured.file,
+            line=captured.line,
+        )
     if b.ret_active and any(a is not Const for a in p.annotations):
         problem = b.mode.seeding_problem(captured.restype)
         if problem is not None:
@@ -166,26 +175,29 @@ def _signature(b: Bound, noalias: bool) -> tuple[Captured, CallSignature]:
     return captured, sig
 
 
-def _build(b: Bound, noalias: bool) -> Entry:
+def _build(b: Bound, noalias: bool, overload: Any) -> Entry:
     captured, sig = _signature(b, noalias)
     bitcode, _ = _run_engine(captured, sig, log=False)
     linked = _link.link(
         bitcode, sig, captured.libraries, function_name(b.disp), captured.environments
     )
-    return Entry(linked, captured.restype, (b.disp, b.prepared.argtypes))
+    return Entry(linked, captured.restype, (b.disp, b.prepared.argtypes, overload))
 
 
 def entry(b: Bound, noalias: bool | None = None) -> Entry:
     """The compiled derivative for the call ``b``. ``noalias`` defaults to
     what this call's arrays allow; a derivative kept for other calls
     (``derivative``) must not assume it."""
-    if not b.prepared.noalias:
+    if not b.prepared.separate:
         check_arguments(b.args)  # overlapping arrays: refuse what cannot be right
     disjoint = b.prepared.noalias if noalias is None else noalias
-    key = (id(b.disp), b.mode, b.ret_active, b.prepared.key, disjoint)
+    # Keyed by numba's compile of f too: a derivative is of the values numba
+    # froze into the code f(...) runs, and is rebuilt when numba recompiles.
+    overload = compiled_overload(b.disp, tuple(b.prepared.argtypes))
+    key = (id(b.disp), id(overload), b.mode, b.ret_active, b.prepared.key, disjoint)
     found = _cache.lookup(key)
     if found is None:
-        found = _cache.get_or_build(key, lambda: _build(b, disjoint))
+        found = _cache.get_or_build(key, lambda: _build(b, disjoint, overload))
     assert isinstance(found, Entry)
     return found
 
@@ -228,15 +240,16 @@ def hvp_entry(f: Any, x: np.ndarray, v: np.ndarray, args: tuple[Any, ...], noali
     ``dret * H v`` into ``hv``."""
     disp = dispatcher(f)
     prepared = prepare((Duplicated(x, v), *args), Forward)
-    key = ("hvp", id(disp), prepared.key, noalias)
+    overload = compiled_overload(disp, tuple(prepared.argtypes))
+    key = ("hvp", id(disp), id(overload), prepared.key, noalias)
     found = _cache.lookup(key)
     if found is None:
-        found = _cache.get_or_build(key, lambda: _build_hvp(disp, prepared, noalias))
+        found = _cache.get_or_build(key, lambda: _build_hvp(disp, prepared, noalias, overload))
     assert isinstance(found, Entry)
     return found
 
 
-def _build_hvp(disp: Dispatcher, prepared: Prepared, noalias: bool) -> Entry:
+def _build_hvp(disp: Dispatcher, prepared: Prepared, noalias: bool, overload: Any) -> Entry:
     # Reverse over forward: the forward derivative x, v -> <grad f(x), v>
     # (not optimized, so that the engine reads it as it wrote it) is
     # differentiated in reverse mode with respect to x: H v (H symmetric).
@@ -276,4 +289,4 @@ def _build_hvp(disp: Dispatcher, prepared: Prepared, noalias: bool) -> Entry:
         captured.environments,
         doc=doc,
     )
-    return Entry(linked, captured.restype, (disp, prepared.argtypes))
+    return Entry(linked, captured.restype, (disp, prepared.argtypes, overload))

@@ -1,6 +1,8 @@
 """Cache of compiled derivatives.
 
-A derivative is keyed by the numba dispatcher, the numba types of the
+A derivative is keyed by the numba dispatcher, numba's compile result for
+the call (so that, as in numba, a derivative keeps the global values numba
+froze into the function until numba recompiles it), the numba types of the
 arguments, their activities, the mode and whether the return value is seeded.
 A cached derivative is reused without any compilation; ``info()`` counts hits,
 misses and builds so that tests can check this.

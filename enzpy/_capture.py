@@ -26,6 +26,7 @@ from typing import Any
 
 import llvmlite.binding as llvm
 import numba
+import numpy as np
 from numba.core import codegen as numba_codegen
 from numba.core import compiler, types
 from numba.core import errors as numba_errors
@@ -36,7 +37,7 @@ from numba.core.registry import CPUDispatcher
 
 from .errors import CompilationError, EnzpyTypeError, InternalError, UnsupportedError
 
-__all__ = ["Captured", "as_dispatcher", "capture"]
+__all__ = ["Captured", "as_dispatcher", "capture", "compiled_overload"]
 
 
 class _RecordingLibrary(numba_codegen.JITCodeLibrary):
@@ -128,8 +129,15 @@ def _numba_error(e: BaseException, what: str) -> CompilationError:
 
 def _check_arity(disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]) -> None:
     params = list(disp._compiler.pysig.parameters.values())
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
-        return
+    star = [p for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if star:
+        stars = "*" if star[0].kind is star[0].VAR_POSITIONAL else "**"
+        raise UnsupportedError(
+            f"{disp.py_func.__qualname__} takes {stars}{star[0].name}: enzpy differentiates "
+            "functions with a fixed list of parameters (numba packs variable arguments "
+            "into a tuple, which the derivative's parameters cannot follow); define it "
+            "with one parameter per argument"
+        )
     if len(argtypes) != len(params):
         raise EnzpyTypeError(
             f"{disp.py_func.__qualname__} takes {len(params)} arguments, got "
@@ -160,6 +168,127 @@ def _resolve_argtypes(
     )
 
 
+def compiled_overload(disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]) -> Any:
+    """The dispatcher's own compile result for a call with ``argtypes`` (what
+    ``f(...)`` runs), compiled first if it does not exist yet. Its identity
+    changes when numba compiles ``f`` again (``f.recompile()``), which is
+    when numba takes new values of the globals ``f`` reads."""
+    argtypes = tuple(argtypes)
+    _check_arity(disp, argtypes)
+    return _overload(disp, _resolve_argtypes(disp, argtypes))
+
+
+def _overload(disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]) -> Any:
+    """``disp``'s compile result for exactly ``argtypes`` (compiled now if
+    missing)."""
+    cres = disp.overloads.get(argtypes)
+    if cres is None:
+        what = f"{disp.py_func.__qualname__}({', '.join(str(t) for t in argtypes)})"
+        try:
+            disp.compile(argtypes)
+        except numba_errors.NumbaError as e:
+            raise _numba_error(e, what) from e
+        cres = disp.overloads.get(argtypes)
+    return cres
+
+
+def _frozen_globals(cres: Any) -> dict[str, Any] | None:
+    """The globals and closure variables a compile result froze (name to
+    the object numba read), or None when numba kept no IR (e.g. a compile
+    loaded from numba's on-disk cache)."""
+    blocks = getattr(getattr(cres, "type_annotation", None), "blocks", None)
+    if blocks is None:
+        return None
+    found: dict[str, Any] = {}
+    for block in blocks.values():
+        for inst in block.body:
+            if isinstance(inst, numba_ir.Assign) and isinstance(
+                inst.value, numba_ir.Global | numba_ir.FreeVar
+            ):
+                found[inst.value.name] = inst.value.value
+    return found
+
+
+_SIMPLE = (int, float, complex, bool, str, bytes, type(None), np.number, np.bool_)
+
+
+def _same_frozen(a: Any, b: Any) -> bool:
+    """Whether numba froze the same thing from ``a`` as from ``b``. Arrays
+    compare by dtype, shape and strides here; their contents are compared
+    in the compiled code (``_frozen_arrays``)."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(_same_frozen(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, _SIMPLE) and type(a) is type(b):
+        return bool(a == b) or (a != a and b != b)  # NaN froze as NaN
+    return False
+
+
+def _stale_global(ours: Any, theirs: Any) -> str | None:
+    """The name of a global (or closure variable) that our fresh compile
+    read differently from the dispatcher's compile, if any."""
+    mine, used = _frozen_globals(ours), _frozen_globals(theirs)
+    if mine is None or used is None:
+        return None
+    for name, value in mine.items():
+        # Undefined when numba compiled: only a function's reference to itself
+        # (an explicit signature compiles at decoration), which froze nothing.
+        if name in used and used[name] is not numba_ir.UNDEFINED:
+            if not _same_frozen(value, used[name]):
+                return name
+    return None
+
+
+#: Contents of the constant arrays numba froze into a module (global arrays
+#: the function reads), as LLVM prints them.
+_FROZEN_ARRAY = re.compile(
+    r'^@"?\.const\.array\.data[^ ]* = [^\n]*?constant (\[\d+ x i8\] (?:c"[^"]*"|zeroinitializer))',
+    re.M,
+)
+
+
+def _frozen_arrays(text: str) -> set[str]:
+    return set(_FROZEN_ARRAY.findall(text))
+
+
+def _stale_arrays(bitcode: bytes, module_text: str, theirs: Any, tctx: Any) -> bool:
+    """Whether the module we captured froze global array contents that the
+    dispatcher's compiled code (``theirs``) does not hold: the array was
+    changed in place after numba compiled the function. Our constants are
+    compared before O3 first; only when some are missing from numba's
+    optimized code (which may have folded constant loads away) are they
+    compared again after the same optimization."""
+    try:
+        used = _frozen_arrays(theirs.library.get_llvm_str())
+    except Exception:  # noqa: BLE001 - no LLVM kept (e.g. loaded from numba's cache)
+        return False
+    if _frozen_arrays(module_text) <= used:
+        return False
+    optimized = llvm.parse_bitcode(bitcode)
+    mpm, pb = tctx.codegen()._module_pass_manager()
+    mpm.run(optimized, pb)
+    return not _frozen_arrays(str(optimized)) <= used
+
+
+def _refuse_stale(disp: NumbaDispatcher, argtypes: tuple[types.Type, ...], what: str) -> None:
+    name = disp.py_func.__qualname__
+    raise UnsupportedError(
+        f"{what} has changed since numba compiled {name}"
+        f"({', '.join(str(t) for t in argtypes)}): numba froze the old value into "
+        f"that compiled code, which {name}(...) still runs, so a derivative compiled "
+        "now would be of another function. Call "
+        f"{name}.recompile() to make numba (and enzpy) use the current value, or pass "
+        "the value as an argument"
+    )
+
+
 def _compile_copy(
     disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]
 ) -> tuple[Any, _RecordingLibrary]:
@@ -168,11 +297,7 @@ def _compile_copy(
     what = f"{disp.py_func.__qualname__}({', '.join(str(t) for t in argtypes)})"
     # The dispatcher's own compile must exist first: a recursive call in the
     # copy resolves to it (else numba refuses to re-enter the same signature).
-    if tuple(argtypes) not in disp.overloads:
-        try:
-            disp.compile(tuple(argtypes))
-        except numba_errors.NumbaError as e:
-            raise _numba_error(e, what) from e
+    theirs = _overload(disp, tuple(argtypes))
     comp = disp._compiler
     flags = compiler.Flags()
     disp.targetdescr.options.parse_as_flags(flags, disp.targetoptions)
@@ -210,6 +335,9 @@ def _compile_copy(
         )
     if not lib.recorded:
         raise UnsupportedError(f"numba produced no LLVM IR for {what}")
+    stale = _stale_global(cres, theirs)
+    if stale is not None:
+        _refuse_stale(disp, argtypes, f"the global {stale!r} that {what} reads")
     return cres, lib
 
 
@@ -379,6 +507,10 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
 
         module.verify()
         bitcode = module.as_bitcode()
+        # Global arrays changed in place since numba compiled the function
+        # (here or in a callee, whose code numba linked into the function's).
+        if _stale_arrays(bitcode, str(module), disp.overloads[argtypes], cres.target_context):
+            _refuse_stale(disp, argtypes, "a global array that it reads")
 
     code = getattr(disp.py_func, "__code__", None)
     return Captured(

@@ -23,10 +23,19 @@ from numba.core import cgutils, types
 from numba.core.errors import TypingError
 
 from ._abi import ACTIVE, CONST, llvm_type_str
+from ._aliasing import arrays_in
 from ._config import FLOAT_TYPES, MAX_BATCH_WIDTH
 from ._modes import Mode
 from ._params import ArgLayout, CallShape, Lanes, Param, Result, Section, Seeds, Value, Whole
-from ._values import Staged, arrays_disjoint, ordinal, same_layout, staged_like, typeof
+from ._values import (
+    Staged,
+    arrays_disjoint,
+    check_plain_array,
+    ordinal,
+    same_layout,
+    staged_like,
+    typeof,
+)
 from .annotations import Annotation, Const
 from .errors import EnzpyTypeError, EnzpyValueError
 
@@ -46,11 +55,14 @@ class Prepared:
         "staged",
         "key",
         "noalias",
+        "separate",
         "width",
         "batch",
         "plain",
         "widths",
         "_arrays",
+        "_nested",
+        "_shadows",
         "_containers",
     )
 
@@ -77,23 +89,35 @@ class Prepared:
         self.plain = False
         #: Numbers of shadows of the BatchDuplicated arguments.
         self.widths: set[int] = set()
+        #: No two arrays of the call -- primals, arrays inside containers and
+        #: shadows -- overlap (cheap bounds check); else ``_aliasing`` checks.
+        self.separate = True
         self._arrays: list[np.ndarray] = []
+        self._nested: list[np.ndarray] = []
+        self._shadows: list[np.ndarray] = []
         self._containers = False
 
     def add(self, annotation: type[Annotation], value: Any, *shadows: Any) -> None:
         """Argument ``value`` annotated ``annotation``, and the shadows or
         tangents that follow it among the wrapper's arguments."""
-        self.call_args.append(value)
-        self.call_args.extend(shadows)
+        position = len(self.annotations)
         if isinstance(value, np.ndarray):
+            check_plain_array(ordinal(position), value)
             self._arrays.append(value)
         elif isinstance(value, tuple | list):
             self._containers = True
+            nested = arrays_in(value)
+            for a in nested:
+                check_plain_array(ordinal(position), a)
+            self._nested.extend(nested)
+        self.call_args.append(value)
+        self.call_args.extend(shadows)
         self.annotations.append(annotation)
         self.argtypes.append(typeof(value))
 
     def stage(self, x: np.ndarray, dx: np.ndarray) -> np.ndarray:
         """``dx``, or a buffer with ``x``'s strides standing in for it."""
+        self._shadows.append(dx)
         if dx.strides != x.strides and not same_layout(x, dx):
             st = Staged(dx, staged_like(x, dx))
             self.staged.append(st)
@@ -103,6 +127,7 @@ class Prepared:
     def finish(self) -> Prepared:
         """Decide aliasing and the batch width once every argument is bound."""
         self.noalias = not self._containers and arrays_disjoint(self._arrays)
+        self.separate = arrays_disjoint(self._arrays + self._nested + self._shadows)
         if self.widths:
             self.width, self.batch = self._one_width(), True
         self.key = (

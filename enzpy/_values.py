@@ -22,6 +22,7 @@ from .errors import EnzpyTypeError
 __all__ = [
     "Staged",
     "arrays_disjoint",
+    "check_plain_array",
     "describe",
     "is_float_tuple",
     "ordinal",
@@ -93,6 +94,20 @@ def _numba_typeof(value: Any) -> types.Type:
             f"numba cannot type a value of Python type {type(value).__name__}: {e}"
         ) from e
     return ty
+
+
+def check_plain_array(what: str, a: np.ndarray) -> None:
+    """Refuse an ndarray subclass (``numpy.ma.MaskedArray``, ``numpy.matrix``,
+    ...) as ``what`` (e.g. "argument 1"): numba types it as a plain array or
+    not at all, and either way what the subclass adds (a mask, matrix
+    semantics) would be dropped."""
+    if type(a) is not np.ndarray:
+        raise EnzpyTypeError(
+            f"{what}: enzpy takes plain numpy arrays, got a "
+            f"{type(a).__module__}.{type(a).__name__} (an ndarray subclass, which numba "
+            "cannot pass to compiled code faithfully); pass np.asarray(x) or the data "
+            "you mean"
+        )
 
 
 def ordinal(i: int) -> str:

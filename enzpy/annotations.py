@@ -288,10 +288,15 @@ def _explain_array_shadow(i: int, x: Any, dx: Any, name: str) -> None:
         raise EnzpyTypeError(
             f"{ordinal(i)}: {name} needs a plain numpy.ndarray, got {type(x).__name__}"
         )
-    if not isinstance(dx, np.ndarray):
+    if type(dx) is not np.ndarray:
         raise EnzpyTypeError(
-            f"{ordinal(i)}: the shadow must be a numpy array of dtype {x.dtype} and "
-            f"shape {x.shape}, got {describe(dx)}"
+            f"{ordinal(i)}: the shadow must be a plain numpy array of dtype {x.dtype} and "
+            f"shape {x.shape}, got "
+            + (
+                f"a {type(dx).__name__} (an ndarray subclass)"
+                if isinstance(dx, np.ndarray)
+                else describe(dx)
+            )
         )
     if dx.dtype != x.dtype:
         raise EnzpyTypeError(
@@ -316,7 +321,10 @@ def _check_scalar_tangent(i: int, x: Any, dx: Any) -> Any:
                 f"{ordinal(i)}: the tangent of a tuple of {len(x)} floats must be a "
                 f"tuple of {len(x)} floats, got {dx!r}"
             )
-        return tuple(_check_scalar_tangent(i, a, b) for a, b in zip(x, dx, strict=True))
+        items = [_check_scalar_tangent(i, a, b) for a, b in zip(x, dx, strict=True)]
+        # The tangent has the primal's type: a named tuple's tangent is one too.
+        make = getattr(type(x), "_make", None)
+        return make(items) if make is not None else tuple(items)
     if isinstance(dx, bool | np.bool_) or not isinstance(
         dx, float | int | np.floating | np.integer
     ):

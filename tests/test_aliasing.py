@@ -2,12 +2,15 @@
 are the same array or overlapping views, and the engine re-reads arrays
 instead of taping them only when this call's arrays are disjoint."""
 
+import collections
+
 import numba
 import numpy as np
 import pytest
+from kernels import dot
 
 import enzpy
-from enzpy import Duplicated
+from enzpy import Const, Duplicated
 
 
 @numba.njit
@@ -108,3 +111,113 @@ def test_batch_lanes_are_checked_for_aliasing_too():
             enzpy.BatchDuplicated(0.7, (0.0, 0.0)),
             mode=enzpy.Forward,
         )
+
+
+# -- aliasing hidden in containers (issue #10) ---------------------------------
+
+
+@numba.njit
+def _dot_first(x, t):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i] * t[0][i]
+    return s
+
+
+@numba.njit
+def _dot_nested(x, t):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i] * t[1][0][i]
+    return s
+
+
+_Pair = collections.namedtuple("_Pair", "a scale")
+
+
+@numba.njit
+def _dot_named(x, p):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i] * p.a[i] * p.scale
+    return s
+
+
+def test_const_tuple_holding_a_duplicated_array_is_refused_untouched():
+    x = np.array([1.0, 2.0, 3.0])
+    dx = np.zeros(3)
+    with pytest.raises(enzpy.EnzpyValueError, match="inside argument 1 .*argument 0"):
+        enzpy.autodiff(_dot_first, Duplicated(x, dx), Const((x,)))
+    np.testing.assert_array_equal(dx, 0.0)
+    np.testing.assert_array_equal(x, [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("mode", [enzpy.Reverse, enzpy.Forward])
+def test_const_alias_at_any_depth_and_in_named_tuples_is_refused(mode):
+    x = np.array([1.0, 2.0, 3.0])
+    with pytest.raises(enzpy.EnzpyValueError, match="Const"):
+        enzpy.autodiff(_dot_nested, Duplicated(x, np.zeros(3)), Const((1.0, (x[::-1],))), mode=mode)
+    with pytest.raises(enzpy.EnzpyValueError, match="Const"):
+        enzpy.autodiff(_dot_named, Duplicated(x, np.zeros(3)), _Pair(x, 2.0), mode=mode)
+
+
+def test_const_tuple_of_separate_arrays_gives_the_partial_derivative():
+    rng = np.random.default_rng(5)
+    x, t = rng.standard_normal(4), rng.standard_normal(4)
+    dx = np.zeros(4)
+    enzpy.autodiff(_dot_first, Duplicated(x, dx), Const((t,)))
+    np.testing.assert_allclose(dx, t, rtol=1e-14)  # d/dx sum x*t = t
+    dx = np.zeros(4)
+    enzpy.autodiff(_dot_named, Duplicated(x, dx), _Pair(x.copy(), 3.0))
+    np.testing.assert_allclose(dx, 3.0 * x, rtol=1e-14)
+
+
+# -- shadows that alias what they should not -------------------------------------
+
+
+def test_shadow_that_is_another_arguments_primal_is_refused_naming_both():
+    x, y = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    with pytest.raises(enzpy.EnzpyValueError, match="shadow of argument 0 .*argument 1"):
+        enzpy.autodiff(dot, Duplicated(x, y), Duplicated(y, np.zeros(2)))
+    np.testing.assert_array_equal(y, [3.0, 4.0])
+    with pytest.raises(enzpy.EnzpyValueError, match="shadow of argument 0 .*argument 1"):
+        enzpy.autodiff(dot, Duplicated(x, y), Const(y))
+    with pytest.raises(enzpy.EnzpyValueError, match="shadow of argument 0 .*argument 1"):
+        enzpy.autodiff(_dot_first, Duplicated(x, y), Const((y,)))
+
+
+def test_shadow_overlapping_its_own_primal_is_refused():
+    buf = np.zeros(4)
+    x, dx = buf[:2], buf[1:3]
+    with pytest.raises(enzpy.EnzpyValueError, match="argument 0"):
+        enzpy.autodiff(dot, Duplicated(x, dx), np.ones(2))
+    np.testing.assert_array_equal(buf, 0.0)
+
+
+@pytest.mark.parametrize("mode", [enzpy.Reverse, enzpy.Forward])
+def test_one_shadow_buffer_for_two_different_primals_is_refused(mode):
+    x, y = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    d = np.zeros(2)
+    with pytest.raises(enzpy.EnzpyValueError, match="arguments 0 and 1 are different"):
+        enzpy.autodiff(dot, Duplicated(x, d), Duplicated(y, d), mode=mode)
+    big = np.zeros(3)
+    with pytest.raises(enzpy.EnzpyValueError, match="arguments 0 and 1 are different"):
+        enzpy.autodiff(dot, Duplicated(x, big[:2]), Duplicated(y, big[1:]), mode=mode)
+    np.testing.assert_array_equal(big, 0.0)
+
+
+def test_shadows_shared_across_batch_lanes_are_refused():
+    x, y = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    a, b, c = np.zeros(2), np.zeros(2), np.zeros(2)
+    with pytest.raises(enzpy.EnzpyValueError, match="lane"):
+        enzpy.autodiff(
+            dot, enzpy.BatchDuplicated(x, (a, b)), enzpy.BatchDuplicated(y, (b, c)), ret=(1.0, 1.0)
+        )
+
+
+def test_mirrored_shadows_of_one_buffer_still_differentiate():
+    # The accepted form of sharing: the shadows overlap exactly as the primals.
+    x0 = np.array([0.5, -1.5, 2.0])
+    x, dx = x0.copy(), np.zeros(3)
+    enzpy.autodiff(dot, Duplicated(x, dx), Duplicated(x, dx))
+    np.testing.assert_allclose(dx, 2 * x0, rtol=1e-14)  # d/dx sum x*x

@@ -5,6 +5,7 @@ a Const argument raises ActivityError naming the argument; a call the engine can
 differentiate raises UnsupportedError naming the callee and the Python line. Every
 failed call leaves the user's arrays -- values and shadows -- exactly as they were."""
 
+import collections
 import ctypes
 import inspect
 import math
@@ -331,3 +332,118 @@ def test_exception_raised_by_the_kernel_propagates_and_leaves_shadows_alone():
     # and the derivative works where the kernel does not raise
     x[2] = 1.0
     fd.check_vjp(raises_on_negative, fd.Dup(x), fd.Dup(np.zeros(4)))
+
+
+# -- optional returns (issue #10) -------------------------------------------------
+
+
+@numba.njit
+def positive_part_or_nothing(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i]
+    if s > 0:
+        return s * s
+
+
+@pytest.mark.parametrize(
+    "mode", [enzpy.Reverse, enzpy.ReverseWithPrimal, enzpy.Forward, enzpy.ForwardWithPrimal]
+)
+def test_optional_float_return_is_refused_naming_the_function_and_the_fix(mode):
+    x, dx = np.array([1.0, 2.0]), np.array([0.5, 0.5])
+    with pytest.raises(enzpy.UnsupportedError) as info:
+        enzpy.autodiff(positive_part_or_nothing, Duplicated(x, dx), mode=mode)
+    msg = str(info.value)
+    assert "positive_part_or_nothing" in msg and "None" in msg and "return 0.0" in msg
+    assert same_file(info.value.file)
+    np.testing.assert_array_equal(dx, [0.5, 0.5])
+    np.testing.assert_array_equal(x, [1.0, 2.0])
+    with pytest.raises(enzpy.UnsupportedError, match="every path"):
+        enzpy.gradient(positive_part_or_nothing, x)
+    with pytest.raises(enzpy.UnsupportedError, match="every path"):
+        enzpy.hvp(positive_part_or_nothing, x, np.ones(2))
+
+
+# -- values enzpy cannot pass faithfully: clear errors, not crashes --------------
+
+_Point = collections.namedtuple("_Point", "a b")
+
+
+@numba.njit
+def point_product(p):
+    return p.a * p.b * p.b
+
+
+def test_named_tuple_of_floats_in_forward_mode_behaves_like_a_tuple():
+    p = _Point(2.0, 3.0)
+    grad = (p.b * p.b, 2 * p.a * p.b)  # d/d(a, b) of a b^2
+    for tangent in [_Point(1.0, 0.5), (1.0, 0.5)]:
+        t = enzpy.autodiff(point_product, Duplicated(p, tangent), mode=enzpy.Forward)
+        assert t == pytest.approx(grad[0] * 1.0 + grad[1] * 0.5, rel=1e-15)
+    ts = enzpy.autodiff(
+        point_product,
+        enzpy.BatchDuplicated(p, ((1.0, 0.0), _Point(0.0, 1.0))),
+        mode=enzpy.Forward,
+    )
+    assert ts == pytest.approx(grad, rel=1e-15)
+    (adj,) = enzpy.autodiff(point_product, Active(p))
+    assert tuple(adj) == pytest.approx(grad, rel=1e-15)
+
+
+@numba.njit
+def sum_of_star_args(*xs):
+    return xs[0][0] + xs[1][0]
+
+
+def test_kernel_with_star_args_is_refused_naming_it():
+    x, dx = np.ones(2), np.zeros(2)
+    with pytest.raises(enzpy.UnsupportedError, match=r"sum_of_star_args takes \*xs"):
+        enzpy.autodiff(sum_of_star_args, Duplicated(x, dx), Duplicated(x.copy(), np.zeros(2)))
+    np.testing.assert_array_equal(dx, 0.0)
+
+
+@numba.njit
+def first_times_sum(x, y):
+    return x[0] * y.sum()
+
+
+class _Tagged(np.ndarray):
+    pass
+
+
+def _masked(a):
+    return np.ma.MaskedArray(a, mask=np.zeros(a.shape, bool))
+
+
+@pytest.mark.parametrize(
+    "args, position",
+    [
+        ((lambda x, dx, y: (Duplicated(_masked(x), dx), y)), 0),
+        ((lambda x, dx, y: (Duplicated(x, _masked(dx)), y)), 0),
+        ((lambda x, dx, y: (Duplicated(x, dx), _masked(y))), 1),
+        ((lambda x, dx, y: (Duplicated(x, dx), y.view(_Tagged))), 1),
+        ((lambda x, dx, y: (enzpy.BatchDuplicated(x, (dx, _masked(dx.copy()))), y)), 0),
+    ],
+)
+def test_ndarray_subclasses_are_refused_naming_the_argument(args, position):
+    x, dx, y = np.ones(2), np.zeros(2), np.ones(2)
+    with pytest.raises(enzpy.EnzpyTypeError) as info:
+        enzpy.autodiff(first_times_sum, *args(x, dx, y))
+    assert mentions_position(info.value, position)
+    assert "MaskedArray" in str(info.value) or "_Tagged" in str(info.value)
+    np.testing.assert_array_equal(dx, 0.0)
+
+
+def test_ndarray_subclass_inside_a_const_tuple_is_refused():
+    with pytest.raises(enzpy.EnzpyTypeError, match="argument 1.*MaskedArray"):
+        enzpy.autodiff(
+            first_times_sum, Duplicated(np.ones(2), np.zeros(2)), Const((_masked(np.ones(2)),))
+        )
+
+
+def test_ndarray_subclasses_are_refused_by_the_drivers():
+    x = _masked(np.ones(2))
+    with pytest.raises(enzpy.EnzpyTypeError, match="MaskedArray"):
+        enzpy.jacobian(first_times_sum, x, np.ones(2))
+    with pytest.raises(enzpy.EnzpyTypeError, match="MaskedArray"):
+        enzpy.hessian(first_times_sum, np.ones(2), x)
