@@ -218,6 +218,12 @@ class CallSignature:
         self.seeded = bool(ret_active) and restype in FLOAT_TYPES
         #: The result tuple starts with the primal return value.
         self.has_primal = mode.returns_primal and not is_none
+        #: The primal returns memory numba counts references to (an array)
+        #: that the caller does not take: the derivative returns it anyway
+        #: and the call drops the reference, or every call would leak it.
+        self.drops_primal = (
+            not self.has_primal and not is_none and _holds_references(context, restype)
+        )
 
         params: list[Param] = [p for lay in self.layouts for p in lay.wrapper]
         results: list[Result] = [Whole(Result.PRIMAL, restype)] if self.has_primal else []
@@ -233,7 +239,10 @@ class CallSignature:
         self.argtypes = tuple(
             t for s in Section for p in self.params if p.section is s for t in p.native_types()
         )
-        self.restype: types.Type = types.Tuple([t for r in results for t in r.flat_types()])
+        native = [Whole(Result.PRIMAL, restype), *results] if self.drops_primal else results
+        #: numba types of the derivative's flat result struct.
+        self.flat_result_types = tuple(t for r in native for t in r.flat_types())
+        self.restype: types.Type = types.Tuple(self.flat_result_types)
         #: What the wrapper returns.
         self.result_type: types.Type = types.Tuple([r.result_type() for r in results])
 
@@ -241,7 +250,7 @@ class CallSignature:
         ret_type = "void" if is_none else llvm_type_str(context.get_return_type(restype))
         digest = hashlib.sha1(
             repr(
-                (function, ret_type, entries, self.seeded, self.has_primal, noalias)
+                (function, ret_type, entries, self.seeded, self.returns_primal, noalias)
                 + (mode.is_forward, width)
             ).encode()
         ).hexdigest()[:10]
@@ -254,7 +263,7 @@ class CallSignature:
             "mode": mode.request_mode,
             "ret_type": ret_type,
             "ret_activity": ACTIVE if self.seeded else CONST,
-            "return_primal": self.has_primal,
+            "return_primal": self.returns_primal,
             "params": entries,
             "noalias": bool(noalias),
         }
@@ -265,6 +274,11 @@ class CallSignature:
         self._primal_at = where.get(Result.PRIMAL)
         self._return_at = where.get(Result.RETURN)
         self._argument_at = tuple(where.get(lay.index) for lay in self.layouts)
+
+    @property
+    def returns_primal(self) -> bool:
+        """The derivative returns the primal value (to the caller, or to drop)."""
+        return self.has_primal or self.drops_primal
 
     @classmethod
     def for_call(
@@ -339,8 +353,11 @@ class CallSignature:
             context.call_conv.return_status_propagate(builder, status)
         if self.result_type == self.restype:
             return flat
-        nflat = sum(len(r.flat_types()) for r in self.results)
-        members = iter([builder.extract_value(flat, k) for k in range(nflat)])
+        nflat = len(self.flat_result_types)
+        flat_members = [builder.extract_value(flat, k) for k in range(nflat)]
+        if self.drops_primal:
+            context.nrt.decref(builder, self.primal_restype, flat_members.pop(0))
+        members = iter(flat_members)
         return context.make_tuple(
             builder,
             self.result_type,
@@ -403,3 +420,9 @@ class CallSignature:
             + (" (a tuple, one per lane); shadows are tuples of arrays." if self.batch else ".")
         )
         return "\n".join(lines)
+
+
+def _holds_references(context: Any, ty: types.Type) -> bool:
+    """Values of ``ty`` hold references numba counts (arrays, and tuples or
+    records holding them)."""
+    return bool(context.data_model_manager[ty].contains_nrt_meminfo())

@@ -62,6 +62,7 @@
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Transforms/Utils/Cloning.h"
 #include "llvm/Transforms/Utils/ValueMapper.h"
+#include <functional>
 
 using namespace llvm;
 
@@ -91,6 +92,7 @@ private:
   void visitMemoryIntrinsic(const AnyMemIntrinsic &MI);
   void visitBlasCall(const BlasCall &Blas);
   void mirrorSpill(const StoreInst &St);
+  void dropReturnedShadows(const StoreInst &St);
   Error mirrorRefcounts();
   void createShadowAllocations();
   MemInfoKind classifyMemInfo(const Value *V,
@@ -232,6 +234,36 @@ void ForwardSynthesizer::mirrorSpill(const StoreInst &St) {
     return memInfoShadow(V, K);
   };
   Sk.mirrorSpill(St, MemInfo);
+}
+
+/// The primal hands the arrays it returns to its caller with a reference
+/// each, a reference their shadows got too (mirrorRefcounts) but that nobody
+/// holds: drop it once the return value is stored.
+void ForwardSynthesizer::dropReturnedShadows(const StoreInst &St) {
+  if (!Sk.anyShadowAllocation())
+    return;
+  SmallVector<const Value *, 4> Leaves;
+  std::function<void(const Value *)> walk = [&](const Value *V) {
+    if (V->getType()->isPointerTy()) {
+      Leaves.push_back(V);
+      return;
+    }
+    if (auto *IV = dyn_cast<InsertValueInst>(V)) {
+      walk(IV->getInsertedValueOperand());
+      walk(IV->getAggregateOperand());
+    }
+  };
+  walk(St.getValueOperand());
+  auto *DS = cast<Instruction>(mapped(&St));
+  IRBuilder<> B(DS->getNextNode());
+  FunctionCallee Decref = numba::decrefFunction(*P.getParent());
+  for (const Value *Leaf : Leaves) {
+    SmallPtrSet<const Value *, 8> Visiting;
+    if (classifyMemInfo(Leaf, Visiting) != MemInfoKind::Shadowed)
+      continue;
+    for (unsigned K = 0; K < Width; ++K)
+      B.CreateCall(Decref, {memInfoShadow(Leaf, K)});
+  }
 }
 
 /// Shadows of allocations live as long as their arrays: every reference
@@ -376,6 +408,8 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
 
   if (auto *St = dyn_cast<StoreInst>(&PI)) {
     mirrorSpill(*St);
+    if (St->getPointerOperand() == P.getArg(numba::RetPtrParam))
+      dropReturnedShadows(*St);
     if (!AA.pointsToActive(St->getPointerOperand()))
       return Error::success();
     const Value *V = St->getValueOperand();
