@@ -4,6 +4,7 @@
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
 #include "rules/DerivativeRules.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
@@ -20,6 +21,33 @@ bool ActivityAnalysis::pointsToActive(const Value *Ptr) const {
     if (ActiveRoots.contains(R))
       return true;
   return false;
+}
+
+bool ActivityAnalysis::touchesOnlyInactiveData(const CallBase &CB) const {
+  bool AnyVaried = false, AnyPointer = false;
+  for (const Value *A : CB.args()) {
+    AnyVaried |= isVaried(A);
+    if (!A->getType()->isPointerTy())
+      continue;
+    AnyPointer = true;
+    if (pointsToActive(A))
+      return false;
+    // Memory of unknown origin might be differentiable, unless the pointer
+    // is a handle a runtime call returned (numba's random state, say).
+    SmallVector<const Value *, 4> Bases;
+    getUnderlyingObjects(A, Bases);
+    bool Handle = all_of(Bases, [](const Value *B) {
+      return isa<ConstantPointerNull>(B) ||
+             (isa<CallBase>(B) && !numba::isAllocationCall(B));
+    });
+    if (!ActiveRoots.empty() && TA.roots(A).contains(UnknownRoot) && !Handle)
+      return false;
+  }
+  // Varied values may go in only where nothing carries them on: no float
+  // comes back and no memory of the kernel's is handed over (print(x)
+  // boxes a float this way; floats read back through what it returns come
+  // from untraceable memory, which is refused).
+  return !AnyVaried || (!AnyPointer && !isFloatLike(CB.getType()));
 }
 
 Error ActivityAnalysis::checkCall(const CallBase &CB) const {
@@ -99,6 +127,11 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                          &CB);
     return Error::success();
   }
+  // A call that neither reads nor writes anything differentiable needs no
+  // derivative, whatever it calls (LAPACK on constant matrices, print,
+  // random numbers): its result and the memory it writes are inactive.
+  if (touchesOnlyInactiveData(CB))
+    return Error::success();
   if (C.Recursive.contains(Callee->getName()))
     return makeError("unsupported",
                      "the recursive call to '" +

@@ -57,6 +57,7 @@ public:
 
 private:
   llvm::Error checkCall(const llvm::CallBase &CB) const;
+  bool touchesOnlyInactiveData(const llvm::CallBase &CB) const;
   llvm::Error checkStore(const llvm::StoreInst &SI);
   llvm::Error checkTraceable(const llvm::Instruction *I,
                              const llvm::Value *Ptr) const;

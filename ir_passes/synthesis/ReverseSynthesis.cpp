@@ -134,6 +134,12 @@ private:
   /// References to drop on every way out (shadow allocations, arrays kept
   /// alive for re-reads).
   std::optional<ReleaseList> Release;
+  ReleaseList &release() {
+    if (!Release)
+      Release.emplace(*D, *DEntry);
+    return *Release;
+  }
+  ReturnInst *FinalRet = nullptr;
 
   Function *D = nullptr;
   BasicBlock *DEntry = nullptr;
@@ -168,7 +174,7 @@ void ReverseSynthesizer::createShadows() {
     auto *DA = cast<Instruction>(mapped(A));
     IRBuilder<> B(DA->getNextNode());
     B.CreateCall(Incref, {DA});
-    Sk.failIfNull(Release->emitAppend(B, DA));
+    Sk.failIfNull(release().emitAppend(B, DA));
   }
   for (const BasicBlock *B : Reaching)
     for (const Instruction &I : *B) {
@@ -300,16 +306,14 @@ void ReverseSynthesizer::createFunction() {
   if (Req.RetActive)
     Sk.createReturnShadows([&](unsigned K) { return Sk.trailing(K); });
   VR.createTape();
-  Release.emplace(*D, *DEntry);
   // Shadows live until every way out of the derivative (ReleaseList.h).
   Sk.OnShadowAllocation = [this](IRBuilder<> &B, Value *SMI) {
-    Sk.failIfNull(Release->emitAppend(B, SMI));
+    Sk.failIfNull(release().emitAppend(B, SMI));
   };
 
   if (PRaise) {
     BasicBlock *DRaise = Sk.mapped(PRaise);
     VR.tape().emitFree(DRaise->getTerminator());
-    Release->emitReleaseAll(DRaise->getTerminator());
   }
 }
 
@@ -479,7 +483,7 @@ void ReverseSynthesizer::createFinal() {
   Sk.storeResult(B, Values);
   ReturnInst *Ret = B.CreateRet(B.getInt32(0));
   VR.tape().emitFree(Ret);
-  Release->emitReleaseAll(Ret);
+  FinalRet = Ret;
 }
 
 Expected<Function *> ReverseSynthesizer::run() {
@@ -501,7 +505,12 @@ Expected<Function *> ReverseSynthesizer::run() {
   VR.emitPushes(Reaching);
   // After the pushes: the checks split blocks that the pushes end.
   BasicBlock *Fail = VR.tape().failureBlock();
-  Release->emitReleaseAll(Fail->getTerminator());
+  if (Release) { // every way out drops what the derivative took
+    Release->emitReleaseAll(FinalRet);
+    Release->emitReleaseAll(Fail->getTerminator());
+    if (PRaise)
+      Release->emitReleaseAll(Sk.mapped(PRaise)->getTerminator());
+  }
   Sk.emitNullChecks(Fail);
   if (Log)
     VR.record(*Log, Reaching);
