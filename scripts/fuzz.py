@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
-def worker(first: int, last: int, width: int | None) -> None:
+def worker(first: int, last: int, width: int | None, profile: str) -> None:
     """Checks seeds first..last-1, one JSON line per seed on stdout; "start" lines
     let the parent know which seed a crash happened on."""
     from fuzz.differential import run_seed
@@ -40,7 +40,7 @@ def worker(first: int, last: int, width: int | None) -> None:
     for seed in range(first, last):
         print(json.dumps({"start": seed}), flush=True)
         t = time.time()
-        r = run_seed(seed, width)
+        r = run_seed(seed, width, profile)
         d = dataclasses.asdict(r)
         d["seconds"] = round(time.time() - t, 2)
         print(json.dumps(d, default=str), flush=True)
@@ -53,17 +53,28 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="first seed")
     ap.add_argument("--count", type=int, default=100, help="number of kernels")
     ap.add_argument("--width", type=int, default=None, help="batch width (default 2 or 3 by seed)")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        choices=["base", "wide"],
+        help="grammar: base (the CI slice's) or wide (base plus gather/scatter through a "
+        "Const index array, numpy reductions and sort, array-level and overlapping slice "
+        "updates, active exponents, rows/columns of 2-D arrays, per-iteration allocation, "
+        "more math functions); default wide",
+    )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per kernel")
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fuzz", "results"))
     ap.add_argument("--show", action="store_true", help="print each finding's source")
     ap.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        worker(a.worker[0], a.worker[1], a.width)
+        # the parent always passes --profile; "base" is what the first version ran
+        worker(a.worker[0], a.worker[1], a.width, a.profile or "base")
         return 0
 
+    a.profile = a.profile or "wide"
     os.makedirs(a.out, exist_ok=True)
-    run = f"seed{a.seed}-n{a.count}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = f"{a.profile}-seed{a.seed}-n{a.count}-{time.strftime('%Y%m%d-%H%M%S')}"
     log_path = os.path.join(a.out, f"{run}.jsonl")
     results = []
     nxt, end = a.seed, a.seed + a.count
@@ -71,6 +82,7 @@ def main() -> int:
     with open(log_path, "w") as log:
         while nxt < end:
             cmd = [sys.executable, "-P", os.path.abspath(__file__), "--worker", str(nxt), str(end)]
+            cmd += ["--profile", a.profile]
             if a.width:
                 cmd += ["--width", str(a.width)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -70,6 +70,7 @@ class Result:
     details: dict = dataclasses.field(default_factory=dict)
     kinks: int = 0  # directions skipped as non-smooth
     blocks: list = dataclasses.field(default_factory=list)
+    profile: str = "base"
 
     def summary(self) -> str:
         s = f"seed {self.seed}/{self.attempt}: {self.outcome}"
@@ -121,6 +122,8 @@ def make_inputs(k: Kernel, rng):
             vals.append(rng.uniform(-1.0, 1.0, (k.T + 1, k.n)))
         elif kind == "scal":
             vals.append(float(rng.uniform(0.3, 0.9)))
+        elif kind == "iarr":
+            vals.append(rng.permutation(k.n))
         else:
             raise AssertionError(kind)
     return vals
@@ -262,6 +265,9 @@ def reverse(p: Problem, w, ret_seed=True):
             dx[...] = wi
             shadows.append(dx)
             ann.append(enzpy.Duplicated(v, dx))
+        elif kind == "iarr":
+            shadows.append(None)
+            ann.append(v)  # a bare value: Const
         else:
             shadows.append(None)
             ann.append(enzpy.Active(v))
@@ -269,7 +275,10 @@ def reverse(p: Problem, w, ret_seed=True):
     d = _call("reverse", enzpy.autodiff, p.f, *ann, ret=ret)
     g = []
     for i, (kind, _) in enumerate(k.args):
-        g.append(float(d[i]) if kind == "scal" else np.array(shadows[i], dtype=np.float64))
+        if kind == "iarr":
+            g.append(None)
+        else:
+            g.append(float(d[i]) if kind == "scal" else np.array(shadows[i], dtype=np.float64))
     return g, args
 
 
@@ -287,11 +296,15 @@ def forward(p: Problem, v):
             dx[...] = vi
             shadows.append(dx)
             ann.append(enzpy.Duplicated(x, dx))
+        elif kind == "iarr":
+            shadows.append(None)
+            ann.append(x)
         else:
+            shadows.append(None)
             ann.append(enzpy.Duplicated(x, float(vi)))
     t, primal = _call("forward", enzpy.autodiff, p.f, *ann, mode=enzpy.ForwardWithPrimal)
     outs = [None if not k.returns_float else t]
-    outs += [np.array(s, dtype=np.float64) for s in shadows]
+    outs += [np.array(s, dtype=np.float64) for s in shadows if s is not None]
     return outs, primal, args
 
 
@@ -311,13 +324,17 @@ def forward_batch(p: Problem, vs):
                 lanes.append(dx)
             shadows.append(lanes)
             ann.append(enzpy.BatchDuplicated(x, tuple(lanes)))
+        elif kind == "iarr":
+            shadows.append(None)
+            ann.append(x)
         else:
+            shadows.append(None)
             ann.append(enzpy.BatchDuplicated(x, tuple(float(vs[j][i]) for j in range(W))))
     t = _call("forward batch", enzpy.autodiff, p.f, *ann, mode=enzpy.Forward)
     lanes_out = []
     for j in range(W):
         outs = [None if not k.returns_float else t[j]]
-        outs += [np.array(s[j], dtype=np.float64) for s in shadows]
+        outs += [np.array(s[j], dtype=np.float64) for s in shadows if s is not None]
         lanes_out.append(outs)
     return lanes_out
 
@@ -338,6 +355,9 @@ def reverse_batch(p: Problem, ws, seeds):
                 lanes.append(dx)
             shadows.append(lanes)
             ann.append(enzpy.BatchDuplicated(x, tuple(lanes)))
+        elif kind == "iarr":
+            shadows.append(None)
+            ann.append(x)
         else:
             shadows.append(None)
             ann.append(enzpy.Active(x))
@@ -348,7 +368,11 @@ def reverse_batch(p: Problem, ws, seeds):
         g = []
         for i, (kind, _) in enumerate(k.args):
             g.append(
-                float(d[i][j]) if kind == "scal" else np.array(shadows[i][j], dtype=np.float64)
+                None
+                if kind == "iarr"
+                else float(d[i][j])
+                if kind == "scal"
+                else np.array(shadows[i][j], dtype=np.float64)
             )
         lanes_out.append(g)
     return lanes_out
@@ -365,7 +389,7 @@ def reverse_seeded(p: Problem, w, seed):
         return g
     scaled = [None if wi is None else wi / seed for wi in w]
     g, _ = reverse(p, scaled)
-    return [gi * seed for gi in g]
+    return [None if gi is None else gi * seed for gi in g]
 
 
 # --------------------------------------------------------------------------- checks
@@ -527,17 +551,17 @@ def check_kernel(k: Kernel, f, rng, width: int) -> tuple[dict, int]:
     return {}, kinks
 
 
-def run_seed(seed: int, width: int | None = None) -> Result:
+def run_seed(seed: int, width: int | None = None, profile: str = "base") -> Result:
     """Generate the kernel of ``seed`` (moving on to the next attempt while the
     generator's kernel is rejected) and check it."""
     import numba
 
     last = None
     for attempt in range(MAX_ATTEMPTS):
-        k = generate(seed, attempt)
+        k = generate(seed, attempt, profile)
         rng = np.random.default_rng([seed, attempt])
         w = width if width is not None else 2 + (seed % 2)
-        base = Result(seed, attempt, "", source=k.source, blocks=k.blocks)
+        base = Result(seed, attempt, "", source=k.source, blocks=k.blocks, profile=profile)
         try:
             f = compile_kernel(k)
             vals = make_inputs(k, np.random.default_rng([seed, attempt]))

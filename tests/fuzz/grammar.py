@@ -100,6 +100,7 @@ class _Gen:
         self.helpers: list[str] = []  # source of helper functions
         self.scalar_helpers: list[str] = []  # names of helpers f(p, q) -> float
         self.counter = 0
+        self.extra_math = False  # the "wide" profile's functions (wide blocks only)
 
     # ---------------------------------------------------------------- utilities
     def fresh(self, stem: str) -> str:
@@ -120,7 +121,9 @@ class _Gen:
                 return self.c(-1.5, 1.5)
             return self.pick(leaves)
         e = lambda: self.expr(leaves, depth - 1)  # noqa: E731
-        k = r.randrange(24)
+        k = r.randrange(31 if self.extra_math else 24)
+        if k >= 24:
+            return self.expr_extra(k - 24, e)
         if k < 6:
             op = self.pick(["+", "-", "*", "*"])
             return f"({e()} {op} {e()})"
@@ -160,6 +163,17 @@ class _Gen:
         if k == 22:
             return f"np.arctan({e()})"
         return f"({self.c()} * {e()})"
+
+    def expr_extra(self, k: int, e) -> str:
+        return [
+            lambda: f"math.log1p(({e()}) ** 2)",
+            lambda: f"math.expm1({self.c(0.2, 1.0)} * math.tanh({e()}))",
+            lambda: f"np.cbrt(1.5 + math.tanh({e()}))",
+            lambda: f"math.erf({e()})",
+            lambda: f"math.atan2({e()}, 1.0 + ({e()}) ** 2)",
+            lambda: f"math.cosh({self.c(0.2, 1.0)} * math.tanh({e()}))",
+            lambda: f"math.asinh({e()})",
+        ][k]()
 
     def squash(self, ex: str) -> str:
         """A bounded version of ex (keeps sweeps from growing without bound)."""
@@ -232,7 +246,14 @@ def _indent(lines: list[str], k: int = 1) -> list[str]:
     return ["    " * k + ln for ln in lines]
 
 
-def generate(seed: int, attempt: int = 0) -> Kernel:
+PROFILES = ("base", "wide")
+
+
+def generate(seed: int, attempt: int = 0, profile: str = "base") -> Kernel:
+    """The kernel of ``seed``. ``profile="wide"`` inserts 1-3 blocks of the wide
+    grammar (:func:`_wide_block`) into the base kernel of the same seed, drawn from a
+    separate random stream: the base part is identical in both profiles."""
+    assert profile in PROFILES, profile
     g = _Gen(seed, attempt)
     r = g.r
     n = r.randint(3, 7)
@@ -279,9 +300,11 @@ def generate(seed: int, attempt: int = 0) -> Kernel:
     choices = list(BLOCKS)
     if not use_H:
         choices.remove("history")
+    starts: list[int] = []
     for _ in range(nblocks):
         kind = g.pick(choices)
         blocks.append(kind)
+        starts.append(len(body))
         L: list[str] = []
         D, S = dst(), src()
         if kind == "map":
@@ -495,6 +518,21 @@ def generate(seed: int, attempt: int = 0) -> Kernel:
                 L += ["s = s * s / (1.0 + s * s)"]
         body += L
 
+    if profile == "wide":
+        base_r = g.r
+        g.r = random.Random(f"enzpy-fuzz-wide-{seed}-{attempt}")
+        g.extra_math = True
+        ctx = {"D": dst, "S": src, "leaves": leaves, "n": n, "use_H": use_H, "scal": scal}
+        inserts = []
+        for _ in range(g.r.randint(1, 3)):
+            kind, L, needs_perm = _wide_block(g, ctx)
+            if needs_perm and ("iarr", "perm") not in args:
+                args.append(("iarr", "perm"))
+            inserts.append((g.r.choice(starts + [len(body)]), kind, L))
+        for pos, kind, L in sorted(inserts, key=lambda t: -t[0]):
+            body[pos:pos] = L
+            blocks.append(kind)
+        g.r, g.extra_math = base_r, False
     returns_float = r.random() < 0.8
     if returns_float:
         ret = g.pick(["s", f"s + {g.c()} * y[0]", f"s * {g.c()} + x[n - 1]", "math.tanh(s)"])
@@ -525,3 +563,118 @@ def generate(seed: int, attempt: int = 0) -> Kernel:
         returns_float=returns_float,
         blocks=blocks,
     )
+
+
+WIDE_BLOCKS = [
+    "gather",
+    "scatter",
+    "npreduce",
+    "arrayop",
+    "powactive",
+    "rowcol",
+    "allocloop",
+    "mathx",
+]
+
+
+def _wide_block(g: _Gen, ctx) -> tuple[str, list[str], bool]:
+    """One block of the wide grammar:
+
+    gather     for i: D[i] = c*D[i] + c*E(S[perm[i]])      (perm: Const int array)
+    scatter    for i: D[perm[i]] += c*E(S[i])
+    npreduce   s += c*np.dot(S, D) | t = np.sort(S) ... | np.max(S) | np.sum(D[1:]*S[:-1])
+    arrayop    D[:] = S*a | D *= c | D += c*np.sin(S) | D[1:] += c*D[:-1] (overlap)
+    powactive  s += c*a**(0.5+s*s) | D[i] = c*D[i] + c*(1 + S[i]**2)**a   (active exponent)
+    rowcol     rows H[t] and columns H[:, j] of the history array as views
+    allocloop  a fresh np.empty(n) in every iteration of an outer loop
+    mathx      log1p expm1 cbrt erf atan2 cosh asinh (also inside E in wide blocks)
+    """
+    r = g.r
+    kinds = list(WIDE_BLOCKS)
+    if not ctx["use_H"]:
+        kinds.remove("rowcol")
+    kind = g.pick(kinds)
+    D, S = ctx["D"](), ctx["S"]()
+    leaves = ctx["leaves"]
+    L: list[str] = []
+    perm = False
+    if kind == "gather":
+        perm = True
+        ex = g.squash(g.expr([f"{S}[perm[i]]", f"{D}[i]", "a", "s"], 2))
+        L += [
+            "for i in range(n):",
+            f"    {D}[i] = {g.c(0.3, 0.8)} * {D}[i] + {g.c(0.1, 0.5)} * {ex}",
+        ]
+    elif kind == "scatter":
+        perm = True
+        ex = g.squash(g.expr([f"{S}[i]", "a", "s", f"{D}[i]"], 2))
+        L += ["for i in range(n):", f"    {D}[perm[i]] += {g.c(0.1, 0.5)} * {ex}"]
+    elif kind == "npreduce":
+        v = r.randrange(4)
+        if v == 0:
+            L += [f"s += {g.c(0.1, 0.5)} * np.dot({S}, {D})"]
+        elif v == 1:
+            t = g.fresh("srt")
+            L += [
+                f"{t} = np.sort({S})",
+                f"s += {g.c(0.1, 0.5)} * {t}[0] + {g.c(0.1, 0.5)} * {t}[n - 1]",
+            ]
+        elif v == 2:
+            L += [f"s += {g.c(0.1, 0.5)} * np.{g.pick(['max', 'min'])}({S})"]
+        else:
+            L += [f"s += {g.c(0.1, 0.5)} * np.sum({D}[1:] * {S}[:-1])"]
+    elif kind == "arrayop":
+        v = r.randrange(4)
+        S2 = g.pick([A for A in ["x", "y", "w"] if A != D])
+        if v == 0:
+            L += [f"{D}[:] = {S2} * a"]
+        elif v == 1:
+            L += [f"{D} *= {g.c(0.5, 1.2)}"]
+        elif v == 2:
+            L += [f"{D} += {g.c(0.1, 0.5)} * np.sin({S2})"]
+        else:
+            L += [f"{D}[1:] += {g.c(0.1, 0.5)} * {D}[:-1]"]
+    elif kind == "powactive":
+        if r.random() < 0.5:
+            expo = g.pick(["(0.5 + s * s)", "b", "a"]) if "b" in ctx["scal"] else "(0.5 + s * s)"
+            L += [f"s += {g.c(0.1, 0.5)} * a ** {expo}"]
+        else:
+            c1, c2 = g.c(0.3, 0.8), g.c(0.1, 0.4)
+            L += [
+                "for i in range(n):",
+                f"    {D}[i] = {c1} * {D}[i] + {c2} * (1.0 + {S}[i] ** 2) ** a",
+            ]
+    elif kind == "rowcol":
+        if r.random() < 0.5:
+            ex = g.squash(g.expr(["row[i]", f"{S}[i]", "a"], 2))
+            L += [
+                "for t in range(H.shape[0]):",
+                "    row = H[t]",
+                "    for i in range(n):",
+                f"        row[i] = {g.c(0.3, 0.8)} * row[i] + {g.c(0.1, 0.4)} * {ex}",
+            ]
+        else:
+            L += [
+                "for j in range(n):",
+                "    col = H[:, j]",
+                f"    s += {g.c(0.05, 0.3)} * np.sum(col * col)",
+                f"    col[0] = {g.c(0.3, 0.8)} * col[col.shape[0] - 1]",
+            ]
+    elif kind == "allocloop":
+        ex = g.squash(g.expr([f"{D}[i]", f"{S}[i]", "a", "s"], 2))
+        L += [
+            f"for it in range({r.randint(2, 3)}):",
+            "    tmp = np.empty(n)",
+            "    for i in range(n):",
+            f"        tmp[i] = {ex}",
+            "    for i in range(n):",
+            f"        {D}[i] = {g.c(0.3, 0.8)} * {D}[i] + {g.c(0.1, 0.4)} * tmp[(i + 1) % n]",
+        ]
+    else:  # mathx
+        ex = g.expr(leaves(), 2)
+        fn = g.expr_extra(r.randrange(7), lambda: ex)
+        L += [
+            "for i in range(n):",
+            f"    {D}[i] = {g.c(0.3, 0.8)} * {D}[i] + {g.c(0.1, 0.4)} * {fn}",
+        ]
+    return kind, L, perm
