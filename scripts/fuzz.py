@@ -24,6 +24,7 @@ import collections
 import dataclasses
 import json
 import os
+import selectors
 import subprocess
 import sys
 import time
@@ -44,6 +45,78 @@ def worker(first: int, last: int, width: int | None, profile: str) -> None:
         d = dataclasses.asdict(r)
         d["seconds"] = round(time.time() - t, 2)
         print(json.dumps(d, default=str), flush=True)
+
+
+def _run(a, cmd_base, nxt, end, log, results):
+    """Feeds seeds nxt..end-1 to worker processes, restarting after a crash or hang."""
+    while nxt < end:
+        cmd = cmd_base + [str(nxt), str(end)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        current = None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = None
+        while True:
+            ready = sel.select(timeout=5.0)
+            if deadline is not None and time.time() > deadline:
+                proc.kill()
+                proc.wait()
+                r = {
+                    "seed": current,
+                    "attempt": None,
+                    "outcome": "finding",
+                    "kind": "hang",
+                    "message": f"no result after {a.timeout} s",
+                    "source": "",
+                }
+                results.append(r)
+                log.write(json.dumps(r) + "\n")
+                log.flush()
+                print(f"seed {current}: finding [hang]", flush=True)
+                nxt = current + 1
+                break
+            if not ready:
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                rc = proc.wait()
+                if current is not None:
+                    err = proc.stderr.read()[-3000:]
+                    r = {
+                        "seed": current,
+                        "attempt": None,
+                        "outcome": "finding",
+                        "kind": "crash",
+                        "message": f"worker died with code {rc}",
+                        "details": {"stderr": err},
+                        "source": "",
+                    }
+                    results.append(r)
+                    log.write(json.dumps(r) + "\n")
+                    log.flush()
+                    print(f"seed {current}: finding [crash] code {rc}", flush=True)
+                    nxt = current + 1
+                else:
+                    nxt = end
+                break
+            d = json.loads(line)
+            if "start" in d:
+                current = d["start"]
+                deadline = time.time() + a.timeout
+                continue
+            current, deadline = None, None
+            results.append(d)
+            nxt = d["seed"] + 1
+            log.write(line)
+            log.flush()
+            msg = f"seed {d['seed']}/{d['attempt']}: {d['outcome']}"
+            if d["kind"]:
+                msg += f" [{d['kind']}]"
+            if d["outcome"] != "ok" and d["message"]:
+                msg += ": " + d["message"].splitlines()[0][:160]
+            print(f"{d['seconds']:6.1f}s {msg}", flush=True)
+            if a.show and d["outcome"] == "finding":
+                print(d["source"])
 
 
 def main() -> int:
@@ -79,80 +152,15 @@ def main() -> int:
     results = []
     nxt, end = a.seed, a.seed + a.count
     t0 = time.time()
-    with open(log_path, "w") as log:
-        while nxt < end:
-            cmd = [sys.executable, "-P", os.path.abspath(__file__), "--worker", str(nxt), str(end)]
-            cmd += ["--profile", a.profile]
-            if a.width:
-                cmd += ["--width", str(a.width)]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            current = None
-            import selectors
-
-            sel = selectors.DefaultSelector()
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            deadline = None
-            while True:
-                ready = sel.select(timeout=5.0)
-                if deadline is not None and time.time() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    r = {
-                        "seed": current,
-                        "attempt": None,
-                        "outcome": "finding",
-                        "kind": "hang",
-                        "message": f"no result after {a.timeout} s",
-                        "source": "",
-                    }
-                    results.append(r)
-                    log.write(json.dumps(r) + "\n")
-                    log.flush()
-                    print(f"seed {current}: finding [hang]", flush=True)
-                    nxt = current + 1
-                    break
-                if not ready:
-                    continue
-                line = proc.stdout.readline()
-                if not line:
-                    rc = proc.wait()
-                    if current is not None:
-                        err = proc.stderr.read()[-3000:]
-                        r = {
-                            "seed": current,
-                            "attempt": None,
-                            "outcome": "finding",
-                            "kind": "crash",
-                            "message": f"worker died with code {rc}",
-                            "details": {"stderr": err},
-                            "source": "",
-                        }
-                        results.append(r)
-                        log.write(json.dumps(r) + "\n")
-                        log.flush()
-                        print(f"seed {current}: finding [crash] code {rc}", flush=True)
-                        nxt = current + 1
-                    else:
-                        nxt = end
-                    break
-                d = json.loads(line)
-                if "start" in d:
-                    current = d["start"]
-                    deadline = time.time() + a.timeout
-                    continue
-                current, deadline = None, None
-                results.append(d)
-                nxt = d["seed"] + 1
-                log.write(line)
-                log.flush()
-                msg = f"seed {d['seed']}/{d['attempt']}: {d['outcome']}"
-                if d["kind"]:
-                    msg += f" [{d['kind']}]"
-                if d["outcome"] != "ok" and d["message"]:
-                    msg += ": " + d["message"].splitlines()[0][:160]
-                print(f"{d['seconds']:6.1f}s {msg}", flush=True)
-                if a.show and d["outcome"] == "finding":
-                    print(d["source"])
+    cmd_base = [sys.executable, "-P", os.path.abspath(__file__), "--profile", a.profile]
+    if a.width:
+        cmd_base += ["--width", str(a.width)]
+    cmd_base += ["--worker"]
+    try:
+        with open(log_path, "w") as log:
+            _run(a, cmd_base, nxt, end, log, results)
+    except KeyboardInterrupt:  # Ctrl-C reaches the worker too (same process group)
+        print("interrupted: summary of the kernels checked so far", flush=True)
 
     counts = collections.Counter(r["outcome"] for r in results)
     kinds = collections.Counter(r["kind"] for r in results if r["outcome"] == "finding")
