@@ -10,3 +10,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 for _dir in (_HERE, os.path.join(os.path.dirname(_HERE), "examples")):
     if _dir not in sys.path:
         sys.path.insert(0, _dir)
+
+
+def pytest_configure(config):
+    # the randomized differential slice (tests/test_fuzz_differential.py); it runs
+    # by default and is deselected with -m "not fuzz"
+    config.addinivalue_line(
+        "markers",
+        "fuzz: randomized differential test of generated kernels (deselect with -m 'not fuzz')",
+    )
