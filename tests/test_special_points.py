@@ -265,3 +265,129 @@ def test_arrays_forward_and_reverse(case, dtype):
     for i, dx in enumerate(dxs):
         for v in dx:
             _check(v, want[i], dtype, f"reverse array d/dx{i} of {case.name} at {case.point}")
+
+
+# a zero seed wins (§8.4, rule 5) -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CASES if len(c.point) == 2], ids=_id)
+def test_scalar_forward_zero_tangents(case, dtype):
+    """A zero tangent is the same as Const: d/dx of x**y at x = 0, y = 0.5 is
+    +inf, and must not turn the tangent along y into inf * 0 = NaN."""
+    xs = [dtype(p) for p in case.point]
+    want = _expected(case, dtype)
+    for i in range(len(xs)):
+        ann = [Duplicated(x, dtype(1.0 if j == i else 0.0)) for j, x in enumerate(xs)]
+        t = enzpy.autodiff(case.fn, *ann, mode=Forward)
+        _check(
+            t, want[i], dtype, f"forward d/dx{i} of {case.name} at {case.point}, other tangent 0"
+        )
+
+
+@numba.njit
+def where_sqrt(x, out):
+    for i in range(x.shape[0]):
+        s = math.sqrt(x[i])  # computed everywhere, used where x > 0
+        out[i] = s if x[i] > 0 else 0.0
+
+
+@numba.njit
+def where_log(x, out):
+    for i in range(x.shape[0]):
+        s = math.log(x[i])
+        out[i] = s if x[i] > 0 else 0.0
+
+
+@numba.njit(error_model="numpy")  # x / 0 is inf, not ZeroDivisionError
+def safe_div(x, y, out):
+    for i in range(x.shape[0]):
+        q = x[i] / y[i]
+        out[i] = q if y[i] != 0 else 0.0
+
+
+def _dup_forward(f, xs, dirs, n, dtype):
+    out, dout = np.zeros(n, dtype), np.zeros(n, dtype)
+    enzpy.autodiff(
+        f, *(Duplicated(x, d) for x, d in zip(xs, dirs)), Duplicated(out, dout), mode=Forward
+    )
+    return dout
+
+
+def _dup_reverse(f, xs, n, dtype):
+    dxs = [np.zeros(n, dtype) for _ in xs]
+    out = np.zeros(n, dtype)
+    enzpy.autodiff(
+        f, *(Duplicated(x, d) for x, d in zip(xs, dxs)), Duplicated(out, np.ones(n, dtype))
+    )
+    return dxs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "f, x, want",
+    [
+        # the dropped branch is sqrt at 0 (+inf) and at -1 (NaN)
+        (where_sqrt, [0.0, -1.0, 4.0], [0.0, 0.0, 0.25]),
+        (where_log, [0.0, -1.0, 2.0], [0.0, 0.0, 0.5]),
+    ],
+    ids=["sqrt", "log"],
+)
+def test_branch_dropped_by_where(f, x, want, dtype):
+    """Both branches computed, one dropped (as np.where does): the derivative
+    of the dropped one is multiplied by a zero seed and must stay 0 (JAX gives
+    NaN for jnp.where(x > 0, jnp.sqrt(x), 0) at 0)."""
+    n = len(x)
+    xs = [np.array(x, dtype)]
+    for got in (
+        _dup_forward(f, xs, [np.ones(n, dtype)], n, dtype),
+        _dup_reverse(f, xs, n, dtype)[0],
+    ):
+        for g, w in zip(got, want):
+            _check(g, w, dtype, f"{f.__name__} at {x}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_safe_division(dtype):
+    x, y = np.array([1.0, 1.0], dtype), np.array([0.0, 2.0], dtype)
+    want_x, want_y = [0.0, 0.5], [0.0, -0.25]
+    ones, zeros = np.ones(2, dtype), np.zeros(2, dtype)
+    got_x = _dup_forward(safe_div, [x, y], [ones, zeros], 2, dtype)
+    got_y = _dup_forward(safe_div, [x, y], [zeros, ones], 2, dtype)
+    rev_x, rev_y = _dup_reverse(safe_div, [x, y], 2, dtype)
+    for got, want in ((got_x, want_x), (got_y, want_y), (rev_x, want_x), (rev_y, want_y)):
+        for g, w in zip(got, want):
+            _check(g, w, dtype, "x / y if y != 0 else 0")
+
+
+@numba.njit
+def sqrt_and_linear(x, out):
+    out[0] = np.sqrt(x[0]) + x[1]
+    out[1] = 2.0 * x[1]
+
+
+@pytest.mark.parametrize("mode", [enzpy.Forward, enzpy.Reverse], ids=["forward", "reverse"])
+def test_jacobian_with_an_infinite_entry(mode):
+    """J = [[+inf, 1], [0, 2]] at x0 = 0: the infinite entry stays in its
+    place; the others (a column of zero directions, a row of zero cotangents)
+    are not NaN."""
+    j = enzpy.jacobian(sqrt_and_linear, np.array([0.0, 3.0]), out=np.zeros(2), mode=mode)
+    assert j.tolist() == [[INF, 1.0], [0.0, 2.0]]
+
+
+@numba.njit
+def cbrt_of_cube(x):
+    return np.cbrt(x**3)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="§8.4: 0 * inf with a zero that is a derivative, not a dropped path"
+)
+def test_zero_derivative_times_infinite_partial():
+    """cbrt(x**3) = x, derivative 1; the chain is cbrt'(0) * 3*0**2 = inf * 0,
+    which the zero-seed rule takes as 0 (known gap, design.md §8.4 and §11)."""
+    for t in (
+        enzpy.autodiff(cbrt_of_cube, Duplicated(0.0, 1.0), mode=Forward),
+        enzpy.autodiff(cbrt_of_cube, Active(0.0))[0],
+    ):
+        assert t == 1.0

@@ -94,9 +94,11 @@ const ScalarRule Rules[] = {
     {Op, "fmul", 2, [](E &X, unsigned I) { return Partial(X.x(1 - I)); }},
     {Op, "fdiv", 2,
      [](E &X, unsigned I) -> Partial {
+       // Unbounded: a / 0 in a branch a select drops (safe division).
        if (I == 0) // d(a/b)/da = 1/b
-         return X.recip(X.x(1));
-       return X.neg(X.div(X.result(), X.x(1))); // d(a/b)/db = -(a/b)/b
+         return Partial::unbounded(X.recip(X.x(1)));
+       // d(a/b)/db = -(a/b)/b
+       return Partial::unbounded(X.neg(X.div(X.result(), X.x(1))));
      }},
     {Op, "frem", 2, fmod},
     {Op, "fneg", 1, [](E &, unsigned) { return Partial::minusOne(); }},
@@ -120,11 +122,12 @@ const ScalarRule Rules[] = {
      [](E &X, unsigned) { return Partial(X.add(X.c(1.0), X.sq(X.result()))); }},
     {Fn, "asin", 1,
      [](E &X, unsigned) {
-       return Partial(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0)))));
+       return Partial::unbounded(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0)))));
      }},
     {Fn, "acos", 1,
      [](E &X, unsigned) {
-       return Partial(X.neg(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0))))));
+       return Partial::unbounded(
+           X.neg(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0))))));
      }},
     {Fn, "atan", 1,
      [](E &X, unsigned) {
@@ -142,18 +145,19 @@ const ScalarRule Rules[] = {
      }},
     {Fn, "acosh", 1,
      [](E &X, unsigned) {
-       return Partial(rsqrt(X, X.sub(X.sq(X.x(0)), X.c(1.0))));
+       return Partial::unbounded(rsqrt(X, X.sub(X.sq(X.x(0)), X.c(1.0))));
      }},
     {Fn, "atanh", 1,
      [](E &X, unsigned) {
-       return Partial(X.recip(X.sub(X.c(1.0), X.sq(X.x(0)))));
+       return Partial::unbounded(X.recip(X.sub(X.c(1.0), X.sq(X.x(0)))));
      }},
     {Fn, "atan2", 2,
      [](E &X, unsigned I) {
        // atan2(y, x): d/dy = x / (x^2 + y^2), d/dx = -y / (x^2 + y^2).
        Value *Y = X.x(0), *Xv = X.x(1);
        Value *Den = X.add(X.sq(Xv), X.sq(Y));
-       return Partial(I == 0 ? X.div(Xv, Den) : X.div(X.neg(Y), Den));
+       return Partial::unbounded(I == 0 ? X.div(Xv, Den)
+                                        : X.div(X.neg(Y), Den));
      }},
     {Fn, "hypot", 2,
      [](E &X, unsigned I) {
@@ -168,36 +172,39 @@ const ScalarRule Rules[] = {
      [](E &X, unsigned) { return Partial(X.mul(X.result(), X.c(M_LN2))); }},
     {Fn, "expm1", 1,
      [](E &X, unsigned) { return Partial(X.add(X.result(), X.c(1.0))); }},
-    {Fn, "log", 1, [](E &X, unsigned) { return Partial(X.recip(X.x(0))); }},
+    {Fn, "log", 1,
+     [](E &X, unsigned) { return Partial::unbounded(X.recip(X.x(0))); }},
     {Fn, "log2", 1,
      [](E &X, unsigned) {
-       return Partial(X.recip(X.mul(X.x(0), X.c(M_LN2))));
+       return Partial::unbounded(X.recip(X.mul(X.x(0), X.c(M_LN2))));
      }},
     {Fn, "log10", 1,
      [](E &X, unsigned) {
-       return Partial(X.recip(X.mul(X.x(0), X.c(M_LN10))));
+       return Partial::unbounded(X.recip(X.mul(X.x(0), X.c(M_LN10))));
      }},
     {Fn, "log1p", 1,
-     [](E &X, unsigned) { return Partial(X.recip(X.add(X.x(0), X.c(1.0)))); }},
+     [](E &X, unsigned) {
+       return Partial::unbounded(X.recip(X.add(X.x(0), X.c(1.0))));
+     }},
     {Fn, "sqrt", 1,
      [](E &X, unsigned) {
        // 0.5 / sqrt(x); +inf at both zeros (sqrt(-0) is -0), the one-sided
        // derivative.
-       return Partial(X.div(X.c(0.5), X.call("fabs", {X.result()})));
+       return Partial::unbounded(X.div(X.c(0.5), X.call("fabs", {X.result()})));
      }},
     {Fn, "cbrt", 1,
      [](E &X, unsigned) {
-       return Partial(X.recip(X.mul(X.c(3.0), X.sq(X.result()))));
+       return Partial::unbounded(X.recip(X.mul(X.c(3.0), X.sq(X.result()))));
      }},
     {Fn, "pow", 2,
      [](E &X, unsigned I) {
        Value *Base = X.x(0), *Exp = X.x(1);
        if (I == 0) // y * x^(y-1); 0 for y == 0 (x^0 == 1), even at x == 0
-         return Partial(
+         return Partial::unbounded(
              X.zeroWins(Exp, X.call("pow", {Base, X.sub(Exp, X.c(1.0))})));
        // x^y * log(x); taken as 0 at x == 0 (the limit for y > 0).
        Value *D = X.mul(X.result(), X.call("log", {Base}));
-       return Partial(X.select(X.isZero(Base), X.c(0.0), D));
+       return Partial::unbounded(X.select(X.isZero(Base), X.c(0.0), D));
      }},
     {Fn, "powi", 2,
      [](E &X, unsigned I) -> Partial {
@@ -329,6 +336,13 @@ Value *applyPartial(IRBuilder<> &B, const Partial &P, Value *Seed, Type *To) {
     break;
   case Partial::Factor:
     V = B.CreateFMul(Seed, P.V);
+    // A zero seed wins (docs/design.md §8.4): where no derivative flows in (a
+    // branch a select dropped, a direction or cotangent that is zero), an
+    // infinite or NaN partial must not make 0 * inf = NaN. A finite constant
+    // (1/b for a constant b) needs no guard.
+    if (auto *C = dyn_cast<ConstantFP>(P.V);
+        P.ZeroSeedWins && (!C || !C->getValueAPF().isFinite()))
+      V = B.CreateSelect(B.CreateFCmpOEQ(Seed, Zero), Zero, V);
     break;
   case Partial::WhereTrue:
     V = B.CreateSelect(P.V, Seed, Zero);

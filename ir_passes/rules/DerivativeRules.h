@@ -17,8 +17,12 @@
 // (which would turn an infinite seed into NaN).
 //
 // At special points (docs/design.md §8.4) a zero wins over an infinite or
-// undefined factor: a rule writes a product whose factor can be zero where the
-// other one is infinite with RuleExpr::zeroWins (pow at x = 0 with y = 0).
+// undefined factor, twice: a rule writes a product whose factor can be zero
+// where the other one is infinite with RuleExpr::zeroWins (pow at x = 0 with
+// y = 0), and a partial that can be infinite or NaN where the primal is finite
+// (sqrt at 0) is marked Partial::unbounded, so that applyPartial gives 0 for a
+// zero seed: a path that carries no derivative (a branch a select dropped, a
+// direction the caller did not ask for) does not turn the result into NaN.
 //
 // Operations whose derivative is not a set of scalar partials (BLAS products,
 // memory copies and fills) are linear maps on memory: rules/BlasRules and
@@ -50,10 +54,20 @@ struct Partial {
   };
   Shape S = Zero;
   llvm::Value *V = nullptr;
+  /// A zero seed gives 0 (not 0 * inf = NaN): set by rows whose factor can
+  /// be infinite or NaN where the primal is finite. Costs a select, so rows
+  /// with bounded partials (fmul, sin, exp, ...) leave it unset.
+  bool ZeroSeedWins = false;
 
   /// A factor; null means zero.
   Partial(llvm::Value *Factor = nullptr)
       : S(Factor ? Partial::Factor : Zero), V(Factor) {}
+  /// A factor that can be infinite or NaN where the primal is finite.
+  static Partial unbounded(llvm::Value *Factor) {
+    Partial P(Factor);
+    P.ZeroSeedWins = true;
+    return P;
+  }
   static Partial one() { return Partial(One, nullptr); }
   static Partial minusOne() { return Partial(MinusOne, nullptr); }
   /// 1 where \p Cond == \p When, else 0.
@@ -150,7 +164,8 @@ unsigned ruleOperandCount(const llvm::Instruction &I);
 /// Every row, for documentation and tests.
 llvm::ArrayRef<ScalarRule> scalarRules();
 
-/// \p Seed * \p P, converted to \p To (null when \p P is zero).
+/// \p Seed * \p P, converted to \p To (null when \p P is zero); 0 for a zero
+/// seed when \p P is unbounded.
 llvm::Value *applyPartial(llvm::IRBuilder<> &B, const Partial &P,
                           llvm::Value *Seed, llvm::Type *To);
 /// sum_i P_i * tangent_i in \p To, null when every term is zero. A term's
