@@ -23,7 +23,8 @@ Value *emitMathCall(IRBuilder<> &B, StringRef Name, ArrayRef<Value *> Args) {
       {"trunc", Intrinsic::trunc}, {"copysign", Intrinsic::copysign},
       {"sinh", Intrinsic::sinh},   {"cosh", Intrinsic::cosh},
       {"tanh", Intrinsic::tanh},   {"asin", Intrinsic::asin},
-      {"acos", Intrinsic::acos},   {"atan", Intrinsic::atan}};
+      {"acos", Intrinsic::acos},   {"atan", Intrinsic::atan},
+      {"rint", Intrinsic::rint}};
   auto It = Intrinsics.find(Name);
   if (It != Intrinsics.end())
     return B.CreateIntrinsic(It->second, {T}, Args);
@@ -58,17 +59,21 @@ constexpr PartialFn Flat = zero;
 /// functions.
 Value *rsqrt(E &X, Value *S) { return X.recip(X.call("sqrt", {S})); }
 
-/// min/max: the derivative goes to the argument that was chosen (the first
-/// one on ties).
-Partial choose(E &X, unsigned I, Value *FirstChosen) {
-  return Partial::where(FirstChosen, I == 0);
+/// min/max: the derivative goes to the argument that was returned: the first
+/// one on ties, the other one when one is NaN (fmax(x, NaN) is x).
+Partial choose(E &X, unsigned I) {
+  return Partial::where(X.B.CreateFCmpOEQ(X.result(), X.x(0)), I == 0);
 }
 
-/// fmod(a, b) = a - trunc(a / b) * b.
+/// fmod(a, b) = a - n * b with the integer n = trunc(a / b) of exact
+/// arithmetic. The rounded a / b can be n + 1 (fmod(1, 0.1) is 0.1 - 5.5e-17:
+/// n = 9, a / b = 10.0), so n is recovered from the exact remainder r:
+/// (a - r) / b is n to within two roundings.
 Partial fmod(E &X, unsigned I) {
   if (I == 0)
     return Partial::one();
-  return X.neg(X.call("trunc", {X.div(X.x(0), X.x(1))}));
+  Value *N = X.div(X.sub(X.x(0), X.result()), X.x(1));
+  return X.neg(X.call("rint", {N}));
 }
 
 /// fma(a, b, c) = a * b + c.
@@ -89,9 +94,11 @@ const ScalarRule Rules[] = {
     {Op, "fmul", 2, [](E &X, unsigned I) { return Partial(X.x(1 - I)); }},
     {Op, "fdiv", 2,
      [](E &X, unsigned I) -> Partial {
+       // Unbounded: a / 0 in a branch a select drops (safe division).
        if (I == 0) // d(a/b)/da = 1/b
-         return X.recip(X.x(1));
-       return X.neg(X.div(X.result(), X.x(1))); // d(a/b)/db = -(a/b)/b
+         return Partial::unbounded(X.recip(X.x(1)));
+       // d(a/b)/db = -(a/b)/b
+       return Partial::unbounded(X.neg(X.div(X.result(), X.x(1))));
      }},
     {Op, "frem", 2, fmod},
     {Op, "fneg", 1, [](E &, unsigned) { return Partial::minusOne(); }},
@@ -115,11 +122,12 @@ const ScalarRule Rules[] = {
      [](E &X, unsigned) { return Partial(X.add(X.c(1.0), X.sq(X.result()))); }},
     {Fn, "asin", 1,
      [](E &X, unsigned) {
-       return Partial(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0)))));
+       return Partial::unbounded(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0)))));
      }},
     {Fn, "acos", 1,
      [](E &X, unsigned) {
-       return Partial(X.neg(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0))))));
+       return Partial::unbounded(
+           X.neg(rsqrt(X, X.sub(X.c(1.0), X.sq(X.x(0))))));
      }},
     {Fn, "atan", 1,
      [](E &X, unsigned) {
@@ -137,18 +145,19 @@ const ScalarRule Rules[] = {
      }},
     {Fn, "acosh", 1,
      [](E &X, unsigned) {
-       return Partial(rsqrt(X, X.sub(X.sq(X.x(0)), X.c(1.0))));
+       return Partial::unbounded(rsqrt(X, X.sub(X.sq(X.x(0)), X.c(1.0))));
      }},
     {Fn, "atanh", 1,
      [](E &X, unsigned) {
-       return Partial(X.recip(X.sub(X.c(1.0), X.sq(X.x(0)))));
+       return Partial::unbounded(X.recip(X.sub(X.c(1.0), X.sq(X.x(0)))));
      }},
     {Fn, "atan2", 2,
      [](E &X, unsigned I) {
        // atan2(y, x): d/dy = x / (x^2 + y^2), d/dx = -y / (x^2 + y^2).
        Value *Y = X.x(0), *Xv = X.x(1);
        Value *Den = X.add(X.sq(Xv), X.sq(Y));
-       return Partial(I == 0 ? X.div(Xv, Den) : X.div(X.neg(Y), Den));
+       return Partial::unbounded(I == 0 ? X.div(Xv, Den)
+                                        : X.div(X.neg(Y), Den));
      }},
     {Fn, "hypot", 2,
      [](E &X, unsigned I) {
@@ -163,43 +172,50 @@ const ScalarRule Rules[] = {
      [](E &X, unsigned) { return Partial(X.mul(X.result(), X.c(M_LN2))); }},
     {Fn, "expm1", 1,
      [](E &X, unsigned) { return Partial(X.add(X.result(), X.c(1.0))); }},
-    {Fn, "log", 1, [](E &X, unsigned) { return Partial(X.recip(X.x(0))); }},
+    {Fn, "log", 1,
+     [](E &X, unsigned) { return Partial::unbounded(X.recip(X.x(0))); }},
     {Fn, "log2", 1,
      [](E &X, unsigned) {
-       return Partial(X.recip(X.mul(X.x(0), X.c(M_LN2))));
+       return Partial::unbounded(X.recip(X.mul(X.x(0), X.c(M_LN2))));
      }},
     {Fn, "log10", 1,
      [](E &X, unsigned) {
-       return Partial(X.recip(X.mul(X.x(0), X.c(M_LN10))));
+       return Partial::unbounded(X.recip(X.mul(X.x(0), X.c(M_LN10))));
      }},
     {Fn, "log1p", 1,
-     [](E &X, unsigned) { return Partial(X.recip(X.add(X.x(0), X.c(1.0)))); }},
+     [](E &X, unsigned) {
+       return Partial::unbounded(X.recip(X.add(X.x(0), X.c(1.0))));
+     }},
     {Fn, "sqrt", 1,
-     [](E &X, unsigned) { return Partial(X.div(X.c(0.5), X.result())); }},
+     [](E &X, unsigned) {
+       // 0.5 / sqrt(x); +inf at both zeros (sqrt(-0) is -0), the one-sided
+       // derivative.
+       return Partial::unbounded(X.div(X.c(0.5), X.call("fabs", {X.result()})));
+     }},
     {Fn, "cbrt", 1,
      [](E &X, unsigned) {
-       return Partial(X.recip(X.mul(X.c(3.0), X.sq(X.result()))));
+       return Partial::unbounded(X.recip(X.mul(X.c(3.0), X.sq(X.result()))));
      }},
     {Fn, "pow", 2,
      [](E &X, unsigned I) {
        Value *Base = X.x(0), *Exp = X.x(1);
-       if (I == 0) // y * x^(y-1)
-         return Partial(
-             X.mul(Exp, X.call("pow", {Base, X.sub(Exp, X.c(1.0))})));
+       if (I == 0) // y * x^(y-1); 0 for y == 0 (x^0 == 1), even at x == 0
+         return Partial::unbounded(
+             X.zeroWins(Exp, X.call("pow", {Base, X.sub(Exp, X.c(1.0))})));
        // x^y * log(x); taken as 0 at x == 0 (the limit for y > 0).
        Value *D = X.mul(X.result(), X.call("log", {Base}));
-       return Partial(X.select(X.isZero(Base), X.c(0.0), D));
+       return Partial::unbounded(X.select(X.isZero(Base), X.c(0.0), D));
      }},
     {Fn, "powi", 2,
      [](E &X, unsigned I) -> Partial {
        if (I != 0)
          return Partial(); // an integer exponent
-       // n * x^(n-1)
+       // n * x^(n-1); 0 for n == 0, even at x == 0
        Value *Base = X.x(0), *N = X.x(1);
        Value *Nm1 = X.B.CreateSub(N, ConstantInt::get(N->getType(), 1));
        Value *P = X.B.CreateIntrinsic(
            Intrinsic::powi, {Base->getType(), N->getType()}, {Base, Nm1});
-       return X.mul(X.B.CreateSIToFP(N, X.Ty), P);
+       return X.zeroWins(X.B.CreateSIToFP(N, X.Ty), P);
      }},
     {Fn, "erf", 1,
      [](E &X, unsigned) {
@@ -213,12 +229,17 @@ const ScalarRule Rules[] = {
      }},
 
     // Sign, magnitude, rounding.
-    {Fn, "fabs", 1, [](E &X, unsigned) { return Partial(X.sign(X.x(0))); }},
+    // |x|: +1 for x >= 0, both zeros included (JAX's choice; the sign of a
+    // zero is often an accident of rounding), -1 below.
+    {Fn, "fabs", 1,
+     [](E &X, unsigned) { return Partial::signWhere(X.nonNegative(X.x(0))); }},
     {Fn, "copysign", 2,
      [](E &X, unsigned I) -> Partial {
        if (I != 0)
          return Partial(); // only the sign is taken from the second
-       return X.mul(X.sign(X.x(0)), X.sign(X.x(1)));
+       // copysign(a, b) = |a| * sign(b): fabs's partial times sign(b).
+       Value *S = X.sign(X.x(1));
+       return X.select(X.nonNegative(X.x(0)), S, X.neg(S));
      }},
     {Fn, "floor", 1, Flat},
     {Fn, "ceil", 1, Flat},
@@ -232,14 +253,8 @@ const ScalarRule Rules[] = {
     {Fn, "fma", 3, fma},
     {Fn, "fmuladd", 3, fma},
     {Fn, "fmod", 2, fmod},
-    {Fn, "minnum", 2,
-     [](E &X, unsigned I) {
-       return choose(X, I, X.B.CreateFCmpOLE(X.x(0), X.x(1)));
-     }},
-    {Fn, "maxnum", 2,
-     [](E &X, unsigned I) {
-       return choose(X, I, X.B.CreateFCmpOGE(X.x(0), X.x(1)));
-     }},
+    {Fn, "minnum", 2, choose},
+    {Fn, "maxnum", 2, choose},
 };
 
 /// Other names of rows: IEEE min/max variants and libm spellings.
@@ -321,12 +336,22 @@ Value *applyPartial(IRBuilder<> &B, const Partial &P, Value *Seed, Type *To) {
     break;
   case Partial::Factor:
     V = B.CreateFMul(Seed, P.V);
+    // A zero seed wins (docs/design.md §8.4): where no derivative flows in (a
+    // branch a select dropped, a direction or cotangent that is zero), an
+    // infinite or NaN partial must not make 0 * inf = NaN. A finite constant
+    // (1/b for a constant b) needs no guard.
+    if (auto *C = dyn_cast<ConstantFP>(P.V);
+        P.ZeroSeedWins && (!C || !C->getValueAPF().isFinite()))
+      V = B.CreateSelect(B.CreateFCmpOEQ(Seed, Zero), Zero, V);
     break;
   case Partial::WhereTrue:
     V = B.CreateSelect(P.V, Seed, Zero);
     break;
   case Partial::WhereFalse:
     V = B.CreateSelect(P.V, Zero, Seed);
+    break;
+  case Partial::SignWhere:
+    V = B.CreateSelect(P.V, Seed, B.CreateFNeg(Seed));
     break;
   }
   return V->getType() == To ? V : B.CreateFPCast(V, To);

@@ -10,10 +10,19 @@
 //   forward mode   tangent   = sum_i partial_i * tangent_i     (sumTangents)
 //   reverse mode   adjoint_i += partial_i * adjoint            (applyPartial)
 //   batch mode     the partials are built once and shared by the W lanes.
-// A partial is one of a few shapes (zero, one, minus one, a factor, or "one
-// where a condition holds, else zero") so that the synthesizers emit the
-// cheapest code for it: no multiplications by one, selects instead of
-// multiplications by 0/1 (which would turn an infinite seed into NaN).
+// A partial is one of a few shapes (zero, one, minus one, a factor, "one
+// where a condition holds, else zero", or "+1 where a condition holds, else
+// -1") so that the synthesizers emit the cheapest code for it: no
+// multiplications by one, selects instead of multiplications by 0/1 or by +-1
+// (which would turn an infinite seed into NaN).
+//
+// At special points (docs/design.md §8.4) a zero wins over an infinite or
+// undefined factor, twice: a rule writes a product whose factor can be zero
+// where the other one is infinite with RuleExpr::zeroWins (pow at x = 0 with
+// y = 0), and a partial that can be infinite or NaN where the primal is finite
+// (sqrt at 0) is marked Partial::unbounded, so that applyPartial gives 0 for a
+// zero seed: a path that carries no derivative (a branch a select dropped, a
+// direction the caller did not ask for) does not turn the result into NaN.
 //
 // Operations whose derivative is not a set of scalar partials (BLAS products,
 // memory copies and fills) are linear maps on memory: rules/BlasRules and
@@ -41,18 +50,33 @@ struct Partial {
     Factor,     // V (a float of the result's type)
     WhereTrue,  // 1 where the i1 V holds, else 0
     WhereFalse, // 1 where the i1 V does not hold, else 0
+    SignWhere,  // +1 where the i1 V holds, else -1
   };
   Shape S = Zero;
   llvm::Value *V = nullptr;
+  /// A zero seed gives 0 (not 0 * inf = NaN): set by rows whose factor can
+  /// be infinite or NaN where the primal is finite. Costs a select, so rows
+  /// with bounded partials (fmul, sin, exp, ...) leave it unset.
+  bool ZeroSeedWins = false;
 
   /// A factor; null means zero.
   Partial(llvm::Value *Factor = nullptr)
       : S(Factor ? Partial::Factor : Zero), V(Factor) {}
+  /// A factor that can be infinite or NaN where the primal is finite.
+  static Partial unbounded(llvm::Value *Factor) {
+    Partial P(Factor);
+    P.ZeroSeedWins = true;
+    return P;
+  }
   static Partial one() { return Partial(One, nullptr); }
   static Partial minusOne() { return Partial(MinusOne, nullptr); }
   /// 1 where \p Cond == \p When, else 0.
   static Partial where(llvm::Value *Cond, bool When) {
     return Partial(When ? WhereTrue : WhereFalse, Cond);
+  }
+  /// +1 where \p Cond holds, else -1.
+  static Partial signWhere(llvm::Value *Cond) {
+    return Partial(SignWhere, Cond);
   }
   bool isZero() const { return S == Zero; }
 
@@ -92,6 +116,16 @@ public:
   /// +1 or -1 with the sign of \p A.
   llvm::Value *sign(llvm::Value *A) { return call("copysign", {c(1.0), A}); }
   llvm::Value *isZero(llvm::Value *A) { return B.CreateFCmpOEQ(A, c(0.0)); }
+  /// A >= 0, true at both zeros.
+  llvm::Value *nonNegative(llvm::Value *A) {
+    return B.CreateFCmpOGE(A, c(0.0));
+  }
+  /// \p Z * \p A, and exactly 0 where \p Z is 0 even if \p A is infinite or
+  /// NaN: for a product whose factor \p Z vanishes exactly where \p A blows
+  /// up while the derivative has a limit (one select, no extra call).
+  llvm::Value *zeroWins(llvm::Value *Z, llvm::Value *A) {
+    return select(isZero(Z), c(0.0), mul(Z, A));
+  }
   llvm::Value *select(llvm::Value *Cond, llvm::Value *A, llvm::Value *C) {
     return B.CreateSelect(Cond, A, C);
   }
@@ -130,7 +164,8 @@ unsigned ruleOperandCount(const llvm::Instruction &I);
 /// Every row, for documentation and tests.
 llvm::ArrayRef<ScalarRule> scalarRules();
 
-/// \p Seed * \p P, converted to \p To (null when \p P is zero).
+/// \p Seed * \p P, converted to \p To (null when \p P is zero); 0 for a zero
+/// seed when \p P is unbounded.
 llvm::Value *applyPartial(llvm::IRBuilder<> &B, const Partial &P,
                           llvm::Value *Seed, llvm::Type *To);
 /// sum_i P_i * tangent_i in \p To, null when every term is zero. A term's
