@@ -33,15 +33,10 @@ def test_sort_reverse_works():
     check_vjp(_sort_extremes, Dup(np.array([0.3, -0.7, 1.1, 0.2])))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=enzpy.UnsupportedError,
-    reason="fuzz seed 5012 (wide): forward mode refuses np.sort ('forward mode cannot "
-    "follow the lifetime of an array allocated in the function: a reference count is "
-    "updated through ...') although reverse mode differentiates it and README says "
-    "forward mode supports everything listed for reverse mode (sorting is listed)",
-)
 def test_sort_forward_mode_matches_reverse():
+    """Fuzz seed 5012 (wide): forward mode refused np.sort because numba's
+    quicksort keeps its partition stack in a runtime list whose reference
+    counts forward mode did not know it could ignore."""
     y = np.array([0.3, -0.7, 1.1, 0.2])
     t = enzpy.autodiff(_sort_extremes, Duplicated(y.copy(), np.ones(4)), mode=Forward)
     # d/dy of 0.25*min(y) + 0.5*max(y) along ones
@@ -120,3 +115,20 @@ def test_one_loop_over_a_tuple_of_arrays_works():
 )
 def test_two_loops_over_tuples_of_arrays():
     check_vjp(_two_tuple_loops, Dup(np.arange(1.0, 4.0)), Dup(np.arange(2.0, 5.0)), Active(0.5))
+
+
+@numba.njit
+def _rank_weighted_squares(y):
+    z = np.sort(y)
+    s = 0.0
+    for i in range(z.shape[0]):
+        s += (i + 1) * z[i] ** 2
+    return s
+
+
+def test_hessian_through_sort_is_the_rank_weighted_diagonal():
+    """hessian runs forward mode inside: sum_i (i+1) z_i^2 of the sorted z has
+    the Hessian diag(2 * rank weight) in the original order."""
+    y = np.array([0.3, -0.7, 1.1, 0.2])
+    ranks = np.argsort(np.argsort(y)) + 1
+    np.testing.assert_allclose(enzpy.hessian(_rank_weighted_squares, y), np.diag(2.0 * ranks))

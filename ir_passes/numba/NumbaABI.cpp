@@ -45,6 +45,10 @@ bool isAllocationCall(const Value *V) {
          N == "NRT_MemInfo_alloc_safe" || N == "NRT_MemInfo_alloc_safe_aligned";
 }
 
+bool isContainerAllocation(const Value *V) {
+  return calleeName(V).starts_with("NRT_MemInfo_new_varsize");
+}
+
 bool isDataPointerCall(const CallBase &CB) {
   return calleeName(&CB) == "NRT_MemInfo_data_fast" && CB.arg_size() == 1;
 }

@@ -73,6 +73,10 @@ constexpr int64_t MemInfoDataOffset = 24;
 /// A call that allocates a new array (NRT_MemInfo_alloc*): it returns the
 /// MemInfo, and its first argument is the size in bytes.
 bool isAllocationCall(const llvm::Value *V);
+/// A call that allocates the payload of a container numba manages itself
+/// (typed lists, the partition stack of np.sort; NRT_MemInfo_new_varsize*):
+/// never an array with a shadow.
+bool isContainerAllocation(const llvm::Value *V);
 /// numba's accessor of a MemInfo's data pointer (NRT_MemInfo_data_fast).
 bool isDataPointerCall(const llvm::CallBase &CB);
 /// NRT_incref / NRT_decref on one MemInfo.

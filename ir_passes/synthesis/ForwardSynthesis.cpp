@@ -168,6 +168,8 @@ MemInfoKind ForwardSynthesizer::classifyMemInfo(
     if (numba::isAllocationCall(CB))
       return Sk.hasShadowAllocation(CB) ? MemInfoKind::Shadowed
                                         : MemInfoKind::None;
+    if (numba::isContainerAllocation(CB))
+      return MemInfoKind::None;
     return MemInfoKind::Untraceable;
   }
   if (isSpilledPointer(V))
