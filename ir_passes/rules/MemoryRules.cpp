@@ -1,5 +1,6 @@
 //===- MemoryRules.cpp - derivatives of memory fills and copies -----------===//
 #include "rules/MemoryRules.h"
+#include "driver/IRHelpers.h"
 #include "llvm/IR/Module.h"
 
 using namespace llvm;
@@ -12,12 +13,13 @@ static FunctionCallee copyAdjointFn(Module &M, Type *Elem) {
   LLVMContext &C = M.getContext();
   std::string Name =
       "enzpy.copy.adjoint." + std::string(Elem->isFloatTy() ? "f32" : "f64");
-  if (Function *F = M.getFunction(Name))
-    return F;
   Type *Ptr = PointerType::getUnqual(C), *I64 = Type::getInt64Ty(C);
-  Function *F = Function::Create(
-      FunctionType::get(Type::getVoidTy(C), {Ptr, Ptr, I64}, false),
-      GlobalValue::InternalLinkage, Name, M);
+  bool Fresh;
+  Function *F = internalHelper(
+      M, Name, FunctionType::get(Type::getVoidTy(C), {Ptr, Ptr, I64}, false),
+      Fresh);
+  if (!Fresh)
+    return F;
   Argument *Dst = F->getArg(0), *Src = F->getArg(1), *Bytes = F->getArg(2);
   BasicBlock *Entry = BasicBlock::Create(C, "entry", F);
   BasicBlock *Loop = BasicBlock::Create(C, "loop", F);

@@ -1,5 +1,6 @@
 //===- ReleaseList.cpp - references a reverse derivative must drop --------===//
 #include "synthesis/ReleaseList.h"
+#include "driver/IRHelpers.h"
 #include "numba/NumbaABI.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/Module.h"
@@ -16,14 +17,15 @@ static StructType *stateType(LLVMContext &C) {
 /// ptr append(ptr state, ptr item): the list's storage, or null when it
 /// could not grow.
 static Function *appendFn(Module &M) {
-  const char *Name = "enzpy.release.append";
-  if (Function *F = M.getFunction(Name))
-    return F;
   LLVMContext &C = M.getContext();
   Type *Ptr = PointerType::getUnqual(C), *I64 = Type::getInt64Ty(C);
   StructType *ST = stateType(C);
-  Function *F = Function::Create(FunctionType::get(Ptr, {Ptr, Ptr}, false),
-                                 GlobalValue::InternalLinkage, Name, M);
+  bool Fresh;
+  Function *F =
+      internalHelper(M, "enzpy.release.append",
+                     FunctionType::get(Ptr, {Ptr, Ptr}, false), Fresh);
+  if (!Fresh)
+    return F;
   BasicBlock *Entry = BasicBlock::Create(C, "entry", F);
   BasicBlock *Grow = BasicBlock::Create(C, "grow", F);
   BasicBlock *Grown = BasicBlock::Create(C, "grown", F);
@@ -40,10 +42,8 @@ static Function *appendFn(Module &M) {
   B.SetInsertPoint(Grow);
   Value *NewCap = B.CreateSelect(B.CreateICmpEQ(Cap, B.getInt64(0)),
                                  B.getInt64(16), B.CreateShl(Cap, 1));
-  FunctionCallee Realloc = M.getOrInsertFunction(
-      "realloc", FunctionType::get(Ptr, {Ptr, I64}, false));
   Value *NewBase =
-      B.CreateCall(Realloc, {Base, B.CreateMul(NewCap, B.getInt64(8))});
+      B.CreateCall(libcRealloc(M), {Base, B.CreateMul(NewCap, B.getInt64(8))});
   B.CreateCondBr(B.CreateIsNull(NewBase), Fail, Grown);
   B.SetInsertPoint(Grown);
   B.CreateStore(NewBase, BaseP);
@@ -63,15 +63,15 @@ static Function *appendFn(Module &M) {
 
 /// void releaseAll(ptr state): NRT_decref every item (nulls skipped), free.
 static Function *releaseFn(Module &M) {
-  const char *Name = "enzpy.release.all";
-  if (Function *F = M.getFunction(Name))
-    return F;
   LLVMContext &C = M.getContext();
   Type *Ptr = PointerType::getUnqual(C), *I64 = Type::getInt64Ty(C);
   StructType *ST = stateType(C);
-  Function *F =
-      Function::Create(FunctionType::get(Type::getVoidTy(C), {Ptr}, false),
-                       GlobalValue::InternalLinkage, Name, M);
+  bool Fresh;
+  Function *F = internalHelper(
+      M, "enzpy.release.all",
+      FunctionType::get(Type::getVoidTy(C), {Ptr}, false), Fresh);
+  if (!Fresh)
+    return F;
   BasicBlock *Entry = BasicBlock::Create(C, "entry", F);
   BasicBlock *Loop = BasicBlock::Create(C, "loop", F);
   BasicBlock *Drop = BasicBlock::Create(C, "drop", F);
@@ -97,9 +97,7 @@ static Function *releaseFn(Module &M) {
   I->addIncoming(I1, Next);
   B.CreateCondBr(B.CreateICmpULT(I1, Size), Loop, Done);
   B.SetInsertPoint(Done);
-  FunctionCallee Free = M.getOrInsertFunction(
-      "free", FunctionType::get(B.getVoidTy(), {Ptr}, false));
-  B.CreateCall(Free, {Base});
+  B.CreateCall(libcFree(M), {Base});
   B.CreateStore(ConstantPointerNull::get(cast<PointerType>(Ptr)), BaseP);
   B.CreateStore(B.getInt64(0), SizeP);
   B.CreateStore(B.getInt64(0), CapP);

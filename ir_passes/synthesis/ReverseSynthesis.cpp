@@ -29,6 +29,7 @@
 //===----------------------------------------------------------------------===//
 #include "analysis/CachePolicy.h"
 #include "driver/Diagnostics.h"
+#include "driver/IRHelpers.h"
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
 #include "rules/DerivativeRules.h"
@@ -226,8 +227,7 @@ void ReverseSynthesizer::prepareBlas(const BlasCall &Call) {
     Value *Bytes = emitBlasInputBytes(
         B, Call, I, [&](unsigned K) { return DC->getArgOperand(K); });
     Module &M = *D->getParent();
-    FunctionCallee Malloc = M.getOrInsertFunction(
-        "malloc", FunctionType::get(B.getPtrTy(), {B.getInt64Ty()}, false));
+    FunctionCallee Malloc = libcMalloc(M);
     CallInst *Copy = B.CreateCall(Malloc, {Bytes}, "enzpy.blas.saved");
     Sk.failIfNull(Copy);
     B.CreateMemCpy(Copy, MaybeAlign(), DC->getArgOperand(I), MaybeAlign(),
@@ -271,8 +271,7 @@ void ReverseSynthesizer::reverseBlas(const BlasCall &Call, IRBuilder<> &RB,
     BlasReverseInputs In{ArgFn, InputFn, ShadowFn, AlphaV, BetaV};
     emitBlasReverse(RB, Call, In);
   }
-  FunctionCallee Free = D->getParent()->getOrInsertFunction(
-      "free", FunctionType::get(RB.getVoidTy(), {RB.getPtrTy()}, false));
+  FunctionCallee Free = libcFree(*D->getParent());
   for (Value *Copy : ToFree)
     RB.CreateCall(Free, {Copy});
 }

@@ -1,5 +1,6 @@
 //===- Tape.cpp - the stack of values the reverse sweep needs -------------===//
 #include "synthesis/Tape.h"
+#include "driver/IRHelpers.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/MDBuilder.h"
 #include "llvm/IR/Module.h"
@@ -7,21 +8,6 @@
 using namespace llvm;
 
 namespace enzpy {
-
-static FunctionCallee libcReallocFn(Module &M) {
-  LLVMContext &C = M.getContext();
-  return M.getOrInsertFunction(
-      "realloc", FunctionType::get(
-                     PointerType::getUnqual(C),
-                     {PointerType::getUnqual(C), Type::getInt64Ty(C)}, false));
-}
-
-static FunctionCallee libcFreeFn(Module &M) {
-  LLVMContext &C = M.getContext();
-  return M.getOrInsertFunction(
-      "free", FunctionType::get(Type::getVoidTy(C), {PointerType::getUnqual(C)},
-                                false));
-}
 
 Tape::Tape(Function &D, BasicBlock &Entry) : D(D) {
   LLVMContext &C = D.getContext();
@@ -41,14 +27,14 @@ BasicBlock *Tape::failureBlock() {
     return Oom;
   Oom = BasicBlock::Create(D.getContext(), "enzpy.tape.oom", &D);
   IRBuilder<> B(Oom);
-  B.CreateCall(libcFreeFn(*D.getParent()), {B.CreateLoad(Ptr, Base)});
+  B.CreateCall(libcFree(*D.getParent()), {B.CreateLoad(Ptr, Base)});
   B.CreateRet(ConstantInt::get(Type::getInt32Ty(D.getContext()), -1));
   return Oom;
 }
 
 void Tape::emitFree(Instruction *Before) {
   IRBuilder<> B(Before);
-  B.CreateCall(libcFreeFn(*D.getParent()), {B.CreateLoad(Ptr, Base)});
+  B.CreateCall(libcFree(*D.getParent()), {B.CreateLoad(Ptr, Base)});
 }
 
 Tape::Frame::Frame(Tape &T, BasicBlock *Head) : T(T), Head(Head) {
@@ -100,7 +86,7 @@ Value *Tape::emitEnsure(Instruction *Term, Value *Extra) {
   Value *Min = B.CreateAdd(Need, ConstantInt::get(I64, 1024));
   Value *NewCap = B.CreateSelect(B.CreateICmpUGT(Twice, Min), Twice, Min);
   Value *Bytes = B.CreateMul(NewCap, ConstantInt::get(I64, SlotBytes));
-  Value *NewBase = B.CreateCall(libcReallocFn(*D.getParent()), {Old, Bytes});
+  Value *NewBase = B.CreateCall(libcRealloc(*D.getParent()), {Old, Bytes});
   B.CreateCondBr(B.CreateIsNull(NewBase), failureBlock(), Grown,
                  MDB.createUnlikelyBranchWeights());
   B.SetInsertPoint(Grown);

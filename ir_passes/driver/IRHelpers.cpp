@@ -1,0 +1,39 @@
+//===- IRHelpers.cpp - C library and helper functions in a module ---------===//
+#include "driver/IRHelpers.h"
+#include "llvm/IR/DerivedTypes.h"
+
+using namespace llvm;
+
+namespace enzpy {
+
+FunctionCallee libcMalloc(Module &M) {
+  LLVMContext &C = M.getContext();
+  return M.getOrInsertFunction("malloc",
+                               FunctionType::get(PointerType::getUnqual(C),
+                                                 {Type::getInt64Ty(C)}, false));
+}
+
+FunctionCallee libcRealloc(Module &M) {
+  LLVMContext &C = M.getContext();
+  Type *Ptr = PointerType::getUnqual(C);
+  return M.getOrInsertFunction(
+      "realloc", FunctionType::get(Ptr, {Ptr, Type::getInt64Ty(C)}, false));
+}
+
+FunctionCallee libcFree(Module &M) {
+  LLVMContext &C = M.getContext();
+  return M.getOrInsertFunction(
+      "free", FunctionType::get(Type::getVoidTy(C), {PointerType::getUnqual(C)},
+                                false));
+}
+
+Function *internalHelper(Module &M, StringRef Name, FunctionType *FT,
+                         bool &Fresh) {
+  Fresh = false;
+  if (Function *F = M.getFunction(Name))
+    return F;
+  Fresh = true;
+  return Function::Create(FT, GlobalValue::InternalLinkage, Name, M);
+}
+
+} // namespace enzpy
