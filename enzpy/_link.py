@@ -1,13 +1,17 @@
 """Load a derivative module into numba and make it callable.
 
-The engine's bitcode goes into a numba code library (so numba links it into,
-and can inline it in, any njit function that calls it). Before the library is
-finalized, every symbol the module declares is checked to resolve, because
-MCJIT would leave an unresolved one as a null address and the call would
-crash the process. An ``@intrinsic`` calls the derivative with numba's native
-calling convention, as the call signature (``_signature``) types and lowers
-it, and an ``@njit`` wrapper around it is what Python and other njit code
-call.
+The engine's bitcode goes into a numba code library of its own, which numba
+optimizes for this CPU and compiles to machine code once. Callers (the njit
+wrapper, and any njit function that calls the wrapper) reach it through its
+JIT symbol instead of linking its IR in: linking would re-optimize and re-compile the whole
+derivative for every caller, which for a large kernel costs as much as the
+derivative's own compile. numba never unloads JIT code, so the symbol stays
+valid for the life of the process. Before the library is finalized, every
+symbol the module declares is checked to resolve, because MCJIT would leave
+an unresolved one as a null address and the call would crash the process. An
+``@intrinsic`` calls the derivative with numba's native calling convention,
+as the call signature (``_signature``) types and lowers it, and an ``@njit``
+wrapper around it is what Python and other njit code call.
 """
 
 from __future__ import annotations
@@ -96,9 +100,8 @@ def load_library(
     """Put the derivative module into a finalized numba code library.
 
     The derivative ``name`` (unique in the process) stays external in the
-    library -- numba's O3 at finalize would drop an unused ``linkonce_odr``
-    definition -- and numba turns it into ``linkonce_odr`` itself in the copy
-    it links into each caller. Every other function the module defines
+    library and is published as a JIT symbol, which is how callers reach it.
+    Every other function the module defines
     (copies of the primal and its callees) becomes internal, so that no
     symbol clashes with numba's own. The numba Environment globals named
     in ``environments`` that the module defines are pointed at their
@@ -134,15 +137,18 @@ def load_library(
             lib.finalize()
         except Exception as e:  # noqa: BLE001 - numba/llvmlite raise various errors
             raise InternalError(f"numba could not load the derivative of {what}: {e}") from e
-        if not codegen._engine.is_symbol_defined(name):
+        address = lib.get_pointer_to_function(name)
+        if not address:
             raise InternalError(f"the derivative {name!r} did not load into the JIT")
+        # Callers declare the derivative and the JIT resolves it by name.
+        llvm.add_symbol(name, address)
         for env_name, env in environments:
             if codegen._engine.is_symbol_defined(env_name):
                 codegen.set_env(env_name, env)
     return lib
 
 
-def _make_intrinsic(lib: Any, sig: CallSignature) -> Any:
+def _make_intrinsic(sig: CallSignature) -> Any:
     """An @intrinsic that calls the derivative with the wrapper's arguments,
     given as one tuple: ``sig`` checks their types and lowers the call
     (argument checks, the native call, the regrouped result)."""
@@ -152,7 +158,7 @@ def _make_intrinsic(lib: Any, sig: CallSignature) -> Any:
         expected = sig.type_call(typingctx, actual)
 
         def codegen(context: Any, builder: Any, signature: Any, llargs: Any) -> Any:
-            context.add_linking_libs([lib])
+            # The call goes to the derivative's JIT symbol (module docstring).
             values = [
                 context.cast(builder, builder.extract_value(llargs[0], k), a, w)
                 for k, (a, w) in enumerate(zip(actual, expected, strict=True))
@@ -187,6 +193,6 @@ def link(
     """Load the derivative and build its intrinsic and njit wrapper (whose
     docstring is ``doc`` if given, else the signature's)."""
     lib = load_library(bitcode, sig.name, libraries, what, environments)
-    intr = _make_intrinsic(lib, sig)
+    intr = _make_intrinsic(sig)
     wrapper = _make_wrapper(intr, doc or sig.docstring(what))
     return Linked(lib, sig, wrapper, [env for _, env in environments])

@@ -281,3 +281,27 @@ def test_derivative_called_from_njit_matches_autodiff_in_python():
     assert a_jit == pytest.approx(a_py, rel=1e-13)
     # it did descend
     assert loss(x_jit, a_jit) < loss(x0, 0.4)
+
+
+def test_njit_caller_calls_the_compiled_derivative_instead_of_recompiling_it():
+    # A caller reaches the derivative through its JIT symbol: its own module
+    # only declares it, so compiling a caller never re-optimizes (or
+    # re-compiles) the whole derivative.
+    x0 = rng(10).uniform(-1, 1, 5)
+    d = enzpy.derivative(loss, Duplicated(x0, np.zeros(5)), Active(0.4))
+
+    @numba.njit
+    def caller(x, dx, a):
+        return d(x, dx, a, 1.0)[0]
+
+    dx = np.zeros(5)
+    da = caller(x0, dx, 0.4)
+    dx_ref = np.zeros(5)
+    (_, da_ref) = enzpy.autodiff(loss, Duplicated(x0, dx_ref), Active(0.4))
+    assert da == pytest.approx(da_ref, rel=1e-14)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14)
+    ir = next(iter(caller.inspect_llvm().values()))
+    defined = [ln for ln in ir.splitlines() if ln.startswith("define") and "enzpy_" in ln]
+    declared = [ln for ln in ir.splitlines() if ln.startswith("declare") and "enzpy_" in ln]
+    assert defined == [], defined
+    assert declared, "the caller should declare the derivative it calls"
