@@ -23,7 +23,7 @@ from numba.core.registry import CPUDispatcher
 from . import _cache, _link, _native
 from ._aliasing import check_arguments
 from ._capture import Captured, as_dispatcher, capture, compiled_overload
-from ._config import target_context
+from ._config import jit_target, target_context
 from ._modes import Forward, Mode, ReverseWithPrimal, check_mode
 from ._params import CallShape, DataOf
 from ._signature import CallSignature, Prepared, prepare
@@ -134,7 +134,7 @@ def _run_engine(
     try:
         return _native.differentiate(
             captured.bitcode if module is None else module,
-            {**sig.request, "log": log, **fields},
+            {**sig.request, "log": log, **jit_target(), **fields},
         )
     except (UnsupportedError, ActivityError) as e:
         # The engine names no line: at least name the function.

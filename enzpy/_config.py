@@ -36,3 +36,11 @@ def target_context() -> Any:
     from numba.core.registry import cpu_target
 
     return cpu_target.target_context
+
+
+def jit_target() -> dict[str, str]:
+    """The CPU numba's JIT compiles for (its LLVM name and feature string),
+    as request fields: the engine optimizes the derivative for it, so that
+    loading it needs no second O3 (``_link``)."""
+    _triple, cpu, features = target_context().codegen().magic_tuple()
+    return {"target_cpu": str(cpu), "target_features": str(features)}

@@ -1,14 +1,17 @@
 """Load a derivative module into numba and make it callable.
 
-The engine's bitcode goes into a numba code library of its own, which numba
-optimizes for this CPU and compiles to machine code once. Callers (the njit
-wrapper, and any njit function that calls the wrapper) reach it through its
-JIT symbol instead of linking its IR in: linking would re-optimize and re-compile the whole
-derivative for every caller, which for a large kernel costs as much as the
-derivative's own compile. numba never unloads JIT code, so the symbol stays
-valid for the life of the process. Before the library is finalized, every
-symbol the module declares is checked to resolve, because MCJIT would leave
-an unresolved one as a null address and the call would crash the process. An
+The engine's bitcode goes into a numba code library of its own, compiled to
+machine code once. The engine has run O3 on it for numba's JIT target
+already (``_config.jit_target``), so numba's function and module passes are
+skipped: a second O3 over a large derivative cost more than its code
+generation. Callers (the njit wrapper, and any njit function that calls the
+wrapper) reach it through its JIT symbol instead of linking its IR in:
+linking would re-optimize and re-compile the whole derivative for every
+caller, which for a large kernel costs as much as the derivative's own
+compile. numba never unloads JIT code, so the symbol stays valid for the
+life of the process. Before the library is finalized, every symbol the
+module declares is checked to resolve, because MCJIT would leave an
+unresolved one as a null address and the call would crash the process. An
 ``@intrinsic`` calls the derivative with numba's native calling convention,
 as the call signature (``_signature``) types and lowers it, and an ``@njit``
 wrapper around it is what Python and other njit code call.
@@ -21,6 +24,7 @@ from typing import Any
 
 import llvmlite.binding as llvm
 import numba
+from numba.core import codegen as numba_codegen
 from numba.core import types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
@@ -46,6 +50,17 @@ class Linked:
         self.wrapper = wrapper
         #: numba Environments the code points to (kept alive here).
         self.environments = environments
+
+
+class _OptimizedLibrary(numba_codegen.JITCodeLibrary):
+    """A code library for a module the engine optimized already: finalizing
+    it links it and generates machine code, without numba's O3."""
+
+    def _optimize_functions(self, ll_module: llvm.ModuleRef) -> None:
+        pass
+
+    def _optimize_final_module(self) -> None:
+        pass
 
 
 def _defined_names(lib: Any) -> set[str]:
@@ -129,7 +144,7 @@ def load_library(
         except RuntimeError as e:
             raise InternalError(f"the engine returned an invalid module: {e}") from e
         needed = _resolve_declarations(module, codegen, libraries, what)
-        lib = codegen.create_library(name)
+        lib = _OptimizedLibrary(codegen, name)
         for dep in needed:
             lib.add_linking_library(dep)
         try:

@@ -102,7 +102,7 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   if (Req.DumpIR)
     Log.dump("derivative before optimization", printed(**D));
   if (Req.Optimize)
-    optimizeDerivative(M);
+    optimizeDerivative(M, Req.TargetCPU, Req.TargetFeatures);
   std::string Out;
   raw_string_ostream OS(Out);
   WriteBitcodeToFile(M, OS);

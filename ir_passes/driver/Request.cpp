@@ -85,6 +85,8 @@ Expected<Request> parseRequest(StringRef Json) {
   R.NoAlias = Obj->getBoolean("noalias").value_or(false);
   R.DumpIR = Obj->getBoolean("dump_ir").value_or(false);
   R.Optimize = Obj->getBoolean("optimize").value_or(true);
+  R.TargetCPU = Obj->getString("target_cpu").value_or("").str();
+  R.TargetFeatures = Obj->getString("target_features").value_or("").str();
   const json::Array *Params = Obj->getArray("params");
   if (!Params)
     return bad("missing array field 'params'");

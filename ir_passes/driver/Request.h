@@ -60,6 +60,11 @@ struct Request {
   /// Run the O3 pipeline on the derivative (off when the derivative will be
   /// differentiated again: the engine reads unvectorized code).
   bool Optimize = true;
+  /// The CPU (LLVM name) and its feature string that the derivative is
+  /// optimized for: numba's JIT target, so that O3 vectorizes for the
+  /// machine the code runs on. Empty: LLVM's target-independent defaults.
+  std::string TargetCPU;
+  std::string TargetFeatures;
   llvm::SmallVector<ParamSpec, 16> Params;
 };
 

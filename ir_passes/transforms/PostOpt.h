@@ -2,7 +2,10 @@
 //
 // Runs LLVM's default O3 pipeline on the derivative module: it promotes the
 // adjoint accumulators and tape state to registers and cleans up what the
-// synthesis emitted block by block. PassContext is the new pass manager's
+// synthesis emitted block by block. Given the CPU numba's JIT targets, the
+// pipeline runs with that target machine, so its cost models (vectorizer,
+// unroller, inliner) are the ones numba's own O3 would use, and the loaded
+// derivative needs no second O3. PassContext is the new pass manager's
 // analysis set-up, shared with preprocessing.
 //
 //===----------------------------------------------------------------------===//
@@ -16,7 +19,8 @@
 
 namespace llvm {
 class Module;
-}
+class TargetMachine;
+} // namespace llvm
 
 namespace enzpy {
 
@@ -27,10 +31,13 @@ struct PassContext {
   llvm::FunctionAnalysisManager FAM;
   llvm::CGSCCAnalysisManager CGAM;
   llvm::ModuleAnalysisManager MAM;
-  PassContext();
+  explicit PassContext(llvm::TargetMachine *TM = nullptr);
 };
 
-void optimizeDerivative(llvm::Module &M);
+/// O3 on \p M, for the CPU \p CPU with \p Features when \p CPU is given
+/// and LLVM knows the module's target (else target-independent).
+void optimizeDerivative(llvm::Module &M, llvm::StringRef CPU,
+                        llvm::StringRef Features);
 
 } // namespace enzpy
 
