@@ -155,10 +155,10 @@ def check_arguments(args: Sequence[Any]) -> None:
             continue
         for lane in range(a.lanes):
             pair = a.shadowed_memory(lane)
-            if (
-                pair is not None
-                and isinstance(pair[0], np.ndarray)
-                and isinstance(pair[1], np.ndarray)
-            ):
-                duplicated.append((i, lane, pair[0], pair[1]))
+            if pair is None:
+                continue
+            # A tuple of arrays pairs up member by member.
+            values, shadows = arrays_in(pair[0]), arrays_in(pair[1])
+            if len(values) == len(shadows):
+                duplicated.extend((i, lane, v, s) for v, s in zip(values, shadows, strict=True))
     check_shared_memory(duplicated, const, lanes)

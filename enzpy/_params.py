@@ -228,32 +228,49 @@ class _Lanes(Param):
 
 
 class ShadowArrays(_Lanes):
-    """The shadow array(s) of array argument ``index``, passed to the
-    derivative as their data pointers."""
+    """The shadow array(s) of argument ``index`` -- a float array, or a
+    (nested) tuple of them -- passed to the derivative as data pointers: for
+    each array of the argument in order, its shadow in every lane."""
 
-    __slots__ = ("array",)
+    __slots__ = ("ty", "arrays")
     section = Section.SHADOW
     prefix = "dx"
 
-    def __init__(self, index: int, array: types.Array, width: int, batch: bool) -> None:
+    def __init__(self, index: int, ty: types.Type, width: int, batch: bool) -> None:
         super().__init__(index, width, batch)
-        self.array = array
+        self.ty = ty
+        #: The arrays of the argument, in the order numba flattens them.
+        self.arrays: list[types.Array] = [t for t in leaves(ty) if isinstance(t, types.Array)]
 
     def native_types(self) -> list[types.Type]:
-        return [types.CPointer(self.array.dtype)] * self.width
+        return [types.CPointer(a.dtype) for a in self.arrays for _ in range(self.width)]
+
+    def _one_ok(self, actual: types.Type) -> bool:
+        if not isinstance(self.ty, types.BaseTuple):
+            return _shadow_ok(actual, self.arrays[0])
+        found = leaves(actual) if isinstance(actual, types.BaseTuple) else []
+        return len(found) == len(self.arrays) and all(
+            _shadow_ok(t, a) for t, a in zip(found, self.arrays, strict=True)
+        )
+
+    def _kind(self) -> str:
+        if not isinstance(self.ty, types.BaseTuple):
+            a = self.arrays[0]
+            return f"a writeable {a.ndim}-d {a.dtype} array"
+        each = ", ".join(f"{a.ndim}-d {a.dtype}" for a in self.arrays)
+        return f"a tuple of writeable arrays like the argument's ({each})"
 
     def expect(self, typingctx: Any, actual: types.Type, what: str) -> types.Type:
-        want = self.array
         if self.batch:
             ok = (
                 isinstance(actual, types.BaseTuple)
                 and len(actual) == self.width
-                and all(_shadow_ok(t, want) for t in tuple_types(actual))
+                and all(self._one_ok(t) for t in tuple_types(actual))
             )
-            kind = f"a tuple of {self.width} writeable {want.ndim}-d {want.dtype} arrays"
+            kind = f"a tuple of {self.width} shadows, each {self._kind()}"
         else:
-            ok = _shadow_ok(actual, want)
-            kind = f"a writeable {want.ndim}-d {want.dtype} array"
+            ok = self._one_ok(actual)
+            kind = self._kind()
         if not ok:
             raise TypingError(
                 f"enzpy derivative {what}: the shadow of argument {self.index} must be "
@@ -264,10 +281,21 @@ class ShadowArrays(_Lanes):
     def lower(
         self, context: Any, builder: Any, ty: types.Type, value: Any, primals: Primals
     ) -> list[Any]:
-        return [
-            _data_like(context, builder, primals, self.index, t, v)
-            for t, v in self.lanes(builder, ty, value)
+        lanes = self.lanes(builder, ty, value)
+        if not isinstance(self.ty, types.BaseTuple):
+            return [_data_like(context, builder, primals, self.index, t, v) for t, v in lanes]
+        pty, pval = primals[self.index]
+        primal_arrays = list(zip(leaves(pty), _leaf_values(builder, pty, pval), strict=True))
+        per_lane = [
+            list(zip(leaves(t), _leaf_values(builder, t, v), strict=True)) for t, v in lanes
         ]
+        out = []
+        for k, primal in enumerate(primal_arrays):
+            for lane in per_lane:
+                t, v = lane[k]
+                _check_like(context, builder, primal, t, v, self.index)
+                out.append(context.make_array(t)(context, builder, v).data)
+        return out
 
 
 def _leaf_values(builder: Any, ty: types.Type, value: Any) -> list[Any]:

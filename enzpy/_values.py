@@ -24,6 +24,7 @@ __all__ = [
     "arrays_disjoint",
     "check_plain_array",
     "describe",
+    "is_array_tuple",
     "is_float_tuple",
     "ordinal",
     "same_layout",
@@ -120,6 +121,15 @@ def describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"a {value.ndim}-d {value.dtype} array of shape {value.shape}"
     return f"a value of type {type(value).__name__}"
+
+
+def is_array_tuple(value: Any) -> bool:
+    """Whether ``value`` is a (nested, possibly named) tuple of arrays."""
+    return (
+        isinstance(value, tuple)
+        and len(value) > 0
+        and all(isinstance(v, np.ndarray) or is_array_tuple(v) for v in value)
+    )
 
 
 def is_float_tuple(value: Any) -> bool:

@@ -33,11 +33,12 @@ from ._abi import (
     contains_float,
     flat_llvm_params,
     float_elem,
+    leaves,
 )
 from ._config import FLOAT_DTYPE_IDS, FLOAT_DTYPES, FLOAT_SCALARS, FLOAT_TYPES, MAX_BATCH_WIDTH
 from ._modes import Forward, ForwardWithPrimal, Mode, Reverse, ReverseWithPrimal
 from ._params import ArgLayout, CallShape, Lanes, Param, ShadowArrays, Tangents, Value
-from ._values import describe, is_float_tuple, ordinal
+from ._values import describe, is_array_tuple, is_float_tuple, ordinal
 from .errors import EnzpyTypeError, EnzpyValueError, InternalError, UnsupportedError
 
 if TYPE_CHECKING:
@@ -196,22 +197,29 @@ class _Shadowed(Annotation):
     @classmethod
     def layout(cls, i: int, ty: types.Type, shape: CallShape) -> ArgLayout:
         primal: Param = Value(i, ty)
-        if not isinstance(ty, types.Array) and shape.mode.scalar_tangents:
+        members = leaves(ty)
+        arrays = [t for t in members if isinstance(t, types.Array)]
+        is_arrays = len(arrays) == len(members)
+        if not is_arrays and shape.mode.scalar_tangents:
             tangents = Tangents(i, ty, shape.width, shape.batch)
             return ArgLayout(i, ty, _float_params(i, ty, shape), (primal, tangents))
-        if not isinstance(ty, types.Array) or ty.dtype not in FLOAT_TYPES:
+        if not is_arrays or any(t.dtype not in FLOAT_TYPES for t in arrays):
             raise EnzpyTypeError(
-                f"argument {i}: Duplicated needs a float32 or float64 array, got numba type {ty}"
+                f"argument {i}: Duplicated needs a float32 or float64 array (or a tuple "
+                f"of them), got numba type {ty}; pass other values as separate arguments"
             )
-        data = array_data_offset(shape.context, ty)
-        elem = "double" if ty.dtype == types.float64 else "float"
-        n = len(flat_llvm_params(shape.context, ty))
-        params = tuple(
-            {"activity": cls.activity, "elem": elem} if j == data else {"activity": CONST}
-            for j in range(n)
-        )
+        # A tuple's arrays are flattened one after the other, each as an
+        # array argument is: only its data pointer carries a shadow.
+        params: list[dict[str, str]] = []
+        for t in arrays:
+            data = array_data_offset(shape.context, t)
+            elem = "double" if t.dtype == types.float64 else "float"
+            params += [
+                {"activity": cls.activity, "elem": elem} if j == data else {"activity": CONST}
+                for j in range(len(flat_llvm_params(shape.context, t)))
+            ]
         shadows = ShadowArrays(i, ty, shape.width, shape.batch)
-        return ArgLayout(i, ty, params, (primal, shadows))
+        return ArgLayout(i, ty, tuple(params), (primal, shadows))
 
     @staticmethod
     def check_array_shadow(i: int, x: Any, dx: Any, name: str) -> None:
@@ -239,6 +247,9 @@ class _Shadowed(Annotation):
         checked: list[Any] = []
         if is_float_tuple(x):
             checked = [_check_scalar_tangent(i, x, dx) for dx in shadows]
+        elif is_array_tuple(x):
+            seen: list[Any] = []
+            checked = [_stage_tuple_shadow(i, call, x, dx, name, seen) for dx in shadows]
         elif isinstance(x, bool | np.bool_ | int | np.integer):
             raise EnzpyTypeError(
                 f"{ordinal(i)}: {name} needs a float array or a float scalar, got "
@@ -259,6 +270,38 @@ class _Shadowed(Annotation):
 
     # Set by the subclasses.
     value: Any
+
+
+def _stage_tuple_shadow(
+    i: int, call: Prepared, x: tuple[Any, ...], dx: Any, name: str, seen: list[Any]
+) -> tuple[Any, ...]:
+    """Check the shadow ``dx`` of the tuple of arrays ``x`` (argument ``i``):
+    a tuple of the same structure, each array a shadow of its counterpart,
+    none sharing memory with a shadow in ``seen`` (which it joins). Returns
+    it as a plain tuple of the (staged) shadow arrays."""
+    if not isinstance(dx, tuple) or len(dx) != len(x):
+        raise EnzpyTypeError(
+            f"{ordinal(i)}: the shadow of a tuple of {len(x)} arrays must be a tuple of "
+            f"{len(x)} arrays of the same shapes and dtypes, got {describe(dx)}"
+        )
+    out: list[Any] = []
+    for k, (a, da) in enumerate(zip(x, dx, strict=True)):
+        if isinstance(a, tuple):
+            out.append(_stage_tuple_shadow(i, call, a, da, name, seen))
+            continue
+        try:
+            _Shadowed.check_array_shadow(i, a, da, name)
+        except (EnzpyTypeError, EnzpyValueError) as e:
+            raise type(e)(f"{e} (member {k} of the tuple)") from None
+        for prev in seen:
+            if da.size and np.may_share_memory(prev, da):
+                raise EnzpyValueError(
+                    f"{ordinal(i)}: member {k} of the shadow shares memory with another "
+                    "shadow array of the same argument"
+                )
+        seen.append(da)
+        out.append(call.stage(a, da))
+    return tuple(out)
 
 
 def _explain_array_shadow(i: int, x: Any, dx: Any, name: str) -> None:
@@ -361,7 +404,7 @@ class Duplicated(_Shadowed):
     def bind(self, i: int, mode: Mode, call: Prepared) -> None:
         call.plain = True
         x = self.value
-        if type(x) is np.ndarray or not mode.scalar_tangents:
+        if type(x) is np.ndarray or not (mode.scalar_tangents or is_array_tuple(x)):
             # The usual case: an array with one shadow.
             dx = self.shadow
             self.check_array_shadow(i, x, dx, type(self).__name__)

@@ -5,9 +5,11 @@
 #include "transforms/PostOpt.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/CFG.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/PassManager.h"
@@ -18,8 +20,10 @@
 #include "llvm/Transforms/Scalar/Scalarizer.h"
 #include "llvm/Transforms/Scalar/SimplifyCFG.h"
 #include "llvm/Transforms/Utils/BasicBlockUtils.h"
+#include "llvm/Transforms/Utils/Local.h"
 #include "llvm/Transforms/Utils/LoopSimplify.h"
 #include "llvm/Transforms/Utils/Mem2Reg.h"
+#include <map>
 
 using namespace llvm;
 
@@ -90,6 +94,119 @@ static void runCanonicalPasses(Function &F) {
   FPM.addPass(SimplifyCFGPass());
   FPM.addPass(LoopSimplifyPass());
   FPM.run(F, P.FAM);
+}
+
+/// The member \p Idx of the aggregate \p Agg as a value available before
+/// \p Before: the inserted value itself when \p Agg is built by insertvalue
+/// (the usual case), else a new extractvalue.
+static Value *memberOf(Value *Agg, ArrayRef<unsigned> Idx, Instruction *Before,
+                       const DebugLoc &DL) {
+  if (Value *V = FindInsertedValue(Agg, Idx, Before->getIterator()))
+    return V;
+  auto *E = ExtractValueInst::Create(Agg, Idx, "member", Before->getIterator());
+  E->setDebugLoc(DL);
+  return E;
+}
+
+/// Whether \p V is an argument, a defined constant, or a phi or select of
+/// such values only.
+static bool mergedFromArguments(const Value *V,
+                                SmallPtrSetImpl<const Value *> &Seen) {
+  if (!Seen.insert(V).second || isa<Argument>(V))
+    return true;
+  if (auto *C = dyn_cast<Constant>(V))
+    return !isa<UndefValue>(C) && !isa<ConstantExpr>(C);
+  if (auto *Phi = dyn_cast<PHINode>(V))
+    return all_of(Phi->incoming_values(), [&](const Value *In) {
+      return mergedFromArguments(In, Seen);
+    });
+  if (auto *Sel = dyn_cast<SelectInst>(V))
+    return mergedFromArguments(Sel->getTrueValue(), Seen) &&
+           mergedFromArguments(Sel->getFalseValue(), Seen);
+  return false;
+}
+
+/// numba picks the member of a tuple by a run-time index (`for x in arrs`,
+/// `arrs[k]`) with a switch whose arms meet in a phi of whole array structs
+/// (sometimes frozen by its loop unswitching); the members are then
+/// extracted from that phi. Split such merges into one phi (or select) per
+/// member extracted, so that array data pointers stay visible as pointers
+/// that phis and selects merge, which the analyses follow; an extract from
+/// an aggregate merge hides them.
+static void splitAggregateMerges(Function &F) {
+  using Key = std::pair<Value *, SmallVector<unsigned, 2>>;
+  std::map<Key, Value *> Split;
+  bool Changed = true;
+  while (Changed) {
+    Changed = false;
+    for (Instruction &I : make_early_inc_range(instructions(F))) {
+      auto *EV = dyn_cast<ExtractValueInst>(&I);
+      if (!EV)
+        continue;
+      Value *Agg = EV->getAggregateOperand();
+      ArrayRef<unsigned> Idx = EV->getIndices();
+      if (auto *Fr = dyn_cast<FreezeInst>(Agg)) {
+        // numba's loop unswitching freezes a whole array struct: freeze
+        // the member instead (dropped below where it is defined anyway).
+        Value *M = memberOf(Fr->getOperand(0), Idx, EV, EV->getDebugLoc());
+        M = new FreezeInst(M, Fr->getName() + ".member", EV->getIterator());
+        EV->replaceAllUsesWith(M);
+        EV->eraseFromParent();
+        Changed = true;
+        continue;
+      }
+      auto *Phi = dyn_cast<PHINode>(Agg);
+      auto *Sel = dyn_cast<SelectInst>(Agg);
+      if (!Phi && !Sel)
+        continue;
+      Key K{Agg, SmallVector<unsigned, 2>(Idx)};
+      Value *&New = Split[K];
+      if (!New) {
+        const DebugLoc &DL = EV->getDebugLoc();
+        if (Phi) {
+          PHINode *P =
+              PHINode::Create(EV->getType(), Phi->getNumIncomingValues(),
+                              Phi->getName() + ".member", Phi->getIterator());
+          for (unsigned J = 0; J < Phi->getNumIncomingValues(); ++J) {
+            BasicBlock *In = Phi->getIncomingBlock(J);
+            P->addIncoming(memberOf(Phi->getIncomingValue(J), Idx,
+                                    In->getTerminator(), DL),
+                           In);
+          }
+          New = P;
+        } else {
+          Value *T = memberOf(Sel->getTrueValue(), Idx, Sel, DL);
+          Value *E = memberOf(Sel->getFalseValue(), Idx, Sel, DL);
+          auto *S = SelectInst::Create(Sel->getCondition(), T, E,
+                                       Sel->getName() + ".member",
+                                       Sel->getIterator());
+          S->setDebugLoc(Sel->getDebugLoc());
+          New = S;
+        }
+      }
+      EV->replaceAllUsesWith(New);
+      EV->eraseFromParent();
+      Changed = true;
+    }
+  }
+  // numba passes defined values (never undef or poison), so a member merged
+  // from arguments and constants is its own freeze.
+  for (Instruction &I : make_early_inc_range(instructions(F)))
+    if (auto *Fr = dyn_cast<FreezeInst>(&I)) {
+      SmallPtrSet<const Value *, 8> Seen;
+      if (mergedFromArguments(Fr->getOperand(0), Seen)) {
+        Fr->replaceAllUsesWith(Fr->getOperand(0));
+        Fr->eraseFromParent();
+      }
+    }
+  // The aggregate merges (and what built their inputs) are dead now.
+  for (BasicBlock &BB : F)
+    for (PHINode &P : make_early_inc_range(BB.phis()))
+      if (P.getType()->isAggregateType())
+        RecursivelyDeleteDeadPHINode(&P);
+  for (Instruction &I : make_early_inc_range(instructions(F)))
+    if (I.getType()->isAggregateType())
+      RecursivelyDeleteTriviallyDeadInstructions(&I);
 }
 
 static bool isNormalStatus(Value *V) {
@@ -197,6 +314,7 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   isolate(M, *F, Recursive);
   F->removeFnAttr(Attribute::OptimizeNone);
   runCanonicalPasses(*F);
+  splitAggregateMerges(*F);
   CanonicalFunction C;
   C.F = F;
   C.Recursive = std::move(Recursive);
