@@ -85,6 +85,7 @@ Expected<Request> parseRequest(StringRef Json) {
   R.NoAlias = Obj->getBoolean("noalias").value_or(false);
   R.DumpIR = Obj->getBoolean("dump_ir").value_or(false);
   R.Optimize = Obj->getBoolean("optimize").value_or(true);
+  R.StrictControl = Obj->getBoolean("strict_control").value_or(false);
   const json::Array *Params = Obj->getArray("params");
   if (!Params)
     return bad("missing array field 'params'");

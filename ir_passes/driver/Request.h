@@ -60,6 +60,10 @@ struct Request {
   /// Run the O3 pipeline on the derivative (off when the derivative will be
   /// differentiated again: the engine reads unvectorized code).
   bool Optimize = true;
+  /// Results that depend on active inputs only through control (a solver's
+  /// loop exit, a comparison; analysis/ControlActivity.h) are an error of
+  /// kind "piecewise" instead of a log entry.
+  bool StrictControl = false;
   llvm::SmallVector<ParamSpec, 16> Params;
 };
 
