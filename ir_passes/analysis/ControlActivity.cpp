@@ -48,13 +48,7 @@ const Value *ControlActivity::conditionOf(const BasicBlock &BB) const {
 /// The terminator of \p BB chooses between code that returns normally
 /// (a branch into code that only raises decides nothing differentiable).
 bool ControlActivity::decides(const BasicBlock &BB) const {
-  if (!C.returns(&BB) || !conditionOf(BB))
-    return false;
-  SmallPtrSet<const BasicBlock *, 4> Returning;
-  for (const BasicBlock *S : successors(&BB))
-    if (C.returns(S))
-      Returning.insert(S);
-  return Returning.size() > 1;
+  return returns(&BB) && conditionOf(BB) && Successors.lookup(&BB).size() > 1;
 }
 
 const Instruction *ControlActivity::taintOf(const Value *V) const {
@@ -70,9 +64,7 @@ void ControlActivity::markControlled(const BasicBlock &A,
                                      bool &Changed) {
   const DomTreeNode *Node = PDT.getNode(Skeleton.lookup(&A));
   const DomTreeNode *Stop = Node ? Node->getIDom() : nullptr;
-  for (const BasicBlock *S : successors(&A)) {
-    if (!C.returns(S))
-      continue;
+  for (const BasicBlock *S : Successors.lookup(&A)) {
     for (const DomTreeNode *N = PDT.getNode(Skeleton.lookup(S)); N && N != Stop;
          N = N->getIDom())
       if (const BasicBlock *B = N->getBlock())
@@ -88,7 +80,7 @@ bool ControlActivity::propagate(const PostDominatorTree &PDT) {
   };
   const TypeAnalysis &TA = AA.types();
   for (const BasicBlock &BB : F) {
-    if (!C.returns(&BB))
+    if (!returns(&BB) && !PassedThrough.contains(&BB))
       continue;
     const Instruction *BlockWhy = Controlled.lookup(&BB);
     for (const Instruction &I : BB) {
@@ -107,6 +99,19 @@ bool ControlActivity::propagate(const PostDominatorTree &PDT) {
         taint(&I, &I);
         continue;
       }
+      if (auto *Phi = dyn_cast<PHINode>(&I)) {
+        // Values that arrive only on the way to raising do not count.
+        for (unsigned K = 0; K < Phi->getNumIncomingValues(); ++K) {
+          const BasicBlock *P = Phi->getIncomingBlock(K);
+          if (!returns(P) || !returns(threaded(*P, BB)))
+            continue;
+          taint(&I, taintOf(Phi->getIncomingValue(K)));
+          if (decides(*P))
+            taint(&I, taintOf(conditionOf(*P)));
+          taint(&I, Controlled.lookup(P));
+        }
+        continue;
+      }
       for (const Value *Op : I.operands())
         if (const Instruction *Why = taintOf(Op)) {
           taint(&I, Why);
@@ -115,12 +120,6 @@ bool ControlActivity::propagate(const PostDominatorTree &PDT) {
       if (auto *LI = dyn_cast<LoadInst>(&I))
         for (const Value *R : TA.roots(LI->getPointerOperand()))
           taint(&I, Memory.lookup(R));
-      if (auto *Phi = dyn_cast<PHINode>(&I))
-        for (const BasicBlock *P : Phi->blocks()) {
-          if (decides(*P))
-            taint(&I, taintOf(conditionOf(*P)));
-          taint(&I, Controlled.lookup(P));
-        }
     }
     if (!decides(BB))
       continue;
@@ -132,14 +131,38 @@ bool ControlActivity::propagate(const PostDominatorTree &PDT) {
   return Changed;
 }
 
+/// The float \p P at the head of \p L is computed afresh by each iteration:
+/// a value arriving from the loop comes (through phis and selects) from
+/// arithmetic in the loop. Floats a loop only moves around (a sort's loads
+/// and stores) do not make it a solver.
+static bool iterates(const PHINode &P, const Loop &L) {
+  SmallVector<const Value *, 8> Work;
+  SmallPtrSet<const Value *, 8> Seen;
+  for (unsigned K = 0; K < P.getNumIncomingValues(); ++K)
+    if (L.contains(P.getIncomingBlock(K)))
+      Work.push_back(P.getIncomingValue(K));
+  while (!Work.empty()) {
+    auto *I = dyn_cast<Instruction>(Work.pop_back_val());
+    if (!I || !L.contains(I) || !Seen.insert(I).second || isa<LoadInst>(I))
+      continue;
+    if (auto *Phi = dyn_cast<PHINode>(I))
+      Work.append(Phi->value_op_begin(), Phi->value_op_end());
+    else if (auto *Sel = dyn_cast<SelectInst>(I))
+      Work.append({Sel->getTrueValue(), Sel->getFalseValue()});
+    else
+      return true;
+  }
+  return false;
+}
+
 void ControlActivity::findLoopExits() {
   DominatorTree DT(F);
   LoopInfo LI(DT);
   for (const Loop *L : LI.getLoopsInPreorder()) {
-    if (!C.returns(L->getHeader()))
+    if (!returns(L->getHeader()))
       continue;
-    bool CarriesFloat = any_of(L->getHeader()->phis(), [](const PHINode &P) {
-      return P.getType()->isFloatingPointTy();
+    bool CarriesFloat = any_of(L->getHeader()->phis(), [&](const PHINode &P) {
+      return P.getType()->isFloatingPointTy() && iterates(P, *L);
     });
     bool FloatLivesOut = false;
     for (const BasicBlock *BB : L->blocks())
@@ -147,7 +170,7 @@ void ControlActivity::findLoopExits() {
         if (I.getType()->isFloatingPointTy())
           FloatLivesOut |= any_of(I.users(), [&](const User *U) {
             auto *UI = cast<Instruction>(U);
-            return !L->contains(UI) && C.returns(UI->getParent());
+            return !L->contains(UI) && returns(UI->getParent());
           });
     if (!CarriesFloat || !FloatLivesOut)
       continue;
@@ -188,7 +211,7 @@ void ControlActivity::findControlOnlyOutputs() {
     bool Data = false;
     const Instruction *Why = nullptr;
     for (const Instruction &I : instructions(F)) {
-      if (!C.returns(I.getParent()) || Data)
+      if (!returns(I.getParent()) || Data)
         continue;
       auto *SI = dyn_cast<StoreInst>(&I);
       if (!SI) {
@@ -230,13 +253,13 @@ void ControlActivity::findPiecewise() {
   for (const Finding &Fd : Findings)
     Reported.insert(Fd.At);
   for (const Instruction &I : instructions(F)) {
-    if (!C.returns(I.getParent()) || taintOf(&I) != &I || Reported.contains(&I))
+    if (!returns(I.getParent()) || taintOf(&I) != &I || Reported.contains(&I))
       continue;
     // A comparison that only guards a raise (numba's division by zero
     // check) decides nothing differentiable.
     bool Decides = any_of(I.users(), [&](const User *U) {
       auto *UI = cast<Instruction>(U);
-      return C.returns(UI->getParent()) &&
+      return returns(UI->getParent()) &&
              (!UI->isTerminator() || decides(*UI->getParent()));
     });
     if (!Decides)
@@ -251,9 +274,63 @@ void ControlActivity::findPiecewise() {
   }
 }
 
+/// \p BB sets the exception state: it raises, whatever the status flags
+/// that lead from it to the function's exits say (an inlined callee's
+/// raise returns a status to its caller, which re-raises).
+static bool setsException(const BasicBlock &BB) {
+  const Argument *ExcInfo = BB.getParent()->getArg(numba::ExcInfoParam);
+  return any_of(BB, [&](const Instruction &I) {
+    auto *SI = dyn_cast<StoreInst>(&I);
+    return SI && SI->getPointerOperand() == ExcInfo;
+  });
+}
+
+/// Where the edge \p P -> \p M leads: \p M, or the successor of \p M its
+/// branch takes on that edge when it tests a phi of \p M that is constant
+/// on the edge (an inlined callee's status: its raise paths return a
+/// nonzero status to a block that branches on it; LLVM's jump threading
+/// would give them their own edge).
+const BasicBlock *ControlActivity::threaded(const BasicBlock &P,
+                                            const BasicBlock &M) const {
+  auto *Br = dyn_cast<BranchInst>(M.getTerminator());
+  auto *Cmp = Br && Br->isConditional() ? dyn_cast<ICmpInst>(Br->getCondition())
+                                        : nullptr;
+  auto *Phi = Cmp ? dyn_cast<PHINode>(Cmp->getOperand(0)) : nullptr;
+  auto *Rhs = Cmp ? dyn_cast<ConstantInt>(Cmp->getOperand(1)) : nullptr;
+  if (!Phi || !Rhs || Phi->getParent() != &M || Cmp->getParent() != &M ||
+      !Cmp->isEquality())
+    return &M;
+  auto *In = dyn_cast<ConstantInt>(Phi->getIncomingValueForBlock(&P));
+  if (!In)
+    return &M;
+  bool Equal = In->getValue() == Rhs->getValue();
+  return Br->getSuccessor(
+      Equal == (Cmp->getPredicate() == ICmpInst::ICMP_EQ) ? 0 : 1);
+}
+
 void ControlActivity::run() {
   if (!C.NormalExit)
     return;
+  // Code that returns normally: blocks from which the normal exit is
+  // reached along threaded edges without setting the exception state.
+  DenseMap<const BasicBlock *, SmallVector<const BasicBlock *, 2>> Preds;
+  for (const BasicBlock &BB : F)
+    for (const BasicBlock *S : successors(&BB))
+      Preds[threaded(BB, *S)].push_back(&BB);
+  SmallVector<const BasicBlock *, 32> Work{C.NormalExit};
+  Returning.insert(C.NormalExit);
+  while (!Work.empty())
+    for (const BasicBlock *P : Preds.lookup(Work.pop_back_val()))
+      if (!setsException(*P) && Returning.insert(P).second)
+        Work.push_back(P);
+  for (const BasicBlock *BB : Returning)
+    for (const BasicBlock *S : successors(BB))
+      if (const BasicBlock *T = threaded(*BB, *S); returns(T)) {
+        if (T != S)
+          PassedThrough.insert(S); // its code runs on the way to T
+        if (!is_contained(Successors[BB], T))
+          Successors[BB].push_back(T);
+      }
   // Post-dominance among the code that returns: LLVM's post-dominator tree
   // of a skeleton of the CFG that has only the returning blocks and the
   // edges between them (code that only raises decides nothing
@@ -264,24 +341,23 @@ void ControlActivity::run() {
                                  GlobalValue::InternalLinkage,
                                  "enzpy.returning.cfg", F.getParent());
   for (BasicBlock &BB : F)
-    if (C.returns(&BB)) {
+    if (returns(&BB)) {
       BasicBlock *Copy = BasicBlock::Create(Ctx, BB.getName(), G);
       Skeleton[&BB] = Copy;
       Original[Copy] = &BB;
     }
   for (auto &[BB, Copy] : Skeleton) {
-    SmallSetVector<BasicBlock *, 4> Succs;
-    for (const BasicBlock *S : successors(BB))
-      if (C.returns(S))
-        Succs.insert(Skeleton.lookup(S));
+    const SmallVector<const BasicBlock *, 2> &Succs = Successors.lookup(BB);
     if (Succs.empty()) {
       ReturnInst::Create(Ctx, Copy);
       continue;
     }
-    auto *Sw = SwitchInst::Create(ConstantInt::get(Type::getInt32Ty(Ctx), 0),
-                                  Succs[0], Succs.size() - 1, Copy);
+    auto *Sw =
+        SwitchInst::Create(ConstantInt::get(Type::getInt32Ty(Ctx), 0),
+                           Skeleton.lookup(Succs[0]), Succs.size() - 1, Copy);
     for (unsigned K = 1; K < Succs.size(); ++K)
-      Sw->addCase(ConstantInt::get(Type::getInt32Ty(Ctx), K), Succs[K]);
+      Sw->addCase(ConstantInt::get(Type::getInt32Ty(Ctx), K),
+                  Skeleton.lookup(Succs[K]));
   }
   {
     PostDominatorTree PDT(*G);

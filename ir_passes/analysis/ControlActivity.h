@@ -36,6 +36,7 @@
 #include "analysis/ActivityAnalysis.h"
 #include "driver/DecisionLog.h"
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/Support/Error.h"
 #include <string>
 #include <vector>
@@ -71,7 +72,13 @@ public:
   void record(DecisionLog &Log) const;
 
 private:
+  /// Code that returns normally (computed in run()).
+  bool returns(const llvm::BasicBlock *BB) const {
+    return Returning.contains(BB);
+  }
   const llvm::Value *conditionOf(const llvm::BasicBlock &BB) const;
+  const llvm::BasicBlock *threaded(const llvm::BasicBlock &P,
+                                   const llvm::BasicBlock &M) const;
   bool decides(const llvm::BasicBlock &BB) const;
   bool propagate(const llvm::PostDominatorTree &PDT);
   void markControlled(const llvm::BasicBlock &A, const llvm::Instruction *Why,
@@ -94,6 +101,14 @@ private:
   /// Memory roots written with tainted values or under tainted control.
   llvm::DenseMap<const llvm::Value *, const llvm::Instruction *> Memory;
   std::vector<Finding> Findings;
+  llvm::SmallPtrSet<const llvm::BasicBlock *, 32> Returning;
+  /// The returning blocks each returning block leads to (edges threaded
+  /// through status tests, see threaded()).
+  llvm::DenseMap<const llvm::BasicBlock *,
+                 llvm::SmallVector<const llvm::BasicBlock *, 2>>
+      Successors;
+  /// Blocks a threaded edge between returning blocks runs through.
+  llvm::SmallPtrSet<const llvm::BasicBlock *, 8> PassedThrough;
   /// While propagating: the returning blocks and their copies in the
   /// skeleton CFG whose post-dominator tree gives control dependence.
   llvm::DenseMap<const llvm::BasicBlock *, llvm::BasicBlock *> Skeleton;
