@@ -338,3 +338,49 @@ def test_sorting_is_piecewise_only_and_strict_accepts_it():
     expected = np.zeros(5)
     expected[np.argsort(x)] = 2 * w * np.sort(x)
     np.testing.assert_allclose(dx, expected, rtol=1e-13)
+
+
+@numba.njit
+def cube_roots_sum(x):
+    # sum of y_i with y_i^3 + y_i = x_i, each by Newton to a tolerance
+    s = 0.0
+    for i in range(x.shape[0]):
+        y = 0.0
+        r = y * y * y + y - x[i]
+        while abs(r) > 1e-13:  # exit
+            y -= r / (3.0 * y * y + 1.0)
+            r = y * y * y + y - x[i]
+        s += y * y
+    return s
+
+
+@numba.njit
+def cube_roots(x, out):
+    for i in range(x.shape[0]):
+        out[i] = x[i] / 3.0
+        for _ in range(3):
+            out[i] -= (out[i] ** 3 + out[i] - x[i]) / (3.0 * out[i] ** 2 + 1.0)
+        if out[i] > 1e3:  # a clamp: relu-like, allowed
+            out[i] = 1e3
+
+
+def test_strict_applies_to_the_drivers():
+    x = np.array([0.5, 1.5, -2.0])
+    with enzpy.strict():
+        with pytest.raises(PiecewiseConstantError) as info:
+            enzpy.hvp(cube_roots_sum, x, np.ones(3))
+        assert info.value.line == line_of(cube_roots_sum, "# exit")
+        with pytest.raises(PiecewiseConstantError):
+            enzpy.hessian(cube_roots_sum, x)
+        # a fixed number of Newton steps and a clamp are not reported
+        jac = enzpy.jacobian(cube_roots, x, out=np.zeros(3))
+    assert jac.shape == (3, 3)
+    for k in range(3):
+        _, (row,) = fd.fd_gradient(lambda t, k=k: cube_roots_at(t)[k], x.copy())
+        np.testing.assert_allclose(jac[k], row, rtol=1e-6, atol=1e-9)
+
+
+def cube_roots_at(x):
+    out = np.zeros(3)
+    cube_roots(x, out)
+    return out
