@@ -25,7 +25,17 @@ from .annotations import (
     Reverse,
     ReverseWithPrimal,
 )
-from .api import autodiff, derivative, explain, gradient, hessian, hvp, jacobian, make_zero
+from .api import (
+    autodiff,
+    derivative,
+    explain,
+    gradient,
+    hessian,
+    hvp,
+    jacobian,
+    make_zero,
+    strict,
+)
 from .errors import (
     ActivityError,
     CompilationError,
@@ -33,6 +43,7 @@ from .errors import (
     EnzpyTypeError,
     EnzpyValueError,
     InternalError,
+    PiecewiseConstantError,
     UnsupportedError,
 )
 
@@ -47,6 +58,7 @@ __all__ = [
     "make_zero",
     "derivative",
     "explain",
+    "strict",
     "Const",
     "Active",
     "Duplicated",
@@ -59,6 +71,7 @@ __all__ = [
     "EnzpyError",
     "UnsupportedError",
     "ActivityError",
+    "PiecewiseConstantError",
     "EnzpyTypeError",
     "EnzpyValueError",
     "CompilationError",

@@ -23,7 +23,7 @@ from numba.core.registry import CPUDispatcher
 from . import _cache, _link, _native
 from ._aliasing import check_arguments
 from ._capture import Captured, as_dispatcher, capture, compiled_overload
-from ._config import jit_target, target_context
+from ._config import STRICT, jit_target, target_context
 from ._modes import Forward, Mode, ReverseWithPrimal, check_mode
 from ._params import CallShape, DataOf
 from ._signature import CallSignature, Prepared, prepare
@@ -108,6 +108,8 @@ class Bound:
     mode: Mode
     ret_active: bool
     prepared: Prepared
+    #: Strict mode (``enzpy.strict()``) when the call was bound.
+    strict: bool = False
 
 
 def bind(f: Any, args: Sequence[Any], mode: Any, ret: Any) -> Bound:
@@ -119,7 +121,7 @@ def bind(f: Any, args: Sequence[Any], mode: Any, ret: Any) -> Bound:
     seeds = _seed_tuple(ret)
     if seeds is not None:
         m.apply_return_seeds(seeds, prepared)
-    return Bound(disp, args, m, ret_active, prepared)
+    return Bound(disp, args, m, ret_active, prepared, STRICT.get())
 
 
 def _run_engine(
@@ -130,7 +132,8 @@ def _run_engine(
     **fields: Any,
 ) -> tuple[bytes, str]:
     """Differentiate as ``sig`` says: ``captured``'s module, or ``module``
-    (a derivative to differentiate again); ``fields`` amend the request."""
+    (a derivative to differentiate again); ``fields`` amend the request
+    (``strict_control``: strict mode, see ``enzpy.strict``)."""
     try:
         return _native.differentiate(
             captured.bitcode if module is None else module,
@@ -177,7 +180,7 @@ def _signature(b: Bound, noalias: bool) -> tuple[Captured, CallSignature]:
 
 def _build(b: Bound, noalias: bool, overload: Any) -> Entry:
     captured, sig = _signature(b, noalias)
-    bitcode, _ = _run_engine(captured, sig, log=False)
+    bitcode, _ = _run_engine(captured, sig, log=False, strict_control=b.strict)
     linked = _link.link(
         bitcode, sig, captured.libraries, function_name(b.disp), captured.environments
     )
@@ -194,7 +197,8 @@ def entry(b: Bound, noalias: bool | None = None) -> Entry:
     # Keyed by numba's compile of f too: a derivative is of the values numba
     # froze into the code f(...) runs, and is rebuilt when numba recompiles.
     overload = compiled_overload(b.disp, tuple(b.prepared.argtypes))
-    key = (id(b.disp), id(overload), b.mode, b.ret_active, b.prepared.key, disjoint)
+    # Strict mode refuses what non-strict mode builds: keyed apart.
+    key = (id(b.disp), id(overload), b.mode, b.ret_active, b.prepared.key, disjoint, b.strict)
     found = _cache.lookup(key)
     if found is None:
         found = _cache.get_or_build(key, lambda: _build(b, disjoint, overload))
@@ -206,7 +210,7 @@ def explain(b: Bound) -> str:
     """The engine's log for the derivative of the call ``b`` (nothing is
     cached or linked, and overlapping arrays are not refused)."""
     captured, sig = _signature(b, b.prepared.noalias)
-    _, log = _run_engine(captured, sig, log=True)
+    _, log = _run_engine(captured, sig, log=True, strict_control=b.strict)
     return log
 
 
@@ -241,26 +245,31 @@ def hvp_entry(f: Any, x: np.ndarray, v: np.ndarray, args: tuple[Any, ...], noali
     disp = dispatcher(f)
     prepared = prepare((Duplicated(x, v), *args), Forward)
     overload = compiled_overload(disp, tuple(prepared.argtypes))
-    key = ("hvp", id(disp), id(overload), prepared.key, noalias)
+    strict = STRICT.get()
+    key = ("hvp", id(disp), id(overload), prepared.key, noalias, strict)
     found = _cache.lookup(key)
     if found is None:
-        found = _cache.get_or_build(key, lambda: _build_hvp(disp, prepared, noalias, overload))
+        found = _cache.get_or_build(
+            key, lambda: _build_hvp(disp, prepared, noalias, overload, strict)
+        )
     assert isinstance(found, Entry)
     return found
 
 
-def _build_hvp(disp: Dispatcher, prepared: Prepared, noalias: bool, overload: Any) -> Entry:
+def _build_hvp(
+    disp: Dispatcher, prepared: Prepared, noalias: bool, overload: Any, strict: bool
+) -> Entry:
     # Reverse over forward: the forward derivative x, v -> <grad f(x), v>
     # (not optimized, so that the engine reads it as it wrote it) is
     # differentiated in reverse mode with respect to x: H v (H symmetric).
     name = function_name(disp)
-    fwd_call = Bound(disp, (), Forward, True, prepared)
+    fwd_call = Bound(disp, (), Forward, True, prepared, strict)
     captured, fsig = _signature(fwd_call, prepared.noalias)
     if not fsig.seeded:
         raise EnzpyTypeError(
             f"hvp needs a function that returns a float scalar; {name} returns {captured.restype}"
         )
-    fwd, _ = _run_engine(captured, fsig, log=False, optimize=False)
+    fwd, _ = _run_engine(captured, fsig, log=False, optimize=False, strict_control=strict)
     # The forward derivative's parameters: f's arguments, then the data
     # pointer of x's tangent v (passed as an array like x).
     x_type = fsig.layouts[0].ty

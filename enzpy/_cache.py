@@ -3,7 +3,8 @@
 A derivative is keyed by the numba dispatcher, numba's compile result for
 the call (so that, as in numba, a derivative keeps the global values numba
 froze into the function until numba recompiles it), the numba types of the
-arguments, their activities, the mode and whether the return value is seeded.
+arguments, their activities, the mode, whether the return value is seeded and
+strict mode (``enzpy.strict()``: it refuses what non-strict mode builds).
 A cached derivative is reused without any compilation; ``info()`` counts hits,
 misses and builds so that tests can check this.
 """

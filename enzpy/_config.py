@@ -1,8 +1,10 @@
 """The constants enzpy's modules share: the widest batch, the float types
-that carry derivatives, and numba's CPU target context."""
+that carry derivatives, numba's CPU target context, and the one setting
+(strict mode, set by ``enzpy.strict()``)."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Final
 
 import numpy as np
@@ -14,6 +16,7 @@ __all__ = [
     "FLOAT_SCALARS",
     "FLOAT_TYPES",
     "MAX_BATCH_WIDTH",
+    "STRICT",
     "target_context",
 ]
 
@@ -28,6 +31,13 @@ FLOAT_DTYPE_IDS: Final = frozenset(id(d) for d in FLOAT_DTYPES)
 FLOAT_SCALARS: Final = (float, np.float64, np.float32)
 #: numba types of float scalars that carry derivatives.
 FLOAT_TYPES: Final = (types.float32, types.float64)
+
+
+#: Strict mode: a result that depends on active inputs only through control
+#: (a solver's loop exit, a comparison) is a ``PiecewiseConstantError``
+#: instead of a note in ``explain``. Per thread and task; ``enzpy.strict()``
+#: sets it.
+STRICT: Final = ContextVar("enzpy_strict", default=False)
 
 
 def target_context() -> Any:

@@ -13,7 +13,7 @@ from ._config import FLOAT_DTYPES, MAX_BATCH_WIDTH
 from ._modes import Forward, Mode, Reverse, ReverseWithPrimal, check_mode
 from ._values import arrays_disjoint, check_plain_array, staged_like, zeros_like_strided
 from .annotations import Active, BatchDuplicated, Const, Duplicated
-from .errors import ActivityError, EnzpyTypeError, EnzpyValueError
+from .errors import ActivityError, EnzpyTypeError, EnzpyValueError, PiecewiseConstantError
 
 __all__ = ["JACOBIAN_CHUNK", "hessian", "hvp", "jacobian"]
 
@@ -247,6 +247,8 @@ def _explain_written_x(f: Any, e: ActivityError) -> None:
     """Add to ``e`` why a store into ``x`` is refused in ``hvp``: the
     forward derivative writes the tangent of what ``f`` writes into ``x``
     into the direction ``v``, which the reverse sweep treats as constant."""
+    if isinstance(e, PiecewiseConstantError):
+        return  # strict mode: about control, not about a store into x
     disp = _build.dispatcher(f)
     code = getattr(disp.py_func, "__code__", None)
     first = code.co_varnames[0] if code is not None and code.co_argcount else None

@@ -18,6 +18,7 @@ from .errors import (
     ActivityError,
     EnzpyError,
     InternalError,
+    PiecewiseConstantError,
     UnsupportedError,
 )
 
@@ -49,6 +50,7 @@ _state: tuple[Any, Any] | None = None  # (ffi, lib)
 _ERROR_CLASSES: dict[str, type[EnzpyError]] = {
     "unsupported": UnsupportedError,
     "activity": ActivityError,
+    "piecewise": PiecewiseConstantError,
     "internal": InternalError,
 }
 

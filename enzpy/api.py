@@ -1,5 +1,5 @@
-"""enzpy's public functions: autodiff, gradient, derivative, explain and
-make_zero (jacobian, hvp and hessian are in ``_drivers``).
+"""enzpy's public functions: autodiff, gradient, derivative, explain,
+make_zero and strict (jacobian, hvp and hessian are in ``_drivers``).
 
 A call is checked and bound (``_build.bind``: each annotation checks its
 argument), its derivative is looked up in the cache or built
@@ -9,12 +9,14 @@ unpacks the result.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from . import _build
-from ._config import FLOAT_DTYPES
+from ._config import FLOAT_DTYPES, STRICT
 from ._drivers import hessian, hvp, jacobian
 from ._modes import Mode, Reverse
 from ._values import is_float_tuple
@@ -30,6 +32,7 @@ __all__ = [
     "hvp",
     "jacobian",
     "make_zero",
+    "strict",
 ]
 
 
@@ -147,9 +150,37 @@ def derivative(f: Any, *args: Any, mode: Mode = Reverse, ret: type = Active) -> 
     return _build.entry(_build.bind(f, args, mode, ret), noalias=False).wrapper
 
 
+@contextmanager
+def strict(enabled: bool = True) -> Iterator[None]:
+    """Within this block, derivatives of results that depend on active inputs
+    only through control are refused with ``PiecewiseConstantError`` naming the
+    condition's line, instead of being computed: a loop whose exit condition
+    depends on them and that carries a float out (a Newton loop, a bisection,
+    ``while abs(f(x)) > tol``: enzpy differentiates the iterations run, not the
+    solution), and an output that depends on them only through comparisons or
+    float-to-integer conversions (its derivative is 0). Branches whose result
+    also carries a derivative through data (``relu``, ``max``) are allowed.
+    ``strict(False)`` turns it off inside a strict block. Applies to every
+    function that builds a derivative (``autodiff``, ``gradient``,
+    ``derivative``, ``jacobian``, ``hvp``, ``hessian``, ``explain``).
+
+        >>> with enzpy.strict():
+        ...     enzpy.autodiff(newton_sqrt, Active(2.0))  # raises
+    """
+    token = STRICT.set(enabled)
+    try:
+        yield
+    finally:
+        STRICT.reset(token)
+
+
 def explain(f: Any, *args: Any, mode: Mode = Reverse, ret: type = Active) -> str:
     """The engine's log of its decisions (types, activity, caching, ...) for
-    differentiating ``f`` at these (annotated) arguments. Nothing is cached or
+    differentiating ``f`` at these (annotated) arguments. Its section
+    ``piecewise-constant:`` lists results that depend on active inputs
+    through control with no derivative (``loop-exit``, ``control-only``: what
+    ``enzpy.strict()`` refuses) and the other comparisons and float-to-integer
+    conversions of active values (``piecewise``). Nothing is cached or
     called. Raises like ``autodiff`` when differentiation fails; the log so
     far is then the exception's ``log`` attribute."""
     return _build.explain(_build.bind(f, args, mode, ret))

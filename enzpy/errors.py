@@ -13,6 +13,7 @@ __all__ = [
     "EnzpyError",
     "UnsupportedError",
     "ActivityError",
+    "PiecewiseConstantError",
     "EnzpyTypeError",
     "EnzpyValueError",
     "CompilationError",
@@ -61,6 +62,15 @@ class UnsupportedError(EnzpyError):
 class ActivityError(EnzpyError):
     """Active (differentiable) data would flow where no derivative can go,
     e.g. into memory of an argument annotated ``Const``."""
+
+
+class PiecewiseConstantError(ActivityError):
+    """Raised in strict mode (``with enzpy.strict():``) when a result depends
+    on active inputs only through control that has no derivative: a loop
+    whose exit condition depends on them (a solver: enzpy would differentiate
+    the iterations, not the solution), or an output that depends on them only
+    through comparisons or float-to-integer conversions (its derivative would
+    be 0). ``line`` is the condition's line."""
 
 
 class EnzpyTypeError(EnzpyError, TypeError):

@@ -35,6 +35,11 @@ static const DILocation *locationNear(const Instruction *I) {
   return nullptr;
 }
 
+unsigned sourceLine(const Instruction *I) {
+  const DILocation *L = locationNear(I);
+  return L ? L->getLine() : 0;
+}
+
 Error makeError(StringRef Kind, const Twine &Message, const Instruction *At) {
   std::string File;
   unsigned Line = 0;

@@ -42,6 +42,10 @@ public:
 llvm::Error makeError(llvm::StringRef Kind, const llvm::Twine &Message,
                       const llvm::Instruction *At = nullptr);
 
+/// The source line of \p I (or of the nearest instruction in its block
+/// that has one), 0 when unknown.
+unsigned sourceLine(const llvm::Instruction *I);
+
 /// A short, readable name for a value in logs and messages: "%name" for named
 /// values, the printed instruction otherwise.
 std::string describe(const llvm::Value *V);

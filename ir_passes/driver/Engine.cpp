@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 #include "driver/Engine.h"
 #include "analysis/ActivityAnalysis.h"
+#include "analysis/ControlActivity.h"
 #include "analysis/TypeAnalysis.h"
 #include "driver/DecisionLog.h"
 #include "driver/Diagnostics.h"
@@ -81,6 +82,15 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   if (Req.Log) {
     TA.record(Log);
     AA.record(Log);
+  }
+  if (Req.Log || Req.StrictControl) {
+    ControlActivity CA(*C, Req, AA);
+    CA.run();
+    if (Req.Log)
+      CA.record(Log);
+    if (Req.StrictControl)
+      if (Error E = CA.strictError())
+        return std::move(E);
   }
   // Locations have served the diagnostics; the derivative carries none.
   StripDebugInfo(M);

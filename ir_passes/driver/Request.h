@@ -65,6 +65,10 @@ struct Request {
   /// machine the code runs on. Empty: LLVM's target-independent defaults.
   std::string TargetCPU;
   std::string TargetFeatures;
+  /// Results that depend on active inputs only through control (a solver's
+  /// loop exit, a comparison; analysis/ControlActivity.h) are an error of
+  /// kind "piecewise" instead of a log entry.
+  bool StrictControl = false;
   llvm::SmallVector<ParamSpec, 16> Params;
 };
 

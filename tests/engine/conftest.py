@@ -20,6 +20,21 @@ llvm.initialize_native_asmprinter()
 _engines: list[Any] = []
 
 
+#: Debug info for hand-written IR: file /src/kernel.py, function f (!4) at line 3;
+#: tests add their own !DILocation(line: N, column: 1, scope: !4) records.
+DEBUG_INFO = """
+!llvm.dbg.cu = !{!0}
+!llvm.module.flags = !{!2, !3}
+!0 = distinct !DICompileUnit(language: DW_LANG_C_plus_plus, file: !1, producer: "t", isOptimized: true, runtimeVersion: 0, emissionKind: FullDebug)
+!1 = !DIFile(filename: "kernel.py", directory: "/src")
+!2 = !{i32 2, !"Dwarf Version", i32 4}
+!3 = !{i32 2, !"Debug Info Version", i32 3}
+!4 = distinct !DISubprogram(name: "f", scope: !1, file: !1, line: 3, type: !5, scopeLine: 3, spFlags: DISPFlagDefinition | DISPFlagOptimized, unit: !0)
+!5 = !DISubroutineType(types: !6)
+!6 = !{}
+"""
+
+
 def const(n: int = 1) -> list[dict[str, str]]:
     return [{"activity": "const"}] * n
 
