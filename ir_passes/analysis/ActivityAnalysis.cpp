@@ -244,6 +244,11 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
       return makeError("unsupported",
                        "a differentiable value is stored into global memory",
                        &SI);
+    if (numba::isRawAllocation(R))
+      return makeError("unsupported",
+                       "a differentiable value is stored into a temporary "
+                       "buffer of numba's runtime",
+                       &SI);
   }
   return Error::success();
 }

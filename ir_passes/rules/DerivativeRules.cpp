@@ -1,5 +1,7 @@
 //===- DerivativeRules.cpp - the table of scalar derivative rules ---------===//
 #include "rules/DerivativeRules.h"
+#include "numba/NumbaABI.h"
+#include "llvm/IR/InstIterator.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/Intrinsics.h"
@@ -255,6 +257,33 @@ const ScalarRule Rules[] = {
     {Fn, "fmod", 2, fmod},
     {Fn, "minnum", 2, choose},
     {Fn, "maxnum", 2, choose},
+    // numba's C helper nextafter(x, y): x moved by one ulp towards y.
+    {Fn, "numba_nextafter", 2,
+     [](E &, unsigned I) { return I == 0 ? Partial::one() : Partial(); }},
+
+    // Library functions (LibraryFunctions below): numba's implementation
+    // computes the value, these rows the derivative.
+    // logaddexp(a, b) = log(e^a + e^b): d/da = e^a / (e^a + e^b) = e^(a - r);
+    // 1/2 where a == b, also where both are the same infinity.
+    {Fn, "enzpy.lib.logaddexp", 2,
+     [](E &X, unsigned I) {
+       Value *D = X.call("exp", {X.sub(X.x(I), X.result())});
+       return Partial(X.select(X.B.CreateFCmpOEQ(X.x(0), X.x(1)), X.c(0.5), D));
+     }},
+    // logaddexp2(a, b) = log2(2^a + 2^b): d/da = 2^(a - r).
+    {Fn, "enzpy.lib.logaddexp2", 2,
+     [](E &X, unsigned I) {
+       Value *D = X.call("exp2", {X.sub(X.x(I), X.result())});
+       return Partial(X.select(X.B.CreateFCmpOEQ(X.x(0), X.x(1)), X.c(0.5), D));
+     }},
+};
+
+/// numba's implementations that the rows above replace.
+constexpr const char *LogAddExpImpl = "numba.np.npyfuncs._generate_logaddexp."
+                                      "<locals>.ol_npy_logaddexp.<locals>.impl";
+const LibraryFunction LibraryFunctions[] = {
+    {LogAddExpImpl, "exp", "enzpy.lib.logaddexp"},
+    {LogAddExpImpl, "exp2", "enzpy.lib.logaddexp2"},
 };
 
 /// Other names of rows: IEEE min/max variants and libm spellings.
@@ -321,6 +350,26 @@ unsigned ruleOperandCount(const Instruction &I) {
 }
 
 ArrayRef<ScalarRule> scalarRules() { return Rules; }
+
+ArrayRef<LibraryFunction> libraryFunctions() { return LibraryFunctions; }
+
+const LibraryFunction *findLibraryFunction(const Function &Impl) {
+  if (Impl.isDeclaration())
+    return nullptr;
+  std::string Name = numba::pythonQualifiedName(Impl.getName());
+  auto calls = [&](StringRef Key) {
+    for (const Instruction &I : instructions(Impl))
+      if (auto *CB = dyn_cast<CallBase>(&I))
+        if (const ScalarRule *R = findCallRule(CB->getCalledFunction());
+            R && StringRef(R->Name) == Key)
+          return true;
+    return false;
+  };
+  for (const LibraryFunction &L : LibraryFunctions)
+    if (Name == L.Implementation && (!L.Calls || calls(L.Calls)))
+      return &L;
+  return nullptr;
+}
 
 Value *applyPartial(IRBuilder<> &B, const Partial &P, Value *Seed, Type *To) {
   Value *V = nullptr;

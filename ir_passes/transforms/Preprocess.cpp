@@ -2,6 +2,7 @@
 #include "transforms/Preprocess.h"
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
+#include "rules/DerivativeRules.h"
 #include "transforms/PostOpt.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
@@ -25,11 +26,74 @@ using namespace llvm;
 
 namespace enzpy {
 
+/// A function defined in the module that stays a call, differentiated by
+/// its row: a library function's scalar form (replaceLibraryFunctions), made
+/// here or, for a derivative differentiated again (hvp), by an earlier run.
+static bool isLibraryFunction(const Function &G) {
+  return !G.isDeclaration() && findCallRule(&G);
+}
+
+/// Replace each call of a numba implementation of a library function
+/// (rules/DerivativeRules' LibraryFunctions) in numba's calling convention,
+/// `i32 impl(ptr retptr, ptr excinfo, T x...)` storing a T into retptr and
+/// returning 0, with `T row(T x...)`, a function defined here with the
+/// implementation's body: the value is numba's, the derivative the row's.
+/// Done before inlining, while the implementation is still a call.
+static void replaceLibraryFunctions(Module &M) {
+  SmallVector<std::pair<Function *, const LibraryFunction *>, 2> Found;
+  for (Function &G : M)
+    if (const LibraryFunction *L = findLibraryFunction(G))
+      Found.push_back({&G, L});
+  for (auto [Impl, L] : Found) {
+    FunctionType *FT = Impl->getFunctionType();
+    if (!numba::hasNativeSignature(*FT) ||
+        FT->getNumParams() == numba::NumHiddenParams)
+      continue;
+    Type *T = FT->getParamType(numba::NumHiddenParams);
+    SmallVector<Type *, 3> Params(FT->param_begin() + numba::NumHiddenParams,
+                                  FT->param_end());
+    if (!T->isFloatingPointTy() || any_of(Params, [&](Type *P) {
+          return P != T;
+        }))
+      continue;
+    std::string Name = L->Row;
+    if (T->isFloatTy())
+      Name += "f"; // as libm's float variants (findCallRule)
+    Function *Scalar = M.getFunction(Name);
+    if (!Scalar) {
+      Scalar = Function::Create(FunctionType::get(T, Params, false),
+                                GlobalValue::InternalLinkage, Name, M);
+      IRBuilder<> B(BasicBlock::Create(M.getContext(), "entry", Scalar));
+      Value *Ret = B.CreateAlloca(T);
+      Value *Exc = B.CreateAlloca(B.getPtrTy());
+      SmallVector<Value *, 5> Args = {Ret, Exc};
+      for (Argument &A : Scalar->args())
+        Args.push_back(&A);
+      B.CreateCall(Impl, Args);
+      B.CreateRet(B.CreateLoad(T, Ret));
+    }
+    for (User *U : make_early_inc_range(Impl->users())) {
+      auto *CB = dyn_cast<CallInst>(U);
+      if (!CB || CB->getCalledFunction() != Impl ||
+          CB->getFunction() == Scalar)
+        continue;
+      IRBuilder<> B(CB);
+      SmallVector<Value *, 3> Args(CB->arg_begin() + numba::NumHiddenParams,
+                                   CB->arg_end());
+      CallInst *R = B.CreateCall(Scalar, Args);
+      R->setDebugLoc(CB->getDebugLoc());
+      B.CreateStore(R, CB->getArgOperand(numba::RetPtrParam));
+      CB->replaceAllUsesWith(ConstantInt::get(CB->getType(), 0));
+      CB->eraseFromParent();
+    }
+  }
+}
+
 /// Drop every other function body and every unused declaration or global:
 /// the derivative module carries only what the primal refers to.
 static void isolate(Module &M, Function &F, StringSet<> &Recursive) {
   for (Function &G : M)
-    if (&G != &F && !G.isDeclaration()) {
+    if (&G != &F && !G.isDeclaration() && !isLibraryFunction(G)) {
       for (const User *U : G.users())
         if (auto *CB = dyn_cast<CallBase>(U))
           if (CB->getFunction() == &F)
@@ -64,6 +128,8 @@ static void isolate(Module &M, Function &F, StringSet<> &Recursive) {
 static void inlineCallees(Module &M, Function &F) {
   for (Function &G : M) {
     if (&G == &F || G.isDeclaration())
+      continue;
+    if (isLibraryFunction(G))
       continue;
     G.removeFnAttr(Attribute::NoInline);
     G.removeFnAttr(Attribute::OptimizeNone);
@@ -192,6 +258,7 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
                                       "pointer");
   }
   F->removeFnAttr(Attribute::NoInline);
+  replaceLibraryFunctions(M);
   inlineCallees(M, *F);
   StringSet<> Recursive;
   isolate(M, *F, Recursive);
