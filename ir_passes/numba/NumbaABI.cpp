@@ -62,7 +62,7 @@ std::string pythonQualifiedName(StringRef Symbol) {
     }
   }
   return Symbol.starts_with("B") || Symbol.starts_with("E") ? Out
-                                                             : std::string();
+                                                            : std::string();
 }
 
 static StringRef calleeName(const Value *V) {
@@ -132,15 +132,23 @@ StringRef describeHelper(StringRef Name) {
       {BlasDot, "np.dot / @ of two vectors (BLAS dot)"},
       {BlasGemv, "np.dot / @ of a matrix and a vector (BLAS gemv)"},
       {BlasGemm, "np.dot / @ of two matrices (BLAS gemm)"},
-      {"numba_xxnrm2", "np.linalg.norm (BLAS nrm2)"},
+      {BlasNrm2, "np.linalg.norm (BLAS nrm2)"},
       {"numba_xgesv", "np.linalg.solve (LAPACK gesv)"},
-      {"numba_xxgetrf", "an LU factorization (np.linalg.inv, det, ...)"},
+      {"numba_xxgetrf",
+       "an LU factorization (np.linalg.inv, det, slogdet, solve; LAPACK "
+       "getrf)"},
+      {"numba_xxgetri", "np.linalg.inv (LAPACK getri)"},
       {"numba_ez_xxgetri", "np.linalg.inv (LAPACK getri)"},
       {"numba_xxpotrf", "np.linalg.cholesky (LAPACK potrf)"},
-      {"numba_ez_gesdd", "np.linalg.svd (LAPACK gesdd)"},
-      {"numba_ez_rgeev", "np.linalg.eig (LAPACK geev)"},
-      {"numba_ez_xxxevd", "np.linalg.eigh (LAPACK syevd)"},
+      {"numba_ez_gesdd",
+       "an SVD (np.linalg.svd, pinv, matrix_rank, cond, norm of a matrix "
+       "with ord=2, -2 or 'nuc'; LAPACK gesdd)"},
+      {"numba_ez_rgeev", "np.linalg.eig / eigvals (LAPACK geev)"},
+      {"numba_ez_cgeev", "np.linalg.eig / eigvals (LAPACK geev)"},
+      {"numba_ez_xxxevd", "np.linalg.eigh / eigvalsh (LAPACK syevd)"},
       {"numba_ez_gelsd", "np.linalg.lstsq (LAPACK gelsd)"},
+      {"numba_ez_geqrf", "np.linalg.qr (LAPACK geqrf)"},
+      {"numba_ez_xxgqr", "np.linalg.qr (LAPACK orgqr)"},
       {"numba_gamma", "math.gamma"},
       {"numba_lgamma", "math.lgamma"},
   };

@@ -110,6 +110,7 @@ bool isInactiveRuntimeCall(llvm::StringRef Name);
 constexpr llvm::StringLiteral BlasDot = "numba_xxdot";
 constexpr llvm::StringLiteral BlasGemv = "numba_xxgemv";
 constexpr llvm::StringLiteral BlasGemm = "numba_xxgemm";
+constexpr llvm::StringLiteral BlasNrm2 = "numba_xxnrm2";
 
 /// What numpy operation a helper of numba's runtime implements ("np.linalg.
 /// solve (LAPACK gesv)"), or empty when \p Name is not one of them.

@@ -1,13 +1,14 @@
 //===- DerivativeRules.cpp - the table of scalar derivative rules ---------===//
 #include "rules/DerivativeRules.h"
 #include "numba/NumbaABI.h"
-#include "llvm/IR/InstIterator.h"
 #include "llvm/ADT/StringMap.h"
+#include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/Intrinsics.h"
 #include "llvm/IR/Module.h"
 #include <array>
 #include <cmath>
+#include <limits>
 
 using namespace llvm;
 
@@ -83,6 +84,16 @@ Partial fma(E &X, unsigned I) {
   if (I == 2)
     return Partial::one();
   return X.x(I == 0 ? 1 : 0);
+}
+
+/// \p D, and 1/2 where both operands are the same infinity (a tie, where
+/// inf - inf makes the formula NaN).
+Partial infiniteTieIsHalf(E &X, Value *D) {
+  Value *Tie = X.B.CreateAnd(
+      X.B.CreateFCmpOEQ(X.x(0), X.x(1)),
+      X.B.CreateFCmpOEQ(X.call("fabs", {X.x(0)}),
+                        X.c(std::numeric_limits<double>::infinity())));
+  return Partial(X.select(Tie, X.c(0.5), D));
 }
 
 // One row per operation. Aliases (other names of a row) are in findRow.
@@ -263,18 +274,17 @@ const ScalarRule Rules[] = {
 
     // Library functions (LibraryFunctions below): numba's implementation
     // computes the value, these rows the derivative.
-    // logaddexp(a, b) = log(e^a + e^b): d/da = e^a / (e^a + e^b) = e^(a - r);
-    // 1/2 where a == b, also where both are the same infinity.
+    // logaddexp(a, b) = log(e^a + e^b): d/da = e^a / (e^a + e^b) = e^(a - r),
+    // 1/2 at a tie (r = a + log 2); a smooth formula there, so that a second
+    // derivative (hvp) is right too.
     {Fn, "enzpy.lib.logaddexp", 2,
      [](E &X, unsigned I) {
-       Value *D = X.call("exp", {X.sub(X.x(I), X.result())});
-       return Partial(X.select(X.B.CreateFCmpOEQ(X.x(0), X.x(1)), X.c(0.5), D));
+       return infiniteTieIsHalf(X, X.call("exp", {X.sub(X.x(I), X.result())}));
      }},
     // logaddexp2(a, b) = log2(2^a + 2^b): d/da = 2^(a - r).
     {Fn, "enzpy.lib.logaddexp2", 2,
      [](E &X, unsigned I) {
-       Value *D = X.call("exp2", {X.sub(X.x(I), X.result())});
-       return Partial(X.select(X.B.CreateFCmpOEQ(X.x(0), X.x(1)), X.c(0.5), D));
+       return infiniteTieIsHalf(X, X.call("exp2", {X.sub(X.x(I), X.result())}));
      }},
 };
 

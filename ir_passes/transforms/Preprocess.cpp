@@ -4,11 +4,14 @@
 #include "numba/NumbaABI.h"
 #include "rules/DerivativeRules.h"
 #include "transforms/PostOpt.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/CFG.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/PassManager.h"
@@ -52,9 +55,8 @@ static void replaceLibraryFunctions(Module &M) {
     Type *T = FT->getParamType(numba::NumHiddenParams);
     SmallVector<Type *, 3> Params(FT->param_begin() + numba::NumHiddenParams,
                                   FT->param_end());
-    if (!T->isFloatingPointTy() || any_of(Params, [&](Type *P) {
-          return P != T;
-        }))
+    if (!T->isFloatingPointTy() ||
+        any_of(Params, [&](Type *P) { return P != T; }))
       continue;
     std::string Name = L->Row;
     if (T->isFloatTy())
@@ -74,8 +76,7 @@ static void replaceLibraryFunctions(Module &M) {
     }
     for (User *U : make_early_inc_range(Impl->users())) {
       auto *CB = dyn_cast<CallInst>(U);
-      if (!CB || CB->getCalledFunction() != Impl ||
-          CB->getFunction() == Scalar)
+      if (!CB || CB->getCalledFunction() != Impl || CB->getFunction() == Scalar)
         continue;
       IRBuilder<> B(CB);
       SmallVector<Value *, 3> Args(CB->arg_begin() + numba::NumHiddenParams,
@@ -85,6 +86,47 @@ static void replaceLibraryFunctions(Module &M) {
       B.CreateStore(R, CB->getArgOperand(numba::RetPtrParam));
       CB->replaceAllUsesWith(ConstantInt::get(CB->getType(), 0));
       CB->eraseFromParent();
+    }
+  }
+}
+
+/// Marks every instruction of numba's own implementations (np.diff,
+/// np.linalg.norm, ...) with the Python name of the one the kernel called
+/// (rules of the metadata kind in driver/Diagnostics), before inlining
+/// erases the boundary: an error inside one then names it. A helper shared
+/// by several is marked with the first that reaches it.
+static void markOrigins(Module &M) {
+  LLVMContext &Ctx = M.getContext();
+  auto isNumbas = [](const std::string &Q) {
+    return StringRef(Q).starts_with("numba.");
+  };
+  DenseSet<const Function *> Seen;
+  for (Function &U : M) {
+    if (U.isDeclaration() || isNumbas(numba::pythonQualifiedName(U.getName())))
+      continue;
+    for (Instruction &I : instructions(U)) {
+      auto *CB = dyn_cast<CallBase>(&I);
+      Function *G = CB ? CB->getCalledFunction() : nullptr;
+      if (!G || G->isDeclaration() || Seen.contains(G))
+        continue;
+      std::string Q = numba::pythonQualifiedName(G->getName());
+      if (!isNumbas(Q))
+        continue;
+      // The overload's name, without its local implementation functions.
+      MDNode *Tag = MDNode::get(
+          Ctx, MDString::get(Ctx, StringRef(Q).split(".<locals>").first));
+      SmallVector<Function *, 8> Work = {G};
+      while (!Work.empty()) {
+        Function *H = Work.pop_back_val();
+        if (H->isDeclaration() || !Seen.insert(H).second)
+          continue;
+        for (Instruction &J : instructions(*H)) {
+          J.setMetadata(OriginMetadata, Tag);
+          if (auto *Call = dyn_cast<CallBase>(&J))
+            if (Function *K = Call->getCalledFunction())
+              Work.push_back(K);
+        }
+      }
     }
   }
 }
@@ -156,6 +198,20 @@ static void runCanonicalPasses(Function &F) {
   FPM.addPass(SimplifyCFGPass());
   FPM.addPass(LoopSimplifyPass());
   FPM.run(F, P.FAM);
+}
+
+/// Reads of aggregates numba builds and takes apart again (the tuple of
+/// arrays np.linalg.lstsq returns) become the values inserted, so that the
+/// type analysis follows the pointers in them.
+static void foldAggregateReads(Function &F) {
+  for (Instruction &I : make_early_inc_range(instructions(F)))
+    if (auto *EV = dyn_cast<ExtractValueInst>(&I))
+      if (Value *V =
+              FindInsertedValue(EV->getAggregateOperand(), EV->getIndices());
+          V && V->getType() == EV->getType() && V != EV) {
+        EV->replaceAllUsesWith(V);
+        EV->eraseFromParent();
+      }
 }
 
 static bool isNormalStatus(Value *V) {
@@ -259,11 +315,13 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   }
   F->removeFnAttr(Attribute::NoInline);
   replaceLibraryFunctions(M);
+  markOrigins(M);
   inlineCallees(M, *F);
   StringSet<> Recursive;
   isolate(M, *F, Recursive);
   F->removeFnAttr(Attribute::OptimizeNone);
   runCanonicalPasses(*F);
+  foldAggregateReads(*F);
   CanonicalFunction C;
   C.F = F;
   C.Recursive = std::move(Recursive);
