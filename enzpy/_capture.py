@@ -308,7 +308,14 @@ def _compile_copy(
     flags.no_compile = True
     tctx = disp.targetdescr.target_context
     name = f"enzpy.capture.{disp.py_func.__qualname__}"
-    lib = _RecordingLibrary(tctx.codegen(), name)
+    codegen = tctx.codegen()
+    lib = _RecordingLibrary(codegen, name)
+    # Helpers numba compiles on the way (array expressions, implementations
+    # of numpy functions not compiled before) record their IR too: their
+    # finalized modules have numba's own callees inlined, and a library
+    # function's implementation must still be a call for the engine to give
+    # it its rule (np.logaddexp in an array expression).
+    codegen._library_class = _RecordingLibrary
     try:
         impl = comp._get_implementation(argtypes, {})
         with warnings.catch_warnings():
@@ -327,6 +334,8 @@ def _compile_copy(
             )
     except numba_errors.NumbaError as e:
         raise _numba_error(e, what) from e
+    finally:
+        del codegen._library_class
     if cres.typing_error is not None:
         raise _numba_error(cres.typing_error, what) from cres.typing_error
     if cres.objectmode:
@@ -372,10 +381,18 @@ def _njit_callees(cres: Any) -> list[tuple[NumbaDispatcher, tuple[types.Type, ..
 
 def _link_recorded(lib: _RecordingLibrary) -> llvm.ModuleRef:
     mods = lib.recorded
-    main = mods[0]
+    main = mods[0].clone()
     for m in mods[1:]:
         main.link_in(m.clone())
     return main
+
+
+def _module_for_linking(lib: Any) -> llvm.ModuleRef:
+    """The IR of a numba library's functions: as recorded before numba's O3
+    for a library compiled while capturing, else its finalized module."""
+    if isinstance(lib, _RecordingLibrary) and lib.recorded:
+        return _link_recorded(lib)
+    return lib._get_module_for_linking()
 
 
 def _declared(module: llvm.ModuleRef) -> set[str]:
@@ -498,7 +515,7 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
             if not missing:
                 break
             try:
-                shared = dep._get_module_for_linking()
+                shared = _module_for_linking(dep)
             except Exception:  # noqa: BLE001 - e.g. a library without a module
                 continue
             if missing & _defined_functions(shared):

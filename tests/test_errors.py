@@ -447,3 +447,84 @@ def test_ndarray_subclasses_are_refused_by_the_drivers():
         enzpy.jacobian(first_times_sum, x, np.ones(2))
     with pytest.raises(enzpy.EnzpyTypeError, match="MaskedArray"):
         enzpy.hessian(first_times_sum, np.ones(2), x)
+
+
+# Refused constructs name the Python construct and its line, never an LLVM value
+# name (%wide.load.i54, %.631) or a symbol of numba's runtime (numba_*, NRT_*).
+_X = np.array([0.13, 0.27, 0.41, 0.58, 0.72, 0.86])  # off np.interp's knots
+
+
+@numba.njit
+def uses_diff(x):
+    return np.sum(np.diff(x) ** 2)  # <- construct
+
+
+@numba.njit
+def uses_kron(x):
+    return np.sum(np.kron(x[:2], x[2:4]))  # <- construct
+
+
+@numba.njit
+def uses_cross(x):
+    return np.sum(np.cross(x[:3], x[3:]))  # <- construct
+
+
+@numba.njit
+def uses_diag(x):
+    return np.sum(np.diag(x) @ x)  # <- construct
+
+
+@numba.njit
+def uses_convolve(x):
+    return np.sum(np.convolve(x, x))  # <- construct
+
+
+@numba.njit
+def uses_interp(x):
+    return np.sum(np.interp(x, np.linspace(0.0, 1.0, 6), x))  # <- construct
+
+
+@numba.njit
+def uses_matrix_two_norm(x):
+    return np.linalg.norm(np.outer(x, x), 2)  # <- construct
+
+
+@numba.njit
+def uses_solve_of_active(x):
+    return np.sum(np.linalg.solve(np.diag(x), x))  # <- construct
+
+
+@numba.njit
+def uses_gamma(x):
+    return math.gamma(x[0])  # <- construct
+
+
+_CONSTRUCTS = [
+    uses_diff,
+    uses_kron,
+    uses_cross,
+    uses_diag,
+    uses_convolve,
+    uses_interp,
+    uses_matrix_two_norm,
+    uses_solve_of_active,
+    uses_gamma,
+]
+
+
+@pytest.mark.parametrize("f", _CONSTRUCTS, ids=[f.py_func.__name__ for f in _CONSTRUCTS])
+@pytest.mark.parametrize("mode", [enzpy.Reverse, enzpy.Forward], ids=["reverse", "forward"])
+def test_errors_name_the_construct_and_line_not_internals(f, mode):
+    x = _X.copy()
+    try:
+        if mode is enzpy.Reverse:
+            fd.check_vjp(f, fd.Dup(x))
+        else:
+            t = enzpy.autodiff(f, Duplicated(x, np.ones_like(x)), mode=mode)
+            g = np.asarray(fd.fd_gradient(f, _X.copy())[1][0])
+            assert t == pytest.approx(g.sum(), rel=1e-6, abs=1e-8)
+    except enzpy.UnsupportedError as e:
+        assert e.line == line_in(f, "# <- construct"), e
+        assert e.file is not None and os.path.samefile(e.file, __file__), e
+        for internal in ("%", "numba_", "NRT_", "llvm."):
+            assert internal not in e.message, f"{internal!r} in: {e.message}"

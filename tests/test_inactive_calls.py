@@ -5,9 +5,12 @@ stays a clear error."""
 
 from __future__ import annotations
 
+import inspect
+
 import numba
 import numpy as np
 import pytest
+from fd import check_gradient
 
 import enzpy
 from enzpy import Const, Duplicated, Forward
@@ -64,3 +67,125 @@ def test_lapack_on_differentiable_data_is_still_refused():
     A = np.eye(3) * 2.0
     with pytest.raises(enzpy.UnsupportedError, match="np.linalg.solve"):
         enzpy.autodiff(solve_with_active_matrix, Duplicated(A, np.zeros_like(A)), Const(np.ones(3)))
+
+
+# LAPACK on constant matrices: the calls read and write only constant data, so
+# they need no derivative; their results are constants of the kernel.
+
+_A = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])  # SPD
+_B = np.array([1.0, -2.0, 0.5])
+
+
+@numba.njit
+def solve_then_weigh(x, A, b):
+    w = np.linalg.solve(A, b)
+    return np.sum(np.sin(x) * w)
+
+
+@numba.njit
+def inverse_quadratic_form(x, A):
+    Ai = np.linalg.inv(A)
+    return x @ (Ai @ x)
+
+
+@numba.njit
+def scaled_by_determinant(x, A):
+    return np.linalg.det(A) * np.sum(x**3)
+
+
+@numba.njit
+def through_cholesky_factor(x, A):
+    L = np.linalg.cholesky(A)
+    y = L @ x
+    return np.dot(y, y)
+
+
+@numba.njit
+def least_squares_weights(x, A, b):
+    w = np.linalg.lstsq(A, b)[0]
+    return np.sum(np.exp(x) * w)
+
+
+@numba.njit
+def eigenvalue_weights(x, A):
+    lam = np.linalg.eigh(A)[0]
+    return np.sum(lam * x * x)
+
+
+_CONST_LAPACK = [
+    (solve_then_weigh, lambda x: np.cos(x) * np.linalg.solve(_A, _B), (_A, _B)),
+    (inverse_quadratic_form, lambda x: (np.linalg.inv(_A) + np.linalg.inv(_A).T) @ x, (_A,)),
+    (scaled_by_determinant, lambda x: np.linalg.det(_A) * 3 * x**2, (_A,)),
+    (
+        through_cholesky_factor,
+        lambda x: 2 * np.linalg.cholesky(_A).T @ (np.linalg.cholesky(_A) @ x),
+        (_A,),
+    ),
+    (
+        least_squares_weights,
+        lambda x: np.exp(x) * np.linalg.lstsq(_A, _B, rcond=None)[0],
+        (_A, _B),
+    ),
+    (eigenvalue_weights, lambda x: 2 * np.linalg.eigvalsh(_A) * x, (_A,)),
+]
+
+
+@pytest.mark.parametrize(
+    "kernel, grad, consts", _CONST_LAPACK, ids=[k.py_func.__name__ for k, _, _ in _CONST_LAPACK]
+)
+def test_lapack_on_constant_matrices_with_active_arithmetic(kernel, grad, consts):
+    x = np.array([0.3, -0.7, 1.1])
+    dx = np.zeros(3)
+    enzpy.autodiff(kernel, Duplicated(x, dx), *(Const(c.copy()) for c in consts))
+    np.testing.assert_allclose(dx, grad(x), rtol=1e-12, atol=1e-14)
+    check_gradient(lambda x_: kernel(x_, *consts), x)
+    v = np.array([0.2, 0.5, -1.0])
+    t = enzpy.autodiff(kernel, Duplicated(x, v), *(Const(c.copy()) for c in consts), mode=Forward)
+    assert t == pytest.approx(np.dot(grad(x), v), rel=1e-12)
+
+
+@numba.njit
+def inv_of_active(A):
+    return np.sum(np.linalg.inv(A))  # <- refused
+
+
+@numba.njit
+def det_of_active(A):
+    return np.linalg.det(A)  # <- refused
+
+
+@numba.njit
+def cholesky_of_active(A):
+    return np.sum(np.linalg.cholesky(A))  # <- refused
+
+
+@numba.njit
+def lstsq_of_active(A, b):
+    return np.sum(np.linalg.lstsq(A, b)[0])  # <- refused
+
+
+@numba.njit
+def eigh_of_active(A):
+    return np.sum(np.linalg.eigh(A)[0])  # <- refused
+
+
+@pytest.mark.parametrize(
+    "kernel, name",
+    [
+        (inv_of_active, "np.linalg.inv"),
+        (det_of_active, "np.linalg.det"),
+        (cholesky_of_active, "np.linalg.cholesky"),
+        (lstsq_of_active, "np.linalg.lstsq"),
+        (eigh_of_active, "np.linalg.eigh"),
+    ],
+)
+@pytest.mark.parametrize("mode", [enzpy.Reverse, Forward], ids=["reverse", "forward"])
+def test_lapack_on_active_matrices_is_refused_naming_the_function(kernel, name, mode):
+    A = _A.copy()
+    extra = (Const(_B.copy()),) if kernel is lstsq_of_active else ()
+    with pytest.raises(enzpy.UnsupportedError) as info:
+        enzpy.autodiff(kernel, Duplicated(A, np.zeros_like(A)), *extra, mode=mode)
+    e = info.value
+    assert name in e.message and "numba_" not in e.message, e.message
+    lines, first = inspect.getsourcelines(kernel.py_func)
+    assert e.line == first + next(i for i, t in enumerate(lines) if "# <- refused" in t)

@@ -76,6 +76,22 @@ math_asin = numba.njit(lambda x: math.asin(x))
 math_acos = numba.njit(lambda x: math.acos(x))
 math_acosh = numba.njit(lambda x: math.acosh(x))
 np_floor = numba.njit(lambda x: np.floor(x))
+# numba's implementations special-case x == y (and sinc x == 0): the rule
+# table's library-function rows give the function's derivative, not the branch's
+np_logaddexp = numba.njit(lambda x, y: np.logaddexp(x, y))
+np_logaddexp2 = numba.njit(lambda x, y: np.logaddexp2(x, y))
+softplus = numba.njit(lambda x: np.logaddexp(0.0, x))
+np_sinc = numba.njit(lambda x: np.sinc(x))
+np_nextafter = numba.njit(lambda x, y: np.nextafter(x, y))
+
+
+def _sigmoid(t: float) -> float:
+    return 1.0 / (1.0 + math.exp(-t))
+
+
+def _sinc_dx(x: float) -> float:
+    """d/dx sin(pi x) / (pi x) = (cos(pi x) - sinc(x)) / x."""
+    return (math.cos(math.pi * x) - math.sin(math.pi * x) / (math.pi * x)) / x
 
 
 def _fmod_db(a, b):
@@ -167,6 +183,30 @@ CASES = [
     Case("math.acosh", math_acosh, (1.0,), (INF,)),
     # rounding: 0 at the jumps too
     Case("np.floor", np_floor, (2.0,), (0.0,)),
+    # logaddexp(x, y): e^x / (e^x + e^y); 1/2 each at a tie, infinite ties too
+    # (numba returns x + log 2 there: the branch's derivative was (1, 0))
+    *(
+        Case(n, f, p, d)
+        for n, f in (("np.logaddexp", np_logaddexp), ("np.logaddexp2", np_logaddexp2))
+        for p, d in (
+            ((0.0, 0.0), (0.5, 0.5)),
+            ((2.0, 2.0), (0.5, 0.5)),
+            ((-INF, -INF), (0.5, 0.5)),
+            ((0.0, -INF), (1.0, 0.0)),
+        )
+    ),
+    Case("np.logaddexp", np_logaddexp, (1.0, 3.0), (_sigmoid(-2.0), _sigmoid(2.0))),
+    Case("np.logaddexp2", np_logaddexp2, (1.0, 2.0), (1.0 / 3.0, 2.0 / 3.0)),
+    Case("softplus", softplus, (0.0,), (0.5,)),
+    Case("softplus", softplus, (-0.0,), (0.5,)),
+    Case("softplus", softplus, (1.5,), (_sigmoid(1.5),)),
+    # sinc: 0 at 0 (numba's x == 0 shortcut keeps the limit), analytic elsewhere
+    Case("np.sinc", np_sinc, (0.0,), (0.0,)),
+    Case("np.sinc", np_sinc, (0.5,), (_sinc_dx,)),
+    Case("np.sinc", np_sinc, (-1.25,), (_sinc_dx,)),
+    # nextafter(x, y) is x moved by one ulp: (1, 0)
+    Case("np.nextafter", np_nextafter, (1.0, 2.0), (1.0, 0.0)),
+    Case("np.nextafter", np_nextafter, (0.0, 0.0), (1.0, 0.0)),
 ]
 
 

@@ -9,6 +9,7 @@
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/IntrinsicInst.h"
+#include "llvm/IR/Intrinsics.h"
 
 using namespace llvm;
 
@@ -21,6 +22,48 @@ bool ActivityAnalysis::pointsToActive(const Value *Ptr) const {
     if (ActiveRoots.contains(R))
       return true;
   return false;
+}
+
+std::string ActivityAnalysis::describeMemory(const Value *Ptr) const {
+  SmallVector<std::string, 3> Parts;
+  auto add = [&](std::string W) {
+    if (!is_contained(Parts, W))
+      Parts.push_back(std::move(W));
+  };
+  for (const Value *R : TA.roots(Ptr)) {
+    if (R == UnknownRoot)
+      add("a pointer the function loaded from memory or got from a call");
+    else if (TA.isRetPtr(R))
+      add("the return value");
+    else if (auto *A = dyn_cast<Argument>(R))
+      add(numba::isUserParam(*A) ? "argument '" + numba::pythonArgName(*A) + "'"
+                                 : std::string("numba's exception state"));
+    else if (isa<AllocaInst>(R))
+      add("a local variable");
+    else if (TA.allocationOf(R))
+      add("an array allocated in the function");
+    else if (numba::isRawAllocation(R))
+      add("a temporary buffer of numba's runtime");
+    else if (isa<GlobalValue>(R))
+      add("a global");
+  }
+  if (Parts.empty())
+    return "memory the engine does not know";
+  std::string Out = Parts.front();
+  for (const std::string &P : drop_begin(Parts))
+    Out += " or " + P;
+  return Out;
+}
+
+/// Words for a value of type \p T that is not a float.
+static std::string describeNonFloat(const Type *T) {
+  if (T->isIntegerTy(1))
+    return "a boolean";
+  if (T->isIntegerTy())
+    return "an integer";
+  if (T->isPointerTy())
+    return "a pointer";
+  return "a non-float value";
 }
 
 bool ActivityAnalysis::touchesOnlyInactiveData(const CallBase &CB) const {
@@ -48,6 +91,15 @@ bool ActivityAnalysis::touchesOnlyInactiveData(const CallBase &CB) const {
   // boxes a float this way; floats read back through what it returns come
   // from untraceable memory, which is refused).
   return !AnyVaried || (!AnyPointer && !isFloatLike(CB.getType()));
+}
+
+/// Why a call into numba's helper library implementing \p What is refused.
+static std::string helperRefusal(StringRef What) {
+  return (What +
+          " cannot be differentiated yet: it reads or writes values that "
+          "carry derivatives (it is let through where everything it reads "
+          "and writes is constant: pass those arrays as Const)")
+      .str();
 }
 
 Error ActivityAnalysis::checkCall(const CallBase &CB) const {
@@ -102,10 +154,9 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
          (!floatType(MT->getRawDest()) ||
           floatType(MT->getRawDest()) != floatType(MT->getRawSource()))))
       return makeError("unsupported",
-                       "this memory copy (" + Callee->getName() +
-                           ") of differentiable array memory is not "
-                           "supported yet (only copies between arrays of one "
-                           "float type, and fills)",
+                       "this copy of differentiable array memory is not "
+                       "supported yet (only copies between arrays of one "
+                       "float type, and fills)",
                        &CB);
     return Error::success();
   }
@@ -114,16 +165,18 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
       if (isVaried(A))
         return makeError(
             "unsupported",
-            "no derivative rule for the intrinsic " + Callee->getName(), &CB);
+            "no derivative rule for the operation '" +
+                Intrinsic::getBaseName(Callee->getIntrinsicID()).drop_front(5) +
+                "' on differentiable values",
+            &CB);
     return Error::success();
   }
   if (numba::isInactiveRuntimeCall(Callee->getName())) {
     for (const Value *A : CB.args())
       if (A->getType()->isPointerTy() && pointsToActive(A))
         return makeError("unsupported",
-                         "differentiable memory is passed to the runtime "
-                         "function '" +
-                             Callee->getName() + "'",
+                         "an array that carries derivatives is passed to "
+                         "numba's runtime in a way enzpy cannot follow",
                          &CB);
     return Error::success();
   }
@@ -132,22 +185,26 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
   // random numbers): its result and the memory it writes are inactive.
   if (touchesOnlyInactiveData(CB))
     return Error::success();
+  std::string Q = numba::pythonQualifiedName(Callee->getName());
   if (C.Recursive.contains(Callee->getName()))
     return makeError("unsupported",
                      "the recursive call to '" +
-                         displayName(Callee->getName()) +
+                         (Q.empty() ? displayName(Callee->getName()) : Q) +
                          "' cannot be differentiated yet (recursion)",
                      &CB);
   if (StringRef What = numba::describeHelper(Callee->getName()); !What.empty())
-    return makeError("unsupported",
-                     What + " (numba calls '" + Callee->getName() +
-                         "') cannot be differentiated yet",
-                     &CB);
+    return makeError("unsupported", helperRefusal(What), &CB);
+  // numba's runtime and C helpers are named for what they are, not by symbol.
+  StringRef Sym = Callee->getName();
+  std::string What =
+      Sym.starts_with("numba_") || Sym.starts_with("NRT_")
+          ? std::string("a call into numba's runtime or C helper library")
+          : "the call to '" + (Q.empty() ? displayName(Sym) : Q) + "'";
   return makeError("unsupported",
-                   "call to '" + displayName(Callee->getName()) +
-                       "' cannot be differentiated: its body is not "
-                       "available (an external or runtime function) and no "
-                       "derivative rule is registered for it",
+                   What + " cannot be differentiated: its body is not "
+                          "available (an external or runtime function), no "
+                          "derivative rule is registered for it, and it reads "
+                          "or writes data that carries derivatives",
                    &CB);
 }
 
@@ -170,7 +227,7 @@ Error ActivityAnalysis::checkInstruction(const Instruction &I) const {
                      "cannot be differentiated",
                      &I);
   return makeError("unsupported",
-                   "the instruction '" + describe(&I) +
+                   "the operation '" + Twine(I.getOpcodeName()) +
                        "' on differentiable values is not supported yet",
                    &I);
 }
@@ -192,14 +249,11 @@ Error ActivityAnalysis::checkTraceable(const Instruction *I,
       if (const Function *Callee = CB->getCalledFunction())
         if (StringRef What = numba::describeHelper(Callee->getName());
             !What.empty())
-          return makeError("unsupported",
-                           What + " (numba calls '" + Callee->getName() +
-                               "') cannot be differentiated yet",
-                           CB);
+          return makeError("unsupported", helperRefusal(What), CB);
   return makeError(
       "unsupported",
       "a float is " + Twine(isa<LoadInst>(I) ? "read from" : "written to") +
-          " memory the engine cannot trace (through " + describe(Ptr) +
+          " memory the engine cannot trace (" + describeMemory(Ptr) +
           "); it might be a differentiable array, so this is "
           "not supported yet",
       I);
@@ -210,8 +264,9 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
   bool ToActive = pointsToActive(SI.getPointerOperand());
   if (ToActive && !isFloatLike(V->getType()))
     return makeError("unsupported",
-                     "a non-float value (" + describe(V) +
-                         ") is stored into differentiable float memory",
+                     describeNonFloat(V->getType()) +
+                         " is stored into differentiable float memory (" +
+                         describeMemory(SI.getPointerOperand()) + ")",
                      &SI);
   if (!isVaried(V))
     return Error::success();
@@ -221,8 +276,8 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
     if (R == UnknownRoot)
       return makeError("unsupported",
                        "a differentiable value is stored into memory of "
-                       "unknown origin (through " +
-                           describe(SI.getPointerOperand()) + ")",
+                       "unknown origin (" +
+                           describeMemory(SI.getPointerOperand()) + ")",
                        &SI);
     if (TA.isRetPtr(R))
       continue; // the return value, not seeded (ret=Const)
@@ -243,6 +298,11 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
     if (isa<GlobalValue>(R))
       return makeError("unsupported",
                        "a differentiable value is stored into global memory",
+                       &SI);
+    if (numba::isRawAllocation(R))
+      return makeError("unsupported",
+                       "a differentiable value is stored into a temporary "
+                       "buffer of numba's runtime",
                        &SI);
   }
   return Error::success();
@@ -376,9 +436,9 @@ Error ActivityAnalysis::run() {
       if (pointsToActive(LI->getPointerOperand()) &&
           !isFloatLike(LI->getType()))
         return makeError("unsupported",
-                         "differentiable float memory is read as a non-float "
-                         "value (" +
-                             describe(LI) + ")",
+                         "differentiable float memory (" +
+                             describeMemory(LI->getPointerOperand()) +
+                             ") is read as " + describeNonFloat(LI->getType()),
                          LI);
       if (Error E = checkTraceable(LI, LI->getPointerOperand()))
         return E;

@@ -23,6 +23,7 @@
 #include "transforms/Preprocess.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/Support/Error.h"
+#include <string>
 
 namespace llvm {
 class Argument;
@@ -47,6 +48,9 @@ public:
   bool isVaried(const llvm::Value *V) const { return Varied.contains(V); }
   /// Ptr may point into active memory.
   bool pointsToActive(const llvm::Value *Ptr) const;
+  /// What memory \p Ptr points into, in words for an error message
+  /// ("argument 'x'", "an array allocated in the function", ...).
+  std::string describeMemory(const llvm::Value *Ptr) const;
   bool isActiveRoot(const llvm::Value *Root) const {
     return ActiveRoots.contains(Root);
   }

@@ -113,6 +113,11 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
     if (const CallBase *A = allocationRead(&I)) {
       Roots[&I].insert(&I);
       Allocations[&I] = A;
+    } else if (numba::isRawAllocation(&I)) {
+      // A raw buffer is its own root (numba's temporaries: LAPACK's
+      // right-hand sides, sources of slice assignments); it holds no
+      // derivative (ActivityAnalysis refuses storing one into it).
+      Roots[&I].insert(&I);
     }
   }
 
@@ -173,7 +178,7 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
     Changed = false;
     for (Instruction &I : instructions(F)) {
       if (!I.getType()->isPointerTy() || isa<AllocaInst>(I) ||
-          Allocations.count(&I))
+          Allocations.count(&I) || numba::isRawAllocation(&I))
         continue;
       RootSet New;
       auto *Ld = dyn_cast<LoadInst>(&I);

@@ -51,7 +51,13 @@ Error makeError(StringRef Kind, const Twine &Message, const Instruction *At) {
         File = (Dir + "/" + File).str();
       Line = L->getLine();
     }
-  return make_error<EnzpyDiag>(Kind.str(), Message.str(), File, Line);
+  std::string Text = Message.str();
+  if (At)
+    if (auto *Tag = At->getMetadata(OriginMetadata))
+      if (auto *Name = dyn_cast<MDString>(Tag->getOperand(0)))
+        Text += " (inside numba's implementation " + Name->getString().str() +
+                ", which this line calls)";
+  return make_error<EnzpyDiag>(Kind.str(), Text, File, Line);
 }
 
 std::string describe(const Value *V) {

@@ -37,8 +37,14 @@ public:
   std::error_code convertToErrorCode() const override;
 };
 
+/// The metadata kind that marks instructions inlined from numba's
+/// implementation of a library function: one string, its Python name
+/// ("numba.np.arraymath.np_diff_impl"), set by transforms/Preprocess.
+constexpr const char *OriginMetadata = "enzpy.origin";
+
 /// An error of \p Kind whose location is that of \p At (or of the nearest
-/// earlier instruction in its block that has one).
+/// earlier instruction in its block that has one). When \p At comes from
+/// numba's implementation of a library function, the message says which.
 llvm::Error makeError(llvm::StringRef Kind, const llvm::Twine &Message,
                       const llvm::Instruction *At = nullptr);
 

@@ -1,5 +1,6 @@
 //===- NumbaABI.cpp - what the engine knows about numba -------------------===//
 #include "numba/NumbaABI.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/Module.h"
@@ -33,6 +34,37 @@ std::string pythonArgName(const Argument &A) {
   return N.empty() ? ("#" + Twine(A.getArgNo())).str() : N.str();
 }
 
+std::string pythonQualifiedName(StringRef Symbol) {
+  // numba mangles module.qualname as _ZN <len><identifier>... then ABI tags
+  // (B<len><tag>) and E, escaping characters other than [A-Za-z0-9_] as
+  // _<hex> ("<locals>" -> "_3clocals_3e").
+  if (!Symbol.consume_front("_ZN"))
+    return {};
+  std::string Out;
+  while (!Symbol.empty() && isDigit(Symbol.front())) {
+    unsigned Len = 0;
+    if (Symbol.consumeInteger(10, Len) || Len > Symbol.size())
+      return {};
+    StringRef Part = Symbol.take_front(Len);
+    Symbol = Symbol.drop_front(Len);
+    if (!Out.empty())
+      Out += '.';
+    for (size_t I = 0; I < Part.size(); ++I) {
+      unsigned Hex = 0;
+      if (Part[I] == '_' && I + 2 < Part.size() &&
+          !Part.substr(I + 1, 2).getAsInteger(16, Hex) && Hex >= 0x20 &&
+          Hex < 0x7f && !isAlnum(Hex) && Hex != '_') {
+        Out += char(Hex);
+        I += 2;
+        continue;
+      }
+      Out += Part[I];
+    }
+  }
+  return Symbol.starts_with("B") || Symbol.starts_with("E") ? Out
+                                                            : std::string();
+}
+
 static StringRef calleeName(const Value *V) {
   auto *CB = dyn_cast<CallBase>(V);
   const Function *F = CB ? CB->getCalledFunction() : nullptr;
@@ -43,6 +75,11 @@ bool isAllocationCall(const Value *V) {
   StringRef N = calleeName(V);
   return N == "NRT_MemInfo_alloc" || N == "NRT_MemInfo_alloc_aligned" ||
          N == "NRT_MemInfo_alloc_safe" || N == "NRT_MemInfo_alloc_safe_aligned";
+}
+
+bool isRawAllocation(const Value *V) {
+  auto *CB = dyn_cast<CallBase>(V);
+  return CB && calleeName(CB) == "NRT_Allocate" && CB->arg_size() == 1;
 }
 
 bool isContainerAllocation(const Value *V) {
@@ -95,15 +132,23 @@ StringRef describeHelper(StringRef Name) {
       {BlasDot, "np.dot / @ of two vectors (BLAS dot)"},
       {BlasGemv, "np.dot / @ of a matrix and a vector (BLAS gemv)"},
       {BlasGemm, "np.dot / @ of two matrices (BLAS gemm)"},
-      {"numba_xxnrm2", "np.linalg.norm (BLAS nrm2)"},
+      {BlasNrm2, "np.linalg.norm (BLAS nrm2)"},
       {"numba_xgesv", "np.linalg.solve (LAPACK gesv)"},
-      {"numba_xxgetrf", "an LU factorization (np.linalg.inv, det, ...)"},
+      {"numba_xxgetrf",
+       "an LU factorization (np.linalg.inv, det, slogdet, solve; LAPACK "
+       "getrf)"},
+      {"numba_xxgetri", "np.linalg.inv (LAPACK getri)"},
       {"numba_ez_xxgetri", "np.linalg.inv (LAPACK getri)"},
       {"numba_xxpotrf", "np.linalg.cholesky (LAPACK potrf)"},
-      {"numba_ez_gesdd", "np.linalg.svd (LAPACK gesdd)"},
-      {"numba_ez_rgeev", "np.linalg.eig (LAPACK geev)"},
-      {"numba_ez_xxxevd", "np.linalg.eigh (LAPACK syevd)"},
+      {"numba_ez_gesdd",
+       "an SVD (np.linalg.svd, pinv, matrix_rank, cond, norm of a matrix "
+       "with ord=2, -2 or 'nuc'; LAPACK gesdd)"},
+      {"numba_ez_rgeev", "np.linalg.eig / eigvals (LAPACK geev)"},
+      {"numba_ez_cgeev", "np.linalg.eig / eigvals (LAPACK geev)"},
+      {"numba_ez_xxxevd", "np.linalg.eigh / eigvalsh (LAPACK syevd)"},
       {"numba_ez_gelsd", "np.linalg.lstsq (LAPACK gelsd)"},
+      {"numba_ez_geqrf", "np.linalg.qr (LAPACK geqrf)"},
+      {"numba_ez_xxgqr", "np.linalg.qr (LAPACK orgqr)"},
       {"numba_gamma", "math.gamma"},
       {"numba_lgamma", "math.lgamma"},
   };

@@ -65,6 +65,13 @@ llvm::Value *emitIsReturnStatus(llvm::IRBuilder<> &B, llvm::Value *Status);
 /// The Python name of a numba parameter ("arg.x.4" -> "x").
 std::string pythonArgName(const llvm::Argument &A);
 
+/// The Python qualified name of a function numba compiled, read from its
+/// Itanium-mangled symbol without the ABI tags and argument types
+/// ("_ZN5numba2np9arraymath12impl_np_sinc12_3clocals_3e4implB2v8...Ed" ->
+/// "numba.np.arraymath.impl_np_sinc.<locals>.impl"); empty when \p Symbol
+/// is not such a name.
+std::string pythonQualifiedName(llvm::StringRef Symbol);
+
 //===-- Runtime (NRT) ----------------------------------------------------===//
 
 /// Offset of the data pointer in numba's NRT_MemInfo.
@@ -73,6 +80,11 @@ constexpr int64_t MemInfoDataOffset = 24;
 /// A call that allocates a new array (NRT_MemInfo_alloc*): it returns the
 /// MemInfo, and its first argument is the size in bytes.
 bool isAllocationCall(const llvm::Value *V);
+/// A call that allocates a raw buffer with no MemInfo (NRT_Allocate): numba
+/// copies the source of a slice assignment that may overlap its target into
+/// one, and LAPACK's right-hand sides. Its first argument is the size in
+/// bytes, and the call's result is the buffer itself.
+bool isRawAllocation(const llvm::Value *V);
 /// A call that allocates the payload of a container numba manages itself
 /// (typed lists, the partition stack of np.sort; NRT_MemInfo_new_varsize*):
 /// never an array with a shadow.
@@ -98,6 +110,7 @@ bool isInactiveRuntimeCall(llvm::StringRef Name);
 constexpr llvm::StringLiteral BlasDot = "numba_xxdot";
 constexpr llvm::StringLiteral BlasGemv = "numba_xxgemv";
 constexpr llvm::StringLiteral BlasGemm = "numba_xxgemm";
+constexpr llvm::StringLiteral BlasNrm2 = "numba_xxnrm2";
 
 /// What numpy operation a helper of numba's runtime implements ("np.linalg.
 /// solve (LAPACK gesv)"), or empty when \p Name is not one of them.

@@ -7,9 +7,11 @@
 //   numba_xxgemm(kind, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta,
 //                c, ldc)
 //       C = alpha op(A) op(B) + beta C,  op(A) m x k, op(B) k x n, C m x n
+//   numba_xxnrm2(kind, n, x, incx, out)                    out = ||x||_2
 //
 //===----------------------------------------------------------------------===//
 #include "rules/BlasRules.h"
+#include "driver/IRHelpers.h"
 #include "numba/NumbaABI.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/Module.h"
@@ -26,6 +28,8 @@ SmallVector<unsigned, 2> BlasCall::inputs() const {
     return {5, 7};
   case Gemm:
     return {7, 9};
+  case Nrm2:
+    return {2};
   }
   return {};
 }
@@ -38,15 +42,17 @@ unsigned BlasCall::output() const {
     return 9;
   case Gemm:
     return 12;
+  case Nrm2:
+    return 4;
   }
   return 0;
 }
 
 /// The argument position of a scalar that gemv and gemm take by address (a
-/// dot product has neither alpha nor beta).
+/// dot product and a norm have neither alpha nor beta).
 static std::optional<unsigned> scalarArg(BlasCall::Op Kind, unsigned InGemv,
                                          unsigned InGemm) {
-  if (Kind == BlasCall::Dot)
+  if (Kind == BlasCall::Dot || Kind == BlasCall::Nrm2)
     return std::nullopt;
   return Kind == BlasCall::Gemv ? InGemv : InGemm;
 }
@@ -57,6 +63,16 @@ std::optional<unsigned> BlasCall::alpha() const {
 
 std::optional<unsigned> BlasCall::beta() const {
   return scalarArg(Kind, 8, 11);
+}
+
+bool BlasCall::reverseReadsInput(unsigned I,
+                                 function_ref<bool(unsigned)> IsActive) const {
+  if (Kind == Nrm2)
+    return IsActive(I);
+  for (unsigned J : inputs())
+    if (J != I && IsActive(J))
+      return true;
+  return false;
 }
 
 std::optional<BlasCall> matchBlasCall(const CallBase &CB) {
@@ -75,6 +91,9 @@ std::optional<BlasCall> matchBlasCall(const CallBase &CB) {
   } else if (N == numba::BlasGemm) {
     C.Kind = BlasCall::Gemm;
     Args = 14;
+  } else if (N == numba::BlasNrm2) {
+    C.Kind = BlasCall::Nrm2;
+    Args = 5;
   } else {
     return std::nullopt;
   }
@@ -160,6 +179,87 @@ static void scale(IRBuilder<> &B, Type *Elem, Value *Y, Value *N, Value *S) {
   B.SetInsertPoint(Done);
 }
 
+/// A strided loop over x[0], x[incx], ..., x[(n - 1) incx] (and y at the
+/// same offsets), as an internal helper of the module, so that the
+/// derivative's own control flow is left as the synthesizers built it:
+///   dot:  T enzpy.blas.sdot.T(n, x, y, incx) = sum_k x[k incx] y[k incx]
+///   axpy: void enzpy.blas.saxpy.T(n, a, x, y, incx): y[k incx] += a x[k incx]
+static Value *emitStrided(IRBuilder<> &B, Type *Elem, bool Dot, Value *N,
+                          Value *A, Value *X, Value *Y, Value *Inc) {
+  Module &M = *B.GetInsertBlock()->getModule();
+  LLVMContext &C = M.getContext();
+  Type *I64 = B.getInt64Ty(), *P = B.getPtrTy();
+  FunctionType *FT = Dot ? FunctionType::get(Elem, {I64, P, P, I64}, false)
+                         : FunctionType::get(Type::getVoidTy(C),
+                                             {I64, Elem, P, P, I64}, false);
+  std::string Name = (Twine(Dot ? "enzpy.blas.sdot." : "enzpy.blas.saxpy.") +
+                      (Elem->isFloatTy() ? "f32" : "f64"))
+                         .str();
+  bool Fresh = false;
+  Function *Fn = internalHelper(M, Name, FT, Fresh);
+  if (Fresh) {
+    auto Arg = Fn->arg_begin();
+    Value *HN = &*Arg++;
+    Value *HA = Dot ? nullptr : &*Arg++;
+    Value *HX = &*Arg++, *HY = &*Arg++, *HInc = &*Arg++;
+    BasicBlock *Entry = BasicBlock::Create(C, "entry", Fn);
+    BasicBlock *Loop = BasicBlock::Create(C, "loop", Fn);
+    BasicBlock *Done = BasicBlock::Create(C, "done", Fn);
+    IRBuilder<> H(Entry);
+    Value *Zero = ConstantFP::get(Elem, 0.0);
+    H.CreateCondBr(H.CreateICmpSGT(HN, H.getInt64(0)), Loop, Done);
+    H.SetInsertPoint(Loop);
+    PHINode *K = H.CreatePHI(I64, 2);
+    PHINode *Acc = H.CreatePHI(Elem, 2);
+    K->addIncoming(H.getInt64(0), Entry);
+    Acc->addIncoming(Zero, Entry);
+    Value *Off = H.CreateMul(K, HInc);
+    Value *Xk = H.CreateLoad(Elem, H.CreateGEP(Elem, HX, Off));
+    Value *PY = H.CreateGEP(Elem, HY, Off);
+    Value *Yk = H.CreateLoad(Elem, PY);
+    Value *NextAcc = Acc;
+    if (Dot)
+      NextAcc = H.CreateFAdd(Acc, H.CreateFMul(Xk, Yk));
+    else
+      H.CreateStore(H.CreateFAdd(Yk, H.CreateFMul(HA, Xk)), PY);
+    Value *Next = H.CreateAdd(K, H.getInt64(1));
+    K->addIncoming(Next, Loop);
+    Acc->addIncoming(NextAcc, Loop);
+    H.CreateCondBr(H.CreateICmpSLT(Next, HN), Loop, Done);
+    H.SetInsertPoint(Done);
+    PHINode *Out = H.CreatePHI(Elem, 2);
+    Out->addIncoming(Zero, Entry);
+    Out->addIncoming(NextAcc, Loop);
+    if (Dot)
+      H.CreateRet(Out);
+    else
+      H.CreateRetVoid();
+  }
+  if (Dot)
+    return B.CreateCall(Fn, {N, X, Y, Inc});
+  return B.CreateCall(Fn, {N, A, X, Y, Inc});
+}
+
+/// 1 / r, and 0 where r == 0: the norm's derivative x / r is taken as 0 at
+/// x = 0 (docs/design.md §8.4, as hypot at the origin).
+static Value *safeRecip(IRBuilder<> &B, Value *R) {
+  Value *Zero = ConstantFP::get(R->getType(), 0.0);
+  return B.CreateSelect(B.CreateFCmpOEQ(R, Zero), Zero,
+                        B.CreateFDiv(ConstantFP::get(R->getType(), 1.0), R));
+}
+
+/// ||x||, computed again by the same nrm2 call into a stack slot.
+static Value *emitNorm(IRBuilder<> &B, const BlasCall &Call, Value *Kind,
+                       Value *N, Value *X, Value *Inc) {
+  Module &M = *B.GetInsertBlock()->getModule();
+  const CallBase &CB = *Call.Call;
+  FunctionCallee Nrm2 = M.getOrInsertFunction(CB.getCalledFunction()->getName(),
+                                              CB.getFunctionType());
+  Value *Out = slot(B, ConstantFP::get(Call.Elem, 0.0));
+  B.CreateCall(Nrm2, {Kind, N, X, Inc, Out});
+  return B.CreateLoad(Call.Elem, Out);
+}
+
 Value *emitBlasInputBytes(IRBuilder<> &B, const BlasCall &Call, unsigned I,
                           function_ref<Value *(unsigned)> arg) {
   Value *Size = B.getInt64(Call.Elem->isFloatTy() ? 4 : 8);
@@ -167,6 +267,13 @@ Value *emitBlasInputBytes(IRBuilder<> &B, const BlasCall &Call, unsigned I,
   switch (Call.Kind) {
   case BlasCall::Dot:
     Count = arg(2);
+    break;
+  case BlasCall::Nrm2: // x[0], x[incx], ..., x[(n - 1) incx]
+    Count = B.CreateSelect(
+        B.CreateICmpSGT(arg(1), B.getInt64(0)),
+        B.CreateAdd(B.CreateMul(B.CreateSub(arg(1), B.getInt64(1)), arg(3)),
+                    B.getInt64(1)),
+        B.getInt64(0));
     break;
   case BlasCall::Gemv: {
     Value *IsN = B.CreateICmpEQ(arg(1), B.getInt8('n'));
@@ -197,6 +304,20 @@ void emitBlasReverse(IRBuilder<> &B, const BlasCall &Call,
   Value *Kind = In.Arg(0);
   Value *One = slot(B, ConstantFP::get(Elem, 1.0));
   switch (Call.Kind) {
+  case BlasCall::Nrm2: {
+    // r = ||x||: dx += dr x / r.
+    Value *SOut = In.Shadow(4);
+    Value *D = B.CreateLoad(Elem, SOut);
+    B.CreateStore(ConstantFP::get(Elem, 0.0), SOut);
+    Value *SX = In.Shadow(2);
+    if (!SX)
+      break;
+    Value *N = In.Arg(1), *Inc = In.Arg(3), *X = In.Input(2);
+    Value *Scale =
+        B.CreateFMul(D, safeRecip(B, emitNorm(B, Call, Kind, N, X, Inc)));
+    emitStrided(B, Elem, /*Dot=*/false, N, Scale, X, SX, Inc);
+    break;
+  }
   case BlasCall::Dot: {
     // out = x . y: dx += dout * y, dy += dout * x (as n x 1 gemv's).
     Value *N = In.Arg(2);
@@ -303,6 +424,16 @@ void emitBlasTangent(IRBuilder<> &B, const BlasCall &Call,
     if (Value *S = In.Shadow(I))
       Active.push_back({I, S});
   Value *SOut = In.Shadow(Out);
+  if (Call.Kind == BlasCall::Nrm2) {
+    // dr = <x, dx> / r, from the primal result the call just wrote.
+    Value *N = In.Arg(1), *X = In.Arg(2), *Inc = In.Arg(3);
+    Value *R = B.CreateLoad(Call.Elem, In.Arg(4));
+    Value *Sum = ConstantFP::get(Call.Elem, 0.0);
+    if (Value *SX = In.Shadow(2))
+      Sum = emitStrided(B, Call.Elem, /*Dot=*/true, N, nullptr, X, SX, Inc);
+    B.CreateStore(B.CreateFMul(Sum, safeRecip(B, R)), SOut);
+    return;
+  }
   if (Call.Kind == BlasCall::Dot) {
     // -0.0 is the identity of fadd: a single term folds to itself.
     Value *Sum = ConstantFP::getNegativeZero(Call.Elem);

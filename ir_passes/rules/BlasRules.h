@@ -3,13 +3,16 @@
 // numba lowers np.dot / @ on arrays to calls into its helper library:
 // numba_xxdot (vector . vector), numba_xxgemv (matrix . vector) and
 // numba_xxgemm (matrix . matrix), with Fortran (column-major) BLAS
-// conventions. This file recognizes those calls (real kinds 's' and 'd'),
-// says which of their arguments they read and write, and emits their
+// conventions, and np.linalg.norm (2-norm of a vector, Frobenius norm of a
+// matrix) to numba_xxnrm2. This file recognizes those calls (real kinds 's' and
+// 'd'), says which of their arguments they read and write, and emits their
 // derivative as a linear map on the arrays' shadows, once: its tangent (the
 // same call on the shadows), and its transpose (the adjoints of the inputs
 // are accumulated with BLAS calls again, gemv/gemm with the transposes of the
 // forward call, and the output's adjoint is scaled by beta; numba passes
-// beta = 0: the output is consumed).
+// beta = 0: the output is consumed). The norm r = ||x|| is not linear: its
+// tangent is <x, dx> / r and its transpose dx += dr x / r, both 0 at x = 0
+// (docs/design.md §8.4).
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_BLASRULES_H
@@ -23,7 +26,7 @@
 namespace enzpy {
 
 struct BlasCall {
-  enum Op { Dot, Gemv, Gemm } Kind;
+  enum Op { Dot, Gemv, Gemm, Nrm2 } Kind;
   const llvm::CallBase *Call;
   llvm::Type *Elem; // float or double
 
@@ -33,6 +36,11 @@ struct BlasCall {
   /// Argument positions of alpha and beta (pointers to scalars), if any.
   std::optional<unsigned> alpha() const;
   std::optional<unsigned> beta() const;
+  /// Whether the transpose reads the primal contents of input \p I, given
+  /// which array arguments are active: a product's (bilinear) where another
+  /// input is active, a norm's where its own input is.
+  bool reverseReadsInput(unsigned I,
+                         llvm::function_ref<bool(unsigned)> IsActive) const;
 };
 
 /// The BLAS call \p CB makes, if it is one of numba's real BLAS helpers.

@@ -153,6 +153,29 @@ struct ScalarRule {
   PartialFn Partial;
 };
 
+/// A library function numba implements with code whose derivative is not
+/// the function's (np.logaddexp returns x + log(2) where x == y: the branch's
+/// derivative is (1, 0), the function's (1/2, 1/2)). Preprocessing replaces
+/// each call of the implementation with a call of a scalar function named
+/// \c Row, defined with the implementation's body, and the table's row of
+/// that name gives its derivative (docs/design.md §8.5).
+struct LibraryFunction {
+  /// The Python qualified name of numba's implementation.
+  const char *Implementation;
+  /// A math function (a row key: "exp") that the implementation calls and
+  /// its namesakes do not, where one generator makes the implementations of
+  /// several functions under one name (np.logaddexp calls exp, logaddexp2
+  /// exp2); null where the name alone decides.
+  const char *Calls;
+  /// The row that differentiates it (a Callee key).
+  const char *Row;
+};
+
+/// The library function \p Impl implements, or null.
+const LibraryFunction *findLibraryFunction(const llvm::Function &Impl);
+/// Every library function, for documentation and tests.
+llvm::ArrayRef<LibraryFunction> libraryFunctions();
+
 /// The row for \p I (an instruction by opcode, or a call by callee), or null.
 const ScalarRule *findScalarRule(const llvm::Instruction &I);
 /// The row for calls to \p Callee, or null.

@@ -285,9 +285,8 @@ Error ForwardSynthesizer::mirrorRefcounts() {
       if (Kind == MemInfoKind::Untraceable)
         return makeError("unsupported",
                          "forward mode cannot follow the lifetime of an array "
-                         "allocated in the function: a reference count is "
-                         "updated through " +
-                             describe(MI),
+                         "allocated in the function: its reference count is "
+                         "updated through a pointer enzpy cannot follow",
                          &I);
       auto *DC = cast<CallBase>(mapped(&I));
       for (unsigned K = 0; K < Width; ++K) {

@@ -216,11 +216,12 @@ void ReverseSynthesizer::prepareBlas(const BlasCall &Call) {
     if (AA.pointsToActive(CB->getArgOperand(I)))
       shadow(CB->getArgOperand(I));
   auto *DC = cast<CallBase>(mapped(CB));
+  auto IsActive = [&](unsigned J) {
+    return AA.pointsToActive(CB->getArgOperand(J));
+  };
   for (unsigned I : Call.inputs()) {
-    bool OtherActive = false;
-    for (unsigned J : Call.inputs())
-      OtherActive |= J != I && AA.pointsToActive(CB->getArgOperand(J));
-    if (!OtherActive || VR.cache().canRereadMemory(CB->getArgOperand(I)))
+    if (!Call.reverseReadsInput(I, IsActive) ||
+        VR.cache().canRereadMemory(CB->getArgOperand(I)))
       continue;
     // Copy before the call: malloc + memcpy, checked for null.
     IRBuilder<> B(DC);

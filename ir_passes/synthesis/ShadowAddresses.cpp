@@ -55,9 +55,9 @@ Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
       continue;
     if (!isShadowableAddress(V, AA.types()))
       return makeError("unsupported",
-                       "the address " + describe(V) +
-                           " into differentiable memory cannot be mirrored "
-                           "onto its shadow",
+                       "an address into differentiable memory (" +
+                           AA.describeMemory(V) +
+                           ") cannot be mirrored onto its shadow",
                        User);
     auto *I = dyn_cast<Instruction>(V);
     if (!I)
@@ -80,7 +80,7 @@ Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
           return makeError("unsupported",
                            "a pointer that may point into either "
                            "differentiable or constant memory (" +
-                               describe(I) + ") is not supported",
+                               AA.describeMemory(I) + ") is not supported",
                            I);
         push(In);
       }

@@ -2,7 +2,9 @@
 #include "transforms/Preprocess.h"
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
+#include "rules/DerivativeRules.h"
 #include "transforms/PostOpt.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
 #include "llvm/Analysis/ValueTracking.h"
@@ -29,11 +31,113 @@ using namespace llvm;
 
 namespace enzpy {
 
+/// A function defined in the module that stays a call, differentiated by
+/// its row: a library function's scalar form (replaceLibraryFunctions), made
+/// here or, for a derivative differentiated again (hvp), by an earlier run.
+static bool isLibraryFunction(const Function &G) {
+  return !G.isDeclaration() && findCallRule(&G);
+}
+
+/// Replace each call of a numba implementation of a library function
+/// (rules/DerivativeRules' LibraryFunctions) in numba's calling convention,
+/// `i32 impl(ptr retptr, ptr excinfo, T x...)` storing a T into retptr and
+/// returning 0, with `T row(T x...)`, a function defined here with the
+/// implementation's body: the value is numba's, the derivative the row's.
+/// Done before inlining, while the implementation is still a call.
+static void replaceLibraryFunctions(Module &M) {
+  SmallVector<std::pair<Function *, const LibraryFunction *>, 2> Found;
+  for (Function &G : M)
+    if (const LibraryFunction *L = findLibraryFunction(G))
+      Found.push_back({&G, L});
+  for (auto [Impl, L] : Found) {
+    FunctionType *FT = Impl->getFunctionType();
+    if (!numba::hasNativeSignature(*FT) ||
+        FT->getNumParams() == numba::NumHiddenParams)
+      continue;
+    Type *T = FT->getParamType(numba::NumHiddenParams);
+    SmallVector<Type *, 3> Params(FT->param_begin() + numba::NumHiddenParams,
+                                  FT->param_end());
+    if (!T->isFloatingPointTy() ||
+        any_of(Params, [&](Type *P) { return P != T; }))
+      continue;
+    std::string Name = L->Row;
+    if (T->isFloatTy())
+      Name += "f"; // as libm's float variants (findCallRule)
+    Function *Scalar = M.getFunction(Name);
+    if (!Scalar) {
+      Scalar = Function::Create(FunctionType::get(T, Params, false),
+                                GlobalValue::InternalLinkage, Name, M);
+      IRBuilder<> B(BasicBlock::Create(M.getContext(), "entry", Scalar));
+      Value *Ret = B.CreateAlloca(T);
+      Value *Exc = B.CreateAlloca(B.getPtrTy());
+      SmallVector<Value *, 5> Args = {Ret, Exc};
+      for (Argument &A : Scalar->args())
+        Args.push_back(&A);
+      B.CreateCall(Impl, Args);
+      B.CreateRet(B.CreateLoad(T, Ret));
+    }
+    for (User *U : make_early_inc_range(Impl->users())) {
+      auto *CB = dyn_cast<CallInst>(U);
+      if (!CB || CB->getCalledFunction() != Impl || CB->getFunction() == Scalar)
+        continue;
+      IRBuilder<> B(CB);
+      SmallVector<Value *, 3> Args(CB->arg_begin() + numba::NumHiddenParams,
+                                   CB->arg_end());
+      CallInst *R = B.CreateCall(Scalar, Args);
+      R->setDebugLoc(CB->getDebugLoc());
+      B.CreateStore(R, CB->getArgOperand(numba::RetPtrParam));
+      CB->replaceAllUsesWith(ConstantInt::get(CB->getType(), 0));
+      CB->eraseFromParent();
+    }
+  }
+}
+
+/// Marks every instruction of numba's own implementations (np.diff,
+/// np.linalg.norm, ...) with the Python name of the one the kernel called
+/// (rules of the metadata kind in driver/Diagnostics), before inlining
+/// erases the boundary: an error inside one then names it. A helper shared
+/// by several is marked with the first that reaches it.
+static void markOrigins(Module &M) {
+  LLVMContext &Ctx = M.getContext();
+  auto isNumbas = [](const std::string &Q) {
+    return StringRef(Q).starts_with("numba.");
+  };
+  DenseSet<const Function *> Seen;
+  for (Function &U : M) {
+    if (U.isDeclaration() || isNumbas(numba::pythonQualifiedName(U.getName())))
+      continue;
+    for (Instruction &I : instructions(U)) {
+      auto *CB = dyn_cast<CallBase>(&I);
+      Function *G = CB ? CB->getCalledFunction() : nullptr;
+      if (!G || G->isDeclaration() || Seen.contains(G))
+        continue;
+      std::string Q = numba::pythonQualifiedName(G->getName());
+      if (!isNumbas(Q))
+        continue;
+      // The overload's name, without its local implementation functions.
+      MDNode *Tag = MDNode::get(
+          Ctx, MDString::get(Ctx, StringRef(Q).split(".<locals>").first));
+      SmallVector<Function *, 8> Work = {G};
+      while (!Work.empty()) {
+        Function *H = Work.pop_back_val();
+        if (H->isDeclaration() || !Seen.insert(H).second)
+          continue;
+        for (Instruction &J : instructions(*H)) {
+          J.setMetadata(OriginMetadata, Tag);
+          if (auto *Call = dyn_cast<CallBase>(&J))
+            if (Function *K = Call->getCalledFunction())
+              Work.push_back(K);
+        }
+      }
+    }
+  }
+}
+
 /// Drop every other function body and every unused declaration or global:
 /// the derivative module carries only what the primal refers to.
 static void isolate(Module &M, Function &F, StringSet<> &Recursive) {
   for (Function &G : M)
-    if (&G != &F && !G.isDeclaration()) {
+    if (&G != &F && !G.isDeclaration() && !isLibraryFunction(G)) {
       for (const User *U : G.users())
         if (auto *CB = dyn_cast<CallBase>(U))
           if (CB->getFunction() == &F)
@@ -68,6 +172,8 @@ static void isolate(Module &M, Function &F, StringSet<> &Recursive) {
 static void inlineCallees(Module &M, Function &F) {
   for (Function &G : M) {
     if (&G == &F || G.isDeclaration())
+      continue;
+    if (isLibraryFunction(G))
       continue;
     G.removeFnAttr(Attribute::NoInline);
     G.removeFnAttr(Attribute::OptimizeNone);
@@ -126,13 +232,14 @@ static bool mergedFromArguments(const Value *V,
   return false;
 }
 
-/// numba picks the member of a tuple by a run-time index (`for x in arrs`,
-/// `arrs[k]`) with a switch whose arms meet in a phi of whole array structs
-/// (sometimes frozen by its loop unswitching); the members are then
-/// extracted from that phi. Split such merges into one phi (or select) per
-/// member extracted, so that array data pointers stay visible as pointers
-/// that phis and selects merge, which the analyses follow; an extract from
-/// an aggregate merge hides them.
+/// Reads of aggregates numba builds and takes apart again become the values
+/// inserted. numba also picks the member of a tuple by a run-time index
+/// (`for x in arrs`, `arrs[k]`) with a switch whose arms meet in a phi of
+/// whole array structs (sometimes frozen by its loop unswitching); the
+/// members are then extracted from that phi. Split such merges into one phi
+/// (or select) per member extracted, so that array data pointers stay
+/// visible as pointers that phis and selects merge, which the analyses
+/// follow; an extract from an aggregate merge hides them.
 static void splitAggregateMerges(Function &F) {
   using Key = std::pair<Value *, SmallVector<unsigned, 2>>;
   std::map<Key, Value *> Split;
@@ -145,6 +252,15 @@ static void splitAggregateMerges(Function &F) {
         continue;
       Value *Agg = EV->getAggregateOperand();
       ArrayRef<unsigned> Idx = EV->getIndices();
+      // A read of an aggregate numba built (the tuple of arrays
+      // np.linalg.lstsq returns) is the value inserted.
+      if (Value *V = FindInsertedValue(Agg, Idx);
+          V && V != EV && V->getType() == EV->getType()) {
+        EV->replaceAllUsesWith(V);
+        EV->eraseFromParent();
+        Changed = true;
+        continue;
+      }
       if (auto *Fr = dyn_cast<FreezeInst>(Agg)) {
         // numba's loop unswitching freezes a whole array struct: freeze
         // the member instead (dropped below where it is defined anyway).
@@ -309,6 +425,8 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
                                       "pointer");
   }
   F->removeFnAttr(Attribute::NoInline);
+  replaceLibraryFunctions(M);
+  markOrigins(M);
   inlineCallees(M, *F);
   StringSet<> Recursive;
   isolate(M, *F, Recursive);
