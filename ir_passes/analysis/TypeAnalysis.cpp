@@ -113,6 +113,11 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
     if (const CallBase *A = allocationRead(&I)) {
       Roots[&I].insert(&I);
       Allocations[&I] = A;
+    } else if (numba::isRawAllocation(&I)) {
+      // A raw buffer is its own root (numba's temporaries of slice
+      // assignments).
+      Roots[&I].insert(&I);
+      Allocations[&I] = cast<CallBase>(&I);
     }
   }
 
@@ -249,6 +254,11 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
 
 const CallBase *TypeAnalysis::allocationOf(const Value *Root) const {
   return Allocations.lookup(Root);
+}
+
+bool TypeAnalysis::isRawBuffer(const Value *Root) const {
+  const CallBase *A = allocationOf(Root);
+  return A && A == Root;
 }
 
 const RootSet &TypeAnalysis::roots(const Value *Ptr) const {
