@@ -81,7 +81,8 @@ bool ActivityAnalysis::touchesOnlyInactiveData(const CallBase &CB) const {
     getUnderlyingObjects(A, Bases);
     bool Handle = all_of(Bases, [](const Value *B) {
       return isa<ConstantPointerNull>(B) ||
-             (isa<CallBase>(B) && !numba::isAllocationCall(B));
+             (isa<CallBase>(B) && !numba::isAllocationCall(B) &&
+              !numba::isRawAllocation(B));
     });
     if (!ActiveRoots.empty() && TA.roots(A).contains(UnknownRoot) && !Handle)
       return false;
@@ -132,8 +133,9 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
     return Error::success();
   }
   if (auto *MI = dyn_cast<AnyMemIntrinsic>(&CB)) {
-    // Fills of differentiable memory and copies between differentiable
-    // arrays of one float type have derivatives; other copies do not.
+    // Fills of differentiable memory and copies (memcpy, and memmove whose
+    // operands may overlap) between differentiable arrays of one float type
+    // have derivatives; other copies do not.
     auto *MT = dyn_cast<AnyMemTransferInst>(MI);
     bool DestActive = pointsToActive(MI->getRawDest());
     bool SrcActive = MT && pointsToActive(MT->getRawSource());
@@ -149,14 +151,22 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
       }
       return T;
     };
-    if (isa<AnyMemMoveInst>(MI) || !DestActive ||
-        (SrcActive &&
-         (!floatType(MT->getRawDest()) ||
-          floatType(MT->getRawDest()) != floatType(MT->getRawSource()))))
+    if (SrcActive)
+      if (Error E = checkVariedInto(MI->getRawDest(), CB))
+        return E;
+    if (!SrcActive && TA.roots(MT->getRawSource()).contains(UnknownRoot))
       return makeError("unsupported",
-                       "this copy of differentiable array memory is not "
-                       "supported yet (only copies between arrays of one "
-                       "float type, and fills)",
+                       "an array copy fills differentiable memory with data "
+                       "the engine cannot trace; it might be a "
+                       "differentiable array, so this is not supported yet",
+                       &CB);
+    if (SrcActive &&
+        (!floatType(MT->getRawDest()) ||
+         floatType(MT->getRawDest()) != floatType(MT->getRawSource())))
+      return makeError("unsupported",
+                       "an array copy between memory of different element "
+                       "types carries differentiable data, which is not "
+                       "supported yet",
                        &CB);
     return Error::success();
   }
@@ -172,6 +182,14 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
     return Error::success();
   }
   if (numba::isInactiveRuntimeCall(Callee->getName())) {
+    // Freeing a raw buffer (a temporary of numba's) frees its shadow too.
+    // The pointer may also point elsewhere on paths where numba frees
+    // nothing (the source itself, when no temporary was needed): whenever
+    // the primal frees it, it is the buffer, and its shadow the buffer's.
+    const RootSet &Freed = TA.roots(CB.getArgOperand(0));
+    if (numba::isRawFree(CB) && !Freed.contains(UnknownRoot) &&
+        any_of(Freed, [&](const Value *R) { return TA.isRawBuffer(R); }))
+      return Error::success();
     for (const Value *A : CB.args())
       if (A->getType()->isPointerTy() && pointsToActive(A))
         return makeError("unsupported",
@@ -270,15 +288,20 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
                      &SI);
   if (!isVaried(V))
     return Error::success();
-  for (const Value *R : TA.roots(SI.getPointerOperand())) {
+  return checkVariedInto(SI.getPointerOperand(), SI);
+}
+
+Error ActivityAnalysis::checkVariedInto(const Value *Ptr,
+                                        const Instruction &I) const {
+  for (const Value *R : TA.roots(Ptr)) {
     if (ActiveRoots.contains(R))
       continue;
     if (R == UnknownRoot)
       return makeError("unsupported",
                        "a differentiable value is stored into memory of "
                        "unknown origin (" +
-                           describeMemory(SI.getPointerOperand()) + ")",
-                       &SI);
+                           describeMemory(Ptr) + ")",
+                       &I);
     if (TA.isRetPtr(R))
       continue; // the return value, not seeded (ret=Const)
     if (auto *A = dyn_cast<Argument>(R)) {
@@ -286,24 +309,19 @@ Error ActivityAnalysis::checkStore(const StoreInst &SI) {
         return makeError("unsupported",
                          "a differentiable value is stored into the "
                          "exception state",
-                         &SI);
+                         &I);
       return makeError("activity",
                        "a value that depends on active inputs is stored into "
                        "argument '" +
                            numba::pythonArgName(*A) +
                            "', which is Const; pass it as Duplicated (with a "
                            "shadow array) to get its derivative",
-                       &SI);
+                       &I);
     }
     if (isa<GlobalValue>(R))
       return makeError("unsupported",
                        "a differentiable value is stored into global memory",
-                       &SI);
-    if (numba::isRawAllocation(R))
-      return makeError("unsupported",
-                       "a differentiable value is stored into a temporary "
-                       "buffer of numba's runtime",
-                       &SI);
+                       &I);
   }
   return Error::success();
 }

@@ -63,6 +63,9 @@ private:
   llvm::Error checkCall(const llvm::CallBase &CB) const;
   bool touchesOnlyInactiveData(const llvm::CallBase &CB) const;
   llvm::Error checkStore(const llvm::StoreInst &SI);
+  /// Varied data written through \p Ptr by \p I must land in active memory.
+  llvm::Error checkVariedInto(const llvm::Value *Ptr,
+                              const llvm::Instruction &I) const;
   llvm::Error checkTraceable(const llvm::Instruction *I,
                              const llvm::Value *Ptr) const;
   llvm::Error checkInstruction(const llvm::Instruction &I) const;

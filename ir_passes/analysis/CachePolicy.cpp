@@ -94,6 +94,9 @@ bool CachePolicy::canRereadMemory(const Value *Ptr,
     return false;
   bool AnyParameter = false;
   for (const Value *R : Roots) {
+    // A raw buffer is freed by the primal before the reverse sweep runs.
+    if (TA.isRawBuffer(R))
+      return false;
     if (At && TA.allocationOf(R)) {
       // An allocation is disjoint from everything else: only its own
       // writes matter, and none may run after the read.

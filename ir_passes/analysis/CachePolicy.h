@@ -9,7 +9,9 @@
 // every parameter read taped. An array allocated in the function is re-read
 // when no write to it can run after the read (CFG reachability, loops
 // included); the synthesis then keeps it alive until the reverse sweep has
-// passed its allocation. Loads from allocas are always taped.
+// passed its allocation. Loads from allocas and from raw buffers (which the
+// primal frees with NRT_Free before the reverse sweep runs) are always
+// taped.
 // Writes on paths that end in raising an exception do not count: when they
 // run, the reverse sweep does not.
 //

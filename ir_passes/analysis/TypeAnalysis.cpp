@@ -114,10 +114,10 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
       Roots[&I].insert(&I);
       Allocations[&I] = A;
     } else if (numba::isRawAllocation(&I)) {
-      // A raw buffer is its own root (numba's temporaries: LAPACK's
-      // right-hand sides, sources of slice assignments); it holds no
-      // derivative (ActivityAnalysis refuses storing one into it).
+      // A raw buffer is its own root (numba's temporaries: sources of slice
+      // assignments, LAPACK's right-hand sides).
       Roots[&I].insert(&I);
+      Allocations[&I] = cast<CallBase>(&I);
     }
   }
 
@@ -254,6 +254,11 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
 
 const CallBase *TypeAnalysis::allocationOf(const Value *Root) const {
   return Allocations.lookup(Root);
+}
+
+bool TypeAnalysis::isRawBuffer(const Value *Root) const {
+  const CallBase *A = allocationOf(Root);
+  return A && A == Root;
 }
 
 const RootSet &TypeAnalysis::roots(const Value *Ptr) const {

@@ -2,7 +2,8 @@
 //
 // For every pointer in the primal, the set of memory roots it may point
 // into: a parameter, an alloca, an array allocated by numba's runtime (the
-// data pointer read from a NRT_MemInfo_alloc* result), a global, or
+// data pointer read from a NRT_MemInfo_alloc* result), a raw buffer of the
+// runtime (an NRT_Allocate result: numba's temporary copies), a global, or
 // "unknown" (another pointer loaded from memory, returned by a call, or made
 // from an integer). For the roots that
 // can hold derivatives, the float type of their elements. The element types
@@ -50,8 +51,12 @@ public:
   const ParamSpec *paramSpec(const llvm::Value *Root) const;
   bool isRetPtr(const llvm::Value *Root) const;
   /// For the root of an array allocated in the function, the allocating
-  /// call (NRT_MemInfo_alloc*), else null.
+  /// call (NRT_MemInfo_alloc*, or the NRT_Allocate that is the root of a
+  /// raw buffer), else null.
   const llvm::CallBase *allocationOf(const llvm::Value *Root) const;
+  /// Whether \p Root is a raw buffer (NRT_Allocate): freed explicitly with
+  /// NRT_Free, never reference counted.
+  bool isRawBuffer(const llvm::Value *Root) const;
 
   /// Records the element type of every typed root.
   void record(DecisionLog &Log) const;

@@ -82,6 +82,10 @@ bool isRawAllocation(const Value *V) {
   return CB && calleeName(CB) == "NRT_Allocate" && CB->arg_size() == 1;
 }
 
+bool isRawFree(const Instruction &I) {
+  return calleeName(&I) == "NRT_Free" && cast<CallBase>(I).arg_size() == 1;
+}
+
 bool isContainerAllocation(const Value *V) {
   return calleeName(V).starts_with("NRT_MemInfo_new_varsize");
 }
@@ -96,19 +100,24 @@ bool isRefcountCall(const Instruction &I) {
          cast<CallBase>(I).arg_size() == 1;
 }
 
-static FunctionCallee refcountFunction(Module &M, StringRef Name) {
+/// void Name(ptr): the runtime's reference counting and NRT_Free.
+static FunctionCallee runtimeVoidFunction(Module &M, StringRef Name) {
   LLVMContext &C = M.getContext();
   return M.getOrInsertFunction(
       Name, FunctionType::get(Type::getVoidTy(C), {PointerType::getUnqual(C)},
                               false));
 }
 
+FunctionCallee rawFreeFunction(Module &M) {
+  return runtimeVoidFunction(M, "NRT_Free");
+}
+
 FunctionCallee increfFunction(Module &M) {
-  return refcountFunction(M, "NRT_incref");
+  return runtimeVoidFunction(M, "NRT_incref");
 }
 
 FunctionCallee decrefFunction(Module &M) {
-  return refcountFunction(M, "NRT_decref");
+  return runtimeVoidFunction(M, "NRT_decref");
 }
 
 Value *emitDataPointer(IRBuilder<> &B, Value *MemInfo, const Twine &Name) {

@@ -82,9 +82,14 @@ constexpr int64_t MemInfoDataOffset = 24;
 bool isAllocationCall(const llvm::Value *V);
 /// A call that allocates a raw buffer with no MemInfo (NRT_Allocate): numba
 /// copies the source of a slice assignment that may overlap its target into
-/// one, and LAPACK's right-hand sides. Its first argument is the size in
-/// bytes, and the call's result is the buffer itself.
+/// one, and LAPACK's right-hand sides; numba releases it with NRT_Free
+/// (isRawFree). Its first argument is the size in bytes, and the call's
+/// result is the buffer itself.
 bool isRawAllocation(const llvm::Value *V);
+/// NRT_Free of a raw buffer.
+bool isRawFree(const llvm::Instruction &I);
+/// Declaration of NRT_Free in \p M.
+llvm::FunctionCallee rawFreeFunction(llvm::Module &M);
 /// A call that allocates the payload of a container numba manages itself
 /// (typed lists, the partition stack of np.sort; NRT_MemInfo_new_varsize*):
 /// never an array with a shadow.

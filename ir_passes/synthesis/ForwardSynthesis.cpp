@@ -21,12 +21,17 @@
 //    address, and a store into active memory stores the stored value's
 //    tangent (zero when the value is inactive) there. In-place updates and
 //    overwritten memory therefore need nothing special. A fill (memset) of
-//    active memory zeroes the shadow; a copy (memcpy) copies the shadows.
+//    active memory zeroes the shadow; a copy (memcpy or memmove) copies the
+//    shadows the same way.
 //  - Arrays allocated by numba's runtime that carry tangents get a zeroed
 //    shadow allocation beside them; every reference count operation on the
 //    array's MemInfo is repeated on the shadow's, so the shadow lives as long
 //    as the array (an operation on a MemInfo whose origin cannot be traced is
-//    an "unsupported" error rather than a leak or a premature free).
+//    an "unsupported" error rather than a leak or a premature free; a
+//    MemInfo read from memory is known not to be one when no shadowed
+//    allocation's MemInfo is ever kept outside a stack slot). A raw
+//    buffer (numba's temporary copy in a slice assignment) gets a zeroed
+//    shadow buffer, freed where the primal frees the buffer.
 //    Pointers numba spills to stack slots get their shadows (the shadow
 //    address, or the shadow MemInfo) spilled to the slot's shadow.
 //  - Control flow is the primal's own: branches, loops and early exits run
@@ -125,6 +130,11 @@ private:
   SmallVector<const PHINode *, 16> TangentPhis; // to fill in at the end
   /// Primal MemInfo pointers -> the MemInfos of their shadows.
   DenseMap<const Value *, Lanes> MemInfoShadows;
+  /// Whether the MemInfo of an allocation with a shadow may be kept in
+  /// memory other than a stack slot (a container, the return value): then
+  /// a MemInfo loaded from such memory may be one.
+  bool ShadowedMemInfoEscapes = false;
+  bool shadowedMemInfoEscapes() const;
 };
 
 Value *ForwardSynthesizer::tangent(const Value *PV, unsigned K) const {
@@ -179,6 +189,8 @@ MemInfoKind ForwardSynthesizer::classifyMemInfo(
     Ins.append(Phi->value_op_begin(), Phi->value_op_end());
   else if (auto *Sel = dyn_cast<SelectInst>(V))
     Ins.append({Sel->getTrueValue(), Sel->getFalseValue()});
+  else if (isa<LoadInst>(V) && !ShadowedMemInfoEscapes)
+    return MemInfoKind::None; // read from memory no shadowed one reaches
   else
     return MemInfoKind::Untraceable;
   MemInfoKind Kind = MemInfoKind::None;
@@ -190,6 +202,54 @@ MemInfoKind ForwardSynthesizer::classifyMemInfo(
       Kind = InKind;
   }
   return Kind;
+}
+
+/// Whether a memory copy may take the contents of \p Slot elsewhere.
+static bool copiedOut(const AllocaInst *Slot) {
+  for (const BasicBlock &BB : *Slot->getFunction())
+    for (const Instruction &I : BB)
+      if (auto *MT = dyn_cast<AnyMemTransferInst>(&I))
+        if (getUnderlyingObject(MT->getRawSource(), 0) == Slot)
+          return true;
+  return false;
+}
+
+bool ForwardSynthesizer::shadowedMemInfoEscapes() const {
+  SmallVector<const Value *, 16> Work;
+  SmallPtrSet<const Value *, 16> Seen;
+  for (const BasicBlock &PB : P)
+    for (const Instruction &I : PB)
+      if (auto *CB = dyn_cast<CallBase>(&I))
+        if (numba::isAllocationCall(CB) && Sk.hasShadowAllocation(CB))
+          Work.push_back(CB);
+  while (!Work.empty()) {
+    const Value *V = Work.pop_back_val();
+    if (!Seen.insert(V).second)
+      continue;
+    for (const User *U : V->users()) {
+      if (isa<PHINode>(U) || isa<SelectInst>(U) || isa<CastInst>(U) ||
+          isa<InsertValueInst>(U) || isa<ExtractValueInst>(U)) {
+        Work.push_back(U);
+      } else if (auto *St = dyn_cast<StoreInst>(U)) {
+        // Kept in a stack slot: followed as a spilled pointer, unless the
+        // slot is copied elsewhere.
+        if (St->getValueOperand() != V)
+          continue;
+        auto *Slot = dyn_cast<AllocaInst>(
+            getUnderlyingObject(St->getPointerOperand(), 0));
+        if (!Slot || copiedOut(Slot))
+          return true;
+      } else if (auto *CB = dyn_cast<CallBase>(U)) {
+        if (!numba::isRefcountCall(*CB) && !numba::isDataPointerCall(*CB) &&
+            !CB->isLifetimeStartOrEnd())
+          return true;
+      } else if (!isa<GetElementPtrInst>(U) && !isa<LoadInst>(U) &&
+                 !isa<ICmpInst>(U)) {
+        return true;
+      }
+    }
+  }
+  return false;
 }
 
 /// The shadow MemInfo of a MemInfo classified Shadowed (null where it is
@@ -315,7 +375,8 @@ void ForwardSynthesizer::visitMemoryIntrinsic(const AnyMemIntrinsic &MI) {
   bool Copy = MT && AA.pointsToActive(MT->getRawSource());
   for (unsigned K = 0; K < Width; ++K)
     emitMemoryTangent(B, shadow(MI.getRawDest(), K),
-                      Copy ? shadow(MT->getRawSource(), K) : nullptr, Len);
+                      Copy ? shadow(MT->getRawSource(), K) : nullptr, Len,
+                      isa<AnyMemMoveInst>(MI));
   note(Copy ? "tangent-copy" : "tangent-fill", &MI);
 }
 
@@ -426,6 +487,15 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
       visitBlasCall(*Blas);
       return Error::success();
     }
+  if (numba::isRawFree(PI)) {
+    // The raw buffer's shadow goes with it (the activity analysis let only
+    // frees of buffers allocated in the function through).
+    const Value *Buf = PI.getOperand(0);
+    if (AA.pointsToActive(Buf))
+      for (unsigned K = 0; K < Width; ++K)
+        B.CreateCall(numba::rawFreeFunction(*P.getParent()), {shadow(Buf, K)});
+    return Error::success();
+  }
   // Any other call that may write differentiable memory has no tangent
   // here: an error, not a stale shadow. (Lifetime markers and intrinsics
   // that only read change no value.)
@@ -514,6 +584,7 @@ Expected<Function *> ForwardSynthesizer::run() {
     Log->begin("forward");
   createFunction();
   createShadowAllocations();
+  ShadowedMemInfoEscapes = shadowedMemInfoEscapes();
   ReversePostOrderTraversal<Function *> RPOT(&P);
   // Definitions come before their uses in reverse post-order, except for
   // phis' incoming values, which are filled in at the end.

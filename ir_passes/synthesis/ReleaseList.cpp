@@ -61,14 +61,16 @@ static Function *appendFn(Module &M) {
   return F;
 }
 
-/// void releaseAll(ptr state): NRT_decref every item (nulls skipped), free.
-static Function *releaseFn(Module &M) {
+/// void releaseAll(ptr state): NRT_decref (or NRT_Free) every item (nulls
+/// skipped), then free the list's storage.
+static Function *releaseFn(Module &M, ReleaseList::Kind K) {
   LLVMContext &C = M.getContext();
   Type *Ptr = PointerType::getUnqual(C), *I64 = Type::getInt64Ty(C);
   StructType *ST = stateType(C);
   bool Fresh;
+  bool Raw = K == ReleaseList::Kind::RawBuffers;
   Function *F = internalHelper(
-      M, "enzpy.release.all",
+      M, Raw ? "enzpy.release.all.raw" : "enzpy.release.all",
       FunctionType::get(Type::getVoidTy(C), {Ptr}, false), Fresh);
   if (!Fresh)
     return F;
@@ -90,7 +92,8 @@ static Function *releaseFn(Module &M) {
   Value *Item = B.CreateLoad(Ptr, B.CreateGEP(Ptr, Base, I));
   B.CreateCondBr(B.CreateIsNull(Item), Next, Drop);
   B.SetInsertPoint(Drop);
-  B.CreateCall(numba::decrefFunction(M), {Item});
+  B.CreateCall(Raw ? numba::rawFreeFunction(M) : numba::decrefFunction(M),
+               {Item});
   B.CreateBr(Next);
   B.SetInsertPoint(Next);
   Value *I1 = B.CreateAdd(I, B.getInt64(1));
@@ -105,7 +108,7 @@ static Function *releaseFn(Module &M) {
   return F;
 }
 
-ReleaseList::ReleaseList(Function &D, BasicBlock &Entry) : D(D) {
+ReleaseList::ReleaseList(Function &D, BasicBlock &Entry, Kind K) : D(D), K(K) {
   LLVMContext &C = D.getContext();
   IRBuilder<> B(&Entry, Entry.getFirstInsertionPt());
   State = B.CreateAlloca(stateType(C), nullptr, "enzpy.release");
@@ -113,13 +116,13 @@ ReleaseList::ReleaseList(Function &D, BasicBlock &Entry) : D(D) {
   B.CreateStore(Constant::getNullValue(stateType(C)), State);
 }
 
-Instruction *ReleaseList::emitAppend(IRBuilder<> &B, Value *MemInfo) {
-  return B.CreateCall(appendFn(*D.getParent()), {State, MemInfo});
+Instruction *ReleaseList::emitAppend(IRBuilder<> &B, Value *Item) {
+  return B.CreateCall(appendFn(*D.getParent()), {State, Item});
 }
 
 void ReleaseList::emitReleaseAll(Instruction *Before) {
   IRBuilder<> B(Before);
-  B.CreateCall(releaseFn(*D.getParent()), {State});
+  B.CreateCall(releaseFn(*D.getParent(), K), {State});
 }
 
 } // namespace enzpy

@@ -133,12 +133,14 @@ private:
   /// Adjoints of SSA values, one accumulator per lane.
   AdjointStore Adj;
   /// References to drop on every way out (shadow allocations, arrays kept
-  /// alive for re-reads).
-  std::optional<ReleaseList> Release;
-  ReleaseList &release() {
-    if (!Release)
-      Release.emplace(*D, *DEntry);
-    return *Release;
+  /// alive for re-reads), and shadows of raw buffers to free.
+  std::optional<ReleaseList> Release, RawRelease;
+  ReleaseList &release(ReleaseList::Kind K = ReleaseList::Kind::MemInfos) {
+    std::optional<ReleaseList> &L =
+        K == ReleaseList::Kind::MemInfos ? Release : RawRelease;
+    if (!L)
+      L.emplace(*D, *DEntry, K);
+    return *L;
   }
   ReturnInst *FinalRet = nullptr;
 
@@ -308,7 +310,10 @@ void ReverseSynthesizer::createFunction() {
   VR.createTape();
   // Shadows live until every way out of the derivative (ReleaseList.h).
   Sk.OnShadowAllocation = [this](IRBuilder<> &B, Value *SMI) {
-    Sk.failIfNull(release().emitAppend(B, SMI));
+    Sk.failIfNull(release(numba::isRawAllocation(SMI)
+                              ? ReleaseList::Kind::RawBuffers
+                              : ReleaseList::Kind::MemInfos)
+                      .emitAppend(B, SMI));
   };
 
   if (PRaise) {
@@ -505,12 +510,13 @@ Expected<Function *> ReverseSynthesizer::run() {
   VR.emitPushes(Reaching);
   // After the pushes: the checks split blocks that the pushes end.
   BasicBlock *Fail = VR.tape().failureBlock();
-  if (Release) { // every way out drops what the derivative took
-    Release->emitReleaseAll(FinalRet);
-    Release->emitReleaseAll(Fail->getTerminator());
-    if (PRaise)
-      Release->emitReleaseAll(Sk.mapped(PRaise)->getTerminator());
-  }
+  for (std::optional<ReleaseList> *L : {&Release, &RawRelease})
+    if (*L) { // every way out drops what the derivative took
+      (*L)->emitReleaseAll(FinalRet);
+      (*L)->emitReleaseAll(Fail->getTerminator());
+      if (PRaise)
+        (*L)->emitReleaseAll(Sk.mapped(PRaise)->getTerminator());
+    }
   Sk.emitNullChecks(Fail);
   if (Log)
     VR.record(*Log, Reaching);

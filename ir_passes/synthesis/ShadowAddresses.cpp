@@ -1,6 +1,7 @@
 //===- ShadowAddresses.cpp - which addresses have shadows -----------------===//
 #include "synthesis/ShadowAddresses.h"
 #include "driver/Diagnostics.h"
+#include "numba/NumbaABI.h"
 #include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Constants.h"
@@ -39,6 +40,8 @@ Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
       else if (auto *S = dyn_cast<StoreInst>(&I))
         Ptr = AA.pointsToActive(S->getPointerOperand()) ? S->getPointerOperand()
                                                         : nullptr;
+      else if (numba::isRawFree(I))
+        Ptr = AA.pointsToActive(I.getOperand(0)) ? I.getOperand(0) : nullptr;
       if (Ptr)
         Work.push_back({Ptr, &I});
       if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I)) {

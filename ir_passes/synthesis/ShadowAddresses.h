@@ -2,8 +2,10 @@
 //
 // Both sweeps mirror every address into active memory onto its shadow: an
 // argument's shadow argument, an alloca's shadow alloca, an allocation's
-// shadow allocation, and GEPs, phis, selects and casts rebuilt over those
-// shadows; a pointer spilled to the stack is spilled beside its shadow.
+// shadow allocation (a raw buffer's shadow raw buffer), and GEPs, phis,
+// selects and casts rebuilt over those shadows; a pointer spilled to the
+// stack is spilled beside its shadow. A raw buffer freed by the primal has
+// its shadow freed through the mirrored pointer (forward mode).
 // checkShadowable() verifies, on the primal while it still has source
 // locations, that every address the synthesis will need can be mirrored.
 //

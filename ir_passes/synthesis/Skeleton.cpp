@@ -169,8 +169,12 @@ Value *DerivativeSkeleton::shadow(const Value *PPtr, unsigned K) {
     S = B.CreateLoad(L->getType(), Slot, laneName(Name, K));
   } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
     Value *SMI = shadowAllocation(Alloc)[K];
-    IRBuilder<> B(cast<Instruction>(mapped(PPtr))->getNextNode());
-    S = numba::emitDataPointer(B, SMI, laneName(Name, K));
+    if (TA.isRawBuffer(PPtr)) {
+      S = SMI; // the shadow raw buffer itself
+    } else {
+      IRBuilder<> B(cast<Instruction>(mapped(PPtr))->getNextNode());
+      S = numba::emitDataPointer(B, SMI, laneName(Name, K));
+    }
   }
   assert(S && "checkShadowable let an unmirrorable address through");
   Lanes &L = Shadows[PPtr];
@@ -209,8 +213,9 @@ Value *DerivativeSkeleton::mirrorMerge(const Value *V, unsigned K,
   return nullptr;
 }
 
-/// The shadows of an allocated array: allocated like it right after it, and
-/// zeroed (the derivative of numba's uninitialized memory is taken as zero).
+/// The shadows of an allocated array or raw buffer: allocated like it right
+/// after it, and zeroed (the derivative of numba's uninitialized memory is
+/// taken as zero).
 const Lanes &DerivativeSkeleton::shadowAllocation(const CallBase *Alloc) {
   auto It = ShadowAllocs.find(Alloc);
   if (It != ShadowAllocs.end())
@@ -224,8 +229,10 @@ const Lanes &DerivativeSkeleton::shadowAllocation(const CallBase *Alloc) {
         B.CreateCall(DA->getFunctionType(), DA->getCalledOperand(), Args,
                      laneName(Alloc->getName() + "'shadow", K));
     failIfNull(SMI);
-    B.CreateMemSet(numba::emitDataPointer(B, SMI), B.getInt8(0),
-                   DA->getArgOperand(0), MaybeAlign());
+    Value *Data = numba::isRawAllocation(Alloc)
+                      ? static_cast<Value *>(SMI)
+                      : numba::emitDataPointer(B, SMI);
+    B.CreateMemSet(Data, B.getInt8(0), DA->getArgOperand(0), MaybeAlign());
     if (OnShadowAllocation)
       OnShadowAllocation(B, SMI);
     SMIs.push_back(SMI);

@@ -12,8 +12,9 @@
 //  - Shadow addresses: every address into active memory is mirrored onto its
 //    shadow in each lane: a parameter's shadow parameter, an alloca's zeroed
 //    shadow alloca (as many elements as the alloca, placed where it is),
-//    an array allocated by numba's runtime gets a zeroed shadow allocation
-//    right after it, and GEPs, phis, selects and casts are rebuilt over the
+//    an array allocated by numba's runtime (or a raw buffer) gets a zeroed
+//    shadow allocation (raw buffer) right after it, and GEPs, phis, selects
+//    and casts are rebuilt over the
 //    shadows. A pointer spilled to a stack slot has its shadow spilled to the
 //    slot's shadow (checkShadowable() in ShadowAddresses.h vouches, before
 //    synthesis, that every address needed can be mirrored).
@@ -90,15 +91,16 @@ public:
               llvm::DenseMap<const llvm::Value *, Lanes> &Memo,
               llvm::function_ref<llvm::Value *(const llvm::Value *)> Of,
               const llvm::Twine &Name);
-  /// The MemInfos of the shadows of an array allocated in the function,
-  /// allocated on first use.
+  /// The MemInfos of the shadows of an array allocated in the function (the
+  /// shadow buffers themselves for a raw buffer), allocated on first use.
   const Lanes &shadowAllocation(const llvm::CallBase *Alloc);
   bool hasShadowAllocation(const llvm::CallBase *Alloc) const {
     return ShadowAllocs.count(Alloc);
   }
   bool anyShadowAllocation() const { return !ShadowAllocs.empty(); }
-  /// Called with each new shadow MemInfo, the builder placed after its
-  /// set-up (reverse mode takes ownership of it there).
+  /// Called with each new shadow MemInfo (or raw shadow buffer: an
+  /// NRT_Allocate call), the builder placed after its set-up (reverse mode
+  /// takes ownership of it there).
   std::function<void(llvm::IRBuilder<> &, llvm::Value *)> OnShadowAllocation;
 
   /// A pointer stored to a stack slot: its shadow goes to the slot's shadow,

@@ -404,3 +404,20 @@ declare double @mystery(double)
 """
     with pytest.raises(_native.UnsupportedError, match="mystery"):
         forward(ir, [ACTIVE])
+
+
+@pytest.mark.parametrize("dst, src, m", [(1, 0, 6), (0, 1, 6), (3, 0, 4), (0, 3, 4)])
+def test_overlapping_memmove_tangent(rng, dst, src, m):
+    from .test_reverse_synthesis import MOVE_THEN_SQUARE, move_matrix
+
+    n = 7
+    bc, decisions = forward(
+        MOVE_THEN_SQUARE, [DUP, *const(4)], ret_type="void", ret_activity="const"
+    )
+    assert decisions.of("forward", "tangent-copy")
+    df = jit(bc, "df", P, P, P, I64, I64, I64, I64, P)
+    u0, v = rng.standard_normal(n), rng.standard_normal(n)
+    u, du = u0.copy(), v.copy()
+    assert df(ctypes.addressof((D * 1)()), None, _ptr(u), n, dst, src, m, _ptr(du)) == 0
+    M = move_matrix(n, dst, src, m)
+    np.testing.assert_allclose(du, 2 * (M @ u0) * (M @ v), rtol=1e-14, atol=1e-15)

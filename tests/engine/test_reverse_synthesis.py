@@ -4,6 +4,7 @@ computes, checked against analytic formulas."""
 import ctypes
 
 import numpy as np
+import pytest
 
 from .conftest import const, differentiate, jit
 
@@ -279,3 +280,61 @@ entry:
     assert out[0] == np.float32(1.5)
     assert dx[0] == np.float32(0.5)
     assert out[1] == np.float32(3.0)
+
+
+MOVE_THEN_SQUARE = """
+define i32 @f(ptr %retptr, ptr %excinfo, ptr %u, i64 %n, i64 %dst, i64 %src, i64 %m) {
+entry:
+  %d = getelementptr double, ptr %u, i64 %dst
+  %s = getelementptr double, ptr %u, i64 %src
+  %bytes = shl i64 %m, 3
+  call void @llvm.memmove.p0.p0.i64(ptr align 8 %d, ptr align 8 %s, i64 %bytes, i1 false)
+  br label %loop
+loop:
+  %i = phi i64 [ 0, %entry ], [ %i.next, %loop ]
+  %p = getelementptr double, ptr %u, i64 %i
+  %v = load double, ptr %p
+  %vv = fmul double %v, %v
+  store double %vv, ptr %p
+  %i.next = add i64 %i, 1
+  %done = icmp eq i64 %i.next, %n
+  br i1 %done, label %exit, label %loop
+exit:
+  store ptr null, ptr %retptr
+  ret i32 0
+}
+declare void @llvm.memmove.p0.p0.i64(ptr, ptr, i64, i1)
+"""
+
+
+def move_matrix(n, dst, src, m):
+    """The linear map u -> u after memmove(u + dst, u + src, m elements)."""
+    M = np.eye(n)
+    M[dst : dst + m] = np.eye(n)[src : src + m]
+    return M
+
+
+@pytest.mark.parametrize(
+    "dst, src, m",
+    [(1, 0, 6), (0, 1, 6), (3, 0, 4), (0, 3, 4), (2, 2, 5), (4, 0, 3)],
+    ids=["right-by-1", "left-by-1", "right-by-3", "left-by-3", "onto-itself", "disjoint"],
+)
+def test_overlapping_memmove_adjoint(rng, dst, src, m):
+    # The adjoint reads each target's adjoint before it adds into a source at
+    # the same address, in either direction of the move.
+    n = 7
+    bc, _ = differentiate(
+        MOVE_THEN_SQUARE,
+        [{"activity": "dup", "elem": "double"}, *const(4)],
+        ret_type="void",
+        ret_activity="const",
+    )
+    df = jit(bc, "df", P, P, P, I64, I64, I64, I64, P)
+    u0 = rng.standard_normal(n)
+    w = rng.standard_normal(n)
+    u, du = u0.copy(), w.copy()
+    assert df(ctypes.addressof((D * 1)()), None, u.ctypes.data, n, dst, src, m, du.ctypes.data) == 0
+    M = move_matrix(n, dst, src, m)
+    np.testing.assert_allclose(u, (M @ u0) ** 2, rtol=1e-15)
+    J = np.diag(2 * M @ u0) @ M
+    np.testing.assert_allclose(du, J.T @ w, rtol=1e-14, atol=1e-15)
