@@ -65,6 +65,12 @@ llvm::Value *emitIsReturnStatus(llvm::IRBuilder<> &B, llvm::Value *Status);
 /// The Python name of a numba parameter ("arg.x.4" -> "x").
 std::string pythonArgName(const llvm::Argument &A);
 
+/// numba compiles a recursive call to an overload that was not compiled yet
+/// as a call through the global ".numba.unresolved$<symbol>", which it fills
+/// in when linking. Where the module defines <symbol>, such calls become
+/// direct calls of it.
+void resolveRecursiveCalls(llvm::Module &M);
+
 //===-- Runtime (NRT) ----------------------------------------------------===//
 
 /// Offset of the data pointer in numba's NRT_MemInfo.
