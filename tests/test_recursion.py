@@ -348,6 +348,17 @@ def test_reverse_mode_with_the_kernel_writing_another_array() -> None:
     check_jvp(k_into_output, *args)
 
 
+def test_second_derivatives_through_recursion_are_refused() -> None:
+    # hessian and hvp differentiate a derivative again; through recursion that
+    # is refused, never a wrong number
+    x = np.linspace(0.2, 0.9, 5)
+    for second in (lambda: enzpy.hessian(k_halves, x), lambda: enzpy.hvp(k_halves, x, x)):
+        with pytest.raises(enzpy.UnsupportedError) as info:
+            second()
+        assert "rsum_halves" in info.value.message, info.value
+        assert "differentiated again" in info.value.message, info.value
+
+
 @pytest.mark.parametrize("mode", ["reverse", "forward"])
 def test_no_leak_over_repeated_calls(mode: str) -> None:
     x = np.linspace(0.2, 0.9, 64)

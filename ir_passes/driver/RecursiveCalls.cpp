@@ -111,6 +111,7 @@ RecursiveCalls::derivativeFor(const CallBase &CB, const ActivityAnalysis &AA,
   }
   D.Call.Fn = Function::Create(derivativeType(*D.Callee, D.Req, D.Call.RetType),
                                GlobalValue::InternalLinkage, D.Req.Name, M);
+  D.Call.Fn->addFnAttr(RecursiveCopyAttr);
   return D;
 }
 

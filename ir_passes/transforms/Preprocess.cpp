@@ -73,6 +73,7 @@ static void isolate(Module &M, Function &F, StringSet<> &Recursive,
     // derivative is loaded into the process (the JIT would resolve numba's
     // later calls to them).
     G.setName(Prefix + "." + G.getName());
+    G.addFnAttr(RecursiveCopyAttr);
     G.setLinkage(GlobalValue::InternalLinkage);
     G.setVisibility(GlobalValue::DefaultVisibility);
     Renamed.insert(G.getName());
@@ -272,6 +273,13 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   }
   numba::resolveRecursiveCalls(M);
   StringSet<> Recursive = findRecursive(M);
+  for (const auto &Name : Recursive.keys())
+    if (M.getFunction(Name)->hasFnAttribute(RecursiveCopyAttr))
+      return makeError("unsupported",
+                       "a derivative through a recursive function ('" +
+                           displayName(Name) +
+                           "') cannot be differentiated again yet (hessian, "
+                           "hvp and other higher derivatives)");
   if (Recursive.contains(F->getName())) {
     // The primal calling itself: its recursive calls go to a copy, which is
     // a recursive function like any other, and F keeps only the entry.

@@ -21,6 +21,7 @@
 #include "driver/Request.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/SmallPtrSet.h"
+#include "llvm/ADT/StringRef.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/Support/Error.h"
 
@@ -34,6 +35,11 @@ class BasicBlock;
 } // namespace llvm
 
 namespace enzpy {
+
+/// Marks the recursive functions a derivative module carries (copies of
+/// numba's and their derivatives): differentiating such a module again is
+/// refused.
+constexpr llvm::StringLiteral RecursiveCopyAttr = "enzpy-recursive-copy";
 
 /// The derivative that stands for a recursive call in the derivative of its
 /// caller: a derivative of the callee, of the request's ABI
