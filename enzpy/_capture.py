@@ -379,6 +379,40 @@ def _njit_callees(cres: Any) -> list[tuple[NumbaDispatcher, tuple[types.Type, ..
     return found
 
 
+def _overload_libraries(dispatchers: list[Any], symbols: set[str]) -> list[Any]:
+    """The code libraries of the dispatchers' compiles named ``symbols``."""
+    found = []
+    for d in dispatchers:
+        compiled: dict[Any, Any] = d.overloads
+        for c in compiled.values():
+            if c.fndesc.mangled_name in symbols and c.library is not None:
+                found.append(c.library)
+    return found
+
+
+def _named_as(module: llvm.ModuleRef, name: str, symbol: str) -> llvm.ModuleRef:
+    """``module`` with its function ``name`` renamed ``symbol``. A recursive
+    copy calls ``symbol`` (the dispatcher's own compile), declared in the
+    module: those calls become calls of the copy."""
+    try:
+        declared = module.get_function(symbol)
+    except NameError:
+        module.get_function(name).name = symbol
+        return module
+    assert declared.is_declaration, symbol
+    ident = r"(?=[^-a-zA-Z$._0-9]|$)"
+    text = str(module)
+    text = re.sub(r"^declare [^\n]*@\"?" + re.escape(symbol) + r'"?\(.*\n', "", text, flags=re.M)
+    text = re.sub(r'@"?' + re.escape(name) + r'"?' + ident, "@" + _quoted(symbol), text)
+    return llvm.parse_assembly(text)
+
+
+def _quoted(name: str) -> str:
+    if re.fullmatch(r"[-a-zA-Z$._][-a-zA-Z$._0-9]*", name):
+        return name
+    return '"' + name.replace("\\", "\\5C").replace('"', "\\22") + '"'
+
+
 def _link_recorded(lib: _RecordingLibrary) -> llvm.ModuleRef:
     mods = lib.recorded
     main = mods[0].clone()
@@ -399,6 +433,23 @@ def _declared(module: llvm.ModuleRef) -> set[str]:
     return {
         fn.name for fn in module.functions if fn.is_declaration and not fn.name.startswith("llvm.")
     }
+
+
+#: numba calls an overload that a recursive function reaches before it is
+#: compiled through a global of this prefix, which it fills in at link time.
+_UNRESOLVED = ".numba.unresolved$"
+
+
+def _referenced(module: llvm.ModuleRef) -> set[str]:
+    """Functions ``module`` declares or calls through numba's unresolved-symbol
+    globals (the engine turns the latter into direct calls)."""
+    names = _declared(module)
+    names |= {
+        gv.name[len(_UNRESOLVED) :]
+        for gv in module.global_variables
+        if gv.name.startswith(_UNRESOLVED)
+    }
+    return names - _defined_functions(module)
 
 
 def _defined_functions(module: llvm.ModuleRef) -> set[str]:
@@ -424,10 +475,7 @@ def _declaration(fn: llvm.ValueRef) -> str:
             if depth == 0:
                 break
     ret, params = fnty[:pos].strip(), fnty[pos:]
-    name = fn.name
-    if not re.fullmatch(r"[-a-zA-Z$._][-a-zA-Z$._0-9]*", name):
-        name = '"' + name.replace("\\", "\\5C").replace('"', "\\22") + '"'
-    return f"declare {ret} @{name}{params}"
+    return f"declare {ret} @{_quoted(fn.name)}{params}"
 
 
 def _numba_functions_only(module: llvm.ModuleRef) -> llvm.ModuleRef:
@@ -486,20 +534,24 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
         # names the callers use.
         captured_keys: set[tuple[int, tuple[types.Type, ...]]] = {(id(disp), argtypes)}
         pending = _njit_callees(cres)
+        dispatchers = {id(disp): disp}
         while pending:
             callee, args, symbol = pending.pop(0)
+            dispatchers[id(callee)] = callee
             key = (id(callee), args)
             if key in captured_keys or symbol in _defined_functions(module):
                 continue
             captured_keys.add(key)
-            if symbol not in _declared(module):
+            if symbol not in _referenced(module):
                 continue
             sub_cres, sub_lib = _compile_copy(callee, args)
             sub = _link_recorded(sub_lib)
-            sub_fn = sub.get_function(sub_cres.fndesc.mangled_name)
-            sub_fn.name = symbol
-            # As in numba's own copies of callees linked into a caller.
-            sub_fn.linkage = "linkonce_odr"
+            sub = _named_as(sub, sub_cres.fndesc.mangled_name, symbol)
+            sub_fn = sub.get_function(symbol)
+            # As in numba's own copies of callees linked into a caller; but the
+            # linker brings a linkonce_odr body only where it is referenced, which
+            # numba's unresolved-symbol globals (recursion) are not.
+            sub_fn.linkage = "linkonce_odr" if symbol in _declared(module) else "external"
             module.link_in(sub)
             linking.extend(sub_lib._linking_libraries)
             environments.append((sub_cres.fndesc.env_name, sub_cres.environment))
@@ -509,18 +561,39 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
         # bodies from the finalized libraries that define still-declared
         # symbols -- numba-compiled functions only; numba's runtime functions
         # (NRT_incref, NRT_decref, ...) stay declarations.
+        # A recursive function reaches other overloads of itself through
+        # numba's unresolved-symbol globals, not through linking libraries:
+        # their libraries are those of the dispatchers' compiles.
         libraries = _all_linking_libraries(linking)
-        missing = {n for n in _declared(module) if _is_numba_function(n)}
-        for dep in libraries:
-            if not missing:
+        missing = {n for n in _referenced(module) if _is_numba_function(n)}
+        linked_ids: set[int] = set()
+        while missing:
+            linked = False
+            for dep in libraries:
+                if not missing:
+                    break
+                if id(dep) in linked_ids:
+                    continue
+                try:
+                    shared = _module_for_linking(dep)
+                except Exception:  # noqa: BLE001 - e.g. a library without a module
+                    continue
+                if missing & _defined_functions(shared):
+                    linked_ids.add(id(dep))
+                    copy = _numba_functions_only(shared)
+                    # The linker brings a linkonce_odr body only where it is
+                    # referenced, which numba's unresolved-symbol globals are not.
+                    for fn in copy.functions:
+                        if fn.name in missing and not fn.is_declaration:
+                            fn.linkage = "external"
+                    module.link_in(copy)
+                    missing = {n for n in _referenced(module) if _is_numba_function(n)}
+                    linked = True
+            overloads = _overload_libraries(list(dispatchers.values()), missing)
+            fresh = [lib for lib in _all_linking_libraries(overloads) if lib not in libraries]
+            if not fresh and not linked:
                 break
-            try:
-                shared = _module_for_linking(dep)
-            except Exception:  # noqa: BLE001 - e.g. a library without a module
-                continue
-            if missing & _defined_functions(shared):
-                module.link_in(_numba_functions_only(shared))
-                missing = {n for n in _declared(module) if _is_numba_function(n)}
+            libraries += fresh
 
         module.verify()
         bitcode = module.as_bitcode()

@@ -14,7 +14,6 @@ import os
 import fd
 import numba
 import numpy as np
-import pytest
 
 import enzpy
 from enzpy import Active, Duplicated
@@ -218,37 +217,15 @@ def line_of(func, marker):
     return hits[0]
 
 
-RECURSION_UNSUPPORTED = pytest.mark.xfail(
-    strict=True,
-    raises=enzpy.UnsupportedError,
-    reason="recursion is not differentiated yet: the engine inlines callees, and a "
-    "recursive one stays a call; the error names the function, says recursion, and "
-    "points at the line of the call",
-)
-
-
-@RECURSION_UNSUPPORTED
 def test_recursive_function_with_explicit_signature():
-    # Either the derivative is right, or an UnsupportedError that names the
-    # recursive function at the user's line of the call (never a crash, a
-    # hang or a wrong value).
+    # A recursive callee reached from a loop of the kernel (tests/test_recursion.py
+    # covers recursion in depth).
     x = rng(9).uniform(0.5, 1.2, 4)
-    try:
-        fd.check_vjp(uses_recursion, fd.Dup(x))
-    except enzpy.UnsupportedError as e:
-        assert "power_rec" in e.message and "recurs" in e.message, e
-        assert e.line == line_of(uses_recursion, "# <- recursive call"), e
-        raise
+    fd.check_vjp(uses_recursion, fd.Dup(x))
 
 
-@RECURSION_UNSUPPORTED
 def test_recursive_function_called_directly():
-    try:
-        fd.check_vjp(fib_like, fd.Active(0.7), fd.Active(0.4), 5)
-    except enzpy.UnsupportedError as e:
-        assert "fib_like" in e.message and "recurs" in e.message, e
-        assert e.line == line_of(fib_like, "return fib_like("), e
-        raise
+    fd.check_vjp(fib_like, fd.Active(0.7), fd.Active(0.4), 5)
 
 
 # ---------------------------------------------------------------------------------

@@ -103,6 +103,63 @@ static std::string helperRefusal(StringRef What) {
       .str();
 }
 
+bool ActivityAnalysis::needsCallDerivative(const CallBase &CB) const {
+  return C.isRecursiveCall(CB) && C.returns(CB.getParent()) &&
+         !touchesOnlyInactiveData(CB);
+}
+
+/// The float type of the memory \p Ptr points into, when it is one for all
+/// of its (known) roots.
+static Type *floatElementType(const TypeAnalysis &TA, const Value *Ptr) {
+  Type *T = nullptr;
+  for (const Value *R : TA.roots(Ptr)) {
+    Type *E = R == UnknownRoot ? nullptr : TA.elementType(R);
+    if (!E || (T && T != E))
+      return nullptr;
+    T = E;
+  }
+  return T;
+}
+
+Type *ActivityAnalysis::shadowElementType(const Value *Ptr) const {
+  return floatElementType(TA, Ptr);
+}
+
+bool ActivityAnalysis::hasDifferentiableInput(const CallBase &CB) const {
+  for (const Value *A : drop_begin(CB.args(), numba::NumHiddenParams))
+    if (isVaried(A) || (A->getType()->isPointerTy() && pointsToActive(A)))
+      return true;
+  return false;
+}
+
+/// A recursive call is differentiated by a derivative of the callee (see
+/// driver/RecursiveCalls.h): the values it takes and returns must be ones
+/// that such a derivative can carry.
+Error ActivityAnalysis::checkRecursiveCall(const CallBase &CB) const {
+  const Function &Callee = *CB.getCalledFunction();
+  Type *Ret = storedReturnType(Callee);
+  if (Ret && !Ret->isFloatingPointTy() && !Ret->isIntegerTy() &&
+      !Ret->isPointerTy())
+    return makeError("unsupported",
+                     "the recursive function '" +
+                         displayName(Callee.getName()) +
+                         "' returns a tuple or structure; recursive functions "
+                         "are differentiated when they return one float (or "
+                         "an integer, or None)",
+                     &CB);
+  for (const Value *A : drop_begin(CB.args(), numba::NumHiddenParams))
+    if (A->getType()->isPointerTy() && pointsToActive(A) &&
+        !floatElementType(TA, A))
+      return makeError("unsupported",
+                       "the recursive function '" +
+                           displayName(Callee.getName()) +
+                           "' is passed differentiable memory that is not an "
+                           "array of one float type (" +
+                           describe(A) + ")",
+                       &CB);
+  return Error::success();
+}
+
 Error ActivityAnalysis::checkCall(const CallBase &CB) const {
   const Function *Callee = CB.getCalledFunction();
   if (!Callee)
@@ -141,15 +198,8 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
     bool SrcActive = MT && pointsToActive(MT->getRawSource());
     if (!MT || (!DestActive && !SrcActive))
       return Error::success();
-    auto floatType = [&](const Value *Ptr) -> Type * {
-      Type *T = nullptr;
-      for (const Value *R : TA.roots(Ptr)) {
-        Type *E = R == UnknownRoot ? nullptr : TA.elementType(R);
-        if (!E || (T && T != E))
-          return nullptr;
-        T = E;
-      }
-      return T;
+    auto floatType = [&](const Value *Ptr) {
+      return floatElementType(TA, Ptr);
     };
     if (SrcActive)
       if (Error E = checkVariedInto(MI->getRawDest(), CB))
@@ -203,17 +253,13 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
   // random numbers): its result and the memory it writes are inactive.
   if (touchesOnlyInactiveData(CB))
     return Error::success();
-  std::string Q = numba::pythonQualifiedName(Callee->getName());
-  if (C.Recursive.contains(Callee->getName()))
-    return makeError("unsupported",
-                     "the recursive call to '" +
-                         (Q.empty() ? displayName(Callee->getName()) : Q) +
-                         "' cannot be differentiated yet (recursion)",
-                     &CB);
+  if (C.isRecursiveCall(CB))
+    return checkRecursiveCall(CB);
   if (StringRef What = numba::describeHelper(Callee->getName()); !What.empty())
     return makeError("unsupported", helperRefusal(What), &CB);
   // numba's runtime and C helpers are named for what they are, not by symbol.
   StringRef Sym = Callee->getName();
+  std::string Q = numba::pythonQualifiedName(Sym);
   std::string What =
       Sym.starts_with("numba_") || Sym.starts_with("NRT_")
           ? std::string("a call into numba's runtime or C helper library")
@@ -354,6 +400,21 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
     if ((isa<PHINode>(I) || isa<SelectInst>(I)) && I.getType()->isPointerTy() &&
         C.returns(I.getParent()) && pointsToActive(&I))
       Changed |= activateLocalRoots(&I);
+    if (auto *CB = dyn_cast<CallBase>(&I);
+        CB && C.isRecursiveCall(*CB) && C.returns(CB->getParent())) {
+      // The callee may return a varied float through its retptr and write
+      // varied floats into the arrays it is passed.
+      if (!hasDifferentiableInput(*CB))
+        continue;
+      const Value *RetPtr = CB->getArgOperand(numba::RetPtrParam);
+      if (Type *Ret = storedReturnType(*CB->getCalledFunction());
+          Ret && Ret->isFloatingPointTy())
+        Changed |= activateLocalRoots(RetPtr);
+      for (const Value *A : drop_begin(CB->args(), numba::NumHiddenParams))
+        if (A->getType()->isPointerTy() && floatElementType(TA, A))
+          Changed |= activateLocalRoots(A);
+      continue;
+    }
     if (auto *CB = dyn_cast<CallBase>(&I))
       if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
         // A product of differentiable arrays makes its output active.
@@ -397,10 +458,20 @@ void ActivityAnalysis::computeUseful() {
         Useful.insert(V).second)
       Work.push_back(V);
   };
-  for (Instruction &I : instructions(F))
+  for (Instruction &I : instructions(F)) {
     if (auto *SI = dyn_cast<StoreInst>(&I))
       if (C.returns(SI->getParent()) && pointsToActive(SI->getPointerOperand()))
         mark(SI->getValueOperand());
+    // A recursive call that writes active memory (its return slot, arrays)
+    // carries its float arguments there.
+    if (auto *CB = dyn_cast<CallBase>(&I);
+        CB && C.isRecursiveCall(*CB) && C.returns(CB->getParent()) &&
+        any_of(CB->args(), [&](const Value *A) {
+          return A->getType()->isPointerTy() && pointsToActive(A);
+        }))
+      for (const Value *A : CB->args())
+        mark(A);
+  }
   while (!Work.empty()) {
     const Value *V = Work.pop_back_val();
     auto *I = dyn_cast<Instruction>(V);

@@ -11,8 +11,12 @@
 // The analysis also enforces the error contract: varied data stored into a
 // Const parameter's memory is an "activity" error naming the parameter, and
 // calls or constructs the engine cannot differentiate are "unsupported"
-// errors naming them and their source line. Code that only runs on the way
-// to raising an exception is not checked: it has no derivative.
+// errors naming them and their source line. A recursive call (one that
+// preprocessing kept) is treated like a store of its float arguments into
+// the memory it may write: its return slot becomes active memory when it
+// takes anything differentiable, and so do the local float arrays it is
+// passed; driver/RecursiveCalls.h gives it a derivative. Code that only runs on
+// the way to raising an exception is not checked: it has no derivative.
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_ACTIVITYANALYSIS_H
@@ -55,6 +59,13 @@ public:
     return ActiveRoots.contains(Root);
   }
 
+  /// \p CB is a recursive call (CanonicalFunction::Recursive) that takes or
+  /// returns something differentiable: it needs a derivative of the callee.
+  bool needsCallDerivative(const llvm::CallBase &CB) const;
+  /// The float type of the active memory \p Ptr points into (null when its
+  /// roots do not agree on one).
+  llvm::Type *shadowElementType(const llvm::Value *Ptr) const;
+
   /// Records the activity of parameters, allocas and float values.
   void record(DecisionLog &Log) const;
   const TypeAnalysis &types() const { return TA; }
@@ -62,6 +73,8 @@ public:
 private:
   llvm::Error checkCall(const llvm::CallBase &CB) const;
   bool touchesOnlyInactiveData(const llvm::CallBase &CB) const;
+  bool hasDifferentiableInput(const llvm::CallBase &CB) const;
+  llvm::Error checkRecursiveCall(const llvm::CallBase &CB) const;
   llvm::Error checkStore(const llvm::StoreInst &SI);
   /// Varied data written through \p Ptr by \p I must land in active memory.
   llvm::Error checkVariedInto(const llvm::Value *Ptr,

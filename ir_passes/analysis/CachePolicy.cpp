@@ -53,6 +53,12 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
       // array memory; the memory ones were handled above.
       if (isa<IntrinsicInst>(CB))
         continue;
+      // A recursive call that reverse mode differentiates writes its return
+      // slot only (driver/RecursiveCalls.h checks the callee).
+      if (C.CallDerivatives.count(CB)) {
+        writes(CB->getArgOperand(numba::RetPtrParam));
+        continue;
+      }
       // BLAS calls write their output array only.
       if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
         writes(CB->getArgOperand(Blas->output()));

@@ -71,6 +71,10 @@ std::string describe(const Value *V) {
 }
 
 std::string displayName(StringRef Symbol) {
+  // The derivative's own copy of a numba function is named
+  // "<derivative>.<numba's symbol>".
+  if (size_t Mangled = Symbol.find("._ZN"); Mangled != StringRef::npos)
+    Symbol = Symbol.drop_front(Mangled + 1);
   std::string D = demangle(Symbol.str());
   // numba's ABI tags ("[abi:v1][abi:c8tJTI...]") are noise to a user.
   static const std::regex AbiTag("\\[abi:[^\\]]*\\]");

@@ -1,6 +1,7 @@
 //===- Engine.cpp - pipeline driver ---------------------------------------===//
 //
-// parse -> preprocess -> type analysis -> activity analysis -> synthesis
+// parse -> preprocess -> type analysis -> activity analysis -> the same
+// for the recursive functions it calls (RecursiveCalls.h) -> synthesis
 // (forward or reverse, as the request asks) -> verify -> post-opt ->
 // bitcode. Every failure becomes a structured result; each request gets its
 // own LLVMContext.
@@ -12,6 +13,7 @@
 #include "analysis/TypeAnalysis.h"
 #include "driver/DecisionLog.h"
 #include "driver/Diagnostics.h"
+#include "driver/RecursiveCalls.h"
 #include "driver/Request.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Synthesize.h"
@@ -79,6 +81,9 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
     return std::move(E);
   if (Error E = checkShadowable(*C, AA))
     return std::move(E);
+  RecursiveCalls Recursion(M, Req);
+  if (Error E = Recursion.plan(*C, Req, AA))
+    return std::move(E);
   if (Req.Log) {
     TA.record(Log);
     AA.record(Log);
@@ -99,7 +104,10 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   Expected<Function *> D = synthesize(*C, Req, TA, AA, SynthLog);
   if (!D)
     return D.takeError();
+  if (Error E = Recursion.synthesizeAll())
+    return std::move(E);
   C->F->eraseFromParent();
+  Recursion.eraseCopies();
 
   std::string VerifyMsg;
   raw_string_ostream VOS(VerifyMsg);

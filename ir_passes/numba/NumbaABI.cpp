@@ -167,4 +167,20 @@ StringRef describeHelper(StringRef Name) {
   return {};
 }
 
+void resolveRecursiveCalls(Module &M) {
+  constexpr StringLiteral Prefix = ".numba.unresolved$";
+  for (GlobalVariable &GV : M.globals()) {
+    if (!GV.getName().starts_with(Prefix))
+      continue;
+    Function *Target = M.getFunction(GV.getName().drop_front(Prefix.size()));
+    if (!Target || Target->isDeclaration())
+      continue;
+    for (User *U : make_early_inc_range(GV.users()))
+      if (auto *L = dyn_cast<LoadInst>(U); L && L->getType()->isPointerTy()) {
+        L->replaceAllUsesWith(Target);
+        L->eraseFromParent();
+      }
+  }
+}
+
 } // namespace enzpy::numba

@@ -71,6 +71,11 @@ std::string pythonArgName(const llvm::Argument &A);
 /// "numba.np.arraymath.impl_np_sinc.<locals>.impl"); empty when \p Symbol
 /// is not such a name.
 std::string pythonQualifiedName(llvm::StringRef Symbol);
+/// numba compiles a recursive call to an overload that was not compiled yet
+/// as a call through the global ".numba.unresolved$<symbol>", which it fills
+/// in when linking. Where the module defines <symbol>, such calls become
+/// direct calls of it.
+void resolveRecursiveCalls(llvm::Module &M);
 
 //===-- Runtime (NRT) ----------------------------------------------------===//
 

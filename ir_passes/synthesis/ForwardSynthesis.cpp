@@ -34,6 +34,9 @@
 //    shadow buffer, freed where the primal frees the buffer.
 //    Pointers numba spills to stack slots get their shadows (the shadow
 //    address, or the shadow MemInfo) spilled to the slot's shadow.
+//  - A recursive call (CanonicalFunction::CallDerivatives) becomes a call of
+//    the callee's forward derivative, which returns the primal result and
+//    its tangents (driver/RecursiveCalls.h).
 //  - Control flow is the primal's own: branches, loops and early exits run
 //    once, with the tangents beside the values.
 //  - Blocks that only run on the way to raising an exception
@@ -96,6 +99,7 @@ private:
   Error visitInstruction(const Instruction &PI);
   void visitMemoryIntrinsic(const AnyMemIntrinsic &MI);
   void visitBlasCall(const BlasCall &Blas);
+  void visitRecursiveCall(const CallBase &CB, const CallDerivative &CD);
   void mirrorSpill(const StoreInst &St);
   void dropReturnedShadows(const StoreInst &St);
   Error mirrorRefcounts();
@@ -399,6 +403,57 @@ void ForwardSynthesizer::visitBlasCall(const BlasCall &Blas) {
   note("tangent-blas", &CB);
 }
 
+/// A recursive call becomes a call of the callee's forward derivative
+/// (RecursiveCalls.h), which returns the primal result and its tangents:
+/// the primal result goes where the call would have put it, the tangents
+/// to that slot's shadows.
+void ForwardSynthesizer::visitRecursiveCall(const CallBase &CB,
+                                            const CallDerivative &CD) {
+  auto *DC = cast<CallBase>(mapped(&CB));
+  IRBuilder<> B(DC);
+  SmallVector<Value *, 16> Args(DC->args());
+  SmallVector<Type *, 8> Fields;
+  if (CD.RetType)
+    Fields.push_back(CD.RetType);
+  if (CD.Req.RetActive)
+    Fields.append(Width, CD.RetType);
+  StructType *ResultTy = StructType::get(Ctx, Fields);
+  Value *Result;
+  {
+    IRBuilder<> EB(Sk.Entry, Sk.Entry->getFirstInsertionPt());
+    Result = EB.CreateAlloca(ResultTy, nullptr, "enzpy.recursive.result");
+  }
+  Args[numba::RetPtrParam] = Result;
+  auto arg = [&](unsigned I) {
+    return CB.getArgOperand(I + numba::NumHiddenParams);
+  };
+  for (unsigned I = 0; I < CD.Req.Params.size(); ++I)
+    if (CD.Req.Params[I].isDuplicated())
+      for (unsigned K = 0; K < Width; ++K)
+        Args.push_back(shadow(arg(I), K));
+  for (unsigned I = 0; I < CD.Req.Params.size(); ++I)
+    if (CD.Req.Params[I].Act == Activity::Active)
+      for (unsigned K = 0; K < Width; ++K)
+        Args.push_back(tangentOrZero(arg(I), K));
+  CallInst *Call = B.CreateCall(CD.Fn, Args, DC->getName());
+  Call->setDebugLoc(DC->getDebugLoc());
+  DC->replaceAllUsesWith(Call);
+  DC->eraseFromParent();
+  B.SetInsertPoint(Call->getNextNode());
+  const Value *RetPtr = CB.getArgOperand(numba::RetPtrParam);
+  unsigned Field = 0;
+  if (CD.RetType)
+    B.CreateStore(
+        B.CreateLoad(CD.RetType, B.CreateStructGEP(ResultTy, Result, Field++)),
+        mapped(RetPtr));
+  if (CD.Req.RetActive)
+    for (unsigned K = 0; K < Width; ++K)
+      B.CreateStore(B.CreateLoad(CD.RetType,
+                                 B.CreateStructGEP(ResultTy, Result, Field++)),
+                    shadow(RetPtr, K));
+  note("tangent-recursive-call", &CB);
+}
+
 /// The skeleton, with the tangents of Active scalars as trailing
 /// parameters (Width per scalar), and the seeded return's tangent slots.
 void ForwardSynthesizer::createFunction() {
@@ -495,6 +550,13 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
       for (unsigned K = 0; K < Width; ++K)
         B.CreateCall(numba::rawFreeFunction(*P.getParent()), {shadow(Buf, K)});
     return Error::success();
+  }
+  if (auto *CB = dyn_cast<CallBase>(&PI)) {
+    auto Found = Canon.CallDerivatives.find(CB);
+    if (Found != Canon.CallDerivatives.end()) {
+      visitRecursiveCall(*CB, Found->second);
+      return Error::success();
+    }
   }
   // Any other call that may write differentiable memory has no tangent
   // here: an error, not a stale shadow. (Lifetime markers and intrinsics

@@ -16,6 +16,10 @@
 // Values read from memory are taped when they are read, so memory that is
 // overwritten later is handled correctly.
 //
+// A recursive call (CanonicalFunction::CallDerivatives) runs as the primal
+// call in the forward sweep; its reverse calls the callee's reverse
+// derivative (driver/RecursiveCalls.h).
+//
 // Batch mode (Request::Width W > 1): every adjoint accumulator, shadow
 // address and shadow allocation comes in W lanes (W shadow arguments per
 // duplicated parameter, W seeds of the return, W adjoints per Active
@@ -114,6 +118,8 @@ private:
   void prepareBlas(const BlasCall &Call);
   void reverseBlas(const BlasCall &Call, IRBuilder<> &RB, BlockRev &R);
   bool blasActive(const BlasCall &Call) const;
+  void reverseRecursiveCall(const CallBase &CB, const CallDerivative &CD,
+                            IRBuilder<> &RB, BlockRev &R);
 
   DerivativeSkeleton &Sk;
   const CanonicalFunction &Canon;
@@ -189,6 +195,14 @@ void ReverseSynthesizer::createShadows() {
           shadow(S->getPointerOperand());
         // A pointer spilled to the stack: its shadow goes beside it.
         Sk.mirrorSpill(*S);
+      } else if (auto *CB = dyn_cast<CallBase>(&I);
+                 CB && Canon.CallDerivatives.count(CB)) {
+        const CallDerivative &CD = Canon.CallDerivatives.find(CB)->second;
+        if (CD.Req.RetActive)
+          shadow(CB->getArgOperand(numba::RetPtrParam));
+        for (unsigned K = 0; K < CD.Req.Params.size(); ++K)
+          if (CD.Req.Params[K].isDuplicated())
+            shadow(CB->getArgOperand(K + numba::NumHiddenParams));
       } else if (auto *CB = dyn_cast<CallBase>(&I); CB && matchBlasCall(*CB)) {
         BlasCall Call = *matchBlasCall(*CB);
         if (blasActive(Call))
@@ -295,6 +309,57 @@ void ReverseSynthesizer::reverseMemoryIntrinsic(AnyMemIntrinsic &MI,
                         Len);
 }
 
+/// The reverse of a recursive call: the callee's reverse derivative
+/// (RecursiveCalls.h), seeded with the adjoint that collected in the shadow
+/// of the call's return slot, accumulates into the shadows of the arrays it
+/// was passed and returns the adjoints of its Active arguments. (It re-runs
+/// the callee forward: the callee writes nothing its caller can see.)
+void ReverseSynthesizer::reverseRecursiveCall(const CallBase &CB,
+                                              const CallDerivative &CD,
+                                              IRBuilder<> &RB, BlockRev &R) {
+  const Request &Sub = CD.Req;
+  SmallVector<Type *, 8> Fields;
+  for (unsigned I = 0; I < Sub.Params.size(); ++I)
+    if (Sub.Params[I].Act == Activity::Active)
+      Fields.append(Width,
+                    CB.getArgOperand(I + numba::NumHiddenParams)->getType());
+  StructType *ResultTy = StructType::get(Ctx, Fields);
+  Value *Result;
+  {
+    IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
+    Result = EB.CreateAlloca(ResultTy, nullptr, "enzpy.recursive.adjoints");
+  }
+  SmallVector<Value *, 16> Args = {Result};
+  for (unsigned I = numba::ExcInfoParam; I < CB.arg_size(); ++I)
+    Args.push_back(fetchPrimal(CB.getArgOperand(I), R));
+  auto arg = [&](unsigned I) {
+    return CB.getArgOperand(I + numba::NumHiddenParams);
+  };
+  for (unsigned I = 0; I < Sub.Params.size(); ++I)
+    if (Sub.Params[I].isDuplicated())
+      for (unsigned K = 0; K < Width; ++K)
+        Args.push_back(fetchShadow(arg(I), K, R));
+  if (Sub.RetActive) {
+    // The call wrote its result: the slot's adjoint is consumed.
+    const Value *RetPtr = CB.getArgOperand(numba::RetPtrParam);
+    for (unsigned K = 0; K < Width; ++K) {
+      Value *S = fetchShadow(RetPtr, K, R);
+      Args.push_back(RB.CreateLoad(CD.RetType, S));
+      RB.CreateStore(Constant::getNullValue(CD.RetType), S);
+    }
+  }
+  RB.CreateCall(CD.Fn, Args);
+  unsigned Field = 0;
+  for (unsigned I = 0; I < Sub.Params.size(); ++I) {
+    if (Sub.Params[I].Act != Activity::Active)
+      continue;
+    Type *T = arg(I)->getType();
+    for (unsigned K = 0; K < Width; ++K)
+      Adj.add(RB, arg(I), K,
+              RB.CreateLoad(T, RB.CreateStructGEP(ResultTy, Result, Field++)));
+  }
+}
+
 /// The skeleton, with the return value's cotangents (one per lane) as
 /// trailing parameters when the return is seeded, and the tape.
 void ReverseSynthesizer::createFunction() {
@@ -366,6 +431,11 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
         reverseBlas(*Blas, RB, R);
       return;
     }
+  if (auto *CB = dyn_cast<CallBase>(&I)) {
+    auto Found = Canon.CallDerivatives.find(CB);
+    if (Found != Canon.CallDerivatives.end())
+      return reverseRecursiveCall(*CB, Found->second, RB, R);
+  }
   if (numba::isAllocationCall(&I))
     return; // its shadow and extra reference are on the release list
   if (auto *L = dyn_cast<LoadInst>(&I)) {

@@ -32,8 +32,15 @@ void DerivativeSkeleton::create(ArrayRef<Trailing> Extra) {
       Params.append(Width, PointerType::getUnqual(Ctx));
   for (const Trailing &T : Extra)
     Params.push_back(T.Ty);
-  D = Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
-                       GlobalValue::ExternalLinkage, Req.Name, P.getParent());
+  FunctionType *FT = FunctionType::get(Type::getInt32Ty(Ctx), Params, false);
+  // A derivative that other derivatives call (RecursiveCalls.h) was
+  // declared before its body is made.
+  D = P.getParent()->getFunction(Req.Name);
+  assert((!D || (D->isDeclaration() && D->getFunctionType() == FT)) &&
+         "a derivative's name is taken by another function");
+  if (!D)
+    D = Function::Create(FT, GlobalValue::ExternalLinkage, Req.Name,
+                         P.getParent());
   Entry = BasicBlock::Create(Ctx, "enzpy.entry", D);
   IRBuilder<> B(Entry);
 

@@ -5,7 +5,9 @@
 #include "rules/DerivativeRules.h"
 #include "transforms/PostOpt.h"
 #include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/SCCIterator.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
+#include "llvm/Analysis/CallGraph.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/CFG.h"
@@ -22,6 +24,7 @@
 #include "llvm/Transforms/Scalar/Scalarizer.h"
 #include "llvm/Transforms/Scalar/SimplifyCFG.h"
 #include "llvm/Transforms/Utils/BasicBlockUtils.h"
+#include "llvm/Transforms/Utils/Cloning.h"
 #include "llvm/Transforms/Utils/Local.h"
 #include "llvm/Transforms/Utils/LoopSimplify.h"
 #include "llvm/Transforms/Utils/Mem2Reg.h"
@@ -133,22 +136,55 @@ static void markOrigins(Module &M) {
   }
 }
 
-/// Drop every other function body and every unused declaration or global:
-/// the derivative module carries only what the primal refers to.
-static void isolate(Module &M, Function &F, StringSet<> &Recursive) {
-  for (Function &G : M)
-    if (&G != &F && !G.isDeclaration() && !isLibraryFunction(G)) {
-      for (const User *U : G.users())
-        if (auto *CB = dyn_cast<CallBase>(U))
-          if (CB->getFunction() == &F)
-            Recursive.insert(G.getName());
+/// The functions that take part in recursion: members of a strongly
+/// connected component of the call graph with a cycle (a function calling
+/// itself, or a group calling each other).
+static StringSet<> findRecursive(Module &M) {
+  StringSet<> Recursive;
+  CallGraph CG(M);
+  for (scc_iterator<CallGraph *> I = scc_begin(&CG); !I.isAtEnd(); ++I) {
+    if (!I.hasCycle())
+      continue;
+    for (const CallGraphNode *N : *I)
+      if (const Function *G = N->getFunction(); G && !G->isDeclaration())
+        Recursive.insert(G->getName());
+  }
+  return Recursive;
+}
+
+/// Drop every function body that the primal cannot reach through the bodies
+/// kept (its own and those of recursive functions), and every unused
+/// declaration or global: the derivative module carries only what the
+/// primal refers to.
+static void isolate(Module &M, Function &F, StringSet<> &Recursive,
+                    StringRef Prefix) {
+  SmallPtrSet<const Function *, 8> Kept = {&F};
+  SmallVector<const Function *, 8> Work = {&F};
+  while (!Work.empty())
+    for (const Instruction &I : instructions(*Work.pop_back_val()))
+      if (auto *CB = dyn_cast<CallBase>(&I))
+        if (const Function *G = CB->getCalledFunction())
+          if (Recursive.contains(G->getName()) && Kept.insert(G).second)
+            Work.push_back(G);
+  StringSet<> Renamed;
+  for (Function &G : M) {
+    if (G.isDeclaration() || &G == &F || isLibraryFunction(G))
+      continue;
+    if (!Kept.contains(&G)) {
       G.deleteBody();
+      continue;
     }
-  // The primal calling itself.
-  for (const User *U : F.users())
-    if (auto *CB = dyn_cast<CallBase>(U))
-      if (CB->getFunction() == &F)
-        Recursive.insert(F.getName());
+    // The recursive functions kept are the derivative's own copies: they
+    // must not stand in for numba's functions of the same name once the
+    // derivative is loaded into the process (the JIT would resolve numba's
+    // later calls to them).
+    G.setName(Prefix + "." + G.getName());
+    G.addFnAttr(RecursiveCopyAttr);
+    G.setLinkage(GlobalValue::InternalLinkage);
+    G.setVisibility(GlobalValue::DefaultVisibility);
+    Renamed.insert(G.getName());
+  }
+  Recursive = std::move(Renamed);
   bool Changed = true;
   while (Changed) {
     Changed = false;
@@ -168,15 +204,20 @@ static void isolate(Module &M, Function &F, StringSet<> &Recursive) {
 /// Inline every call to a function whose body came with the module (numba's
 /// own implementations such as integer powers and min/max, and other njit
 /// functions), so that their bodies are differentiated in place. Recursive
-/// calls stay calls and are reported as unsupported later.
-static void inlineCallees(Module &M, Function &F) {
+/// functions stay calls (each gets derivatives of its own, see
+/// driver/RecursiveCalls.h); the functions they call are inlined into them.
+static void inlineCallees(Module &M, Function &F,
+                          const StringSet<> &Recursive) {
   for (Function &G : M) {
-    if (&G == &F || G.isDeclaration())
+    if (&G == &F || G.isDeclaration() || isLibraryFunction(G))
       continue;
-    if (isLibraryFunction(G))
-      continue;
-    G.removeFnAttr(Attribute::NoInline);
     G.removeFnAttr(Attribute::OptimizeNone);
+    if (Recursive.contains(G.getName())) {
+      G.removeFnAttr(Attribute::AlwaysInline);
+      G.addFnAttr(Attribute::NoInline);
+      continue;
+    }
+    G.removeFnAttr(Attribute::NoInline);
     G.addFnAttr(Attribute::AlwaysInline);
   }
   PassContext P;
@@ -398,6 +439,42 @@ static void splitExits(Function &F, CanonicalFunction &C) {
   }
 }
 
+bool CanonicalFunction::isRecursiveCall(const CallBase &CB) const {
+  const Function *Callee = CB.getCalledFunction();
+  return Callee && Recursive.contains(Callee->getName());
+}
+
+/// Canonical form of \p F, whose callees are already inlined.
+static CanonicalFunction canonicalize(Function &F,
+                                      const StringSet<> &Recursive) {
+  F.removeFnAttr(Attribute::OptimizeNone);
+  F.removeFnAttr(Attribute::NoInline);
+  // What numba's optimizer inferred about a function it had compiled (the
+  // memory it touches, arguments it only reads) does not hold for
+  // derivatives cloned from it, which also use shadows.
+  F.removeFnAttr(Attribute::Memory);
+  for (Argument &A : F.args())
+    for (Attribute::AttrKind K :
+         {Attribute::ReadOnly, Attribute::ReadNone, Attribute::WriteOnly,
+          Attribute::Initializes, Attribute::NoAlias})
+      A.removeAttr(K);
+  runCanonicalPasses(F);
+  splitAggregateMerges(F);
+  CanonicalFunction C;
+  C.F = &F;
+  C.Recursive = Recursive;
+  splitExits(F, C);
+  if (C.NormalExit) {
+    SmallVector<const BasicBlock *, 32> Work = {C.NormalExit};
+    C.Returning.insert(C.NormalExit);
+    while (!Work.empty())
+      for (const BasicBlock *Pred : predecessors(Work.pop_back_val()))
+        if (C.Returning.insert(Pred).second)
+          Work.push_back(Pred);
+  }
+  return C;
+}
+
 Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   Function *F = M.getFunction(Req.Function);
   if (!F || F->isDeclaration())
@@ -424,28 +501,51 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
                                       " is marked duplicated but is not a "
                                       "pointer");
   }
-  F->removeFnAttr(Attribute::NoInline);
+  numba::resolveRecursiveCalls(M);
   replaceLibraryFunctions(M);
   markOrigins(M);
-  inlineCallees(M, *F);
-  StringSet<> Recursive;
-  isolate(M, *F, Recursive);
-  F->removeFnAttr(Attribute::OptimizeNone);
-  runCanonicalPasses(*F);
-  splitAggregateMerges(*F);
-  CanonicalFunction C;
-  C.F = F;
-  C.Recursive = std::move(Recursive);
-  splitExits(*F, C);
-  if (C.NormalExit) {
-    SmallVector<const BasicBlock *, 32> Work = {C.NormalExit};
-    C.Returning.insert(C.NormalExit);
-    while (!Work.empty())
-      for (const BasicBlock *Pred : predecessors(Work.pop_back_val()))
-        if (C.Returning.insert(Pred).second)
-          Work.push_back(Pred);
+  StringSet<> Recursive = findRecursive(M);
+  for (const auto &Name : Recursive.keys())
+    if (M.getFunction(Name)->hasFnAttribute(RecursiveCopyAttr))
+      return makeError("unsupported",
+                       "a derivative through a recursive function ('" +
+                           displayName(Name) +
+                           "') cannot be differentiated again yet (hessian, "
+                           "hvp and other higher derivatives)");
+  if (Recursive.contains(F->getName())) {
+    // The primal calling itself: its recursive calls go to a copy, which is
+    // a recursive function like any other, and F keeps only the entry.
+    ValueToValueMapTy VMap;
+    Function *Copy = CloneFunction(F, VMap);
+    Copy->setName(F->getName() + ".enzpy.recursive");
+    Copy->setLinkage(GlobalValue::InternalLinkage);
+    F->replaceUsesWithIf(Copy, [&](Use &U) {
+      auto *CB = dyn_cast<CallBase>(U.getUser());
+      return CB && CB->isCallee(&U);
+    });
+    Recursive.insert(Copy->getName());
   }
-  return C;
+  inlineCallees(M, *F, Recursive);
+  isolate(M, *F, Recursive, Req.Name);
+  return canonicalize(*F, Recursive);
+}
+
+CanonicalFunction canonicalCopy(Function &G, const Twine &Name,
+                                const StringSet<> &Recursive) {
+  ValueToValueMapTy VMap;
+  Function *Copy = CloneFunction(&G, VMap);
+  Copy->setName(Name);
+  Copy->setLinkage(GlobalValue::InternalLinkage);
+  return canonicalize(*Copy, Recursive);
+}
+
+Type *storedReturnType(const Function &G) {
+  const Argument *RetPtr = G.getArg(numba::RetPtrParam);
+  for (const Instruction &I : instructions(G))
+    if (auto *SI = dyn_cast<StoreInst>(&I))
+      if (getUnderlyingObject(SI->getPointerOperand()) == RetPtr)
+        return SI->getValueOperand()->getType();
+  return nullptr;
 }
 
 } // namespace enzpy
