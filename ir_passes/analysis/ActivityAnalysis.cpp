@@ -155,7 +155,7 @@ Error ActivityAnalysis::checkRecursiveCall(const CallBase &CB) const {
                            displayName(Callee.getName()) +
                            "' is passed differentiable memory that is not an "
                            "array of one float type (" +
-                           describe(A) + ")",
+                           describeMemory(A) + ")",
                        &CB);
   return Error::success();
 }

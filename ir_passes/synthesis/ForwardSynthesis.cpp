@@ -605,8 +605,11 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
       T[K] = sumTangents(B, Terms, Ty);
     }
   } else {
-    return makeError("internal",
-                     "forward mode has no tangent for " + describe(&PI));
+    return makeError(
+        "internal",
+        "forward mode has no tangent for an instruction of kind '" +
+            Twine(PI.getOpcodeName()) + "'",
+        &PI);
   }
   for (Value *&V : T)
     if (!V)
