@@ -5,15 +5,21 @@
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/ADT/Twine.h"
+#include "llvm/Analysis/AssumptionCache.h"
+#include "llvm/Analysis/ConstantFolding.h"
+#include "llvm/Analysis/LazyValueInfo.h"
 #include "llvm/Analysis/LoopInfo.h"
 #include "llvm/Analysis/PostDominators.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/Dominators.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
+#include "llvm/IR/PatternMatch.h"
 
 using namespace llvm;
+using namespace llvm::PatternMatch;
 
 namespace enzpy {
 
@@ -274,38 +280,136 @@ void ControlActivity::findPiecewise() {
   }
 }
 
-/// \p BB sets the exception state: it raises, whatever the status flags
-/// that lead from it to the function's exits say (an inlined callee's
-/// raise returns a status to its caller, which re-raises).
+/// \p BB sets the exception state (stores into the function's exception
+/// info): it raises, whatever the status flags that lead from it to the
+/// function's exits say.
 static bool setsException(const BasicBlock &BB) {
   const Argument *ExcInfo = BB.getParent()->getArg(numba::ExcInfoParam);
   return any_of(BB, [&](const Instruction &I) {
     auto *SI = dyn_cast<StoreInst>(&I);
-    return SI && SI->getPointerOperand() == ExcInfo;
+    return SI && getUnderlyingObject(SI->getPointerOperand()) == ExcInfo;
   });
 }
 
-/// Where the edge \p P -> \p M leads: \p M, or the successor of \p M its
-/// branch takes on that edge when it tests a phi of \p M that is constant
-/// on the edge (an inlined callee's status: its raise paths return a
-/// nonzero status to a block that branches on it; LLVM's jump threading
-/// would give them their own edge).
-const BasicBlock *ControlActivity::threaded(const BasicBlock &P,
-                                            const BasicBlock &M) const {
-  auto *Br = dyn_cast<BranchInst>(M.getTerminator());
-  auto *Cmp = Br && Br->isConditional() ? dyn_cast<ICmpInst>(Br->getCondition())
-                                        : nullptr;
-  auto *Phi = Cmp ? dyn_cast<PHINode>(Cmp->getOperand(0)) : nullptr;
-  auto *Rhs = Cmp ? dyn_cast<ConstantInt>(Cmp->getOperand(1)) : nullptr;
-  if (!Phi || !Rhs || Phi->getParent() != &M || Cmp->getParent() != &M ||
-      !Cmp->isEquality())
-    return &M;
-  auto *In = dyn_cast<ConstantInt>(Phi->getIncomingValueForBlock(&P));
-  if (!In)
-    return &M;
-  bool Equal = In->getValue() == Rhs->getValue();
-  return Br->getSuccessor(
-      Equal == (Cmp->getPredicate() == ICmpInst::ICMP_EQ) ? 0 : 1);
+namespace {
+/// Follows an edge P -> M through the blocks whose branch the edge decides:
+/// M's phis take their incoming values, comparisons and logical and/or of
+/// those fold, and LazyValueInfo gives what the branches leading to the
+/// edge imply about values computed before M. When M's branch is decided,
+/// the walk goes on into the successor it takes, with the values it knows.
+class EdgeWalk {
+public:
+  EdgeWalk(LazyValueInfo &LVI, BasicBlock &P, BasicBlock &M)
+      : LVI(LVI), P(P), M(M) {}
+
+  /// The block the edge leads to: the first one on the walk whose branch
+  /// it does not decide. \p Through gets the blocks run on the way.
+  BasicBlock *target(SmallVectorImpl<const BasicBlock *> &Through) {
+    BasicBlock *Prev = &P, *Cur = &M;
+    for (unsigned Step = 0; Step < 8 && OnPath.insert(Cur).second; ++Step) {
+      // Phis read their incoming values all at once.
+      SmallVector<std::pair<Value *, Value *>, 8> In;
+      for (PHINode &Phi : Cur->phis())
+        In.push_back({&Phi, translate(Phi.getIncomingValueForBlock(Prev))});
+      for (auto &[Phi, V] : In)
+        Known[Phi] = V;
+      BasicBlock *Next = nullptr;
+      Instruction *T = Cur->getTerminator();
+      if (auto *Br = dyn_cast<BranchInst>(T); Br && Br->isConditional()) {
+        if (auto *K =
+                dyn_cast_or_null<ConstantInt>(translate(Br->getCondition())))
+          Next = Br->getSuccessor(K->isOne() ? 0 : 1);
+      } else if (auto *Sw = dyn_cast<SwitchInst>(T)) {
+        if (auto *K =
+                dyn_cast_or_null<ConstantInt>(translate(Sw->getCondition())))
+          Next = Sw->findCaseValue(K)->getCaseSuccessor();
+      }
+      if (!Next)
+        break;
+      if (Cur != &M)
+        Through.push_back(Cur);
+      Prev = Cur;
+      Cur = Next;
+    }
+    return Cur;
+  }
+
+private:
+  /// \p V on the walk: a constant, a value computed before the walk, or
+  /// null when it is neither.
+  Value *translate(Value *V, unsigned Depth = 0) {
+    if (isa<Constant>(V))
+      return V;
+    auto *I = dyn_cast<Instruction>(V);
+    if (!I || !OnPath.contains(I->getParent())) {
+      if (auto *K = V->getType()->isIntegerTy()
+                        ? LVI.getConstantOnEdge(V, &P, &M, P.getTerminator())
+                        : nullptr)
+        return K;
+      return V;
+    }
+    if (auto It = Known.find(I); It != Known.end())
+      return It->second;
+    if (Depth > 6)
+      return nullptr;
+    Value *A, *B;
+    if (match(I, m_LogicalOr(m_Value(A), m_Value(B))) ||
+        match(I, m_LogicalAnd(m_Value(A), m_Value(B)))) {
+      bool IsOr = match(I, m_LogicalOr(m_Value(), m_Value()));
+      auto *KA = dyn_cast_or_null<Constant>(translate(A, Depth + 1));
+      auto *KB = dyn_cast_or_null<Constant>(translate(B, Depth + 1));
+      // true || x, false && x: decided by one side.
+      for (Constant *K : {KA, KB})
+        if (K && K->isOneValue() == IsOr)
+          return K;
+      return KA && KB ? KA : nullptr;
+    }
+    auto *Cmp = dyn_cast<ICmpInst>(I);
+    if (!Cmp)
+      return nullptr;
+    Value *L = translate(Cmp->getOperand(0), Depth + 1);
+    Value *R = translate(Cmp->getOperand(1), Depth + 1);
+    if (!L || !R)
+      return nullptr;
+    CmpInst::Predicate Pred = Cmp->getPredicate();
+    if (isa<Constant>(L) && !isa<Constant>(R)) {
+      std::swap(L, R);
+      Pred = CmpInst::getSwappedPredicate(Pred);
+    }
+    auto *KR = dyn_cast<Constant>(R);
+    if (!KR)
+      return nullptr;
+    if (auto *KL = dyn_cast<Constant>(L))
+      return ConstantFoldCompareInstOperands(Pred, KL, KR, M.getDataLayout());
+    return LVI.getPredicateOnEdge(Pred, L, KR, &P, &M, P.getTerminator());
+  }
+
+  LazyValueInfo &LVI;
+  BasicBlock &P;
+  BasicBlock &M;
+  SmallPtrSet<const BasicBlock *, 8> OnPath;
+  DenseMap<const Value *, Value *> Known;
+};
+} // namespace
+
+/// Where each edge P -> M leads: M, or the block its walk through the
+/// branches it decides reaches (EdgeWalk). Raise paths of inlined library
+/// helpers return a nonzero status to a block that tests it and re-raises,
+/// often through its own caller's test of the status it forwards;
+/// following the edges finds them as code that only raises, as LLVM's jump
+/// threading would after optimization, whether the helpers arrived
+/// optimized or not.
+void ControlActivity::threadEdges() {
+  AssumptionCache AC(F);
+  LazyValueInfo LVI(&AC, &F.getDataLayout());
+  for (BasicBlock &P : F)
+    for (BasicBlock *M : successors(&P)) {
+      SmallVector<const BasicBlock *, 4> Through;
+      const BasicBlock *To = EdgeWalk(LVI, P, *M).target(Through);
+      Threads[{&P, M}] = To;
+      if (To != M)
+        Via[{&P, M}] = std::move(Through);
+    }
 }
 
 void ControlActivity::run() {
@@ -313,6 +417,7 @@ void ControlActivity::run() {
     return;
   // Code that returns normally: blocks from which the normal exit is
   // reached along threaded edges without setting the exception state.
+  threadEdges();
   DenseMap<const BasicBlock *, SmallVector<const BasicBlock *, 2>> Preds;
   for (const BasicBlock &BB : F)
     for (const BasicBlock *S : successors(&BB))
@@ -326,8 +431,11 @@ void ControlActivity::run() {
   for (const BasicBlock *BB : Returning)
     for (const BasicBlock *S : successors(BB))
       if (const BasicBlock *T = threaded(*BB, *S); returns(T)) {
-        if (T != S)
-          PassedThrough.insert(S); // its code runs on the way to T
+        if (T != S) { // their code runs on the way to T
+          PassedThrough.insert(S);
+          for (const BasicBlock *V : Via.lookup({BB, S}))
+            PassedThrough.insert(V);
+        }
         if (!is_contained(Successors[BB], T))
           Successors[BB].push_back(T);
       }

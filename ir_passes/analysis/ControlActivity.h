@@ -27,7 +27,13 @@
 // (control dependence from the post-dominator tree), through memory stored
 // with tainted values or under tainted branches, and through loads at
 // tainted addresses. Branches into code that only raises are not control:
-// they have no derivative to miss, and post-dominance ignores them.
+// they have no derivative to miss, and post-dominance ignores them. Code
+// that only raises is found along edges threaded through status tests: a
+// library helper's raise path returns a nonzero status that its caller (or
+// the caller's caller, forwarding it) tests; LazyValueInfo decides each
+// test on each incoming edge, whether the helper arrived optimized (the
+// status a constant on the edge) or not (the status forwarded through
+// phis, known only from the branches that led to the edge).
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_CONTROLACTIVITY_H
@@ -37,6 +43,7 @@
 #include "driver/DecisionLog.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/SmallPtrSet.h"
+#include "llvm/ADT/SmallVector.h"
 #include "llvm/Support/Error.h"
 #include <string>
 #include <vector>
@@ -78,7 +85,10 @@ private:
   }
   const llvm::Value *conditionOf(const llvm::BasicBlock &BB) const;
   const llvm::BasicBlock *threaded(const llvm::BasicBlock &P,
-                                   const llvm::BasicBlock &M) const;
+                                   const llvm::BasicBlock &M) const {
+    return Threads.lookup({&P, &M});
+  }
+  void threadEdges();
   bool decides(const llvm::BasicBlock &BB) const;
   bool propagate(const llvm::PostDominatorTree &PDT);
   void markControlled(const llvm::BasicBlock &A, const llvm::Instruction *Why,
@@ -101,6 +111,14 @@ private:
   /// Memory roots written with tainted values or under tainted control.
   llvm::DenseMap<const llvm::Value *, const llvm::Instruction *> Memory;
   std::vector<Finding> Findings;
+  /// Where each edge P -> M of the CFG leads (see threadEdges()).
+  llvm::DenseMap<std::pair<const llvm::BasicBlock *, const llvm::BasicBlock *>,
+                 const llvm::BasicBlock *>
+      Threads;
+  /// The blocks between M and the block an edge P -> M is threaded to.
+  llvm::DenseMap<std::pair<const llvm::BasicBlock *, const llvm::BasicBlock *>,
+                 llvm::SmallVector<const llvm::BasicBlock *, 4>>
+      Via;
   llvm::SmallPtrSet<const llvm::BasicBlock *, 32> Returning;
   /// The returning blocks each returning block leads to (edges threaded
   /// through status tests, see threaded()).
