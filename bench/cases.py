@@ -849,6 +849,28 @@ class ArrayParams(Kernel):
             ]
         return lambda: enzpy.autodiff(self.fn, *args, *self.consts, mode=Forward)
 
+    def jax_gradient(self, f):
+        """A callable computing the jitted JAX gradient of f over the parameters."""
+        import jax
+        import jax.numpy as jnp
+
+        g = jax.jit(jax.grad(f, argnums=tuple(range(len(self.params)))))
+        args = [jnp.asarray(p) for p in self.params]
+        return lambda: jax.block_until_ready(g(*args))
+
+    def torch_gradient(self, f):
+        """A callable running PyTorch's backward pass of f over the parameters."""
+        import torch
+
+        ps = [torch.tensor(p, requires_grad=True) for p in self.params]
+
+        def run():
+            for p in ps:
+                p.grad = None
+            f(*ps).backward()
+
+        return run
+
 
 class GMM(ArrayParams):
     name = "gmm"
@@ -884,27 +906,17 @@ class GMM(ArrayParams):
         return f
 
     def jax(self):
-        import jax
         import jax.numpy as jnp
         from jax.scipy.special import logsumexp
 
         f = self.peer_loss(jnp, jnp.asarray(self.consts[0]), lambda a, ax: logsumexp(a, axis=ax))
-        g = jax.jit(jax.grad(f, argnums=(0, 1, 2)))
-        args = [jnp.asarray(p) for p in self.params]
-        return lambda: jax.block_until_ready(g(*args))
+        return self.jax_gradient(f)
 
     def torch(self):
         import torch
 
         f = self.peer_loss(torch, torch.tensor(self.consts[0]), torch.logsumexp)
-        ps = [torch.tensor(p, requires_grad=True) for p in self.params]
-
-        def run():
-            for p in ps:
-                p.grad = None
-            f(*ps).backward()
-
-        return run
+        return self.torch_gradient(f)
 
 
 class MLP(ArrayParams):
@@ -958,6 +970,143 @@ class MLP(ArrayParams):
         return run
 
 
+@numba.njit
+def _log_sum_exp(v):
+    mx = v[0]
+    for c in range(1, v.shape[0]):
+        if v[c] > mx:
+            mx = v[c]
+    se = 0.0
+    for c in range(v.shape[0]):
+        se += math.exp(v[c] - mx)
+    return mx + math.log(se)
+
+
+@numba.njit
+def gmm_scratch_objective(alphas, means, icf, x, wishart_gamma, wishart_m):
+    # ADBench's full-covariance GMM written the way C programmers write it:
+    # scratch vectors xc, qxc and main allocated once and reused for every
+    # sample, and the strictly lower triangle of Q_c applied by a triangular
+    # loop with a running index into icf[c, d:] (column by column).
+    n, d = x.shape
+    k = alphas.shape[0]
+    xc = np.empty(d)
+    qxc = np.empty(d)
+    main = np.empty(k)
+    sum_qs = np.empty(k)
+    for c in range(k):
+        s = 0.0
+        for j in range(d):
+            s += icf[c, j]
+        sum_qs[c] = s
+    slse = 0.0
+    for i in range(n):
+        for c in range(k):
+            for j in range(d):
+                xc[j] = x[i, j] - means[c, j]
+            for j in range(d):
+                qxc[j] = math.exp(icf[c, j]) * xc[j]
+            li = d
+            for col in range(d):
+                for row in range(col + 1, d):
+                    qxc[row] += icf[c, li] * xc[col]
+                    li += 1
+            sq = 0.0
+            for j in range(d):
+                sq += qxc[j] * qxc[j]
+            main[c] = alphas[c] + sum_qs[c] - 0.5 * sq
+        slse += _log_sum_exp(main)
+    prior = 0.0
+    for c in range(k):
+        fro = 0.0
+        for j in range(d):
+            e = math.exp(icf[c, j])
+            fro += e * e
+        for j in range(d, icf.shape[1]):
+            fro += icf[c, j] * icf[c, j]
+        prior += 0.5 * wishart_gamma * wishart_gamma * fro - wishart_m * sum_qs[c]
+    const = -0.5 * n * d * math.log(2.0 * math.pi)
+    return const + slse - n * _log_sum_exp(alphas) + prior
+
+
+class GMMScratch(ArrayParams):
+    name = "gmm_scratch"
+    fn = staticmethod(gmm_scratch_objective)
+
+    def __init__(self, d, k, n):
+        self.description = (
+            f"ADBench GMM (full covariance), C style: reused scratch vectors and a "
+            f"triangular update, d={d}, k={k}, n={n}"
+        )
+        rng = np.random.default_rng(7)
+        self.params = [
+            rng.standard_normal(k),
+            rng.standard_normal((k, d)),
+            0.1 * rng.standard_normal((k, d + d * (d - 1) // 2)),
+        ]
+        self.shadows = [np.zeros_like(p) for p in self.params]
+        self.consts = [rng.standard_normal((n, d)), 1.0, 0.0]
+
+    def peer_loss(self, xp, x, logsumexp, lower):
+        """The same objective vectorized, for the array library xp; ``lower``
+        builds each component's Q from icf (diagonal exp, then the strictly
+        lower triangle column by column)."""
+        _, gamma, m = self.consts
+        n, d = x.shape
+
+        def f(alphas, means, icf):
+            q = lower(icf)
+            sum_qs = xp.sum(icf[:, :d], 1)
+            xc = x[:, None, :] - means[None, :, :]
+            qxc = xp.einsum("kab,nkb->nka", q, xc)
+            main = alphas[None, :] + sum_qs[None, :] - 0.5 * xp.sum(qxc * qxc, 2)
+            slse = xp.sum(logsumexp(main, 1))
+            prior = 0.5 * gamma * gamma * (
+                xp.sum(xp.exp(icf[:, :d]) ** 2) + xp.sum(icf[:, d:] ** 2)
+            ) - m * xp.sum(sum_qs)
+            const = -0.5 * n * d * math.log(2.0 * math.pi)
+            return const + slse - n * logsumexp(alphas, 0) + prior
+
+        return f
+
+    def _tril(self):
+        d = self.consts[0].shape[1]
+        rows = [r for c in range(d) for r in range(c + 1, d)]
+        cols = [c for c in range(d) for r in range(c + 1, d)]
+        return d, rows, cols
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+        from jax.scipy.special import logsumexp
+
+        d, rows, cols = self._tril()
+        k = self.params[0].shape[0]
+
+        def lower(icf):
+            q = jnp.zeros((k, d, d)).at[:, rows, cols].set(icf[:, d:])
+            return q + jax.vmap(jnp.diag)(jnp.exp(icf[:, :d]))
+
+        f = self.peer_loss(
+            jnp, jnp.asarray(self.consts[0]), lambda a, ax: logsumexp(a, axis=ax), lower
+        )
+        return self.jax_gradient(f)
+
+    def torch(self):
+        import torch
+
+        d, rows, cols = self._tril()
+        k = self.params[0].shape[0]
+
+        def lower(icf):
+            q = torch.zeros((k, d, d), dtype=icf.dtype)
+            q = q.index_put((slice(None), torch.tensor(rows), torch.tensor(cols)), icf[:, d:])
+            return q + torch.diag_embed(torch.exp(icf[:, :d]))
+
+        f = self.peer_loss(torch, torch.tensor(self.consts[0]), torch.logsumexp, lower)
+        return self.torch_gradient(f)
+
+
 def make_kernels(quick):
     if quick:
         return [
@@ -968,6 +1117,7 @@ def make_kernels(quick):
             LorenzArray(10**3),
             Dot(10**5),
             GMM(5, 10, 200),
+            GMMScratch(5, 10, 200),
             MLP(32, 64, 10, 64),
         ]
     return [
@@ -978,5 +1128,6 @@ def make_kernels(quick):
         LorenzArray(10**4),
         Dot(10**6),
         GMM(10, 25, 1000),
+        GMMScratch(10, 25, 1000),
         MLP(784, 128, 10, 256),
     ]
