@@ -14,6 +14,8 @@ level, in the way Enzyme does it.
 See docs/design.md for the contract.
 """
 
+from . import _builtin_rules  # noqa: F401 - registers enzpy's own rules
+from ._rules import inactive, partials, register_partials, stop_gradient
 from .annotations import (
     Active,
     BatchDuplicated,
@@ -59,6 +61,10 @@ __all__ = [
     "derivative",
     "explain",
     "strict",
+    "register_partials",
+    "partials",
+    "inactive",
+    "stop_gradient",
     "Const",
     "Active",
     "Duplicated",

@@ -20,7 +20,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.core.errors import NumbaError
 from numba.core.registry import CPUDispatcher
 
-from . import _cache, _link, _native
+from . import _cache, _link, _native, _rules
 from ._aliasing import check_arguments
 from ._capture import Captured, as_dispatcher, capture, compiled_overload
 from ._config import STRICT, jit_target, target_context
@@ -60,10 +60,13 @@ class Entry:
 
 
 def dispatcher(f: Any) -> Dispatcher:
-    """The numba dispatcher of ``f`` (compiled with njit if plain Python)."""
-    if type(f) is CPUDispatcher:
-        return f
-    return as_dispatcher(f)
+    """The numba dispatcher of ``f`` (compiled with njit if plain Python);
+    for a function with a user rule, a function that calls it, so that the
+    rule gives its derivative (``_rules``)."""
+    disp = f if type(f) is CPUDispatcher else as_dispatcher(f)
+    if _rules.partials_for(disp) is not None or _rules.is_inactive(disp):
+        return _rules.through(disp)
+    return disp
 
 
 def function_name(disp: Any) -> str:
@@ -137,7 +140,14 @@ def _run_engine(
     try:
         return _native.differentiate(
             captured.bitcode if module is None else module,
-            {**sig.request, "log": log, **jit_target(), **fields},
+            {
+                **sig.request,
+                "log": log,
+                **jit_target(),
+                "rules": captured.rules,
+                "inactive": captured.inactive,
+                **fields,
+            },
         )
     except (UnsupportedError, ActivityError) as e:
         # The engine names no line: at least name the function.
@@ -198,7 +208,17 @@ def entry(b: Bound, noalias: bool | None = None) -> Entry:
     # froze into the code f(...) runs, and is rebuilt when numba recompiles.
     overload = compiled_overload(b.disp, tuple(b.prepared.argtypes))
     # Strict mode refuses what non-strict mode builds: keyed apart.
-    key = (id(b.disp), id(overload), b.mode, b.ret_active, b.prepared.key, disjoint, b.strict)
+    # Derivatives built before a rule was registered are not reused.
+    key = (
+        id(b.disp),
+        id(overload),
+        b.mode,
+        b.ret_active,
+        b.prepared.key,
+        disjoint,
+        b.strict,
+        _rules.generation(),
+    )
     found = _cache.lookup(key)
     if found is None:
         found = _cache.get_or_build(key, lambda: _build(b, disjoint, overload))
@@ -246,7 +266,7 @@ def hvp_entry(f: Any, x: np.ndarray, v: np.ndarray, args: tuple[Any, ...], noali
     prepared = prepare((Duplicated(x, v), *args), Forward)
     overload = compiled_overload(disp, tuple(prepared.argtypes))
     strict = STRICT.get()
-    key = ("hvp", id(disp), id(overload), prepared.key, noalias, strict)
+    key = ("hvp", id(disp), id(overload), prepared.key, noalias, strict, _rules.generation())
     found = _cache.lookup(key)
     if found is None:
         found = _cache.get_or_build(

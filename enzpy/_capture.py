@@ -35,6 +35,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 from numba.core.registry import CPUDispatcher
 
+from . import _rules
 from .errors import CompilationError, EnzpyTypeError, InternalError, UnsupportedError
 
 __all__ = ["Captured", "as_dispatcher", "capture", "compiled_overload"]
@@ -77,6 +78,10 @@ class Captured:
     #: reads its Environment through that global (e.g. to raise an exception
     #: with runtime arguments); whoever loads derived code must set it.
     environments: list[tuple[str, Any]] = field(default_factory=list)
+    #: User rules the module needs (engine request fields "rules" and
+    #: "inactive", see ``_rules``).
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    inactive: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         """The module as LLVM IR text (for debugging)."""
@@ -531,19 +536,14 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
         environments = [(cres.fndesc.env_name, cres.environment)]
 
         # Bring in the bodies of njit callees, captured the same way, under the
-        # names the callers use.
+        # names the callers use; and for callees with user rules (``_rules``),
+        # their partials functions.
         captured_keys: set[tuple[int, tuple[types.Type, ...]]] = {(id(disp), argtypes)}
         pending = _njit_callees(cres)
         dispatchers = {id(disp): disp}
-        while pending:
-            callee, args, symbol = pending.pop(0)
-            dispatchers[id(callee)] = callee
-            key = (id(callee), args)
-            if key in captured_keys or symbol in _defined_functions(module):
-                continue
-            captured_keys.add(key)
-            if symbol not in _referenced(module):
-                continue
+        rules = _RulesFound()
+
+        def bring(callee: NumbaDispatcher, args: tuple[types.Type, ...], symbol: str) -> Any:
             sub_cres, sub_lib = _compile_copy(callee, args)
             sub = _link_recorded(sub_lib)
             sub = _named_as(sub, sub_cres.fndesc.mangled_name, symbol)
@@ -556,6 +556,28 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
             linking.extend(sub_lib._linking_libraries)
             environments.append((sub_cres.fndesc.env_name, sub_cres.environment))
             pending.extend(_njit_callees(sub_cres))
+            return sub_cres
+
+        def bring_partials(df: NumbaDispatcher, args: tuple[types.Type, ...]) -> str:
+            symbol: str = _overload(df, args).fndesc.mangled_name
+            if symbol not in _defined_functions(module):
+                bring(df, args, symbol)
+            return symbol
+
+        while True:
+            while pending:
+                callee, args, symbol = pending.pop(0)
+                dispatchers[id(callee)] = callee
+                key = (id(callee), args)
+                if key in captured_keys or symbol in _defined_functions(module):
+                    continue
+                captured_keys.add(key)
+                if symbol not in _referenced(module):
+                    continue
+                sub_cres = bring(callee, args, symbol)
+                rules.note_njit(callee, args, symbol, sub_cres, bring_partials)
+            if not rules.note_c(module, bring_partials):
+                break
 
         # numba's own compiled helpers (np.zeros, np.sum, x**n, ...): link their
         # bodies from the finalized libraries that define still-declared
@@ -612,4 +634,145 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
         line=getattr(code, "co_firstlineno", None),
         libraries=libraries,
         environments=environments,
+        rules=rules.rules,
+        inactive=rules.inactive,
     )
+
+
+class _RulesFound:
+    """The user rules (``_rules``) a captured module needs: the engine
+    request's ``rules`` and ``inactive`` entries."""
+
+    def __init__(self) -> None:
+        self.rules: list[dict[str, Any]] = []
+        self.inactive: list[str] = []
+        self._c_done: set[str | int] = set()
+
+    def note_njit(
+        self,
+        callee: NumbaDispatcher,
+        args: tuple[types.Type, ...],
+        symbol: str,
+        cres: Any,
+        bring_partials: Any,
+    ) -> None:
+        if _rules.is_inactive(callee):
+            self.inactive.append(symbol)
+            return
+        df = _rules.partials_for(callee)
+        if df is None:
+            return
+        name = f"{callee.py_func.__qualname__}({', '.join(map(str, args))})"
+        _check_rule_types(name, args, cres.signature.return_type)
+        self._add(symbol, None, name, df, args, bring_partials)
+
+    def note_c(self, module: llvm.ModuleRef, bring_partials: Any) -> bool:
+        """Add the C functions with rules that ``module`` calls; whether any
+        was new (its partials function may call more)."""
+        new = False
+        declared = _declared(module)
+        addresses = _rules.addresses_called(str(module)) if _rules.c_rules() else set()
+        for rule in _rules.c_rules():
+            key = rule.symbol if rule.symbol is not None else rule.address
+            assert key is not None
+            if key in self._c_done:
+                continue
+            if rule.symbol is not None and rule.symbol in declared:
+                args = _c_argtypes(module.get_function(rule.symbol), rule.display)
+            elif rule.address is not None and rule.address in addresses:
+                assert rule.argtypes is not None
+                args = rule.argtypes
+            else:
+                continue
+            self._c_done.add(key)
+            self._add(rule.symbol, rule.address, rule.display, rule.partials, args, bring_partials)
+            new = True
+        return new
+
+    def _add(
+        self,
+        symbol: str | None,
+        address: int | None,
+        name: str,
+        df: NumbaDispatcher,
+        args: tuple[types.Type, ...],
+        bring_partials: Any,
+    ) -> None:
+        try:
+            p_symbol = bring_partials(df, args)
+        except CompilationError as e:
+            raise CompilationError(
+                f"the partial derivatives registered for {name} do not compile for "
+                f"its arguments: {e}",
+                file=e.file,
+                line=e.line,
+            ) from e
+        n_floats = sum(isinstance(a, types.Float) for a in args)
+        found = _overload(df, args).signature.return_type
+        _check_partials_type(name, df, found, n_floats)
+        outputs = [found] if isinstance(found, types.Float) else list(_members(found))
+        entry: dict[str, Any] = {
+            "partials": p_symbol,
+            "display": name,
+            "outputs": ["float" if t == types.float32 else "double" for t in outputs],
+        }
+        if symbol is not None:
+            entry["callee"] = symbol
+        else:
+            entry["address"] = address
+        self.rules.append(entry)
+
+
+def _check_rule_types(name: str, args: tuple[types.Type, ...], restype: types.Type) -> None:
+    if not isinstance(restype, types.Float) or not all(
+        isinstance(a, types.Float | types.Integer | types.Boolean) for a in args
+    ):
+        raise UnsupportedError(
+            f"a rule given by partial derivatives is for a function of scalars returning "
+            f"one float; {name} returns {restype}"
+        )
+
+
+def _members(tup: types.Type) -> tuple[types.Type, ...]:
+    """The member types of a numba tuple type."""
+    return tuple(getattr(tup, "types", ()))
+
+
+def _check_partials_type(name: str, df: Any, found: types.Type, n_floats: int) -> None:
+    ok = (n_floats == 1 and isinstance(found, types.Float)) or (
+        isinstance(found, types.BaseTuple)
+        and len(_members(found)) == n_floats
+        and all(isinstance(t, types.Float) for t in _members(found))
+    )
+    if not ok:
+        expected = "one float" if n_floats == 1 else f"a tuple of {n_floats} floats"
+        raise EnzpyTypeError(
+            f"the partial derivatives registered for {name} "
+            f"({df.py_func.__qualname__}) return {found}; expected {expected}, the "
+            "derivative with respect to each float argument in order"
+        )
+
+
+_LLVM_SCALARS: dict[str, types.Type] = {
+    "double": types.float64,
+    "float": types.float32,
+    "i64": types.int64,
+    "i32": types.int32,
+    "i16": types.int16,
+    "i8": types.int8,
+}
+
+
+def _c_argtypes(fn: llvm.ValueRef, name: str) -> tuple[types.Type, ...]:
+    """numba types of a C function's parameters, from its declaration."""
+    params = _declaration(fn).split("(", 1)[1].rsplit(")", 1)[0]
+    found: list[types.Type] = []
+    for p in (x.strip() for x in params.split(",") if x.strip()):
+        t = _LLVM_SCALARS.get(p.split()[0])
+        if t is None:
+            raise UnsupportedError(
+                f"a rule given by partial derivatives is for a function of scalars; "
+                f"the C function {name} takes {p}"
+            )
+        found.append(t)
+    return tuple(found)

@@ -30,13 +30,6 @@ def sign(x):
     return math.copysign(1.0, x)
 
 
-NO_RULE_YET = pytest.mark.xfail(
-    raises=enzpy.UnsupportedError,
-    strict=True,
-    reason="the engine has no derivative rule for this libm/numba function yet "
-    "(lgamma, numba_gamma); remove this mark when it has",
-)
-
 # name, function of x, analytic derivative, points
 UNARY = [
     ("math.sin", lambda x: math.sin(x), lambda x: math.cos(x), (0.3, -1.7, 4.0)),
@@ -66,14 +59,12 @@ UNARY = [
         lambda x: math.lgamma(x),
         lambda x: scipy.special.digamma(x),
         (0.7, 3.5),
-        marks=NO_RULE_YET,
     ),
     pytest.param(
         "math.gamma",
         lambda x: math.gamma(x),
         lambda x: math.gamma(x) * scipy.special.digamma(x),
         (0.7, 3.5),
-        marks=NO_RULE_YET,
     ),
     ("math.degrees", lambda x: math.degrees(x), lambda x: 180 / math.pi, (0.3,)),
     ("math.radians", lambda x: math.radians(x), lambda x: math.pi / 180, (30.0,)),

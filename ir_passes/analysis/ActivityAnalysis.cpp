@@ -4,6 +4,7 @@
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
 #include "rules/DerivativeRules.h"
+#include "rules/UserRules.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
@@ -162,9 +163,17 @@ Error ActivityAnalysis::checkRecursiveCall(const CallBase &CB) const {
 
 Error ActivityAnalysis::checkCall(const CallBase &CB) const {
   const Function *Callee = CB.getCalledFunction();
-  if (!Callee)
-    return makeError("unsupported", "an indirect call cannot be differentiated",
+  if (!Callee) {
+    if (touchesOnlyInactiveData(CB))
+      return Error::success();
+    return makeError("unsupported",
+                     "a call of a function through its address (a ctypes "
+                     "function, a cfunc, a function pointer) cannot be "
+                     "differentiated: its body is not available; give it a "
+                     "derivative with enzpy.register_partials, or declare "
+                     "it enzpy.inactive",
                      &CB);
+  }
   if (findCallRule(Callee))
     return Error::success();
   if (std::optional<BlasCall> Blas = matchBlasCall(CB)) {
@@ -248,6 +257,24 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                          &CB);
     return Error::success();
   }
+  // A function declared inactive (enzpy.inactive) carries no derivative:
+  // its result and what it writes are constants, which is only right when
+  // it writes nothing that carries derivatives.
+  if (isInactiveFunction(Callee)) {
+    for (unsigned K = 0; K < CB.arg_size(); ++K) {
+      const Value *A = CB.getArgOperand(K);
+      if (A->getType()->isPointerTy() && pointsToActive(A) &&
+          mayWriteThrough(*Callee, K))
+        return makeError("unsupported",
+                         "'" + ruleFunctionName(*Callee) +
+                             "' is declared inactive (enzpy.inactive) but "
+                             "writes into memory that carries derivatives (" +
+                             describeMemory(A) +
+                             "); an inactive function may only read it",
+                         &CB);
+    }
+    return Error::success();
+  }
   // A call that neither reads nor writes anything differentiable needs no
   // derivative, whatever it calls (LAPACK on constant matrices, print,
   // random numbers): its result and the memory it writes are inactive.
@@ -268,7 +295,9 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                    What + " cannot be differentiated: its body is not "
                           "available (an external or runtime function), no "
                           "derivative rule is registered for it, and it reads "
-                          "or writes data that carries derivatives",
+                          "or writes data that carries derivatives; a "
+                          "function of scalars gets a rule with "
+                          "enzpy.register_partials",
                    &CB);
 }
 

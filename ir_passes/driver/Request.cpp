@@ -113,6 +113,34 @@ Expected<Request> parseRequest(StringRef Json) {
                  "\"double\" or \"float\"");
     R.Params.push_back(S);
   }
+  if (const json::Array *Rules = Obj->getArray("rules"))
+    for (const json::Value &RV : *Rules) {
+      const json::Object *RO = RV.getAsObject();
+      if (!RO || !RO->getString("partials"))
+        return bad("a 'rules' entry needs a string field 'partials'");
+      RuleSpec S;
+      S.Callee = RO->getString("callee").value_or("").str();
+      S.Address = static_cast<uint64_t>(RO->getInteger("address").value_or(0));
+      S.Partials = RO->getString("partials")->str();
+      S.Display = RO->getString("display").value_or(S.Callee).str();
+      if (const json::Array *Outs = RO->getArray("outputs"))
+        for (const json::Value &OV : *Outs) {
+          std::optional<StringRef> T = OV.getAsString();
+          if (!T || (*T != "double" && *T != "float"))
+            return bad("a rule's 'outputs' are \"double\" or \"float\"");
+          S.Outputs.push_back(T->str());
+        }
+      if (S.Callee.empty() == (S.Address == 0))
+        return bad("a 'rules' entry names either a 'callee' or an 'address'");
+      R.Rules.push_back(std::move(S));
+    }
+  if (const json::Array *Inactive = Obj->getArray("inactive"))
+    for (const json::Value &IV : *Inactive) {
+      std::optional<StringRef> Name = IV.getAsString();
+      if (!Name)
+        return bad("'inactive' must list symbols");
+      R.Inactive.push_back(Name->str());
+    }
   return R;
 }
 

@@ -32,6 +32,23 @@ struct ParamSpec {
   }
 };
 
+/// A derivative rule given by partial derivatives (rules/UserRules.h).
+struct RuleSpec {
+  /// The function it is for: a symbol (an njit function's, or a declared C
+  /// function's), or, when Address is set, the address of a C function
+  /// called through a constant pointer.
+  std::string Callee;
+  uint64_t Address = 0;
+  /// The numba function giving the partial derivatives.
+  std::string Partials;
+  /// The name to use in messages (the Python or C name).
+  std::string Display;
+  /// The float types ("double", "float") of what the partials function
+  /// returns, one per float argument of the function, in order: a float, or
+  /// a tuple laid out as a structure of them.
+  llvm::SmallVector<std::string, 3> Outputs;
+};
+
 enum class Mode { Reverse, Forward };
 
 /// The largest batch width a request may ask for.
@@ -70,6 +87,10 @@ struct Request {
   /// kind "piecewise" instead of a log entry.
   bool StrictControl = false;
   llvm::SmallVector<ParamSpec, 16> Params;
+  /// User rules (rules/UserRules.h): rules by partial derivatives, and the
+  /// symbols of functions whose calls carry no derivative.
+  llvm::SmallVector<RuleSpec, 2> Rules;
+  llvm::SmallVector<std::string, 2> Inactive;
 };
 
 llvm::Expected<Request> parseRequest(llvm::StringRef Json);

@@ -1,6 +1,7 @@
 //===- DerivativeRules.cpp - the table of scalar derivative rules ---------===//
 #include "rules/DerivativeRules.h"
 #include "numba/NumbaABI.h"
+#include "rules/UserRules.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
@@ -320,6 +321,8 @@ const ScalarRule *findRow(ScalarRule::KeyKind On, StringRef Name) {
 const ScalarRule *findCallRule(const Function *Callee) {
   if (!Callee)
     return nullptr;
+  if (Callee->hasFnAttribute(PartialsAttr))
+    return userRule();
   StringRef Name;
   if (Callee->isIntrinsic()) {
     Name = Intrinsic::getBaseName(Callee->getIntrinsicID());
@@ -357,6 +360,11 @@ unsigned ruleOperandCount(const Instruction &I) {
   if (auto *CB = dyn_cast<CallBase>(&I))
     return CB->arg_size();
   return I.getNumOperands();
+}
+
+const Function *ruleCallee(const Instruction &I) {
+  auto *CB = dyn_cast<CallBase>(&I);
+  return CB ? CB->getCalledFunction() : nullptr;
 }
 
 ArrayRef<ScalarRule> scalarRules() { return Rules; }

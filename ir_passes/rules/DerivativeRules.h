@@ -92,8 +92,9 @@ class RuleExpr {
 public:
   RuleExpr(llvm::IRBuilder<> &B, llvm::Type *Ty,
            llvm::function_ref<llvm::Value *(unsigned)> Operand,
-           llvm::function_ref<llvm::Value *()> Result)
-      : B(B), Ty(Ty), OperandFn(Operand), ResultFn(Result) {}
+           llvm::function_ref<llvm::Value *()> Result,
+           const llvm::Function *Callee = nullptr)
+      : B(B), Ty(Ty), Callee(Callee), OperandFn(Operand), ResultFn(Result) {}
 
   llvm::Value *x(unsigned I) { return OperandFn(I); }
   llvm::Value *result() { return ResultFn(); }
@@ -136,6 +137,9 @@ public:
   llvm::IRBuilder<> &B;
   /// The float type of the result.
   llvm::Type *Ty;
+  /// The called function, for a call (rows for user rules read their
+  /// partials function from it, rules/UserRules.h).
+  const llvm::Function *Callee;
 
 private:
   llvm::function_ref<llvm::Value *(unsigned)> OperandFn;
@@ -178,12 +182,15 @@ llvm::ArrayRef<LibraryFunction> libraryFunctions();
 
 /// The row for \p I (an instruction by opcode, or a call by callee), or null.
 const ScalarRule *findScalarRule(const llvm::Instruction &I);
-/// The row for calls to \p Callee, or null.
+/// The row for calls to \p Callee, or null. A function carrying a user
+/// rule (rules/UserRules.h) has the user row, for any number of operands.
 const ScalarRule *findCallRule(const llvm::Function *Callee);
 /// The operands a rule's partials refer to: a call's arguments, or an
 /// instruction's operands.
 const llvm::Value *ruleOperand(const llvm::Instruction &I, unsigned K);
 unsigned ruleOperandCount(const llvm::Instruction &I);
+/// The function \p I calls (for RuleExpr), or null.
+const llvm::Function *ruleCallee(const llvm::Instruction &I);
 /// Every row, for documentation and tests.
 llvm::ArrayRef<ScalarRule> scalarRules();
 

@@ -54,6 +54,7 @@
 #include "rules/BlasRules.h"
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
+#include "rules/UserRules.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
@@ -563,6 +564,7 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
   // that only read change no value.)
   if (auto *CB = dyn_cast<CallBase>(&PI))
     if (!findCallRule(CB->getCalledFunction()) &&
+        !isInactiveFunction(CB->getCalledFunction()) &&
         !numba::isAllocationCall(CB) && !numba::isRefcountCall(PI) &&
         !CB->isLifetimeStartOrEnd() &&
         !(isa<IntrinsicInst>(CB) && !CB->mayWriteToMemory()))
@@ -591,7 +593,7 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
     // function_ref does not own its callable: keep the lambdas alive.
     auto Operand = [&](unsigned I) { return mapped(ruleOperand(PI, I)); };
     auto Result = [&]() -> Value * { return DI; };
-    RuleExpr X(B, Ty, Operand, Result);
+    RuleExpr X(B, Ty, Operand, Result, ruleCallee(PI));
     SmallVector<std::pair<Partial, const Value *>, 3> Parts;
     for (unsigned I = 0, N = ruleOperandCount(PI); I < N; ++I) {
       const Value *Op = ruleOperand(PI, I);

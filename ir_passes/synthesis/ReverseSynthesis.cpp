@@ -471,7 +471,7 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
   // function_ref does not own its callable: keep the lambdas alive.
   auto Operand = [&](unsigned K) { return fetchPrimal(ruleOperand(I, K), R); };
   auto Result = [&]() { return fetchPrimal(&I, R); };
-  RuleExpr X(RB, I.getType(), Operand, Result);
+  RuleExpr X(RB, I.getType(), Operand, Result, ruleCallee(I));
   for (unsigned K = 0, N = ruleOperandCount(I); K < N; ++K) {
     const Value *Op = ruleOperand(I, K);
     if (!AA.isActive(Op))

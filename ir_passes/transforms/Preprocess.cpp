@@ -3,6 +3,7 @@
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
 #include "rules/DerivativeRules.h"
+#include "rules/UserRules.h"
 #include "transforms/PostOpt.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/SCCIterator.h"
@@ -168,7 +169,8 @@ static void isolate(Module &M, Function &F, StringSet<> &Recursive,
             Work.push_back(G);
   StringSet<> Renamed;
   for (Function &G : M) {
-    if (G.isDeclaration() || &G == &F || isLibraryFunction(G))
+    if (G.isDeclaration() || &G == &F || isLibraryFunction(G) ||
+        isRuleHelper(G) || isInactiveFunction(&G))
       continue;
     if (!Kept.contains(&G)) {
       G.deleteBody();
@@ -189,7 +191,7 @@ static void isolate(Module &M, Function &F, StringSet<> &Recursive,
   while (Changed) {
     Changed = false;
     for (Function &G : make_early_inc_range(M))
-      if (&G != &F && G.use_empty()) {
+      if (&G != &F && G.use_empty() && !isRuleHelper(G)) {
         G.eraseFromParent();
         Changed = true;
       }
@@ -212,7 +214,7 @@ static void inlineCallees(Module &M, Function &F,
     if (&G == &F || G.isDeclaration() || isLibraryFunction(G))
       continue;
     G.removeFnAttr(Attribute::OptimizeNone);
-    if (Recursive.contains(G.getName())) {
+    if (Recursive.contains(G.getName()) || isInactiveFunction(&G)) {
       G.removeFnAttr(Attribute::AlwaysInline);
       G.addFnAttr(Attribute::NoInline);
       continue;
@@ -220,10 +222,21 @@ static void inlineCallees(Module &M, Function &F,
     G.removeFnAttr(Attribute::NoInline);
     G.addFnAttr(Attribute::AlwaysInline);
   }
+  // The partials functions of user rules are inlined where they are called
+  // (in a derivative differentiated again) and kept for the derivative to
+  // call: not discardable while the inliner runs.
+  SmallVector<Function *, 2> Helpers;
+  for (Function &G : M)
+    if (isRuleHelper(G) && G.hasLocalLinkage()) {
+      G.setLinkage(GlobalValue::ExternalLinkage);
+      Helpers.push_back(&G);
+    }
   PassContext P;
   ModulePassManager MPM;
   MPM.addPass(AlwaysInlinerPass(/*InsertLifetimeIntrinsics=*/false));
   MPM.run(M, P.MAM);
+  for (Function *G : Helpers)
+    G->setLinkage(GlobalValue::InternalLinkage);
 }
 
 static void runCanonicalPasses(Function &F) {
@@ -502,6 +515,8 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
                                       "pointer");
   }
   numba::resolveRecursiveCalls(M);
+  if (Error E = applyUserRules(M, Req))
+    return std::move(E);
   replaceLibraryFunctions(M);
   markOrigins(M);
   StringSet<> Recursive = findRecursive(M);
@@ -526,6 +541,12 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
     Recursive.insert(Copy->getName());
   }
   inlineCallees(M, *F, Recursive);
+  // Inactive functions stay calls: in canonical form, what they write
+  // through their parameters can be read off their bodies (the activity
+  // analysis refuses writes into memory that carries derivatives).
+  for (Function &G : M)
+    if (isInactiveFunction(&G) && !G.isDeclaration())
+      runCanonicalPasses(G);
   isolate(M, *F, Recursive, Req.Name);
   return canonicalize(*F, Recursive);
 }

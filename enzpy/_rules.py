@@ -1,0 +1,226 @@
+"""User derivative rules: the Python side of ``rules/UserRules`` in the engine.
+
+A rule attaches to a function and is used wherever that function is called
+inside a differentiated kernel, at any depth, and when it is differentiated
+directly:
+
+* ``register_partials(f, df)``: ``f`` is a function of scalars returning one
+  float -- an njit function, a C function numba calls by symbol
+  (``numba.types.ExternalFunction``, or its name as a string), or a C function
+  called through its address (a ctypes function, a numba ``cfunc``) -- and
+  ``df`` an njit function of the same arguments returning the partial
+  derivatives of ``f`` with respect to its float arguments (a float, or a
+  tuple in argument order). The engine derives forward, reverse, batch and
+  higher-order derivatives from them; ``df`` is compiled code, inlined.
+* ``inactive(f)``: calls of the njit function ``f`` carry no derivative.
+* ``stop_gradient(x)``: ``x`` as a value without derivative.
+
+Rules live in one registry; its ``generation`` changes with every
+registration, so that derivatives built before are not reused (the build
+cache's keys include it). enzpy's own rules (``_builtin_rules``: ``lgamma``,
+``gamma``) are registered through the same functions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+from numba.core import types
+from numba.core.dispatcher import Dispatcher
+
+from .errors import EnzpyTypeError
+
+__all__ = [
+    "CRule",
+    "generation",
+    "inactive",
+    "inactive_dispatchers",
+    "partials_for",
+    "c_rules",
+    "register_partials",
+    "stop_gradient",
+]
+
+
+@dataclass(frozen=True)
+class CRule:
+    """A rule for a C function: by symbol, or by address with its types."""
+
+    #: The symbol numba declares, or None for a function called by address.
+    symbol: str | None
+    address: int | None
+    #: numba types of the arguments (by address: from ctypes or the cfunc).
+    argtypes: tuple[types.Type, ...] | None
+    partials: Dispatcher
+    display: str
+
+
+_partials: dict[int, tuple[Dispatcher, Dispatcher]] = {}
+_c_rules: dict[str | int, CRule] = {}
+_inactive: dict[int, Dispatcher] = {}
+_generation = itertools.count(1)
+_current = 0
+
+
+def _bump() -> None:
+    global _current
+    _current = next(_generation)
+
+
+def generation() -> int:
+    """Changes whenever a rule is registered."""
+    return _current
+
+
+def _njit(df: Any, what: str) -> Dispatcher:
+    if isinstance(df, Dispatcher):
+        return df
+    if callable(df):
+        compiled: Dispatcher = numba.njit(df)
+        return compiled
+    raise EnzpyTypeError(f"{what} must be an njit function (or a plain Python one), got {df!r}")
+
+
+_CTYPES: dict[Any, types.Type] = {
+    ctypes.c_double: types.float64,
+    ctypes.c_float: types.float32,
+    ctypes.c_int: types.intc,
+    ctypes.c_long: types.long_,
+    ctypes.c_longlong: types.longlong,
+    ctypes.c_int32: types.int32,
+    ctypes.c_int64: types.int64,
+}
+
+
+def _ctypes_argtypes(fn: Any, name: str) -> tuple[types.Type, ...]:
+    out: list[types.Type] = []
+    for t in fn.argtypes or ():
+        nt = _CTYPES.get(t)
+        if nt is None:
+            raise EnzpyTypeError(
+                f"a rule by partial derivatives needs a C function of scalars; "
+                f"{name} takes a {t.__name__}"
+            )
+        out.append(nt)
+    return tuple(out)
+
+
+def register_partials(f: Any, partials: Any) -> Any:
+    """Give ``f`` its derivative by partial derivatives: ``partials`` takes
+    ``f``'s arguments and returns ``d f / d x`` for each float argument ``x``
+    (one float, or a tuple of floats in argument order). ``f`` is an njit
+    function, a C function (``numba.types.ExternalFunction``, a symbol name,
+    a ctypes function or a numba ``cfunc``) of scalars returning one float.
+    Returns ``f``. The rule is used at every call of ``f`` inside
+    differentiated kernels and when ``f`` is differentiated itself."""
+    df = _njit(partials, "the partial derivatives")
+    if isinstance(f, Dispatcher):
+        _partials[id(f)] = (f, df)
+    elif isinstance(f, str):
+        _c_rules[f] = CRule(f, None, None, df, f)
+    elif isinstance(f, types.ExternalFunction):
+        _c_rules[f.symbol] = CRule(f.symbol, None, None, df, f.symbol)
+    elif hasattr(f, "address") and hasattr(f, "ctypes"):  # a numba cfunc
+        name = getattr(f, "__qualname__", str(f))
+        args = tuple(f._sig.args)
+        _c_rules[int(f.address)] = CRule(None, int(f.address), args, df, name)
+    elif isinstance(f, ctypes._CFuncPtr):  # type: ignore[attr-defined]
+        name = getattr(f, "__name__", repr(f))
+        address = ctypes.cast(f, ctypes.c_void_p).value
+        assert address is not None
+        _c_rules[address] = CRule(None, address, _ctypes_argtypes(f, name), df, name)
+    else:
+        raise EnzpyTypeError(
+            "register_partials takes an njit function, a C function "
+            "(numba.types.ExternalFunction, a symbol name, a ctypes function or a "
+            f"numba cfunc); got {f!r}"
+        )
+    _bump()
+    return f
+
+
+def partials(f: Any) -> Any:
+    """Decorator form of :func:`register_partials`: ``@enzpy.partials(f)``
+    over the function giving ``f``'s partial derivatives (returned compiled)."""
+
+    def register(df: Any) -> Dispatcher:
+        d = _njit(df, "the partial derivatives")
+        register_partials(f, d)
+        return d
+
+    return register
+
+
+def inactive(f: Any) -> Any:
+    """Declare that calls of the njit function ``f`` carry no derivative
+    (logging, counters, random draws taken as constant): its results are
+    constants. ``f`` may read memory that carries derivatives, not write it
+    (an error says so). Usable as a decorator over ``@njit``; returns ``f``."""
+    if not isinstance(f, Dispatcher):
+        raise EnzpyTypeError(f"enzpy.inactive takes an njit function, got {f!r}")
+    _inactive[id(f)] = f
+    _bump()
+    return f
+
+
+def partials_for(disp: Any) -> Dispatcher | None:
+    """The partials function registered for the njit function ``disp``."""
+    found = _partials.get(id(disp))
+    return found[1] if found is not None and found[0] is disp else None
+
+
+def is_inactive(disp: Any) -> bool:
+    return _inactive.get(id(disp)) is disp
+
+
+def inactive_dispatchers() -> list[Dispatcher]:
+    return list(_inactive.values())
+
+
+def c_rules() -> list[CRule]:
+    return list(_c_rules.values())
+
+
+_through: dict[int, tuple[Dispatcher, Dispatcher]] = {}
+
+
+def through(disp: Dispatcher) -> Dispatcher:
+    """An njit function of the same parameters that returns ``disp(...)``:
+    differentiating it applies ``disp``'s rule (a function is differentiated
+    through its body, a call through its rule)."""
+    found = _through.get(id(disp))
+    if found is not None and found[0] is disp:
+        return found[1]
+    import inspect
+
+    params = list(inspect.signature(disp.py_func).parameters)
+    names = ", ".join(f"a{k}" for k in range(len(params)))
+    scope: dict[str, Any] = {"target": disp}
+    exec(f"def call({names}):\n    return target({names})\n", scope)  # noqa: S102
+    fn = scope["call"]
+    fn.__qualname__ = fn.__name__ = getattr(disp.py_func, "__qualname__", "f")
+    wrapped: Dispatcher = numba.njit(fn)
+    _through[id(disp)] = (disp, wrapped)
+    return wrapped
+
+
+_ADDRESS = re.compile(r"inttoptr \(i64 (\d+) to ptr\)")
+
+
+def addresses_called(module_text: str) -> set[int]:
+    """Addresses the module calls through constant pointers."""
+    return {int(m) for m in _ADDRESS.findall(module_text)}
+
+
+@numba.njit
+def stop_gradient(x: Any) -> Any:
+    """``x`` as a constant: no derivative flows through it (float scalars)."""
+    return x
+
+
+inactive(stop_gradient)
