@@ -290,6 +290,13 @@ def _arrays_of(x: Any) -> list[np.ndarray]:
     return []
 
 
+def _entry_name(name: str, shape: tuple[int, ...], j: int) -> str:
+    """``x[1, 2]``: the entry of flat index ``j`` of ``name`` of ``shape``."""
+    if not shape:
+        return name
+    return f"{name}[{', '.join(str(int(i)) for i in np.unravel_index(j, shape))}]"
+
+
 @dataclasses.dataclass
 class _Arg:
     """One argument: its kind (``"scalar"`` a float or tuple of floats,
@@ -339,14 +346,13 @@ class _Arg:
         return _rebuild(self.value, iter(out))
 
     def entry(self, j: int, after: bool = False) -> str:
-        """Name of entry ``j`` of the block: ``x[1][2, 0]``."""
+        """Name of entry ``j`` of the block: ``x[1][2, 0]`` (member 1 of a
+        tuple, flattened in order)."""
         for m, shape in enumerate(self.shapes):
             n = int(np.prod(shape, dtype=np.int64))
             if j < n:
-                member = f"[{m}]" if len(self.shapes) > 1 else ""
-                idx = np.unravel_index(j, shape) if shape else ()
-                pos = f"[{', '.join(map(str, idx))}]" if idx else ""
-                return f"{self.name}{member}{pos}" + (" after the call" if after else "")
+                member = f"{self.name}[{m}]" if len(self.shapes) > 1 else self.name
+                return _entry_name(member, shape, j) + (" after the call" if after else "")
             j -= n
         return f"{self.name}[?]"
 
@@ -605,16 +611,17 @@ def _run(
 # ---------------------------------------------------------------------------
 
 
-def _same(found: Any, expected: Any) -> str | None:
+def _same(found: Any, expected: Any, name: str) -> str | None:
     """None when the primal value ``found`` equals ``expected`` (floats up
-    to ``PRIMAL_RTOL``), else what differs."""
+    to ``PRIMAL_RTOL``), else what differs; entries are named after
+    ``name``."""
     if isinstance(expected, tuple | list):
         if not isinstance(found, tuple | list) or len(found) != len(expected):
             return f"found {found!r}, expected {expected!r}"
         for k, (a, b) in enumerate(zip(found, expected, strict=True)):
-            msg = _same(a, b)
+            msg = _same(a, b, f"{name}[{k}]")
             if msg:
-                return f"member {k}: {msg}"
+                return msg
         return None
     if expected is None or found is None:
         return None if found is expected else f"found {found!r}, expected {expected!r}"
@@ -625,7 +632,9 @@ def _same(found: Any, expected: Any) -> str | None:
     if e.dtype.kind == "f" or a.dtype.kind == "f":
         tol = PRIMAL_RTOL.get(e.dtype, 1e-12)
         scale = float(np.max(np.abs(e), initial=0.0)) if e.size else 0.0
-        return compare(a, e, rtol=tol, atol=tol * scale)
+        return compare(
+            a, e, rtol=tol, atol=tol * scale, names=lambda j: _entry_name(name, e.shape, j)
+        )
     if not np.array_equal(a, e):
         diff = np.argwhere(a != e)[:SHOWN_ENTRIES].tolist()
         return f"found {a!r}, expected {e!r} (differ at {diff})"
@@ -759,13 +768,13 @@ class _Checker:
 
     def check_primal(self, combo: _Combination, mode: Mode, res: _Result, ctx: _Context) -> None:
         if mode.returns_primal:
-            msg = _same(res.primal, self.ret0)
+            msg = _same(res.primal, self.ret0, "return value")
             if msg:
                 self.fail(ctx.failure("primal", "return value", msg))
         for a in self.args:
             if combo.state(a) == _NONEED or not _arrays_of(a.value):
                 continue
-            msg = _same(res.finals[a.index], self.finals0[a.index])
+            msg = _same(res.finals[a.index], self.finals0[a.index], a.name)
             if msg:
                 where = (
                     f"argument {a.index} ({a.name}) after the call differs from the plain call's"

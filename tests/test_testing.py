@@ -221,6 +221,45 @@ def test_wrong_tangent_of_a_mutated_array_is_caught(monkeypatch):
     assert "x[0] after the call" in msg  # the first mismatching entry, named
 
 
+def test_wrong_array_contents_after_the_call_are_caught(monkeypatch):
+    real = et._call_autodiff
+
+    def call(f: Any, args: Any, mode: Any, ret: Any) -> Any:
+        out = real(f, args, mode, ret)
+        args[0].value[3] += 1e-6  # the primal sweep left a wrong value in x
+        return out
+
+    monkeypatch.setattr(et, "_call_autodiff", call)
+    with pytest.raises(DerivativeMismatch) as info:
+        check_derivative(
+            damp_in_place,
+            np.linspace(-1.0, 1.0, 40),
+            0.8,
+            30,
+            activities=[None, Active, None],
+            widths=(1,),
+        )
+    failure = info.value.failures[0]
+    assert failure.check == "mutation"
+    assert failure.where.startswith("argument 0 (x) after the call differs")
+    assert "1 of 40 entries differ" in failure.details and "x[3]: found" in failure.details
+
+
+def test_wrong_primal_return_is_caught(monkeypatch):
+    real = et._call_autodiff
+
+    def call(f: Any, args: Any, mode: Any, ret: Any) -> Any:
+        out, primal = real(f, args, mode, ret)
+        return out, primal * (1.0 + 1e-9)
+
+    monkeypatch.setattr(et, "_call_autodiff", call)
+    with pytest.raises(DerivativeMismatch) as info:
+        check_derivative(scalar_math, 0.7, -0.4, widths=(1,))
+    failure = info.value.failures[0]
+    assert (failure.check, failure.where) == ("primal", "return value")
+    assert failure.mode == "enzpy.ForwardWithPrimal"
+
+
 def test_compare_catches_a_flipped_sign_and_a_dropped_term():
     # Jacobian of (x0 * x1, sin(x0)) at (0.3, 2.0)
     x0, x1 = 0.3, 2.0
