@@ -8,6 +8,7 @@ injected into what enzpy returns."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba
@@ -73,6 +74,12 @@ def calls_helper(x, c):
 
 
 @numba.njit
+def library_calls(a, b):
+    # enzpy's built-in rules for two-argument libm functions and pow
+    return math.atan2(a, b) + math.hypot(a, b) * a**b + math.erf(a * b)
+
+
+@numba.njit
 def newton_sqrt(a):
     x = a
     while abs(x * x - a) > 1e-12:
@@ -133,6 +140,10 @@ def test_call_to_another_njit_function_passes():
         calls_helper, np.linspace(-1.0, 2.0, 5), 0.6, activities=[Duplicated, Active], widths=(1,)
     )
     assert rep.ok
+
+
+def test_built_in_rules_of_library_functions_pass():
+    assert check_derivative(library_calls, 0.6, 1.3, widths=(1,)).ok
 
 
 def test_refused_derivative_is_reported_as_a_refusal():
