@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -423,6 +423,30 @@ def _states(arg: _Arg, given: Any, mutated: bool) -> tuple[str, ...]:
     if not states:
         raise TypeError(f"activities for argument {arg.index} ({arg.name}) is empty")
     return tuple(states)
+
+
+def _given_activities(
+    activities: Sequence[Any] | Mapping[str | int, Any] | None, names: list[str]
+) -> list[Any]:
+    """The ``activities`` argument as one entry per argument (None: the
+    default)."""
+    n = len(names)
+    if activities is None:
+        return [None] * n
+    if isinstance(activities, Mapping):
+        out: list[Any] = [None] * n
+        for key, value in activities.items():
+            i = names.index(key) if key in names else key
+            if not isinstance(i, int) or not 0 <= i < n:
+                raise TypeError(
+                    f"activities names {key!r}, which is not an argument of the call "
+                    f"({', '.join(names)})"
+                )
+            out[i] = value
+        return out
+    if len(activities) != n:
+        raise TypeError(f"activities has {len(activities)} entries for {n} arguments")
+    return list(activities)
 
 
 def _names(f: Any, n: int) -> list[str]:
@@ -916,7 +940,7 @@ class _Checker:
 def check_derivative(
     f: Any,
     *args: Any,
-    activities: Sequence[Any] | None = None,
+    activities: Sequence[Any] | Mapping[str | int, Any] | None = None,
     modes: Sequence[Mode] = (ForwardWithPrimal, ReverseWithPrimal),
     widths: Sequence[int] = (1, 3),
     rtol: float | None = None,
@@ -942,7 +966,9 @@ def check_derivative(
     ``Duplicated``. ``activities`` restricts this per argument: a list with
     one entry per argument, each None (the default), an annotation class or
     a tuple of them (``[(Const, Active), Duplicated, Const]``);
-    ``DuplicatedNoNeed`` (arrays) is tried only when asked for.
+    ``DuplicatedNoNeed`` (arrays) is tried only when asked for. A mapping
+    from argument names (or positions) to those entries restricts only the
+    arguments it names (``activities={"a": Active}``).
 
     ``modes``: forward and reverse modes to check (default
     ``ForwardWithPrimal`` and ``ReverseWithPrimal``, which also return the
@@ -965,9 +991,8 @@ def check_derivative(
     widths = tuple(int(w) for w in widths)
     if not widths or any(w < 1 for w in widths):
         raise ValueError(f"widths must be positive batch widths, got {widths!r}")
-    if activities is not None and len(activities) != len(args):
-        raise TypeError(f"activities has {len(activities)} entries for {len(args)} arguments")
     names = _names(disp.py_func, len(args))
+    given = _given_activities(activities, names)
     # the plain call, on copies
     plain = [_copy(x) for x in args]
     ret0 = disp(*plain)
@@ -978,7 +1003,12 @@ def check_derivative(
             not np.array_equal(p, q, equal_nan=p.dtype.kind in "fc")
             for p, q in zip(_arrays_of(a.value), _arrays_of(plain[a.index]), strict=True)
         )
-        a.states = _states(a, None if activities is None else activities[a.index], mutated)
+        a.states = _states(a, given[a.index], mutated)
+    if all(a.states == (_CONST,) for a in argv):
+        raise TypeError(
+            f"{fname}: no argument is differentiable (float scalars, float arrays and "
+            "tuples of them are), or activities makes them all Const: nothing to check"
+        )
     fd = _FiniteDifferences(disp, argv, ret_float, fd_step)
     rep = CheckReport(fname)
     checker = _Checker(
