@@ -106,7 +106,8 @@ class Failure:
     """One failed check.
 
     ``check`` is ``"primal"``, ``"mutation"``, ``"tangent"``, ``"cotangent"``,
-    ``"consistency"`` or ``"refused"``; ``combination`` the activities of the
+    ``"consistency"``, ``"result"`` (the derivative's result is not shaped as
+    its mode promises) or ``"refused"``; ``combination`` the activities of the
     arguments (``"f(x=Duplicated, a=Active, n=Const)"``); ``mode`` and
     ``width`` the derivative's mode and batch width; ``where`` the argument
     or output concerned; ``details`` what was expected and what was found.
@@ -607,15 +608,41 @@ def _run(
         # reverse batch: the return's cotangent per lane (width 1 seeds 1.0)
         batch_seeds = width > 1 and not mode.is_forward
         ret = tuple(ret_seeds) if batch_seeds else Active
-    out = _call_autodiff(f, anns, mode, ret)
+    result = _call_autodiff(f, anns, mode, ret)
+    try:
+        return _unpack(result, combo, mode, width, ret_seeds is not None, values, shadows)
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        text = repr(result)
+        raise _Malformed(
+            f"{text[:300]}{' ...' if len(text) > 300 else ''} ({type(e).__name__}: {e})"
+        ) from e
+
+
+class _Malformed(Exception):
+    """enzpy's result does not have the structure its mode promises."""
+
+
+def _unpack(
+    out: Any,
+    combo: _Combination,
+    mode: Mode,
+    width: int,
+    ret_seeded: bool,
+    values: list[Any],
+    shadows: dict[int, list[Any]],
+) -> _Result:
+    """The derivatives in ``autodiff``'s result ``out`` and the shadows."""
     primal = None
     if mode.returns_primal:
         out, primal = out
     blocks: dict[int, list[np.ndarray]] = {}
     ret_tangents = None
     if mode.is_forward:
-        if ret_seeds is not None:
-            ret_tangents = [float(t) for t in (out if width > 1 else (out,))]
+        if ret_seeded:
+            lanes = out if width > 1 else (out,)
+            if len(lanes) != width or not all(type(t) in FLOAT_SCALARS for t in lanes):
+                raise TypeError(f"expected the return's tangent as {width} float(s)")
+            ret_tangents = [float(t) for t in lanes]
         for k, lanes in shadows.items():
             a = combo.args[k]
             if a.kind == "array":
@@ -624,7 +651,10 @@ def _run(
         for a in combo.diff():
             if a.kind == "scalar":
                 d = out[a.index]
-                blocks[a.index] = [a.block(v) for v in (d if width > 1 else (d,))]
+                lanes = d if width > 1 else (d,)
+                if len(lanes) != width or not all(is_float_tuple(v) for v in lanes):
+                    raise TypeError(f"expected the derivative of {a.name} in {width} lane(s)")
+                blocks[a.index] = [a.block(v) for v in lanes]
             else:
                 blocks[a.index] = [a.block(s) for s in shadows[a.index]]
     return _Result(primal, values, ret_tangents, blocks)
@@ -781,6 +811,9 @@ class _Checker:
                 results.append((None, _run(self.f, combo, mode, width, seeds, ret_seeds)))
         except EnzpyError as e:
             self.fail(ctx.failure("refused", f"enzpy raised {type(e).__name__}", str(e)))
+            return None
+        except _Malformed as e:
+            self.fail(ctx.failure("result", "autodiff's result has the wrong structure", str(e)))
             return None
         for _, res in results:
             self.check_primal(combo, mode, res, ctx)

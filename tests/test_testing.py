@@ -271,6 +271,21 @@ def test_wrong_primal_return_is_caught(monkeypatch):
     assert failure.mode == "enzpy.ForwardWithPrimal"
 
 
+def test_result_of_the_wrong_structure_is_a_mismatch(monkeypatch):
+    real = et._call_autodiff
+
+    def call(f: Any, args: Any, mode: Any, ret: Any) -> Any:
+        out, primal = real(f, args, mode, ret)
+        return (None if mode.is_forward else out), primal  # a tangent missing
+
+    monkeypatch.setattr(et, "_call_autodiff", call)
+    with pytest.raises(DerivativeMismatch) as info:
+        check_derivative(scalar_math, 0.7, -0.4, widths=(1,))
+    failure = info.value.failures[0]
+    assert (failure.check, failure.mode) == ("result", "enzpy.ForwardWithPrimal")
+    assert "expected the return's tangent as 1 float(s)" in failure.details
+
+
 def test_compare_catches_a_flipped_sign_and_a_dropped_term():
     # Jacobian of (x0 * x1, sin(x0)) at (0.3, 2.0)
     x0, x1 = 0.3, 2.0
