@@ -477,3 +477,38 @@ def test_second_derivative_of_lgamma_is_trigamma():
     for x in (0.6, 2.5, 12.0):
         hess = enzpy.hessian(f, np.array([x]))
         assert hess[0, 0] == pytest.approx(scipy.special.polygamma(1, x), rel=1e-10)
+
+
+# --- Rules checked with the public harness ------------------------------------
+
+
+def test_harness_passes_a_correct_solver_rule_in_every_activity_pattern():
+    from enzpy.testing import check_derivative
+
+    check_derivative(
+        orbit_positions,
+        np.linspace(0.2, 2.0, 4),
+        np.zeros(4),
+        0.3,
+        1.7,
+        activities=[None, None, None, Const],
+        widths=(1, 2),
+    )
+
+
+def test_harness_catches_a_rule_with_a_wrong_sign():
+    from enzpy.testing import DerivativeMismatch, check_derivative
+
+    @numba.njit
+    def softplus(x):
+        return math.log1p(math.exp(x))
+
+    # d/dx softplus = sigmoid(x); the sign is deliberately wrong.
+    enzpy.register_partials(softplus, lambda x: -1.0 / (1.0 + math.exp(-x)))
+
+    @numba.njit
+    def loss(x, w):
+        return softplus(w * x) * x
+
+    with pytest.raises(DerivativeMismatch, match="loss"):
+        check_derivative(loss, 0.4, 1.3, widths=(1,))
