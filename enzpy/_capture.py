@@ -663,8 +663,9 @@ class _RulesFound:
         if df is None:
             return
         name = f"{callee.py_func.__qualname__}({', '.join(map(str, args))})"
-        _check_rule_types(name, args, cres.signature.return_type)
-        self._add(symbol, None, name, df, args, bring_partials)
+        restype = cres.signature.return_type
+        _check_rule_types(name, args, restype)
+        self._add(symbol, None, name, df, args, restype, bring_partials)
 
     def note_c(self, module: llvm.ModuleRef, bring_partials: Any) -> bool:
         """Add the C functions with rules that ``module`` calls; whether any
@@ -678,14 +679,24 @@ class _RulesFound:
             if key in self._c_done:
                 continue
             if rule.symbol is not None and rule.symbol in declared:
-                args = _c_argtypes(module.get_function(rule.symbol), rule.display)
+                fn = module.get_function(rule.symbol)
+                args = _c_argtypes(fn, rule.display)
+                restype = _LLVM_SCALARS.get(_declaration(fn).split()[1], types.float64)
             elif rule.address is not None and rule.address in addresses:
                 assert rule.argtypes is not None
-                args = rule.argtypes
+                args, restype = rule.argtypes, rule.restype
             else:
                 continue
             self._c_done.add(key)
-            self._add(rule.symbol, rule.address, rule.display, rule.partials, args, bring_partials)
+            self._add(
+                rule.symbol,
+                rule.address,
+                rule.display,
+                rule.partials,
+                args,
+                restype,
+                bring_partials,
+            )
             new = True
         return new
 
@@ -696,10 +707,14 @@ class _RulesFound:
         name: str,
         df: NumbaDispatcher,
         args: tuple[types.Type, ...],
+        restype: types.Type,
         bring_partials: Any,
     ) -> None:
+        # A partials function with one more parameter takes the result too.
+        with_result = _rules.arity(df) == len(args) + 1
+        p_args = (*args, restype) if with_result else args
         try:
-            p_symbol = bring_partials(df, args)
+            p_symbol = bring_partials(df, p_args)
         except CompilationError as e:
             raise CompilationError(
                 f"the partial derivatives registered for {name} do not compile for "
@@ -708,13 +723,14 @@ class _RulesFound:
                 line=e.line,
             ) from e
         n_floats = sum(isinstance(a, types.Float) for a in args)
-        found = _overload(df, args).signature.return_type
+        found = _overload(df, p_args).signature.return_type
         _check_partials_type(name, df, found, n_floats)
         outputs = [found] if isinstance(found, types.Float) else list(_members(found))
         entry: dict[str, Any] = {
             "partials": p_symbol,
             "display": name,
             "outputs": ["float" if t == types.float32 else "double" for t in outputs],
+            "with_result": with_result,
         }
         if symbol is not None:
             entry["callee"] = symbol

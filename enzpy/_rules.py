@@ -54,8 +54,10 @@ class CRule:
     #: The symbol numba declares, or None for a function called by address.
     symbol: str | None
     address: int | None
-    #: numba types of the arguments (by address: from ctypes or the cfunc).
+    #: numba types of the arguments and result (by address: from ctypes or
+    #: the cfunc).
     argtypes: tuple[types.Type, ...] | None
+    restype: types.Type
     partials: Dispatcher
     display: str
 
@@ -113,7 +115,9 @@ def _ctypes_argtypes(fn: Any, name: str) -> tuple[types.Type, ...]:
 def register_partials(f: Any, partials: Any) -> Any:
     """Give ``f`` its derivative by partial derivatives: ``partials`` takes
     ``f``'s arguments and returns ``d f / d x`` for each float argument ``x``
-    (one float, or a tuple of floats in argument order). ``f`` is an njit
+    (one float, or a tuple of floats in argument order); with one more
+    parameter, it is also passed ``f``'s result (a solver's solution need not
+    be computed again). ``f`` is an njit
     function, a C function (``numba.types.ExternalFunction``, a symbol name,
     a ctypes function or a numba ``cfunc``) of scalars returning one float.
     Returns ``f``. The rule is used at every call of ``f`` inside
@@ -122,18 +126,20 @@ def register_partials(f: Any, partials: Any) -> Any:
     if isinstance(f, Dispatcher):
         _partials[id(f)] = (f, df)
     elif isinstance(f, str):
-        _c_rules[f] = CRule(f, None, None, df, f)
+        _c_rules[f] = CRule(f, None, None, types.float64, df, f)
     elif isinstance(f, types.ExternalFunction):
-        _c_rules[f.symbol] = CRule(f.symbol, None, None, df, f.symbol)
+        _c_rules[f.symbol] = CRule(f.symbol, None, None, types.float64, df, f.symbol)
     elif hasattr(f, "address") and hasattr(f, "ctypes"):  # a numba cfunc
         name = getattr(f, "__qualname__", str(f))
         args = tuple(f._sig.args)
-        _c_rules[int(f.address)] = CRule(None, int(f.address), args, df, name)
+        restype = f._sig.return_type
+        _c_rules[int(f.address)] = CRule(None, int(f.address), args, restype, df, name)
     elif isinstance(f, ctypes._CFuncPtr):  # type: ignore[attr-defined]
         name = getattr(f, "__name__", repr(f))
         address = ctypes.cast(f, ctypes.c_void_p).value
         assert address is not None
-        _c_rules[address] = CRule(None, address, _ctypes_argtypes(f, name), df, name)
+        restype = _CTYPES.get(f.restype, types.float64)
+        _c_rules[address] = CRule(None, address, _ctypes_argtypes(f, name), restype, df, name)
     else:
         raise EnzpyTypeError(
             "register_partials takes an njit function, a C function "
@@ -166,6 +172,13 @@ def inactive(f: Any) -> Any:
     _inactive[id(f)] = f
     _bump()
     return f
+
+
+def arity(disp: Any) -> int:
+    """The number of parameters of an njit function."""
+    import inspect
+
+    return len(inspect.signature(disp.py_func).parameters)
 
 
 def partials_for(disp: Any) -> Dispatcher | None:

@@ -123,6 +123,7 @@ Expected<Request> parseRequest(StringRef Json) {
       S.Address = static_cast<uint64_t>(RO->getInteger("address").value_or(0));
       S.Partials = RO->getString("partials")->str();
       S.Display = RO->getString("display").value_or(S.Callee).str();
+      S.WithResult = RO->getBoolean("with_result").value_or(false);
       if (const json::Array *Outs = RO->getArray("outputs"))
         for (const json::Value &OV : *Outs) {
           std::optional<StringRef> T = OV.getAsString();

@@ -47,6 +47,9 @@ struct RuleSpec {
   /// returns, one per float argument of the function, in order: a float, or
   /// a tuple laid out as a structure of them.
   llvm::SmallVector<std::string, 3> Outputs;
+  /// The partials function takes the function's result after its
+  /// arguments (a solver's solution, which it need not compute again).
+  bool WithResult = false;
 };
 
 enum class Mode { Reverse, Forward };

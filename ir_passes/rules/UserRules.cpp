@@ -25,6 +25,8 @@ namespace {
 constexpr StringLiteral RuleNameAttr = "enzpy-rule-name";
 /// The float types the partials function returns: 'd' or 'f' each.
 constexpr StringLiteral OutputsAttr = "enzpy-rule-outputs";
+/// The partials function takes the function's result as a last argument.
+constexpr StringLiteral WithResultAttr = "enzpy-rule-with-result";
 
 unsigned hiddenParams(const Function &F) {
   Attribute A = F.getFnAttribute(HiddenParamsAttr);
@@ -73,6 +75,8 @@ Partial userPartial(RuleExpr &X, unsigned I) {
   SmallVector<Value *, 6> Args = {Ret, Exc};
   for (unsigned K = Hidden; K < FT->getNumParams(); ++K)
     Args.push_back(X.x(K));
+  if (Callee->hasFnAttribute(WithResultAttr))
+    Args.push_back(X.result());
   Value *Status = B.CreateCall(P, Args);
   Value *V = B.CreateLoad(RT->getElementType(Element),
                           B.CreateStructGEP(RT, Ret, Element));
@@ -97,7 +101,7 @@ unsigned floatParams(FunctionType *FT, unsigned First) {
 /// \p NumFloats float arguments of the types of \p Args, returns as many
 /// floats.
 Error checkPartials(const Function *P, const RuleSpec &R, ArrayRef<Type *> Args,
-                    unsigned NumFloats) {
+                    Type *Result, unsigned NumFloats) {
   auto bad = [&](const Twine &Why) {
     return makeError("rule", "the partial derivatives given for '" +
                                  Twine(R.Display) + "' " + Why);
@@ -105,11 +109,14 @@ Error checkPartials(const Function *P, const RuleSpec &R, ArrayRef<Type *> Args,
   if (!P || P->isDeclaration())
     return bad("were not compiled into the module (internal error)");
   FunctionType *PT = P->getFunctionType();
+  SmallVector<Type *, 6> Expected(Args);
+  if (R.WithResult)
+    Expected.push_back(Result);
   if (!numba::hasNativeSignature(*PT) ||
-      PT->getNumParams() != numba::NumHiddenParams + Args.size())
+      PT->getNumParams() != numba::NumHiddenParams + Expected.size())
     return bad("take other arguments than the function");
-  for (unsigned K = 0; K < Args.size(); ++K)
-    if (PT->getParamType(numba::NumHiddenParams + K) != Args[K])
+  for (unsigned K = 0; K < Expected.size(); ++K)
+    if (PT->getParamType(numba::NumHiddenParams + K) != Expected[K])
       return bad("take an argument of another type than the function's "
                  "argument " +
                  Twine(K));
@@ -126,6 +133,8 @@ void markRule(Function &W, const RuleSpec &R, unsigned Hidden) {
     Outs += T == "float" ? 'f' : 'd';
   W.addFnAttr(OutputsAttr, Outs);
   W.addFnAttr(PartialsAttr, R.Partials);
+  if (R.WithResult)
+    W.addFnAttr(WithResultAttr);
   W.addFnAttr(HiddenParamsAttr, std::to_string(Hidden));
   W.addFnAttr(RuleNameAttr, R.Display);
 }
@@ -145,7 +154,7 @@ Error wrapNumbaFunction(Module &M, Function &G, const RuleSpec &R) {
     return makeError("rule", "a rule given by partial derivatives is for a "
                              "function of scalars returning one float; '" +
                                  Twine(R.Display) + "' is not one");
-  if (Error E = checkPartials(M.getFunction(R.Partials), R, Args,
+  if (Error E = checkPartials(M.getFunction(R.Partials), R, Args, T,
                               floatParams(FT, numba::NumHiddenParams)))
     return E;
   LLVMContext &Ctx = M.getContext();
@@ -229,8 +238,8 @@ Error markCFunction(Module &M, const RuleSpec &R) {
     return makeError("rule", "a rule given by partial derivatives is for a "
                              "function of scalars returning one float; '" +
                                  Twine(R.Display) + "' is not one");
-  if (Error E =
-          checkPartials(M.getFunction(R.Partials), R, Args, floatParams(FT, 0)))
+  if (Error E = checkPartials(M.getFunction(R.Partials), R, Args,
+                              FT->getReturnType(), floatParams(FT, 0)))
     return E;
   if (Declared) {
     markRule(*Declared, R, 0);

@@ -1,0 +1,167 @@
+"""Scalar solvers whose derivatives come from the implicit function theorem.
+
+Differentiating a solver's iterations is slow (every iteration is taped),
+and wrong in a quiet way: the derivative of the iterations is not the
+derivative of the solution unless the iterations' derivatives converged too,
+which a test on the primal's convergence does not check. The solvers here
+are njit functions with rules (``enzpy.register_partials``) that give the
+derivative of the solution itself: for ``F(x, p) = 0`` at the solution
+``x*``,
+
+    dx*/dp = -F_p(x*, p) / F_x(x*, p),
+
+one evaluation of F's partial derivatives (computed by enzpy in forward batch
+mode from F's own code), whatever the number of iterations. A solve that does
+not converge raises ``ValueError`` in the primal and in every derivative, so
+no derivative is ever returned for it.
+
+    >>> @numba.njit
+    ... def residual(x, a, b):
+    ...     return x**3 + a * x - b
+    >>> solve = enzpy.solvers.newton(residual)
+    >>> solve(1.0, 2.0, 3.0)            # x0, then the parameters a, b
+    1.0
+    >>> enzpy.autodiff(solve, Const(1.0), Active(2.0), Active(3.0))
+
+The functions ``newton(residual)`` and ``fixed_point(g)`` build the solver for
+a residual ``F(x, p1, ..., pn)`` or a map ``g(x, p1, ..., pn)``: float64
+scalars, ``n`` fixed by the function's parameters. Call the solver from njit
+code or from Python; differentiate any kernel that calls it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numba
+from numba.core.dispatcher import Dispatcher
+
+from ._modes import ForwardWithPrimal
+from ._rules import register_partials
+from .annotations import BatchDuplicated, Const, Duplicated
+from .api import derivative
+from .errors import EnzpyTypeError
+
+__all__ = ["fixed_point", "newton"]
+
+
+def _arity(f: Any, what: str) -> int:
+    if not isinstance(f, Dispatcher):
+        raise EnzpyTypeError(f"{what} must be an @numba.njit function, got {f!r}")
+    params = inspect.signature(f.py_func).parameters
+    if len(params) < 1:
+        raise EnzpyTypeError(f"{what} takes the unknown x first, then the parameters")
+    return len(params)
+
+
+def _all_partials(f: Dispatcher, n: int) -> Dispatcher:
+    """An njit function ``(x, p1, ..., p{n-1}) -> (f, (f_x, f_p1, ...))``:
+    ``f``'s value and all its partial derivatives, by enzpy's forward mode
+    with one batch lane per argument."""
+    lanes = [tuple(1.0 if k == j else 0.0 for k in range(n)) for j in range(n)]
+    d: Dispatcher = derivative(
+        f, *(BatchDuplicated(1.0, lane) for lane in lanes), mode=ForwardWithPrimal
+    )
+    return d
+
+
+def _slope(f: Dispatcher, n: int) -> Dispatcher:
+    """An njit function ``(x, 1.0, p1, ..., p{n-1}) -> (f, f_x)`` (forward
+    mode along x), for the iterations."""
+    d: Dispatcher = derivative(
+        f, Duplicated(1.0, 1.0), *(Const(1.0) for _ in range(n - 1)), mode=ForwardWithPrimal
+    )
+    return d
+
+
+def _x_lane(n: int) -> str:
+    """The call arguments ``x, 1.0, p1, ...`` of :func:`_slope`."""
+    return ", ".join(["float(x)", "1.0"] + [f"float(p{k})" for k in range(1, n)])
+
+
+def _unit_lanes(n: int) -> str:
+    """The call arguments ``x, (1.0, 0.0, ...), p1, (0.0, 1.0, ...), ...``."""
+    names = ["x"] + [f"p{k}" for k in range(1, n)]
+    args = []
+    for j, name in enumerate(names):
+        lane = ", ".join("1.0" if k == j else "0.0" for k in range(n))
+        args += [f"float({name})", f"({lane},)"]
+    return ", ".join(args)
+
+
+def _build(source: str, scope: dict[str, Any], name: str, qualname: str) -> Dispatcher:
+    exec(source, scope)  # noqa: S102 - generated for the function's arity
+    fn = scope[name]
+    fn.__qualname__ = qualname
+    compiled: Dispatcher = numba.njit(fn)
+    return compiled
+
+
+def newton(residual: Any, *, tol: float = 1e-12, maxiter: int = 100) -> Dispatcher:
+    """An njit solver ``solve(x0, p1, ..., pn) -> x`` of ``residual(x, p1,
+    ..., pn) = 0`` by Newton's method from ``x0`` (float64 scalars), stopping
+    when a step is at most ``tol * (1 + |x|)``; ``ValueError`` after
+    ``maxiter`` steps or at a zero derivative. Its derivative with respect to
+    the parameters is the implicit function theorem's, at the solution (0
+    with respect to ``x0``)."""
+    n = _arity(residual, "the residual")
+    values = _all_partials(residual, n)
+    slope = _slope(residual, n)
+    params = ", ".join(f"p{k}" for k in range(1, n))
+    head = f"x0{', ' if params else ''}{params}"
+    what = getattr(residual.py_func, "__qualname__", "the residual")
+    source = f"""
+def solve({head}):
+    x = float(x0)
+    for _ in range({int(maxiter)}):
+        r, fx = slope({_x_lane(n)})
+        if fx == 0.0:
+            raise ValueError("enzpy.solvers.newton: the derivative of {what} vanished")
+        step = r / fx
+        x = x - step
+        if abs(step) <= {float(tol)!r} * (1.0 + abs(x)):
+            return x
+    raise ValueError("enzpy.solvers.newton: {what} = 0 did not converge in {int(maxiter)} steps")
+
+def partials({head}, x):
+    r, t = values({_unit_lanes(n)})
+    return (0.0, {", ".join(f"-t[{k}] / t[0]" for k in range(1, n))}{"," if n == 2 else ""})
+"""
+    scope: dict[str, Any] = {"values": values, "slope": slope}
+    solve = _build(source, scope, "solve", f"newton({what})")
+    register_partials(solve, _build(source, scope, "partials", f"newton({what}).partials"))
+    return solve
+
+
+def fixed_point(g: Any, *, tol: float = 1e-12, maxiter: int = 1000) -> Dispatcher:
+    """An njit solver ``solve(x0, p1, ..., pn) -> x`` of ``x = g(x, p1, ...,
+    pn)`` by fixed-point iteration from ``x0`` (float64 scalars), stopping
+    when an update is at most ``tol * (1 + |x|)``; ``ValueError`` after
+    ``maxiter`` updates. Its derivative: ``dx/dp = g_p / (1 - g_x)`` at the
+    fixed point (0 with respect to ``x0``)."""
+    n = _arity(g, "the map")
+    values = _all_partials(g, n)
+    params = ", ".join(f"p{k}" for k in range(1, n))
+    head = f"x0{', ' if params else ''}{params}"
+    what = getattr(g.py_func, "__qualname__", "the map")
+    source = f"""
+def solve({head}):
+    x = float(x0)
+    for _ in range({int(maxiter)}):
+        nxt = g(x{", " if params else ""}{params})
+        if abs(nxt - x) <= {float(tol)!r} * (1.0 + abs(nxt)):
+            return nxt
+        x = nxt
+    raise ValueError(
+        "enzpy.solvers.fixed_point: x = {what} did not converge in {int(maxiter)} steps"
+    )
+
+def partials({head}, x):
+    nxt, t = values({_unit_lanes(n)})
+    return (0.0, {", ".join(f"t[{k}] / (1.0 - t[0])" for k in range(1, n))}{"," if n == 2 else ""})
+"""
+    scope: dict[str, Any] = {"values": values, "g": g}
+    solve = _build(source, scope, "solve", f"fixed_point({what})")
+    register_partials(solve, _build(source, scope, "partials", f"fixed_point({what}).partials"))
+    return solve
