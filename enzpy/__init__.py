@@ -16,6 +16,7 @@ See docs/design.md for the contract.
 
 from . import _builtin_rules  # noqa: F401 - registers enzpy's own rules
 from ._rules import inactive, partials, register_partials, stop_gradient
+from ._split import split
 from .annotations import (
     Active,
     BatchDuplicated,
@@ -61,6 +62,7 @@ __all__ = [
     "derivative",
     "explain",
     "strict",
+    "split",
     "register_partials",
     "partials",
     "inactive",
