@@ -143,7 +143,7 @@ def rev(tape{"".join(", " + s for s in shadows)}{dret}):
 {stage_out}    return out
 """
     scope: dict[str, Any] = {"np": np, "f": disp, "deriv": deriv}
-    exec(source, scope)  # noqa: S102 - generated for f's parameters
+    exec(compile(source, f"<enzpy.split({name})>", "exec"), scope)  # noqa: S102
     fwd, rev = scope["fwd"], scope["rev"]
     fwd.__qualname__ = f"split({name}).fwd"
     rev.__qualname__ = f"split({name}).rev"

@@ -91,7 +91,8 @@ def _unit_lanes(n: int) -> str:
 
 
 def _build(source: str, scope: dict[str, Any], name: str, qualname: str) -> Dispatcher:
-    exec(source, scope)  # noqa: S102 - generated for the function's arity
+    # Errors inside the generated code name the solver, not "<string>".
+    exec(compile(source, f"<enzpy.solvers.{qualname}>", "exec"), scope)  # noqa: S102
     fn = scope[name]
     fn.__qualname__ = qualname
     compiled: Dispatcher = numba.njit(fn)

@@ -132,3 +132,12 @@ def test_a_solve_that_does_not_converge_raises_in_every_mode():
 def test_solvers_need_njit_functions():
     with pytest.raises(enzpy.EnzpyTypeError):
         solvers.newton(lambda x, a: x - a)
+
+
+def test_second_derivative_through_a_solver_is_refused_clearly():
+    @numba.njit
+    def f(v):
+        return solve_cubic(1.0, v[0], v[1]) ** 2
+
+    with pytest.raises(enzpy.UnsupportedError, match="second derivative through it"):
+        enzpy.hessian(f, np.array([2.0, 3.0]))

@@ -284,6 +284,18 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
     return checkRecursiveCall(CB);
   if (StringRef What = numba::describeHelper(Callee->getName()); !What.empty())
     return makeError("unsupported", helperRefusal(What), &CB);
+  // A derivative enzpy compiled earlier (enzpy.derivative called from the
+  // kernel, the partials of enzpy.solvers' rules) is machine code here.
+  if (Callee->getName().starts_with("enzpy_fwd_") ||
+      Callee->getName().starts_with("enzpy_rev_"))
+    return makeError(
+        "unsupported",
+        "a derivative compiled by enzpy (enzpy.derivative, or the "
+        "partial derivatives of an enzpy.solvers solver) is called "
+        "on values that carry derivatives: differentiating it "
+        "again (a second derivative through it) is not "
+        "supported yet",
+        &CB);
   // numba's runtime and C helpers are named for what they are, not by symbol.
   StringRef Sym = Callee->getName();
   std::string Q = numba::pythonQualifiedName(Sym);
