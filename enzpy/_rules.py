@@ -79,6 +79,22 @@ def generation() -> int:
     return _current
 
 
+_builtin = 0
+
+
+def seal_builtins() -> None:
+    """Mark the rules registered so far (enzpy's own, at import) as built in."""
+    global _builtin
+    _builtin = _current
+
+
+def has_user_rules() -> bool:
+    """Whether a rule was registered after enzpy's own: derivatives may then
+    depend on rules that another process does not have (the disk cache is
+    not used)."""
+    return _current != _builtin
+
+
 def _njit(df: Any, what: str) -> Dispatcher:
     if isinstance(df, Dispatcher):
         return df
