@@ -338,6 +338,14 @@ const ScalarRule *findCallRule(const Function *Callee) {
   return Rule;
 }
 
+bool isPureMathCall(const CallBase &CB) {
+  const Function *Callee = CB.getCalledFunction();
+  if (!findCallRule(Callee))
+    return false;
+  return Callee->isIntrinsic() || Callee->isDeclaration() ||
+         Callee->doesNotAccessMemory();
+}
+
 const ScalarRule *findScalarRule(const Instruction &I) {
   if (auto *CB = dyn_cast<CallBase>(&I))
     return findCallRule(CB->getCalledFunction());

@@ -180,6 +180,11 @@ llvm::ArrayRef<LibraryFunction> libraryFunctions();
 const ScalarRule *findScalarRule(const llvm::Instruction &I);
 /// The row for calls to \p Callee, or null.
 const ScalarRule *findCallRule(const llvm::Function *Callee);
+/// A call of a math function that has a row and whose result depends on its
+/// arguments only (an intrinsic, a libm declaration, or a function that
+/// touches no memory): calling it again with the same arguments gives the
+/// same value, so the reverse sweep may recompute it instead of taping it.
+bool isPureMathCall(const llvm::CallBase &CB);
 /// The operands a rule's partials refer to: a call's arguments, or an
 /// instruction's operands.
 const llvm::Value *ruleOperand(const llvm::Instruction &I, unsigned K);
