@@ -204,9 +204,18 @@ sumTangents(llvm::IRBuilder<> &B,
             llvm::Type *To);
 
 /// Calls the math function \p Name on \p Args: the LLVM intrinsic when there
-/// is one, the libm function (with the "f" suffix for float) otherwise.
+/// is one, the libm function (with the "f" suffix for float) otherwise. The
+/// call is marked as the derivative's own (markDerivativeCall).
 llvm::Value *emitMathCall(llvm::IRBuilder<> &B, llvm::StringRef Name,
                           llvm::ArrayRef<llvm::Value *> Args);
+
+/// Marks \p V, when it is a call, as computing the derivative (a rule's
+/// partial, a value recomputed by the reverse sweep) rather than the primal:
+/// post-optimization may give such calls vector variants (transforms/PostOpt)
+/// that round differently from numba's scalar libm, which the primal's own
+/// calls keep, so that the primal values a derivative computes equal f's.
+void markDerivativeCall(llvm::Value *V);
+bool isDerivativeCall(const llvm::CallBase &CB);
 
 } // namespace enzpy
 
