@@ -6,6 +6,7 @@
 #include "llvm/IR/Module.h"
 #include "llvm/IR/VFABIDemangler.h"
 #include "llvm/MC/TargetRegistry.h"
+#include "llvm/Support/CommandLine.h"
 #include "llvm/Support/TargetSelect.h"
 #include "llvm/Target/TargetMachine.h"
 #include "llvm/Target/TargetOptions.h"
@@ -97,8 +98,28 @@ static SmallVector<GlobalValue *, 8> addVectorVariants(Module &M,
   return Declared;
 }
 
+/// Lets the loop vectorizer vectorize loops with in-order floating-point
+/// reductions (LLVM's option, off by default on x86): the sum is still
+/// added element by element in the primal's order (llvm.vector.reduce.fadd
+/// without reassociation), so its value is unchanged, while the rest of the
+/// loop runs in vectors: the primal and tangent sums of a forward-mode loop,
+/// a returned primal sum in the forward sweep. The option is global to the
+/// engine's LLVM, which only the engine uses (numba's llvmlite links its
+/// own).
+static void allowOrderedReductions() {
+  static const bool Done = [] {
+    auto &Opts = cl::getRegisteredOptions();
+    auto It = Opts.find("force-ordered-reductions");
+    if (It != Opts.end())
+      It->second->addOccurrence(0, It->first, "true");
+    return true;
+  }();
+  (void)Done;
+}
+
 void optimizeDerivative(Module &M, StringRef CPU, StringRef Features,
                         StringRef VecLib) {
+  allowOrderedReductions();
   std::unique_ptr<TargetMachine> TM = targetMachine(M, CPU, Features);
   SmallVector<GlobalValue *, 8> Variants;
   // libmvec's functions are x86-64 ones; its ISA letters need the CPU's

@@ -40,7 +40,8 @@ struct PassContext {
   explicit PassContext(llvm::TargetMachine *TM = nullptr);
 };
 
-/// O3 on \p M, for the CPU \p CPU with \p Features when \p CPU is given
+/// O3 (with ordered floating-point reductions allowed to vectorize) on \p M,
+/// for the CPU \p CPU with \p Features when \p CPU is given
 /// and LLVM knows the module's target (else target-independent). With
 /// \p VectorLibrary ("libmvec", loaded by the process), the derivative's
 /// own math calls (rules/DerivativeRules.h: markDerivativeCall) get the

@@ -7,6 +7,7 @@ computes only for the tape (sin x when the primal result is not returned)
 are recomputed beside the rule that needs them instead of taped."""
 
 import ctypes
+import math
 import re
 
 import llvmlite.binding as llvm
@@ -221,3 +222,32 @@ def test_tangent_loop_of_a_math_map_is_vectorized(rng):
 def test_an_unknown_vector_library_is_a_request_error():
     with pytest.raises(EnzpyError, match="unknown vector_library .svml."):
         differentiate(_ir(DOT), [dup(), dup(), *const()], vector_library="svml")
+
+
+def test_tangent_loop_of_a_sum_is_vectorized_and_sums_in_order(rng):
+    # The primal sum and its tangent are ordered reductions: vectorized, they
+    # are still added element by element in the loop's order, so the primal
+    # is f's bit for bit.
+    bc, _ = differentiate(
+        _ir(SUM_X2_SIN),
+        [dup(), *const()],
+        mode="forward",
+        ret_activity="active",
+        return_primal=True,
+        noalias=True,
+        **jit_target(),
+    )
+    text = _text(bc)
+    assert re.search(r"call double @llvm\.vector\.reduce\.fadd\.v\d+f64\(double", text)
+    assert _vector_call(text, "double", "cos"), "the tangent loop should be vectorized"
+    n = 53
+    x, dx = rng.uniform(-3, 3, n), rng.standard_normal(n)
+    df = jit(bc, "df", P, P, P, I64, P)
+    out = (ctypes.c_double * 2)()
+    assert df(ctypes.addressof(out), None, x.ctypes.data, n, dx.ctypes.data) == 0
+    primal = 0.0
+    for v in x.tolist():
+        primal += v * v * math.sin(v)
+    assert out[0] == primal
+    want = np.sum((2 * x * np.sin(x) + x * x * np.cos(x)) * dx)
+    np.testing.assert_allclose(out[1], want, rtol=1e-12)
