@@ -23,6 +23,7 @@ __all__ = [
     "MAX_BATCH_WIDTH",
     "STRICT",
     "jit_target",
+    "libmvec_available",
     "target_context",
     "vector_library",
 ]
@@ -75,16 +76,11 @@ _LIBMVEC_NEWEST: Final = ("_ZGVbN2v_tan", "_ZGVdN4v_tan", "_ZGVbN4v_tanf", "_ZGV
 
 
 @functools.cache
-def vector_library() -> str:
-    """``"libmvec"`` once glibc's vector math library is loaded where numba's
-    JIT resolves symbols: the derivative's own math calls (a rule's cos x,
-    a recomputed sin x) may then use its vector functions in vectorized loops,
-    while the primal's calls keep numba's scalar libm. ``""`` where it is
-    missing or too old, off x86-64 Linux, or with ``ENZPY_VECTOR_LIBRARY=none``."""
-    if os.environ.get("ENZPY_VECTOR_LIBRARY", "") == "none":
-        return ""
+def libmvec_available() -> bool:
+    """Whether glibc's vector math library (with every function LLVM's table
+    may ask for) is loaded where numba's JIT resolves symbols; loads it."""
     if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
-        return ""
+        return False
     import llvmlite.binding as llvm
 
     try:
@@ -93,5 +89,19 @@ def vector_library() -> str:
             getattr(lib, name)
         llvm.load_library_permanently(_LIBMVEC)
     except (OSError, AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def vector_library() -> str:
+    """``"libmvec"`` when ``ENZPY_VECTOR_LIBRARY=libmvec`` asks for glibc's
+    vector math library and it is available: the derivative's own math calls
+    (a rule's cos x, a recomputed sin x) then use its vector functions in
+    vectorized loops (the primal's calls keep numba's scalar libm). Opt-in:
+    its functions round differently (within 4 ulp) from scalar libm, and a
+    derivative's value would then depend on which elements a loop computes in
+    vectors, so that a batch lane or a Jacobian column would no longer equal
+    the single call bit for bit. ``""`` otherwise."""
+    if os.environ.get("ENZPY_VECTOR_LIBRARY", "") != "libmvec":
         return ""
-    return "libmvec"
+    return "libmvec" if libmvec_available() else ""

@@ -14,8 +14,7 @@ import llvmlite.binding as llvm
 import numpy as np
 import pytest
 
-from enzpy._config import jit_target
-from enzpy._config import vector_library as enzpy_vector_library
+from enzpy._config import jit_target, libmvec_available
 from enzpy.errors import EnzpyError
 
 from .conftest import const, differentiate, jit
@@ -116,7 +115,7 @@ def _vector_call(text: str, t: str, fn: str) -> bool:
 
 
 def _target(vector_library: str) -> dict[str, str]:
-    if vector_library and not enzpy_vector_library():
+    if vector_library and not libmvec_available():
         pytest.skip("glibc's libmvec is not available here")
     return {**jit_target(), "vector_library": vector_library}
 
