@@ -4,6 +4,11 @@ that carry derivatives, numba's CPU target context, and the one setting
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import platform
+import sys
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -17,7 +22,10 @@ __all__ = [
     "FLOAT_TYPES",
     "MAX_BATCH_WIDTH",
     "STRICT",
+    "jit_target",
+    "libmvec_available",
     "target_context",
+    "vector_library",
 ]
 
 #: The most tangents (forward) or cotangents (reverse) one batch call carries.
@@ -49,8 +57,51 @@ def target_context() -> Any:
 
 
 def jit_target() -> dict[str, str]:
-    """The CPU numba's JIT compiles for (its LLVM name and feature string),
-    as request fields: the engine optimizes the derivative for it, so that
-    loading it needs no second O3 (``_link``)."""
+    """The CPU numba's JIT compiles for (its LLVM name and feature string)
+    and the vector math library loaded for it, as request fields: the engine
+    optimizes the derivative for them, so that loading it needs no second O3
+    (``_link``)."""
     _triple, cpu, features = target_context().codegen().magic_tuple()
-    return {"target_cpu": str(cpu), "target_features": str(features)}
+    return {
+        "target_cpu": str(cpu),
+        "target_features": str(features),
+        "vector_library": vector_library(),
+    }
+
+
+#: glibc's vector math library, and functions of it that the engine's
+#: variants may call: LLVM's libmvec table goes up to tan (glibc 2.35).
+_LIBMVEC: Final = "libmvec.so.1"
+_LIBMVEC_NEWEST: Final = ("_ZGVbN2v_tan", "_ZGVdN4v_tan", "_ZGVbN4v_tanf", "_ZGVdN8v_tanf")
+
+
+@functools.cache
+def libmvec_available() -> bool:
+    """Whether glibc's vector math library (with every function LLVM's table
+    may ask for) is loaded where numba's JIT resolves symbols; loads it."""
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        return False
+    import llvmlite.binding as llvm
+
+    try:
+        lib = ctypes.CDLL(_LIBMVEC)
+        for name in _LIBMVEC_NEWEST:
+            getattr(lib, name)
+        llvm.load_library_permanently(_LIBMVEC)
+    except (OSError, AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def vector_library() -> str:
+    """``"libmvec"`` when ``ENZPY_VECTOR_LIBRARY=libmvec`` asks for glibc's
+    vector math library and it is available: the derivative's own math calls
+    (a rule's cos x, a recomputed sin x) then use its vector functions in
+    vectorized loops (the primal's calls keep numba's scalar libm). Opt-in:
+    its functions round differently (within 4 ulp) from scalar libm, and a
+    derivative's value would then depend on which elements a loop computes in
+    vectors, so that a batch lane or a Jacobian column would no longer equal
+    the single call bit for bit. ``""`` otherwise."""
+    if os.environ.get("ENZPY_VECTOR_LIBRARY", "") != "libmvec":
+        return ""
+    return "libmvec" if libmvec_available() else ""

@@ -120,7 +120,7 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   if (Req.DumpIR)
     Log.dump("derivative before optimization", printed(**D));
   if (Req.Optimize)
-    optimizeDerivative(M, Req.TargetCPU, Req.TargetFeatures);
+    optimizeDerivative(M, Req.TargetCPU, Req.TargetFeatures, Req.VectorLibrary);
   std::string Out;
   raw_string_ostream OS(Out);
   WriteBitcodeToFile(M, OS);

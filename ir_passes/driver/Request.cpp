@@ -87,6 +87,10 @@ Expected<Request> parseRequest(StringRef Json) {
   R.Optimize = Obj->getBoolean("optimize").value_or(true);
   R.TargetCPU = Obj->getString("target_cpu").value_or("").str();
   R.TargetFeatures = Obj->getString("target_features").value_or("").str();
+  R.VectorLibrary = Obj->getString("vector_library").value_or("").str();
+  if (!R.VectorLibrary.empty() && R.VectorLibrary != "libmvec")
+    return bad("unknown vector_library '" + R.VectorLibrary +
+               "' (known: libmvec)");
   R.StrictControl = Obj->getBoolean("strict_control").value_or(false);
   const json::Array *Params = Obj->getArray("params");
   if (!Params)

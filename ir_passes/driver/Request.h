@@ -85,6 +85,10 @@ struct Request {
   /// machine the code runs on. Empty: LLVM's target-independent defaults.
   std::string TargetCPU;
   std::string TargetFeatures;
+  /// A vector math library the process has loaded ("libmvec": glibc's),
+  /// whose functions the derivative's own math calls may use in vectorized
+  /// loops (transforms/PostOpt.h). Empty: none.
+  std::string VectorLibrary;
   /// Results that depend on active inputs only through control (a solver's
   /// loop exit, a comparison; analysis/ControlActivity.h) are an error of
   /// kind "piecewise" instead of a log entry.

@@ -29,17 +29,34 @@ Value *emitMathCall(IRBuilder<> &B, StringRef Name, ArrayRef<Value *> Args) {
       {"tanh", Intrinsic::tanh},   {"asin", Intrinsic::asin},
       {"acos", Intrinsic::acos},   {"atan", Intrinsic::atan},
       {"rint", Intrinsic::rint}};
+  Value *Call;
   auto It = Intrinsics.find(Name);
-  if (It != Intrinsics.end())
-    return B.CreateIntrinsic(It->second, {T}, Args);
-  Module *M = B.GetInsertBlock()->getModule();
-  std::string Sym = Name.str();
-  if (T->isFloatTy())
-    Sym += "f";
-  SmallVector<Type *, 3> Params(Args.size(), T);
-  FunctionCallee Fn =
-      M->getOrInsertFunction(Sym, FunctionType::get(T, Params, false));
-  return B.CreateCall(Fn, Args);
+  if (It != Intrinsics.end()) {
+    Call = B.CreateIntrinsic(It->second, {T}, Args);
+  } else {
+    Module *M = B.GetInsertBlock()->getModule();
+    std::string Sym = Name.str();
+    if (T->isFloatTy())
+      Sym += "f";
+    SmallVector<Type *, 3> Params(Args.size(), T);
+    FunctionCallee Fn =
+        M->getOrInsertFunction(Sym, FunctionType::get(T, Params, false));
+    Call = B.CreateCall(Fn, Args);
+  }
+  markDerivativeCall(Call);
+  return Call;
+}
+
+/// The metadata kind that marks the derivative's own calls.
+static constexpr const char *DerivativeCallMD = "enzpy.derivative";
+
+void markDerivativeCall(Value *V) {
+  if (auto *CB = dyn_cast<CallBase>(V))
+    CB->setMetadata(DerivativeCallMD, MDNode::get(CB->getContext(), {}));
+}
+
+bool isDerivativeCall(const CallBase &CB) {
+  return CB.getMetadata(DerivativeCallMD) != nullptr;
 }
 
 Value *RuleExpr::c(double V) { return ConstantFP::get(Ty, V); }
@@ -339,6 +356,14 @@ const ScalarRule *findCallRule(const Function *Callee) {
   if (!Rule || Callee->arg_size() != Rule->NumOperands)
     return nullptr;
   return Rule;
+}
+
+bool isPureMathCall(const CallBase &CB) {
+  const Function *Callee = CB.getCalledFunction();
+  if (!findCallRule(Callee))
+    return false;
+  return Callee->isIntrinsic() || Callee->isDeclaration() ||
+         Callee->doesNotAccessMemory();
 }
 
 const ScalarRule *findScalarRule(const Instruction &I) {

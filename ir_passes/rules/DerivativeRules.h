@@ -185,6 +185,11 @@ const ScalarRule *findScalarRule(const llvm::Instruction &I);
 /// The row for calls to \p Callee, or null. A function carrying a user
 /// rule (rules/UserRules.h) has the user row, for any number of operands.
 const ScalarRule *findCallRule(const llvm::Function *Callee);
+/// A call of a math function that has a row and whose result depends on its
+/// arguments only (an intrinsic, a libm declaration, or a function that
+/// touches no memory): calling it again with the same arguments gives the
+/// same value, so the reverse sweep may recompute it instead of taping it.
+bool isPureMathCall(const llvm::CallBase &CB);
 /// The operands a rule's partials refer to: a call's arguments, or an
 /// instruction's operands.
 const llvm::Value *ruleOperand(const llvm::Instruction &I, unsigned K);
@@ -206,9 +211,18 @@ sumTangents(llvm::IRBuilder<> &B,
             llvm::Type *To);
 
 /// Calls the math function \p Name on \p Args: the LLVM intrinsic when there
-/// is one, the libm function (with the "f" suffix for float) otherwise.
+/// is one, the libm function (with the "f" suffix for float) otherwise. The
+/// call is marked as the derivative's own (markDerivativeCall).
 llvm::Value *emitMathCall(llvm::IRBuilder<> &B, llvm::StringRef Name,
                           llvm::ArrayRef<llvm::Value *> Args);
+
+/// Marks \p V, when it is a call, as computing the derivative (a rule's
+/// partial, a value recomputed by the reverse sweep) rather than the primal:
+/// post-optimization may give such calls vector variants (transforms/PostOpt)
+/// that round differently from numba's scalar libm, which the primal's own
+/// calls keep, so that the primal values a derivative computes equal f's.
+void markDerivativeCall(llvm::Value *V);
+bool isDerivativeCall(const llvm::CallBase &CB);
 
 } // namespace enzpy
 

@@ -99,6 +99,7 @@ private:
   void reverseBlock(BasicBlock *B);
   void reverseInstruction(Instruction &I, IRBuilder<> &RB, BlockRev &R);
   void createFinal();
+  void markReverseMathCalls();
 
   Value *fetch(Value *DV, BlockRev &R) { return VR.fetch(DV, *R.Rec); }
   Value *fetchPrimal(const Value *PV, BlockRev &R) {
@@ -588,9 +589,21 @@ Expected<Function *> ReverseSynthesizer::run() {
         (*L)->emitReleaseAll(Sk.mapped(PRaise)->getTerminator());
     }
   Sk.emitNullChecks(Fail);
+  markReverseMathCalls();
   if (Log)
     VR.record(*Log, Reaching);
   return D;
+}
+
+/// Every math call of the reverse sweep (the blocks that are not clones of
+/// the primal's) computes the derivative: the rules' partials and the
+/// values recovered by recomputation (sin x beside the rule's cos x).
+void ReverseSynthesizer::markReverseMathCalls() {
+  for (BasicBlock &B : *D)
+    if (!Sk.primalOf(&B))
+      for (Instruction &I : B)
+        if (auto *CB = dyn_cast<CallBase>(&I); CB && isPureMathCall(*CB))
+          markDerivativeCall(CB);
 }
 
 } // namespace

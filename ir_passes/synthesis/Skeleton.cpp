@@ -76,6 +76,19 @@ void DerivativeSkeleton::create(ArrayRef<Trailing> Extra) {
   SmallVector<ReturnInst *, 4> Returns;
   CloneFunctionInto(D, &P, VMap, CloneFunctionChangeType::LocalChangesOnly,
                     Returns);
+  // The caller checked that no two arrays share memory, and shadows never
+  // share memory with an array (enzpy/_aliasing.py): with NoAlias, each
+  // differentiated array and each shadow is reached through its own
+  // parameter only, which lets O3 keep adjoints in registers and vectorize
+  // loops that read one array and write another without runtime checks.
+  for (unsigned I = 0; Req.NoAlias && I < Req.Params.size(); ++I) {
+    Argument *A = numba::userParam(*D, I);
+    if (!Req.Params[I].isDuplicated() || !A->getType()->isPointerTy())
+      continue;
+    A->addAttr(Attribute::NoAlias);
+    for (Value *S : ShadowArgs[I])
+      cast<Argument>(S)->addAttr(Attribute::NoAlias);
+  }
   for (const BasicBlock &PB : P) {
     PrimalBlock[mapped(&PB)] = &PB;
     for (const Instruction &PI : PB)

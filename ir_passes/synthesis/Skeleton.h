@@ -6,7 +6,9 @@
 //    parameters, then Width shadow pointers per duplicated parameter, then
 //    the mode's own trailing parameters (forward: tangents of Active
 //    scalars; reverse: the return value's cotangents). It returns the
-//    primal's status; its retptr receives the result struct.
+//    primal's status; its retptr receives the result struct. When the
+//    caller checked that arrays are disjoint (Request::NoAlias), the
+//    differentiated arrays and their shadows are noalias parameters.
 //  - A clone of the primal, the map between primal and cloned values, and a
 //    local slot that takes the primal's return value.
 //  - Shadow addresses: every address into active memory is mirrored onto its

@@ -1,9 +1,13 @@
 //===- ValueRecovery.cpp - forward values in the reverse sweep ------------===//
 #include "synthesis/ValueRecovery.h"
 #include "driver/Diagnostics.h"
+#include "numba/NumbaABI.h"
+#include "rules/DerivativeRules.h"
 #include "llvm/Analysis/ScalarEvolutionExpressions.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/CFG.h"
 #include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Module.h"
 #include "llvm/Transforms/Utils/ScalarEvolutionExpander.h"
 
@@ -11,10 +15,39 @@ using namespace llvm;
 
 namespace enzpy {
 
+/// The primal values the forward sweep needs for itself: those that reach a
+/// write to memory (other than the return slot when the primal value is not
+/// returned), a call with effects, or control flow. The others feed only a
+/// return value nobody reads: the forward sweep computes them only when the
+/// reverse sweep's tape asks for them.
+static DenseSet<const Value *> forwardNeeded(const Function &P,
+                                             bool ReturnPrimal) {
+  const Argument *RetPtr = P.getArg(numba::RetPtrParam);
+  DenseSet<const Value *> Needed;
+  SmallVector<const Instruction *, 32> Work;
+  auto need = [&](const Value *V) {
+    if (auto *I = dyn_cast<Instruction>(V); I && Needed.insert(I).second)
+      Work.push_back(I);
+  };
+  for (const Instruction &I : instructions(P)) {
+    if (auto *S = dyn_cast<StoreInst>(&I);
+        S && !ReturnPrimal &&
+        getUnderlyingObject(S->getPointerOperand()) == RetPtr)
+      continue;
+    if (I.isTerminator() || I.mayHaveSideEffects())
+      need(&I);
+  }
+  while (!Work.empty())
+    for (const Value *Op : Work.pop_back_val()->operands())
+      need(Op);
+  return Needed;
+}
+
 ValueRecovery::ValueRecovery(DerivativeSkeleton &Sk)
     : Sk(Sk), I64(Type::getInt64Ty(Sk.Ctx)), DT(Sk.P), LI(DT),
       TLII(Sk.P.getParent()->getTargetTriple()), TLI(TLII), AC(Sk.P),
-      SE(Sk.P, TLI, AC, DT, LI), Cache(Sk.Canon, Sk.Req, Sk.TA, DT, LI) {}
+      SE(Sk.P, TLI, AC, DT, LI), Cache(Sk.Canon, Sk.Req, Sk.TA, DT, LI),
+      NeededForward(forwardNeeded(Sk.P, Sk.Req.ReturnPrimal)) {}
 
 void ValueRecovery::createTape() { TheTape.emplace(*Sk.D, *Sk.Entry); }
 
@@ -37,10 +70,18 @@ bool ValueRecovery::reusable(const BasicBlock *PDef) const {
 }
 
 /// Whether \p I can be recomputed in the reverse sweep from its operands:
-/// address arithmetic, integer index arithmetic, and reads of memory that
-/// the call never writes.
+/// address arithmetic, integer index arithmetic, reads of memory that the
+/// call never writes, and math functions whose value the forward sweep
+/// would compute only for the tape (sin x in sum(x^2 sin x), where the
+/// reverse needs cos x too: recomputed beside it, the two become one
+/// sincos, and the forward loop that only filled the tape disappears).
 static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
-                           const DerivativeSkeleton &Sk) {
+                           const DerivativeSkeleton &Sk,
+                           const DenseSet<const Value *> &NeededForward) {
+  if (auto *CB = dyn_cast<CallBase>(I)) {
+    const Value *PV = Sk.primalOf(CB);
+    return PV && !NeededForward.contains(PV) && isPureMathCall(*CB);
+  }
   if (isa<GetElementPtrInst>(I))
     return true;
   if (isa<CastInst>(I))
@@ -78,7 +119,7 @@ unsigned ValueRecovery::popCost(Value *DV, Frame &R, unsigned Depth) {
   auto *I = dyn_cast<Instruction>(DV);
   if (!I || reusable(Sk.primalOf(I->getParent())) || R.Rebuilt.count(I))
     return 0;
-  if (Depth > 6 || !isRecomputable(I, Cache, Sk)) {
+  if (Depth > 6 || !isRecomputable(I, Cache, Sk, NeededForward)) {
     if (auto *Phi = dyn_cast<PHINode>(I)) {
       const Loop *L = LI.getLoopFor(Sk.primalOf(Phi->getParent()));
       if (L && loopOfHeader(L->getHeader()) && L->contains(R.PB))
@@ -151,7 +192,7 @@ Value *ValueRecovery::recompute(Instruction *I, Frame &R) {
     }
     return nullptr;
   }
-  if (!isRecomputable(I, Cache, Sk))
+  if (!isRecomputable(I, Cache, Sk, NeededForward))
     return nullptr;
   // Address arithmetic is always rebuilt (its index is shared); integer
   // values and reads when that pops no more than the value itself would;

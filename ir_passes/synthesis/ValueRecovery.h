@@ -11,6 +11,8 @@
 //    induction variables (from the loop's iteration counter) are rebuilt
 //    from other recovered values when that pops no more tape than the value
 //    itself would; float arithmetic only when it pops nothing;
+//    Math functions (sin, exp, ...) of recoverable operands are recomputed
+//    when the forward sweep would compute them only for the tape;
 //  - re-read: a load of memory that CachePolicy says nothing writes before
 //    the reverse runs is repeated;
 //  - tape: everything else is pushed at the end of its forward block and
@@ -109,6 +111,9 @@ private:
   llvm::AssumptionCache AC;
   llvm::ScalarEvolution SE;
   CachePolicy Cache;
+  /// Primal values the forward sweep needs for itself (not only for the
+  /// reverse sweep); see forwardNeeded().
+  llvm::DenseSet<const llvm::Value *> NeededForward;
   std::optional<Tape> TheTape;
   llvm::DenseMap<const llvm::Loop *, CountedLoop> Loops;
   /// Innermost loops' trip-count bounds (primal values in the preheader).

@@ -8,6 +8,12 @@
 // derivative needs no second O3. PassContext is the new pass manager's
 // analysis set-up, shared with preprocessing.
 //
+// Vector variants are attached per call (the "vector-function-abi-variant"
+// attribute the loop vectorizer reads), not through the TargetLibraryInfo,
+// which would give them to the primal's calls too: those keep numba's
+// scalar libm, so that the primal values a derivative computes (its forward
+// sweep, a returned primal) are bit-for-bit f's.
+//
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_POSTOPT_H
 #define ENZPY_POSTOPT_H
@@ -34,10 +40,16 @@ struct PassContext {
   explicit PassContext(llvm::TargetMachine *TM = nullptr);
 };
 
-/// O3 on \p M, for the CPU \p CPU with \p Features when \p CPU is given
-/// and LLVM knows the module's target (else target-independent).
+/// O3 (with ordered floating-point reductions allowed to vectorize) on \p M,
+/// for the CPU \p CPU with \p Features when \p CPU is given
+/// and LLVM knows the module's target (else target-independent). With
+/// \p VectorLibrary ("libmvec", loaded by the process), the derivative's
+/// own math calls (rules/DerivativeRules.h: markDerivativeCall) get the
+/// library's vector variants for the CPU's vector ISA, so that a vectorized
+/// reverse loop calls _ZGVdN4v_cos instead of four scalar cos.
 void optimizeDerivative(llvm::Module &M, llvm::StringRef CPU,
-                        llvm::StringRef Features);
+                        llvm::StringRef Features,
+                        llvm::StringRef VectorLibrary = "");
 
 } // namespace enzpy
 
