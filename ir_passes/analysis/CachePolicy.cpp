@@ -30,6 +30,7 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
   Function &F = *C.F;
   const Instruction *Writer = nullptr;
   auto writes = [&](const Value *Ptr) {
+    Writes.push_back({Writer, Ptr});
     for (const Value *R : TA.roots(Ptr)) {
       Written.insert(R);
       if (TA.allocationOf(R))
@@ -69,11 +70,13 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
       if (Callee && numba::isInactiveRuntimeCall(Callee->getName()))
         continue;
       Written.insert(UnknownRoot);
+      Writes.push_back({&I, nullptr});
       for (const Value *A : CB->args())
         if (A->getType()->isPointerTy())
           writes(A);
     } else if (I.mayWriteToMemory() && !isa<FenceInst>(I)) {
       Written.insert(UnknownRoot);
+      Writes.push_back({&I, nullptr});
     }
   }
   AnyUnknownWrite = Written.contains(UnknownRoot);
@@ -89,6 +92,26 @@ CachePolicy::CachePolicy(const CanonicalFunction &C, const Request &Req,
           if (const CallBase *A = TA.allocationOf(R))
             KeptAlive.insert(A);
       }
+}
+
+bool CachePolicy::unchangedIn(const LoadInst *Ld, const Loop &L) const {
+  const RootSet &Read = TA.roots(Ld->getPointerOperand());
+  if (Ld->isVolatile() || Read.empty() || Read.contains(UnknownRoot))
+    return false;
+  bool ReadsParameter = any_of(Read, isParameterRoot);
+  for (auto &[W, Ptr] : Writes) {
+    if (!L.contains(W))
+      continue;
+    if (!Ptr || TA.roots(Ptr).empty())
+      return false; // unknown memory
+    for (const Value *R : TA.roots(Ptr))
+      // Distinct roots are disjoint, except parameters that the caller
+      // did not check (Request::NoAlias).
+      if (R == UnknownRoot || Read.contains(R) ||
+          (!NoAlias && ReadsParameter && isParameterRoot(R)))
+        return false;
+  }
+  return true;
 }
 
 bool CachePolicy::canRereadMemory(const Value *Ptr,

@@ -15,6 +15,11 @@
 // Writes on paths that end in raising an exception do not count: when they
 // run, the reverse sweep does not.
 //
+// Per access and per loop, unchangedIn() says whether no write inside a loop
+// may change the memory a load reads: such a load of a loop-invariant
+// address reads the same value on every iteration, so the reverse sweep
+// needs it once per execution of the loop (ValueRecovery).
+//
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_CACHEPOLICY_H
 #define ENZPY_CACHEPOLICY_H
@@ -32,6 +37,7 @@ class DominatorTree;
 class Function;
 class Instruction;
 class LoadInst;
+class Loop;
 class LoopInfo;
 } // namespace llvm
 
@@ -51,6 +57,9 @@ public:
   /// for allocated arrays, not after \p At).
   bool canRereadMemory(const llvm::Value *Ptr,
                        const llvm::Instruction *At = nullptr) const;
+  /// No write inside \p L may change the memory \p Ld reads (writes on the
+  /// way to raising excepted).
+  bool unchangedIn(const llvm::LoadInst *Ld, const llvm::Loop &L) const;
   /// Allocations some re-read load reads: they must outlive the primal.
   const llvm::SmallPtrSetImpl<const llvm::CallBase *> &keptAlive() const {
     return KeptAlive;
@@ -67,6 +76,11 @@ private:
   llvm::DenseMap<const llvm::Value *,
                  llvm::SmallVector<const llvm::Instruction *, 4>>
       AllocationWriters;
+  /// Every write on a returning path, with the pointer it writes through
+  /// (null: unknown memory).
+  llvm::SmallVector<std::pair<const llvm::Instruction *, const llvm::Value *>,
+                    16>
+      Writes;
   llvm::SmallPtrSet<const llvm::CallBase *, 4> KeptAlive;
   llvm::DenseSet<const llvm::LoadInst *> Rereadable;
 };
