@@ -15,6 +15,14 @@
 // Writes on paths that end in raising an exception do not count: when they
 // run, the reverse sweep does not.
 //
+// A load that fails that test is still re-read when, per access, no store
+// that can run after it may write the element it read: LLVM's dependence
+// analysis (subscripts from ScalarEvolution, loop by loop) proves that every
+// store to the same array writes that element, if ever, in an earlier
+// iteration of the loops they share (a history array H[t + 1, i] = f(H[t, .])
+// read after row t was written), and stores to other arrays are disjoint by
+// the rules above.
+//
 // Per access and per loop, unchangedIn() says whether no write inside a loop
 // may change the memory a load reads: such a load of a loop-invariant
 // address reads the same value on every iteration, so the reverse sweep
@@ -32,7 +40,12 @@
 #include "llvm/ADT/SmallPtrSet.h"
 
 namespace llvm {
+class AssumptionCache;
 class CallBase;
+class DependenceInfo;
+class ScalarEvolution;
+class StoreInst;
+class TargetLibraryInfo;
 class DominatorTree;
 class Function;
 class Instruction;
@@ -45,9 +58,16 @@ namespace enzpy {
 
 class CachePolicy {
 public:
+  /// Per-root decisions only.
   CachePolicy(const CanonicalFunction &C, const Request &Req,
-              const TypeAnalysis &TA, const llvm::DominatorTree &DT,
-              const llvm::LoopInfo &LI);
+              const TypeAnalysis &TA, llvm::DominatorTree &DT,
+              llvm::LoopInfo &LI);
+  /// Also per access, with the dependence analysis (\p SE, \p AC and
+  /// \p TLI serve it during the constructor only).
+  CachePolicy(const CanonicalFunction &C, const Request &Req,
+              const TypeAnalysis &TA, llvm::DominatorTree &DT,
+              llvm::LoopInfo &LI, llvm::ScalarEvolution &SE,
+              llvm::AssumptionCache &AC, llvm::TargetLibraryInfo &TLI);
 
   /// The memory L reads is never written during the call.
   bool canReread(const llvm::LoadInst *L) const {
@@ -66,12 +86,17 @@ public:
   }
 
 private:
+  void analyze(const CanonicalFunction &C, llvm::DependenceInfo *DI);
+  /// No store that may run after \p L writes the element \p L read.
+  bool intactAfter(const llvm::LoadInst *L, llvm::DependenceInfo &DI) const;
+
   const TypeAnalysis &TA;
   bool NoAlias;
   bool AnyUnknownWrite = false;
   bool AnyParameterWritten = false;
   const llvm::DominatorTree &DT;
   const llvm::LoopInfo &LI;
+  llvm::ScalarEvolution *SE = nullptr; // during the constructor only
   llvm::DenseSet<const llvm::Value *> Written;
   llvm::DenseMap<const llvm::Value *,
                  llvm::SmallVector<const llvm::Instruction *, 4>>

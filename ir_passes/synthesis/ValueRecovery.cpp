@@ -15,7 +15,8 @@ namespace enzpy {
 ValueRecovery::ValueRecovery(DerivativeSkeleton &Sk)
     : Sk(Sk), I64(Type::getInt64Ty(Sk.Ctx)), DT(Sk.P), LI(DT),
       TLII(Sk.P.getParent()->getTargetTriple()), TLI(TLII), AC(Sk.P),
-      SE(Sk.P, TLI, AC, DT, LI), Cache(Sk.Canon, Sk.Req, Sk.TA, DT, LI) {}
+      SE(Sk.P, TLI, AC, DT, LI),
+      Cache(Sk.Canon, Sk.Req, Sk.TA, DT, LI, SE, AC, TLI) {}
 
 void ValueRecovery::createTape() { TheTape.emplace(*Sk.D, *Sk.Entry); }
 
@@ -77,11 +78,12 @@ bool ValueRecovery::freeIn(const Instruction *I, const Frame &R) const {
 }
 
 /// Whether \p I can be recomputed in the reverse sweep from its operands:
-/// address arithmetic, integer index arithmetic, comparisons and selects,
-/// and reads of memory that the call never writes.
+/// address arithmetic, integer index arithmetic (wrapped indices' division
+/// and remainder included), comparisons and selects, and reads of memory
+/// that the call never writes.
 static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
                            const DerivativeSkeleton &Sk) {
-  if (isa<GetElementPtrInst>(I) || isa<ICmpInst>(I) || isa<SelectInst>(I))
+  if (isa<GetElementPtrInst, ICmpInst, SelectInst, FreezeInst>(I))
     return true;
   if (isa<CastInst>(I))
     return !I->getType()->isFloatingPointTy() &&
@@ -100,6 +102,14 @@ static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
     case Instruction::And:
     case Instruction::Or:
     case Instruction::Xor:
+    case Instruction::LShr:
+    case Instruction::AShr:
+      return true;
+    // Integer division: the forward sweep did not trap on these operands.
+    case Instruction::SDiv:
+    case Instruction::UDiv:
+    case Instruction::SRem:
+    case Instruction::URem:
       return true;
     default:
       return false;
