@@ -89,6 +89,20 @@ def array_data_offset(context: Any, ty: types.Array) -> int:
     return offset
 
 
+def extent_params(context: Any, ty: types.Type) -> list[bool]:
+    """For each LLVM parameter numba passes for ``ty``: whether it is an
+    array's extent (a shape entry or the element count), never negative."""
+    n = len(flat_llvm_params(context, ty))
+    flags: list[bool] = []
+    if isinstance(ty, types.Array):
+        dm = context.data_model_manager[ty]
+        for name, member in zip(dm._fields, dm._members, strict=True):
+            flags += [name in ("shape", "nitems")] * len(flat_llvm_params(context, member))
+    elif isinstance(ty, (types.Tuple, types.UniTuple)):
+        flags = [f for t in ty.types for f in extent_params(context, t)]
+    return flags if len(flags) == n else [False] * n
+
+
 def float_elem(t: ir.Type) -> str | None:
     """The engine's name of a float LLVM type (None for other types)."""
     if isinstance(t, ir.DoubleType):

@@ -22,7 +22,7 @@ import numpy as np
 from numba.core import cgutils, types
 from numba.core.errors import TypingError
 
-from ._abi import ACTIVE, CONST, llvm_type_str
+from ._abi import ACTIVE, CONST, extent_params, llvm_type_str
 from ._aliasing import arrays_in
 from ._config import FLOAT_TYPES, MAX_BATCH_WIDTH
 from ._modes import Mode
@@ -246,7 +246,12 @@ class CallSignature:
         #: What the wrapper returns.
         self.result_type: types.Type = types.Tuple([r.result_type() for r in results])
 
-        entries = [e for lay in self.layouts for e in lay.params]
+        # Arrays' extents are marked: the engine may take them as non-negative.
+        entries = [
+            {**e, "extent": True} if extent else e
+            for lay in self.layouts
+            for e, extent in zip(lay.params, _extents(context, lay), strict=True)
+        ]
         ret_type = "void" if is_none else llvm_type_str(context.get_return_type(restype))
         digest = hashlib.sha1(
             repr(
@@ -426,3 +431,10 @@ def _holds_references(context: Any, ty: types.Type) -> bool:
     """Values of ``ty`` hold references numba counts (arrays, and tuples or
     records holding them)."""
     return bool(context.data_model_manager[ty].contains_nrt_meminfo())
+
+
+def _extents(context: Any, lay: ArgLayout) -> list[bool]:
+    """Which of ``lay``'s request entries are arrays' extents (none when its
+    entries are not one per LLVM parameter of its type)."""
+    flags = extent_params(context, lay.ty)
+    return flags if len(flags) == len(lay.params) else [False] * len(lay.params)

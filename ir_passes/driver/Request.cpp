@@ -112,6 +112,7 @@ Expected<Request> parseRequest(StringRef Json) {
     else
       return bad("unknown activity '" + A + "'");
     S.Elem = P->getString("elem").value_or("").str();
+    S.Extent = P->getBoolean("extent").value_or(false);
     if (S.Act != Activity::Const && S.Elem != "double" && S.Elem != "float")
       return bad("an active or duplicated parameter needs \"elem\": "
                  "\"double\" or \"float\"");

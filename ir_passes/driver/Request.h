@@ -27,6 +27,8 @@ enum class Activity { Const, Active, Dup, DupNoNeed };
 struct ParamSpec {
   Activity Act = Activity::Const;
   std::string Elem; // "double" or "float" for Active/Dup/DupNoNeed
+  /// An array's extent (a shape entry or element count): never negative.
+  bool Extent = false;
   bool isDuplicated() const {
     return Act == Activity::Dup || Act == Activity::DupNoNeed;
   }

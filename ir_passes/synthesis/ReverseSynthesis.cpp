@@ -498,12 +498,15 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
     for (auto &[Phi, A] : PhiAdj)
       for (unsigned K = 0; K < Width; ++K)
         Adj.add(EB, Phi->getIncomingValueForBlock(Pred), K, A[K]);
-    // Entering counted loops backwards: start from their last iteration.
+    // Entering loops backwards: counted ones start from their last
+    // iteration; values invariant in them are recovered here.
     for (const Loop *L = VR.loops().getLoopFor(Pred); L && !L->contains(B);
-         L = L->getParentLoop())
+         L = L->getParentLoop()) {
+      VR.enterLoop(L, EB.GetInsertBlock(), *R.Rec);
       if (const ValueRecovery::CountedLoop *LR =
               VR.loopOfHeader(L->getHeader()))
         EB.CreateStore(fetch(LR->Counter, R), LR->Remaining);
+    }
     EB.CreateBr(Rev[Pred].head());
   };
   if (B == &P.getEntryBlock()) {
@@ -578,6 +581,7 @@ Expected<Function *> ReverseSynthesizer::run() {
     DExit->getTerminator()->eraseFromParent();
     BranchInst::Create(Rev[PExit].head(), DExit);
   }
+  VR.emitHoisted();
   VR.emitPushes(Reaching);
   // After the pushes: the checks split blocks that the pushes end.
   BasicBlock *Fail = VR.tape().failureBlock();

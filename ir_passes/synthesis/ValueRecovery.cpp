@@ -10,6 +10,7 @@
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Module.h"
 #include "llvm/Transforms/Utils/ScalarEvolutionExpander.h"
+#include <numeric>
 
 using namespace llvm;
 
@@ -46,7 +47,8 @@ static DenseSet<const Value *> forwardNeeded(const Function &P,
 ValueRecovery::ValueRecovery(DerivativeSkeleton &Sk)
     : Sk(Sk), I64(Type::getInt64Ty(Sk.Ctx)), DT(Sk.P), LI(DT),
       TLII(Sk.P.getParent()->getTargetTriple()), TLI(TLII), AC(Sk.P),
-      SE(Sk.P, TLI, AC, DT, LI), Cache(Sk.Canon, Sk.Req, Sk.TA, DT, LI),
+      SE(Sk.P, TLI, AC, DT, LI),
+      Cache(Sk.Canon, Sk.Req, Sk.TA, DT, LI, SE, AC, TLI),
       NeededForward(forwardNeeded(Sk.P, Sk.Req.ReturnPrimal)) {}
 
 void ValueRecovery::createTape() { TheTape.emplace(*Sk.D, *Sk.Entry); }
@@ -69,9 +71,49 @@ bool ValueRecovery::reusable(const BasicBlock *PDef) const {
          (DT.dominates(PDef, Sk.Canon.NormalExit) && !LI.getLoopFor(PDef));
 }
 
+/// \p I (defined in \p PDef) has one value during each execution of \p L,
+/// and that value is available at every exit of \p L that returns: defined
+/// before the loop, or loaded from an address that does not change in the
+/// loop from memory that nothing in the loop writes.
+bool ValueRecovery::invariantIn(const Instruction *I, const BasicBlock *PDef,
+                                const Loop &L) const {
+  if (L.contains(PDef)) {
+    auto *PL = dyn_cast_or_null<LoadInst>(Sk.primalOf(I));
+    if (!PL || !Cache.unchangedIn(PL, L) ||
+        !SE.isLoopInvariant(
+            SE.getSCEV(const_cast<Value *>(PL->getPointerOperand())), &L))
+      return false;
+  }
+  SmallVector<BasicBlock *, 4> Exits;
+  L.getExitBlocks(Exits);
+  return all_of(Exits, [&](const BasicBlock *E) {
+    return !Sk.Canon.returns(E) || DT.dominates(PDef, E);
+  });
+}
+
+/// The outermost loop around \p R's block in which \p I is invariant and
+/// whose exits the reverse enters it from (dedicated exits), if any.
+const Loop *ValueRecovery::invariantLoop(const Instruction *I,
+                                         const BasicBlock *PDef,
+                                         const Frame &R) const {
+  const Loop *Best = nullptr;
+  for (const Loop *L = LI.getLoopFor(R.PB); L && invariantIn(I, PDef, *L);
+       L = L->getParentLoop())
+    if (L->hasDedicatedExits())
+      Best = L;
+  return Best;
+}
+
+bool ValueRecovery::freeIn(const Instruction *I, const Frame &R) const {
+  const BasicBlock *PDef = Sk.primalOf(I->getParent());
+  return reusable(PDef) || !LI.getLoopFor(PDef) || invariantLoop(I, PDef, R) ||
+         R.Rebuilt.count(I);
+}
+
 /// Whether \p I can be recomputed in the reverse sweep from its operands:
-/// address arithmetic, integer index arithmetic, reads of memory that the
-/// call never writes, and math functions whose value the forward sweep
+/// address arithmetic, integer index arithmetic (wrapped indices' division
+/// and remainder included), comparisons and selects, reads of memory that
+/// the call never writes, and math functions whose value the forward sweep
 /// would compute only for the tape (sin x in sum(x^2 sin x), where the
 /// reverse needs cos x too: recomputed beside it, the two become one
 /// sincos, and the forward loop that only filled the tape disappears).
@@ -82,7 +124,7 @@ static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
     const Value *PV = Sk.primalOf(CB);
     return PV && !NeededForward.contains(PV) && isPureMathCall(*CB);
   }
-  if (isa<GetElementPtrInst>(I))
+  if (isa<GetElementPtrInst, ICmpInst, SelectInst, FreezeInst>(I))
     return true;
   if (isa<CastInst>(I))
     return !I->getType()->isFloatingPointTy() &&
@@ -101,6 +143,14 @@ static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
     case Instruction::And:
     case Instruction::Or:
     case Instruction::Xor:
+    case Instruction::LShr:
+    case Instruction::AShr:
+      return true;
+    // Integer division: the forward sweep did not trap on these operands.
+    case Instruction::SDiv:
+    case Instruction::UDiv:
+    case Instruction::SRem:
+    case Instruction::URem:
       return true;
     default:
       return false;
@@ -113,42 +163,201 @@ static bool isRecomputable(const Instruction *I, const CachePolicy &Cache,
   return false;
 }
 
+/// The phi of a counted loop's header around \p R's block, as a
+/// ScalarEvolution expression of the primal (null otherwise).
+static const SCEV *inductionOf(const PHINode *Phi, const Loop *L,
+                               const DerivativeSkeleton &Sk,
+                               ScalarEvolution &SE) {
+  auto *PP = dyn_cast_or_null<PHINode>(Sk.primalOf(Phi));
+  if (!PP || !SE.isSCEVable(PP->getType()))
+    return nullptr;
+  const SCEV *S = SE.getSCEV(const_cast<PHINode *>(PP));
+  return isa<SCEVUnknown>(S) ? nullptr : S;
+}
+
 /// How many tape slots fetching \p DV would pop (capped): 0 for values that
-/// are reusable, already fetched, or recomputable for free.
+/// are reused, kept, hoisted, already fetched, or recomputable for free.
 unsigned ValueRecovery::popCost(Value *DV, Frame &R, unsigned Depth) {
   auto *I = dyn_cast<Instruction>(DV);
-  if (!I || reusable(Sk.primalOf(I->getParent())) || R.Rebuilt.count(I))
+  if (!I || freeIn(I, R))
     return 0;
-  if (Depth > 6 || !isRecomputable(I, Cache, Sk, NeededForward)) {
-    if (auto *Phi = dyn_cast<PHINode>(I)) {
-      const Loop *L = LI.getLoopFor(Sk.primalOf(Phi->getParent()));
-      if (L && loopOfHeader(L->getHeader()) && L->contains(R.PB))
-        return 0; // a counter or induction variable, see recompute()
-    }
+  if (Depth > 6)
     return 1;
+  if (auto *Phi = dyn_cast<PHINode>(I)) {
+    const BasicBlock *PH = Sk.primalOf(Phi->getParent());
+    const Loop *L = LI.getLoopFor(PH);
+    const CountedLoop *LR = loopOfHeader(PH);
+    if (!LR || !L->contains(R.PB))
+      return 1;
+    if (Phi == LR->Counter)
+      return 0;
+    const SCEV *S = inductionOf(Phi, L, Sk, SE);
+    return S ? std::min(expandCost(S, R, Depth + 1), 1u) : 1;
   }
+  if (!isRecomputable(I, Cache, Sk, NeededForward))
+    return 1;
   unsigned Cost = 0;
   for (Value *Op : I->operands())
     Cost += popCost(Op, R, Depth + 1);
   return Cost;
 }
 
+unsigned ValueRecovery::expandCost(const SCEV *S, Frame &R, unsigned Depth) {
+  constexpr unsigned Never = ~0u;
+  if (isa<SCEVConstant>(S))
+    return 0;
+  if (auto *U = dyn_cast<SCEVUnknown>(S))
+    return popCost(Sk.mapped(U->getValue()), R, Depth);
+  if (auto *AR = dyn_cast<SCEVAddRecExpr>(S)) {
+    if (!Loops.count(AR->getLoop()) || !AR->getLoop()->contains(R.PB) ||
+        AR->getNumOperands() > 3)
+      return Never;
+  } else if (!isa<SCEVAddExpr, SCEVMulExpr, SCEVTruncateExpr,
+                  SCEVZeroExtendExpr, SCEVSignExtendExpr, SCEVPtrToIntExpr>(
+                 S)) {
+    return Never;
+  }
+  unsigned Cost = 0;
+  for (const SCEV *Op : S->operands()) {
+    unsigned C = expandCost(Op, R, Depth);
+    if (C == Never)
+      return Never;
+    Cost += C;
+  }
+  return Cost;
+}
+
+Value *ValueRecovery::expand(const SCEV *S, Frame &R) {
+  IRBuilder<> H(R.Head->getTerminator());
+  Type *T = S->getType();
+  if (auto *C = dyn_cast<SCEVConstant>(S))
+    return C->getValue();
+  if (auto *U = dyn_cast<SCEVUnknown>(S))
+    return fetchPrimal(U->getValue(), R);
+  SmallVector<Value *, 4> Ops;
+  for (const SCEV *Op : S->operands()) {
+    Value *V = expand(Op, R);
+    if (!V)
+      return nullptr;
+    Ops.push_back(V);
+  }
+  H.SetInsertPoint(R.Head->getTerminator());
+  // Integer terms added to a pointer are byte offsets.
+  auto Sum = [&](Value *A, Value *B) -> Value * {
+    if (B->getType()->isPointerTy())
+      std::swap(A, B);
+    if (A->getType()->isPointerTy())
+      return H.CreateGEP(H.getInt8Ty(), A, B);
+    return H.CreateAdd(A, B);
+  };
+  if (isa<SCEVAddExpr>(S))
+    return std::accumulate(Ops.begin() + 1, Ops.end(), Ops[0], Sum);
+  if (isa<SCEVMulExpr>(S))
+    return std::accumulate(
+        Ops.begin() + 1, Ops.end(), Ops[0],
+        [&](Value *A, Value *B) { return H.CreateMul(A, B); });
+  if (isa<SCEVTruncateExpr>(S))
+    return H.CreateTrunc(Ops[0], T);
+  if (isa<SCEVZeroExtendExpr>(S))
+    return H.CreateZExt(Ops[0], T);
+  if (isa<SCEVSignExtendExpr>(S))
+    return H.CreateSExt(Ops[0], T);
+  if (isa<SCEVPtrToIntExpr>(S))
+    return H.CreatePtrToInt(Ops[0], T);
+  auto *AR = dyn_cast<SCEVAddRecExpr>(S);
+  if (!AR)
+    return nullptr;
+  // {A,+,B,+,C} at iteration k: A + B*k + C*k*(k-1)/2.
+  const CountedLoop &LR = Loops.find(AR->getLoop())->second;
+  Value *K = H.CreateLoad(I64, LR.Remaining, "enzpy.iter");
+  Value *Binom = K;
+  Value *V = Ops[0];
+  for (unsigned J = 1; J < Ops.size(); ++J) {
+    if (J == 2)
+      Binom = H.CreateLShr(
+          H.CreateMul(K, H.CreateSub(K, ConstantInt::get(I64, 1))), 1);
+    Type *StepT = Ops[J]->getType();
+    V = Sum(V, H.CreateMul(Ops[J], H.CreateSExtOrTrunc(Binom, StepT)));
+  }
+  return V;
+}
+
 /// The value \p DV of the forward sweep, as usable in the reverse of a block:
-/// itself when it is reusable; recomputed when that costs no more tape than
-/// popping it (an address from a shared index, an induction variable from
-/// the loop's counter, a re-read of memory nobody writes); popped otherwise.
+/// itself when it is reusable; kept or hoisted when it has one value per
+/// call or per execution of loops around the block; recomputed when that
+/// costs no more tape than popping it (an address from a shared index, an
+/// induction variable from the loops' counters, a re-read of memory nobody
+/// writes); popped otherwise.
 Value *ValueRecovery::fetch(Value *DV, Frame &R) {
   auto *I = dyn_cast<Instruction>(DV);
-  if (!I || reusable(Sk.primalOf(I->getParent())))
+  if (!I)
+    return DV;
+  const BasicBlock *PDef = Sk.primalOf(I->getParent());
+  if (reusable(PDef))
     return DV;
   auto It = R.Rebuilt.find(I);
   if (It != R.Rebuilt.end())
     return It->second;
-  if (Value *V = recompute(I, R)) {
-    R.Rebuilt[I] = V;
-    return V;
+  Value *V;
+  if (!LI.getLoopFor(PDef))
+    V = keep(I, R);
+  else if (const Loop *L = invariantLoop(I, PDef, R))
+    V = hoist(I, L, R);
+  else
+    V = recompute(I, R);
+  if (!V)
+    return R.Taped->pop(DV);
+  R.Rebuilt[I] = V;
+  return V;
+}
+
+/// A value defined once per call: stored where it is defined, loaded in
+/// the reverse (the slot becomes SSA again after promotion).
+Value *ValueRecovery::keep(Instruction *I, Frame &R) {
+  AllocaInst *&Slot = Kept[I];
+  if (!Slot) {
+    IRBuilder<> EB(Sk.Entry, Sk.Entry->getFirstInsertionPt());
+    Slot = EB.CreateAlloca(I->getType(), nullptr, I->getName() + ".kept");
+    BasicBlock::iterator After = isa<PHINode>(I)
+                                     ? I->getParent()->getFirstInsertionPt()
+                                     : std::next(I->getIterator());
+    new StoreInst(I, Slot, After);
   }
-  return R.Taped->pop(DV);
+  IRBuilder<> H(R.Head->getTerminator());
+  R.Notes.push_back({"kept", I});
+  return H.CreateLoad(I->getType(), Slot, I->getName() + ".kept");
+}
+
+/// A value invariant in loop \p L around \p R's block: loaded from a slot
+/// that emitHoisted fills where the reverse enters \p L.
+Value *ValueRecovery::hoist(Instruction *I, const Loop *L, Frame &R) {
+  AllocaInst *&Slot = Hoisted[{I, L}];
+  if (!Slot) {
+    IRBuilder<> EB(Sk.Entry, Sk.Entry->getFirstInsertionPt());
+    Slot = EB.CreateAlloca(I->getType(), nullptr, I->getName() + ".hoisted");
+    HoistPending.push_back({I, L});
+  }
+  IRBuilder<> H(R.Head->getTerminator());
+  R.Notes.push_back({"hoisted", I});
+  return H.CreateLoad(I->getType(), Slot, I->getName() + ".hoisted");
+}
+
+void ValueRecovery::enterLoop(const Loop *L, BasicBlock *Edge, Frame &From) {
+  LoopEntries[L].push_back({Edge, &From});
+}
+
+/// Each hoisted value is fetched in the reverse of its loop's exit blocks
+/// (once per execution of the loop: kept, hoisted further out, recomputed,
+/// re-read or taped there) and stored on the edges into the loop. Fetching
+/// may hoist more values: repeat until none is left.
+void ValueRecovery::emitHoisted() {
+  while (!HoistPending.empty()) {
+    auto [I, L] = HoistPending.pop_back_val();
+    AllocaInst *Slot = Hoisted.lookup({I, L});
+    for (auto &[Edge, From] : LoopEntries.lookup(L))
+      new StoreInst(fetch(I, *From), Slot,
+                    Edge->getTerminator()->getIterator());
+  }
 }
 
 Value *ValueRecovery::recompute(Instruction *I, Frame &R) {
@@ -159,38 +368,17 @@ Value *ValueRecovery::recompute(Instruction *I, Frame &R) {
     const CountedLoop *LR = loopOfHeader(PH);
     if (!LR || !L->contains(R.PB))
       return nullptr;
-    Value *K = H.CreateLoad(I64, LR->Remaining, "enzpy.iter");
     if (Phi == LR->Counter)
-      return K;
-    // Phis the synthesis added (shadows of pointer phis) have no primal.
-    auto *PP = dyn_cast_or_null<PHINode>(Sk.primalOf(Phi));
-    if (!PP)
+      return H.CreateLoad(I64, LR->Remaining, "enzpy.iter");
+    // Induction variables: their recurrence at the iteration reversed.
+    const SCEV *S = inductionOf(Phi, L, Sk, SE);
+    if (!S || expandCost(S, R, 1) > 1)
       return nullptr;
-    auto *AR = dyn_cast<SCEVAddRecExpr>(SE.getSCEV(const_cast<PHINode *>(PP)));
-    if (!AR || AR->getLoop() != L || !AR->isAffine())
+    Value *V = expand(S, R);
+    if (!V || V->getType() != Phi->getType())
       return nullptr;
-    auto *Step = dyn_cast<SCEVConstant>(AR->getStepRecurrence(SE));
-    if (!Step)
-      return nullptr;
-    Value *Start =
-        fetch(Sk.mapped(PP->getIncomingValueForBlock(LR->Preheader)), R);
-    H.SetInsertPoint(R.Head->getTerminator());
-    if (Phi->getType()->isIntegerTy()) {
-      Value *KT = H.CreateSExtOrTrunc(K, Phi->getType());
-      Value *V = H.CreateAdd(
-          Start,
-          H.CreateMul(KT, ConstantInt::get(Phi->getType(),
-                                           Step->getAPInt().getSExtValue())));
-      R.Notes.push_back({"recompute", I});
-      return V;
-    }
-    if (Phi->getType()->isPointerTy()) {
-      Value *Off = H.CreateMul(
-          K, ConstantInt::get(I64, Step->getAPInt().getSExtValue()));
-      R.Notes.push_back({"recompute", I});
-      return H.CreateGEP(H.getInt8Ty(), Start, Off);
-    }
-    return nullptr;
+    R.Notes.push_back({"recompute", I});
+    return V;
   }
   if (!isRecomputable(I, Cache, Sk, NeededForward))
     return nullptr;

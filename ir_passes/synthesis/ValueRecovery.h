@@ -7,12 +7,23 @@
 //
 //  - reuse: a value defined in a block that runs exactly once on every path
 //    that returns (it dominates the normal exit, outside loops) is used as is;
-//  - recompute: address arithmetic, integer index arithmetic and affine
-//    induction variables (from the loop's iteration counter) are rebuilt
-//    from other recovered values when that pops no more tape than the value
-//    itself would; float arithmetic only when it pops nothing;
-//    Math functions (sin, exp, ...) of recoverable operands are recomputed
-//    when the forward sweep would compute them only for the tape;
+//  - keep: a value defined outside loops whose block may be skipped (an
+//    allocation merged with null on the way to raising, say) is stored in a
+//    slot where it is defined and loaded from there: it has one value per
+//    call, and every block that uses it ran after it;
+//  - hoist: a value that is the same on every iteration of loops around the
+//    block reversed (defined outside them, or a load of an invariant address
+//    that no write in the loop may change, CachePolicy::unchangedIn) is
+//    recovered once each time the reverse enters the outermost such loop,
+//    at the reverse of the loop's exit block, and kept in a slot;
+//  - recompute: address arithmetic, integer index arithmetic, comparisons
+//    and selects, and induction variables (any ScalarEvolution recurrence of
+//    counted loops, affine or quadratic, such as a running index, evaluated
+//    at the reverse's iteration numbers) are rebuilt from other recovered
+//    values when that pops no more tape than the value itself would; float
+//    arithmetic only when it pops nothing; math functions (sin, exp, ...)
+//    of recoverable operands when the forward sweep would compute them only
+//    for the tape;
 //  - re-read: a load of memory that CachePolicy says nothing writes before
 //    the reverse runs is repeated;
 //  - tape: everything else is pushed at the end of its forward block and
@@ -86,6 +97,12 @@ public:
   llvm::Value *fetch(llvm::Value *DV, Frame &R);
   llvm::Value *fetchPrimal(const llvm::Value *PV, Frame &R);
 
+  /// The reverse enters loop \p L at \p Edge, a block of the reverse of
+  /// \p From (a block after the loop).
+  void enterLoop(const llvm::Loop *L, llvm::BasicBlock *Edge, Frame &From);
+  /// Recovers hoisted values where the reverse enters their loops; call
+  /// once every block's reverse is built, before emitPushes.
+  void emitHoisted();
   /// Emits every block's tape push and the loops' reservations; call once
   /// the reverse sweep is complete (the frames' sizes are then known).
   void emitPushes(const BlockSet &Reaching);
@@ -99,8 +116,24 @@ public:
 
 private:
   bool reusable(const llvm::BasicBlock *PDef) const;
+  bool invariantIn(const llvm::Instruction *I, const llvm::BasicBlock *PDef,
+                   const llvm::Loop &L) const;
+  const llvm::Loop *invariantLoop(const llvm::Instruction *I,
+                                  const llvm::BasicBlock *PDef,
+                                  const Frame &R) const;
+  /// Whether fetching \p I in \p R costs nothing per execution of R.PB:
+  /// reused, kept or hoisted.
+  bool freeIn(const llvm::Instruction *I, const Frame &R) const;
+  llvm::Value *keep(llvm::Instruction *I, Frame &R);
+  llvm::Value *hoist(llvm::Instruction *I, const llvm::Loop *L, Frame &R);
   llvm::Value *recompute(llvm::Instruction *I, Frame &R);
   unsigned popCost(llvm::Value *DV, Frame &R, unsigned Depth);
+  /// \p S (a ScalarEvolution expression of the primal) in the reverse of
+  /// R.PB, with recurrences of counted loops around it evaluated at the
+  /// iteration being reversed; null when it has parts that cannot be.
+  llvm::Value *expand(const llvm::SCEV *S, Frame &R);
+  /// The tape \p S would pop (capped), or ~0u when it cannot be expanded.
+  unsigned expandCost(const llvm::SCEV *S, Frame &R, unsigned Depth);
 
   DerivativeSkeleton &Sk;
   llvm::Type *I64;
@@ -109,7 +142,7 @@ private:
   llvm::TargetLibraryInfoImpl TLII;
   llvm::TargetLibraryInfo TLI;
   llvm::AssumptionCache AC;
-  llvm::ScalarEvolution SE;
+  mutable llvm::ScalarEvolution SE; // caches as it answers
   CachePolicy Cache;
   /// Primal values the forward sweep needs for itself (not only for the
   /// reverse sweep); see forwardNeeded().
@@ -119,6 +152,18 @@ private:
   /// Innermost loops' trip-count bounds (primal values in the preheader).
   llvm::DenseMap<const llvm::Loop *, llvm::Value *> TripBound;
   llvm::DenseMap<const llvm::BasicBlock *, std::unique_ptr<Frame>> Frames;
+  /// Slots of kept values, and of hoisted values per loop; hoisted values
+  /// still to be stored at their loop's entries; where the reverse enters
+  /// each loop.
+  llvm::DenseMap<const llvm::Value *, llvm::AllocaInst *> Kept;
+  llvm::DenseMap<std::pair<llvm::Instruction *, const llvm::Loop *>,
+                 llvm::AllocaInst *>
+      Hoisted;
+  llvm::SmallVector<std::pair<llvm::Instruction *, const llvm::Loop *>, 8>
+      HoistPending;
+  llvm::DenseMap<const llvm::Loop *,
+                 llvm::SmallVector<std::pair<llvm::BasicBlock *, Frame *>, 2>>
+      LoopEntries;
 };
 
 } // namespace enzpy

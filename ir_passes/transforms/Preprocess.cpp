@@ -488,6 +488,24 @@ static CanonicalFunction canonicalize(Function &F,
   return C;
 }
 
+/// Arrays' extents (ParamSpec::Extent) are never negative, and far below
+/// 2^56 (no machine addresses that many bytes): the range attribute tells
+/// ScalarEvolution and the optimizer, so that an extent times an element
+/// size is known not to wrap.
+static void markExtents(Function &F, const Request &Req) {
+  for (unsigned I = 0; I < Req.Params.size(); ++I) {
+    Argument *A = numba::userParam(F, I);
+    auto *T = dyn_cast<IntegerType>(A->getType());
+    if (!Req.Params[I].Extent || !T || A->getRange())
+      continue;
+    unsigned Bits = T->getBitWidth();
+    APInt Limit = Bits == 64 ? APInt::getOneBitSet(Bits, 56)
+                             : APInt::getSignedMinValue(Bits);
+    A->addAttr(Attribute::get(F.getContext(), Attribute::Range,
+                              ConstantRange(APInt::getZero(Bits), Limit)));
+  }
+}
+
 Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   Function *F = M.getFunction(Req.Function);
   if (!F || F->isDeclaration())
@@ -548,7 +566,10 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
     if (isInactiveFunction(&G) && !G.isDeclaration())
       runCanonicalPasses(G);
   isolate(M, *F, Recursive, Req.Name);
-  return canonicalize(*F, Recursive);
+  CanonicalFunction C = canonicalize(*F, Recursive);
+  // After the canonical passes, which keep the shape numba left.
+  markExtents(*F, Req);
+  return C;
 }
 
 CanonicalFunction canonicalCopy(Function &G, const Twine &Name,
