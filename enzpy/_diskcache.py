@@ -10,7 +10,8 @@ An entry's name is a hash of everything the derivative's code depends on
 library's bytes), numba, llvmlite and Python, the JIT's target CPU and
 features, the function (its source file's contents, its name and numba
 options) and, recursively, every global and closure variable its code
-names (njit callees by their own source files), the argument types, the
+names (njit callees by their own source files, functions of installed
+packages by name, numbers and strings by value), the argument types, the
 activities, the mode, the batch width, aliasing and strict mode. Any change
 of one of them is another name: a stale entry is never found. A function
 whose code reads a global or closure value that has no stable description
@@ -128,7 +129,8 @@ def _enzpy_fingerprint(engine: str, engine_stamp: tuple[int, int]) -> str:
         h.update(src.name.encode())
         h.update(src.read_bytes())
     h.update(Path(engine).read_bytes())
-    for part in (numba.__version__, llvmlite.__version__, sys.version, str(engine_stamp)):
+    versions = (numba.__version__, llvmlite.__version__, np.__version__, sys.version)
+    for part in (*versions, str(engine_stamp)):
         h.update(part.encode())
     return h.hexdigest()
 
@@ -154,6 +156,8 @@ def _describe(value: Any, seen: set[int]) -> Any:
         options = sorted((k, repr(v)) for k, v in value.targetoptions.items())
         return ("njit", _describe_function(value.py_func, seen), options)
     if isinstance(value, pytypes.FunctionType):
+        if _installed(value):  # numpy's, numba's: numba's typing of it is versioned
+            return ("named", value.__module__, value.__qualname__)
         return ("function", _describe_function(value, seen))
     if isinstance(value, pytypes.BuiltinFunctionType | np.ufunc | type):
         return ("named", getattr(value, "__module__", None), value.__qualname__)
@@ -164,6 +168,17 @@ def _describe(value: Any, seen: set[int]) -> Any:
     if isinstance(value, tuple):
         return ("tuple", type(value).__qualname__, [_describe(v, seen) for v in value])
     raise _Unstable(type(value).__qualname__)
+
+
+def _installed(func: pytypes.FunctionType) -> bool:
+    """Whether ``func`` comes from the standard library or an installed package."""
+    path = os.path.abspath(func.__code__.co_filename)
+    return any(path.startswith(os.path.join(os.path.abspath(p), "")) for p in _installed_prefixes())
+
+
+@functools.cache
+def _installed_prefixes() -> tuple[str, ...]:
+    return tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
 
 
 def _describe_function(func: pytypes.FunctionType, seen: set[int]) -> Any:
