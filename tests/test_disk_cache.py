@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fd
@@ -275,3 +276,19 @@ def test_functions_whose_source_file_is_gone_are_not_stored(cache_dir):
     g = enzpy.gradient(module.cube, x)
     np.testing.assert_allclose(g, 3 * x * x, rtol=1e-12)
     assert entries(cache_dir) == []
+
+
+def test_concurrent_writers_leave_one_whole_entry(cache_dir):
+    key = "ab" * 32
+    stores = [
+        _diskcache.Stored(code=bytes([i]) * (50_000 * (i + 1)), function=f"f{i}", environments=[])
+        for i in range(6)
+    ]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda s: _diskcache.write(key, s), stores * 5))
+    found = _diskcache.read(key)
+    assert found is not None
+    i = int(found.function[1:])
+    assert found.code == stores[i].code  # one writer's entry, whole
+    leftovers = [p.name for p in (cache_dir / "enzpy-cache").rglob("*") if p.is_file()]
+    assert leftovers == [f"{key}.enzpy"]
