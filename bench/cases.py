@@ -971,6 +971,80 @@ class MLP(ArrayParams):
 
 
 @numba.njit
+def mlp_reused_sse(W1, b1, W2, b2, X, Y):
+    # tanh hidden layer, linear output, squared error summed over samples,
+    # written the way C programmers write it: the hidden vector h and the
+    # output o are allocated once and accumulated into for every sample
+    # (h[j] += W1[k, j] * x_k over k), W1 stored input-major (d x m).
+    n, d = X.shape
+    m = W1.shape[1]
+    c = W2.shape[1]
+    h = np.empty(m)
+    o = np.empty(c)
+    loss = 0.0
+    for s in range(n):
+        for j in range(m):
+            h[j] = b1[j]
+        for k in range(d):
+            xk = X[s, k]
+            for j in range(m):
+                h[j] += W1[k, j] * xk
+        for j in range(m):
+            h[j] = math.tanh(h[j])
+        for i in range(c):
+            o[i] = b2[i]
+        for j in range(m):
+            hj = h[j]
+            for i in range(c):
+                o[i] += W2[j, i] * hj
+        for i in range(c):
+            r = o[i] - Y[s, i]
+            loss += 0.5 * r * r
+    return loss
+
+
+class MLPReused(ArrayParams):
+    name = "mlp_reused"
+    check_step = 1e-4
+
+    fn = staticmethod(mlp_reused_sse)
+
+    def __init__(self, d, m, c, n):
+        self.description = (
+            f"MLP with loops, {d}->{m} tanh->{c}, squared error summed over {n} samples; "
+            "hidden and output vectors reused per sample"
+        )
+        rng = np.random.default_rng(8)
+        self.params = [
+            rng.standard_normal((d, m)) / math.sqrt(d),
+            0.1 * rng.standard_normal(m),
+            rng.standard_normal((m, c)) / math.sqrt(m),
+            0.1 * rng.standard_normal(c),
+        ]
+        self.shadows = [np.zeros_like(p) for p in self.params]
+        self.consts = [rng.standard_normal((n, d)), rng.standard_normal((n, c))]
+
+    def peer_loss(self, xp, X, Y):
+        """The same loss vectorized over the samples, for xp (jax.numpy or torch)."""
+
+        def f(W1, b1, W2, b2):
+            r = xp.tanh(X @ W1 + b1) @ W2 + b2 - Y
+            return 0.5 * xp.sum(r * r)
+
+        return f
+
+    def jax(self):
+        import jax.numpy as jnp
+
+        return self.jax_gradient(self.peer_loss(jnp, *(jnp.asarray(a) for a in self.consts)))
+
+    def torch(self):
+        import torch
+
+        return self.torch_gradient(self.peer_loss(torch, *(torch.tensor(a) for a in self.consts)))
+
+
+@numba.njit
 def _log_sum_exp(v):
     mx = v[0]
     for c in range(1, v.shape[0]):
@@ -1119,6 +1193,7 @@ def make_kernels(quick):
             GMM(5, 10, 200),
             GMMScratch(5, 10, 200),
             MLP(32, 64, 10, 64),
+            MLPReused(16, 32, 10, 32),
         ]
     return [
         SumX2Sin(10**6),
@@ -1130,4 +1205,5 @@ def make_kernels(quick):
         GMM(10, 25, 1000),
         GMMScratch(10, 25, 1000),
         MLP(784, 128, 10, 256),
+        MLPReused(64, 128, 10, 256),
     ]

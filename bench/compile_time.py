@@ -15,19 +15,33 @@ each in a fresh process so that no compile is shared:
 
     python bench/compile_time.py                # N = 100, 200, 400, 800
     python bench/compile_time.py --sizes 50,100 --out /tmp/ct.json
+
+With ``--disk-cache`` it times instead, for each bench kernel (cases.py, the
+--quick sizes) compiled with ``cache=True``, the first call of the primal,
+of the gradient and of the forward derivative in a fresh process with empty
+numba and enzpy disk caches (cold), then in a second fresh process that finds
+both caches filled by the first (warm). A first call's time is the call's
+total minus the time of a later call (the compile and load alone).
+
+    python bench/compile_time.py --disk-cache [--only mlp,gmm]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from report import print_rows
+# This folder and examples/ (shared kernels) by plain name, also under `python -P`.
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
+
+from report import print_rows  # noqa: E402
 
 MATH = ("np.sin", "np.cos", "np.exp", "np.tanh", "np.sqrt", "np.log1p")
 
@@ -109,14 +123,110 @@ def measure(n_statements: int) -> dict[str, float]:
     return rec
 
 
+def measure_cached(name: str) -> dict[str, float | str]:
+    """First-call times of the bench kernel ``name`` in this process, its
+    functions compiled with ``cache=True`` (numba's and enzpy's disk caches)."""
+    import functools
+
+    import numba
+
+    njit = numba.njit
+    numba.njit = functools.partial(njit, cache=True)  # before the kernels are defined
+    import numpy as np
+    from cases import make_kernels
+    from timing import first_call
+
+    from enzpy import _cache
+
+    (k,) = [k for k in make_kernels(quick=True) if k.name == name]
+    rec: dict[str, float | str] = {"kernel": name}
+    for what, call in (("primal", k.primal), ("gradient", k.grad)):
+        k.primal_setup()
+        k.grad_setup(full=True)
+        first, _ = first_call(call)
+        k.primal_setup()
+        k.grad_setup(full=True)
+        again, _ = first_call(call)
+        rec[f"{what}_s"] = max(first - again, 0.0)
+    rng = np.random.default_rng(0)
+    forward = k.forward([rng.standard_normal(k.n_inputs())], batch=False)
+    first, _ = first_call(forward)
+    again, _ = first_call(forward)
+    rec["forward_s"] = max(first - again, 0.0)
+    info = _cache.info()
+    rec["disk_hits"], rec["disk_writes"] = info.disk_hits, info.disk_writes
+    return rec
+
+
+def disk_cache_table(names: list[str] | None, out: Path) -> None:
+    """Cold and warm first calls of the bench kernels, each in fresh processes."""
+    import tempfile
+
+    from cases import make_kernels
+
+    kernels = [k.name for k in make_kernels(quick=True) if not names or k.name in names]
+    records = []
+    for name in kernels:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {
+                **os.environ,
+                "ENZPY_CACHE_DIR": str(Path(tmp) / "enzpy"),
+                "NUMBA_CACHE_DIR": str(Path(tmp) / "numba"),
+            }
+            env.pop("ENZPY_DISABLE_CACHE", None)
+            runs = {}
+            for state in ("cold", "warm"):
+                print(f"{name}: {state} caches ...", flush=True)
+                done = subprocess.run(
+                    [sys.executable, "-P", __file__, "--cached-one", name],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=env,
+                )
+                runs[state] = json.loads(done.stdout.strip().splitlines()[-1])
+        records.append({"kernel": name, **runs})
+    rows = []
+    for r in records:
+        cold, warm = r["cold"], r["warm"]
+        row = [r["kernel"]]
+        for what in ("primal", "gradient", "forward"):
+            row.append(f"{cold[what + '_s']:.2f} / {warm[what + '_s']:.3f} s")
+        row.append(f"{cold['gradient_s'] / max(warm['gradient_s'], 1e-9):.0f}x")
+        row.append(f"{warm['disk_hits']}")
+        rows.append(row)
+    cols = ["kernel", "primal cold/warm", "gradient cold/warm", "forward cold/warm"]
+    print_rows(cols + ["gradient speedup", "disk hits (warm)"], rows)
+    print(
+        "first call minus a later call, in a fresh process: cold = empty numba and enzpy "
+        "disk caches, warm = both filled by the cold run (cache=True on every kernel)"
+    )
+    out.write_text(json.dumps({"date": time.strftime("%F"), "kernels": records}, indent=1))
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,200,400,800")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile_time.json"))
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process
+    ap.add_argument("--disk-cache", action="store_true", help="cold vs warm disk caches")
+    ap.add_argument("--only", help="--disk-cache: these bench kernels (comma-separated)")
+    ap.add_argument("--cached-one", help=argparse.SUPPRESS)  # child process
     a = ap.parse_args(argv)
     if a.one is not None:
         print(json.dumps(measure(a.one)))
+        return
+    if a.cached_one is not None:
+        print(json.dumps(measure_cached(a.cached_one)))
+        return
+    if a.disk_cache:
+        out = (
+            Path(a.out)
+            if "--out" in (argv or sys.argv)
+            else Path(a.out).with_name("disk_cache.json")
+        )
+        disk_cache_table(a.only.split(",") if a.only else None, out)
         return
     records = []
     for n in (int(s) for s in a.sizes.split(",")):

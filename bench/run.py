@@ -30,6 +30,10 @@ or PyTorch's allocations). A peer result marked '~' was measured on fewer
 time steps and scaled linearly (a sequential in-place sweep is a Python loop
 of scalar operations in PyTorch).
 
+The run's JSON goes to bench/results/latest.json (--out) and, when matplotlib
+is importable, its ratios per kernel and system to bench/results/ratios.png
+(plot.py, which also redraws it from a JSON file).
+
 The code: cases.py (the kernels, their inputs and peer versions), measure.py
 (timing, checks and memory of one case), peers.py (loading JAX and PyTorch),
 timing.py, peakmem.py (peak memory in a subprocess) and report.py (tables and
@@ -41,6 +45,7 @@ JSON); kernels shared with the demo and the tests are in examples/kernels.py.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -52,6 +57,7 @@ from cases import make_kernels  # noqa: E402
 from measure import memory_probe, run_kernel, run_memory  # noqa: E402
 from peakmem import PROBE_FLAG  # noqa: E402
 from peers import load_peers  # noqa: E402
+from plot import plot  # noqa: E402
 from report import print_forward_table, print_memory_table, print_table, write_results  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -99,6 +105,15 @@ def main(argv=None):
 
     write_results(args.out, records, peers, skipped, args.quick)
     print(f"\nwrote {args.out}")
+    png = (
+        RESULTS / "ratios.png"
+        if args.out == RESULTS / "latest.json"
+        else args.out.with_suffix(".png")
+    )
+    if plot(json.loads(args.out.read_text()), png):
+        print(f"wrote {png}")
+    else:
+        print("matplotlib is not installed: no plot (bench/plot.py draws it later)")
     return 0
 
 

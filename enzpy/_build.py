@@ -20,7 +20,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.core.errors import NumbaError
 from numba.core.registry import CPUDispatcher
 
-from . import _cache, _link, _native, _rules
+from . import _cache, _diskcache, _link, _native, _rules
 from ._aliasing import check_arguments
 from ._capture import Captured, as_dispatcher, capture, compiled_overload
 from ._config import STRICT, jit_target, target_context
@@ -48,15 +48,25 @@ __all__ = [
 class Entry:
     """A built derivative: its njit wrapper and its signature."""
 
-    __slots__ = ("wrapper", "signature", "restype", "keepalive")
+    __slots__ = ("wrapper", "signature", "restype", "keepalive", "disk", "stored")
 
-    def __init__(self, linked: _link.Linked, restype: types.Type, keepalive: Any) -> None:
+    def __init__(
+        self,
+        linked: _link.Linked,
+        restype: types.Type,
+        keepalive: Any,
+        disk: str | None = None,
+    ) -> None:
         self.wrapper = linked.wrapper
         self.signature = linked.signature
         #: The primal's numba return type.
         self.restype = restype
         #: Objects whose ids are part of the cache key.
         self.keepalive = keepalive
+        #: The disk cache's entry (None when not disk-cached).
+        self.disk = disk
+        #: How many of the wrapper's compiles are on disk.
+        self.stored = 0
 
 
 def dispatcher(f: Any) -> Dispatcher:
@@ -189,12 +199,115 @@ def _signature(b: Bound, noalias: bool) -> tuple[Captured, CallSignature]:
 
 
 def _build(b: Bound, noalias: bool, overload: Any) -> Entry:
+    disk = _disk_key(b, noalias, overload)
+    if disk is not None:
+        found = _load_stored(b, noalias, overload, disk)
+        if found is not None:
+            return found
     captured, sig = _signature(b, noalias)
+    what = function_name(b.disp)
+    if disk is not None:
+        sig.rename(_disk_name(b.mode, disk))
     bitcode, _ = _run_engine(captured, sig, log=False, strict_control=b.strict)
-    linked = _link.link(
-        bitcode, sig, captured.libraries, function_name(b.disp), captured.environments
+    envs = captured.environments
+    if disk is None:
+        linked = _link.link(bitcode, sig, captured.libraries, what, envs)
+    else:
+        lib, code = _link.load_library(
+            bitcode, sig.name, captured.libraries, what, envs, portable=True
+        )
+        loaded = [env for _, env in envs]
+        linked = _link.wrap(lib, sig, what, loaded)
+        _loaded[disk] = (lib, loaded, captured.function)
+        if code is not None:
+            kept = [_env_state(loaded[k]) for k in code.env_index]
+            _diskcache.write(disk, _diskcache.Stored(code, captured.function, kept))
+    return Entry(linked, captured.restype, (b.disp, b.prepared.argtypes, overload), disk)
+
+
+#: Derivatives loaded under a disk-cache name in this process (the JIT keeps
+#: them): the library, its Environments and the primal's symbol.
+_loaded: dict[str, tuple[Any, list[Any], str]] = {}
+
+
+def _disk_key(b: Bound, noalias: bool, overload: Any) -> str | None:
+    # A derivative may use a rule registered in this process only: such
+    # processes neither read nor write the disk cache.
+    if _rules.has_user_rules():
+        return None
+    p = b.prepared
+    call = (
+        b.mode.name,
+        b.ret_active,
+        [a.__qualname__ for a in p.annotations],
+        [str(t) for t in overload.signature.args],
+        noalias,
+        p.width,
+        p.batch,
+        b.strict,
+        sorted(jit_target().items()),  # the vector library among them
     )
-    return Entry(linked, captured.restype, (b.disp, b.prepared.argtypes, overload))
+    return _diskcache.key_for(b.disp, overload, call)
+
+
+def _disk_name(mode: Mode, key: str) -> str:
+    """The derivative's symbol when disk-cached: the same in every process
+    for the same code, and unlike any other."""
+    return f"enzpy_{mode.symbol_tag}_d{key[:32]}"
+
+
+def _load_stored(b: Bound, noalias: bool, overload: Any, key: str) -> Entry | None:
+    """The derivative from the disk cache (or loaded under its disk name in
+    this process already), or None."""
+    name = _disk_name(b.mode, key)
+    what = function_name(b.disp)
+    restype = overload.signature.return_type
+    known = _loaded.get(key)
+    if known is None:
+        stored = _diskcache.read(key)
+        if stored is None:
+            return None
+        try:
+            envs = [_environment(mod, consts) for mod, consts in stored.environments]
+        except ImportError:
+            return None
+        lib = _link.load_object(stored.code, name, envs)
+        if lib is None:
+            return None
+        known = _loaded[key] = (lib, envs, stored.function)
+    lib, envs, function = known
+    p = b.prepared
+    sig = CallSignature.for_call(
+        function,
+        p.annotations,
+        tuple(overload.signature.args),
+        restype,
+        CallShape(target_context(), b.mode, p.width, p.batch),
+        ret_active=b.ret_active,
+        noalias=noalias,
+    )
+    sig.rename(name)
+    linked = _link.wrap(lib, sig, what, envs)
+    e = Entry(linked, restype, (b.disp, p.argtypes, overload), key)
+    for reduced, undefined in _diskcache.read_wrappers(key):
+        _link.add_compiled(e.wrapper, reduced, undefined)
+    e.stored = len(e.wrapper.overloads)
+    return e
+
+
+def _env_state(env: Any) -> tuple[str, list[Any]]:
+    return str(env.globals.get("__name__")), list(env.consts)
+
+
+def _environment(module: str, consts: list[Any]) -> Any:
+    """A numba Environment for code of ``module`` holding ``consts``."""
+    import importlib
+
+    from numba.core.environment import Environment
+
+    env = Environment(importlib.import_module(module).__dict__)
+    env.consts[:] = consts
+    return env
 
 
 def entry(b: Bound, noalias: bool | None = None) -> Entry:
@@ -240,7 +353,18 @@ def invoke(e: Entry, args: Sequence[Any]) -> tuple[Any, ...]:
         raw: tuple[Any, ...] = e.wrapper(*args)
     except NumbaError as err:
         raise InternalError(f"enzpy failed to compile the call of a derivative: {err}") from err
+    if e.disk is not None and e.stored != len(e.wrapper.overloads):
+        _store_wrappers(e)
     return raw
+
+
+def _store_wrappers(e: Entry) -> None:
+    """Put the wrapper's new compiles beside its disk cache entry."""
+    assert e.disk is not None
+    compiled: dict[Any, Any] = e.wrapper.overloads
+    for cres in list(compiled.values())[e.stored :]:
+        _diskcache.write_wrapper(e.disk, cres)
+    e.stored = len(compiled)
 
 
 def call(e: Entry, prepared: Prepared, ret: Any = None) -> tuple[Any, ...]:

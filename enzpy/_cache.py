@@ -6,7 +6,8 @@ froze into the function until numba recompiles it), the numba types of the
 arguments, their activities, the mode, whether the return value is seeded and
 strict mode (``enzpy.strict()``: it refuses what non-strict mode builds).
 A cached derivative is reused without any compilation; ``info()`` counts hits,
-misses and builds so that tests can check this.
+misses and builds so that tests can check this, and the lookups of the disk
+cache (``_diskcache``), which a build consults first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
+
+from . import _diskcache
 
 __all__ = ["CacheInfo", "clear", "get_or_build", "info", "lookup"]
 
@@ -23,6 +26,11 @@ class CacheInfo(NamedTuple):
     misses: int
     builds: int
     size: int
+    #: Derivatives loaded from the disk cache, looked up there and not
+    #: found (or unreadable), and written to it.
+    disk_hits: int = 0
+    disk_misses: int = 0
+    disk_writes: int = 0
 
 
 _entries: dict[Hashable, Any] = {}
@@ -61,9 +69,12 @@ def get_or_build(key: Hashable, build: Callable[[], Any]) -> Any:
 
 
 def info() -> CacheInfo:
-    """Counters: lookups that hit, lookups that missed, derivatives built,
-    and entries held."""
-    return CacheInfo(_hits, _misses, _builds, len(_entries))
+    """Counters: lookups that hit, lookups that missed, derivatives built
+    (or loaded from disk), entries held, and the disk cache's counters."""
+    disk = _diskcache.counts()
+    return CacheInfo(
+        _hits, _misses, _builds, len(_entries), disk["hits"], disk["misses"], disk["writes"]
+    )
 
 
 def clear() -> None:
@@ -72,3 +83,4 @@ def clear() -> None:
     with _lock:
         _entries.clear()
         _hits = _misses = _builds = 0
+        _diskcache.reset_counts()

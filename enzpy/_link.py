@@ -20,7 +20,7 @@ wrapper around it is what Python and other njit code call.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import llvmlite.binding as llvm
 import numba
@@ -34,7 +34,7 @@ from ._config import target_context
 from ._signature import CallSignature
 from .errors import InternalError, UnsupportedError
 
-__all__ = ["Linked", "link"]
+__all__ = ["Linked", "Portable", "add_compiled", "link", "load_library", "load_object", "wrap"]
 
 
 class Linked:
@@ -52,15 +52,46 @@ class Linked:
         self.environments = environments
 
 
+class Portable(NamedTuple):
+    """A loaded derivative's object code, which another process can load
+    (``load_object``): what it needs and what it defines besides the
+    derivative."""
+
+    object_code: bytes
+    #: Symbols the object code leaves undefined; each resolves to an
+    #: address every process has (numba's runtime, the C library).
+    undefined: list[str]
+    #: The numba Environment globals it defines (named after the
+    #: derivative)...
+    env_names: list[str]
+    #: ... and the position of each one's Environment among those given.
+    env_index: list[int]
+
+
 class _OptimizedLibrary(numba_codegen.JITCodeLibrary):
     """A code library for a module the engine optimized already: finalizing
-    it links it and generates machine code, without numba's O3."""
+    it links it and generates machine code, without numba's O3. A
+    ``portable`` library keeps its object code, and only the symbols in
+    ``exported`` stay visible outside it: the code of the libraries linked
+    in (numba's, whose symbol names another process may give to other
+    functions) becomes internal."""
+
+    def __init__(self, codegen: Any, name: str, exported: set[str] | None = None) -> None:
+        super().__init__(codegen, name)
+        self._exported = exported
+        if exported is not None:
+            self.enable_object_caching()
 
     def _optimize_functions(self, ll_module: llvm.ModuleRef) -> None:
         pass
 
     def _optimize_final_module(self) -> None:
-        pass
+        if self._exported is None:
+            return
+        module = self._final_module
+        for gv in [*module.functions, *module.global_variables]:
+            if not gv.is_declaration and gv.name not in self._exported:
+                gv.linkage = "internal"
 
 
 def _defined_names(lib: Any) -> set[str]:
@@ -111,7 +142,8 @@ def load_library(
     libraries: list[Any],
     what: str,
     environments: Sequence[tuple[str, Any]] = (),
-) -> Any:
+    portable: bool = False,
+) -> tuple[Any, Portable | None]:
     """Put the derivative module into a finalized numba code library.
 
     The derivative ``name`` (unique in the process) stays external in the
@@ -120,7 +152,12 @@ def load_library(
     (copies of the primal and its callees) becomes internal, so that no
     symbol clashes with numba's own. The numba Environment globals named
     in ``environments`` that the module defines are pointed at their
-    Environment, as numba does for the functions it compiles."""
+    Environment, as numba does for the functions it compiles.
+
+    ``portable``: also return the library's object code for another process
+    (None if it needs a symbol only this process's JIT defines); the
+    Environment globals are then renamed after the derivative, whose name
+    the caller makes unique to what it computes."""
     tctx = target_context()
     codegen = tctx.codegen()
     with global_compiler_lock:
@@ -139,12 +176,17 @@ def load_library(
                 fn.linkage = "internal"
         if not found:
             raise InternalError(f"the engine's module does not define {name!r}")
+        envs = list(environments)
+        if portable:
+            index = _rename_environments(module, name, envs)
+            envs = [envs[k] for k in index]
         try:
             module.verify()
         except RuntimeError as e:
             raise InternalError(f"the engine returned an invalid module: {e}") from e
         needed = _resolve_declarations(module, codegen, libraries, what)
-        lib = _OptimizedLibrary(codegen, name)
+        exported = {name, *(n for n, _ in envs)} if portable else None
+        lib = _OptimizedLibrary(codegen, name, exported)
         for dep in needed:
             lib.add_linking_library(dep)
         try:
@@ -152,14 +194,74 @@ def load_library(
             lib.finalize()
         except Exception as e:  # noqa: BLE001 - numba/llvmlite raise various errors
             raise InternalError(f"numba could not load the derivative of {what}: {e}") from e
-        address = lib.get_pointer_to_function(name)
+        _publish(codegen, lib, name, envs)
+        out = _portable(lib, [n for n, _ in envs], index) if portable else None
+    return lib, out
+
+
+def _rename_environments(
+    module: llvm.ModuleRef, name: str, environments: list[tuple[str, Any]]
+) -> list[int]:
+    """Rename the Environment globals ``module`` defines ``<name>.env<k>``
+    (numba's names are unique in one process only), in place in
+    ``environments``; the positions of those it defines."""
+    defined = []
+    for k, (env_name, env) in enumerate(environments):
+        try:
+            gv = module.get_global_variable(env_name)
+        except NameError:
+            continue
+        if gv.is_declaration:
+            continue
+        gv.name = f"{name}.env{k}"
+        environments[k] = (gv.name, env)
+        defined.append(k)
+    return defined
+
+
+def _portable(lib: Any, env_names: list[str], env_index: list[int]) -> Portable | None:
+    undefined = [
+        gv.name
+        for gv in [*lib._final_module.functions, *lib._final_module.global_variables]
+        if gv.is_declaration and not gv.name.startswith("llvm.")
+    ]
+    if not all(llvm.address_of_symbol(n) for n in undefined):
+        return None  # it calls code another process would not have
+    return Portable(bytes(lib._get_compiled_object()), undefined, env_names, env_index)
+
+
+def _publish(codegen: Any, lib: Any, name: str, environments: Sequence[tuple[str, Any]]) -> None:
+    """Publish the derivative's address and point its Environment globals
+    at their Environments."""
+    address = lib.get_pointer_to_function(name)
+    if not address:
+        raise InternalError(f"the derivative {name!r} did not load into the JIT")
+    # Callers declare the derivative and the JIT resolves it by name.
+    llvm.add_symbol(name, address)
+    for env_name, env in environments:
+        if codegen._engine.is_symbol_defined(env_name):
+            codegen.set_env(env_name, env)
+
+
+def load_object(code: Portable, name: str, environments: Sequence[Any]) -> Any | None:
+    """Load object code that ``load_library`` returned (in this process or
+    another) for the derivative ``name``; its library, or None when a symbol
+    it needs is missing here."""
+    if not all(llvm.address_of_symbol(n) for n in code.undefined):
+        return None  # MCJIT would abort the process on it
+    codegen = target_context().codegen()
+    with global_compiler_lock:
+        lib = _OptimizedLibrary(codegen, name, {name, *code.env_names})
+        lib._set_compiled_object(code.object_code)
+        # As numba loads its cached code: the JIT asks the library's object
+        # cache hook for the (empty) final module's code and gets this.
+        lib._finalize_final_module()
+        address = codegen._engine.get_function_address(name)
         if not address:
-            raise InternalError(f"the derivative {name!r} did not load into the JIT")
-        # Callers declare the derivative and the JIT resolves it by name.
+            return None
         llvm.add_symbol(name, address)
-        for env_name, env in environments:
-            if codegen._engine.is_symbol_defined(env_name):
-                codegen.set_env(env_name, env)
+        for env_name, env in zip(code.env_names, environments, strict=True):
+            codegen.set_env(env_name, env)
     return lib
 
 
@@ -185,16 +287,33 @@ def _make_intrinsic(sig: CallSignature) -> Any:
     return intrinsic(enzpy_derivative_intrinsic)
 
 
-def _make_wrapper(intr: Any, doc: str) -> Any:
+def _make_wrapper(intr: Any, doc: str, name: str) -> Any:
     """The @njit function Python and njit code call. It hands its arguments
     as one tuple to the intrinsic, which checks them against the signature:
-    a closure (numba sees the intrinsic as a constant), no generated code."""
+    a closure (numba sees the intrinsic as a constant), no generated code.
+    Its qualified name holds the derivative's ``name``, so that numba's
+    symbols for it are as unique as that (``add_compiled``)."""
 
     def enzpy_derivative(*args: Any) -> Any:
         return intr(args)
 
     enzpy_derivative.__doc__ = doc
+    enzpy_derivative.__qualname__ = f"enzpy_derivative.{name}"
     return numba.njit(enzpy_derivative)
+
+
+def add_compiled(wrapper: Any, reduced: tuple[Any, ...], undefined: list[str]) -> bool:
+    """Give the njit ``wrapper`` a compile result stored by numba's
+    ``CompileResult._reduce`` (in another process, for the same derivative);
+    False when a symbol its code needs is missing here."""
+    from numba.core.compiler import CompileResult
+
+    if not all(llvm.address_of_symbol(n) for n in undefined):
+        return False  # MCJIT would abort the process on it
+    with global_compiler_lock:
+        cres = CompileResult._rebuild(target_context(), *reduced)
+        wrapper.add_overload(cres)
+    return True
 
 
 def link(
@@ -207,7 +326,14 @@ def link(
 ) -> Linked:
     """Load the derivative and build its intrinsic and njit wrapper (whose
     docstring is ``doc`` if given, else the signature's)."""
-    lib = load_library(bitcode, sig.name, libraries, what, environments)
+    lib, _ = load_library(bitcode, sig.name, libraries, what, environments)
+    return wrap(lib, sig, what, [env for _, env in environments], doc)
+
+
+def wrap(
+    lib: Any, sig: CallSignature, what: str, environments: list[Any], doc: str | None = None
+) -> Linked:
+    """The intrinsic and njit wrapper of the loaded derivative ``sig``."""
     intr = _make_intrinsic(sig)
-    wrapper = _make_wrapper(intr, doc or sig.docstring(what))
-    return Linked(lib, sig, wrapper, [env for _, env in environments])
+    wrapper = _make_wrapper(intr, doc or sig.docstring(what), sig.name)
+    return Linked(lib, sig, wrapper, environments)

@@ -382,6 +382,11 @@ class CallSignature:
         """Each argument's derivative in ``raw`` (None where there is none)."""
         return tuple([None if k is None else raw[k] for k in self._argument_at])
 
+    def rename(self, name: str) -> None:
+        """Name the derivative ``name`` (unique in the process) instead."""
+        self.name = name
+        self.request["name"] = name
+
     def docstring(self, what: str) -> str:
         """The wrapper's docstring (``what`` names the function)."""
         call = f"enzpy_derivative({', '.join(self.names)})"
