@@ -14,10 +14,7 @@ level, in the way Enzyme does it.
 See docs/design.md for the contract.
 """
 
-from . import (
-    _builtin_rules,  # noqa: F401 - registers enzpy's own rules
-    _rules,
-)
+from . import _builtin_rules  # noqa: F401 - registers enzpy's own rules
 from ._rules import inactive, partials, register_partials, stop_gradient
 from ._split import split
 from .annotations import (
@@ -52,8 +49,6 @@ from .errors import (
     PiecewiseConstantError,
     UnsupportedError,
 )
-
-_rules.seal_builtins()
 
 __version__ = "0.1.0"
 

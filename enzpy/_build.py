@@ -231,10 +231,6 @@ _loaded: dict[str, tuple[Any, list[Any], str]] = {}
 
 
 def _disk_key(b: Bound, noalias: bool, overload: Any) -> str | None:
-    # A derivative may use a rule registered in this process only: such
-    # processes neither read nor write the disk cache.
-    if _rules.has_user_rules():
-        return None
     p = b.prepared
     call = (
         b.mode.name,

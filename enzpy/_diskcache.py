@@ -47,7 +47,7 @@ from numba.core import types
 from numba.core.caching import NullCache
 from numba.core.dispatcher import Dispatcher
 
-from . import _native
+from . import _native, _rules
 
 __all__ = [
     "Stored",
@@ -181,6 +181,26 @@ def _installed_prefixes() -> tuple[str, ...]:
     return tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
 
 
+def _describe_rules() -> Any:
+    """The derivative rules registered in this process (``_rules``): a
+    derivative may use any of them, so they are part of every key. A rule
+    for a C function by address (ctypes, cfunc) has no description valid in
+    another process."""
+    described = []
+    for kind, target, df in _rules.registered():
+        if isinstance(target, int):
+            raise _Unstable("a rule for a C function by address")
+        # The function a rule is for, by name (its code is described where a
+        # derivative calls it); the rule's own code in full.
+        what = target if isinstance(target, str) else _name_of(target)
+        described.append((kind, what, None if df is None else _describe(df, set())))
+    return sorted(described, key=repr)
+
+
+def _name_of(disp: Any) -> tuple[str, str]:
+    return (disp.py_func.__module__, disp.py_func.__qualname__)
+
+
 def _describe_function(func: pytypes.FunctionType, seen: set[int]) -> Any:
     code = func.__code__
     name = (func.__module__, func.__qualname__)
@@ -232,6 +252,7 @@ def key_for(disp: Any, overload: Any, call: tuple[Any, ...]) -> str | None:
         st = os.stat(engine)
         fingerprint = _enzpy_fingerprint(engine, (st.st_size, st.st_mtime_ns))
         function = _describe(disp, set())
+        rules = _describe_rules()
     except (OSError, _Unstable):
         return None
     # A global rebound since numba compiled f: f(...) still runs the old
@@ -243,7 +264,7 @@ def key_for(disp: Any, overload: Any, call: tuple[Any, ...]) -> str | None:
         if any(n in now and not _same_frozen(now[n], v) for n, v in frozen.items()):
             return None
     triple, cpu, features = target_context().codegen().magic_tuple()
-    material = repr((_FORMAT, fingerprint, (triple, cpu, features), function, call))
+    material = repr((_FORMAT, fingerprint, (triple, cpu, features), function, rules, call))
     return hashlib.sha256(material.encode()).hexdigest()
 
 

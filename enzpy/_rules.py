@@ -79,22 +79,6 @@ def generation() -> int:
     return _current
 
 
-_builtin = 0
-
-
-def seal_builtins() -> None:
-    """Mark the rules registered so far (enzpy's own, at import) as built in."""
-    global _builtin
-    _builtin = _current
-
-
-def has_user_rules() -> bool:
-    """Whether a rule was registered after enzpy's own: derivatives may then
-    depend on rules that another process does not have (the disk cache is
-    not used)."""
-    return _current != _builtin
-
-
 def _njit(df: Any, what: str) -> Dispatcher:
     if isinstance(df, Dispatcher):
         return df
@@ -195,6 +179,17 @@ def arity(disp: Any) -> int:
     import inspect
 
     return len(inspect.signature(disp.py_func).parameters)
+
+
+def registered() -> list[tuple[str, Any, Any]]:
+    """Every registration, enzpy's own included: ("partials", target, df)
+    with target an njit function, a C symbol or an address, and
+    ("inactive", f, None)."""
+    out: list[tuple[str, Any, Any]] = [("partials", f, df) for f, df in _partials.values()]
+    for rule in _c_rules.values():
+        out.append(("partials", rule.symbol or rule.address, rule.partials))
+    out += [("inactive", f, None) for f in _inactive.values()]
+    return out
 
 
 def partials_for(disp: Any) -> Dispatcher | None:

@@ -292,3 +292,67 @@ def test_concurrent_writers_leave_one_whole_entry(cache_dir):
     assert found.code == stores[i].code  # one writer's entry, whole
     leftovers = [p.name for p in (cache_dir / "enzpy-cache").rglob("*") if p.is_file()]
     assert leftovers == [f"{key}.enzpy"]
+
+
+RULE_SCRIPT = """
+import json, sys
+sys.path.insert(0, {dir!r})
+import numpy as np
+import enzpy
+from enzpy import _cache
+import kern
+
+if {with_rule}:
+    import rule  # d_weight: not weight's derivative
+    enzpy.register_partials(kern.weight, rule.d_weight)
+dx, da = enzpy.gradient(kern.f, np.linspace(-0.9, 1.1, 7), 0.7)
+print(json.dumps({{"dx": dx.tolist(), "info": _cache.info()._asdict()}}))
+"""
+
+
+def test_a_derivative_built_with_a_user_rule_is_not_reused_without_it(tmp_path):
+    write_kernel(tmp_path, "sin")
+    (tmp_path / "rule.py").write_text(
+        "import numba\n\n\n@numba.njit\ndef d_weight(v):\n    return 5.0\n"
+    )
+    environ = dict(os.environ)
+    environ.pop("ENZPY_DISABLE_CACHE", None)
+    environ["ENZPY_CACHE_DIR"] = str(tmp_path / "enzpy-cache")
+    environ["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
+    environ["PYTHONPATH"] = str(Path(enzpy.__file__).parent.parent)
+
+    def gradient(with_rule: bool) -> dict:
+        script = RULE_SCRIPT.format(dir=str(tmp_path), with_rule=with_rule)
+        out = subprocess.run(
+            [sys.executable, "-P", "-c", script],
+            env=environ,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    ruled = gradient(True)
+    plain = gradient(False)
+    assert plain["info"]["disk_hits"] == 0  # another key: the rule is part of it
+    x = np.linspace(-0.9, 1.1, 7)
+    # f = sum(weight(x) * a * 1.5 * x): d/dx = (weight'(x) x + weight(x)) * a * 1.5
+    weight = x * np.sin(x)
+    np.testing.assert_allclose(ruled["dx"], (5.0 * x + weight) * 0.7 * 1.5, rtol=1e-12)
+    true = (np.sin(x) + x * np.cos(x)) * x + weight
+    np.testing.assert_allclose(plain["dx"], true * 0.7 * 1.5, rtol=1e-12)
+    again = gradient(True)
+    assert again["info"]["disk_hits"] == 1  # the same rule in another process: a hit
+    np.testing.assert_allclose(again["dx"], ruled["dx"], rtol=0)
+
+
+def test_a_function_numba_loaded_from_its_own_cache_is_differentiated(tmp_path):
+    # The second process gets f from numba's cache and builds the derivative
+    # (enzpy's disk cache off): numba's allocation helpers then arrive
+    # unoptimized, their MemInfo merged with null on the failure path.
+    write_kernel(tmp_path, "sin")
+    first = run(tmp_path, ENZPY_DISABLE_CACHE="1")
+    second = run(tmp_path, ENZPY_DISABLE_CACHE="1")
+    check_against_fd(first, math.sin)
+    check_against_fd(second, math.sin)

@@ -51,11 +51,28 @@ static Type *floatElementOf(Type *T) {
   return nullptr;
 }
 
-/// \p V with pointer casts and "null or V" selects looked through (numba
+/// \p V with pointer casts, "null or V" selects and phis looked through (numba
 /// guards allocations that way).
-static const Value *throughNullGuards(const Value *V) {
+static const Value *throughNullGuards(const Value *V, unsigned Depth = 0) {
   while (true) {
     V = V->stripPointerCasts();
+    // A merge of the value with null on the paths where the allocation
+    // failed (numba's allocator before O3 returns it through such a phi).
+    if (auto *Phi = dyn_cast<PHINode>(V); Phi && Depth < 4) {
+      const Value *Only = nullptr;
+      for (const Value *In : Phi->incoming_values()) {
+        In = throughNullGuards(In, Depth + 1);
+        if (isa<ConstantPointerNull>(In) || In == Phi)
+          continue;
+        if (Only && Only != In)
+          return V;
+        Only = In;
+      }
+      if (!Only)
+        return V;
+      V = Only;
+      continue;
+    }
     auto *Sel = dyn_cast<SelectInst>(V);
     if (!Sel)
       return V;
