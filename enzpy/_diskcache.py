@@ -193,7 +193,13 @@ def _describe_rules() -> Any:
         # The function a rule is for, by name (its code is described where a
         # derivative calls it); the rule's own code in full.
         what = target if isinstance(target, str) else _name_of(target)
-        described.append((kind, what, None if df is None else _describe(df, set())))
+        if df is None:
+            code = None
+        elif hasattr(df, "enzpy_description"):  # generated (enzpy.solvers)
+            code = df.enzpy_description(lambda v: _describe(v, set()))
+        else:
+            code = _describe(df, set())
+        described.append((kind, what, code))
     return sorted(described, key=repr)
 
 

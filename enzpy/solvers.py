@@ -99,6 +99,19 @@ def _build(source: str, scope: dict[str, Any], name: str, qualname: str) -> Disp
     return compiled
 
 
+def _describe_as(partials: Any, kind: str, f: Any, tol: float, maxiter: int) -> None:
+    """Let the disk cache describe the generated partials (which have no
+    source file) by what generated them: the solver, ``f``'s code, the
+    settings."""
+    partials.enzpy_description = lambda describe: (
+        "enzpy.solvers",
+        kind,
+        describe(f),
+        float(tol),
+        int(maxiter),
+    )
+
+
 def newton(residual: Any, *, tol: float = 1e-12, maxiter: int = 100) -> Dispatcher:
     """An njit solver ``solve(x0, p1, ..., pn) -> x`` of ``residual(x, p1,
     ..., pn) = 0`` by Newton's method from ``x0`` (float64 scalars), stopping
@@ -131,7 +144,9 @@ def partials({head}, x):
 """
     scope: dict[str, Any] = {"values": values, "slope": slope}
     solve = _build(source, scope, "solve", f"newton({what})")
-    register_partials(solve, _build(source, scope, "partials", f"newton({what}).partials"))
+    partials = _build(source, scope, "partials", f"newton({what}).partials")
+    _describe_as(partials, "newton", residual, tol, maxiter)
+    register_partials(solve, partials)
     return solve
 
 
@@ -164,5 +179,7 @@ def partials({head}, x):
 """
     scope: dict[str, Any] = {"values": values, "g": g}
     solve = _build(source, scope, "solve", f"fixed_point({what})")
-    register_partials(solve, _build(source, scope, "partials", f"fixed_point({what}).partials"))
+    partials = _build(source, scope, "partials", f"fixed_point({what}).partials")
+    _describe_as(partials, "fixed_point", g, tol, maxiter)
+    register_partials(solve, partials)
     return solve
