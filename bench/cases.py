@@ -1174,7 +1174,8 @@ class GMMScratch(ArrayParams):
 
         def lower(icf):
             q = torch.zeros((k, d, d), dtype=icf.dtype)
-            q = q.index_put((slice(None), torch.tensor(rows), torch.tensor(cols)), icf[:, d:])
+            index = (torch.arange(k)[:, None], torch.tensor(rows)[None], torch.tensor(cols)[None])
+            q = q.index_put(index, icf[:, d:])
             return q + torch.diag_embed(torch.exp(icf[:, :d]))
 
         f = self.peer_loss(torch, torch.tensor(self.consts[0]), torch.logsumexp, lower)
