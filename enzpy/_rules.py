@@ -24,6 +24,7 @@ cache's keys include it). enzpy's own rules (``_builtin_rules``: ``lgamma``,
 from __future__ import annotations
 
 import ctypes
+import inspect
 import itertools
 import re
 from dataclasses import dataclass
@@ -37,13 +38,18 @@ from .errors import EnzpyTypeError
 
 __all__ = [
     "CRule",
+    "addresses_called",
+    "arity",
+    "c_rules",
     "generation",
     "inactive",
-    "inactive_dispatchers",
+    "is_inactive",
+    "partials",
     "partials_for",
-    "c_rules",
     "register_partials",
+    "registered",
     "stop_gradient",
+    "through",
 ]
 
 
@@ -176,8 +182,6 @@ def inactive(f: Any) -> Any:
 
 def arity(disp: Any) -> int:
     """The number of parameters of an njit function."""
-    import inspect
-
     return len(inspect.signature(disp.py_func).parameters)
 
 
@@ -202,10 +206,6 @@ def is_inactive(disp: Any) -> bool:
     return _inactive.get(id(disp)) is disp
 
 
-def inactive_dispatchers() -> list[Dispatcher]:
-    return list(_inactive.values())
-
-
 def c_rules() -> list[CRule]:
     return list(_c_rules.values())
 
@@ -220,8 +220,6 @@ def through(disp: Dispatcher) -> Dispatcher:
     found = _through.get(id(disp))
     if found is not None and found[0] is disp:
         return found[1]
-    import inspect
-
     params = list(inspect.signature(disp.py_func).parameters)
     names = ", ".join(f"a{k}" for k in range(len(params)))
     scope: dict[str, Any] = {"target": disp}

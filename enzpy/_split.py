@@ -36,7 +36,7 @@ from . import _build
 from ._build import dispatcher
 from ._modes import Reverse
 from .annotations import Active, Const, Duplicated, DuplicatedNoNeed
-from .errors import EnzpyTypeError, EnzpyValueError, UnsupportedError
+from .errors import EnzpyValueError, UnsupportedError
 
 __all__ = ["split"]
 
@@ -147,8 +147,6 @@ def rev(tape{"".join(", " + s for s in shadows)}{dret}):
     fwd, rev = scope["fwd"], scope["rev"]
     fwd.__qualname__ = f"split({name}).fwd"
     rev.__qualname__ = f"split({name}).rev"
-    if not callable(disp):
-        raise EnzpyTypeError(f"{f!r} is not a function")
     compiled_fwd: Dispatcher = numba.njit(fwd)
     compiled_rev: Dispatcher = numba.njit(rev)
     return compiled_fwd, compiled_rev

@@ -31,14 +31,14 @@ code or from Python; differentiate any kernel that calls it.
 
 from __future__ import annotations
 
-import inspect
+import textwrap
 from typing import Any
 
 import numba
 from numba.core.dispatcher import Dispatcher
 
 from ._modes import ForwardWithPrimal
-from ._rules import register_partials
+from ._rules import arity, register_partials
 from .annotations import BatchDuplicated, Const, Duplicated
 from .api import derivative
 from .errors import EnzpyTypeError
@@ -49,10 +49,10 @@ __all__ = ["fixed_point", "newton"]
 def _arity(f: Any, what: str) -> int:
     if not isinstance(f, Dispatcher):
         raise EnzpyTypeError(f"{what} must be an @numba.njit function, got {f!r}")
-    params = inspect.signature(f.py_func).parameters
-    if len(params) < 1:
+    n = arity(f)
+    if n < 1:
         raise EnzpyTypeError(f"{what} takes the unknown x first, then the parameters")
-    return len(params)
+    return n
 
 
 def _all_partials(f: Dispatcher, n: int) -> Dispatcher:
@@ -112,42 +112,65 @@ def _describe_as(partials: Any, kind: str, f: Any, tol: float, maxiter: int) -> 
     )
 
 
+def _solver(
+    kind: str,
+    f: Any,
+    what: str,
+    tol: float,
+    maxiter: int,
+    iterate: str,
+    partial: str,
+    scope: dict[str, Any],
+) -> Dispatcher:
+    """The njit solver ``solve(x0, p1, ...)`` of kind ``kind`` for ``f``:
+    ``iterate`` is the body of its loop (names ``x``; returns the solution
+    when converged), ``partial`` the implicit function theorem's d x / d p_k
+    in terms of ``t`` (``f``'s partials at the solution, ``t[0]`` in x) and
+    ``k``. Its rule is registered; the loop's failure raises ``ValueError``."""
+    n = _arity(f, what)
+    name = getattr(f.py_func, "__qualname__", what)
+    params = "".join(f", p{k}" for k in range(1, n))
+    terms = ["0.0"] + [partial.format(k=k) for k in range(1, n)]
+    source = f"""
+def solve(x0{params}):
+    x = float(x0)
+    for _ in range({int(maxiter)}):
+{textwrap.indent(iterate.format(tol=float(tol), name=name).strip(), " " * 8)}
+    raise ValueError("enzpy.solvers.{kind}: {name} did not converge in {int(maxiter)} steps")
+
+def partials(x0{params}, x):
+    _, t = values({_unit_lanes(n)})
+    return ({", ".join(terms)},)
+"""
+    scope = {**scope, "values": _all_partials(f, n)}
+    solve = _build(source, scope, "solve", f"{kind}({name})")
+    partials = _build(source, scope, "partials", f"{kind}({name}).partials")
+    _describe_as(partials, kind, f, tol, maxiter)
+    register_partials(solve, partials)
+    return solve
+
+
 def newton(residual: Any, *, tol: float = 1e-12, maxiter: int = 100) -> Dispatcher:
     """An njit solver ``solve(x0, p1, ..., pn) -> x`` of ``residual(x, p1,
     ..., pn) = 0`` by Newton's method from ``x0`` (float64 scalars), stopping
     when a step is at most ``tol * (1 + |x|)``; ``ValueError`` after
     ``maxiter`` steps or at a zero derivative. Its derivative with respect to
     the parameters is the implicit function theorem's, at the solution (0
-    with respect to ``x0``)."""
+    with respect to ``x0``): ``-F_p / F_x``."""
     n = _arity(residual, "the residual")
-    values = _all_partials(residual, n)
-    slope = _slope(residual, n)
-    params = ", ".join(f"p{k}" for k in range(1, n))
-    head = f"x0{', ' if params else ''}{params}"
-    what = getattr(residual.py_func, "__qualname__", "the residual")
-    source = f"""
-def solve({head}):
-    x = float(x0)
-    for _ in range({int(maxiter)}):
-        r, fx = slope({_x_lane(n)})
-        if fx == 0.0:
-            raise ValueError("enzpy.solvers.newton: the derivative of {what} vanished")
-        step = r / fx
-        x = x - step
-        if abs(step) <= {float(tol)!r} * (1.0 + abs(x)):
-            return x
-    raise ValueError("enzpy.solvers.newton: {what} = 0 did not converge in {int(maxiter)} steps")
-
-def partials({head}, x):
-    r, t = values({_unit_lanes(n)})
-    return (0.0, {", ".join(f"-t[{k}] / t[0]" for k in range(1, n))}{"," if n == 2 else ""})
+    iterate = f"""
+r, fx = slope({_x_lane(n)})
+if fx == 0.0:
+    raise ValueError("enzpy.solvers.newton: the derivative of {{name}} vanished")
+step = r / fx
+x = x - step
+if abs(step) <= {{tol!r}} * (1.0 + abs(x)):
+    return x
 """
-    scope: dict[str, Any] = {"values": values, "slope": slope}
-    solve = _build(source, scope, "solve", f"newton({what})")
-    partials = _build(source, scope, "partials", f"newton({what}).partials")
-    _describe_as(partials, "newton", residual, tol, maxiter)
-    register_partials(solve, partials)
-    return solve
+    scope = {"slope": _slope(residual, n)}
+    return _solver(
+        "newton", residual, "the residual", tol, maxiter, iterate, "-t[{k}] / t[0]", scope
+    )
 
 
 def fixed_point(g: Any, *, tol: float = 1e-12, maxiter: int = 1000) -> Dispatcher:
@@ -157,29 +180,13 @@ def fixed_point(g: Any, *, tol: float = 1e-12, maxiter: int = 1000) -> Dispatche
     ``maxiter`` updates. Its derivative: ``dx/dp = g_p / (1 - g_x)`` at the
     fixed point (0 with respect to ``x0``)."""
     n = _arity(g, "the map")
-    values = _all_partials(g, n)
-    params = ", ".join(f"p{k}" for k in range(1, n))
-    head = f"x0{', ' if params else ''}{params}"
-    what = getattr(g.py_func, "__qualname__", "the map")
-    source = f"""
-def solve({head}):
-    x = float(x0)
-    for _ in range({int(maxiter)}):
-        nxt = g(x{", " if params else ""}{params})
-        if abs(nxt - x) <= {float(tol)!r} * (1.0 + abs(nxt)):
-            return nxt
-        x = nxt
-    raise ValueError(
-        "enzpy.solvers.fixed_point: x = {what} did not converge in {int(maxiter)} steps"
-    )
-
-def partials({head}, x):
-    nxt, t = values({_unit_lanes(n)})
-    return (0.0, {", ".join(f"t[{k}] / (1.0 - t[0])" for k in range(1, n))}{"," if n == 2 else ""})
+    args = "".join(f", p{k}" for k in range(1, n))
+    iterate = f"""
+nxt = g(x{args})
+if abs(nxt - x) <= {{tol!r}} * (1.0 + abs(nxt)):
+    return nxt
+x = nxt
 """
-    scope: dict[str, Any] = {"values": values, "g": g}
-    solve = _build(source, scope, "solve", f"fixed_point({what})")
-    partials = _build(source, scope, "partials", f"fixed_point({what}).partials")
-    _describe_as(partials, "fixed_point", g, tol, maxiter)
-    register_partials(solve, partials)
-    return solve
+    return _solver(
+        "fixed_point", g, "the map", tol, maxiter, iterate, "t[{k}] / (1.0 - t[0])", {"g": g}
+    )

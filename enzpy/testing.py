@@ -77,7 +77,9 @@ __all__ = [
 RTOL_FLOAT64: Final = 1e-6
 #: Relative tolerance when a differentiated argument is float32: the
 #: derivative is computed in float32 (eps 1.2e-7, accumulated over the
-#: operations of a sweep), the reference in float64.
+#: operations of a sweep, a few thousand roundings at most), the reference in
+#: float64. A wrong sign or a missing term is still an O(1) relative error,
+#: three orders of magnitude above it.
 RTOL_FLOAT32: Final = 3e-4
 #: Up to this many differentiable input entries the full finite-difference
 #: Jacobian is formed; above it, directional derivatives.

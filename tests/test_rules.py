@@ -173,6 +173,17 @@ def test_rule_replaces_the_body_in_forward_and_batch_mode():
     assert lanes[1] == pytest.approx(eds, rel=1e-12)
 
 
+def test_rule_replaces_the_body_in_reverse_batch_mode():
+    xs = RNG.uniform(0.1, 6.0, 5)
+    edx, eds = _expected_table_gradient(xs, 1.1)
+    dxs = (np.zeros(5), np.zeros(5))
+    _, ds = enzpy.autodiff(sum_over_table, BatchDuplicated(xs, dxs), Active(1.1), ret=(1.0, -2.0))
+    np.testing.assert_allclose(dxs[0], edx, rtol=1e-13)
+    np.testing.assert_allclose(dxs[1], -2.0 * edx, rtol=1e-13)
+    assert ds[0] == pytest.approx(eds, rel=1e-13)
+    assert ds[1] == pytest.approx(-2.0 * eds, rel=1e-13)
+
+
 # --- Integer arguments, float32, second derivatives --------------------------
 
 

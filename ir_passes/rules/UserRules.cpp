@@ -11,9 +11,7 @@
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
-#include "llvm/IR/IntrinsicInst.h"
 #include "llvm/IR/Module.h"
-#include "llvm/IR/Operator.h"
 
 using namespace llvm;
 
@@ -21,6 +19,8 @@ namespace enzpy {
 
 namespace {
 
+/// On a partials function: kept although nothing calls it before synthesis.
+constexpr StringLiteral RuleHelperAttr = "enzpy-rule-helper";
 /// The name the rule was registered under, for messages.
 constexpr StringLiteral RuleNameAttr = "enzpy-rule-name";
 /// The float types the partials function returns: 'd' or 'f' each.
@@ -269,7 +269,7 @@ Error applyUserRules(Module &M, const Request &Req) {
       continue; // marked by an earlier run (a derivative differentiated again)
     if (Function *P = M.getFunction(R.Partials)) {
       P->setLinkage(GlobalValue::InternalLinkage);
-      P->addFnAttr("enzpy-rule-helper");
+      P->addFnAttr(RuleHelperAttr);
     }
     if (G && !G->isDeclaration() &&
         numba::hasNativeSignature(*G->getFunctionType())) {
@@ -294,7 +294,7 @@ bool isInactiveFunction(const Function *F) {
 }
 
 bool isRuleHelper(const Function &F) {
-  return F.hasFnAttribute("enzpy-rule-helper");
+  return F.hasFnAttribute(RuleHelperAttr);
 }
 
 std::string ruleFunctionName(const Function &F) {
