@@ -15,7 +15,8 @@ See docs/design.md for the contract.
 """
 
 from . import _builtin_rules  # noqa: F401 - registers enzpy's own rules
-from ._rules import inactive, partials, register_partials, stop_gradient
+from ._rule_config import RuleConfig
+from ._rules import inactive, partials, register_partials, register_rule, stop_gradient
 from ._split import split
 from .annotations import (
     Active,
@@ -64,6 +65,8 @@ __all__ = [
     "strict",
     "split",
     "register_partials",
+    "register_rule",
+    "RuleConfig",
     "partials",
     "inactive",
     "stop_gradient",

@@ -74,7 +74,11 @@ def dispatcher(f: Any) -> Dispatcher:
     for a function with a user rule, a function that calls it, so that the
     rule gives its derivative (``_rules``)."""
     disp = f if type(f) is CPUDispatcher else as_dispatcher(f)
-    if _rules.partials_for(disp) is not None or _rules.is_inactive(disp):
+    if (
+        _rules.partials_for(disp) is not None
+        or _rules.is_inactive(disp)
+        or _rules.custom_for(disp) is not None
+    ):
         return _rules.through(disp)
     return disp
 

@@ -17,10 +17,12 @@ module plus the numba code libraries that the declarations resolve to.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,8 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 from numba.core.registry import CPUDispatcher
 
-from . import _rules
+from . import _custom_rules, _rules
+from ._custom_rules import CustomRule
 from .errors import CompilationError, EnzpyTypeError, InternalError, UnsupportedError
 
 __all__ = ["Captured", "as_dispatcher", "capture", "compiled_overload"]
@@ -558,26 +561,39 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
             pending.extend(_njit_callees(sub_cres))
             return sub_cres
 
+        def bring_compiled(df: NumbaDispatcher, args: tuple[types.Type, ...]) -> str:
+            """``df`` for ``args`` as numba compiled it (optimized, its
+            callees inside): for rule functions the engine calls but never
+            differentiates, which need no capture of their own."""
+            cres = _overload(df, args)
+            symbol: str = cres.fndesc.mangled_name
+            if symbol not in _defined_functions(module):
+                copy = _numba_functions_only(cres.library._get_module_for_linking())
+                copy.get_function(symbol).linkage = "external"
+                module.link_in(copy)
+            return symbol
+
         def bring_partials(df: NumbaDispatcher, args: tuple[types.Type, ...]) -> str:
             symbol: str = _overload(df, args).fndesc.mangled_name
             if symbol not in _defined_functions(module):
                 bring(df, args, symbol)
             return symbol
 
-        while True:
-            while pending:
-                callee, args, symbol = pending.pop(0)
-                dispatchers[id(callee)] = callee
-                key = (id(callee), args)
-                if key in captured_keys or symbol in _defined_functions(module):
-                    continue
-                captured_keys.add(key)
-                if symbol not in _referenced(module):
-                    continue
-                sub_cres = bring(callee, args, symbol)
-                rules.note_njit(callee, args, symbol, sub_cres, bring_partials)
-            if not rules.note_c(module, bring_partials):
-                break
+        def bring_callees() -> None:
+            while True:
+                while pending:
+                    callee, args, symbol = pending.pop(0)
+                    dispatchers[id(callee)] = callee
+                    key = (id(callee), args)
+                    if key in captured_keys or symbol in _defined_functions(module):
+                        continue
+                    captured_keys.add(key)
+                    if symbol not in _referenced(module):
+                        continue
+                    sub_cres = bring(callee, args, symbol)
+                    rules.note_njit(callee, args, symbol, sub_cres, bring_partials, bring_compiled)
+                if not rules.note_c(module, bring_partials, bring_compiled):
+                    break
 
         # numba's own compiled helpers (np.zeros, np.sum, x**n, ...): link their
         # bodies from the finalized libraries that define still-declared
@@ -586,36 +602,46 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
         # A recursive function reaches other overloads of itself through
         # numba's unresolved-symbol globals, not through linking libraries:
         # their libraries are those of the dispatchers' compiles.
-        libraries = _all_linking_libraries(linking)
-        missing = {n for n in _referenced(module) if _is_numba_function(n)}
-        linked_ids: set[int] = set()
-        while missing:
-            linked = False
-            for dep in libraries:
-                if not missing:
+        def link_helpers() -> list[Any]:
+            libraries = _all_linking_libraries(linking)
+            missing = {n for n in _referenced(module) if _is_numba_function(n)}
+            linked_ids: set[int] = set()
+            while missing:
+                linked = False
+                for dep in libraries:
+                    if not missing:
+                        break
+                    if id(dep) in linked_ids:
+                        continue
+                    try:
+                        shared = _module_for_linking(dep)
+                    except Exception:  # noqa: BLE001 - e.g. a library without a module
+                        continue
+                    if missing & _defined_functions(shared):
+                        linked_ids.add(id(dep))
+                        copy = _numba_functions_only(shared)
+                        # The linker brings a linkonce_odr body only where it is
+                        # referenced, which numba's unresolved-symbol globals are not.
+                        for fn in copy.functions:
+                            if fn.name in missing and not fn.is_declaration:
+                                fn.linkage = "external"
+                        module.link_in(copy)
+                        missing = {n for n in _referenced(module) if _is_numba_function(n)}
+                        linked = True
+                overloads = _overload_libraries(list(dispatchers.values()), missing)
+                fresh = [lib for lib in _all_linking_libraries(overloads) if lib not in libraries]
+                if not fresh and not linked:
                     break
-                if id(dep) in linked_ids:
-                    continue
-                try:
-                    shared = _module_for_linking(dep)
-                except Exception:  # noqa: BLE001 - e.g. a library without a module
-                    continue
-                if missing & _defined_functions(shared):
-                    linked_ids.add(id(dep))
-                    copy = _numba_functions_only(shared)
-                    # The linker brings a linkonce_odr body only where it is
-                    # referenced, which numba's unresolved-symbol globals are not.
-                    for fn in copy.functions:
-                        if fn.name in missing and not fn.is_declaration:
-                            fn.linkage = "external"
-                    module.link_in(copy)
-                    missing = {n for n in _referenced(module) if _is_numba_function(n)}
-                    linked = True
-            overloads = _overload_libraries(list(dispatchers.values()), missing)
-            fresh = [lib for lib in _all_linking_libraries(overloads) if lib not in libraries]
-            if not fresh and not linked:
+                libraries += fresh
+            return libraries
+
+        # The helpers may call C functions with rules (LAPACK), whose rule
+        # functions bring more callees and helpers.
+        while True:
+            bring_callees()
+            libraries = link_helpers()
+            if not rules.note_c(module, bring_partials, bring_compiled):
                 break
-            libraries += fresh
 
         module.verify()
         bitcode = module.as_bitcode()
@@ -655,9 +681,15 @@ class _RulesFound:
         symbol: str,
         cres: Any,
         bring_partials: Any,
+        bring_compiled: Any,
     ) -> None:
         if _rules.is_inactive(callee):
             self.inactive.append(symbol)
+            return
+        custom = _rules.custom_for(callee)
+        if custom is not None:
+            restype = cres.signature.return_type
+            self._add_custom(symbol, custom, args, restype, bring_compiled)
             return
         df = _rules.partials_for(callee)
         if df is None:
@@ -667,11 +699,26 @@ class _RulesFound:
         _check_rule_types(name, args, restype)
         self._add(symbol, None, name, df, args, restype, bring_partials)
 
-    def note_c(self, module: llvm.ModuleRef, bring_partials: Any) -> bool:
+    def note_c(self, module: llvm.ModuleRef, bring_partials: Any, bring_compiled: Any) -> bool:
         """Add the C functions with rules that ``module`` calls; whether any
         was new (its partials function may call more)."""
         new = False
         declared = _declared(module)
+        for symbol, custom in _rules.custom_c_rules().items():
+            if symbol in self._c_done or symbol not in declared:
+                continue
+            self._c_done.add(symbol)
+            fn = module.get_function(symbol)
+            args = _c_argtypes(fn, symbol, pointers=True)
+            ret = _declaration(fn).split()[1]
+            restype = None if ret == "void" else _LLVM_SCALARS.get(ret)
+            if ret != "void" and restype is None:
+                raise UnsupportedError(
+                    f"a function with a custom rule returns nothing, an integer or a "
+                    f"float; the C function {symbol} returns {ret}"
+                )
+            self._add_custom(symbol, custom, args, restype, bring_compiled)
+            new = True
         addresses = _rules.addresses_called(str(module)) if _rules.c_rules() else set()
         for rule in _rules.c_rules():
             key = rule.symbol if rule.symbol is not None else rule.address
@@ -700,6 +747,41 @@ class _RulesFound:
             new = True
         return new
 
+    def _add_custom(
+        self,
+        symbol: str,
+        custom: CustomRule,
+        args: tuple[types.Type, ...],
+        restype: types.Type | None,
+        bring: Any,
+    ) -> None:
+        if restype == types.none:
+            restype = None
+        if restype is not None and not isinstance(restype, types.Float | types.Integer):
+            raise UnsupportedError(
+                f"a function with a custom rule returns nothing, an integer or a float; "
+                f"{custom.display} returns {restype} (write array results into an "
+                "argument)"
+            )
+        built = _custom_rules.wrappers(custom, args, restype)
+        entry: dict[str, Any] = {
+            "callee": symbol,
+            "display": custom.display,
+            "args": built.args,
+            "tape_owners": built.tape_owners,
+        }
+        entry.update({f"{what}_result": t for what, t in built.results.items()})
+        for what, disp, argtypes in (
+            ("forward", built.forward, built.forward_args),
+            ("augmented", built.augmented, built.augmented_args),
+            ("reverse", built.reverse, built.reverse_args),
+        ):
+            if disp is None or argtypes is None:
+                continue
+            with _naming(f"the {what} function of the rule for {custom.display}"):
+                entry[what] = bring(disp, argtypes)
+        self.rules.append(entry)
+
     def _add(
         self,
         symbol: str | None,
@@ -713,15 +795,8 @@ class _RulesFound:
         # A partials function with one more parameter takes the result too.
         with_result = _rules.arity(df) == len(args) + 1
         p_args = (*args, restype) if with_result else args
-        try:
+        with _naming(f"the partial derivatives registered for {name}"):
             p_symbol = bring_partials(df, p_args)
-        except CompilationError as e:
-            raise CompilationError(
-                f"the partial derivatives registered for {name} do not compile for "
-                f"its arguments: {e}",
-                file=e.file,
-                line=e.line,
-            ) from e
         n_floats = sum(isinstance(a, types.Float) for a in args)
         found = _overload(df, p_args).signature.return_type
         _check_partials_type(name, df, found, n_floats)
@@ -737,6 +812,17 @@ class _RulesFound:
         else:
             entry["address"] = address
         self.rules.append(entry)
+
+
+@contextlib.contextmanager
+def _naming(what: str) -> Iterator[None]:
+    """A rule function that does not compile: numba's error, naming the rule."""
+    try:
+        yield
+    except CompilationError as e:
+        raise CompilationError(
+            f"{what} fail to compile for its arguments: {e}", file=e.file, line=e.line
+        ) from e
 
 
 def _check_rule_types(name: str, args: tuple[types.Type, ...], restype: types.Type) -> None:
@@ -779,12 +865,15 @@ _LLVM_SCALARS: dict[str, types.Type] = {
 }
 
 
-def _c_argtypes(fn: llvm.ValueRef, name: str) -> tuple[types.Type, ...]:
-    """numba types of a C function's parameters, from its declaration."""
+def _c_argtypes(fn: llvm.ValueRef, name: str, pointers: bool = False) -> tuple[types.Type, ...]:
+    """numba types of a C function's parameters, from its declaration
+    (pointers as ``voidptr`` when ``pointers``)."""
     params = _declaration(fn).split("(", 1)[1].rsplit(")", 1)[0]
     found: list[types.Type] = []
     for p in (x.strip() for x in params.split(",") if x.strip()):
-        t = _LLVM_SCALARS.get(p.split()[0])
+        llvm_type = p.split()[0]
+        is_pointer = llvm_type == "ptr" or llvm_type.endswith("*")
+        t = types.voidptr if pointers and is_pointer else _LLVM_SCALARS.get(llvm_type)
         if t is None:
             raise UnsupportedError(
                 f"a rule given by partial derivatives is for a function of scalars; "

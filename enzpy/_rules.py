@@ -12,6 +12,13 @@ directly:
   derivatives of ``f`` with respect to its float arguments (a float, or a
   tuple in argument order). The engine derives forward, reverse, batch and
   higher-order derivatives from them; ``df`` is compiled code, inlined.
+* ``register_rule(f, forward=..., augmented=..., reverse=...)``: ``f`` is an
+  njit function of scalars and arrays, or a C function numba declares by
+  name (its pointers are raw addresses), that may write into its arrays and
+  returns nothing, an integer or a float; the three njit functions replace
+  its calls in forward mode, in the reverse's forward sweep and in the
+  reverse sweep (``_custom_rules`` builds what the engine calls around
+  them; docs/rules.md has the conventions).
 * ``inactive(f)``: calls of the njit function ``f`` carry no derivative.
 * ``stop_gradient(x)``: ``x`` as a value without derivative.
 
@@ -34,6 +41,7 @@ import numba
 from numba.core import types
 from numba.core.dispatcher import Dispatcher
 
+from ._custom_rules import CustomRule
 from .errors import EnzpyTypeError
 
 __all__ = [
@@ -41,12 +49,15 @@ __all__ = [
     "addresses_called",
     "arity",
     "c_rules",
+    "custom_c_rules",
+    "custom_for",
     "generation",
     "inactive",
     "is_inactive",
     "partials",
     "partials_for",
     "register_partials",
+    "register_rule",
     "registered",
     "stop_gradient",
     "through",
@@ -71,6 +82,8 @@ class CRule:
 _partials: dict[int, tuple[Dispatcher, Dispatcher]] = {}
 _c_rules: dict[str | int, CRule] = {}
 _inactive: dict[int, Dispatcher] = {}
+_custom: dict[int, tuple[Dispatcher, CustomRule]] = {}
+_custom_c: dict[str, CustomRule] = {}
 _generation = itertools.count(1)
 _current = 0
 
@@ -168,6 +181,70 @@ def partials(f: Any) -> Any:
     return register
 
 
+def register_rule(
+    f: Any, *, forward: Any = None, augmented: Any = None, reverse: Any = None
+) -> Any:
+    """Give ``f`` a custom derivative rule, used at every call of ``f``
+    inside differentiated kernels (and when ``f`` is differentiated itself).
+
+    ``f`` is an njit function of float and integer scalars and arrays, or a
+    C function numba declares by name (a symbol, or a
+    ``numba.types.ExternalFunction``), whose pointers the rule receives as
+    raw addresses; it may write into its arrays and returns nothing, an
+    integer or a float. With ``cfg`` a ``RuleConfig`` (``cfg.active[i]``:
+    argument i carries a derivative at this call; ``cfg.overwritten[i]``:
+    its memory may change before the reverse runs) and ``dx`` the shadow of
+    each argument ``x`` (an array of the same shape; a zero array where the
+    argument is constant; a float's tangent; 0 for other arguments; a
+    pointer's shadow address, or 0):
+
+    * ``forward(cfg, x1, dx1, ..., xn, dxn)`` runs ``f`` and writes the
+      tangents of what it writes into the ``dx``; returns ``f``'s result, or
+      ``(result, tangent)`` for a float result;
+    * ``augmented(cfg, x1, ..., xn)`` runs ``f``; returns ``(result, tape)``
+      (just ``tape`` when ``f`` returns nothing): what the reverse needs, an
+      array, a scalar or a tuple of them;
+    * ``reverse(cfg, tape, x1, dx1, ..., xn, dxn[, ybar])`` turns the
+      cotangents in the shadows of what ``f`` wrote into those of what it
+      read (``ybar``: the cotangent of a float result); returns the
+      cotangents of the float arguments (a float, a tuple, or ``()``).
+
+    Either ``forward`` or ``augmented`` with ``reverse`` may be left out
+    (the mode that needs them then refuses clearly). Plain Python functions
+    are njit-compiled. Returns ``f``."""
+    fns = [
+        _njit(g, f"the {what} function") if g is not None else None
+        for g, what in ((forward, "forward"), (augmented, "augmented"), (reverse, "reverse"))
+    ]
+    if fns[0] is None and fns[1] is None and fns[2] is None:
+        raise EnzpyTypeError("register_rule needs forward=, or augmented= and reverse=")
+    if (fns[1] is None) != (fns[2] is None):
+        raise EnzpyTypeError("register_rule needs both augmented= and reverse=, or neither")
+    if isinstance(f, Dispatcher):
+        rule = CustomRule(fns[0], fns[1], fns[2], f.py_func.__qualname__)
+        _custom[id(f)] = (f, rule)
+    elif isinstance(f, str | types.ExternalFunction):
+        symbol = f if isinstance(f, str) else f.symbol
+        _custom_c[symbol] = CustomRule(fns[0], fns[1], fns[2], symbol)
+    else:
+        raise EnzpyTypeError(
+            "register_rule takes an njit function or a C function numba declares by name "
+            f"(a symbol or numba.types.ExternalFunction); got {f!r}"
+        )
+    _bump()
+    return f
+
+
+def custom_for(disp: Any) -> CustomRule | None:
+    """The custom rule registered for the njit function ``disp``."""
+    found = _custom.get(id(disp))
+    return found[1] if found is not None and found[0] is disp else None
+
+
+def custom_c_rules() -> dict[str, CustomRule]:
+    return dict(_custom_c)
+
+
 def inactive(f: Any) -> Any:
     """Declare that calls of the njit function ``f`` carry no derivative
     (logging, counters, random draws taken as constant): its results are
@@ -193,6 +270,16 @@ def registered() -> list[tuple[str, Any, Any]]:
     for rule in _c_rules.values():
         out.append(("partials", rule.symbol or rule.address, rule.partials))
     out += [("inactive", f, None) for f in _inactive.values()]
+    customs: list[tuple[Any, CustomRule]] = [(f, r) for f, r in _custom.values()]
+    customs += list(_custom_c.items())
+    for target, custom in customs:
+        for what, fn in (
+            ("forward", custom.forward),
+            ("augmented", custom.augmented),
+            ("reverse", custom.reverse),
+        ):
+            if fn is not None:
+                out.append((f"rule-{what}", target, fn))
     return out
 
 

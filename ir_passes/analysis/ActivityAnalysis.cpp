@@ -3,6 +3,7 @@
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
+#include "rules/CustomRules.h"
 #include "rules/DerivativeRules.h"
 #include "rules/UserRules.h"
 #include "llvm/Analysis/ValueTracking.h"
@@ -126,6 +127,65 @@ Type *ActivityAnalysis::shadowElementType(const Value *Ptr) const {
   return floatElementType(TA, Ptr);
 }
 
+bool ActivityAnalysis::customCallActive(const CustomCall &CC) const {
+  for (const CustomCall::Arg &A : CC.Args) {
+    const Value *V = CC.Call->getArgOperand(A.Operand);
+    if (A.Kind == CustomCall::ArgKind::Memory ? pointsToActive(V) : isVaried(V))
+      return true;
+  }
+  return false;
+}
+
+/// A call of a function with a custom rule (rules/CustomRules.h): the rule
+/// function the mode needs must exist, every array it is passed must be
+/// traceable, and differentiable results must land in memory that can hold
+/// their derivatives.
+Error ActivityAnalysis::checkCustomCall(const CustomCall &CC) const {
+  if (!customCallActive(CC))
+    return Error::success();
+  const CallBase &CB = *CC.Call;
+  auto missing = [&](StringRef What) {
+    return makeError(
+        "unsupported",
+        "the rule for '" + Twine(CC.Name) + "' has no " + What +
+            " function (enzpy.register_rule: " + What + "=...), which " +
+            (Req.DiffMode == Mode::Forward ? "forward" : "reverse") +
+            " mode needs",
+        &CB);
+  };
+  if (Req.DiffMode == Mode::Forward && !CC.Forward)
+    return missing("forward");
+  if (Req.DiffMode == Mode::Reverse && (!CC.Augmented || !CC.Reverse))
+    return missing(CC.Augmented ? "reverse" : "augmented");
+  if (Req.DiffMode == Mode::Forward && Req.Width > 1)
+    return makeError("unsupported",
+                     "forward batch mode (width > 1) through the rule for '" +
+                         Twine(CC.Name) +
+                         "' is not supported yet: run one direction at a "
+                         "time, or use reverse mode",
+                     &CB);
+  for (const CustomCall::Arg &A : CC.Args) {
+    if (A.Kind != CustomCall::ArgKind::Memory)
+      continue;
+    const Value *V = CB.getArgOperand(A.Operand);
+    if (TA.roots(V).contains(UnknownRoot))
+      return makeError("unsupported",
+                       "the rule for '" + Twine(CC.Name) +
+                           "' is passed memory the engine cannot trace (" +
+                           describeMemory(V) + ")",
+                       &CB);
+    if (CC.mayWrite(A.Operand) && floatElementType(TA, V) && !pointsToActive(V))
+      return makeError("activity",
+                       "the rule for '" + Twine(CC.Name) +
+                           "' writes a differentiable result into memory "
+                           "that cannot hold its derivative (" +
+                           describeMemory(V) +
+                           "); pass it as Duplicated (with a shadow array)",
+                       &CB);
+  }
+  return Error::success();
+}
+
 bool ActivityAnalysis::hasDifferentiableInput(const CallBase &CB) const {
   for (const Value *A : drop_begin(CB.args(), numba::NumHiddenParams))
     if (isVaried(A) || (A->getType()->isPointerTy() && pointsToActive(A)))
@@ -174,6 +234,8 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                      "it enzpy.inactive",
                      &CB);
   }
+  if (std::optional<CustomCall> CC = matchCustomCall(CB))
+    return checkCustomCall(*CC);
   if (findCallRule(Callee))
     return Error::success();
   if (std::optional<BlasCall> Blas = matchBlasCall(CB)) {
@@ -457,6 +519,26 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
       continue;
     }
     if (auto *CB = dyn_cast<CallBase>(&I))
+      if (std::optional<CustomCall> CC = matchCustomCall(*CB)) {
+        // A call with a custom rule makes what it may write active, and
+        // its float result varied, when anything it takes is.
+        if (!C.returns(CB->getParent()) || !customCallActive(*CC))
+          continue;
+        for (const CustomCall::Arg &A : CC->Args)
+          if (A.Kind == CustomCall::ArgKind::Memory &&
+              CC->mayWrite(A.Operand) &&
+              floatElementType(TA, CB->getArgOperand(A.Operand)))
+            Changed |= activateLocalRoots(CB->getArgOperand(A.Operand));
+        if (CC->returnsFloat()) {
+          if (CC->Hidden)
+            Changed |=
+                activateLocalRoots(CB->getArgOperand(numba::RetPtrParam));
+          else
+            mark(CB);
+        }
+        continue;
+      }
+    if (auto *CB = dyn_cast<CallBase>(&I))
       if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
         // A product of differentiable arrays makes its output active.
         bool AnyInput = false;
@@ -506,8 +588,9 @@ void ActivityAnalysis::computeUseful() {
     // A recursive call that writes active memory (its return slot, arrays)
     // carries its float arguments there.
     if (auto *CB = dyn_cast<CallBase>(&I);
-        CB && C.isRecursiveCall(*CB) && C.returns(CB->getParent()) &&
-        any_of(CB->args(), [&](const Value *A) {
+        CB &&
+        (C.isRecursiveCall(*CB) || hasCustomRule(CB->getCalledFunction())) &&
+        C.returns(CB->getParent()) && any_of(CB->args(), [&](const Value *A) {
           return A->getType()->isPointerTy() && pointsToActive(A);
         }))
       for (const Value *A : CB->args())

@@ -39,6 +39,8 @@ class StoreInst;
 
 namespace enzpy {
 
+struct CustomCall;
+
 class ActivityAnalysis {
 public:
   ActivityAnalysis(const CanonicalFunction &C, const Request &Req,
@@ -62,6 +64,9 @@ public:
   /// \p CB is a recursive call (CanonicalFunction::Recursive) that takes or
   /// returns something differentiable: it needs a derivative of the callee.
   bool needsCallDerivative(const llvm::CallBase &CB) const;
+  /// Whether anything the custom-rule call \p CC takes carries a
+  /// derivative (then the synthesizers call its rule functions).
+  bool customCallActive(const CustomCall &CC) const;
   /// The float type of the active memory \p Ptr points into (null when its
   /// roots do not agree on one).
   llvm::Type *shadowElementType(const llvm::Value *Ptr) const;
@@ -75,6 +80,7 @@ private:
   bool touchesOnlyInactiveData(const llvm::CallBase &CB) const;
   bool hasDifferentiableInput(const llvm::CallBase &CB) const;
   llvm::Error checkRecursiveCall(const llvm::CallBase &CB) const;
+  llvm::Error checkCustomCall(const CustomCall &CC) const;
   llvm::Error checkStore(const llvm::StoreInst &SI);
   /// Varied data written through \p Ptr by \p I must land in active memory.
   llvm::Error checkVariedInto(const llvm::Value *Ptr,

@@ -3,6 +3,7 @@
 #include "analysis/ActivityAnalysis.h"
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
+#include "rules/CustomRules.h"
 #include "rules/DerivativeRules.h"
 #include "llvm/Analysis/AliasAnalysis.h"
 #include "llvm/Analysis/BasicAliasAnalysis.h"
@@ -80,6 +81,16 @@ void CachePolicy::analyze(const CanonicalFunction &C, DependenceInfo *DI) {
       // slot only (driver/RecursiveCalls.h checks the callee).
       if (C.CallDerivatives.count(CB)) {
         writes(CB->getArgOperand(numba::RetPtrParam));
+        continue;
+      }
+      // A call with a custom rule writes what its function may write
+      // through its arguments, and its return slot.
+      if (std::optional<CustomCall> CC = matchCustomCall(*CB)) {
+        if (CC->Hidden)
+          writes(CB->getArgOperand(numba::RetPtrParam));
+        for (unsigned K = CC->Hidden; K < CB->arg_size(); ++K)
+          if (CC->mayWrite(K))
+            writes(CB->getArgOperand(K));
         continue;
       }
       // BLAS calls write their output array only.

@@ -121,12 +121,33 @@ Expected<Request> parseRequest(StringRef Json) {
   if (const json::Array *Rules = Obj->getArray("rules"))
     for (const json::Value &RV : *Rules) {
       const json::Object *RO = RV.getAsObject();
-      if (!RO || !RO->getString("partials"))
-        return bad("a 'rules' entry needs a string field 'partials'");
+      if (!RO || (!RO->getString("partials") && !RO->getString("args")))
+        return bad("a 'rules' entry needs a string field 'partials' (or, "
+                   "for a custom rule, 'args')");
       RuleSpec S;
       S.Callee = RO->getString("callee").value_or("").str();
       S.Address = static_cast<uint64_t>(RO->getInteger("address").value_or(0));
-      S.Partials = RO->getString("partials")->str();
+      S.Partials = RO->getString("partials").value_or("").str();
+      if (std::optional<StringRef> Args = RO->getString("args")) {
+        S.Custom = true;
+        S.Args = Args->str();
+        S.Forward = RO->getString("forward").value_or("").str();
+        S.Augmented = RO->getString("augmented").value_or("").str();
+        S.Reverse = RO->getString("reverse").value_or("").str();
+        S.ForwardResult = RO->getString("forward_result").value_or("").str();
+        S.AugmentedResult =
+            RO->getString("augmented_result").value_or("").str();
+        S.ReverseResult = RO->getString("reverse_result").value_or("").str();
+        if (const json::Array *Owners = RO->getArray("tape_owners"))
+          for (const json::Value &OV : *Owners) {
+            std::optional<int64_t> I = OV.getAsInteger();
+            if (!I || *I < 0)
+              return bad("a rule's 'tape_owners' are leaf indices");
+            S.TapeOwners.push_back(static_cast<unsigned>(*I));
+          }
+        if (S.Callee.empty())
+          return bad("a custom rule names a 'callee'");
+      }
       S.Display = RO->getString("display").value_or(S.Callee).str();
       S.WithResult = RO->getBoolean("with_result").value_or(false);
       if (const json::Array *Outs = RO->getArray("outputs"))

@@ -52,6 +52,16 @@ struct RuleSpec {
   /// The partials function takes the function's result after its
   /// arguments (a solver's solution, which it need not compute again).
   bool WithResult = false;
+  /// A custom rule (rules/CustomRules.h) instead of partials: its forward,
+  /// augmented and reverse functions (empty when not given), the kind and
+  /// operand of each argument ("a4,f7,o8"), and which tape leaves are
+  /// MemInfos.
+  bool Custom = false;
+  std::string Forward, Augmented, Reverse, Args;
+  /// The LLVM types of what the three return (numba's value types; empty
+  /// for None).
+  std::string ForwardResult, AugmentedResult, ReverseResult;
+  llvm::SmallVector<unsigned, 4> TapeOwners;
 };
 
 enum class Mode { Reverse, Forward };

@@ -3,6 +3,7 @@
 #include "driver/Diagnostics.h"
 #include "driver/Request.h"
 #include "numba/NumbaABI.h"
+#include "rules/CustomRules.h"
 #include "rules/DerivativeRules.h"
 #include "transforms/Preprocess.h"
 #include "llvm/ADT/SmallPtrSet.h"
@@ -264,6 +265,11 @@ Error markCFunction(Module &M, const RuleSpec &R) {
 
 Error applyUserRules(Module &M, const Request &Req) {
   for (const RuleSpec &R : Req.Rules) {
+    if (R.Custom) {
+      if (Error E = markCustomRule(M, R))
+        return E;
+      continue;
+    }
     Function *G = R.Address ? nullptr : M.getFunction(R.Callee);
     if (G && G->hasFnAttribute(PartialsAttr))
       continue; // marked by an earlier run (a derivative differentiated again)
@@ -295,6 +301,12 @@ bool isInactiveFunction(const Function *F) {
 
 bool isRuleHelper(const Function &F) {
   return F.hasFnAttribute(RuleHelperAttr);
+}
+
+void markRuleHelper(Function &F) { F.addFnAttr(RuleHelperAttr); }
+
+bool staysCall(const Function *F) {
+  return isInactiveFunction(F) || hasCustomRule(F);
 }
 
 std::string ruleFunctionName(const Function &F) {

@@ -68,6 +68,11 @@ bool mayWriteThrough(const llvm::Function &F, unsigned ArgNo);
 /// Functions the derivative calls that preprocessing must keep although
 /// nothing calls them yet: the partials functions of user rules.
 bool isRuleHelper(const llvm::Function &F);
+void markRuleHelper(llvm::Function &F);
+
+/// Whether calls of \p F stay calls through preprocessing: inactive
+/// functions and functions with a custom rule (rules/CustomRules.h).
+bool staysCall(const llvm::Function *F);
 
 /// The name a rule error uses for \p F: the Python function or C symbol
 /// the rule was registered for.

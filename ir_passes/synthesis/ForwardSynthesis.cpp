@@ -52,6 +52,7 @@
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
+#include "rules/CustomRules.h"
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
 #include "rules/UserRules.h"
@@ -101,6 +102,7 @@ private:
   void visitMemoryIntrinsic(const AnyMemIntrinsic &MI);
   void visitBlasCall(const BlasCall &Blas);
   void visitRecursiveCall(const CallBase &CB, const CallDerivative &CD);
+  void visitCustomCall(const CustomCall &CC);
   void mirrorSpill(const StoreInst &St);
   void dropReturnedShadows(const StoreInst &St);
   Error mirrorRefcounts();
@@ -455,6 +457,66 @@ void ForwardSynthesizer::visitRecursiveCall(const CallBase &CB,
   note("tangent-recursive-call", &CB);
 }
 
+/// A call with a custom rule becomes a call of its forward function, which
+/// runs the primal, writes the tangents of what it writes into the shadows
+/// it is passed and returns the tangent of a float result
+/// (rules/CustomRules.h). Batch mode is refused by the activity analysis.
+void ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
+  const CallBase &CB = *CC.Call;
+  auto *DC = cast<CallBase>(mapped(&CB));
+  IRBuilder<> B(DC);
+  IRBuilder<> EB(Sk.Entry, Sk.Entry->getFirstInsertionPt());
+  SmallVector<Value *, 16> Operands(DC->arg_begin() + CC.Hidden, DC->arg_end());
+  uint64_t Active = 0;
+  for (unsigned I = 0; I < CC.Args.size(); ++I) {
+    const Value *PA = CB.getArgOperand(CC.Args[I].Operand);
+    switch (CC.Args[I].Kind) {
+    case CustomCall::ArgKind::Memory:
+      if (AA.pointsToActive(PA)) {
+        Active |= uint64_t(1) << I;
+        Operands.push_back(shadow(PA, 0));
+      } else {
+        Operands.push_back(ConstantPointerNull::get(B.getPtrTy()));
+      }
+      break;
+    case CustomCall::ArgKind::Float:
+      if (AA.isActive(PA))
+        Active |= uint64_t(1) << I;
+      Operands.push_back(tangentOrZero(PA, 0));
+      break;
+    case CustomCall::ArgKind::Other:
+      Operands.push_back(B.getInt64(0));
+      break;
+    }
+  }
+  Value *Exc = CC.Hidden ? DC->getArgOperand(numba::ExcInfoParam)
+                         : Sk.D->getArg(numba::ExcInfoParam);
+  Value *Result = nullptr;
+  Value *Status = emitRuleCall(B, EB, CC.Forward, CC.ForwardResult, Exc, Active,
+                               0, Operands, Result);
+  Value *Y = Result, *DY = nullptr;
+  if (Result && CC.returnsFloat()) {
+    Y = B.CreateExtractValue(Result, 0);
+    DY = B.CreateExtractValue(Result, 1);
+  }
+  if (CC.Hidden) {
+    const Value *RetPtr = CB.getArgOperand(numba::RetPtrParam);
+    if (Y)
+      B.CreateStore(Y, mapped(RetPtr));
+    if (DY && AA.pointsToActive(RetPtr))
+      B.CreateStore(DY, shadow(RetPtr, 0));
+    DC->replaceAllUsesWith(Status);
+  } else {
+    Sk.recordRuleStatus(B, Status);
+    if (Y)
+      DC->replaceAllUsesWith(Y);
+    if (DY && AA.isActive(&CB))
+      Tangents[&CB] = Lanes{DY};
+  }
+  DC->eraseFromParent();
+  note("tangent-custom-rule", &CB);
+}
+
 /// The skeleton, with the tangents of Active scalars as trailing
 /// parameters (Width per scalar), and the seeded return's tangent slots.
 void ForwardSynthesizer::createFunction() {
@@ -538,6 +600,12 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
     note("tangent-store", St);
     return Error::success();
   }
+  if (auto *CB = dyn_cast<CallBase>(&PI))
+    if (std::optional<CustomCall> CC = matchCustomCall(*CB)) {
+      if (AA.customCallActive(*CC))
+        visitCustomCall(*CC);
+      return Error::success();
+    }
   if (auto *CB = dyn_cast<CallBase>(&PI))
     if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
       visitBlasCall(*Blas);
@@ -634,6 +702,8 @@ void ForwardSynthesizer::createResult() {
     for (Value *S : Sk.returnShadows())
       Values.push_back(B.CreateLoad(Sk.RetType, S));
   Sk.storeResult(B, Values);
+  Sk.finishRuleStatus(
+      dyn_cast<ReturnInst>(Sk.mapped(Canon.NormalExit)->getTerminator()));
 }
 
 /// A failed shadow allocation returns status -1, as a failed tape

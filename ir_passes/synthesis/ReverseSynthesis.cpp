@@ -36,6 +36,7 @@
 #include "driver/IRHelpers.h"
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
+#include "rules/CustomRules.h"
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
 #include "synthesis/Adjoints.h"
@@ -121,6 +122,8 @@ private:
   bool blasActive(const BlasCall &Call) const;
   void reverseRecursiveCall(const CallBase &CB, const CallDerivative &CD,
                             IRBuilder<> &RB, BlockRev &R);
+  void prepareCustom(const CustomCall &CC);
+  void reverseCustom(const CustomCall &CC, IRBuilder<> &RB, BlockRev &R);
 
   DerivativeSkeleton &Sk;
   const CanonicalFunction &Canon;
@@ -158,6 +161,13 @@ private:
   /// in the forward sweep (call, argument) -> copy. And alpha, beta.
   DenseMap<std::pair<const Value *, unsigned>, Value *> SavedInputs;
   DenseMap<const Value *, std::pair<Value *, Value *>> BlasScalars;
+  /// Custom-rule calls: the tape leaves their augmented function returned,
+  /// and the activity and overwritten masks they were given.
+  struct CustomTape {
+    SmallVector<Value *, 8> Leaves;
+    uint64_t Active = 0, Overwritten = 0;
+  };
+  DenseMap<const Value *, CustomTape> CustomTapes;
   DenseMap<const BasicBlock *, BlockRev> Rev;
   BlockSet Reaching; // blocks that can return
 };
@@ -204,6 +214,11 @@ void ReverseSynthesizer::createShadows() {
         for (unsigned K = 0; K < CD.Req.Params.size(); ++K)
           if (CD.Req.Params[K].isDuplicated())
             shadow(CB->getArgOperand(K + numba::NumHiddenParams));
+      } else if (auto *CB = dyn_cast<CallBase>(&I);
+                 CB && matchCustomCall(*CB)) {
+        CustomCall CC = *matchCustomCall(*CB);
+        if (AA.customCallActive(CC))
+          prepareCustom(CC);
       } else if (auto *CB = dyn_cast<CallBase>(&I); CB && matchBlasCall(*CB)) {
         BlasCall Call = *matchBlasCall(*CB);
         if (blasActive(Call))
@@ -361,6 +376,132 @@ void ReverseSynthesizer::reverseRecursiveCall(const CallBase &CB,
   }
 }
 
+/// The forward sweep of a call with a custom rule calls its augmented
+/// function instead (rules/CustomRules.h): the primal's effects, and a tape
+/// whose leaves the reverse fetches like any forward value; the MemInfos
+/// among them are released on every way out.
+void ReverseSynthesizer::prepareCustom(const CustomCall &CC) {
+  const CallBase &CB = *CC.Call;
+  CustomTape &T = CustomTapes[&CB];
+  for (unsigned I = 0; I < CC.Args.size(); ++I) {
+    const Value *PA = CB.getArgOperand(CC.Args[I].Operand);
+    bool Active =
+        CC.Args[I].Kind == CustomCall::ArgKind::Memory
+            ? AA.pointsToActive(PA)
+            : CC.Args[I].Kind == CustomCall::ArgKind::Float && AA.isActive(PA);
+    if (Active) {
+      T.Active |= uint64_t(1) << I;
+      if (CC.Args[I].Kind == CustomCall::ArgKind::Memory)
+        shadow(PA);
+    }
+    if (PA->getType()->isPointerTy() && !VR.cache().canRereadMemory(PA, &CB))
+      T.Overwritten |= uint64_t(1) << I;
+  }
+  if (CC.Hidden && CC.returnsFloat() &&
+      AA.pointsToActive(CB.getArgOperand(numba::RetPtrParam)))
+    shadow(CB.getArgOperand(numba::RetPtrParam));
+  auto *DC = cast<CallBase>(mapped(&CB));
+  IRBuilder<> B(DC);
+  IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
+  SmallVector<Value *, 16> Operands(DC->arg_begin() + CC.Hidden, DC->arg_end());
+  Value *Exc = CC.Hidden ? DC->getArgOperand(numba::ExcInfoParam)
+                         : D->getArg(numba::ExcInfoParam);
+  Value *Result = nullptr;
+  Value *Status = emitRuleCall(B, EB, CC.Augmented, CC.AugmentedResult, Exc,
+                               T.Active, T.Overwritten, Operands, Result);
+  Value *Y = nullptr, *Tape = Result;
+  if (CC.result()) {
+    Y = B.CreateExtractValue(Result, 0);
+    Tape = B.CreateExtractValue(Result, 1);
+  }
+  if (Tape)
+    flattenLeaves(B, Tape, T.Leaves);
+  for (unsigned O : CC.TapeOwners)
+    if (O < T.Leaves.size())
+      Sk.failIfNull(release().emitAppend(B, T.Leaves[O]));
+  if (CC.Hidden) {
+    if (Y)
+      B.CreateStore(Y, DC->getArgOperand(numba::RetPtrParam));
+    DC->replaceAllUsesWith(Status);
+  } else {
+    Sk.recordRuleStatus(B, Status);
+    if (Y)
+      DC->replaceAllUsesWith(Y);
+  }
+  DC->eraseFromParent();
+}
+
+/// The reverse of a call with a custom rule: its reverse function, once per
+/// lane, turns the cotangents in the shadows of what the call wrote into
+/// those of what it read, and returns its float arguments' cotangents.
+void ReverseSynthesizer::reverseCustom(const CustomCall &CC, IRBuilder<> &RB,
+                                       BlockRev &R) {
+  const CallBase &CB = *CC.Call;
+  const CustomTape &T = CustomTapes.find(&CB)->second;
+  SmallVector<Value *, 16> Common;
+  for (Value *L : T.Leaves)
+    Common.push_back(fetch(L, R));
+  for (unsigned K = CC.Hidden; K < CB.arg_size(); ++K)
+    Common.push_back(fetchPrimal(CB.getArgOperand(K), R));
+  IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
+  for (unsigned K = 0; K < Width; ++K) {
+    SmallVector<Value *, 16> Operands(Common);
+    for (unsigned I = 0; I < CC.Args.size(); ++I) {
+      const Value *PA = CB.getArgOperand(CC.Args[I].Operand);
+      switch (CC.Args[I].Kind) {
+      case CustomCall::ArgKind::Memory:
+        Operands.push_back(T.Active >> I & 1
+                               ? fetchShadow(PA, K, R)
+                               : ConstantPointerNull::get(RB.getPtrTy()));
+        break;
+      case CustomCall::ArgKind::Float:
+        Operands.push_back(Constant::getNullValue(PA->getType()));
+        break;
+      case CustomCall::ArgKind::Other:
+        Operands.push_back(RB.getInt64(0));
+        break;
+      }
+    }
+    if (CC.returnsFloat()) {
+      Type *RT = CC.result();
+      Value *YBar = Constant::getNullValue(RT);
+      if (CC.Hidden) {
+        const Value *RetPtr = CB.getArgOperand(numba::RetPtrParam);
+        if (AA.pointsToActive(RetPtr)) {
+          Value *S = fetchShadow(RetPtr, K, R);
+          YBar = RB.CreateLoad(RT, S);
+          RB.CreateStore(Constant::getNullValue(RT), S);
+        }
+      } else if (AA.isActive(&CB)) {
+        YBar = Adj.take(RB, &CB, K);
+      }
+      Operands.push_back(YBar);
+    }
+    Value *Result = nullptr;
+    Value *Status = emitRuleCall(RB, EB, CC.Reverse, CC.ReverseResult,
+                                 D->getArg(numba::ExcInfoParam), T.Active,
+                                 T.Overwritten, Operands, Result);
+    Sk.recordRuleStatus(RB, Status);
+    if (!Result)
+      continue;
+    SmallVector<Value *, 4> Cotangents;
+    flattenLeaves(RB, Result, Cotangents);
+    unsigned Next = 0;
+    for (const CustomCall::Arg &A : CC.Args) {
+      if (A.Kind != CustomCall::ArgKind::Float)
+        continue;
+      const Value *PA = CB.getArgOperand(A.Operand);
+      Value *C = Next < Cotangents.size() ? Cotangents[Next] : nullptr;
+      ++Next;
+      if (!C || !AA.isActive(PA))
+        continue;
+      if (C->getType() != PA->getType())
+        C = RB.CreateFPCast(C, PA->getType());
+      Adj.add(RB, PA, K, C);
+    }
+  }
+}
+
 /// The skeleton, with the return value's cotangents (one per lane) as
 /// trailing parameters when the return is seeded, and the tape.
 void ReverseSynthesizer::createFunction() {
@@ -426,6 +567,12 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
                                             BlockRev &R) {
   if (auto *MI = dyn_cast<AnyMemIntrinsic>(&I))
     return reverseMemoryIntrinsic(*MI, RB, R);
+  if (auto *CB = dyn_cast<CallBase>(&I))
+    if (std::optional<CustomCall> CC = matchCustomCall(*CB)) {
+      if (CustomTapes.count(CB))
+        reverseCustom(*CC, RB, R);
+      return;
+    }
   if (auto *CB = dyn_cast<CallBase>(&I))
     if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
       if (blasActive(*Blas))
@@ -593,6 +740,7 @@ Expected<Function *> ReverseSynthesizer::run() {
         (*L)->emitReleaseAll(Sk.mapped(PRaise)->getTerminator());
     }
   Sk.emitNullChecks(Fail);
+  Sk.finishRuleStatus(FinalRet);
   markReverseMathCalls();
   if (Log)
     VR.record(*Log, Reaching);

@@ -294,6 +294,27 @@ void DerivativeSkeleton::emitNullChecks(BasicBlock *Fail) {
   NullChecks.clear();
 }
 
+void DerivativeSkeleton::recordRuleStatus(IRBuilder<> &B, Value *Status) {
+  if (!RuleStatus) {
+    IRBuilder<> EB(Entry, Entry->getFirstInsertionPt());
+    RuleStatus = EB.CreateAlloca(EB.getInt32Ty(), nullptr, "enzpy.rule.status");
+    EB.CreateStore(EB.getInt32(0), RuleStatus);
+  }
+  Value *Old = B.CreateLoad(B.getInt32Ty(), RuleStatus);
+  B.CreateStore(B.CreateSelect(B.CreateICmpEQ(Old, B.getInt32(0)), Status, Old),
+                RuleStatus);
+}
+
+void DerivativeSkeleton::finishRuleStatus(ReturnInst *Ret) {
+  if (!RuleStatus || !Ret)
+    return;
+  IRBuilder<> B(Ret);
+  Value *S = B.CreateLoad(B.getInt32Ty(), RuleStatus);
+  Value *Old = Ret->getReturnValue();
+  Ret->setOperand(0,
+                  B.CreateSelect(B.CreateICmpEQ(Old, B.getInt32(0)), S, Old));
+}
+
 void DerivativeSkeleton::storeResult(IRBuilder<> &B, ArrayRef<Value *> Values) {
   SmallVector<Type *, 8> Fields;
   for (Value *V : Values)

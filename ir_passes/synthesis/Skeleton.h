@@ -121,6 +121,12 @@ public:
   /// Inserts the checks; call once the derivative's code is complete.
   void emitNullChecks(llvm::BasicBlock *Fail);
 
+  /// A rule function's status (rules/CustomRules.h): the first non-zero
+  /// one becomes the derivative's status at \p Ret (finishRuleStatus), so
+  /// that the exception it set is raised.
+  void recordRuleStatus(llvm::IRBuilder<> &B, llvm::Value *Status);
+  void finishRuleStatus(llvm::ReturnInst *Ret);
+
   /// Stores \p Values as the fields of the result struct through retptr.
   void storeResult(llvm::IRBuilder<> &B, llvm::ArrayRef<llvm::Value *> Values);
 
@@ -149,6 +155,7 @@ private:
   llvm::DenseMap<const llvm::Value *, Lanes> Shadows;
   llvm::DenseMap<const llvm::CallBase *, Lanes> ShadowAllocs;
   llvm::SmallVector<llvm::Instruction *, 4> NullChecks;
+  llvm::AllocaInst *RuleStatus = nullptr;
 };
 
 } // namespace enzpy

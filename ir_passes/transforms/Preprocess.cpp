@@ -170,7 +170,7 @@ static void isolate(Module &M, Function &F, StringSet<> &Recursive,
   StringSet<> Renamed;
   for (Function &G : M) {
     if (G.isDeclaration() || &G == &F || isLibraryFunction(G) ||
-        isRuleHelper(G) || isInactiveFunction(&G))
+        isRuleHelper(G) || staysCall(&G))
       continue;
     if (!Kept.contains(&G)) {
       G.deleteBody();
@@ -214,7 +214,7 @@ static void inlineCallees(Module &M, Function &F,
     if (&G == &F || G.isDeclaration() || isLibraryFunction(G))
       continue;
     G.removeFnAttr(Attribute::OptimizeNone);
-    if (Recursive.contains(G.getName()) || isInactiveFunction(&G)) {
+    if (Recursive.contains(G.getName()) || staysCall(&G)) {
       G.removeFnAttr(Attribute::AlwaysInline);
       G.addFnAttr(Attribute::NoInline);
       continue;
@@ -563,7 +563,7 @@ Expected<CanonicalFunction> preprocess(Module &M, const Request &Req) {
   // through their parameters can be read off their bodies (the activity
   // analysis refuses writes into memory that carries derivatives).
   for (Function &G : M)
-    if (isInactiveFunction(&G) && !G.isDeclaration())
+    if (staysCall(&G) && !G.isDeclaration())
       runCanonicalPasses(G);
   isolate(M, *F, Recursive, Req.Name);
   CanonicalFunction C = canonicalize(*F, Recursive);

@@ -1,0 +1,334 @@
+"""Custom rules: the numba functions the engine calls in place of a function
+with a rule (``ir_passes/rules/CustomRules.h`` documents their ABI).
+
+A rule author writes ``forward``, ``augmented`` and ``reverse`` once, as if
+every float argument were differentiable (``enzpy.register_rule``). For each
+argument types a kernel calls the function with, this module builds three
+wrappers around them that take what the engine passes -- bit masks for
+``cfg.active`` and ``cfg.overwritten``, the call's own operands, and one
+shadow operand per argument (an array's shadow data pointer, a float's
+tangent, 0 for other arguments) -- and turns them into the author's
+arguments: a ``RuleConfig``, and for each array a shadow array of its shape
+and strides over the shadow memory (a zero array where the argument carries
+no derivative). It checks what the author's functions return, and describes
+the wrappers to the engine (the request's ``rules`` entry).
+
+Arguments are float and integer scalars, arrays (njit functions) and raw
+pointers (C functions); a tape is an array, a scalar, or a tuple of them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+from numba.core import types
+from numba.core.dispatcher import Dispatcher
+from numba.core.registry import cpu_target
+from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
+
+from ._rule_config import RuleConfig
+from .errors import EnzpyTypeError, UnsupportedError
+
+__all__ = ["CustomRule", "Wrappers", "wrappers"]
+
+
+@dataclass(frozen=True)
+class CustomRule:
+    """A rule given by forward, augmented and reverse functions."""
+
+    forward: Dispatcher | None
+    augmented: Dispatcher | None
+    reverse: Dispatcher | None
+    display: str
+
+
+@intrinsic
+def _shadow_like(typingctx: Any, ptr: types.Type, like: types.Type) -> Any:
+    """An array of ``like``'s shape and strides over the memory at ``ptr``
+    (owned by nobody: no MemInfo)."""
+    if ptr != types.voidptr or not isinstance(like, types.Array):
+        return None
+    out = like.copy(readonly=False)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        src = context.make_array(signature.args[1])(context, builder, value=args[1])
+        arr = context.make_array(signature.return_type)(context, builder)
+        populate_array(
+            arr,
+            data=builder.bitcast(args[0], src.data.type),
+            shape=src.shape,
+            strides=src.strides,
+            itemsize=src.itemsize,
+            meminfo=None,
+        )
+        return arr._getvalue()
+
+    return out(ptr, like), codegen
+
+
+def _members(t: types.Type) -> tuple[types.Type, ...]:
+    """The member types of a numba tuple type."""
+    return tuple(getattr(t, "types", ()))
+
+
+def _flat_count(t: types.Type) -> int:
+    """How many LLVM values numba passes for an argument of type ``t``."""
+    if isinstance(t, types.Array):
+        return 5 + 2 * t.ndim
+    if isinstance(t, types.BaseTuple):
+        return sum(_flat_count(m) for m in _members(t))
+    return 1
+
+
+def _tape_owners(t: types.Type, rule: str, start: int = 0) -> list[int]:
+    """The positions of the MemInfos among the tape's scalar leaves."""
+    if isinstance(t, types.Array):
+        return [start]
+    if isinstance(t, types.BaseTuple):
+        owners: list[int] = []
+        for m in _members(t):
+            owners += _tape_owners(m, rule, start)
+            start += _flat_count(m)
+        return owners
+    if isinstance(t, types.Float | types.Integer | types.Boolean):
+        return []
+    raise EnzpyTypeError(
+        f"the rule for {rule}: its augmented function returns a tape of type {t}; a "
+        "tape is an array, a float or integer, or a tuple of them"
+    )
+
+
+def _kind(t: types.Type) -> str:
+    if isinstance(t, types.Array):
+        return "a"
+    if t == types.voidptr or isinstance(t, types.CPointer):
+        return "p"
+    if isinstance(t, types.Float):
+        return "f"
+    if isinstance(t, types.Integer | types.Boolean):
+        return "o"
+    return "?"
+
+
+@dataclass(frozen=True)
+class Wrappers:
+    forward: Dispatcher | None
+    augmented: Dispatcher | None
+    reverse: Dispatcher | None
+    #: Argument types of each wrapper (None where absent).
+    forward_args: tuple[types.Type, ...] | None
+    augmented_args: tuple[types.Type, ...] | None
+    reverse_args: tuple[types.Type, ...] | None
+    #: The engine's description of the arguments ("a4,f7,o8").
+    args: str
+    tape_owners: list[int]
+    #: LLVM types of what each wrapper returns ("" for None).
+    results: dict[str, str]
+
+
+def _source(
+    name: str, params: list[str], n: int, kinds: list[str], call: str, shadows: bool = True
+) -> str:
+    lines = [f"def {name}({', '.join(params)}):"]
+    bits = lambda mask: ", ".join(f"({mask} >> {i}) & 1 != 0" for i in range(n))  # noqa: E731
+    comma = "," if n == 1 else ""
+    lines.append(f"    cfg = RuleConfig(({bits('active')}{comma}), ({bits('overwritten')}{comma}))")
+    for i, k in enumerate(kinds if shadows else []):
+        if k == "a":
+            shadow, zero = f"_shadow_like(s{i}, x{i})", f"np.zeros_like(x{i})"
+            lines.append(f"    d{i} = {shadow} if (active >> {i}) & 1 else {zero}")
+        elif k in "pf":
+            lines.append(f"    d{i} = s{i}")
+        else:
+            lines.append(f"    d{i} = 0")
+    lines.append(f"    return {call}")
+    return "\n".join(lines) + "\n"
+
+
+def _compile(source: str, name: str, scope: dict[str, Any], qualname: str) -> Dispatcher:
+    exec(source, scope)  # noqa: S102 - generated from argument counts only
+    fn = scope[name]
+    fn.__qualname__ = qualname
+    compiled: Dispatcher = numba.njit(fn)
+    return compiled
+
+
+def _return_type(disp: Dispatcher, args: tuple[types.Type, ...]) -> types.Type:
+    disp.compile(args)
+    compiled: Any = disp.overloads[args]
+    found: types.Type = compiled.signature.return_type
+    return found
+
+
+_built: dict[
+    tuple[int, tuple[types.Type, ...], types.Type | None], tuple[CustomRule, Wrappers]
+] = {}
+
+
+def wrappers(
+    rule: CustomRule,
+    argtypes: tuple[types.Type, ...],
+    restype: types.Type | None,
+) -> Wrappers:
+    """The wrappers of ``rule`` for a function of ``argtypes`` returning
+    ``restype`` (None for nothing), built once per process."""
+    key = (id(rule), argtypes, restype)
+    found = _built.get(key)
+    if found is not None and found[0] is rule:
+        return found[1]
+    built = _build(rule, argtypes, restype)
+    _built[key] = (rule, built)
+    return built
+
+
+def _build(
+    rule: CustomRule,
+    argtypes: tuple[types.Type, ...],
+    restype: types.Type | None,
+) -> Wrappers:
+    name = rule.display
+    kinds = [_kind(t) for t in argtypes]
+    for i, (k, t) in enumerate(zip(kinds, argtypes, strict=True)):
+        if k == "?":
+            raise UnsupportedError(
+                f"the rule for {name}: argument {i} is of type {t}; a function with a "
+                "custom rule takes float and integer scalars, arrays and pointers"
+            )
+    if len(argtypes) > 62:
+        raise UnsupportedError(f"the rule for {name}: more than 62 arguments")
+    spec: list[str] = []
+    offset = 0
+    for k, t in zip(kinds, argtypes, strict=True):
+        spec.append(f"a{offset + 4}" if k == "a" else f"{'a' if k == 'p' else k}{offset}")
+        offset += _flat_count(t)
+    stypes = tuple(
+        types.voidptr if k in "ap" else t if k == "f" else types.int64
+        for k, t in zip(kinds, argtypes, strict=True)
+    )
+    n = len(argtypes)
+    xs = [f"x{i}" for i in range(n)]
+    ss = [f"s{i}" for i in range(n)]
+    pairs = ", ".join(f"x{i}, d{i}" for i in range(n))
+    scope: dict[str, Any] = {
+        "RuleConfig": RuleConfig,
+        "np": np,
+        "_shadow_like": _shadow_like,
+        "forward": rule.forward,
+        "augmented": rule.augmented,
+        "reverse": rule.reverse,
+    }
+    masks = (types.int64, types.int64)
+    float_result = isinstance(restype, types.Float)
+    fwd = aug = rev = None
+    fwd_args = aug_args = rev_args = None
+    owners: list[int] = []
+    if rule.forward is not None:
+        src = _source(
+            "forward_rule", ["active", "overwritten", *xs, *ss], n, kinds, f"forward(cfg, {pairs})"
+        )
+        fwd = _compile(src, "forward_rule", dict(scope), f"{name}.forward")
+        fwd_args = (*masks, *argtypes, *stypes)
+        found = _return_type(fwd, fwd_args)
+        want = types.UniTuple(restype, 2) if float_result else restype or types.none
+        if found != want:
+            raise EnzpyTypeError(
+                f"the forward function of the rule for {name} returns {found}; "
+                f"expected {want}"
+                + (" (the result and its tangent)" if float_result else " (the result)")
+            )
+    if rule.augmented is not None and rule.reverse is not None:
+        src = _source(
+            "augmented_rule",
+            ["active", "overwritten", *xs],
+            n,
+            kinds,
+            f"augmented(cfg, {', '.join(xs)})",
+            shadows=False,
+        )
+        aug = _compile(src, "augmented_rule", dict(scope), f"{name}.augmented")
+        aug_args = (*masks, *argtypes)
+        found = _return_type(aug, aug_args)
+        if restype is not None and restype != types.none:
+            if not (
+                isinstance(found, types.BaseTuple)
+                and len(found) == 2
+                and _members(found)[0] == restype
+            ):
+                raise EnzpyTypeError(
+                    f"the augmented function of the rule for {name} returns {found}; "
+                    f"expected (result, tape) with the result a {restype}"
+                )
+            tape = _members(found)[1]
+        else:
+            tape = found
+        if tape == types.none:
+            raise EnzpyTypeError(
+                f"the augmented function of the rule for {name} returns no tape; return "
+                "0 when the reverse needs nothing"
+            )
+        owners = _tape_owners(tape, name)
+        ybar = ", ybar" if float_result else ""
+        src = _source(
+            "reverse_rule",
+            ["active", "overwritten", "tape", *xs, *ss] + (["ybar"] if float_result else []),
+            n,
+            kinds,
+            f"reverse(cfg, tape, {pairs}{ybar})",
+        )
+        rev = _compile(src, "reverse_rule", dict(scope), f"{name}.reverse")
+        tail: tuple[types.Type, ...] = (restype,) if float_result and restype is not None else ()
+        rev_args = (*masks, tape, *argtypes, *stypes, *tail)
+        found = _return_type(rev, rev_args)
+        floats = [t for t in argtypes if isinstance(t, types.Float)]
+        members = _members(found) if isinstance(found, types.BaseTuple) else (found,)
+        ok = (
+            (not floats and isinstance(found, types.BaseTuple) and len(found) == 0)
+            or (not floats and found == types.none)
+            or (len(floats) == 1 and isinstance(found, types.Float))
+            or (
+                len(floats) > 1
+                and isinstance(found, types.BaseTuple)
+                and len(members) == len(floats)
+                and all(isinstance(m, types.Float) for m in members)
+            )
+        )
+        if not ok:
+            expected = (
+                "() (no float arguments)"
+                if not floats
+                else "one float"
+                if len(floats) == 1
+                else f"a tuple of {len(floats)} floats"
+            )
+            raise EnzpyTypeError(
+                f"the reverse function of the rule for {name} returns {found}; expected "
+                f"{expected}: the cotangent of each float argument, in order"
+            )
+    elif rule.augmented is not None or rule.reverse is not None:
+        raise EnzpyTypeError(f"the rule for {name} needs both augmented= and reverse=")
+    results = {
+        what: _llvm_type(_return_type(disp, argtys))
+        for what, disp, argtys in (
+            ("forward", fwd, fwd_args),
+            ("augmented", aug, aug_args),
+            ("reverse", rev, rev_args),
+        )
+        if disp is not None and argtys is not None
+    }
+    return Wrappers(fwd, aug, rev, fwd_args, aug_args, rev_args, ",".join(spec), owners, results)
+
+
+_TYPED_POINTER = re.compile(r"\b(?:i\d+|double|float|half|void)\*+")
+
+
+def _llvm_type(t: types.Type) -> str:
+    """numba's LLVM value type of ``t``, spelled with opaque pointers ("" for
+    None)."""
+    if t == types.none:
+        return ""
+    return _TYPED_POINTER.sub("ptr", str(cpu_target.target_context.get_value_type(t)))

@@ -1,0 +1,287 @@
+//===- CustomRules.cpp - rules given as forward and reverse functions -----===//
+#include "rules/CustomRules.h"
+#include "driver/Diagnostics.h"
+#include "driver/Request.h"
+#include "numba/NumbaABI.h"
+#include "rules/UserRules.h"
+#include "transforms/Preprocess.h"
+#include "llvm/AsmParser/Parser.h"
+#include "llvm/IR/Constants.h"
+#include "llvm/IR/DerivedTypes.h"
+#include "llvm/IR/Instructions.h"
+#include "llvm/IR/Module.h"
+#include "llvm/Support/SourceMgr.h"
+
+using namespace llvm;
+
+namespace enzpy {
+
+namespace {
+
+constexpr StringLiteral CustomAttr = "enzpy-custom-rule";
+constexpr StringLiteral ForwardAttr = "enzpy-custom-forward";
+constexpr StringLiteral AugmentedAttr = "enzpy-custom-augmented";
+constexpr StringLiteral ReverseAttr = "enzpy-custom-reverse";
+constexpr StringLiteral ArgsAttr = "enzpy-custom-args";
+constexpr StringLiteral OwnersAttr = "enzpy-custom-tape-owners";
+constexpr StringLiteral ForwardResultAttr = "enzpy-custom-forward-result";
+constexpr StringLiteral AugmentedResultAttr = "enzpy-custom-augmented-result";
+constexpr StringLiteral ReverseResultAttr = "enzpy-custom-reverse-result";
+
+/// The LLVM type spelled \p S (null for an empty string or a bad one).
+Type *parsedType(StringRef S, const Module &M) {
+  if (S.empty())
+    return nullptr;
+  SMDiagnostic Err;
+  Type *T = parseType(S, Err, M);
+  return T && !T->isVoidTy() ? T : nullptr;
+}
+/// Wrapper parameters before the operands: retptr, excinfo, active,
+/// overwritten.
+constexpr unsigned WrapperLead = 4;
+
+unsigned hiddenOf(const Function &F) {
+  return numba::hasNativeSignature(*F.getFunctionType()) && !F.isDeclaration()
+             ? numba::NumHiddenParams
+             : 0;
+}
+
+/// "a4,f7,o8": kind and operand (after the hidden ones) of each argument.
+bool parseArgs(StringRef S, unsigned Hidden,
+               SmallVectorImpl<CustomCall::Arg> &Out) {
+  SmallVector<StringRef, 8> Parts;
+  S.split(Parts, ',', -1, false);
+  for (StringRef P : Parts) {
+    if (P.size() < 2)
+      return false;
+    CustomCall::ArgKind K;
+    switch (P[0]) {
+    case 'a':
+      K = CustomCall::ArgKind::Memory;
+      break;
+    case 'f':
+      K = CustomCall::ArgKind::Float;
+      break;
+    case 'o':
+      K = CustomCall::ArgKind::Other;
+      break;
+    default:
+      return false;
+    }
+    unsigned Operand;
+    if (P.drop_front().getAsInteger(10, Operand))
+      return false;
+    Out.push_back({K, Operand + Hidden});
+  }
+  return true;
+}
+
+Function *ruleFunction(const Function &F, StringRef Attr) {
+  StringRef Sym = F.getFnAttribute(Attr).getValueAsString();
+  return Sym.empty() ? nullptr : F.getParent()->getFunction(Sym);
+}
+
+void leafTypes(Type *T, SmallVectorImpl<Type *> &Out) {
+  if (auto *ST = dyn_cast<StructType>(T)) {
+    for (Type *E : ST->elements())
+      leafTypes(E, Out);
+  } else if (auto *AT = dyn_cast<ArrayType>(T)) {
+    for (uint64_t I = 0; I < AT->getNumElements(); ++I)
+      leafTypes(AT->getElementType(), Out);
+  } else {
+    Out.push_back(T);
+  }
+}
+
+} // namespace
+
+/// What \p G returns to its caller: the stored type of an njit function
+/// (numba stores a null pointer for None), the return type of a C function;
+/// null for nothing.
+static Type *resultOf(const Function &G, unsigned Hidden) {
+  Type *T = Hidden ? storedReturnType(G) : G.getReturnType();
+  return !T || T->isVoidTy() || T->isPointerTy() ? nullptr : T;
+}
+
+Type *CustomCall::result() const { return resultOf(*Callee, Hidden); }
+
+bool CustomCall::returnsFloat() const {
+  Type *T = result();
+  return T && T->isFloatingPointTy();
+}
+
+bool CustomCall::mayWrite(unsigned Operand) const {
+  if (!Call->getArgOperand(Operand)->getType()->isPointerTy())
+    return false;
+  return Hidden ? mayWriteThrough(*Callee, Operand) : true;
+}
+
+bool hasCustomRule(const Function *F) {
+  return F && F->hasFnAttribute(CustomAttr);
+}
+
+std::optional<CustomCall> matchCustomCall(const CallBase &CB) {
+  const Function *F = CB.getCalledFunction();
+  if (!hasCustomRule(F))
+    return std::nullopt;
+  CustomCall C;
+  C.Call = &CB;
+  C.Callee = F;
+  C.Hidden = hiddenOf(*F);
+  if (!parseArgs(F->getFnAttribute(ArgsAttr).getValueAsString(), C.Hidden,
+                 C.Args))
+    return std::nullopt;
+  C.Forward = ruleFunction(*F, ForwardAttr);
+  C.Augmented = ruleFunction(*F, AugmentedAttr);
+  C.Reverse = ruleFunction(*F, ReverseAttr);
+  const Module &M = *F->getParent();
+  C.ForwardResult =
+      parsedType(F->getFnAttribute(ForwardResultAttr).getValueAsString(), M);
+  C.AugmentedResult =
+      parsedType(F->getFnAttribute(AugmentedResultAttr).getValueAsString(), M);
+  C.ReverseResult =
+      parsedType(F->getFnAttribute(ReverseResultAttr).getValueAsString(), M);
+  SmallVector<StringRef, 4> Owners;
+  F->getFnAttribute(OwnersAttr)
+      .getValueAsString()
+      .split(Owners, ',', -1, false);
+  for (StringRef O : Owners) {
+    unsigned I;
+    if (!O.getAsInteger(10, I))
+      C.TapeOwners.push_back(I);
+  }
+  C.Name = F->getFnAttribute(CustomAttr).getValueAsString().str();
+  return C;
+}
+
+Error markCustomRule(Module &M, const RuleSpec &R) {
+  Function *G = M.getFunction(R.Callee);
+  if (!G)
+    return Error::success(); // not called here
+  if (G->hasFnAttribute(CustomAttr))
+    return Error::success(); // marked by an earlier run
+  auto bad = [&](const Twine &Why) {
+    return makeError("rule", "the rule for '" + Twine(R.Display) + "' " + Why);
+  };
+  unsigned Hidden = hiddenOf(*G);
+  SmallVector<CustomCall::Arg, 8> Args;
+  if (!parseArgs(R.Args, Hidden, Args))
+    return bad("has a malformed argument list (internal error)");
+  FunctionType *GT = G->getFunctionType();
+  SmallVector<Type *, 8> Xs(GT->param_begin() + Hidden, GT->param_end());
+  Type *I64 = Type::getInt64Ty(M.getContext());
+  Type *Ptr = PointerType::getUnqual(M.getContext());
+  SmallVector<Type *, 8> Ss;
+  for (const CustomCall::Arg &A : Args) {
+    if (A.Operand >= GT->getNumParams())
+      return bad("has a malformed argument list (internal error)");
+    Type *T = GT->getParamType(A.Operand);
+    Ss.push_back(A.Kind == CustomCall::ArgKind::Memory  ? Ptr
+                 : A.Kind == CustomCall::ArgKind::Float ? T
+                                                        : I64);
+  }
+  Type *Result = resultOf(*G, Hidden);
+  bool FloatResult = Result && Result->isFloatingPointTy();
+  auto expectParams = [&](Function *W, StringRef What,
+                          ArrayRef<ArrayRef<Type *>> Groups) -> Error {
+    SmallVector<Type *, 16> Want = {Ptr, Ptr, I64, I64};
+    for (ArrayRef<Type *> Gr : Groups)
+      Want.append(Gr.begin(), Gr.end());
+    FunctionType *WT = W->getFunctionType();
+    if (WT->getNumParams() != Want.size())
+      return bad("has a " + What + " function that takes " +
+                 Twine(WT->getNumParams() - WrapperLead) +
+                 " values where the call passes " +
+                 Twine(Want.size() - WrapperLead) + " (internal error)");
+    for (unsigned K = 0; K < Want.size(); ++K)
+      if (WT->getParamType(K) != Want[K])
+        return bad("has a " + What +
+                   " function whose parameter types do not match the "
+                   "function's (internal error)");
+    return Error::success();
+  };
+  Function *Fwd = R.Forward.empty() ? nullptr : M.getFunction(R.Forward);
+  Function *Aug = R.Augmented.empty() ? nullptr : M.getFunction(R.Augmented);
+  Function *Rev = R.Reverse.empty() ? nullptr : M.getFunction(R.Reverse);
+  if ((!R.Forward.empty() && !Fwd) || (!R.Augmented.empty() && !Aug) ||
+      (!R.Reverse.empty() && !Rev) || (!Aug != !Rev))
+    return bad("has functions that were not compiled into the module "
+               "(internal error)");
+  if (Fwd)
+    if (Error E = expectParams(Fwd, "forward", {Xs, Ss}))
+      return E;
+  if (Aug) {
+    if (Error E = expectParams(Aug, "augmented", {Xs}))
+      return E;
+    if ((!R.AugmentedResult.empty() && !parsedType(R.AugmentedResult, M)) ||
+        (!R.ForwardResult.empty() && !parsedType(R.ForwardResult, M)) ||
+        (!R.ReverseResult.empty() && !parsedType(R.ReverseResult, M)))
+      return bad("has a result type the engine cannot read (internal error)");
+    Type *AugRet = parsedType(R.AugmentedResult, M);
+    SmallVector<Type *, 16> Leaves;
+    if (Result) {
+      auto *ST = dyn_cast_or_null<StructType>(AugRet);
+      if (!ST || ST->getNumElements() != 2 || ST->getElementType(0) != Result)
+        return bad("has an augmented function that does not return "
+                   "(result, tape) (internal error)");
+      leafTypes(ST->getElementType(1), Leaves);
+    } else if (AugRet) {
+      leafTypes(AugRet, Leaves);
+    }
+    SmallVector<Type *, 1> Trail;
+    if (FloatResult)
+      Trail.push_back(Result);
+    if (Error E = expectParams(Rev, "reverse", {Leaves, Xs, Ss, Trail}))
+      return E;
+  }
+  G->addFnAttr(CustomAttr, R.Display);
+  G->addFnAttr(ForwardAttr, R.Forward);
+  G->addFnAttr(AugmentedAttr, R.Augmented);
+  G->addFnAttr(ReverseAttr, R.Reverse);
+  G->addFnAttr(ArgsAttr, R.Args);
+  G->addFnAttr(ForwardResultAttr, R.ForwardResult);
+  G->addFnAttr(AugmentedResultAttr, R.AugmentedResult);
+  G->addFnAttr(ReverseResultAttr, R.ReverseResult);
+  std::string Owners;
+  for (unsigned O : R.TapeOwners)
+    Owners += (Owners.empty() ? "" : ",") + std::to_string(O);
+  G->addFnAttr(OwnersAttr, Owners);
+  for (Function *W : {Fwd, Aug, Rev})
+    if (W) {
+      W->setLinkage(GlobalValue::InternalLinkage);
+      markRuleHelper(*W);
+    }
+  if (Hidden)
+    G->setLinkage(GlobalValue::InternalLinkage);
+  return Error::success();
+}
+
+Value *emitRuleCall(IRBuilder<> &B, IRBuilder<> &EntryB, Function *W, Type *RT,
+                    Value *Exc, uint64_t Active, uint64_t Overwritten,
+                    ArrayRef<Value *> Operands, Value *&Result) {
+  Value *Slot = EntryB.CreateAlloca(RT ? RT : B.getInt8Ty(), nullptr,
+                                    W->getName() + ".result");
+  SmallVector<Value *, 16> Args = {Slot, Exc, B.getInt64(Active),
+                                   B.getInt64(Overwritten)};
+  Args.append(Operands.begin(), Operands.end());
+  Value *Status = B.CreateCall(W, Args);
+  Result = RT ? B.CreateLoad(RT, Slot) : nullptr;
+  return Status;
+}
+
+void flattenLeaves(IRBuilder<> &B, Value *V, SmallVectorImpl<Value *> &Out) {
+  Type *T = V->getType();
+  unsigned N = 0;
+  if (auto *ST = dyn_cast<StructType>(T))
+    N = ST->getNumElements();
+  else if (auto *AT = dyn_cast<ArrayType>(T))
+    N = AT->getNumElements();
+  else {
+    Out.push_back(V);
+    return;
+  }
+  for (unsigned I = 0; I < N; ++I)
+    flattenLeaves(B, B.CreateExtractValue(V, I), Out);
+}
+
+} // namespace enzpy

@@ -1,0 +1,116 @@
+//===- CustomRules.h - rules given as forward and reverse functions -*- C++
+//-*-===//
+//
+// A rule author gives a function f of scalars, arrays and raw pointers
+// (an njit function, or a C function numba declares by name, such as the
+// LAPACK helpers of numba's helper library) three numba functions
+// (enzpy/_custom_rules.py builds them around the author's own):
+//
+//   forward(active, overwritten, x..., s...)    -> y, or (y, dy) for a float y
+//   augmented(active, overwritten, x...)        -> (y, tape), or tape (no y)
+//   reverse(active, overwritten, tape..., x..., s..., [ybar])
+//                                               -> cotangents of float x
+//
+// Each replaces the call of f: forward and augmented run f's primal (with
+// its side effects on memory); forward also writes the tangents of the
+// memory f writes into the shadows and returns the tangent of a float
+// result; reverse, in the reverse sweep, turns the cotangents in the
+// shadows of the memory f wrote into those of what it read and returns the
+// cotangents of its float arguments. `x...` are the call's own operands;
+// `s...` one operand per argument of f: a memory argument's shadow (null
+// when the memory carries no derivative), a float argument's tangent
+// (forward) or 0 (reverse), 0 for other arguments. `active` has bit i set
+// when argument i carries a derivative here, `overwritten` when the memory
+// of argument i may change between the call and its reverse (reverse mode;
+// the rule then keeps what it needs on its tape). The tape is whatever
+// numba value augmented returned, passed back flattened into its scalar
+// leaves; the MemInfos among them are released when the derivative
+// returns.
+//
+// One rule serves every activity pattern: the author writes it as if every
+// float argument were differentiable and reads `active` to skip work.
+// A failing rule function (a raised exception) makes the derivative raise
+// it once the derivative has run.
+//
+// The function carries the attributes below (set by applyUserRules);
+// matchCustomCall describes one call of it.
+//
+//===----------------------------------------------------------------------===//
+#ifndef ENZPY_RULES_CUSTOMRULES_H
+#define ENZPY_RULES_CUSTOMRULES_H
+
+#include "llvm/ADT/SmallVector.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/Support/Error.h"
+#include <optional>
+#include <string>
+
+namespace llvm {
+class CallBase;
+class Function;
+class Module;
+class Type;
+class Value;
+} // namespace llvm
+
+namespace enzpy {
+
+struct RuleSpec;
+
+/// One call of a function with a custom rule.
+struct CustomCall {
+  enum class ArgKind { Memory, Float, Other };
+  struct Arg {
+    ArgKind Kind;
+    unsigned Operand; // the call operand that carries it (a memory
+                      // argument's data pointer)
+  };
+  const llvm::CallBase *Call = nullptr;
+  const llvm::Function *Callee = nullptr;
+  /// Leading operands that are not f's arguments: numba's return slot and
+  /// exception pointer for an njit function, none for a C function.
+  unsigned Hidden = 0;
+  llvm::SmallVector<Arg, 8> Args;
+  llvm::Function *Forward = nullptr, *Augmented = nullptr, *Reverse = nullptr;
+  /// What each returns (null for None).
+  llvm::Type *ForwardResult = nullptr, *AugmentedResult = nullptr,
+             *ReverseResult = nullptr;
+  /// The tape leaves that are MemInfos (owned references).
+  llvm::SmallVector<unsigned, 4> TapeOwners;
+  std::string Name;
+
+  /// What f returns: the stored type of an njit function (null for None),
+  /// the return type of a C function (null for void).
+  llvm::Type *result() const;
+  bool returnsFloat() const;
+  /// Whether the call may write through its operand \p Operand.
+  bool mayWrite(unsigned Operand) const;
+};
+
+/// The description of \p CB when its callee has a custom rule.
+std::optional<CustomCall> matchCustomCall(const llvm::CallBase &CB);
+
+/// Whether \p F has a custom rule (its calls stay calls).
+bool hasCustomRule(const llvm::Function *F);
+
+/// Marks the function of rule \p R in \p M (and its rule functions as
+/// helpers to keep); an error names the rule when its functions are
+/// missing.
+llvm::Error markCustomRule(llvm::Module &M, const RuleSpec &R);
+
+/// Emits `status = W(slot, exc, active, overwritten, operands...)` at \p B,
+/// with the result slot (of type \p RT) an alloca in \p EntryB; returns the
+/// status and sets \p Result to what W returned (null when \p RT is).
+llvm::Value *emitRuleCall(llvm::IRBuilder<> &B, llvm::IRBuilder<> &EntryB,
+                          llvm::Function *W, llvm::Type *RT, llvm::Value *Exc,
+                          uint64_t Active, uint64_t Overwritten,
+                          llvm::ArrayRef<llvm::Value *> Operands,
+                          llvm::Value *&Result);
+
+/// The scalar leaves of the aggregate \p V, in numba's argument order.
+void flattenLeaves(llvm::IRBuilder<> &B, llvm::Value *V,
+                   llvm::SmallVectorImpl<llvm::Value *> &Leaves);
+
+} // namespace enzpy
+
+#endif

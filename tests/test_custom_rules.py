@@ -1,0 +1,280 @@
+"""Custom rules (``enzpy.register_rule``): a function of arrays and scalars
+gets its derivative from a forward, an augmented and a reverse function,
+wherever a differentiated kernel calls it."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from fd import fd_gradient
+
+import enzpy
+from enzpy import Active, BatchDuplicated, Const, Duplicated
+
+
+@numba.njit
+def scaled_squares(x, out, a):
+    """out[i] = a x[i]^2 (numba's own body; the rule below says the same)."""
+    for i in range(x.shape[0]):
+        out[i] = a * x[i] * x[i]
+
+
+def _forward(cfg, x, dx, out, dout, a, da):
+    for i in range(x.shape[0]):
+        out[i] = a * x[i] * x[i]
+        dout[i] = da * x[i] * x[i] + 2.0 * a * x[i] * dx[i]
+
+
+def _augmented(cfg, x, out, a):
+    for i in range(x.shape[0]):
+        out[i] = a * x[i] * x[i]
+    # x may change before the reverse runs: keep it only then.
+    return x.copy() if cfg.overwritten[0] else np.empty(0)
+
+
+def _reverse(cfg, kept, x, dx, out, dout, a, da):
+    xs = kept if cfg.overwritten[0] else x
+    abar = 0.0
+    for i in range(xs.shape[0]):
+        abar += dout[i] * xs[i] * xs[i]
+        dx[i] += 2.0 * a * xs[i] * dout[i]
+        dout[i] = 0.0  # out was overwritten: its old contents had no effect
+    return abar
+
+
+enzpy.register_rule(scaled_squares, forward=_forward, augmented=_augmented, reverse=_reverse)
+
+
+@numba.njit
+def sin_loss(x, a):
+    out = np.empty_like(x)
+    scaled_squares(x, out, a)
+    s = 0.0
+    for i in range(out.shape[0]):
+        s += np.sin(out[i])
+    return s
+
+
+@numba.njit
+def sweeps(x, a, steps):
+    """x is updated in place through the ruled function each step; the
+    scratch buffer is reused."""
+    tmp = np.empty_like(x)
+    for _ in range(steps):
+        scaled_squares(x, tmp, a)
+        for i in range(x.shape[0]):
+            x[i] = 0.5 * x[i] + 0.1 * np.sin(tmp[i])
+    return (x * x).sum()
+
+
+def test_rule_gives_the_gradient_in_reverse_and_forward_mode():
+    x = np.linspace(0.1, 1.0, 5)
+    a = 0.7
+    gx = np.cos(a * x * x) * 2.0 * a * x
+    ga = float((np.cos(a * x * x) * x * x).sum())
+    dx = np.zeros(5)
+    _, da = enzpy.autodiff(sin_loss, Duplicated(x, dx), Active(a))
+    np.testing.assert_allclose(dx, gx, rtol=1e-12)
+    assert da == pytest.approx(ga, rel=1e-12)
+    v = np.random.default_rng(0).standard_normal(5)
+    t = enzpy.autodiff(sin_loss, Duplicated(x, v), Duplicated(a, 0.3), mode=enzpy.Forward)
+    assert t == pytest.approx(gx @ v + 0.3 * ga, rel=1e-12)
+
+
+def test_rule_is_used_instead_of_the_body():
+    """A rule that doubles every derivative doubles the gradient: the engine
+    calls the rule, not the function's body."""
+
+    @numba.njit
+    def cube_into(x, out):
+        for i in range(x.shape[0]):
+            out[i] = x[i] ** 3
+
+    def fwd(cfg, x, dx, out, dout):
+        for i in range(x.shape[0]):
+            out[i] = x[i] ** 3
+            dout[i] = 2.0 * 3.0 * x[i] ** 2 * dx[i]
+
+    def aug(cfg, x, out):
+        for i in range(x.shape[0]):
+            out[i] = x[i] ** 3
+        return x.copy()
+
+    def rev(cfg, xs, x, dx, out, dout):
+        for i in range(xs.shape[0]):
+            dx[i] += 2.0 * 3.0 * xs[i] ** 2 * dout[i]
+            dout[i] = 0.0
+        return ()
+
+    enzpy.register_rule(cube_into, forward=fwd, augmented=aug, reverse=rev)
+
+    @numba.njit
+    def total(x):
+        out = np.empty_like(x)
+        cube_into(x, out)
+        return out.sum()
+
+    x = np.array([0.5, -1.0, 2.0])
+    dx = np.zeros(3)
+    enzpy.autodiff(total, Duplicated(x, dx))
+    np.testing.assert_allclose(dx, 6.0 * x**2)
+    t = enzpy.autodiff(total, Duplicated(x, np.ones(3)), mode=enzpy.Forward)
+    assert t == pytest.approx(6.0 * (x**2).sum())
+
+
+def test_rule_inside_a_time_loop_with_memory_overwritten_matches_finite_differences():
+    x0 = np.linspace(-0.5, 0.8, 6)
+    dx = np.zeros_like(x0)
+    _, da, _ = enzpy.autodiff(sweeps, Duplicated(x0.copy(), dx), Active(0.9), Const(7))
+    _, (gx, ga) = fd_gradient(lambda x, a: sweeps(x.copy(), a, 7), x0, 0.9)
+    np.testing.assert_allclose(dx, gx, rtol=1e-6, atol=1e-9)
+    assert da == pytest.approx(ga, rel=1e-6)
+
+
+def test_forward_and_reverse_agree_on_random_directions():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.2, 1.0, 6)
+    v, w = rng.standard_normal(6), 0.37
+    # x is updated in place, and so is its tangent: pass a copy of v.
+    jv = enzpy.autodiff(
+        sweeps, Duplicated(x.copy(), v.copy()), Duplicated(0.9, w), Const(5), mode=enzpy.Forward
+    )
+    dx = np.zeros(6)
+    _, da, _ = enzpy.autodiff(sweeps, Duplicated(x.copy(), dx), Active(0.9), Const(5))
+    assert jv == pytest.approx(dx @ v + da * w, rel=1e-10)
+
+
+def test_constant_arguments_get_no_cotangent_and_the_rule_sees_them_inactive():
+    x = np.linspace(0.1, 1.0, 4)
+    _, da = enzpy.autodiff(sin_loss, Const(x), Active(0.5))
+    assert da == pytest.approx(float((np.cos(0.5 * x * x) * x * x).sum()), rel=1e-12)
+
+
+def test_reverse_batch_lanes_each_get_their_rule_call():
+    x = np.linspace(0.1, 1.0, 5)
+    shadows = [np.zeros(5), np.zeros(5)]
+    enzpy.autodiff(sin_loss, BatchDuplicated(x, shadows), Const(0.7), mode=enzpy.Reverse)
+    g = np.cos(0.7 * x * x) * 2.0 * 0.7 * x
+    for s in shadows:
+        np.testing.assert_allclose(s, g, rtol=1e-12)
+
+
+def test_forward_batch_mode_through_a_rule_is_refused_clearly():
+    x = np.linspace(0.1, 1.0, 5)
+    with pytest.raises(enzpy.UnsupportedError, match="scaled_squares"):
+        enzpy.autodiff(
+            sin_loss,
+            BatchDuplicated(x, [np.ones(5), np.zeros(5)]),
+            Const(0.7),
+            mode=enzpy.Forward,
+        )
+
+
+def test_a_mode_the_rule_has_no_function_for_is_refused_naming_the_rule():
+    @numba.njit
+    def half_into(x, out):
+        for i in range(x.shape[0]):
+            out[i] = 0.5 * x[i]
+
+    def fwd(cfg, x, dx, out, dout):
+        for i in range(x.shape[0]):
+            out[i] = 0.5 * x[i]
+            dout[i] = 0.5 * dx[i]
+
+    enzpy.register_rule(half_into, forward=fwd)
+
+    @numba.njit
+    def use(x):
+        out = np.empty_like(x)
+        half_into(x, out)
+        return out.sum()
+
+    x = np.ones(3)
+    t = enzpy.autodiff(use, Duplicated(x, np.ones(3)), mode=enzpy.Forward)
+    assert t == pytest.approx(1.5)
+    with pytest.raises(enzpy.UnsupportedError, match="half_into.*augmented"):
+        enzpy.autodiff(use, Duplicated(x, np.zeros(3)))
+
+
+def test_an_exception_raised_by_a_rule_reaches_the_caller():
+    @numba.njit
+    def picky_into(x, out):
+        for i in range(x.shape[0]):
+            out[i] = x[i]
+
+    def fwd(cfg, x, dx, out, dout):
+        raise ValueError("picky refuses")
+
+    def aug(cfg, x, out):
+        for i in range(x.shape[0]):
+            out[i] = x[i]
+        return 0
+
+    def rev(cfg, tape, x, dx, out, dout):
+        raise ValueError("picky refuses the reverse")
+
+    enzpy.register_rule(picky_into, forward=fwd, augmented=aug, reverse=rev)
+
+    @numba.njit
+    def use(x):
+        out = np.empty_like(x)
+        picky_into(x, out)
+        return out.sum()
+
+    x = np.ones(3)
+    with pytest.raises(ValueError, match="picky refuses the reverse"):
+        enzpy.autodiff(use, Duplicated(x, np.zeros(3)))
+    with pytest.raises(ValueError, match="picky refuses"):
+        enzpy.autodiff(use, Duplicated(x, np.ones(3)), mode=enzpy.Forward)
+
+
+def test_a_rule_returning_the_wrong_types_is_an_error_naming_the_rule():
+    @numba.njit
+    def copy_into(x, out):
+        for i in range(x.shape[0]):
+            out[i] = x[i]
+
+    def aug(cfg, x, out):
+        return 0
+
+    def rev(cfg, tape, x, dx, out, dout):
+        return 1.0  # no float argument: should return ()
+
+    enzpy.register_rule(copy_into, augmented=aug, reverse=rev)
+
+    @numba.njit
+    def use(x):
+        out = np.empty_like(x)
+        copy_into(x, out)
+        return out.sum()
+
+    with pytest.raises(enzpy.EnzpyTypeError, match="copy_into.*float64.*expected"):
+        enzpy.autodiff(use, Duplicated(np.ones(3), np.zeros(3)))
+
+
+def test_a_function_returning_an_array_cannot_have_a_custom_rule_yet():
+    @numba.njit
+    def doubled(x):
+        return 2.0 * x
+
+    def fwd(cfg, x, dx):
+        return 2.0 * x, 2.0 * dx
+
+    enzpy.register_rule(doubled, forward=fwd)
+
+    @numba.njit
+    def use(x):
+        return doubled(x).sum()
+
+    with pytest.raises(enzpy.UnsupportedError, match="write array results into an argument"):
+        enzpy.autodiff(use, Duplicated(np.ones(3), np.ones(3)), mode=enzpy.Forward)
+
+
+def test_register_rule_refuses_bad_arguments():
+    with pytest.raises(enzpy.EnzpyTypeError, match="forward="):
+        enzpy.register_rule(scaled_squares)
+    with pytest.raises(enzpy.EnzpyTypeError, match="both augmented= and reverse="):
+        enzpy.register_rule(scaled_squares, augmented=_augmented)
+    with pytest.raises(enzpy.EnzpyTypeError, match="njit function or a C function"):
+        enzpy.register_rule(42, forward=_forward)
