@@ -4,6 +4,8 @@ the way a user registers one.
 
 * ``math.lgamma`` (libm ``lgamma``/``lgammaf``): d/dx log|Γ(x)| = ψ(x).
 * ``math.gamma`` (numba's ``numba_gamma``/``numba_gammaf``): Γ(x) ψ(x).
+* The LAPACK routines behind ``np.linalg`` (``_lapack_rules``), as custom
+  rules (``register_rule``).
 
 ψ (digamma) is computed here: the recurrence ψ(x) = ψ(x + 1) - 1/x up to
 x >= 10, then the asymptotic series (error below 1e-14 there); the
@@ -18,7 +20,8 @@ import math
 
 import numba
 
-from ._rules import register_partials
+from . import _lapack_rules
+from ._rules import register_partials, register_rule
 
 __all__ = ["digamma"]
 
@@ -60,3 +63,7 @@ for _name in ("lgamma", "lgammaf"):
     register_partials(_name, _d_lgamma)
 for _name in ("numba_gamma", "numba_gammaf"):
     register_partials(_name, _d_gamma)
+
+# The LAPACK calls behind numba's np.linalg (``_lapack_rules``).
+for _symbol, (_fwd, _aug, _rev) in _lapack_rules.RULES.items():
+    register_rule(_symbol, forward=_fwd, augmented=_aug, reverse=_rev)

@@ -224,6 +224,15 @@ def k_cholesky(S, W):
     return s
 
 
+@numba.njit
+def k_eigh(S, w):
+    vals, vecs = np.linalg.eigh(S)  # <- under test
+    s = 0.0
+    for i in range(vals.shape[0]):
+        s += w[i] * vals[i] + vecs[i, -1] * vecs[i, -1] * w[i]
+    return s
+
+
 # ---------------------------------------------------------------------------------
 # cases: (kernel, argument factory, names the error may use for the callee)
 # ---------------------------------------------------------------------------------
@@ -312,16 +321,17 @@ CASES = {
         lambda r: [fd.Dup(spd(r, 4)), fd.Dup(r.uniform(-1, 1, (4, 4)))],
         ("cholesky", "potrf"),
     ),
+    "np.linalg.eigh": (
+        k_eigh,
+        lambda r: [fd.Dup(spd(r, 4)), fd.Dup(r.uniform(-1, 1, 4))],
+        ("eigh", "syevd"),
+    ),
 }
 
 # Unsupported today (strict: an XPASS means the mark must go), with what is missing.
-UNSUPPORTED = {
-    "np.linalg.solve": "no rule for LAPACK gesv (numba_xgesv) yet; the error names "
-    "np.linalg.solve and gesv",
-    "np.linalg.inv": "no rule for the LU factorization (numba_xxgetrf / getri)",
-    "np.linalg.det": "no rule for the LU factorization (numba_xxgetrf) yet; the error names it",
-    "np.linalg.cholesky": "no rule for LAPACK potrf (numba_xxpotrf)",
-}
+# The LAPACK calls behind solve, inv, det, slogdet, cholesky and eigh have rules
+# (enzpy/_lapack_rules.py); lstsq has none (tests/test_lapack_rules.py).
+UNSUPPORTED: dict[str, str] = {}
 
 
 def line_of(func, marker="# <- under test"):

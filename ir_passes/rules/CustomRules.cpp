@@ -256,15 +256,64 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
   return Error::success();
 }
 
+/// `i32 W.guarded(ptr status, ptr ret, ptr exc, ...)`: calls W unless an
+/// earlier rule function of this derivative failed (*status != 0); when W is
+/// skipped or fails, its result slot is zeroed (null tape leaves, a zero
+/// result: nothing stale is released or read) and the first failure's status
+/// is kept in *status. The derivative runs on, and returns that status.
+static Function *guarded(Function *W, Type *RT) {
+  Module &M = *W->getParent();
+  std::string Name = (W->getName() + ".guarded").str();
+  if (Function *G = M.getFunction(Name))
+    return G;
+  LLVMContext &Ctx = M.getContext();
+  SmallVector<Type *, 16> Params = {PointerType::getUnqual(Ctx)};
+  Params.append(W->getFunctionType()->param_begin(),
+                W->getFunctionType()->param_end());
+  Function *G =
+      Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
+                       GlobalValue::InternalLinkage, Name, M);
+  BasicBlock *Entry = BasicBlock::Create(Ctx, "entry", G);
+  BasicBlock *Run = BasicBlock::Create(Ctx, "run", G);
+  BasicBlock *Failed = BasicBlock::Create(Ctx, "failed", G);
+  BasicBlock *Skip = BasicBlock::Create(Ctx, "skip", G);
+  BasicBlock *Done = BasicBlock::Create(Ctx, "done", G);
+  Argument *Status = G->getArg(0), *Ret = G->getArg(1);
+  IRBuilder<> B(Entry);
+  Value *Before = B.CreateLoad(B.getInt32Ty(), Status);
+  B.CreateCondBr(B.CreateICmpEQ(Before, B.getInt32(0)), Run, Skip);
+  B.SetInsertPoint(Run);
+  SmallVector<Value *, 16> Args;
+  for (unsigned K = 1; K < G->arg_size(); ++K)
+    Args.push_back(G->getArg(K));
+  Value *S = B.CreateCall(W, Args);
+  B.CreateCondBr(B.CreateICmpEQ(S, B.getInt32(0)), Done, Failed);
+  B.SetInsertPoint(Failed);
+  B.CreateStore(S, Status);
+  B.CreateBr(Skip);
+  B.SetInsertPoint(Skip);
+  if (RT)
+    B.CreateStore(Constant::getNullValue(RT), Ret);
+  Value *Kept = B.CreateLoad(B.getInt32Ty(), Status);
+  B.CreateBr(Done);
+  B.SetInsertPoint(Done);
+  PHINode *Out = B.CreatePHI(B.getInt32Ty(), 2);
+  Out->addIncoming(S, Run);
+  Out->addIncoming(Kept, Skip);
+  B.CreateRet(Out);
+  return G;
+}
+
 Value *emitRuleCall(IRBuilder<> &B, IRBuilder<> &EntryB, Function *W, Type *RT,
-                    Value *Exc, uint64_t Active, uint64_t Overwritten,
-                    ArrayRef<Value *> Operands, Value *&Result) {
+                    Value *StatusSlot, Value *Exc, uint64_t Active,
+                    uint64_t Overwritten, ArrayRef<Value *> Operands,
+                    Value *&Result) {
   Value *Slot = EntryB.CreateAlloca(RT ? RT : B.getInt8Ty(), nullptr,
                                     W->getName() + ".result");
-  SmallVector<Value *, 16> Args = {Slot, Exc, B.getInt64(Active),
+  SmallVector<Value *, 16> Args = {StatusSlot, Slot, Exc, B.getInt64(Active),
                                    B.getInt64(Overwritten)};
   Args.append(Operands.begin(), Operands.end());
-  Value *Status = B.CreateCall(W, Args);
+  Value *Status = B.CreateCall(guarded(W, RT), Args);
   Result = RT ? B.CreateLoad(RT, Slot) : nullptr;
   return Status;
 }

@@ -100,9 +100,13 @@ llvm::Error markCustomRule(llvm::Module &M, const RuleSpec &R);
 
 /// Emits `status = W(slot, exc, active, overwritten, operands...)` at \p B,
 /// with the result slot (of type \p RT) an alloca in \p EntryB; returns the
-/// status and sets \p Result to what W returned (null when \p RT is).
+/// status and sets \p Result to what W returned (null when \p RT is). W is
+/// not called once a rule function of the derivative failed: \p StatusSlot
+/// (an i32, 0 until then) keeps the first failure's status, and the result
+/// is zero when W failed or was skipped.
 llvm::Value *emitRuleCall(llvm::IRBuilder<> &B, llvm::IRBuilder<> &EntryB,
-                          llvm::Function *W, llvm::Type *RT, llvm::Value *Exc,
+                          llvm::Function *W, llvm::Type *RT,
+                          llvm::Value *StatusSlot, llvm::Value *Exc,
                           uint64_t Active, uint64_t Overwritten,
                           llvm::ArrayRef<llvm::Value *> Operands,
                           llvm::Value *&Result);

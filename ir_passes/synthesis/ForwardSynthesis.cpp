@@ -492,8 +492,9 @@ void ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
   Value *Exc = CC.Hidden ? DC->getArgOperand(numba::ExcInfoParam)
                          : Sk.D->getArg(numba::ExcInfoParam);
   Value *Result = nullptr;
-  Value *Status = emitRuleCall(B, EB, CC.Forward, CC.ForwardResult, Exc, Active,
-                               0, Operands, Result);
+  Value *Status =
+      emitRuleCall(B, EB, CC.Forward, CC.ForwardResult, Sk.ruleStatusSlot(),
+                   Exc, Active, 0, Operands, Result);
   Value *Y = Result, *DY = nullptr;
   if (Result && CC.returnsFloat()) {
     Y = B.CreateExtractValue(Result, 0);
@@ -507,7 +508,6 @@ void ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
       B.CreateStore(DY, shadow(RetPtr, 0));
     DC->replaceAllUsesWith(Status);
   } else {
-    Sk.recordRuleStatus(B, Status);
     if (Y)
       DC->replaceAllUsesWith(Y);
     if (DY && AA.isActive(&CB))

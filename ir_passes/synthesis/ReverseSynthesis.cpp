@@ -407,8 +407,9 @@ void ReverseSynthesizer::prepareCustom(const CustomCall &CC) {
   Value *Exc = CC.Hidden ? DC->getArgOperand(numba::ExcInfoParam)
                          : D->getArg(numba::ExcInfoParam);
   Value *Result = nullptr;
-  Value *Status = emitRuleCall(B, EB, CC.Augmented, CC.AugmentedResult, Exc,
-                               T.Active, T.Overwritten, Operands, Result);
+  Value *Status =
+      emitRuleCall(B, EB, CC.Augmented, CC.AugmentedResult, Sk.ruleStatusSlot(),
+                   Exc, T.Active, T.Overwritten, Operands, Result);
   Value *Y = nullptr, *Tape = Result;
   if (CC.result()) {
     Y = B.CreateExtractValue(Result, 0);
@@ -424,7 +425,6 @@ void ReverseSynthesizer::prepareCustom(const CustomCall &CC) {
       B.CreateStore(Y, DC->getArgOperand(numba::RetPtrParam));
     DC->replaceAllUsesWith(Status);
   } else {
-    Sk.recordRuleStatus(B, Status);
     if (Y)
       DC->replaceAllUsesWith(Y);
   }
@@ -478,10 +478,10 @@ void ReverseSynthesizer::reverseCustom(const CustomCall &CC, IRBuilder<> &RB,
       Operands.push_back(YBar);
     }
     Value *Result = nullptr;
-    Value *Status = emitRuleCall(RB, EB, CC.Reverse, CC.ReverseResult,
-                                 D->getArg(numba::ExcInfoParam), T.Active,
-                                 T.Overwritten, Operands, Result);
-    Sk.recordRuleStatus(RB, Status);
+    // A failure is kept in the rule status slot (the derivative returns it).
+    emitRuleCall(RB, EB, CC.Reverse, CC.ReverseResult, Sk.ruleStatusSlot(),
+                 D->getArg(numba::ExcInfoParam), T.Active, T.Overwritten,
+                 Operands, Result);
     if (!Result)
       continue;
     SmallVector<Value *, 4> Cotangents;

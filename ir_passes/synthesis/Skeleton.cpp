@@ -294,15 +294,13 @@ void DerivativeSkeleton::emitNullChecks(BasicBlock *Fail) {
   NullChecks.clear();
 }
 
-void DerivativeSkeleton::recordRuleStatus(IRBuilder<> &B, Value *Status) {
+Value *DerivativeSkeleton::ruleStatusSlot() {
   if (!RuleStatus) {
     IRBuilder<> EB(Entry, Entry->getFirstInsertionPt());
     RuleStatus = EB.CreateAlloca(EB.getInt32Ty(), nullptr, "enzpy.rule.status");
     EB.CreateStore(EB.getInt32(0), RuleStatus);
   }
-  Value *Old = B.CreateLoad(B.getInt32Ty(), RuleStatus);
-  B.CreateStore(B.CreateSelect(B.CreateICmpEQ(Old, B.getInt32(0)), Status, Old),
-                RuleStatus);
+  return RuleStatus;
 }
 
 void DerivativeSkeleton::finishRuleStatus(ReturnInst *Ret) {

@@ -121,10 +121,10 @@ public:
   /// Inserts the checks; call once the derivative's code is complete.
   void emitNullChecks(llvm::BasicBlock *Fail);
 
-  /// A rule function's status (rules/CustomRules.h): the first non-zero
-  /// one becomes the derivative's status at \p Ret (finishRuleStatus), so
-  /// that the exception it set is raised.
-  void recordRuleStatus(llvm::IRBuilder<> &B, llvm::Value *Status);
+  /// The slot of the first failing rule function's status
+  /// (rules/CustomRules.h), 0 until then; finishRuleStatus makes it the
+  /// derivative's status at \p Ret, so that the exception it set is raised.
+  llvm::Value *ruleStatusSlot();
   void finishRuleStatus(llvm::ReturnInst *Ret);
 
   /// Stores \p Values as the fields of the result struct through retptr.

@@ -1,0 +1,126 @@
+"""The LAPACK rules behind numba's np.linalg (enzpy/_lapack_rules.py): forward
+mode against reverse mode on random directions, finite differences for the
+functions tests/test_numpy_functions.py does not cover, LAPACK inside loops
+whose matrices are overwritten, and the clear refusals."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from fd import fd_gradient
+from test_numpy_functions import k_cholesky, k_det, k_eigh, k_inv, k_solve, spd
+
+import enzpy
+from enzpy import Const, Duplicated
+
+RNG = np.random.default_rng(20261130)
+
+
+def _well_conditioned(n):
+    return RNG.uniform(-1, 1, (n, n)) + 3.0 * np.eye(n)
+
+
+@numba.njit
+def k_slogdet(A):
+    sign, logdet = np.linalg.slogdet(A)
+    return sign * logdet
+
+
+@numba.njit
+def k_eigvalsh(S, w):
+    vals = np.linalg.eigvalsh(S)
+    return (vals * w).sum()
+
+
+@numba.njit
+def k_solve_sweeps(A, b, steps):
+    """A Newton-like sweep: the matrix and right-hand side are overwritten in
+    place every step, and each step solves with the current ones."""
+    x = b.copy()
+    for _ in range(steps):
+        y = np.linalg.solve(A, x)
+        for i in range(A.shape[0]):
+            A[i, i] += 0.1 * y[i] * y[i]
+            x[i] = np.sin(y[i])
+    return (x * x).sum() + np.linalg.det(A)
+
+
+def _directional(kernel, args, vs):
+    """Forward mode along the directions vs (one per argument)."""
+    ann = [Duplicated(a.copy(), v.copy()) for a, v in zip(args, vs, strict=True)]
+    return enzpy.autodiff(kernel, *ann, mode=enzpy.Forward)
+
+
+def _gradients(kernel, args):
+    """Reverse mode, every argument differentiated (as test_numpy_functions'
+    finite-difference checks do: the same derivative, built once)."""
+    gs = [np.zeros_like(a) for a in args]
+    enzpy.autodiff(kernel, *[Duplicated(a.copy(), g) for a, g in zip(args, gs, strict=True)])
+    return gs
+
+
+CASES = {
+    "solve": (
+        k_solve,
+        lambda: [_well_conditioned(4), RNG.uniform(-1, 1, 4), RNG.uniform(-1, 1, 4)],
+    ),
+    "inv": (k_inv, lambda: [_well_conditioned(3), RNG.uniform(-1, 1, (3, 3))]),
+    "det": (k_det, lambda: [_well_conditioned(4)]),
+    "slogdet": (k_slogdet, lambda: [_well_conditioned(4)]),
+    "cholesky": (k_cholesky, lambda: [spd(RNG, 4), RNG.uniform(-1, 1, (4, 4))]),
+    "eigh": (k_eigh, lambda: [spd(RNG, 4), RNG.uniform(-1, 1, 4)]),
+    "eigvalsh": (k_eigvalsh, lambda: [spd(RNG, 4), RNG.uniform(-1, 1, 4)]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_mode_agrees_with_reverse_mode_on_random_directions(name):
+    kernel, make = CASES[name]
+    args = make()
+    vs = [RNG.standard_normal(a.shape) for a in args]
+    jv = _directional(kernel, args, vs)
+    gs = _gradients(kernel, args)
+    expected = sum(float((g * v).sum()) for g, v in zip(gs, vs, strict=True))
+    assert jv == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["slogdet", "eigvalsh"])
+def test_reverse_matches_finite_differences(name):
+    """The other functions' finite-difference checks are in test_numpy_functions."""
+    kernel, make = CASES[name]
+    args = make()
+    gs = _gradients(kernel, args)
+    _, refs = fd_gradient(kernel, *args)
+    for g, ref in zip(gs, refs, strict=True):
+        np.testing.assert_allclose(g, ref, rtol=1e-6, atol=1e-8)
+
+
+def test_lapack_in_a_loop_over_an_overwritten_matrix_matches_finite_differences():
+    A0 = _well_conditioned(4)
+    b = RNG.uniform(-1, 1, 4)
+    gA = np.zeros_like(A0)
+    gb = np.zeros_like(b)
+    enzpy.autodiff(k_solve_sweeps, Duplicated(A0.copy(), gA), Duplicated(b, gb), Const(3))
+    _, (rA, rb, _) = fd_gradient(lambda A, b, s: k_solve_sweeps(A.copy(), b, s), A0, b, 3)
+    np.testing.assert_allclose(gA, rA, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gb, rb, rtol=1e-6, atol=1e-8)
+
+
+def test_float32_matrices_with_derivatives_are_refused_clearly():
+    A = _well_conditioned(3).astype(np.float32)
+    with pytest.raises(ValueError, match="float64 arrays only"):
+        enzpy.autodiff(k_det, Duplicated(A, np.zeros_like(A)))
+
+
+@numba.njit
+def k_lstsq(A, b):
+    x, res, rank, sv = np.linalg.lstsq(A, b)
+    return (x * x).sum()
+
+
+def test_lstsq_with_derivatives_is_refused_naming_it():
+    A = RNG.uniform(-1, 1, (5, 3))
+    b = RNG.uniform(-1, 1, 5)
+    with pytest.raises(enzpy.UnsupportedError, match="lstsq"):
+        enzpy.autodiff(k_lstsq, Duplicated(A, np.zeros_like(A)), Const(b))
