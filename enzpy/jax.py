@@ -1,0 +1,208 @@
+"""JAX bridge: an njit kernel with output arguments as a JAX function.
+
+    >>> import enzpy.jax
+    >>> heat = enzpy.jax.kernel(step, outputs={"out": "u"})  # step(u, a, out)
+    >>> out = heat(u, a)                                      # jax arrays in, out
+    >>> jax.grad(lambda u, a: heat(u, a).sum(), argnums=(0, 1))(u, a)
+
+The function works under ``jax.jit``, ``grad``, ``vjp``, ``jvp``,
+``linearize`` and ``vmap``. It runs the kernel through a host callback
+(``jax.pure_callback``); its JVP is enzpy's forward mode, as a primitive
+``enzpy_jvp`` linear in the tangents whose transpose (so reverse mode) is
+enzpy's reverse mode. Under ``vmap`` the callback
+receives the batch: tangents or cotangents batched over one primal run in
+enzpy's batch mode (one primal evaluation per chunk of lanes:
+``jacfwd``/``jacrev``), batched primals in one njit loop over the batch.
+See docs/bridges.md for the contract.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from ._bridge import Kernel, OutSpec
+
+__all__ = ["kernel"]
+
+
+def _unbatch(
+    arrays: Sequence[np.ndarray], cores: Sequence[int]
+) -> tuple[list[np.ndarray], list[bool], tuple[int, ...]]:
+    """Undo ``vmap_method='expand_dims'``: every array has the same number
+    of leading batch axes (size 1 where that argument is not batched).
+    Returns the arrays with one leading axis (those batched) or none, the
+    flags, and the batch shape."""
+    extra = arrays[0].ndim - cores[0] if arrays else 0
+    if extra <= 0:
+        return list(arrays), [False] * len(arrays), ()
+    shape = np.broadcast_shapes(*(a.shape[:extra] for a in arrays))
+    size = math.prod(shape)
+    out: list[np.ndarray] = []
+    flags: list[bool] = []
+    for a in arrays:
+        core = a.shape[extra:]
+        if all(n == 1 for n in a.shape[:extra]):
+            out.append(a.reshape(core))
+            flags.append(False)
+        else:
+            out.append(np.broadcast_to(a, shape + core).reshape((size, *core)))
+            flags.append(True)
+    return out, flags, shape
+
+
+def _host(K: Kernel, kind: str, nx: int, cores: Sequence[int]) -> Callable[..., Any]:
+    """The host callback for ``kind`` ('primal', 'fwd' or 'rev'): its
+    arguments are the inputs then the seeds (the tangents of the float
+    inputs, or the cotangents of the results)."""
+
+    def callback(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        flat, flags, shape = _unbatch(arrays, cores)
+        xs, xb = flat[:nx], flags[:nx]
+        seeds: list[Any] = list(flat[nx:])
+        sb: list[bool] = list(flags[nx:])
+        if kind == "fwd":  # tangents of the float inputs only: spread them
+            seeds, sb = _spread(xs, seeds, sb)
+        if not shape:
+            got = K.run(kind, xs, seeds)
+        elif kind != "primal" and not any(xb):
+            size = math.prod(shape)
+            full = [
+                s if s is None or b else np.broadcast_to(s, (size, *np.shape(s)))
+                for s, b in zip(seeds, sb, strict=True)
+            ]
+            got = K.lanes(kind, xs, full, size)
+        else:
+            got = K.run(kind, xs, seeds, xb, sb, math.prod(shape))
+        if kind == "fwd":  # the results come from the primal's callback
+            got = got[len(K.results) :]
+        if kind == "rev":
+            got = [g for g, x in zip(got, xs, strict=True) if _is_float(x)]
+        return tuple(np.asarray(g).reshape(shape + g.shape[1 if shape else 0 :]) for g in got)
+
+    return callback
+
+
+def _is_float(x: Any) -> bool:
+    return np.asarray(x).dtype.kind == "f"
+
+
+def _spread(xs: Sequence[Any], seeds: list[Any], sb: list[bool]) -> tuple[list[Any], list[bool]]:
+    """Tangents given for the float inputs only, as one entry per input."""
+    it = iter(zip(seeds, sb, strict=True))
+    out: list[Any] = []
+    flags: list[bool] = []
+    for x in xs:
+        s, b = next(it) if _is_float(x) else (None, False)
+        out.append(s)
+        flags.append(b)
+    return out, flags
+
+
+class _Call:
+    """What the primitive ``enzpy_jvp`` runs: a kernel and the number of
+    float inputs (hashed by identity: a parameter of the primitive)."""
+
+    __slots__ = ("K", "floats")
+
+    def __init__(self, K: Kernel, floats: tuple[int, ...]) -> None:
+        self.K = K
+        self.floats = floats
+
+
+def _callback(K: Kernel, kind: str, out: Any, args: Sequence[Any]) -> Any:
+    host = _host(K, kind, len(K.inputs), [int(jnp.ndim(a)) for a in args])
+    return jax.pure_callback(host, out, *args, vmap_method="expand_dims")
+
+
+def _specs(K: Kernel, xs: Sequence[Any]) -> list[jax.ShapeDtypeStruct]:
+    return [jax.ShapeDtypeStruct(s, d) for s, d in K.result_specs(xs)]
+
+
+def _jvp_impl(*args: Any, call: _Call) -> Any:
+    """The tangents of the results: ``args`` are the inputs then the
+    tangents of the float inputs."""
+    xs = args[: len(call.K.inputs)]
+    return tuple(_callback(call.K, "fwd", _specs(call.K, xs), args))
+
+
+def _jvp_abstract(*args: Any, call: _Call) -> Any:
+    xs = args[: len(call.K.inputs)]
+    return [jax.core.ShapedArray(s, d) for s, d in call.K.result_specs(xs)]
+
+
+def _jvp_transpose(cts: Sequence[Any], *args: Any, call: _Call) -> list[Any]:
+    """Transpose in the tangents: enzpy's reverse mode."""
+    n = len(call.K.inputs)
+    xs = args[:n]
+    specs = _specs(call.K, xs)
+    cts = [
+        jnp.zeros(s.shape, s.dtype) if type(c) is ad.Zero else c
+        for c, s in zip(cts, specs, strict=True)
+    ]
+    want = [jax.ShapeDtypeStruct(jnp.shape(xs[k]), xs[k].dtype) for k in call.floats]
+    got = _callback(call.K, "rev", want, (*xs, *cts))
+    return [None] * n + list(got)
+
+
+def _jvp_batch(args: Sequence[Any], dims: Sequence[Any], *, call: _Call) -> Any:
+    """Under vmap: the host callback's own batching (it sees the batch)."""
+    out = jax.vmap(lambda *a: _jvp_impl(*a, call=call), in_axes=tuple(dims))(*args)
+    return out, [0] * len(out)
+
+
+_jvp_p = Primitive("enzpy_jvp")
+_jvp_p.multiple_results = True
+_jvp_p.def_impl(_jvp_impl)
+_jvp_p.def_abstract_eval(_jvp_abstract)
+mlir.register_lowering(_jvp_p, mlir.lower_fun(_jvp_impl, multiple_results=True))
+ad.primitive_transposes[_jvp_p] = _jvp_transpose
+batching.primitive_batchers[_jvp_p] = _jvp_batch
+
+
+def kernel(
+    f: Any,
+    outputs: Mapping[str, OutSpec] | None = None,
+    inplace: Sequence[str] = (),
+) -> Callable[..., Any]:
+    """The njit kernel ``f`` as a JAX function of its inputs.
+
+    ``outputs`` maps each parameter ``f`` writes to the shape of what it
+    writes (the name of an input shaped like it, or a function of the
+    inputs returning its shape or ``(shape, dtype)``); ``inplace`` names the
+    parameters ``f`` reads and writes. The other parameters are inputs, in
+    order the arguments of the returned function: arrays, or 0-d arrays
+    for scalars (float scalars carry derivatives, integers are constants).
+    It returns the outputs and in-place parameters' final contents in
+    parameter order (the single array when there is one). Outputs start
+    zero-filled; the caller's arrays are never written."""
+    K = Kernel(f, outputs, inplace)
+    nres = len(K.results)
+
+    @jax.custom_jvp
+    def call(*xs: Any) -> tuple[Any, ...]:
+        return tuple(_callback(K, "primal", _specs(K, xs), xs))
+
+    @call.defjvp
+    def call_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+        outs = call(*primals)
+        floats = tuple(k for k, x in enumerate(primals) if jnp.issubdtype(x.dtype, jnp.floating))
+        touts = _jvp_p.bind(*primals, *(tangents[k] for k in floats), call=_Call(K, floats))
+        return outs, tuple(touts)
+
+    def wrapped(*xs: Any) -> Any:
+        xs = tuple(jnp.asarray(x) for x in xs)
+        K.check_types(xs)
+        r = call(*xs)
+        return r[0] if nres == 1 else r
+
+    wrapped.__name__ = K.name
+    wrapped.__doc__ = f"{K.name} as a JAX function (enzpy.jax.kernel)."
+    return wrapped
