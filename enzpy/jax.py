@@ -22,11 +22,15 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+
+try:
+    import jax
+    import jax.numpy as jnp
+    from jax.extend.core import Primitive
+    from jax.interpreters import ad, batching, mlir
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"enzpy.jax needs JAX 0.10: pip install 'enzpy[jax]' ({e})") from e
 
 from ._bridge import Kernel, OutSpec
 

@@ -23,7 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"enzpy.torch needs PyTorch: pip install 'enzpy[torch]' ({e})") from e
 
 from ._bridge import Kernel, OutSpec
 from .errors import EnzpyTypeError, EnzpyValueError
