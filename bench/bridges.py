@@ -5,7 +5,9 @@ directly. Writes bench/results/bridges.json. Not run in CI.
 
     PYTHONPATH=... .venv/bin/python -P bench/bridges.py
 
-Each figure is the best of several repetitions of the mean over a block of
+JAX has two paths: a host callback (jax.pure_callback: a Python round trip
+per call) and an XLA FFI custom call (XLA calls the compiled handler
+directly). Each figure is the best of several repetitions of the mean over a block of
 calls, in microseconds: the kernel (or its compiled derivative) called
 directly from Python, then through each bridge path. A framework that is
 not importable is skipped.
@@ -78,29 +80,30 @@ def jax_paths(u: np.ndarray, a: float) -> dict[str, float]:
     import enzpy.jax
 
     jax.config.update("jax_enable_x64", True)
-    g = enzpy.jax.kernel(stencil, outputs={"out": "u"})
     ju, ja = jnp.asarray(u), jnp.asarray(a)
-    primal = jax.jit(g)
-    grad = jax.jit(jax.grad(lambda u, a: jnp.sum(g(u, a)), argnums=(0, 1)))
-    jvp = jax.jit(lambda u, a: jax.jvp(g, (u, a), (u, a))[1])
+    block = 500
+    res: dict[str, float] = {}
+    for via in ("callback", "ffi"):
+        g = enzpy.jax.kernel(stencil, outputs={"out": "u"}, via=via)
+        primal = jax.jit(g)
+        grad = jax.jit(jax.grad(lambda u, a, g=g: jnp.sum(g(u, a)), argnums=(0, 1)))
+        jvp = jax.jit(lambda u, a, g=g: jax.jvp(g, (u, a), (u, a))[1])
+        res[f"jit primal ({via})"] = per_call(lambda f=primal: f(ju, ja).block_until_ready(), block)
+        res[f"jit grad ({via}: primal + reverse)"] = per_call(
+            lambda f=grad: f(ju, ja)[0].block_until_ready(), block
+        )
+        res[f"jit jvp ({via}: primal + forward)"] = per_call(
+            lambda f=jvp: f(ju, ja).block_until_ready(), block
+        )
 
     def native(u: Any, a: Any) -> Any:  # the same stencil in jax.numpy, for scale
         return u.at[1:-1].set(u[1:-1] + a * (u[:-2] - 2 * u[1:-1] + u[2:]) ** 2).at[0].set(0.0)
 
     jn = jax.jit(native)
-    block = 500
-    return {
-        "jit primal (host callback)": per_call(lambda: primal(ju, ja).block_until_ready(), block),
-        "jit grad (host callbacks: primal + reverse)": per_call(
-            lambda: grad(ju, ja)[0].block_until_ready(), block
-        ),
-        "jit jvp (host callbacks: primal + forward)": per_call(
-            lambda: jvp(ju, ja).block_until_ready(), block
-        ),
-        "jit jax.numpy stencil (no callback, for scale)": per_call(
-            lambda: jn(ju, ja).block_until_ready(), block
-        ),
-    }
+    res["jit jax.numpy stencil (no kernel call, for scale)"] = per_call(
+        lambda: jn(ju, ja).block_until_ready(), block
+    )
+    return res
 
 
 def torch_paths(u: np.ndarray, a: float) -> dict[str, float]:

@@ -111,11 +111,7 @@ class Kernel:
         """``(shape, numpy dtype)`` of each result for inputs ``xs`` (one per
         input, in order; anything with ``.shape`` and ``.dtype``;
         ``dtype_of`` converts a framework's dtype to numpy's)."""
-        if len(xs) != len(self.inputs):
-            raise EnzpyTypeError(
-                f"{self.name} takes {len(self.inputs)} inputs "
-                f"({', '.join(self.params[i] for i in self.inputs)}), got {len(xs)}"
-            )
+        self._check_count(xs)
         dts = [np.dtype(dtype_of(x.dtype)) for x in xs]
         floats = [d for d in dts if d in FLOAT_DTYPES]
         default = max(floats, key=lambda d: d.itemsize) if floats else np.dtype(np.float64)
@@ -146,15 +142,14 @@ class Kernel:
         """Check the number and dtypes of the inputs ``xs`` (anything with
         ``.shape`` and ``.dtype``) and the shapes of the results, with enzpy
         errors; nothing runs."""
-        if len(xs) != len(self.inputs):
-            raise EnzpyTypeError(
-                f"{self.name} takes {len(self.inputs)} inputs "
-                f"({', '.join(self.params[i] for i in self.inputs)}), got {len(xs)}"
-            )
+        self._check_count(xs)
         dts = [np.dtype(dtype_of(x.dtype)) for x in xs]
         for k, dt in enumerate(dts):
             _check_dtype(self.name, self.params[self.inputs[k]], dt)
         specs = self.result_specs(xs, dtype_of)
+        key = (*((dt, len(x.shape)) for x, dt in zip(xs, dts, strict=True)), *specs)
+        if key in self._compiled:  # these types were checked before
+            return
         # Compile the kernel for these types now: a kernel that writes an
         # input, or does not compile for these ranks, is refused here.
         ins = [(dt, len(x.shape)) for x, dt in zip(xs, dts, strict=True)]
@@ -162,18 +157,23 @@ class Kernel:
             [_numba_type(dt, nd, self.roles[i] == IN) for (dt, nd), i in zip(ins, self.inputs)],
             [_numba_type(dt, len(s), False) for s, dt in specs],
         )
-        key = tuple(sig)
-        if key not in self._compiled:
-            try:
-                self.disp.compile(key)
-            except TypingError as e:
-                if "readonly" in str(e):
-                    self._run(_raise_typing(e), ())
-                raise EnzpyTypeError(
-                    f"{self.name} does not compile for inputs of types "
-                    f"({', '.join(str(t) for t in sig)}): {str(e).splitlines()[0]}"
-                ) from None
-            self._compiled[key] = True
+        try:
+            self.disp.compile(tuple(sig))
+        except TypingError as e:
+            if "readonly" in str(e):
+                self._run(_raise_typing(e), ())
+            raise EnzpyTypeError(
+                f"{self.name} does not compile for inputs of types "
+                f"({', '.join(str(t) for t in sig)}): {str(e).splitlines()[0]}"
+            ) from None
+        self._compiled[key] = True
+
+    def _check_count(self, xs: Sequence[Any]) -> None:
+        if len(xs) != len(self.inputs):
+            raise EnzpyTypeError(
+                f"{self.name} takes {len(self.inputs)} inputs "
+                f"({', '.join(self.params[i] for i in self.inputs)}), got {len(xs)}"
+            )
 
     # --- checking inputs ------------------------------------------------------
 
@@ -183,11 +183,7 @@ class Kernel:
         their dtype, 0-d integers as ints; raises an enzpy error for anything
         else, before any memory is touched. ``batched[k]``: input ``k`` has a
         leading batch axis (then a scalar stays a 1-d array)."""
-        if len(xs) != len(self.inputs):
-            raise EnzpyTypeError(
-                f"{self.name} takes {len(self.inputs)} inputs "
-                f"({', '.join(self.params[i] for i in self.inputs)}), got {len(xs)}"
-            )
+        self._check_count(xs)
         out: list[Any] = []
         for k, x in enumerate(xs):
             p = self.params[self.inputs[k]]
@@ -245,6 +241,12 @@ class Kernel:
                     "arguments it writes with inplace=(...) or outputs={...}"
                 ) from None
             raise
+
+    def compiled(self, kind: str, args: Sequence[Any]) -> Any:
+        """The compiled kernel ('primal') or derivative ('fwd', 'rev') for
+        arguments of the types of ``args`` (the kernel's, in parameter
+        order), as an njit function (``enzpy.derivative``'s layout)."""
+        return self._derivative(kind, args, 0)
 
     def _derivative(self, kind: str, args: Sequence[Any], width: int) -> Any:
         """The compiled function for ``kind`` ('primal', 'fwd' or 'rev';
@@ -533,6 +535,9 @@ def _is_shape_dtype(got: Any) -> bool:
 
 
 def _type_key(a: Any) -> Any:
+    """What fixes the numba type of the argument ``a`` (cheaper than
+    ``numba.typeof``): arrays by dtype, rank and writeability (the bridge
+    passes C-contiguous arrays), scalars by their Python type."""
     if isinstance(a, np.ndarray):
         return (a.dtype.str, a.ndim, a.flags.writeable)
-    return numba.typeof(a)
+    return type(a)

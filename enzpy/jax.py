@@ -7,13 +7,14 @@
 
 The function works under ``jax.jit``, ``grad``, ``vjp``, ``jvp``,
 ``linearize`` and ``vmap``. It runs the kernel through a host callback
-(``jax.pure_callback``); its JVP is enzpy's forward mode, as a primitive
-``enzpy_jvp`` linear in the tangents whose transpose (so reverse mode) is
-enzpy's reverse mode. Under ``vmap`` the callback
-receives the batch: tangents or cotangents batched over one primal run in
-enzpy's batch mode (one primal evaluation per chunk of lanes:
-``jacfwd``/``jacrev``), batched primals in one njit loop over the batch.
-See docs/bridges.md for the contract.
+(``jax.pure_callback``) or, with ``via="ffi"``, through an XLA FFI handler
+that calls the compiled code with no Python round trip (``enzpy._ffi``).
+Its JVP is enzpy's forward mode, as a primitive ``enzpy_jvp`` linear in the
+tangents whose transpose (so reverse mode) is enzpy's reverse mode. Under
+``vmap`` the host callback receives the batch: tangents or cotangents
+batched over one primal run in enzpy's batch mode (one primal evaluation
+per chunk of lanes: ``jacfwd``/``jacrev``), batched primals in one njit
+loop over the batch. See docs/bridges.md for the contract.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"enzpy.jax needs JAX 0.10: pip install 'enzpy[jax]' ({e})") from e
 
+from . import _ffi
 from ._bridge import Kernel, OutSpec
+from .errors import EnzpyValueError
 
 __all__ = ["kernel"]
 
@@ -111,17 +114,25 @@ def _spread(xs: Sequence[Any], seeds: list[Any], sb: list[bool]) -> tuple[list[A
 
 
 class _Call:
-    """What the primitive ``enzpy_jvp`` runs: a kernel and the number of
-    float inputs (hashed by identity: a parameter of the primitive)."""
+    """What the primitive ``enzpy_jvp`` runs: a kernel, the indices of its
+    float inputs and how it is called (hashed by identity: a parameter of
+    the primitive)."""
 
-    __slots__ = ("K", "floats")
+    __slots__ = ("K", "floats", "via")
 
-    def __init__(self, K: Kernel, floats: tuple[int, ...]) -> None:
+    def __init__(self, K: Kernel, floats: tuple[int, ...], via: str) -> None:
         self.K = K
         self.floats = floats
+        self.via = via
 
 
-def _callback(K: Kernel, kind: str, out: Any, args: Sequence[Any]) -> Any:
+def _run(K: Kernel, via: str, kind: str, out: Any, args: Sequence[Any]) -> Any:
+    """Call ``kind`` of ``K`` on the JAX values ``args`` (inputs, then
+    seeds): through a host callback, or through the XLA FFI handler."""
+    if via == "ffi":
+        ins = [(np.dtype(a.dtype), int(jnp.ndim(a))) for a in args[: len(K.inputs)]]
+        name = _ffi.handler(K, kind, ins)
+        return jax.ffi.ffi_call(name, out, vmap_method="sequential")(*args)
     host = _host(K, kind, len(K.inputs), [int(jnp.ndim(a)) for a in args])
     return jax.pure_callback(host, out, *args, vmap_method="expand_dims")
 
@@ -134,7 +145,7 @@ def _jvp_impl(*args: Any, call: _Call) -> Any:
     """The tangents of the results: ``args`` are the inputs then the
     tangents of the float inputs."""
     xs = args[: len(call.K.inputs)]
-    return tuple(_callback(call.K, "fwd", _specs(call.K, xs), args))
+    return tuple(_run(call.K, call.via, "fwd", _specs(call.K, xs), args))
 
 
 def _jvp_abstract(*args: Any, call: _Call) -> Any:
@@ -152,7 +163,7 @@ def _jvp_transpose(cts: Sequence[Any], *args: Any, call: _Call) -> list[Any]:
         for c, s in zip(cts, specs, strict=True)
     ]
     want = [jax.ShapeDtypeStruct(jnp.shape(xs[k]), xs[k].dtype) for k in call.floats]
-    got = _callback(call.K, "rev", want, (*xs, *cts))
+    got = _run(call.K, call.via, "rev", want, (*xs, *cts))
     return [None] * n + list(got)
 
 
@@ -175,6 +186,7 @@ def kernel(
     f: Any,
     outputs: Mapping[str, OutSpec] | None = None,
     inplace: Sequence[str] = (),
+    via: str = "callback",
 ) -> Callable[..., Any]:
     """The njit kernel ``f`` as a JAX function of its inputs.
 
@@ -186,19 +198,27 @@ def kernel(
     for scalars (float scalars carry derivatives, integers are constants).
     It returns the outputs and in-place parameters' final contents in
     parameter order (the single array when there is one). Outputs start
-    zero-filled; the caller's arrays are never written."""
+    zero-filled; the caller's arrays are never written.
+
+    ``via``: ``"callback"`` runs the compiled code from a host callback
+    (``jax.pure_callback``; under ``vmap`` the batch reaches enzpy's batch
+    mode or one njit loop); ``"ffi"`` has XLA call it through an FFI
+    handler, with no Python round trip (under ``vmap``, XLA calls it once
+    per batch element: no batch mode)."""
+    if via not in ("callback", "ffi"):
+        raise EnzpyValueError(f"via must be 'callback' or 'ffi', got {via!r}")
     K = Kernel(f, outputs, inplace)
     nres = len(K.results)
 
     @jax.custom_jvp
     def call(*xs: Any) -> tuple[Any, ...]:
-        return tuple(_callback(K, "primal", _specs(K, xs), xs))
+        return tuple(_run(K, via, "primal", _specs(K, xs), xs))
 
     @call.defjvp
     def call_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
         outs = call(*primals)
         floats = tuple(k for k, x in enumerate(primals) if jnp.issubdtype(x.dtype, jnp.floating))
-        touts = _jvp_p.bind(*primals, *(tangents[k] for k in floats), call=_Call(K, floats))
+        touts = _jvp_p.bind(*primals, *(tangents[k] for k in floats), call=_Call(K, floats, via))
         return outs, tuple(touts)
 
     def wrapped(*xs: Any) -> Any:

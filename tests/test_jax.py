@@ -59,29 +59,36 @@ def test_jit_primal_equals_the_kernels_plain_call(bridged, name):
             _close(a, b, 1e-15)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_jvp_and_jitted_vjp_match_finite_differences(bridged, name):
-    g, jx, xs, ref, y0, J = bridged[name]
-    rng = np.random.default_rng(1)
+def _check_jvp_and_vjp(g, jx, xs, y0, J, seed):
+    """jax.jvp (jitted) and a jitted vjp pullback of ``g`` with respect to its
+    float inputs (the others held fixed) against the FD Jacobian ``J``."""
+    rng = np.random.default_rng(seed)
     floats = [k for k, x in enumerate(xs) if is_float(x)]
     ts = [rng.standard_normal(np.shape(x)) if is_float(x) else None for x in xs]
 
-    # jvp with respect to the float inputs (ints held fixed by closure)
     def gf(*fx):
         args = list(jx)
         for k, v in zip(floats, fx, strict=True):
             args[k] = v
         return g(*args)
 
-    prim, tan = jax.jvp(gf, tuple(jx[k] for k in floats), tuple(jnp.asarray(ts[k]) for k in floats))
+    primals = tuple(jx[k] for k in floats)
+    tangents = tuple(jnp.asarray(ts[k]) for k in floats)
+    _, tan = jax.jit(lambda *p: jax.jvp(gf, p, tangents))(*primals)
     for a, b in zip(_results(tan), jvp_ref(J, ts), strict=True):
         _close(a, b)
     cts = [rng.standard_normal(y.shape) for y in y0]
-    _, pull = jax.vjp(gf, *(jx[k] for k in floats))
+    _, pull = jax.vjp(gf, *primals)
     got = jax.jit(pull)(tuple(cts) if len(cts) > 1 else cts[0])
     want = vjp_ref(J, cts)
     for k, a in zip(floats, got, strict=True):
         _close(a, want[k])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jvp_and_jitted_vjp_match_finite_differences(bridged, name):
+    g, jx, xs, ref, y0, J = bridged[name]
+    _check_jvp_and_vjp(g, jx, xs, y0, J, seed=1)
 
 
 def test_grad_of_a_loss_equals_enzpy_reverse_mode(bridged):
@@ -196,3 +203,47 @@ def test_a_kernel_writing_an_input_is_refused_with_the_fix():
     g = enzpy.jax.kernel(update, outputs={"x": "y"})  # y is written but declared input
     with pytest.raises(enzpy.EnzpyTypeError, match="inplace="):
         g(jnp.asarray(0.5), jnp.ones(3))
+
+
+# --- the XLA FFI path: the same functions called by XLA with no Python round trip
+
+
+@pytest.fixture(scope="module")
+def via_ffi(x64):
+    """name -> (JAX function via FFI, inputs, inputs as numpy, reference, FD results, Jacobian)."""
+    out = {}
+    for name, (f, outputs, inplace, xs, ref) in cases(np.random.default_rng(3)).items():
+        g = enzpy.jax.kernel(f, outputs=outputs, inplace=inplace, via="ffi")
+        y0, J = fd_jacobian(ref, xs)
+        out[name] = (g, [jnp.asarray(x) for x in xs], xs, ref, y0, J)
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ffi_primal_jvp_and_vjp_match_the_kernel_and_finite_differences(via_ffi, name):
+    g, jx, xs, ref, y0, J = via_ffi[name]
+    for a, b in zip(_results(jax.jit(g)(*jx)), y0, strict=True):
+        _close(a, b, 1e-15)
+    _check_jvp_and_vjp(g, jx, xs, y0, J, seed=4)
+
+
+def test_ffi_vmap_of_grad_equals_each_example(via_ffi):
+    g, jx, xs, ref, y0, J = via_ffi["stencil"]
+    U = np.stack([xs[0], 2 * xs[0], -xs[0]])
+
+    def loss(u, a):
+        return jnp.sum(jnp.sin(g(u, a)))
+
+    gu, ga = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None)))(
+        jnp.asarray(U), jx[1]
+    )
+    for b in range(3):
+        _, Jb = fd_jacobian(ref, [U[b], xs[1]])
+        w = np.cos(ref(U[b], xs[1])[0])
+        _close(gu[b], w @ Jb[0][0])
+        _close(ga[b], w @ Jb[0][1])
+
+
+def test_via_must_name_a_path():
+    with pytest.raises(enzpy.EnzpyValueError, match="via must be"):
+        enzpy.jax.kernel(stencil, outputs={"out": "u"}, via="xla")
