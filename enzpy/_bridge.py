@@ -155,7 +155,7 @@ class Kernel:
         ins = [(dt, len(x.shape)) for x, dt in zip(xs, dts, strict=True)]
         sig = self._args(
             [_numba_type(dt, nd, self.roles[i] == IN) for (dt, nd), i in zip(ins, self.inputs)],
-            [_numba_type(dt, len(s), False) for s, dt in specs],
+            [numba.types.Array(numba.from_dtype(dt), len(s), "C") for s, dt in specs],
         )
         try:
             self.disp.compile(tuple(sig))
@@ -455,7 +455,8 @@ class Kernel:
 
 
 def _numba_type(dt: np.dtype[Any], ndim: int, readonly: bool) -> Any:
-    """The numba type of a (C-contiguous) argument of dtype ``dt``."""
+    """The numba type of a (C-contiguous) input of dtype ``dt`` (0-d:
+    the scalar the bridge passes)."""
     scalar = numba.from_dtype(dt)
     if ndim == 0:
         return numba.types.int64 if dt.kind in "iu" else scalar

@@ -6,11 +6,11 @@
     >>> jax.grad(lambda u, a: heat(u, a).sum(), argnums=(0, 1))(u, a)
 
 The function works under ``jax.jit``, ``grad``, ``vjp``, ``jvp``,
-``linearize`` and ``vmap``. It runs the kernel through a host callback
-(``jax.pure_callback``) or, with ``via="ffi"``, through an XLA FFI handler
-that calls the compiled code with no Python round trip (``enzpy._ffi``).
-Its JVP is enzpy's forward mode, as a primitive ``enzpy_jvp`` linear in the
-tangents whose transpose (so reverse mode) is enzpy's reverse mode. Under
+``linearize`` and ``vmap``. XLA calls the compiled kernel and derivatives
+through an FFI handler, with no Python round trip (``enzpy._ffi``), or
+through a host callback (``jax.pure_callback``; ``via=`` chooses). The JVP
+is enzpy's forward mode, as the primitive ``enzpy_kernel`` linear in the
+tangents, whose transpose (so reverse mode) is enzpy's reverse mode. Under
 ``vmap`` the host callback receives the batch: tangents or cotangents
 batched over one primal run in enzpy's batch mode (one primal evaluation
 per chunk of lanes: ``jacfwd``/``jacrev``), batched primals in one njit
@@ -35,7 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from . import _ffi
 from ._bridge import Kernel, OutSpec
-from .errors import EnzpyValueError
+from .errors import EnzpyTypeError, EnzpyValueError
 
 __all__ = ["kernel"]
 
@@ -113,80 +113,106 @@ def _spread(xs: Sequence[Any], seeds: list[Any], sb: list[bool]) -> tuple[list[A
     return out, flags
 
 
-class _Call:
-    """What the primitive ``enzpy_jvp`` runs: a kernel, the indices of its
-    float inputs and how it is called (hashed by identity: a parameter of
-    the primitive)."""
+VIAS = ("auto", "ffi", "callback")
 
-    __slots__ = ("K", "floats", "via")
+
+class _Call:
+    """What the primitive ``enzpy_kernel`` runs: a kernel, the indices of
+    its float inputs and how it is called (a parameter of the primitive,
+    hashed by identity; one per kernel, float inputs and path)."""
+
+    __slots__ = ("K", "floats", "via", "_batched")
 
     def __init__(self, K: Kernel, floats: tuple[int, ...], via: str) -> None:
         self.K = K
         self.floats = floats
         self.via = via
+        self._batched: _Call | None = None
+
+    def batched(self) -> _Call:
+        """How to call under vmap: 'auto' turns to the host callback, which
+        sees the batch (batch mode, njit loop); 'ffi' stays (XLA calls the
+        handler per element)."""
+        if self.via != "auto":
+            return self
+        if self._batched is None:
+            self._batched = _Call(self.K, self.floats, "callback")
+        return self._batched
 
 
-def _run(K: Kernel, via: str, kind: str, out: Any, args: Sequence[Any]) -> Any:
-    """Call ``kind`` of ``K`` on the JAX values ``args`` (inputs, then
-    seeds): through a host callback, or through the XLA FFI handler."""
-    if via == "ffi":
+def _run(call: _Call, kind: str, args: Sequence[Any]) -> Any:
+    """Call ``kind`` of the kernel on the JAX values ``args`` (inputs, then
+    seeds): through the XLA FFI handler ('ffi', and 'auto' where the kernel
+    has no 0-d results) or a host callback."""
+    K = call.K
+    out = _out_specs(call, kind, args)
+    if call.via != "callback":
         ins = [(np.dtype(a.dtype), int(jnp.ndim(a))) for a in args[: len(K.inputs)]]
-        name = _ffi.handler(K, kind, ins)
-        return jax.ffi.ffi_call(name, out, vmap_method="sequential")(*args)
+        try:
+            name = _ffi.handler(K, kind, ins)
+        except EnzpyTypeError:
+            if call.via == "ffi":
+                raise
+        else:
+            return jax.ffi.ffi_call(name, out, vmap_method="sequential")(*args)
     host = _host(K, kind, len(K.inputs), [int(jnp.ndim(a)) for a in args])
     return jax.pure_callback(host, out, *args, vmap_method="expand_dims")
 
 
-def _specs(K: Kernel, xs: Sequence[Any]) -> list[jax.ShapeDtypeStruct]:
-    return [jax.ShapeDtypeStruct(s, d) for s, d in K.result_specs(xs)]
-
-
-def _jvp_impl(*args: Any, call: _Call) -> Any:
-    """The tangents of the results: ``args`` are the inputs then the
-    tangents of the float inputs."""
+def _out_specs(call: _Call, kind: str, args: Sequence[Any]) -> list[jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of what ``kind`` returns: the results (primal),
+    their tangents (fwd) or the cotangents of the float inputs (rev)."""
     xs = args[: len(call.K.inputs)]
-    return tuple(_run(call.K, call.via, "fwd", _specs(call.K, xs), args))
+    if kind == "rev":
+        return [jax.ShapeDtypeStruct(jnp.shape(xs[k]), xs[k].dtype) for k in call.floats]
+    return [jax.ShapeDtypeStruct(s, d) for s, d in call.K.result_specs(xs)]
 
 
-def _jvp_abstract(*args: Any, call: _Call) -> Any:
-    xs = args[: len(call.K.inputs)]
-    return [jax.core.ShapedArray(s, d) for s, d in call.K.result_specs(xs)]
+def _impl(*args: Any, call: _Call, kind: str) -> Any:
+    return tuple(_run(call, kind, args))
 
 
-def _jvp_transpose(cts: Sequence[Any], *args: Any, call: _Call) -> list[Any]:
-    """Transpose in the tangents: enzpy's reverse mode."""
+def _abstract(*args: Any, call: _Call, kind: str) -> Any:
+    return [jax.core.ShapedArray(s.shape, s.dtype) for s in _out_specs(call, kind, args)]
+
+
+def _transpose(cts: Sequence[Any], *args: Any, call: _Call, kind: str) -> list[Any]:
+    """The transpose of the JVP (kind 'fwd', linear in the tangents):
+    enzpy's reverse mode."""
+    assert kind == "fwd", kind
     n = len(call.K.inputs)
     xs = args[:n]
-    specs = _specs(call.K, xs)
     cts = [
         jnp.zeros(s.shape, s.dtype) if type(c) is ad.Zero else c
-        for c, s in zip(cts, specs, strict=True)
+        for c, s in zip(cts, _out_specs(call, "primal", xs), strict=True)
     ]
-    want = [jax.ShapeDtypeStruct(jnp.shape(xs[k]), xs[k].dtype) for k in call.floats]
-    got = _run(call.K, call.via, "rev", want, (*xs, *cts))
+    got = _kernel_p.bind(*xs, *cts, call=call, kind="rev")
     return [None] * n + list(got)
 
 
-def _jvp_batch(args: Sequence[Any], dims: Sequence[Any], *, call: _Call) -> Any:
-    """Under vmap: the host callback's own batching (it sees the batch)."""
-    out = jax.vmap(lambda *a: _jvp_impl(*a, call=call), in_axes=tuple(dims))(*args)
+def _batch(args: Sequence[Any], dims: Sequence[Any], *, call: _Call, kind: str) -> Any:
+    """Under vmap: the call's batched path (see ``_Call.batched``)."""
+    b = call.batched()
+    out = jax.vmap(lambda *a: _impl(*a, call=b, kind=kind), in_axes=tuple(dims))(*args)
     return out, [0] * len(out)
 
 
-_jvp_p = Primitive("enzpy_jvp")
-_jvp_p.multiple_results = True
-_jvp_p.def_impl(_jvp_impl)
-_jvp_p.def_abstract_eval(_jvp_abstract)
-mlir.register_lowering(_jvp_p, mlir.lower_fun(_jvp_impl, multiple_results=True))
-ad.primitive_transposes[_jvp_p] = _jvp_transpose
-batching.primitive_batchers[_jvp_p] = _jvp_batch
+#: One primitive for every kernel and kind of call ('primal', 'fwd': the
+#: JVP, linear in the tangents, whose transpose is 'rev').
+_kernel_p = Primitive("enzpy_kernel")
+_kernel_p.multiple_results = True
+_kernel_p.def_impl(_impl)
+_kernel_p.def_abstract_eval(_abstract)
+mlir.register_lowering(_kernel_p, mlir.lower_fun(_impl, multiple_results=True))
+ad.primitive_transposes[_kernel_p] = _transpose
+batching.primitive_batchers[_kernel_p] = _batch
 
 
 def kernel(
     f: Any,
     outputs: Mapping[str, OutSpec] | None = None,
     inplace: Sequence[str] = (),
-    via: str = "callback",
+    via: str = "auto",
 ) -> Callable[..., Any]:
     """The njit kernel ``f`` as a JAX function of its inputs.
 
@@ -200,25 +226,34 @@ def kernel(
     parameter order (the single array when there is one). Outputs start
     zero-filled; the caller's arrays are never written.
 
-    ``via``: ``"callback"`` runs the compiled code from a host callback
-    (``jax.pure_callback``; under ``vmap`` the batch reaches enzpy's batch
-    mode or one njit loop); ``"ffi"`` has XLA call it through an FFI
-    handler, with no Python round trip (under ``vmap``, XLA calls it once
-    per batch element: no batch mode)."""
-    if via not in ("callback", "ffi"):
-        raise EnzpyValueError(f"via must be 'callback' or 'ffi', got {via!r}")
+    ``via``: ``"auto"`` (default) has XLA call the compiled code through an
+    FFI handler, with no Python round trip, and under ``vmap`` hands the
+    batch to a host callback (enzpy's batch mode, or one njit loop over
+    batched primals); ``"ffi"`` uses the FFI handler under ``vmap`` too
+    (XLA calls it once per batch element); ``"callback"`` always uses the
+    host callback (``jax.pure_callback``). A kernel with a 0-d output runs
+    through the host callback under ``"auto"``."""
+    if via not in VIAS:
+        raise EnzpyValueError(f"via must be one of {', '.join(map(repr, VIAS))}, got {via!r}")
     K = Kernel(f, outputs, inplace)
     nres = len(K.results)
+    calls: dict[tuple[int, ...], _Call] = {}
+
+    def plan(xs: Sequence[Any]) -> _Call:
+        floats = tuple(k for k, x in enumerate(xs) if jnp.issubdtype(x.dtype, jnp.floating))
+        if floats not in calls:
+            calls[floats] = _Call(K, floats, via)
+        return calls[floats]
 
     @jax.custom_jvp
     def call(*xs: Any) -> tuple[Any, ...]:
-        return tuple(_run(K, via, "primal", _specs(K, xs), xs))
+        return tuple(_kernel_p.bind(*xs, call=plan(xs), kind="primal"))
 
     @call.defjvp
     def call_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
         outs = call(*primals)
-        floats = tuple(k for k, x in enumerate(primals) if jnp.issubdtype(x.dtype, jnp.floating))
-        touts = _jvp_p.bind(*primals, *(tangents[k] for k in floats), call=_Call(K, floats, via))
+        c = plan(primals)
+        touts = _kernel_p.bind(*primals, *(tangents[k] for k in c.floats), call=c, kind="fwd")
         return outs, tuple(touts)
 
     def wrapped(*xs: Any) -> Any:

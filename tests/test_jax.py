@@ -4,6 +4,9 @@ and enzpy's own derivatives."""
 
 from __future__ import annotations
 
+import re
+
+import numba
 import numpy as np
 import pytest
 
@@ -11,6 +14,7 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 from bridge_kernels import cases, fd_jacobian, is_float, jvp_ref, stencil, update, vjp_ref  # noqa: E402
+from fd import fd_gradient  # noqa: E402
 
 import enzpy  # noqa: E402
 import enzpy.jax  # noqa: E402
@@ -205,43 +209,84 @@ def test_a_kernel_writing_an_input_is_refused_with_the_fix():
         g(jnp.asarray(0.5), jnp.ones(3))
 
 
-# --- the XLA FFI path: the same functions called by XLA with no Python round trip
+# --- the paths: via="auto" (above) runs unbatched calls through the XLA FFI
+# handler and vmap through the host callback; "callback" and "ffi" force one.
 
 
 @pytest.fixture(scope="module")
-def via_ffi(x64):
-    """name -> (JAX function via FFI, inputs, inputs as numpy, reference, FD results, Jacobian)."""
+def via_callback(x64):
+    """name -> (JAX function via the host callback, inputs, inputs as numpy,
+    reference, FD results, Jacobian)."""
     out = {}
     for name, (f, outputs, inplace, xs, ref) in cases(np.random.default_rng(3)).items():
-        g = enzpy.jax.kernel(f, outputs=outputs, inplace=inplace, via="ffi")
+        g = enzpy.jax.kernel(f, outputs=outputs, inplace=inplace, via="callback")
         y0, J = fd_jacobian(ref, xs)
         out[name] = (g, [jnp.asarray(x) for x in xs], xs, ref, y0, J)
     return out
 
 
+def _targets(lowered) -> set[str]:
+    return set(re.findall(r"custom_call @(\w+)", lowered.as_text()))
+
+
+def test_auto_path_is_ffi_unbatched_and_the_host_callback_under_vmap(bridged):
+    g, jx, *_ = bridged["stencil"]
+    grad = jax.jit(jax.grad(lambda u, a: jnp.sum(g(u, a)))).lower(*jx)
+    assert any(t.startswith("enzpy_") for t in _targets(grad))
+    assert not any("callback" in t for t in _targets(grad))
+    jac = jax.jit(jax.jacfwd(g)).lower(*jx)
+    assert any("callback" in t for t in _targets(jac))
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_ffi_primal_jvp_and_vjp_match_the_kernel_and_finite_differences(via_ffi, name):
-    g, jx, xs, ref, y0, J = via_ffi[name]
+def test_callback_path_primal_jvp_and_vjp_match_the_kernel_and_fd(via_callback, name):
+    g, jx, xs, ref, y0, J = via_callback[name]
+    assert not any(t.startswith("enzpy_") for t in _targets(jax.jit(g).lower(*jx)))
     for a, b in zip(_results(jax.jit(g)(*jx)), y0, strict=True):
         _close(a, b, 1e-15)
     _check_jvp_and_vjp(g, jx, xs, y0, J, seed=4)
 
 
-def test_ffi_vmap_of_grad_equals_each_example(via_ffi):
-    g, jx, xs, ref, y0, J = via_ffi["stencil"]
-    U = np.stack([xs[0], 2 * xs[0], -xs[0]])
+def test_ffi_path_under_vmap_of_grad_equals_each_example():
+    """via='ffi' keeps the FFI handler under vmap (XLA calls it per element)."""
+    g = enzpy.jax.kernel(stencil, outputs={"out": "u"}, via="ffi")
+    rng = np.random.default_rng(5)
+    u, a = rng.uniform(-1, 1, 7), 0.7
+    U = np.stack([u, 2 * u, -u])
 
     def loss(u, a):
         return jnp.sum(jnp.sin(g(u, a)))
 
-    gu, ga = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None)))(
-        jnp.asarray(U), jx[1]
-    )
+    vg = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None)))
+    assert not any("callback" in t for t in _targets(vg.lower(jnp.asarray(U), jnp.asarray(a))))
+    gu, ga = vg(jnp.asarray(U), jnp.asarray(a))
+    ref = cases(rng)["stencil"][4]
     for b in range(3):
-        _, Jb = fd_jacobian(ref, [U[b], xs[1]])
-        w = np.cos(ref(U[b], xs[1])[0])
+        _, Jb = fd_jacobian(ref, [U[b], np.float64(a)])
+        w = np.cos(ref(U[b], np.float64(a))[0])
         _close(gu[b], w @ Jb[0][0])
         _close(ga[b], w @ Jb[0][1])
+
+
+@numba.njit
+def cubes(x, s):
+    """A 0-d output: s = sum of x^3."""
+    acc = 0.0
+    for i in range(x.shape[0]):
+        acc += x[i] ** 3
+    s[()] = acc
+
+
+def test_a_0d_output_runs_through_the_host_callback_under_auto():
+    g = enzpy.jax.kernel(cubes, outputs={"s": lambda x: ()})
+    x = np.random.default_rng(6).uniform(-1, 1, 5)
+    assert float(g(jnp.asarray(x))) == pytest.approx(np.sum(x**3), rel=1e-14)
+    grad = jax.jit(jax.grad(g))
+    assert any("callback" in t for t in _targets(grad.lower(jnp.asarray(x))))
+    _, fd = fd_gradient(lambda x: float(np.sum(x**3)), x)
+    _close(grad(jnp.asarray(x)), fd[0])
+    with pytest.raises(enzpy.EnzpyTypeError, match="rank 1 or more"):
+        enzpy.jax.kernel(cubes, outputs={"s": lambda x: ()}, via="ffi")(jnp.asarray(x))
 
 
 def test_via_must_name_a_path():
