@@ -114,4 +114,5 @@ def test_fit_ode_example_recovers_the_parameters():
     out = fit_ode.fit()
     np.testing.assert_allclose(out["grad"], out["fd"], rtol=1e-6)
     np.testing.assert_allclose(out["lbfgs"].x, fit_ode.TRUE, rtol=1e-2)
+    assert out["lbfgs"].fun < 1.5 * fit_ode.NOISE**2  # misfit at the noise level
     np.testing.assert_allclose(out["least_squares"].x, out["lbfgs"].x, rtol=1e-3)
