@@ -40,6 +40,11 @@ timing.py, peakmem.py (peak memory in a subprocess) and report.py (tables and
 JSON); kernels shared with the demo and the tests are in examples/kernels.py.
 
     .venv/bin/python -P bench/run.py [--quick] [--no-peers] [--no-memory] [--only heat,lorenz]
+                                     [--progress | --no-progress]
+
+A progress bar over the kernels (tqdm, the `progress` extra) appears when the
+run is still going after a few seconds; --progress shows it at once,
+--no-progress never.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ from peers import load_peers  # noqa: E402
 from plot import plot  # noqa: E402
 from report import print_forward_table, print_memory_table, print_table, write_results  # noqa: E402
 
+from enzpy._progress import bar  # noqa: E402
+
 RESULTS = HERE / "results"
 
 
@@ -76,6 +83,12 @@ def main(argv=None):
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    ap.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar over the kernels (tqdm; default: when the run takes a while)",
+    )
     ap.add_argument(PROBE_FLAG, default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_probe:
@@ -90,9 +103,12 @@ def main(argv=None):
         print(f"skipping {p}: {why}")
 
     records = []
-    for k in kernels:
-        print(f"running {k.name}: {k.description} ...", flush=True)
-        records.append(run_kernel(k, peers, args.budget))
+    with bar(len(kernels), "bench", args.progress, unit="kernel", min_steps=1) as progress:
+        for k in kernels:
+            progress.note(k.name)
+            progress.write(f"running {k.name}: {k.description} ...")
+            records.append(run_kernel(k, peers, args.budget))
+            progress.update()
     print()
     print_table(records, list(peers))
     print()

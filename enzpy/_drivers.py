@@ -11,6 +11,7 @@ from . import _build
 from ._aliasing import address, arrays_in, check_arguments
 from ._config import FLOAT_DTYPES, MAX_BATCH_WIDTH
 from ._modes import Forward, Mode, Reverse, ReverseWithPrimal, check_mode
+from ._progress import bar, check_progress
 from ._values import arrays_disjoint, check_plain_array, staged_like, zeros_like_strided
 from .annotations import Active, BatchDuplicated, Const, Duplicated
 from .errors import ActivityError, EnzpyTypeError, EnzpyValueError, PiecewiseConstantError
@@ -120,6 +121,7 @@ def jacobian(
     out: Any = None,
     mode: Mode = Forward,
     chunk: int | None = None,
+    progress: bool | None = None,
 ) -> np.ndarray:
     """Jacobian of ``f`` with respect to the float array ``x``.
 
@@ -138,8 +140,13 @@ def jacobian(
     same default and padding), one sweep giving ``chunk`` rows, so it costs
     ``ceil(out.size / chunk)`` sweeps; without ``out`` it is one gradient
     sweep.
+
+    ``progress`` shows a progress bar over the sweeps (tqdm, when installed):
+    ``True`` always, ``False`` never, ``None`` (the default) for work of many
+    sweeps that is still running after a few seconds (``enzpy._progress``).
     """
     m = check_mode(mode)
+    progress = check_progress("jacobian", progress)
     x = _float_array("x", x)
     if out is not None:
         out = _float_array("out", out)
@@ -162,22 +169,24 @@ def jacobian(
     if m.is_forward:
         width = min(width, n)
         J = np.zeros((n,) + (() if out is None else out.shape), dtype)
-        for start in range(0, n, width):
-            lanes = [j if j < n else -1 for j in range(start, start + width)]
-            seeds = tuple(_unit(x.shape, x.dtype, j) for j in lanes)
-            xc, oc, *ac = replica((x, out, *args))
-            xa = BatchDuplicated(xc, seeds)
-            if out is None:
-                ts = returned(_autodiff(f, xa, *ac, mode=Forward))
-                for k, j in enumerate(lanes):
-                    if j >= 0:
-                        J[j] = ts[k]
-            else:
-                douts = tuple(np.zeros_like(out, order="C") for _ in lanes)
-                _autodiff(f, xa, BatchDuplicated(oc, douts), *ac, mode=Forward, ret=Const)
-                for k, j in enumerate(lanes):
-                    if j >= 0:
-                        J[j] = douts[k]
+        with bar(-(-n // width), "enzpy.jacobian", progress, unit="sweep") as sweeps:
+            for start in range(0, n, width):
+                lanes = [j if j < n else -1 for j in range(start, start + width)]
+                seeds = tuple(_unit(x.shape, x.dtype, j) for j in lanes)
+                xc, oc, *ac = replica((x, out, *args))
+                xa = BatchDuplicated(xc, seeds)
+                if out is None:
+                    ts = returned(_autodiff(f, xa, *ac, mode=Forward))
+                    for k, j in enumerate(lanes):
+                        if j >= 0:
+                            J[j] = ts[k]
+                else:
+                    douts = tuple(np.zeros_like(out, order="C") for _ in lanes)
+                    _autodiff(f, xa, BatchDuplicated(oc, douts), *ac, mode=Forward, ret=Const)
+                    for k, j in enumerate(lanes):
+                        if j >= 0:
+                            J[j] = douts[k]
+                sweeps.update()
         J = J.reshape((n, -1)).T.reshape(shape) if out is not None else J.reshape(shape)
         return J
     if out is None:
@@ -189,15 +198,17 @@ def jacobian(
     rows = out.size
     width = min(width, rows)
     J = np.zeros((rows,) + x.shape, dtype)
-    for start in range(0, rows, width):
-        lanes = [i if i < rows else -1 for i in range(start, start + width)]
-        dxs = tuple(np.zeros(x.shape, x.dtype) for _ in lanes)
-        douts = tuple(_unit(out.shape, out.dtype, i) for i in lanes)
-        xc, oc, *ac = replica((x, out, *args))
-        _autodiff(f, BatchDuplicated(xc, dxs), BatchDuplicated(oc, douts), *ac, ret=Const)
-        for k, i in enumerate(lanes):
-            if i >= 0:
-                J[i] = dxs[k]
+    with bar(-(-rows // width), "enzpy.jacobian", progress, unit="sweep") as sweeps:
+        for start in range(0, rows, width):
+            lanes = [i if i < rows else -1 for i in range(start, start + width)]
+            dxs = tuple(np.zeros(x.shape, x.dtype) for _ in lanes)
+            douts = tuple(_unit(out.shape, out.dtype, i) for i in lanes)
+            xc, oc, *ac = replica((x, out, *args))
+            _autodiff(f, BatchDuplicated(xc, dxs), BatchDuplicated(oc, douts), *ac, ret=Const)
+            for k, i in enumerate(lanes):
+                if i >= 0:
+                    J[i] = dxs[k]
+            sweeps.update()
     return J.reshape(shape)
 
 
@@ -261,12 +272,16 @@ def _explain_written_x(f: Any, e: ActivityError) -> None:
         e.args = (e.message,)
 
 
-def hessian(f: Any, x: Any, *args: Any) -> np.ndarray:
+def hessian(f: Any, x: Any, *args: Any, progress: bool | None = None) -> np.ndarray:
     """The Hessian of the float-valued ``f(x, *args)`` with respect to the
     float array ``x``, of shape ``x.shape + x.shape``, from one
-    Hessian-vector product per element of ``x`` (for small problems)."""
+    Hessian-vector product per element of ``x`` (for small problems).
+    ``progress`` shows a bar over the products, as in ``jacobian``."""
+    progress = check_progress("hessian", progress)
     x = _float_array("x", x)
     H = np.zeros((x.size,) + x.shape, x.dtype)
-    for j in range(x.size):
-        H[j] = hvp(f, x, _unit(x.shape, x.dtype, j), *args)
+    with bar(x.size, "enzpy.hessian", progress, unit="hvp") as products:
+        for j in range(x.size):
+            H[j] = hvp(f, x, _unit(x.shape, x.dtype, j), *args)
+            products.update()
     return H.reshape(x.shape + x.shape)

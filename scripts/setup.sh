@@ -4,10 +4,12 @@
 #  1. System packages (Debian 12): llvm-22-dev, libzstd-dev, cmake, g++ — only
 #     what is missing is installed, and apt is not touched when nothing is.
 #  2. A virtual environment in .venv (Python >= 3.11; python3.11 preferred).
-#  3. A regular (non-editable) `pip install .[test]`, which builds the C++
-#     engine with CMake through scikit-build-core and puts libenzpy_native.so
-#     inside the installed enzpy package. Skipped when the sources are
-#     unchanged since the last successful install.
+#  3. The wheel dist/enzpy-*.whl, built once (`pip wheel`: CMake through
+#     scikit-build-core compiles the C++ engine, LLVM linked in statically, and
+#     puts libenzpy_native.so inside the package), then `pip install`ed with
+#     the `test` extra. Skipped when the sources are unchanged since the last
+#     successful install and the wheel is still there. scripts/wheel_smoke.sh
+#     tests that same wheel file in fresh venvs without LLVM.
 #
 # Works from any directory. Environment knobs:
 #   ENZPY_PYTHON=/path/to/python   interpreter for the venv (default python3.11, python3)
@@ -121,19 +123,29 @@ source_hash() {
 }
 
 STAMP="$VENV/.enzpy-install-stamp"
+DIST="$ROOT/dist"
+wheel_file() { compgen -G "$DIST/enzpy-*.whl" | head -n 1; }
 want="$(source_hash)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
-if [ "${ENZPY_FORCE_INSTALL:-0}" != 1 ] && [ "$want" = "$have" ] &&
+if [ "${ENZPY_FORCE_INSTALL:-0}" != 1 ] && [ "$want" = "$have" ] && [ -n "$(wheel_file)" ] &&
    "$VPY" -P -c 'import importlib.metadata as m; m.version("enzpy")' >/dev/null 2>&1; then
-  say "enzpy is installed and up to date in .venv"
+  say "enzpy is installed and up to date in .venv ($(wheel_file))"
   exit 0
 fi
 
 rm -f "$STAMP"
-say "pip install .[test] (builds the C++ engine; the first time takes a few minutes)"
+say "pip wheel . (builds the C++ engine; the first time takes a few minutes)"
 start=$SECONDS
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
-"$VPY" -m pip install -q --disable-pip-version-check ".[test]"
+rm -f "$DIST"/enzpy-*.whl
+"$VPY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$DIST" .
+WHEEL="$(wheel_file)"
+[ -n "$WHEEL" ] || die "pip wheel left no enzpy wheel in $DIST"
+say "built $WHEEL ($(du -h "$WHEEL" | cut -f1)) in $((SECONDS - start)) s; installing it"
+# Same version number as the previous build: force the package itself in,
+# then its dependencies and the test extra (already there: nothing to do).
+"$VPY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$WHEEL"
+"$VPY" -m pip install -q --disable-pip-version-check "$WHEEL[test]"
 
 # The wheel must carry the engine inside the package. Look it up without
 # importing enzpy (-P: the source tree in the cwd must not shadow the install).
