@@ -800,7 +800,7 @@ class _RulesFound:
         n_floats = sum(isinstance(a, types.Float) for a in args)
         found = _overload(df, p_args).signature.return_type
         _check_partials_type(name, df, found, n_floats)
-        outputs = [found] if isinstance(found, types.Float) else list(_members(found))
+        outputs = [found] if isinstance(found, types.Float) else list(_custom_rules.members(found))
         entry: dict[str, Any] = {
             "partials": p_symbol,
             "display": name,
@@ -835,16 +835,11 @@ def _check_rule_types(name: str, args: tuple[types.Type, ...], restype: types.Ty
         )
 
 
-def _members(tup: types.Type) -> tuple[types.Type, ...]:
-    """The member types of a numba tuple type."""
-    return tuple(getattr(tup, "types", ()))
-
-
 def _check_partials_type(name: str, df: Any, found: types.Type, n_floats: int) -> None:
     ok = (n_floats == 1 and isinstance(found, types.Float)) or (
         isinstance(found, types.BaseTuple)
-        and len(_members(found)) == n_floats
-        and all(isinstance(t, types.Float) for t in _members(found))
+        and len(_custom_rules.members(found)) == n_floats
+        and all(isinstance(t, types.Float) for t in _custom_rules.members(found))
     )
     if not ok:
         expected = "one float" if n_floats == 1 else f"a tuple of {n_floats} floats"

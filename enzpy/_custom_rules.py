@@ -34,7 +34,7 @@ from numba.np.arrayobj import populate_array
 from ._rule_config import RuleConfig
 from .errors import EnzpyTypeError, UnsupportedError
 
-__all__ = ["CustomRule", "Wrappers", "wrappers"]
+__all__ = ["CustomRule", "Wrappers", "members", "wrappers"]
 
 
 @dataclass(frozen=True)
@@ -71,18 +71,15 @@ def _shadow_like(typingctx: Any, ptr: types.Type, like: types.Type) -> Any:
     return out(ptr, like), codegen
 
 
-def _members(t: types.Type) -> tuple[types.Type, ...]:
+def members(t: types.Type) -> tuple[types.Type, ...]:
     """The member types of a numba tuple type."""
     return tuple(getattr(t, "types", ()))
 
 
 def _flat_count(t: types.Type) -> int:
-    """How many LLVM values numba passes for an argument of type ``t``."""
-    if isinstance(t, types.Array):
-        return 5 + 2 * t.ndim
-    if isinstance(t, types.BaseTuple):
-        return sum(_flat_count(m) for m in _members(t))
-    return 1
+    """How many LLVM values numba passes for an argument of type ``t``
+    (numba's own argument packing says)."""
+    return len(cpu_target.target_context.get_arg_packer((t,)).argument_types)
 
 
 def _tape_owners(t: types.Type, rule: str, start: int = 0) -> list[int]:
@@ -91,7 +88,7 @@ def _tape_owners(t: types.Type, rule: str, start: int = 0) -> list[int]:
         return [start]
     if isinstance(t, types.BaseTuple):
         owners: list[int] = []
-        for m in _members(t):
+        for m in members(t):
             owners += _tape_owners(m, rule, start)
             start += _flat_count(m)
         return owners
@@ -257,13 +254,13 @@ def _build(
             if not (
                 isinstance(found, types.BaseTuple)
                 and len(found) == 2
-                and _members(found)[0] == restype
+                and members(found)[0] == restype
             ):
                 raise EnzpyTypeError(
                     f"the augmented function of the rule for {name} returns {found}; "
                     f"expected (result, tape) with the result a {restype}"
                 )
-            tape = _members(found)[1]
+            tape = members(found)[1]
         else:
             tape = found
         if tape == types.none:
@@ -285,7 +282,7 @@ def _build(
         rev_args = (*masks, tape, *argtypes, *stypes, *tail)
         found = _return_type(rev, rev_args)
         floats = [t for t in argtypes if isinstance(t, types.Float)]
-        members = _members(found) if isinstance(found, types.BaseTuple) else (found,)
+        outs = members(found) if isinstance(found, types.BaseTuple) else (found,)
         ok = (
             (not floats and isinstance(found, types.BaseTuple) and len(found) == 0)
             or (not floats and found == types.none)
@@ -293,8 +290,8 @@ def _build(
             or (
                 len(floats) > 1
                 and isinstance(found, types.BaseTuple)
-                and len(members) == len(floats)
-                and all(isinstance(m, types.Float) for m in members)
+                and len(outs) == len(floats)
+                and all(isinstance(m, types.Float) for m in outs)
             )
         )
         if not ok:

@@ -13,6 +13,18 @@ import enzpy
 from enzpy import Active, BatchDuplicated, Const, Duplicated
 
 
+def summed(into):
+    """An njit kernel that calls ``into(x, out)`` on a fresh ``out`` and sums it."""
+
+    @numba.njit
+    def total(x):
+        out = np.empty_like(x)
+        into(x, out)
+        return out.sum()
+
+    return total
+
+
 @numba.njit
 def scaled_squares(x, out, a):
     """out[i] = a x[i]^2 (numba's own body; the rule below says the same)."""
@@ -109,11 +121,7 @@ def test_rule_is_used_instead_of_the_body():
 
     enzpy.register_rule(cube_into, forward=fwd, augmented=aug, reverse=rev)
 
-    @numba.njit
-    def total(x):
-        out = np.empty_like(x)
-        cube_into(x, out)
-        return out.sum()
+    total = summed(cube_into)
 
     x = np.array([0.5, -1.0, 2.0])
     dx = np.zeros(3)
@@ -184,11 +192,7 @@ def test_a_mode_the_rule_has_no_function_for_is_refused_naming_the_rule():
 
     enzpy.register_rule(half_into, forward=fwd)
 
-    @numba.njit
-    def use(x):
-        out = np.empty_like(x)
-        half_into(x, out)
-        return out.sum()
+    use = summed(half_into)
 
     x = np.ones(3)
     t = enzpy.autodiff(use, Duplicated(x, np.ones(3)), mode=enzpy.Forward)
@@ -216,11 +220,7 @@ def test_an_exception_raised_by_a_rule_reaches_the_caller():
 
     enzpy.register_rule(picky_into, forward=fwd, augmented=aug, reverse=rev)
 
-    @numba.njit
-    def use(x):
-        out = np.empty_like(x)
-        picky_into(x, out)
-        return out.sum()
+    use = summed(picky_into)
 
     x = np.ones(3)
     with pytest.raises(ValueError, match="picky refuses the reverse"):
@@ -243,11 +243,7 @@ def test_a_rule_returning_the_wrong_types_is_an_error_naming_the_rule():
 
     enzpy.register_rule(copy_into, augmented=aug, reverse=rev)
 
-    @numba.njit
-    def use(x):
-        out = np.empty_like(x)
-        copy_into(x, out)
-        return out.sum()
+    use = summed(copy_into)
 
     with pytest.raises(enzpy.EnzpyTypeError, match="copy_into.*float64.*expected"):
         enzpy.autodiff(use, Duplicated(np.ones(3), np.zeros(3)))

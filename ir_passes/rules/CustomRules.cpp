@@ -1,6 +1,7 @@
 //===- CustomRules.cpp - rules given as forward and reverse functions -----===//
 #include "rules/CustomRules.h"
 #include "driver/Diagnostics.h"
+#include "driver/IRHelpers.h"
 #include "driver/Request.h"
 #include "numba/NumbaABI.h"
 #include "rules/UserRules.h"
@@ -263,16 +264,16 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
 /// is kept in *status. The derivative runs on, and returns that status.
 static Function *guarded(Function *W, Type *RT) {
   Module &M = *W->getParent();
-  std::string Name = (W->getName() + ".guarded").str();
-  if (Function *G = M.getFunction(Name))
-    return G;
   LLVMContext &Ctx = M.getContext();
   SmallVector<Type *, 16> Params = {PointerType::getUnqual(Ctx)};
   Params.append(W->getFunctionType()->param_begin(),
                 W->getFunctionType()->param_end());
-  Function *G =
-      Function::Create(FunctionType::get(Type::getInt32Ty(Ctx), Params, false),
-                       GlobalValue::InternalLinkage, Name, M);
+  bool Fresh = false;
+  Function *G = internalHelper(
+      M, (W->getName() + ".guarded").str(),
+      FunctionType::get(Type::getInt32Ty(Ctx), Params, false), Fresh);
+  if (!Fresh)
+    return G;
   BasicBlock *Entry = BasicBlock::Create(Ctx, "entry", G);
   BasicBlock *Run = BasicBlock::Create(Ctx, "run", G);
   BasicBlock *Failed = BasicBlock::Create(Ctx, "failed", G);
