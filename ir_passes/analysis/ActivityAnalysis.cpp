@@ -75,7 +75,10 @@ bool ActivityAnalysis::touchesOnlyInactiveData(const CallBase &CB) const {
     if (!A->getType()->isPointerTy())
       continue;
     AnyPointer = true;
-    if (pointsToActive(A))
+    // Also through pointers kept in local memory the call gets (a parallel
+    // loop's body receives its arrays so).
+    if (any_of(TA.reachableRoots(A),
+               [&](const Value *R) { return ActiveRoots.contains(R); }))
       return false;
     // Memory of unknown origin might be differentiable, unless the pointer
     // is a handle a runtime call returned (numba's random state, say).
@@ -344,6 +347,14 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
     return Error::success();
   if (C.isRecursiveCall(CB))
     return checkRecursiveCall(CB);
+  if (numba::isParallelLoopBody(Callee->getName()))
+    return makeError(
+        "unsupported",
+        "a parallel loop (numba.prange, or an array expression of a "
+        "parallel=True function) that numba runs on its thread pool reads "
+        "or writes data that carries derivatives: its body is compiled "
+        "apart from the function and cannot be differentiated in place",
+        &CB);
   if (StringRef What = numba::describeHelper(Callee->getName()); !What.empty())
     return makeError("unsupported", helperRefusal(What), &CB);
   // A derivative enzpy compiled earlier (enzpy.derivative called from the

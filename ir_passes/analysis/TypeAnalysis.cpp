@@ -226,6 +226,23 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
     }
   }
 
+  // What each alloca holds: the roots of the pointers stored into it, and
+  // unknown memory when something is copied into it.
+  for (Instruction &I : instructions(F)) {
+    if (auto *S = dyn_cast<StoreInst>(&I)) {
+      if (!S->getValueOperand()->getType()->isPointerTy())
+        continue;
+      const RootSet &Stored = roots(S->getValueOperand());
+      underlyingAllocas(S->getPointerOperand(), [&](const Value *A) {
+        Contents[A].insert(Stored.begin(), Stored.end());
+      });
+    } else if (auto *MT = dyn_cast<AnyMemTransferInst>(&I)) {
+      underlyingAllocas(MT->getRawDest(), [&](const Value *A) {
+        Contents[A].insert(UnknownRoot);
+      });
+    }
+  }
+
   // Allocated arrays: the float type they are accessed with, if only one.
   DenseMap<const Value *, Type *> Seen;
   DenseSet<const Value *> Mixed;
@@ -281,6 +298,16 @@ bool TypeAnalysis::isRawBuffer(const Value *Root) const {
 const RootSet &TypeAnalysis::roots(const Value *Ptr) const {
   auto It = Roots.find(Ptr->stripPointerCasts());
   return It == Roots.end() ? Empty : It->second;
+}
+
+RootSet TypeAnalysis::reachableRoots(const Value *Ptr) const {
+  RootSet Out = roots(Ptr);
+  for (unsigned I = 0; I < Out.size(); ++I) { // Out grows as it is walked
+    auto It = Contents.find(Out[I]);
+    if (It != Contents.end())
+      Out.insert(It->second.begin(), It->second.end());
+  }
+  return Out;
 }
 
 Type *TypeAnalysis::elementType(const Value *Root) const {

@@ -44,6 +44,11 @@ public:
 
   /// Roots a pointer may point into (empty for null).
   const RootSet &roots(const llvm::Value *Ptr) const;
+  /// Roots a pointer may reach: its roots and, through the pointers stored
+  /// in the local allocations among them, theirs (numba hands a parallel
+  /// loop's body its arrays as an alloca of pointers). UnknownRoot when an
+  /// alloca's contents are not tracked.
+  RootSet reachableRoots(const llvm::Value *Ptr) const;
   /// Float type of the elements of a root, or null when it holds no floats
   /// that enzpy knows of.
   llvm::Type *elementType(const llvm::Value *Root) const;
@@ -67,6 +72,8 @@ private:
   llvm::DenseMap<const llvm::Value *, RootSet> Roots;
   llvm::DenseMap<const llvm::Value *, llvm::Type *> Elem;
   llvm::DenseMap<const llvm::Value *, const llvm::CallBase *> Allocations;
+  /// For each alloca that pointers are stored into: their roots.
+  llvm::DenseMap<const llvm::Value *, RootSet> Contents;
   RootSet Empty;
 };
 

@@ -136,6 +136,10 @@ bool isInactiveRuntimeCall(StringRef Name) {
          Name == "NRT_Free";
 }
 
+bool isParallelLoopBody(StringRef Name) {
+  return Name.contains("__numba_parfor_gufunc");
+}
+
 StringRef describeHelper(StringRef Name) {
   static const std::pair<StringRef, StringRef> Table[] = {
       {BlasDot, "np.dot / @ of two vectors (BLAS dot)"},

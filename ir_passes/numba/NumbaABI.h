@@ -122,6 +122,11 @@ constexpr llvm::StringLiteral BlasGemv = "numba_xxgemv";
 constexpr llvm::StringLiteral BlasGemm = "numba_xxgemm";
 constexpr llvm::StringLiteral BlasNrm2 = "numba_xxnrm2";
 
+/// Whether \p Name is the outlined body of a parallel loop (numba's parfor
+/// gufunc: a prange loop or an array expression of a parallel=True
+/// function), which numba's threading layer runs.
+bool isParallelLoopBody(llvm::StringRef Name);
+
 /// What numpy operation a helper of numba's runtime implements ("np.linalg.
 /// solve (LAPACK gesv)"), or empty when \p Name is not one of them.
 llvm::StringRef describeHelper(llvm::StringRef Name);

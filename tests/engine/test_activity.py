@@ -105,3 +105,57 @@ entry:
 """
     _, decisions = differentiate(ir, [*const(), {"activity": "active", "elem": "double"}])
     assert decisions.has("activity", "active", "%r")
+
+
+# A call handed the address of a local array of pointers, one of which points
+# into differentiable memory: numba calls a parallel loop's outlined body so.
+POINTERS_IN_A_LOCAL = """
+declare void @CALLEE(ptr, i64)
+
+define i32 @f(ptr %retptr, ptr %excinfo, ptr %arg.x.4, i64 %n) !dbg !4 {
+entry:
+  %args = alloca [2 x ptr]
+  %slot1 = getelementptr inbounds i8, ptr %args, i64 8
+  store ptr %excinfo, ptr %args
+  store ptr %arg.x.4, ptr %slot1
+  call void @CALLEE(ptr %args, i64 %n), !dbg !8
+  %v = load double, ptr %arg.x.4
+  store double %v, ptr %retptr
+  ret i32 0
+}
+"""
+
+
+def _pointers_in_a_local(callee: str) -> str:
+    line = "!8 = !DILocation(line: 9, column: 1, scope: !4)\n"
+    return POINTERS_IN_A_LOCAL.replace("CALLEE", callee) + DEBUG_INFO + line
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_call_reaching_active_memory_through_a_local_is_unsupported(mode):
+    # Let through as inactive, the call's writes into x would get no derivative.
+    with pytest.raises(UnsupportedError, match="'opaque_body'") as info:
+        differentiate(
+            _pointers_in_a_local("opaque_body"),
+            [{"activity": "dup", "elem": "double"}, *const()],
+            mode=mode,
+        )
+    assert info.value.line == 9
+
+
+def test_parallel_loop_body_reaching_active_memory_is_named_as_such():
+    body = "_ZN13_3cdynamic_3e36__numba_parfor_gufunc_0x7f"
+    with pytest.raises(UnsupportedError, match="parallel loop .*prange"):
+        differentiate(
+            _pointers_in_a_local(body),
+            [{"activity": "dup", "elem": "double"}, *const()],
+        )
+
+
+def test_call_given_a_local_of_constant_pointers_is_let_through():
+    _, decisions = differentiate(
+        _pointers_in_a_local("opaque_body"),
+        [*const(), *const()],
+        ret_activity="const",
+    )
+    assert decisions.of("activity", "active") == []
