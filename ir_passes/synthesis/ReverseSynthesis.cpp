@@ -56,6 +56,7 @@
 #include "llvm/AsmParser/Parser.h"
 #include "llvm/IR/Dominators.h"
 #include "llvm/IR/IntrinsicInst.h"
+#include "llvm/IR/MDBuilder.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/Operator.h"
 #include "llvm/Support/SourceMgr.h"
@@ -67,6 +68,24 @@
 using namespace llvm;
 
 namespace enzpy {
+
+/// A loop's iteration count as the reverse sweep starts counting down from
+/// it: when it comes from the tape, the load says that it is a count (non-
+/// negative, below INT64_MAX), so that the indices recomputed from it
+/// (i = k + 1) are known not to wrap and numba's negative-index fix-ups
+/// fold away in the reverse loop as they did in the primal's.
+static Value *countFrom(Value *Count) {
+  if (auto *Ld = dyn_cast<LoadInst>(Count);
+      Ld && !Ld->hasMetadata(LLVMContext::MD_range)) {
+    Type *T = Ld->getType();
+    MDBuilder MDB(Ld->getContext());
+    Ld->setMetadata(
+        LLVMContext::MD_range,
+        MDB.createRange(APInt(T->getIntegerBitWidth(), 0),
+                        APInt::getSignedMaxValue(T->getIntegerBitWidth())));
+  }
+  return Count;
+}
 
 namespace {
 
@@ -652,7 +671,7 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
       VR.enterLoop(L, EB.GetInsertBlock(), *R.Rec);
       if (const ValueRecovery::CountedLoop *LR =
               VR.loopOfHeader(L->getHeader()))
-        EB.CreateStore(fetch(LR->Counter, R), LR->Remaining);
+        EB.CreateStore(countFrom(fetch(LR->Counter, R)), LR->Remaining);
     }
     EB.CreateBr(Rev[Pred].head());
   };
@@ -669,7 +688,8 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
     IRBuilder<> PB(FromPre);
     edgeTo(PB, LR->Preheader);
     IRBuilder<> LB(FromLatch);
-    LB.CreateStore(LB.CreateSub(K, ConstantInt::get(I64, 1)), LR->Remaining);
+    LB.CreateStore(LB.CreateSub(K, ConstantInt::get(I64, 1), "", true, true),
+                   LR->Remaining);
     edgeTo(LB, LR->Latch);
   } else if (R.Preds.size() == 1) {
     edgeTo(RB, R.Preds[0]);

@@ -1,6 +1,7 @@
 //===- PostOpt.cpp - optimize the finished derivative ---------------------===//
 #include "transforms/PostOpt.h"
 #include "rules/DerivativeRules.h"
+#include "transforms/CarriedAccumulators.h"
 #include "llvm/Analysis/TargetLibraryInfo.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Module.h"
@@ -130,6 +131,10 @@ void optimizeDerivative(Module &M, StringRef CPU, StringRef Features,
   if (!Variants.empty())
     appendToCompilerUsed(M, Variants);
   PassContext P(TM.get());
+  P.PB.registerVectorizerStartEPCallback(
+      [](FunctionPassManager &FPM, OptimizationLevel) {
+        FPM.addPass(CarriedAccumulatorsPass());
+      });
   ModulePassManager MPM =
       P.PB.buildPerModuleDefaultPipeline(OptimizationLevel::O3);
   MPM.run(M, P.MAM);
