@@ -13,6 +13,9 @@ Functions numba compiled for its own library code (e.g. ``np.zeros``,
 ``x ** n``) are linked from their finalized libraries (O3 code: no pre-O3 copy
 of them exists); numba's runtime (``NRT_*``) stays declared. The result is one
 module plus the numba code libraries that the declarations resolve to.
+
+Copies are compiled without ``parallel=True`` (``_serial``): the derivative of
+a parallel kernel is that of its serial code.
 """
 
 from __future__ import annotations

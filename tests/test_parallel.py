@@ -459,6 +459,18 @@ def test_options_other_than_parallel_are_kept() -> None:
     np.testing.assert_array_equal(dx, [1.0, np.inf, 0.5])
 
 
+def test_parallel_options_given_as_a_dict() -> None:
+    @numba.njit(parallel={"fusion": False, "prange": True})
+    def f(x):
+        s = 0.0
+        for i in prange(x.shape[0]):
+            s += np.exp(x[i]) * x[i]
+        return s
+
+    x = np.linspace(-1.0, 1.0, 9)
+    np.testing.assert_allclose(enzpy.gradient(f, x), np.exp(x) * (1.0 + x), rtol=1e-14)
+
+
 PARALLEL_KERNEL = """
 import math
 import numba
