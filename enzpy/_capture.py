@@ -13,6 +13,9 @@ Functions numba compiled for its own library code (e.g. ``np.zeros``,
 ``x ** n``) are linked from their finalized libraries (O3 code: no pre-O3 copy
 of them exists); numba's runtime (``NRT_*``) stays declared. The result is one
 module plus the numba code libraries that the declarations resolve to.
+
+Copies are compiled without ``parallel=True`` (``_serial``): the derivative of
+a parallel kernel is that of its serial code.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from numba.core import compiler, types
 from numba.core import errors as numba_errors
 from numba.core import ir as numba_ir
 from numba.core.compiler_lock import global_compiler_lock
+from numba.core.cpu_options import ParallelOptions
 from numba.core.dispatcher import Dispatcher
 from numba.core.registry import CPUDispatcher
+from numba.parfors.parfor import Parfor
 
 from . import _custom_rules, _rules
 from ._custom_rules import CustomRule
@@ -208,12 +213,20 @@ def _frozen_globals(cres: Any) -> dict[str, Any] | None:
     if blocks is None:
         return None
     found: dict[str, Any] = {}
-    for block in blocks.values():
+    pending = list(blocks.values())
+    while pending:
+        block = pending.pop()
         for inst in block.body:
             if isinstance(inst, numba_ir.Assign) and isinstance(
                 inst.value, numba_ir.Global | numba_ir.FreeVar
             ):
                 found[inst.value.name] = inst.value.value
+            elif isinstance(inst, Parfor):
+                # parallel=True: a prange loop's body (and what numba hoisted
+                # before it) is a statement of its own, whose globals are
+                # read by the function all the same.
+                pending.append(inst.init_block)
+                pending.extend(inst.loop_body.values())
     return found
 
 
@@ -297,6 +310,20 @@ def _refuse_stale(disp: NumbaDispatcher, argtypes: tuple[types.Type, ...], what:
     )
 
 
+def _serial(parallel: ParallelOptions) -> ParallelOptions:
+    """The parallel options a captured copy is compiled with: none.
+
+    With ``parallel=True`` numba outlines each ``prange`` loop (and each
+    array expression it fuses into a parallel loop) into a separate function
+    that its threading layer calls through an array of pointers, which the
+    engine cannot differentiate through. Compiled without, the same code
+    runs ``prange`` as ``range`` and array expressions as numba's ordinary
+    loops, with the same results up to the order of floating-point
+    reductions; every other option (fastmath, boundscheck, ...) is kept. The
+    derivative is that of the serial code, and runs on one thread."""
+    return ParallelOptions(False) if parallel.enabled else parallel
+
+
 def _compile_copy(
     disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]
 ) -> tuple[Any, _RecordingLibrary]:
@@ -310,6 +337,8 @@ def _compile_copy(
     flags = compiler.Flags()
     disp.targetdescr.options.parse_as_flags(flags, disp.targetoptions)
     flags = comp._customize_flags(flags)
+    # parallel=True: the serial compile (see _serial).
+    flags.auto_parallel = _serial(flags.auto_parallel)
     flags.debuginfo = True
     flags.no_cpython_wrapper = True
     flags.no_cfunc_wrapper = True
