@@ -10,6 +10,8 @@ batch modes.
 
 from __future__ import annotations
 
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -157,3 +159,50 @@ def test_logaddexp2_reverse_batch_and_forward_agree():
     dout = np.zeros(4)
     enzpy.autodiff(logaddexp2_expr, Duplicated(x, v), Const(y), Duplicated(out, dout), mode=Forward)
     assert np.dot(dout, w1) == pytest.approx(np.dot(v, bx[0]), rel=1e-12)
+
+
+# x ** n with an integer n: numba's square-and-multiply loop. With a constant
+# n >= 0 its derivative is powi's (no tape of the loop's iterations); other
+# exponents (negative, computed at run time) are differentiated through the
+# loop as before.
+@numba.njit
+def lennard_jones(pos, eps):
+    # pairwise energy, the powers written as numerical code writes them
+    e = 0.0
+    for i in range(pos.shape[0]):
+        for j in range(i + 1, pos.shape[0]):
+            r2 = (pos[i] - pos[j]) ** 2 + 1.0
+            inv6 = (1.0 / r2) ** 3
+            e += eps * (inv6**2 - inv6)
+    return e
+
+
+@numba.njit
+def powers(x, k):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i] ** 0 + x[i] ** 1 + 0.5 * x[i] ** 3 + x[i] ** 7 + x[i] ** -2 + x[i] ** k
+    return s
+
+
+def test_integer_powers_match_analytic_derivatives():
+    x = np.random.default_rng(3).uniform(0.5, 1.5, 9)
+    dx = np.zeros_like(x)
+    enzpy.autodiff(powers, Duplicated(x, dx), Const(4))
+    want = 1 + 1.5 * x**2 + 7 * x**6 - 2 * x**-3 + 4 * x**3
+    np.testing.assert_allclose(dx, want, rtol=1e-13)
+    tx = np.random.default_rng(4).standard_normal(9)
+    tangent = enzpy.autodiff(powers, Duplicated(x, tx), Const(4), mode=Forward)
+    np.testing.assert_allclose(tangent, want @ tx, rtol=1e-13)
+
+
+def test_constant_integer_powers_keep_no_tape_of_the_power_loop():
+    pos = np.random.default_rng(5).uniform(-2, 2, 12)
+    check_gradient(lambda p: lennard_jones(p, 0.7), pos)
+    log = enzpy.explain(lennard_jones, Duplicated(pos, np.zeros_like(pos)), Const(0.7))
+    taped = [line for line in log.splitlines() if line.startswith("  tape %")]
+    # per pair: the values the partials need (r2, 1/r2, inv6), nothing of
+    # the square-and-multiply loops (their running products, their counts)
+    inlined_loop = re.compile(r"in block %B\d+\.i\d*$")
+    assert not [line for line in taped if inlined_loop.search(line)], taped
+    assert len(taped) <= 6, taped

@@ -309,15 +309,25 @@ const ScalarRule Rules[] = {
 /// numba's implementations that the rows above replace.
 constexpr const char *LogAddExpImpl = "numba.np.npyfuncs._generate_logaddexp."
                                       "<locals>.ol_npy_logaddexp.<locals>.impl";
+/// x ** n for a float x and an integer n: a square-and-multiply loop whose
+/// iterations the reverse sweep would tape; its derivative is powi's.
+constexpr const char *IntPowerImpl =
+    "numba.cpython.numbers.int_power_impl.<locals>.int_power";
 const LibraryFunction LibraryFunctions[] = {
     {LogAddExpImpl, "exp", "enzpy.lib.logaddexp"},
     {LogAddExpImpl, "exp2", "enzpy.lib.logaddexp2"},
+    {IntPowerImpl, nullptr, "enzpy.lib.int_power"},
 };
 
 /// Other names of rows: IEEE min/max variants and libm spellings.
 const std::pair<const char *, const char *> Aliases[] = {
-    {"minimum", "minnum"}, {"minimumnum", "minnum"}, {"fmin", "minnum"},
-    {"maximum", "maxnum"}, {"maximumnum", "maxnum"}, {"fmax", "maxnum"},
+    {"minimum", "minnum"},
+    {"minimumnum", "minnum"},
+    {"fmin", "minnum"},
+    {"maximum", "maxnum"},
+    {"maximumnum", "maxnum"},
+    {"fmax", "maxnum"},
+    {"enzpy.lib.int_power", "powi"},
 };
 
 const ScalarRule *findRow(ScalarRule::KeyKind On, StringRef Name) {

@@ -42,6 +42,18 @@ static bool isLibraryFunction(const Function &G) {
   return !G.isDeclaration() && findCallRule(&G);
 }
 
+/// Whether a call of a library function's implementation cannot raise:
+/// its integer operands are constants >= 0 (x ** n with n < 0 divides, and
+/// raises ZeroDivisionError at x == 0; a call the replacement below would
+/// drop the status of). Float operands never make them raise.
+static bool cannotRaise(const CallBase &CB) {
+  return all_of(
+      drop_begin(CB.args(), numba::NumHiddenParams), [](const Use &A) {
+        auto *C = dyn_cast<ConstantInt>(A.get());
+        return A->getType()->isFloatingPointTy() || (C && !C->isNegative());
+      });
+}
+
 /// Replace each call of a numba implementation of a library function
 /// (rules/DerivativeRules' LibraryFunctions) in numba's calling convention,
 /// `i32 impl(ptr retptr, ptr excinfo, T x...)` storing a T into retptr and
@@ -62,7 +74,7 @@ static void replaceLibraryFunctions(Module &M) {
     SmallVector<Type *, 3> Params(FT->param_begin() + numba::NumHiddenParams,
                                   FT->param_end());
     if (!T->isFloatingPointTy() ||
-        any_of(Params, [&](Type *P) { return P != T; }))
+        any_of(Params, [&](Type *P) { return P != T && !P->isIntegerTy(); }))
       continue;
     std::string Name = L->Row;
     if (T->isFloatTy())
@@ -82,7 +94,8 @@ static void replaceLibraryFunctions(Module &M) {
     }
     for (User *U : make_early_inc_range(Impl->users())) {
       auto *CB = dyn_cast<CallInst>(U);
-      if (!CB || CB->getCalledFunction() != Impl || CB->getFunction() == Scalar)
+      if (!CB || CB->getCalledFunction() != Impl ||
+          CB->getFunction() == Scalar || !cannotRaise(*CB))
         continue;
       IRBuilder<> B(CB);
       SmallVector<Value *, 3> Args(CB->arg_begin() + numba::NumHiddenParams,
