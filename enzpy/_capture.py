@@ -324,6 +324,23 @@ def _serial(parallel: ParallelOptions) -> ParallelOptions:
     return ParallelOptions(False) if parallel.enabled else parallel
 
 
+def _refuse_object_mode_blocks(cres: Any, what: str) -> None:
+    """``with numba.objmode():`` runs Python code on the arrays: it has no
+    derivative, and numba lifts it into a function enzpy cannot compile."""
+    from numba.core.dispatcher import ObjModeLiftedWith
+
+    for lifted in getattr(cres, "lifted", ()):
+        if isinstance(lifted, ObjModeLiftedWith):
+            loc = getattr(lifted.func_ir, "loc", None)
+            raise UnsupportedError(
+                f"{what} has a `with numba.objmode():` block, which runs Python "
+                "code that enzpy cannot differentiate; move it out of the "
+                "differentiated kernel, or give the computation a derivative rule",
+                file=getattr(loc, "filename", None),
+                line=getattr(loc, "line", None),
+            )
+
+
 def _compile_copy(
     disp: NumbaDispatcher, argtypes: tuple[types.Type, ...]
 ) -> tuple[Any, _RecordingLibrary]:
@@ -333,6 +350,7 @@ def _compile_copy(
     # The dispatcher's own compile must exist first: a recursive call in the
     # copy resolves to it (else numba refuses to re-enter the same signature).
     theirs = _overload(disp, tuple(argtypes))
+    _refuse_object_mode_blocks(theirs, what)
     comp = disp._compiler
     flags = compiler.Flags()
     disp.targetdescr.options.parse_as_flags(flags, disp.targetoptions)

@@ -528,3 +528,23 @@ def test_errors_name_the_construct_and_line_not_internals(f, mode):
         assert e.file is not None and os.path.samefile(e.file, __file__), e
         for internal in ("%", "numba_", "NRT_", "llvm."):
             assert internal not in e.message, f"{internal!r} in: {e.message}"
+
+
+@numba.njit
+def _objmode_kernel(x, y):
+    with numba.objmode():
+        y[:] = np.sin(x)
+    return np.sum(y * y)
+
+
+@pytest.mark.parametrize("mode", [enzpy.Reverse, enzpy.Forward])
+def test_object_mode_block_is_refused_naming_its_line(mode):
+    x, y = np.linspace(0, 1, 4), np.zeros(4)
+    line = inspect.getsourcelines(_objmode_kernel.py_func)[1] + 2
+    with pytest.raises(enzpy.UnsupportedError, match="numba.objmode") as info:
+        enzpy.autodiff(
+            _objmode_kernel, Duplicated(x, np.zeros(4)), Duplicated(y, np.ones(4)), mode=mode
+        )
+    assert info.value.line == line
+    assert info.value.file == __file__
+    np.testing.assert_array_equal(y, 0.0)  # refused before running anything
