@@ -1045,6 +1045,134 @@ class MLPReused(ArrayParams):
 
 
 @numba.njit
+def wave_rotating_buffers(u0, v0, c, steps):
+    # 1-D wave equation, leapfrog: three buffers rotated every step (no
+    # history), fixed ends; the energy of the final two states
+    n = u0.shape[0]
+    prev = u0.copy()
+    cur = v0.copy()
+    nxt = np.empty(n)
+    c2 = c * c
+    for _ in range(steps):
+        nxt[0] = 0.0
+        nxt[n - 1] = 0.0
+        for i in range(1, n - 1):
+            nxt[i] = 2.0 * cur[i] - prev[i] + c2 * (cur[i - 1] - 2.0 * cur[i] + cur[i + 1])
+        prev, cur, nxt = cur, nxt, prev
+    e = 0.0
+    for i in range(n):
+        e += cur[i] * cur[i] + 0.5 * (cur[i] - prev[i]) ** 2
+    return e
+
+
+class Wave(ArrayParams):
+    name = "wave"
+    check_step = 1e-4
+    fn = staticmethod(wave_rotating_buffers)
+
+    def __init__(self, n, steps):
+        self.description = (
+            f"1-D wave equation, {steps} steps x {n} points, three buffers rotated per step"
+        )
+        x = np.linspace(0, np.pi, n)
+        self.params = [np.sin(x), np.sin(x) * 0.99]
+        self.shadows = [np.zeros_like(p) for p in self.params]
+        self.consts = [0.5, steps]
+
+    def peer_loss(self, xp, loop):
+        c2 = self.consts[0] ** 2
+        steps = self.consts[1]
+
+        def f(u0, v0):
+            def step(state):
+                prev, cur = state
+                mid = 2 * cur[1:-1] - prev[1:-1] + c2 * (cur[:-2] - 2 * cur[1:-1] + cur[2:])
+                zero = xp.zeros_like(cur[:1])
+                return cur, xp.concatenate([zero, mid, zero])
+
+            prev, cur = loop(steps, step, (u0, v0))
+            return xp.sum(cur * cur + 0.5 * (cur - prev) ** 2)
+
+        return f
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        def loop(steps, step, state):
+            return jax.lax.fori_loop(0, steps, lambda _, s: step(s), state)
+
+        return self.jax_gradient(self.peer_loss(jnp, loop))
+
+    def torch(self):
+        import torch
+
+        def loop(steps, step, state):
+            for _ in range(steps):
+                state = step(state)
+            return state
+
+        return self.torch_gradient(self.peer_loss(torch, loop))
+
+
+@numba.njit
+def lennard_jones_energy(pos, eps, sigma):
+    # pairwise Lennard-Jones energy of n particles in 3-D, the powers written
+    # as r2 ** 3 and inv6 ** 2 (numba's integer powers)
+    n = pos.shape[0]
+    s2 = sigma * sigma
+    e = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            r2 = 0.0
+            for k in range(3):
+                d = pos[i, k] - pos[j, k]
+                r2 += d * d
+            inv6 = (s2 / r2) ** 3
+            e += 4.0 * eps * (inv6**2 - inv6)
+    return e
+
+
+class LennardJones(ArrayParams):
+    name = "lennard_jones"
+    check_step = 1e-6
+    fn = staticmethod(lennard_jones_energy)
+
+    def __init__(self, n):
+        self.description = f"Lennard-Jones energy of {n} particles, all pairs, integer powers"
+        rng = np.random.default_rng(9)
+        side = int(round(n ** (1 / 3))) + 1
+        grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        self.params = [1.2 * grid[:n].astype(float) + 0.05 * rng.standard_normal((n, 3))]
+        self.shadows = [np.zeros_like(self.params[0])]
+        self.consts = [0.8, 1.0]
+
+    def peer_loss(self, xp, triu):
+        eps, sigma = self.consts
+
+        def f(pos):
+            d = pos[:, None, :] - pos[None, :, :]
+            r2 = xp.sum(d * d, -1)[triu]
+            inv6 = (sigma * sigma / r2) ** 3
+            return xp.sum(4.0 * eps * (inv6**2 - inv6))
+
+        return f
+
+    def jax(self):
+        import jax.numpy as jnp
+
+        n = self.params[0].shape[0]
+        return self.jax_gradient(self.peer_loss(jnp, jnp.triu_indices(n, 1)))
+
+    def torch(self):
+        import torch
+
+        n = self.params[0].shape[0]
+        iu = torch.triu_indices(n, n, 1)
+        return self.torch_gradient(self.peer_loss(torch, (iu[0], iu[1])))
+
+
+@numba.njit
 def _log_sum_exp(v):
     mx = v[0]
     for c in range(1, v.shape[0]):
@@ -1195,6 +1323,8 @@ def make_kernels(quick):
             GMMScratch(5, 10, 200),
             MLP(32, 64, 10, 64),
             MLPReused(16, 32, 10, 32),
+            Wave(1000, 50),
+            LennardJones(64),
         ]
     return [
         SumX2Sin(10**6),
@@ -1207,4 +1337,6 @@ def make_kernels(quick):
         GMMScratch(10, 25, 1000),
         MLP(784, 128, 10, 256),
         MLPReused(64, 128, 10, 256),
+        Wave(10**4, 200),
+        LennardJones(500),
     ]
