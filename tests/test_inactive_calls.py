@@ -164,3 +164,19 @@ def test_lapack_on_active_matrices_is_refused_naming_the_function(kernel, name, 
     assert name in e.message and "numba_" not in e.message, e.message
     lines, first = inspect.getsourcelines(kernel.py_func)
     assert e.line == first + next(i for i, t in enumerate(lines) if "# <- refused" in t)
+
+
+@numba.njit
+def prints_an_array(x, w):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += w[i] * x[i] ** 2
+    print("w =", w)  # even a constant array
+    return s
+
+
+def test_printing_an_array_is_refused_naming_the_line(x):
+    w = np.arange(4.0)
+    with pytest.raises(enzpy.UnsupportedError, match=r"print\(\) of an array") as info:
+        enzpy.autodiff(prints_an_array, Duplicated(x, np.zeros_like(x)), Const(w))
+    assert info.value.line == inspect.getsourcelines(prints_an_array.py_func)[1] + 5

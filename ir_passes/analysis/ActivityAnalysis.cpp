@@ -68,6 +68,14 @@ static std::string describeNonFloat(const Type *T) {
   return "a non-float value";
 }
 
+/// A function of the Python C API (numba calls it to print arrays and to
+/// box other values for the interpreter).
+static bool isPythonAPI(const CallBase &CB) {
+  const Function *Callee = CB.getCalledFunction();
+  return Callee && (Callee->getName().starts_with("Py") ||
+                    Callee->getName().starts_with("_Py"));
+}
+
 bool ActivityAnalysis::touchesOnlyInactiveData(const CallBase &CB) const {
   bool AnyVaried = false, AnyPointer = false;
   for (const Value *A : CB.args()) {
@@ -371,6 +379,14 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
         &CB);
   // numba's runtime and C helpers are named for what they are, not by symbol.
   StringRef Sym = Callee->getName();
+  if (isPythonAPI(CB) || Sym.contains("adapt_ndarray_to_python"))
+    return makeError(
+        "unsupported",
+        "print() of an array (or another value numba hands to the Python "
+        "interpreter) inside a kernel that has data carrying derivatives: "
+        "enzpy cannot follow what the interpreter does with it; print "
+        "scalars, or print arrays outside the differentiated kernel",
+        &CB);
   std::string Q = numba::pythonQualifiedName(Sym);
   std::string What =
       Sym.starts_with("numba_") || Sym.starts_with("NRT_")
