@@ -50,8 +50,8 @@ public:
       : L(L), SE(SE), AA(AA), DL(DL), Body(L.getHeader()) {}
 
   /// Rewrites the first group of the loop that qualifies; false when none
-  /// does.
-  bool rewriteOne();
+  /// does. \p Copy is the loop's unchanged copy, when it made one.
+  bool rewriteOne(BasicBlock *&Copy);
 
 private:
   Loop &L;
@@ -67,8 +67,8 @@ private:
                                int64_t To, uint64_t Size) const;
   bool apart(const Group &G, const Instruction &I,
              SmallVectorImpl<std::pair<Range, Range>> &Checks) const;
-  void version(ArrayRef<std::pair<Range, Range>> Checks, BasicBlock *Pre,
-               BasicBlock *Exit);
+  BasicBlock *version(ArrayRef<std::pair<Range, Range>> Checks, BasicBlock *Pre,
+                      BasicBlock *Exit);
   void rewrite(Group &G, BasicBlock *Pre, BasicBlock *Exit);
 };
 
@@ -210,8 +210,8 @@ bool Rewriter::apart(const Group &G, const Instruction &I,
 
 /// Runs the loop as it was unless the \p Checks hold: a copy of the loop,
 /// entered from the preheader when some pair of ranges overlaps.
-void Rewriter::version(ArrayRef<std::pair<Range, Range>> Checks,
-                       BasicBlock *Pre, BasicBlock *Exit) {
+BasicBlock *Rewriter::version(ArrayRef<std::pair<Range, Range>> Checks,
+                              BasicBlock *Pre, BasicBlock *Exit) {
   Function &F = *Body->getParent();
   SCEVExpander Expander(SE, "carried.check");
   Instruction *At = Pre->getTerminator();
@@ -243,6 +243,7 @@ void Rewriter::version(ArrayRef<std::pair<Range, Range>> Checks,
   }
   B.CreateCondBr(Apart, Body, CopyPre);
   At->eraseFromParent();
+  return Copy;
 }
 
 /// Update J adds into element E_J(k) = P(k) + (Off_0 - J) * Step, which
@@ -304,7 +305,7 @@ void Rewriter::rewrite(Group &G, BasicBlock *Pre, BasicBlock *LoopExit) {
   SE.forgetLoop(&L);
 }
 
-bool Rewriter::rewriteOne() {
+bool Rewriter::rewriteOne(BasicBlock *&Copy) {
   for (Group &G : groups()) {
     if (!consecutive(G))
       continue;
@@ -323,7 +324,7 @@ bool Rewriter::rewriteOne() {
     BasicBlock *Pre = L.getLoopPreheader();
     BasicBlock *Exit = L.getExitBlock();
     if (!Checks.empty())
-      version(Checks, Pre, Exit);
+      Copy = version(Checks, Pre, Exit);
     rewrite(G, Pre, Exit);
     return true;
   }
@@ -341,20 +342,38 @@ PreservedAnalyses CarriedAccumulatorsPass::run(Function &F,
   auto &AC = FAM.getResult<AssumptionAnalysis>(F);
   const DataLayout &DL = F.getParent()->getDataLayout();
   bool Changed = false;
-  for (Loop *L : LI.getLoopsInPreorder()) {
-    if (!L->isInnermost() || L->getNumBlocks() != 1 || !L->getExitBlock())
-      continue;
-    // A preheader and an exit of its own (LoopSimplify form); values used
-    // after the loop pass through its exit's phis (LCSSA), which a copy of
-    // the loop (version) then feeds too.
-    Changed |= simplifyLoop(L, &DT, &LI, &SE, &AC, nullptr, false);
-    BasicBlock *Exit = L->getExitBlock();
-    if (!L->getLoopPreheader() || !Exit ||
-        Exit->getSinglePredecessor() != L->getHeader())
-      continue;
-    Changed |= formLCSSA(*L, DT, &LI, &SE);
-    // One group per loop: a loop may have been copied for it (version).
-    Changed |= Rewriter(*L, SE, AA, DL).rewriteOne();
+  // A rewrite splits an edge and may copy the loop without updating the
+  // dominator tree and loop info: they are recomputed, and the loops walked
+  // again, skipping those seen (by header) and the copies.
+  SmallPtrSet<const BasicBlock *, 8> Seen;
+  for (bool Again = true; Again;) {
+    Again = false;
+    for (Loop *L : LI.getLoopsInPreorder()) {
+      if (!L->isInnermost() || L->getNumBlocks() != 1 || !L->getExitBlock() ||
+          !Seen.insert(L->getHeader()).second)
+        continue;
+      // A preheader and an exit of its own (LoopSimplify form); values used
+      // after the loop pass through its exit's phis (LCSSA), which a copy of
+      // the loop (version) then feeds too.
+      Changed |= simplifyLoop(L, &DT, &LI, &SE, &AC, nullptr, false);
+      BasicBlock *Exit = L->getExitBlock();
+      if (!L->getLoopPreheader() || !Exit ||
+          Exit->getSinglePredecessor() != L->getHeader())
+        continue;
+      Changed |= formLCSSA(*L, DT, &LI, &SE);
+      // One group per loop: a loop may have been copied for it (version).
+      BasicBlock *Copy = nullptr;
+      if (!Rewriter(*L, SE, AA, DL).rewriteOne(Copy))
+        continue;
+      Changed = Again = true;
+      if (Copy)
+        Seen.insert(Copy);
+      DT.recalculate(F);
+      LI.releaseMemory();
+      LI.analyze(DT);
+      SE.forgetAllLoops();
+      break;
+    }
   }
   return Changed ? PreservedAnalyses::none() : PreservedAnalyses::all();
 }
