@@ -586,8 +586,9 @@ def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = Fal
                 return bring_compiled(*built.compiled(what))
             symbol = built.symbols[what]
             wrapper_declarations[symbol] = built.declarations[what]
-            # Compiled now: compiling it only once a derivative that calls it
-            # is loaded crashed a later derivative (see docs/design.md §11).
+            # Compiled now, not when a derivative calling it is loaded: numba
+            # code compiled after a derivative through an njit function with a
+            # custom rule, that calls that function, crashes (docs/design.md §11).
             _custom_rules.publish(symbol)
             return symbol
 
