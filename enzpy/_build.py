@@ -170,11 +170,14 @@ def _run_engine(
         raise
 
 
-def _signature(b: Bound, noalias: bool) -> tuple[Captured, CallSignature]:
-    """Capture the function and build the signature of ``b``'s derivative."""
+def _signature(
+    b: Bound, noalias: bool, rule_bodies: bool = False
+) -> tuple[Captured, CallSignature]:
+    """Capture the function and build the signature of ``b``'s derivative
+    (``rule_bodies``: see ``capture``)."""
     _native.load()  # fail before compiling anything when the engine is missing
     p = b.prepared
-    captured = capture(b.disp, tuple(p.argtypes))
+    captured = capture(b.disp, tuple(p.argtypes), rule_bodies)
     if isinstance(captured.restype, types.Optional):
         raise UnsupportedError(
             f"{function_name(b.disp)} returns {captured.restype}: a value on some paths "
@@ -408,7 +411,9 @@ def _build_hvp(
     # differentiated in reverse mode with respect to x: H v (H symmetric).
     name = function_name(disp)
     fwd_call = Bound(disp, (), Forward, True, prepared, strict)
-    captured, fsig = _signature(fwd_call, prepared.noalias)
+    # The forward derivative is differentiated again, its rule functions'
+    # bodies with it (their LAPACK calls go through the rules again).
+    captured, fsig = _signature(fwd_call, prepared.noalias, rule_bodies=True)
     if not fsig.seeded:
         raise EnzpyTypeError(
             f"hvp needs a function that returns a float scalar; {name} returns {captured.restype}"

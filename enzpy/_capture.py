@@ -569,8 +569,13 @@ def _all_linking_libraries(libs: list[Any]) -> list[Any]:
     return out
 
 
-def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
+def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = False) -> Captured:
     """Capture numba's pre-O3 IR of ``func`` compiled for ``argtypes``.
+
+    The functions of custom rules (``_custom_rules``) come as declarations,
+    compiled in this process (``_custom_rules.publish``), or with
+    ``rule_bodies`` as their compiled bodies (for a derivative that is
+    differentiated again).
 
     Raises ``CompilationError`` (numba's message) when numba cannot compile it.
     """
@@ -620,6 +625,20 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
                 module.link_in(copy)
             return symbol
 
+        # (the linker drops declarations nothing calls: added at the end)
+        wrapper_declarations: dict[str, str] = {}
+
+        def bring_wrapper(built: _custom_rules.Wrappers, what: str) -> str:
+            if rule_bodies:
+                return bring_compiled(*built.compiled(what))
+            symbol = built.symbols[what]
+            wrapper_declarations[symbol] = built.declarations[what]
+            # Compiled now, not when a derivative calling it is loaded: numba
+            # code compiled after a derivative through an njit function with a
+            # custom rule, that calls that function, crashes (docs/design.md §11).
+            _custom_rules.publish(symbol)
+            return symbol
+
         def bring_partials(df: NumbaDispatcher, args: tuple[types.Type, ...]) -> str:
             symbol: str = _overload(df, args).fndesc.mangled_name
             if symbol not in _defined_functions(module):
@@ -638,8 +657,8 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
                     if symbol not in _referenced(module):
                         continue
                     sub_cres = bring(callee, args, symbol)
-                    rules.note_njit(callee, args, symbol, sub_cres, bring_partials, bring_compiled)
-                if not rules.note_c(module, bring_partials, bring_compiled):
+                    rules.note_njit(callee, args, symbol, sub_cres, bring_partials, bring_wrapper)
+                if not rules.note_c(module, bring_partials, bring_wrapper):
                     break
 
         # numba's own compiled helpers (np.zeros, np.sum, x**n, ...): link their
@@ -687,8 +706,10 @@ def capture(func: Any, argtypes: tuple[types.Type, ...]) -> Captured:
         while True:
             bring_callees()
             libraries = link_helpers()
-            if not rules.note_c(module, bring_partials, bring_compiled):
+            if not rules.note_c(module, bring_partials, bring_wrapper):
                 break
+        if wrapper_declarations:
+            module = llvm.parse_assembly("\n".join([str(module), *wrapper_declarations.values()]))
 
         module.verify()
         bitcode = module.as_bitcode()
@@ -728,7 +749,7 @@ class _RulesFound:
         symbol: str,
         cres: Any,
         bring_partials: Any,
-        bring_compiled: Any,
+        bring_wrapper: Any,
     ) -> None:
         if _rules.is_inactive(callee):
             self.inactive.append(symbol)
@@ -736,7 +757,7 @@ class _RulesFound:
         custom = _rules.custom_for(callee)
         if custom is not None:
             restype = cres.signature.return_type
-            self._add_custom(symbol, custom, args, restype, bring_compiled)
+            self._add_custom(symbol, custom, args, restype, bring_wrapper)
             return
         df = _rules.partials_for(callee)
         if df is None:
@@ -746,7 +767,7 @@ class _RulesFound:
         _check_rule_types(name, args, restype)
         self._add(symbol, None, name, df, args, restype, bring_partials)
 
-    def note_c(self, module: llvm.ModuleRef, bring_partials: Any, bring_compiled: Any) -> bool:
+    def note_c(self, module: llvm.ModuleRef, bring_partials: Any, bring_wrapper: Any) -> bool:
         """Add the C functions with rules that ``module`` calls; whether any
         was new (its partials function may call more)."""
         new = False
@@ -764,7 +785,7 @@ class _RulesFound:
                     f"a function with a custom rule returns nothing, an integer or a "
                     f"float; the C function {symbol} returns {ret}"
                 )
-            self._add_custom(symbol, custom, args, restype, bring_compiled)
+            self._add_custom(symbol, custom, args, restype, bring_wrapper)
             new = True
         addresses = _rules.addresses_called(str(module)) if _rules.c_rules() else set()
         for rule in _rules.c_rules():
@@ -826,7 +847,7 @@ class _RulesFound:
             if disp is None or argtypes is None:
                 continue
             with _naming(f"the {what} function of the rule for {custom.display}"):
-                entry[what] = bring(disp, argtypes)
+                entry[what] = bring(built, what)
         self.rules.append(entry)
 
     def _add(

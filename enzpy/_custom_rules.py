@@ -11,7 +11,11 @@ tangent, 0 for other arguments) -- and turns them into the author's
 arguments: a ``RuleConfig``, and for each array a shadow array of its shape
 and strides over the shadow memory (a zero array where the argument carries
 no derivative). It checks what the author's functions return, and describes
-the wrappers to the engine (the request's ``rules`` entry).
+the wrappers to the engine (the request's ``rules`` entry). A derivative calls
+a wrapper through a declaration under a name of this process
+(``Wrappers.symbols``), which ``publish`` defines as the compiled wrapper's
+address: the rule code is compiled once per process, not again in every
+derivative.
 
 Arguments are float and integer scalars, arrays (njit functions) and raw
 pointers (C functions); a tape is an array, a scalar, or a tuple of them.
@@ -19,13 +23,16 @@ pointers (C functions); a tape is an array, a scalar, or a tuple of them.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
-from numba.core import types
+from numba.core import compiler, types
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 from numba.core.registry import cpu_target
 from numba.extending import intrinsic
@@ -34,7 +41,7 @@ from numba.np.arrayobj import populate_array
 from ._rule_config import RuleConfig
 from .errors import EnzpyTypeError, UnsupportedError
 
-__all__ = ["CustomRule", "Wrappers", "members", "wrappers"]
+__all__ = ["CustomRule", "Wrappers", "is_wrapper", "members", "publish", "wrappers"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,22 @@ class Wrappers:
     tape_owners: list[int]
     #: LLVM types of what each wrapper returns ("" for None).
     results: dict[str, str]
+    #: The symbol under which a derivative declares each wrapper (unique in
+    #: the process; ``publish`` compiles the wrapper and defines it).
+    symbols: dict[str, str]
+    #: The LLVM declaration of each wrapper under its symbol.
+    declarations: dict[str, str]
+
+    def compiled(self, what: str) -> tuple[Dispatcher, tuple[types.Type, ...]]:
+        """The wrapper ``what`` ("forward", "augmented", "reverse") and its
+        argument types."""
+        disp, args = {
+            "forward": (self.forward, self.forward_args),
+            "augmented": (self.augmented, self.augmented_args),
+            "reverse": (self.reverse, self.reverse_args),
+        }[what]
+        assert disp is not None and args is not None
+        return disp, args
 
 
 def _source(
@@ -156,9 +179,29 @@ def _compile(source: str, name: str, scope: dict[str, Any], qualname: str) -> Di
 
 
 def _return_type(disp: Dispatcher, args: tuple[types.Type, ...]) -> types.Type:
-    disp.compile(args)
-    compiled: Any = disp.overloads[args]
-    found: types.Type = compiled.signature.return_type
+    """What ``disp`` returns for ``args``: numba's typing and lowering only,
+    no machine code (a wrapper is compiled when a derivative calls it,
+    ``publish``). The functions it calls are compiled as usual (loaded from
+    numba's cache where they have one)."""
+    d: Any = disp  # numba's compiler internals, as _capture._compile_copy uses them
+    comp = d._compiler
+    flags = compiler.Flags()
+    d.targetdescr.options.parse_as_flags(flags, d.targetoptions)
+    flags = comp._customize_flags(flags)
+    flags.no_cpython_wrapper = True
+    flags.no_cfunc_wrapper = True
+    flags.no_compile = True
+    with global_compiler_lock:
+        cres = compiler.compile_extra(
+            d.targetdescr.typing_context,
+            d.targetdescr.target_context,
+            comp._get_implementation(args, {}),
+            args=args,
+            return_type=None,
+            flags=flags,
+            locals={},
+        )
+    found: types.Type = cres.signature.return_type
     return found
 
 
@@ -223,6 +266,7 @@ def _build(
     float_result = isinstance(restype, types.Float)
     fwd = aug = rev = None
     fwd_args = aug_args = rev_args = None
+    fwd_ret = aug_ret = rev_ret = None
     owners: list[int] = []
     if rule.forward is not None:
         src = _source(
@@ -230,7 +274,7 @@ def _build(
         )
         fwd = _compile(src, "forward_rule", dict(scope), f"{name}.forward")
         fwd_args = (*masks, *argtypes, *stypes)
-        found = _return_type(fwd, fwd_args)
+        found = fwd_ret = _return_type(fwd, fwd_args)
         want = types.UniTuple(restype, 2) if float_result else restype or types.none
         if found != want:
             raise EnzpyTypeError(
@@ -249,7 +293,7 @@ def _build(
         )
         aug = _compile(src, "augmented_rule", dict(scope), f"{name}.augmented")
         aug_args = (*masks, *argtypes)
-        found = _return_type(aug, aug_args)
+        found = aug_ret = _return_type(aug, aug_args)
         if restype is not None and restype != types.none:
             if not (
                 isinstance(found, types.BaseTuple)
@@ -280,7 +324,7 @@ def _build(
         rev = _compile(src, "reverse_rule", dict(scope), f"{name}.reverse")
         tail: tuple[types.Type, ...] = (restype,) if float_result and restype is not None else ()
         rev_args = (*masks, tape, *argtypes, *stypes, *tail)
-        found = _return_type(rev, rev_args)
+        found = rev_ret = _return_type(rev, rev_args)
         floats = [t for t in argtypes if isinstance(t, types.Float)]
         outs = members(found) if isinstance(found, types.BaseTuple) else (found,)
         ok = (
@@ -308,16 +352,36 @@ def _build(
             )
     elif rule.augmented is not None or rule.reverse is not None:
         raise EnzpyTypeError(f"the rule for {name} needs both augmented= and reverse=")
-    results = {
-        what: _llvm_type(_return_type(disp, argtys))
-        for what, disp, argtys in (
-            ("forward", fwd, fwd_args),
-            ("augmented", aug, aug_args),
-            ("reverse", rev, rev_args),
-        )
-        if disp is not None and argtys is not None
-    }
-    return Wrappers(fwd, aug, rev, fwd_args, aug_args, rev_args, ",".join(spec), owners, results)
+    results: dict[str, str] = {}
+    symbols: dict[str, str] = {}
+    declarations: dict[str, str] = {}
+    serial = next(_serial)
+    for what, disp, argtys, restype_ in (
+        ("forward", fwd, fwd_args, fwd_ret),
+        ("augmented", aug, aug_args, aug_ret),
+        ("reverse", rev, rev_args, rev_ret),
+    ):
+        if disp is None or argtys is None or restype_ is None:
+            continue
+        results[what] = _llvm_type(restype_)
+        symbols[what] = symbol = f"enzpy.rule.{serial}.{what}"
+        declarations[what] = _declaration(symbol, restype_, argtys)
+    built = Wrappers(
+        fwd,
+        aug,
+        rev,
+        fwd_args,
+        aug_args,
+        rev_args,
+        ",".join(spec),
+        owners,
+        results,
+        symbols,
+        declarations,
+    )
+    for what, symbol in symbols.items():
+        _wrapper_symbols[symbol] = built.compiled(what)
+    return built
 
 
 _TYPED_POINTER = re.compile(r"\b(?:i\d+|double|float|half|void)\*+")
@@ -329,3 +393,47 @@ def _llvm_type(t: types.Type) -> str:
     if t == types.none:
         return ""
     return _TYPED_POINTER.sub("ptr", str(cpu_target.target_context.get_value_type(t)))
+
+
+def _declaration(symbol: str, restype: types.Type, args: tuple[types.Type, ...]) -> str:
+    """The declaration of a wrapper under ``symbol``: numba's native calling
+    convention for ``args`` returning ``restype``."""
+    tctx = cpu_target.target_context
+    fnty = tctx.call_conv.get_function_type(restype, args)
+    params = ", ".join(_TYPED_POINTER.sub("ptr", str(t)) for t in fnty.args)
+    ret = _TYPED_POINTER.sub("ptr", str(fnty.return_type))
+    return f'declare {ret} @"{symbol}"({params})'
+
+
+_serial = itertools.count()
+#: The wrapper each symbol of ``Wrappers.symbols`` stands for.
+_wrapper_symbols: dict[str, tuple[Dispatcher, tuple[types.Type, ...]]] = {}
+#: The symbols ``publish`` defined.
+_published: set[str] = set()
+
+
+def is_wrapper(symbol: str) -> bool:
+    """Whether ``symbol`` names a wrapper of this process (``Wrappers.symbols``):
+    code calling it runs in this process only."""
+    return symbol in _wrapper_symbols
+
+
+def publish(symbol: str) -> bool:
+    """Compile the wrapper ``symbol`` names (once) and define the symbol as
+    its address in the JIT's symbol table, where the derivatives that
+    declare it find it; False if ``symbol`` names no wrapper."""
+    found = _wrapper_symbols.get(symbol)
+    if found is None:
+        return False
+    if symbol in _published:
+        return True
+    disp, args = found
+    with global_compiler_lock:
+        disp.compile(args)
+        cres: Any = disp.overloads[args]
+        address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        if not address:
+            return False
+        llvm.add_symbol(symbol, address)
+        _published.add(symbol)
+    return True

@@ -306,6 +306,7 @@ def _getrf_fwd(active, m, n, a, lda, ipiv, sa, like):  # type: ignore[no-untyped
     return info
 
 
+@numba.njit(cache=True)
 def getrf_forward(cfg, kind, dk, m, dm, n, dn, a, da, lda, dl, ipiv, dp):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     return _getrf_fwd(cfg.active[3], m, n, a, lda, ipiv, da, np.empty(0, np.float64))
@@ -317,6 +318,7 @@ def _getrf_aug(ow, m, n, a, lda, ipiv, like):  # type: ignore[no-untyped-def]
     return info, (_tape(_view(a, m, n, lda, like), ow[3]), _piv_tape(ipiv, min(m, n), ow[5]))
 
 
+@numba.njit(cache=True)
 def getrf_augmented(cfg, kind, m, n, a, lda, ipiv):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     return _getrf_aug(cfg.overwritten, m, n, a, lda, ipiv, np.empty(0, np.float64))
@@ -335,6 +337,7 @@ def _getrf_rev(active, ow, tape, m, n, a, lda, ipiv, sa, like):  # type: ignore[
     dF[:, :] = _lu_cotangent(LU, piv, _contig(dF))
 
 
+@numba.njit(cache=True)
 def getrf_reverse(cfg, tape, kind, dk, m, dm, n, dn, a, da, lda, dl, ipiv, dp):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     _getrf_rev(
@@ -358,6 +361,7 @@ def _getri_fwd(active, n, a, lda, ipiv, sa, like):  # type: ignore[no-untyped-de
     return info
 
 
+@numba.njit(cache=True)
 def getri_forward(cfg, kind, dk, n, dn, a, da, lda, dl, ipiv, dp):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     return _getri_fwd(cfg.active[2], n, a, lda, ipiv, da, np.empty(0, np.float64))
@@ -370,6 +374,7 @@ def _getri_aug(ow, n, a, lda, ipiv, like):  # type: ignore[no-untyped-def]
     return info, (LU, _piv_tape(ipiv, n, ow[4]), _tape(_view(a, n, n, lda, like), ow[2]))
 
 
+@numba.njit(cache=True)
 def getri_augmented(cfg, kind, n, a, lda, ipiv):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     return _getri_aug(cfg.overwritten, n, a, lda, ipiv, np.empty(0, np.float64))
@@ -388,6 +393,7 @@ def _getri_rev(active, ow, tape, n, a, lda, ipiv, sa, like):  # type: ignore[no-
     dF[:, :] = _onto_factors(LU, piv, Abar)
 
 
+@numba.njit(cache=True)
 def getri_reverse(cfg, tape, kind, dk, n, dn, a, da, lda, dl, ipiv, dp):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     _getri_rev(cfg.active[2], cfg.overwritten, tape, n, a, lda, ipiv, da, np.empty(0, np.float64))
@@ -414,6 +420,7 @@ def _gesv_fwd(act_a, act_b, n, nrhs, a, lda, ipiv, b, ldb, sa, sb, like):  # typ
     return info
 
 
+@numba.njit(cache=True)
 def gesv_forward(cfg, kind, dk, n, dn, nrhs, dr, a, da, lda, dl, ipiv, dp, b, db, ldb, dlb):  # type: ignore[no-untyped-def]
     act = cfg.active
     _float64_only(kind)
@@ -431,6 +438,7 @@ def _gesv_aug(ow, n, nrhs, a, lda, ipiv, b, ldb, like):  # type: ignore[no-untyp
     return info, tape
 
 
+@numba.njit(cache=True)
 def gesv_augmented(cfg, kind, n, nrhs, a, lda, ipiv, b, ldb):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     return _gesv_aug(cfg.overwritten, n, nrhs, a, lda, ipiv, b, ldb, np.empty(0, np.float64))
@@ -451,6 +459,7 @@ def _gesv_rev(act_a, act_b, ow, tape, n, nrhs, a, lda, ipiv, b, ldb, sa, sb, lik
         dF[:, :] = _lu_cotangent(LU, piv, _contig(dF)) - Bbar @ _contig(X.T)
 
 
+@numba.njit(cache=True)
 def gesv_reverse(cfg, tape, kind, dk, n, dn, nrhs, dr, a, da, lda, dl, ipiv, dp, b, db, ldb, dlb):  # type: ignore[no-untyped-def]
     act, ow = cfg.active, cfg.overwritten
     _float64_only(kind)
@@ -505,6 +514,7 @@ def _potrf_fwd(active, uplo, n, a, lda, sa, like):  # type: ignore[no-untyped-de
     return info
 
 
+@numba.njit(cache=True)
 def potrf_forward(cfg, kind, dk, uplo, du, n, dn, a, da, lda, dl):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     return _potrf_fwd(cfg.active[3], uplo, n, a, lda, da, np.empty(0, np.float64))
@@ -516,6 +526,7 @@ def _potrf_aug(ow, uplo, n, a, lda, like):  # type: ignore[no-untyped-def]
     return info, _tape(_view(a, n, n, lda, like), ow[3])
 
 
+@numba.njit(cache=True)
 def potrf_augmented(cfg, kind, uplo, n, a, lda):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     return _potrf_aug(cfg.overwritten, uplo, n, a, lda, np.empty(0, np.float64))
@@ -543,6 +554,7 @@ def _potrf_rev(active, ow, tape, uplo, n, a, lda, sa, like):  # type: ignore[no-
         dF[j, j] = G[j, j]
 
 
+@numba.njit(cache=True)
 def potrf_reverse(cfg, tape, kind, dk, uplo, du, n, dn, a, da, lda, dl):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     _potrf_rev(cfg.active[3], cfg.overwritten, tape, uplo, n, a, lda, da, np.empty(0, np.float64))
@@ -603,6 +615,7 @@ def _evd_fwd(act_a, act_w, jobz, uplo, n, a, lda, w, sa, sw, like):  # type: ign
     return info
 
 
+@numba.njit(cache=True)
 def evd_forward(cfg, kind, dk, jobz, dj, uplo, du, n, dn, a, da, lda, dl, w, dw):  # type: ignore[no-untyped-def]
     act = cfg.active
     _float64_only(kind)
@@ -615,6 +628,7 @@ def _evd_aug(jobz, uplo, n, a, lda, w, like):  # type: ignore[no-untyped-def]
     return info, (_cast(V, np.empty(0, np.float64)), ev.astype(np.float64))
 
 
+@numba.njit(cache=True)
 def evd_augmented(cfg, kind, jobz, uplo, n, a, lda, w):  # type: ignore[no-untyped-def]
     _float64_only(kind)
     return _evd_aug(jobz, uplo, n, a, lda, w, np.empty(0, np.float64))
@@ -641,6 +655,7 @@ def _evd_rev(act_a, act_w, tape, jobz, uplo, n, a, lda, w, sa, sw, like):  # typ
                 dF[i, j] = G[i, j] + G[j, i] if lower else (G[i, j] if i == j else 0.0)
 
 
+@numba.njit(cache=True)
 def evd_reverse(cfg, tape, kind, dk, jobz, dj, uplo, du, n, dn, a, da, lda, dl, w, dw):  # type: ignore[no-untyped-def]
     act = cfg.active
     _float64_only(kind)

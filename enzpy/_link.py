@@ -29,6 +29,7 @@ from numba.core import types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
+from . import _custom_rules
 from ._abi import tuple_types
 from ._config import target_context
 from ._signature import CallSignature
@@ -114,7 +115,8 @@ def _resolve_declarations(
     decls = [fn.name for fn in module.functions if fn.is_declaration]
     decls += [gv.name for gv in module.global_variables if gv.is_declaration]
     for name in decls:
-        if name.startswith("llvm.") or llvm.address_of_symbol(name):
+        # A custom rule's function: compiled by the capture, defined by publish.
+        if name.startswith("llvm.") or _custom_rules.publish(name) or llvm.address_of_symbol(name):
             continue
         # Prefer linking the defining library in (numba's way: the code can be
         # inlined and no cross-module lookup is needed) over the JIT's table.
@@ -225,7 +227,9 @@ def _portable(lib: Any, env_names: list[str], env_index: list[int]) -> Portable 
         for gv in [*lib._final_module.functions, *lib._final_module.global_variables]
         if gv.is_declaration and not gv.name.startswith("llvm.")
     ]
-    if not all(llvm.address_of_symbol(n) for n in undefined):
+    if any(_custom_rules.is_wrapper(n) for n in undefined) or not all(
+        llvm.address_of_symbol(n) for n in undefined
+    ):
         return None  # it calls code another process would not have
     return Portable(bytes(lib._get_compiled_object()), undefined, env_names, env_index)
 

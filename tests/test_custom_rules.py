@@ -131,6 +131,58 @@ def test_rule_is_used_instead_of_the_body():
     assert t == pytest.approx(6.0 * (x**2).sum())
 
 
+def halving():
+    """A fresh njit function out = x / 2 and the forward function of a rule
+    for it (each test registers its own rule)."""
+
+    @numba.njit
+    def half_into(x, out):
+        for i in range(x.shape[0]):
+            out[i] = 0.5 * x[i]
+
+    def fwd(cfg, x, dx, out, dout):
+        for i in range(x.shape[0]):
+            out[i] = 0.5 * x[i]
+            dout[i] = 0.5 * dx[i]
+
+    return half_into, fwd
+
+
+def test_a_rule_used_on_constant_data_first_then_on_active_data_gives_both_gradients():
+    """The rule's augmented function calls the function it is the rule of."""
+    halve_into, fwd = halving()
+
+    def aug(cfg, x, out):
+        halve_into(x, out)
+        return 0
+
+    def rev(cfg, tape, x, dx, out, dout):
+        for i in range(x.shape[0]):
+            dx[i] += 0.5 * dout[i]
+            dout[i] = 0.0
+        return ()
+
+    enzpy.register_rule(halve_into, forward=fwd, augmented=aug, reverse=rev)
+
+    @numba.njit
+    def weighted(w, c):
+        out = np.empty_like(c)
+        halve_into(c, out)  # on constant data only
+        return (w * out).sum()
+
+    c = np.array([1.0, -2.0, 4.0])
+    dw = np.zeros(3)
+    enzpy.autodiff(weighted, Duplicated(np.ones(3), dw), Const(c))
+    np.testing.assert_allclose(dw, 0.5 * c)
+
+    total = summed(halve_into)
+    dx = np.zeros(3)
+    enzpy.autodiff(total, Duplicated(c.copy(), dx))
+    np.testing.assert_allclose(dx, np.full(3, 0.5))
+    t = enzpy.autodiff(total, Duplicated(c.copy(), np.array([1.0, 2.0, 3.0])), mode=enzpy.Forward)
+    assert t == pytest.approx(3.0)
+
+
 def test_rule_inside_a_time_loop_with_memory_overwritten_matches_finite_differences():
     x0 = np.linspace(-0.5, 0.8, 6)
     dx = np.zeros_like(x0)
@@ -180,16 +232,7 @@ def test_forward_batch_mode_through_a_rule_is_refused_clearly():
 
 
 def test_a_mode_the_rule_has_no_function_for_is_refused_naming_the_rule():
-    @numba.njit
-    def half_into(x, out):
-        for i in range(x.shape[0]):
-            out[i] = 0.5 * x[i]
-
-    def fwd(cfg, x, dx, out, dout):
-        for i in range(x.shape[0]):
-            out[i] = 0.5 * x[i]
-            dout[i] = 0.5 * dx[i]
-
+    half_into, fwd = halving()
     enzpy.register_rule(half_into, forward=fwd)
 
     use = summed(half_into)

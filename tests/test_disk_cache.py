@@ -46,7 +46,22 @@ def f(x, a):
     return s
 """
 
-SCRIPT = """
+#: Counts numba's compiles and the engine's runs in a script's process.
+COUNTING = """
+counts = {{"numba": 0, "engine": 0}}
+
+def counting(what, original):
+    def call(*a, **k):
+        counts[what] += 1
+        return original(*a, **k)
+    return call
+
+numba.core.compiler.compile_extra = counting("numba", numba.core.compiler.compile_extra)
+_native.differentiate = counting("engine", _native.differentiate)
+"""
+
+SCRIPT = (
+    """
 import json, sys
 sys.path.insert(0, {dir!r})
 import numba.core.compiler
@@ -58,21 +73,14 @@ import kern
 x = np.linspace(-0.9, 1.1, 7)
 v = np.linspace(0.3, -0.5, 7)
 kern.f(x, 0.7)
-counts = {{"numba": 0, "engine": 0}}
-
-def counting(what, original):
-    def call(*a, **k):
-        counts[what] += 1
-        return original(*a, **k)
-    return call
-
-numba.core.compiler.compile_extra = counting("numba", numba.core.compiler.compile_extra)
-_native.differentiate = counting("engine", _native.differentiate)
-dx, da = enzpy.gradient(kern.f, x, 0.7)
+"""
+    + COUNTING
+    + """dx, da = enzpy.gradient(kern.f, x, 0.7)
 tangent = enzpy.autodiff(kern.f, Duplicated(x, v), Duplicated(0.7, 0.3), mode=enzpy.Forward)
 print(json.dumps({{"dx": dx.tolist(), "da": da, "tangent": tangent,
                   "info": _cache.info()._asdict(), "compiles": counts}}))
 """
+)
 
 X = np.linspace(-0.9, 1.1, 7)
 V = np.linspace(0.3, -0.5, 7)
@@ -85,6 +93,12 @@ def write_kernel(directory: Path, fn: str) -> None:
 
 def run(directory: Path, **env: str) -> dict:
     """Run SCRIPT in a fresh process on the kernel in ``directory``."""
+    return run_script(directory, SCRIPT.format(dir=str(directory)), **env)
+
+
+def run_script(directory: Path, script: str, **env: str) -> dict:
+    """Run ``script`` in a fresh process with its caches in ``directory``; the
+    JSON its last line prints."""
     environ = dict(os.environ)
     environ.pop("ENZPY_DISABLE_CACHE", None)
     environ["ENZPY_CACHE_DIR"] = str(directory / "enzpy-cache")
@@ -92,7 +106,7 @@ def run(directory: Path, **env: str) -> dict:
     environ["PYTHONPATH"] = str(Path(enzpy.__file__).parent.parent)
     environ.update(env)
     out = subprocess.run(
-        [sys.executable, "-P", "-c", SCRIPT.format(dir=str(directory))],
+        [sys.executable, "-P", "-c", script],
         env=environ,
         capture_output=True,
         text=True,
@@ -315,23 +329,10 @@ def test_a_derivative_built_with_a_user_rule_is_not_reused_without_it(tmp_path):
     (tmp_path / "rule.py").write_text(
         "import numba\n\n\n@numba.njit\ndef d_weight(v):\n    return 5.0\n"
     )
-    environ = dict(os.environ)
-    environ.pop("ENZPY_DISABLE_CACHE", None)
-    environ["ENZPY_CACHE_DIR"] = str(tmp_path / "enzpy-cache")
-    environ["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
-    environ["PYTHONPATH"] = str(Path(enzpy.__file__).parent.parent)
 
     def gradient(with_rule: bool) -> dict:
         script = RULE_SCRIPT.format(dir=str(tmp_path), with_rule=with_rule)
-        out = subprocess.run(
-            [sys.executable, "-P", "-c", script],
-            env=environ,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return run_script(tmp_path, script)
 
     ruled = gradient(True)
     plain = gradient(False)
@@ -356,3 +357,140 @@ def test_a_function_numba_loaded_from_its_own_cache_is_differentiated(tmp_path):
     second = run(tmp_path, ENZPY_DISABLE_CACHE="1")
     check_against_fd(first, math.sin)
     check_against_fd(second, math.sin)
+
+
+RULED_KERNEL = """
+import numba
+import numpy as np
+import enzpy
+
+
+@numba.njit(cache=True)
+def {name}(x, out):
+    for i in range(x.shape[0]):
+        out[i] = {k} * x[i] * x[i]
+
+
+def fwd(cfg, x, dx, out, dout):
+    for i in range(x.shape[0]):
+        out[i] = {k} * x[i] * x[i]
+        dout[i] = 2.0 * {k} * x[i] * dx[i]
+
+
+def aug(cfg, x, out):
+    {name}(x, out)
+    return x.copy()
+
+
+def rev(cfg, xs, x, dx, out, dout):
+    for i in range(xs.shape[0]):
+        dx[i] += 2.0 * {k} * xs[i] * dout[i]
+        dout[i] = 0.0
+    return ()
+
+
+enzpy.register_rule({name}, forward=fwd, augmented=aug, reverse=rev)
+
+
+@numba.njit(cache=True)
+def f(x):
+    out = np.empty_like(x)
+    {name}(x, out)
+    return np.sin(out).sum()
+"""
+
+RULED_SCRIPT = """
+import json, sys
+sys.path.insert(0, {dir!r})
+import numpy as np
+import enzpy
+from enzpy import _cache
+
+x = np.linspace(-0.9, 1.1, 7)
+if {other_first}:
+    import other  # its rule's functions are the first this process compiles
+    enzpy.gradient(other.f, x)
+import ruled
+dx = enzpy.gradient(ruled.f, x)
+print(json.dumps({{"dx": dx.tolist(), "info": _cache.info()._asdict()}}))
+"""
+
+
+def test_a_derivative_calling_rule_functions_of_its_process_is_not_stored(tmp_path):
+    """Rule functions are compiled per process and called by names of that
+    process: a derivative calling them stays out of the disk cache, and a
+    second process -- where the same names stand for another rule's
+    functions -- builds it again and gets the right gradient."""
+    (tmp_path / "ruled.py").write_text(RULED_KERNEL.format(name="square_into", k=0.5))
+    (tmp_path / "other.py").write_text(RULED_KERNEL.format(name="other_into", k=3.0))
+
+    def gradient(other_first: bool) -> dict:
+        script = RULED_SCRIPT.format(dir=str(tmp_path), other_first=other_first)
+        return run_script(tmp_path, script)
+
+    x = np.linspace(-0.9, 1.1, 7)
+    expected = np.cos(0.5 * x * x) * x  # d/dx sin(x^2 / 2)
+    first = gradient(other_first=False)
+    assert first["info"]["disk_writes"] == 0
+    second = gradient(other_first=True)
+    assert second["info"]["disk_hits"] == 0
+    for result in (first, second):
+        np.testing.assert_allclose(result["dx"], expected, rtol=1e-12)
+
+
+LINALG_KERNEL = """
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def f(A, b):
+    x = np.linalg.solve(A, b)
+    return (x * x).sum() + np.linalg.det(A)
+"""
+
+LINALG_SCRIPT = (
+    """
+import json, sys
+sys.path.insert(0, {dir!r})
+import numba.core.compiler
+import numpy as np
+import enzpy
+from enzpy import _cache, _native
+import linalg_kern
+
+A = np.array([[3.0, 0.4, -0.2], [0.1, 2.5, 0.3], [-0.6, 0.2, 4.0]])
+b = np.array([0.5, -1.0, 2.0])
+linalg_kern.f(A, b)
+"""
+    + COUNTING
+    + """dA, db = enzpy.gradient(linalg_kern.f, A, b)
+print(json.dumps({{"dA": dA.tolist(), "db": db.tolist(), "info": _cache.info()._asdict(),
+                  "compiles": counts}}))
+"""
+)
+
+
+@pytest.mark.slow
+def test_a_derivative_through_lapack_rules_is_right_in_each_fresh_process(tmp_path):
+    """Not stored (its code calls rule functions compiled in its process,
+    and numba's own helpers): each process builds it and gets the right
+    gradient."""
+    (tmp_path / "linalg_kern.py").write_text(LINALG_KERNEL)
+
+    def gradient() -> dict:
+        return run_script(tmp_path, LINALG_SCRIPT.format(dir=str(tmp_path)))
+
+    A = np.array([[3.0, 0.4, -0.2], [0.1, 2.5, 0.3], [-0.6, 0.2, 4.0]])
+    b = np.array([0.5, -1.0, 2.0])
+    # L = |x|^2 + det A with A x = b: b̄ = 2 A^-T x, Ā = -b̄ xᵀ + det(A) A^-T
+    x = np.linalg.solve(A, b)
+    db = 2.0 * np.linalg.solve(A.T, x)
+    dA = -np.outer(db, x) + np.linalg.det(A) * np.linalg.inv(A).T
+    first = gradient()
+    second = gradient()
+    assert first["info"]["disk_writes"] == second["info"]["disk_hits"] == 0
+    assert second["compiles"]["engine"] == 1
+    for result in (first, second):
+        np.testing.assert_allclose(result["db"], db, rtol=1e-10)
+        np.testing.assert_allclose(result["dA"], dA, rtol=1e-10, atol=1e-12)

@@ -15,6 +15,7 @@
 #include "driver/Diagnostics.h"
 #include "driver/RecursiveCalls.h"
 #include "driver/Request.h"
+#include "rules/UserRules.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Synthesize.h"
 #include "transforms/PostOpt.h"
@@ -121,6 +122,11 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
     Log.dump("derivative before optimization", printed(**D));
   if (Req.Optimize)
     optimizeDerivative(M, Req.TargetCPU, Req.TargetFeatures, Req.VectorLibrary);
+  // Rule functions that came as declarations and that the derivative does
+  // not call: the loader compiles each one declared.
+  for (Function &G : make_early_inc_range(M))
+    if (G.isDeclaration() && G.use_empty() && isRuleHelper(G))
+      G.eraseFromParent();
   std::string Out;
   raw_string_ostream OS(Out);
   WriteBitcodeToFile(M, OS);

@@ -247,9 +247,12 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
   for (unsigned O : R.TapeOwners)
     Owners += (Owners.empty() ? "" : ",") + std::to_string(O);
   G->addFnAttr(OwnersAttr, Owners);
+  // A rule function comes compiled (a declaration the loader resolves) or
+  // with its body, which stays private to the derivative.
   for (Function *W : {Fwd, Aug, Rev})
     if (W) {
-      W->setLinkage(GlobalValue::InternalLinkage);
+      if (!W->isDeclaration())
+        W->setLinkage(GlobalValue::InternalLinkage);
       markRuleHelper(*W);
     }
   if (Hidden)
