@@ -317,3 +317,79 @@ def test_register_rule_refuses_bad_arguments():
         enzpy.register_rule(scaled_squares, augmented=_augmented)
     with pytest.raises(enzpy.EnzpyTypeError, match="njit function or a C function"):
         enzpy.register_rule(42, forward=_forward)
+
+
+# Known crash (pinned): after a derivative through a rule on an njit function
+# is built, numba code compiled later that calls that function crashes when it
+# runs (the function's JIT address changes during the build; the later code
+# reaches a copy it cannot run). Run in a fresh process: the crash is a
+# segfault.
+_LATER_CALLER = """
+import numba, numpy as np, enzpy
+from enzpy import Duplicated, Const
+
+@numba.njit
+def halve_into(x, out):
+    for i in range(x.shape[0]):
+        out[i] = 0.5 * x[i]
+
+def fwd(cfg, x, dx, out, dout):
+    for i in range(x.shape[0]):
+        out[i] = 0.5 * x[i]
+        dout[i] = 0.5 * dx[i]
+
+def aug(cfg, x, out):
+    halve_into(x, out)
+    return 0
+
+def rev(cfg, tape, x, dx, out, dout):
+    for i in range(x.shape[0]):
+        dx[i] += 0.5 * dout[i]
+        dout[i] = 0.0
+    return ()
+
+enzpy.register_rule(halve_into, forward=fwd, augmented=aug, reverse=rev)
+
+@numba.njit
+def weighted(w, c):
+    out = np.empty_like(c)
+    halve_into(c, out)
+    return (w * out).sum()
+
+c = np.array([1.0, -2.0, 4.0])
+dw = np.zeros(3)
+enzpy.autodiff(weighted, Duplicated(np.ones(3), dw), Const(c))
+
+@numba.njit
+def later(x):
+    out = np.empty_like(x)
+    halve_into(x, out)
+    return out.sum()
+
+print(later(c), list(dw))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known crash: numba code compiled after a derivative through a rule "
+    "on an njit function, calling that function, crashes (design §11)",
+)
+def test_code_compiled_after_a_rule_derivative_can_call_the_ruled_function():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(enzpy.__file__).parent.parent))
+    env["ENZPY_DISABLE_CACHE"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", _LATER_CALLER],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "1.5"
