@@ -148,8 +148,9 @@ def halving():
     return half_into, fwd
 
 
-def test_a_rule_used_on_constant_data_first_then_on_active_data_gives_both_gradients():
-    """The rule's augmented function calls the function it is the rule of."""
+def registered_halving():
+    """``halve_into`` with a rule whose augmented function calls it, and a
+    kernel ``weighted(w, c)`` that calls it on constant data only."""
     halve_into, fwd = halving()
 
     def aug(cfg, x, out):
@@ -170,6 +171,12 @@ def test_a_rule_used_on_constant_data_first_then_on_active_data_gives_both_gradi
         halve_into(c, out)  # on constant data only
         return (w * out).sum()
 
+    return halve_into, weighted
+
+
+def test_a_rule_used_on_constant_data_first_then_on_active_data_gives_both_gradients():
+    """The rule's augmented function calls the function it is the rule of."""
+    halve_into, weighted = registered_halving()
     c = np.array([1.0, -2.0, 4.0])
     dw = np.zeros(3)
     enzpy.autodiff(weighted, Duplicated(np.ones(3), dw), Const(c))
@@ -327,35 +334,9 @@ def test_register_rule_refuses_bad_arguments():
 _LATER_CALLER = """
 import numba, numpy as np, enzpy
 from enzpy import Duplicated, Const
+from test_custom_rules import registered_halving
 
-@numba.njit
-def halve_into(x, out):
-    for i in range(x.shape[0]):
-        out[i] = 0.5 * x[i]
-
-def fwd(cfg, x, dx, out, dout):
-    for i in range(x.shape[0]):
-        out[i] = 0.5 * x[i]
-        dout[i] = 0.5 * dx[i]
-
-def aug(cfg, x, out):
-    halve_into(x, out)
-    return 0
-
-def rev(cfg, tape, x, dx, out, dout):
-    for i in range(x.shape[0]):
-        dx[i] += 0.5 * dout[i]
-        dout[i] = 0.0
-    return ()
-
-enzpy.register_rule(halve_into, forward=fwd, augmented=aug, reverse=rev)
-
-@numba.njit
-def weighted(w, c):
-    out = np.empty_like(c)
-    halve_into(c, out)
-    return (w * out).sum()
-
+halve_into, weighted = registered_halving()
 c = np.array([1.0, -2.0, 4.0])
 dw = np.zeros(3)
 enzpy.autodiff(weighted, Duplicated(np.ones(3), dw), Const(c))
@@ -381,8 +362,8 @@ def test_code_compiled_after_a_rule_derivative_can_call_the_ruled_function():
     import sys
     from pathlib import Path
 
-    env = dict(os.environ, PYTHONPATH=str(Path(enzpy.__file__).parent.parent))
-    env["ENZPY_DISABLE_CACHE"] = "1"
+    path = os.pathsep.join([str(Path(enzpy.__file__).parent.parent), str(Path(__file__).parent)])
+    env = dict(os.environ, PYTHONPATH=path, ENZPY_DISABLE_CACHE="1")
     out = subprocess.run(
         [sys.executable, "-P", "-c", _LATER_CALLER],
         env=env,
