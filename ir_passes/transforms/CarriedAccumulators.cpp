@@ -65,7 +65,9 @@ private:
   bool consecutive(Group &G) const;
   std::optional<Range> rangeOf(const SCEV *Start, int64_t Step, int64_t From,
                                int64_t To, uint64_t Size) const;
-  bool apart(const Group &G, const Instruction &I,
+  std::optional<Range> rangeOf(const Group &G) const;
+  bool apart(const Group &G, const std::optional<Range> &Mine,
+             const Instruction &I,
              SmallVectorImpl<std::pair<Range, Range>> &Checks) const;
   BasicBlock *version(ArrayRef<std::pair<Range, Range>> Checks, BasicBlock *Pre,
                       BasicBlock *Exit);
@@ -168,10 +170,18 @@ std::optional<Range> Rewriter::rangeOf(const SCEV *Start, int64_t Step,
   return Range{First, SE.getAddExpr(Last, End)};
 }
 
-/// Whether \p I's access is apart from every element the group touches:
-/// proven, or (added to \p Checks) when two address ranges that
+/// The addresses the group's updates touch over the whole loop.
+std::optional<Range> Rewriter::rangeOf(const Group &G) const {
+  const Update &First = G.Updates.front();
+  return rangeOf(First.Addr->getStart(), G.Step, G.Updates.back().Off,
+                 First.Off, DL.getTypeStoreSize(First.Ld->getType()));
+}
+
+/// Whether \p I's access is apart from every element the group touches
+/// (\p Mine): proven, or (added to \p Checks) when two address ranges that
 /// ScalarEvolution cannot order are apart at run time.
-bool Rewriter::apart(const Group &G, const Instruction &I,
+bool Rewriter::apart(const Group &G, const std::optional<Range> &Mine,
+                     const Instruction &I,
                      SmallVectorImpl<std::pair<Range, Range>> &Checks) const {
   const Value *Ptr = getLoadStorePointerOperand(&I);
   if (!Ptr)
@@ -181,10 +191,6 @@ bool Rewriter::apart(const Group &G, const Instruction &I,
                    MemoryLocation::getBeforeOrAfter(GroupPtr)))
     return true;
   uint64_t Size = DL.getTypeStoreSize(getLoadStoreType(&I));
-  const Update &First = G.Updates.front();
-  uint64_t GSize = DL.getTypeStoreSize(First.Ld->getType());
-  std::optional<Range> Mine = rangeOf(First.Addr->getStart(), G.Step,
-                                      G.Updates.back().Off, First.Off, GSize);
   const SCEV *S = SE.getSCEV(const_cast<Value *>(Ptr));
   std::optional<Range> Theirs;
   if (SE.isLoopInvariant(S, &L))
@@ -315,9 +321,10 @@ bool Rewriter::rewriteOne(BasicBlock *&Copy) {
       Own.insert(U.Ld);
       Own.insert(U.St);
     }
+    std::optional<Range> Mine = rangeOf(G);
     bool Alone = all_of(*Body, [&](const Instruction &I) {
       return Own.contains(&I) || !I.mayReadOrWriteMemory() ||
-             apart(G, I, Checks);
+             apart(G, Mine, I, Checks);
     });
     if (!Alone)
       continue;
