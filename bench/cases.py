@@ -12,7 +12,7 @@ import math
 
 import numba
 import numpy as np
-from kernels import dot, heat, lorenz_rhs
+from kernels import dot, heat, lorenz_rhs, wave_rotating_buffers
 from peers import Scaled
 
 import enzpy
@@ -1042,27 +1042,6 @@ class MLPReused(ArrayParams):
         import torch
 
         return self.torch_gradient(self.peer_loss(torch, *(torch.tensor(a) for a in self.consts)))
-
-
-@numba.njit
-def wave_rotating_buffers(u0, v0, c, steps):
-    # 1-D wave equation, leapfrog: three buffers rotated every step (no
-    # history), fixed ends; the energy of the final two states
-    n = u0.shape[0]
-    prev = u0.copy()
-    cur = v0.copy()
-    nxt = np.empty(n)
-    c2 = c * c
-    for _ in range(steps):
-        nxt[0] = 0.0
-        nxt[n - 1] = 0.0
-        for i in range(1, n - 1):
-            nxt[i] = 2.0 * cur[i] - prev[i] + c2 * (cur[i - 1] - 2.0 * cur[i] + cur[i + 1])
-        prev, cur, nxt = cur, nxt, prev
-    e = 0.0
-    for i in range(n):
-        e += cur[i] * cur[i] + 0.5 * (cur[i] - prev[i]) ** 2
-    return e
 
 
 class Wave(ArrayParams):

@@ -9,25 +9,8 @@ import numba
 import numpy as np
 import pytest
 from fd import Active, Const, Dup, check_vjp
+from kernels import wave_rotating_buffers
 from test_forward import check_forward_reverse
-
-
-@numba.njit
-def wave_rotating(u0, v0, c, steps):
-    n = u0.shape[0]
-    prev = u0.copy()
-    cur = v0.copy()
-    nxt = np.empty(n)
-    for _ in range(steps):
-        nxt[0] = 0.0
-        nxt[n - 1] = 0.0
-        for i in range(1, n - 1):
-            nxt[i] = 2.0 * cur[i] - prev[i] + c * c * (cur[i - 1] - 2.0 * cur[i] + cur[i + 1])
-        prev, cur, nxt = cur, nxt, prev
-    s = 0.0
-    for i in range(n):
-        s += cur[i] * cur[i] + 0.5 * prev[i]
-    return s
 
 
 @numba.njit
@@ -87,7 +70,7 @@ def _rng():
 
 CASES = {
     "wave_rotating": lambda r: (
-        wave_rotating,
+        wave_rotating_buffers,
         [Dup(r.uniform(0.2, 1, 30)), Dup(r.uniform(0.2, 1, 30)), Active(0.4), Const(6)],
     ),
     "five_point_copied_back": lambda r: (
