@@ -184,12 +184,14 @@ def _installed_prefixes() -> tuple[str, ...]:
 def _describe_rules() -> Any:
     """The derivative rules registered in this process (``_rules``): a
     derivative may use any of them, so they are part of every key. A rule
-    for a C function by address (ctypes, cfunc) has no description valid in
-    another process."""
+    for a C function by address (ctypes, cfunc) is left out: a kernel that
+    calls such a function holds the ctypes or cfunc object among its globals,
+    which has no description (``_describe``), so it is never stored, and the
+    rule cannot change any kernel that is."""
     described = []
     for kind, target, df in _rules.registered():
         if isinstance(target, int):
-            raise _Unstable("a rule for a C function by address")
+            continue
         # The function a rule is for, by name (its code is described where a
         # derivative calls it); the rule's own code in full.
         what = target if isinstance(target, str) else _name_of(target)

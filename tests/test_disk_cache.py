@@ -229,6 +229,45 @@ def test_disabled_by_environment_variable(cache_dir, monkeypatch):
     check_against_fd({"dx": g[0].tolist(), "da": g[1]}, math.sin)
 
 
+def test_a_rule_for_a_c_function_by_address_keeps_only_its_callers_out(cache_dir):
+    # Rules by address have no meaning in another process: a kernel calling
+    # the ctypes function is not stored; one that does not call it still is.
+    source = textwrap.dedent(
+        """
+        import ctypes
+        import ctypes.util
+        import numba
+
+        _libm = ctypes.CDLL(ctypes.util.find_library("m"))
+        c_atan = _libm.atan
+        c_atan.argtypes = (ctypes.c_double,)
+        c_atan.restype = ctypes.c_double
+
+
+        @numba.njit(cache=True)
+        def calls_atan(x):
+            s = 0.0
+            for i in range(x.size):
+                s += c_atan(x[i] * x[i])
+            return s
+
+
+        @numba.njit(cache=True)
+        def cubes(x):
+            s = 0.0
+            for i in range(x.size):
+                s += x[i] * x[i] * x[i]
+            return s
+        """
+    )
+    (cache_dir / "address_rule_kernel.py").write_text(source)
+    module = import_file(cache_dir / "address_rule_kernel.py", "enzpy_test_address_rule")
+    enzpy.register_partials(module.c_atan, lambda v: 1.0 / (1.0 + v * v))
+    x = np.linspace(0.5, 1.5, 5)
+    assert writes_of(module.calls_atan, x) == 0
+    assert writes_of(module.cubes, x) == 1
+
+
 def test_functions_without_numba_cache_are_not_stored(cache_dir):
     @numba.njit
     def plain(x):
