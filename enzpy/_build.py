@@ -150,19 +150,27 @@ def _run_engine(
 ) -> tuple[bytes, str]:
     """Differentiate as ``sig`` says: ``captured``'s module, or ``module``
     (a derivative to differentiate again); ``fields`` amend the request
-    (``strict_control``: strict mode, see ``enzpy.strict``)."""
+    (``strict_control``: strict mode, see ``enzpy.strict``). The functions of
+    custom rules the engine finds called with derivatives are built then
+    (``Captured.build_rules``), and it is asked again."""
     try:
-        return _native.differentiate(
-            captured.bitcode if module is None else module,
-            {
-                **sig.request,
-                "log": log,
-                **jit_target(),
-                "rules": captured.rules,
-                "inactive": captured.inactive,
-                **fields,
-            },
-        )
+        while True:
+            try:
+                return _native.differentiate(
+                    captured.bitcode if module is None else module,
+                    {
+                        **sig.request,
+                        "log": log,
+                        **jit_target(),
+                        "rules": captured.rules,
+                        "inactive": captured.inactive,
+                        **fields,
+                    },
+                )
+            except _native.RulesNeeded as e:
+                if module is not None:
+                    raise InternalError(f"a derivative differentiated again: {e}") from e
+                captured.build_rules(e.symbols)
     except (UnsupportedError, ActivityError) as e:
         # The engine names no line: at least name the function.
         if e.file is None and e.line is None:

@@ -21,11 +21,12 @@ a parallel kernel is that of its serial code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import re
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,10 +91,49 @@ class Captured:
     #: "inactive", see ``_rules``).
     rules: list[dict[str, Any]] = field(default_factory=list)
     inactive: list[str] = field(default_factory=list)
+    #: Custom rules whose functions are not built yet (their entries in
+    #: ``rules`` say "pending"), by callee symbol: ``build_rules`` builds
+    #: those the engine finds called with derivatives.
+    pending: dict[str, _PendingRule] = field(default_factory=dict)
 
     def text(self) -> str:
         """The module as LLVM IR text (for debugging)."""
         return str(llvm.parse_bitcode(self.bitcode))
+
+    def build_rules(self, symbols: list[str]) -> None:
+        """Build the functions of the pending rules of ``symbols`` (the
+        engine's "rules_needed"), complete their entries in ``rules`` and
+        declare the functions in the module."""
+        declarations: dict[str, str] = {}
+        for symbol in symbols:
+            build = self.pending.pop(symbol, None)
+            if build is None:
+                raise InternalError(
+                    f"the engine asked for the functions of a rule for {symbol!r}, which "
+                    "has no rule waiting to be built"
+                )
+            build(functools.partial(_declare_wrapper, declarations))
+        if declarations:
+            module = llvm.parse_bitcode(self.bitcode)
+            module = llvm.parse_assembly("\n".join([str(module), *declarations.values()]))
+            self.bitcode = module.as_bitcode()
+
+
+#: Builds a pending custom rule's functions with the given way to bring
+#: each into the module (``_declare_wrapper`` or ``bring_compiled``).
+_PendingRule = Callable[[Callable[[_custom_rules.Wrappers, str], str]], None]
+
+
+def _declare_wrapper(declarations: dict[str, str], built: _custom_rules.Wrappers, what: str) -> str:
+    """The symbol of ``built``'s wrapper ``what``, compiled in this process
+    and declared (its declaration added to ``declarations``)."""
+    symbol = built.symbols[what]
+    declarations[symbol] = built.declarations[what]
+    # Compiled now, not when a derivative calling it is loaded: numba code
+    # compiled after a derivative through an njit function with a custom
+    # rule, that calls that function, crashes (docs/design.md §11).
+    _custom_rules.publish(symbol)
+    return symbol
 
 
 #: A numba dispatcher as this module uses it: numba's stubs declare none of
@@ -596,7 +636,11 @@ def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = Fal
         captured_keys: set[tuple[int, tuple[types.Type, ...]]] = {(id(disp), argtypes)}
         pending = _njit_callees(cres)
         dispatchers = {id(disp): disp}
-        rules = _RulesFound()
+        # A derivative differentiated again needs the rules' bodies, which
+        # may bring more callees: built now. Otherwise a rule's functions are
+        # built only when the engine finds a call of it with derivatives
+        # (``Captured.build_rules``): on constants they cost nothing.
+        rules = _RulesFound(lazy=not rule_bodies)
 
         def bring(callee: NumbaDispatcher, args: tuple[types.Type, ...], symbol: str) -> Any:
             sub_cres, sub_lib = _compile_copy(callee, args)
@@ -625,19 +669,8 @@ def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = Fal
                 module.link_in(copy)
             return symbol
 
-        # (the linker drops declarations nothing calls: added at the end)
-        wrapper_declarations: dict[str, str] = {}
-
         def bring_wrapper(built: _custom_rules.Wrappers, what: str) -> str:
-            if rule_bodies:
-                return bring_compiled(*built.compiled(what))
-            symbol = built.symbols[what]
-            wrapper_declarations[symbol] = built.declarations[what]
-            # Compiled now, not when a derivative calling it is loaded: numba
-            # code compiled after a derivative through an njit function with a
-            # custom rule, that calls that function, crashes (docs/design.md §11).
-            _custom_rules.publish(symbol)
-            return symbol
+            return bring_compiled(*built.compiled(what))
 
         def bring_partials(df: NumbaDispatcher, args: tuple[types.Type, ...]) -> str:
             symbol: str = _overload(df, args).fndesc.mangled_name
@@ -708,8 +741,6 @@ def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = Fal
             libraries = link_helpers()
             if not rules.note_c(module, bring_partials, bring_wrapper):
                 break
-        if wrapper_declarations:
-            module = llvm.parse_assembly("\n".join([str(module), *wrapper_declarations.values()]))
 
         module.verify()
         bitcode = module.as_bitcode()
@@ -730,6 +761,7 @@ def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = Fal
         environments=environments,
         rules=rules.rules,
         inactive=rules.inactive,
+        pending=rules.pending,
     )
 
 
@@ -737,9 +769,11 @@ class _RulesFound:
     """The user rules (``_rules``) a captured module needs: the engine
     request's ``rules`` and ``inactive`` entries."""
 
-    def __init__(self) -> None:
+    def __init__(self, lazy: bool) -> None:
         self.rules: list[dict[str, Any]] = []
         self.inactive: list[str] = []
+        self.pending: dict[str, _PendingRule] = {}
+        self._lazy = lazy
         self._c_done: set[str | int] = set()
 
     def note_njit(
@@ -831,24 +865,33 @@ class _RulesFound:
                 f"{custom.display} returns {restype} (write array results into an "
                 "argument)"
             )
-        built = _custom_rules.wrappers(custom, args, restype)
         entry: dict[str, Any] = {
             "callee": symbol,
             "display": custom.display,
-            "args": built.args,
-            "tape_owners": built.tape_owners,
+            "args": _custom_rules.arg_spec(custom, args),
         }
-        entry.update({f"{what}_result": t for what, t in built.results.items()})
-        for what, disp, argtypes in (
-            ("forward", built.forward, built.forward_args),
-            ("augmented", built.augmented, built.augmented_args),
-            ("reverse", built.reverse, built.reverse_args),
-        ):
-            if disp is None or argtypes is None:
-                continue
-            with _naming(f"the {what} function of the rule for {custom.display}"):
-                entry[what] = bring(built, what)
         self.rules.append(entry)
+
+        def build(bring: Callable[[_custom_rules.Wrappers, str], str]) -> None:
+            built = _custom_rules.wrappers(custom, args, restype)
+            entry.pop("pending", None)
+            entry["tape_owners"] = built.tape_owners
+            entry.update({f"{what}_result": t for what, t in built.results.items()})
+            for what, disp, argtypes in (
+                ("forward", built.forward, built.forward_args),
+                ("augmented", built.augmented, built.augmented_args),
+                ("reverse", built.reverse, built.reverse_args),
+            ):
+                if disp is None or argtypes is None:
+                    continue
+                with _naming(f"the {what} function of the rule for {custom.display}"):
+                    entry[what] = bring(built, what)
+
+        if self._lazy:
+            entry["pending"] = True
+            self.pending[symbol] = build
+        else:
+            build(bring)
 
     def _add(
         self,

@@ -41,7 +41,15 @@ from numba.np.arrayobj import populate_array
 from ._rule_config import RuleConfig
 from .errors import EnzpyTypeError, UnsupportedError
 
-__all__ = ["CustomRule", "Wrappers", "is_wrapper", "members", "publish", "wrappers"]
+__all__ = [
+    "CustomRule",
+    "Wrappers",
+    "arg_spec",
+    "is_wrapper",
+    "members",
+    "publish",
+    "wrappers",
+]
 
 
 @dataclass(frozen=True)
@@ -226,26 +234,42 @@ def wrappers(
     return built
 
 
+def arg_spec(rule: CustomRule, argtypes: tuple[types.Type, ...]) -> str:
+    """The engine's description of the arguments of a function of
+    ``argtypes`` with ``rule`` ("a4d,f7,o8": kind and flattened operand of
+    each, and the float type of an array's elements), without compiling
+    anything; an error for arguments a rule cannot
+    take."""
+    kinds = [_kind(t) for t in argtypes]
+    for i, (k, t) in enumerate(zip(kinds, argtypes, strict=True)):
+        if k == "?":
+            raise UnsupportedError(
+                f"the rule for {rule.display}: argument {i} is of type {t}; a function "
+                "with a custom rule takes float and integer scalars, arrays and pointers"
+            )
+    if len(argtypes) > 62:
+        raise UnsupportedError(f"the rule for {rule.display}: more than 62 arguments")
+    spec: list[str] = []
+    offset = 0
+    for k, t in zip(kinds, argtypes, strict=True):
+        spec.append(f"a{offset + 4}" if k == "a" else f"{'a' if k == 'p' else k}{offset}")
+        # The float type memory holds, where numba's type says: an array the
+        # kernel touches only through such calls has no other source of it.
+        dtype = getattr(t, "dtype", None)
+        if k in "ap" and dtype in (types.float64, types.float32):
+            spec[-1] += "d" if dtype == types.float64 else "f"
+        offset += _flat_count(t)
+    return ",".join(spec)
+
+
 def _build(
     rule: CustomRule,
     argtypes: tuple[types.Type, ...],
     restype: types.Type | None,
 ) -> Wrappers:
     name = rule.display
+    spec = arg_spec(rule, argtypes)
     kinds = [_kind(t) for t in argtypes]
-    for i, (k, t) in enumerate(zip(kinds, argtypes, strict=True)):
-        if k == "?":
-            raise UnsupportedError(
-                f"the rule for {name}: argument {i} is of type {t}; a function with a "
-                "custom rule takes float and integer scalars, arrays and pointers"
-            )
-    if len(argtypes) > 62:
-        raise UnsupportedError(f"the rule for {name}: more than 62 arguments")
-    spec: list[str] = []
-    offset = 0
-    for k, t in zip(kinds, argtypes, strict=True):
-        spec.append(f"a{offset + 4}" if k == "a" else f"{'a' if k == 'p' else k}{offset}")
-        offset += _flat_count(t)
     stypes = tuple(
         types.voidptr if k in "ap" else t if k == "f" else types.int64
         for k, t in zip(kinds, argtypes, strict=True)
@@ -373,7 +397,7 @@ def _build(
         fwd_args,
         aug_args,
         rev_args,
-        ",".join(spec),
+        spec,
         owners,
         results,
         symbols,

@@ -71,28 +71,32 @@ class Portable(NamedTuple):
 
 class _OptimizedLibrary(numba_codegen.JITCodeLibrary):
     """A code library for a module the engine optimized already: finalizing
-    it links it and generates machine code, without numba's O3. A
-    ``portable`` library keeps its object code, and only the symbols in
-    ``exported`` stay visible outside it: the code of the libraries linked
-    in (numba's, whose symbol names another process may give to other
-    functions) becomes internal."""
+    it links it and generates machine code, without numba's O3. Only the
+    symbols in ``exported`` stay visible outside it: the code of the
+    libraries linked in becomes internal. Exported, numba's functions
+    copied into a derivative would take over their names in the JIT, where
+    code compiled later that calls them would reach the derivative's copy
+    (under another calling convention where the engine changed it), and
+    another process may give those names to other functions. A
+    ``portable`` library keeps its object code."""
 
-    def __init__(self, codegen: Any, name: str, exported: set[str] | None = None) -> None:
+    def __init__(self, codegen: Any, name: str, exported: set[str], portable: bool = False) -> None:
         super().__init__(codegen, name)
         self._exported = exported
-        if exported is not None:
+        if portable:
             self.enable_object_caching()
 
     def _optimize_functions(self, ll_module: llvm.ModuleRef) -> None:
         pass
 
     def _optimize_final_module(self) -> None:
-        if self._exported is None:
-            return
+        # Private, not internal: the JIT's dynamic linker enters internal
+        # symbols into its table by name too, where they would win over
+        # numba's definitions; private ones get no symbol at all.
         module = self._final_module
         for gv in [*module.functions, *module.global_variables]:
             if not gv.is_declaration and gv.name not in self._exported:
-                gv.linkage = "internal"
+                gv.linkage = "private"
 
 
 def _defined_names(lib: Any) -> set[str]:
@@ -187,8 +191,7 @@ def load_library(
         except RuntimeError as e:
             raise InternalError(f"the engine returned an invalid module: {e}") from e
         needed = _resolve_declarations(module, codegen, libraries, what)
-        exported = {name, *(n for n, _ in envs)} if portable else None
-        lib = _OptimizedLibrary(codegen, name, exported)
+        lib = _OptimizedLibrary(codegen, name, {name, *(n for n, _ in envs)}, portable)
         for dep in needed:
             lib.add_linking_library(dep)
         try:
@@ -255,7 +258,7 @@ def load_object(code: Portable, name: str, environments: Sequence[Any]) -> Any |
         return None  # MCJIT would abort the process on it
     codegen = target_context().codegen()
     with global_compiler_lock:
-        lib = _OptimizedLibrary(codegen, name, {name, *code.env_names})
+        lib = _OptimizedLibrary(codegen, name, {name, *code.env_names}, portable=True)
         lib._set_compiled_object(code.object_code)
         # As numba loads its cached code: the JIT asks the library's object
         # cache hook for the (empty) final module's code and gets this.

@@ -47,6 +47,17 @@ void enzpy_result_free(enzpy_result *r);
 _lock = threading.Lock()
 _state: tuple[Any, Any] | None = None  # (ffi, lib)
 
+
+class RulesNeeded(EnzpyError):
+    """Not an error for users: the module calls functions with custom rules
+    sent "pending" (``_capture.Captured.pending``) with derivatives; their
+    functions must be built and the request sent again."""
+
+    def __init__(self, symbols: list[str]) -> None:
+        super().__init__("custom rules to build: " + ", ".join(symbols))
+        self.symbols = symbols
+
+
 _ERROR_CLASSES: dict[str, type[EnzpyError]] = {
     "unsupported": UnsupportedError,
     "activity": ActivityError,
@@ -141,6 +152,8 @@ def differentiate(module: bytes, request: dict[str, Any]) -> tuple[bytes, str]:
         line = int(lib.enzpy_result_error_line(res)) or None
     finally:
         lib.enzpy_result_free(res)
+    if kind == "rules_needed":
+        raise RulesNeeded(message.splitlines())
     cls = _ERROR_CLASSES.get(kind, EnzpyError)
     if kind == "internal":
         message = f"internal error in enzpy's engine: {message}"

@@ -299,6 +299,79 @@ def test_a_rule_returning_the_wrong_types_is_an_error_naming_the_rule():
         enzpy.autodiff(use, Duplicated(np.ones(3), np.zeros(3)))
 
 
+def test_a_rule_is_compiled_only_where_a_call_carries_derivatives():
+    # The rule's reverse does not type (it returns a float where () is
+    # due): an error once a call needs it, nothing while every call of the
+    # function is on constants.
+    @numba.njit
+    def doubled_into(x, out):
+        for i in range(x.shape[0]):
+            out[i] = 2.0 * x[i]
+
+    def aug(cfg, x, out):
+        doubled_into(x, out)
+        return 0
+
+    def rev(cfg, tape, x, dx, out, dout):
+        return 1.0
+
+    enzpy.register_rule(doubled_into, augmented=aug, reverse=rev)
+
+    @numba.njit
+    def on_constants(w, c):
+        out = np.empty_like(c)
+        doubled_into(c, out)
+        s = 0.0
+        for i in range(c.shape[0]):
+            s += w[i] * w[i] * out[i]
+        return s
+
+    @numba.njit
+    def on_both(w, c):
+        out = np.empty_like(c)
+        doubled_into(c, out)
+        twice = np.empty_like(w)
+        doubled_into(w, twice)
+        return (out * twice).sum()
+
+    w, c = np.array([0.5, -1.0, 2.0]), np.array([1.0, 3.0, -2.0])
+    dw = np.zeros(3)
+    enzpy.autodiff(on_constants, Duplicated(w, dw), Const(c))
+    np.testing.assert_allclose(dw, 2.0 * w * 2.0 * c, rtol=1e-14)
+    t = enzpy.autodiff(
+        on_constants, Duplicated(w, np.array([1.0, 0.0, 2.0])), Const(c), mode=enzpy.Forward
+    )
+    assert t == pytest.approx(float(4.0 * w * c @ np.array([1.0, 0.0, 2.0])), rel=1e-14)
+    with pytest.raises(enzpy.EnzpyTypeError, match="doubled_into.*float64.*expected"):
+        enzpy.autodiff(on_both, Duplicated(w, np.zeros(3)), Const(c))
+
+
+def test_a_kernel_calling_a_ruled_function_on_constants_and_on_active_data():
+    # One call constant, one active, in one kernel, and the ruled function
+    # run again on the rule's output: the rule serves the active call only.
+    @numba.njit
+    def pipeline(x, c, a):
+        base = np.empty_like(c)
+        scaled_squares(c, base, 1.5)
+        out = np.empty_like(x)
+        scaled_squares(x, out, a)
+        again = np.empty_like(x)
+        scaled_squares(out, again, 0.5)
+        return (base * again).sum()
+
+    x, c = np.array([0.3, -0.7, 1.1, 0.4]), np.array([1.0, 2.0, -1.0, 0.5])
+    check = fd_gradient(lambda x, a: pipeline(x, c, a), x, 0.8)[1]
+    dx = np.zeros(4)
+    _, _, da = enzpy.autodiff(pipeline, Duplicated(x, dx), Const(c), Active(0.8))
+    np.testing.assert_allclose(dx, check[0], rtol=1e-7, atol=1e-10)
+    assert da == pytest.approx(check[1], rel=1e-7)
+    v = np.array([0.2, -1.0, 0.5, 1.5])
+    t = enzpy.autodiff(
+        pipeline, Duplicated(x, v.copy()), Const(c), Duplicated(0.8, 0.3), mode=enzpy.Forward
+    )
+    assert t == pytest.approx(float(dx @ v) + da * 0.3, rel=1e-10)
+
+
 def test_a_function_returning_an_array_cannot_have_a_custom_rule_yet():
     @numba.njit
     def doubled(x):
@@ -326,11 +399,11 @@ def test_register_rule_refuses_bad_arguments():
         enzpy.register_rule(42, forward=_forward)
 
 
-# Known crash (pinned): after a derivative through a rule on an njit function
-# is built, numba code compiled later that calls that function crashes when it
-# runs (the function's JIT address changes during the build; the later code
-# reaches a copy it cannot run). Run in a fresh process: the crash is a
-# segfault.
+# A derivative used to take over, in the JIT's symbol table, the names of the
+# numba functions copied into it (internal symbols are entered there too):
+# numba code compiled later that called such a function reached the
+# derivative's copy, under the engine's changed calling convention, and
+# crashed. Run in a fresh process: the crash is a segfault.
 _LATER_CALLER = """
 import numba, numpy as np, enzpy
 from enzpy import Duplicated, Const
@@ -351,11 +424,6 @@ print(later(c), list(dw))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known crash: numba code compiled after a derivative through a rule "
-    "on an njit function, calling that function, crashes (design §11)",
-)
 def test_code_compiled_after_a_rule_derivative_can_call_the_ruled_function():
     import os
     import subprocess

@@ -529,7 +529,9 @@ def test_a_derivative_through_lapack_rules_is_right_in_each_fresh_process(tmp_pa
     first = gradient()
     second = gradient()
     assert first["info"]["disk_writes"] == second["info"]["disk_hits"] == 0
-    assert second["compiles"]["engine"] == 1
+    # Built again, as in the first process (the engine runs twice: it asks
+    # for the rules' functions once it finds their calls active).
+    assert second["compiles"]["engine"] == first["compiles"]["engine"] > 0
     for result in (first, second):
         np.testing.assert_allclose(result["db"], db, rtol=1e-10)
         np.testing.assert_allclose(result["dA"], dA, rtol=1e-10, atol=1e-12)

@@ -6,6 +6,8 @@
 #include "rules/CustomRules.h"
 #include "rules/DerivativeRules.h"
 #include "rules/UserRules.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/InstIterator.h"
@@ -145,6 +147,21 @@ bool ActivityAnalysis::customCallActive(const CustomCall &CC) const {
       return true;
   }
   return false;
+}
+
+/// The callees of pending custom rules (rules/CustomRules.h) whose calls
+/// carry derivatives here, one per line of a "rules_needed" error, for
+/// enzpy to build their functions and ask again.
+Error ActivityAnalysis::requestPendingRules() const {
+  SetVector<StringRef> Needed;
+  for (Instruction &I : instructions(F))
+    if (auto *CB = dyn_cast<CallBase>(&I); CB && C.returns(I.getParent()))
+      if (std::optional<CustomCall> CC = matchCustomCall(*CB);
+          CC && CC->Pending && customCallActive(*CC))
+        Needed.insert(CC->Callee->getName());
+  if (Needed.empty())
+    return Error::success();
+  return makeError("rules_needed", join(Needed, "\n"));
 }
 
 /// A call of a function with a custom rule (rules/CustomRules.h): the rule
@@ -654,6 +671,8 @@ Error ActivityAnalysis::run() {
   while (computeVaried(Err)) {
   }
   consumeError(std::move(Err));
+  if (Error E = requestPendingRules())
+    return E;
   // Addresses compared as integers (numba's overlap checks) are harmless
   // as long as no integer is turned back into a pointer.
   bool MakesPointersFromIntegers = false;

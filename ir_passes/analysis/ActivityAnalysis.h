@@ -81,6 +81,7 @@ private:
   bool hasDifferentiableInput(const llvm::CallBase &CB) const;
   llvm::Error checkRecursiveCall(const llvm::CallBase &CB) const;
   llvm::Error checkCustomCall(const CustomCall &CC) const;
+  llvm::Error requestPendingRules() const;
   llvm::Error checkStore(const llvm::StoreInst &SI);
   /// Varied data written through \p Ptr by \p I must land in active memory.
   llvm::Error checkVariedInto(const llvm::Value *Ptr,

@@ -2,6 +2,8 @@
 #include "analysis/TypeAnalysis.h"
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
+#include "rules/BlasRules.h"
+#include "rules/CustomRules.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Constants.h"
@@ -266,6 +268,35 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
         Mixed.insert(R);
       T = AccessTy;
     }
+  }
+  // Arrays passed to calls that say what they hold (a BLAS helper's kind, a
+  // custom rule's argument types): an array only such calls read and write
+  // has no access of its own to take a type from.
+  for (Instruction &I : instructions(F)) {
+    auto *CB = dyn_cast<CallBase>(&I);
+    if (!CB)
+      continue;
+    SmallVector<std::pair<const Value *, Type *>, 4> Said;
+    if (std::optional<BlasCall> Blas = matchBlasCall(*CB)) {
+      for (unsigned A : Blas->inputs())
+        Said.push_back({CB->getArgOperand(A), Blas->Elem});
+      Said.push_back({CB->getArgOperand(Blas->output()), Blas->Elem});
+    } else if (std::optional<CustomCall> CC = matchCustomCall(*CB)) {
+      for (const CustomCall::Arg &A : CC->Args)
+        if (A.Kind == CustomCall::ArgKind::Memory && A.Elem)
+          Said.push_back(
+              {CB->getArgOperand(A.Operand),
+               A.Elem == 'd' ? Type::getDoubleTy(Ctx) : Type::getFloatTy(Ctx)});
+    }
+    for (auto [Ptr, T] : Said)
+      for (const Value *R : roots(Ptr)) {
+        if (!Allocations.count(R))
+          continue;
+        Type *&Known = Seen[R];
+        if (Known && Known != T)
+          Mixed.insert(R);
+        Known = T;
+      }
   }
   for (auto &[R, T] : Seen)
     if (!Mixed.contains(R))

@@ -62,6 +62,11 @@ struct RuleSpec {
   /// for None).
   std::string ForwardResult, AugmentedResult, ReverseResult;
   llvm::SmallVector<unsigned, 4> TapeOwners;
+  /// A custom rule whose functions are not built yet (building them
+  /// compiles the author's functions): the engine reports the callee in a
+  /// "rules_needed" error when a call of it carries derivatives, and enzpy
+  /// asks again with the functions built.
+  bool Pending = false;
 };
 
 enum class Mode { Reverse, Forward };

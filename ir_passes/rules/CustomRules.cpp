@@ -28,6 +28,7 @@ constexpr StringLiteral OwnersAttr = "enzpy-custom-tape-owners";
 constexpr StringLiteral ForwardResultAttr = "enzpy-custom-forward-result";
 constexpr StringLiteral AugmentedResultAttr = "enzpy-custom-augmented-result";
 constexpr StringLiteral ReverseResultAttr = "enzpy-custom-reverse-result";
+constexpr StringLiteral PendingAttr = "enzpy-custom-pending";
 
 /// The LLVM type spelled \p S (null for an empty string or a bad one).
 Type *parsedType(StringRef S, const Module &M) {
@@ -47,12 +48,18 @@ unsigned hiddenOf(const Function &F) {
              : 0;
 }
 
-/// "a4,f7,o8": kind and operand (after the hidden ones) of each argument.
+/// "a4d,f7,o8": kind and operand (after the hidden ones) of each argument,
+/// and the float type ('d', 'f') a memory argument holds where known.
 bool parseArgs(StringRef S, unsigned Hidden,
                SmallVectorImpl<CustomCall::Arg> &Out) {
   SmallVector<StringRef, 8> Parts;
   S.split(Parts, ',', -1, false);
   for (StringRef P : Parts) {
+    char Elem = 0;
+    if (P[0] == 'a' && (P.back() == 'd' || P.back() == 'f')) {
+      Elem = P.back();
+      P = P.drop_back();
+    }
     if (P.size() < 2)
       return false;
     CustomCall::ArgKind K;
@@ -72,7 +79,7 @@ bool parseArgs(StringRef S, unsigned Hidden,
     unsigned Operand;
     if (P.drop_front().getAsInteger(10, Operand))
       return false;
-    Out.push_back({K, Operand + Hidden});
+    Out.push_back({K, Operand + Hidden, Elem});
   }
   return true;
 }
@@ -152,6 +159,7 @@ std::optional<CustomCall> matchCustomCall(const CallBase &CB) {
       C.TapeOwners.push_back(I);
   }
   C.Name = F->getFnAttribute(CustomAttr).getValueAsString().str();
+  C.Pending = F->hasFnAttribute(PendingAttr);
   return C;
 }
 
@@ -168,6 +176,17 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
   SmallVector<CustomCall::Arg, 8> Args;
   if (!parseArgs(R.Args, Hidden, Args))
     return bad("has a malformed argument list (internal error)");
+  if (R.Pending) {
+    for (const CustomCall::Arg &A : Args)
+      if (A.Operand >= G->getFunctionType()->getNumParams())
+        return bad("has a malformed argument list (internal error)");
+    G->addFnAttr(CustomAttr, R.Display);
+    G->addFnAttr(ArgsAttr, R.Args);
+    G->addFnAttr(PendingAttr);
+    if (Hidden)
+      G->setLinkage(GlobalValue::InternalLinkage);
+    return Error::success();
+  }
   FunctionType *GT = G->getFunctionType();
   SmallVector<Type *, 8> Xs(GT->param_begin() + Hidden, GT->param_end());
   Type *I64 = Type::getInt64Ty(M.getContext());
@@ -312,7 +331,9 @@ Value *emitRuleCall(IRBuilder<> &B, IRBuilder<> &EntryB, Function *W, Type *RT,
                     Value *StatusSlot, Value *Exc, uint64_t Active,
                     uint64_t Overwritten, ArrayRef<Value *> Operands,
                     Value *&Result) {
-  Value *Slot = EntryB.CreateAlloca(RT ? RT : B.getInt8Ty(), nullptr,
+  // A wrapper that returns None still stores numba's None value (a null
+  // pointer) through its result pointer: the slot must hold one.
+  Value *Slot = EntryB.CreateAlloca(RT ? RT : B.getPtrTy(), nullptr,
                                     W->getName() + ".result");
   SmallVector<Value *, 16> Args = {StatusSlot, Slot, Exc, B.getInt64(Active),
                                    B.getInt64(Overwritten)};

@@ -33,7 +33,11 @@
 // it once the derivative has run.
 //
 // The function carries the attributes below (set by applyUserRules);
-// matchCustomCall describes one call of it.
+// matchCustomCall describes one call of it. A rule may come pending (its
+// functions not built: building them compiles the author's code, wasted
+// where every call is constant): the activity analysis then reports the
+// callees whose calls carry derivatives as a "rules_needed" error, and
+// enzpy asks again with those built.
 //
 //===----------------------------------------------------------------------===//
 #ifndef ENZPY_RULES_CUSTOMRULES_H
@@ -64,6 +68,9 @@ struct CustomCall {
     ArgKind Kind;
     unsigned Operand; // the call operand that carries it (a memory
                       // argument's data pointer)
+    /// The float type a memory argument holds, where numba's type says
+    /// ('d' double, 'f' float; 0 when not known or not floats).
+    char Elem = 0;
   };
   const llvm::CallBase *Call = nullptr;
   const llvm::Function *Callee = nullptr;
@@ -78,6 +85,8 @@ struct CustomCall {
   /// The tape leaves that are MemInfos (owned references).
   llvm::SmallVector<unsigned, 4> TapeOwners;
   std::string Name;
+  /// The rule's functions are not built yet (RuleSpec::Pending).
+  bool Pending = false;
 
   /// What f returns: the stored type of an njit function (null for None),
   /// the return type of a C function (null for void).
