@@ -548,3 +548,21 @@ def test_object_mode_block_is_refused_naming_its_line(mode):
     assert info.value.line == line
     assert info.value.file == __file__
     np.testing.assert_array_equal(y, 0.0)  # refused before running anything
+
+
+@numba.njit
+def picks_one_of_two(x, w, first):
+    p = x if first else w
+    s = 0.0
+    for i in range(p.size):
+        s += p[i] * x[i]
+    return s
+
+
+@pytest.mark.parametrize("mode", [enzpy.Reverse, enzpy.Forward], ids=["reverse", "forward"])
+def test_a_pointer_to_either_a_differentiable_or_a_constant_array_is_refused(mode):
+    x, w = np.linspace(0.5, 1.5, 4), np.linspace(-1.0, 1.0, 4)
+    dx = np.ones(4) if mode is enzpy.Forward else np.zeros(4)
+    with pytest.raises(enzpy.UnsupportedError, match="either differentiable or constant") as e:
+        enzpy.autodiff(picks_one_of_two, Duplicated(x, dx), Const(w), Const(True), mode=mode)
+    assert e.value.line is not None

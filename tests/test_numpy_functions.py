@@ -366,3 +366,49 @@ def test_numpy_function(name, case):
         for a, b in zip(args, before):
             np.testing.assert_array_equal(a.value, b, err_msg="failed call changed an argument")
         raise
+
+
+# --- np.outer with a constant operand -------------------------------------------
+# numba's np.outer arrives optimized, with one stack slot reused for the array
+# struct of each operand: a pointer loaded from it may point into x (with a
+# shadow) or into w (without one). Reading the shadow of w's phase dereferenced
+# null (forward mode returned NaN and a wrong primal); it is refused, and the
+# workaround the message gives works.
+
+
+@numba.njit
+def outer_energy(x, w):
+    M = np.outer(x, w)
+    return (M * M).sum() + (M[0] * x).sum()
+
+
+def _outer_energy_gradient(x, w):
+    # d/dx_k of sum_ij x_i^2 w_j^2 + sum_j x_0 w_j x_j (x and w of one size)
+    g = 2.0 * x * (w @ w) + x[0] * w
+    g[0] += w @ x
+    return g
+
+
+@pytest.mark.parametrize("mode", [enzpy.Reverse, enzpy.Forward], ids=["reverse", "forward"])
+def test_np_outer_with_a_constant_operand_is_refused_naming_the_workaround(mode):
+    x, w = np.linspace(-1.0, 1.0, 4), np.array([0.5, -2.0, 1.5, 0.25])
+    dx = np.ones(4) if mode is enzpy.Forward else np.zeros(4)
+    with pytest.raises(enzpy.UnsupportedError, match="constant memory.*Duplicated") as e:
+        enzpy.autodiff(outer_energy, enzpy.Duplicated(x, dx), enzpy.Const(w), mode=mode)
+    assert "outer" in str(e.value) and e.value.line is not None
+
+
+def test_np_outer_with_the_constant_operand_duplicated_matches_the_formula():
+    x, w = np.linspace(-1.0, 1.0, 4), np.array([0.5, -2.0, 1.5, 0.25])
+    expected = _outer_energy_gradient(x, w)
+    dx = np.zeros(4)
+    enzpy.autodiff(outer_energy, enzpy.Duplicated(x, dx), enzpy.Duplicated(w, np.zeros(4)))
+    np.testing.assert_allclose(dx, expected, rtol=1e-12)
+    v = rng(5).standard_normal(4)
+    t = enzpy.autodiff(
+        outer_energy,
+        enzpy.Duplicated(x, v.copy()),
+        enzpy.Duplicated(w, np.zeros(4)),
+        mode=enzpy.Forward,
+    )
+    assert t == pytest.approx(float(expected @ v), rel=1e-12)

@@ -89,8 +89,25 @@ Error checkShadowable(const CanonicalFunction &C, const ActivityAnalysis &AA) {
       }
     } else if (isa<CastInst>(I))
       push(I->getOperand(0));
-    else if (isSpilledPointer(I))
+    else if (isSpilledPointer(I)) {
+      // The type analysis gives a pointer loaded from a stack slot the roots
+      // of every pointer stored there: a slot that holds a constant array's
+      // pointer at one time and a differentiable one's at another (numba's
+      // optimized helpers reuse one for each operand) has a shadow that is
+      // null while it holds the constant one, and the derivative would read
+      // or write through it.
+      for (const Value *R : AA.types().roots(I))
+        if (R != UnknownRoot && !AA.isActiveRoot(R))
+          return makeError(
+              "unsupported",
+              "a pointer that may point into either differentiable or "
+              "constant memory (" +
+                  AA.describeMemory(I) +
+                  ") is not supported: pass the constant array as "
+                  "Duplicated, with a shadow of zeros",
+              I);
       Work.push_back({cast<LoadInst>(I)->getPointerOperand(), I});
+    }
   }
   return Error::success();
 }
