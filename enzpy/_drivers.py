@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _build
+from . import _build, _native
 from ._aliasing import address, arrays_in, check_arguments
 from ._config import FLOAT_DTYPES, MAX_BATCH_WIDTH
 from ._modes import Forward, Mode, Reverse, ReverseWithPrimal, check_mode
@@ -135,7 +135,10 @@ def jacobian(
     ``mode=Forward`` (the default) propagates ``chunk`` unit directions per
     call in batch mode (default 8, at most 64; the last chunk is padded with
     zero directions so that one compiled derivative serves every chunk), so
-    it costs ``ceil(x.size / chunk)`` sweeps. ``mode=Reverse`` propagates
+    it costs ``ceil(x.size / chunk)`` sweeps (one direction per sweep when
+    ``f`` calls a function with a custom rule, such as ``np.linalg.solve``,
+    which has no forward batch mode, unless ``chunk`` is given: then that is
+    an error). ``mode=Reverse`` propagates
     ``chunk`` unit cotangents of ``out`` per reverse sweep in batch mode (the
     same default and padding), one sweep giving ``chunk`` rows, so it costs
     ``ceil(out.size / chunk)`` sweeps; without ``out`` it is one gradient
@@ -166,8 +169,8 @@ def jacobian(
     width = JACOBIAN_CHUNK if chunk is None else int(chunk)
     if not 1 <= width <= MAX_BATCH_WIDTH:
         raise EnzpyValueError(f"jacobian: chunk must be from 1 to {MAX_BATCH_WIDTH}, got {chunk!r}")
-    if m.is_forward:
-        width = min(width, n)
+
+    def forward_sweeps(width: int) -> np.ndarray:
         J = np.zeros((n,) + (() if out is None else out.shape), dtype)
         with bar(-(-n // width), "enzpy.jacobian", progress, unit="sweep") as sweeps:
             for start in range(0, n, width):
@@ -187,8 +190,18 @@ def jacobian(
                         if j >= 0:
                             J[j] = douts[k]
                 sweeps.update()
-        J = J.reshape((n, -1)).T.reshape(shape) if out is not None else J.reshape(shape)
-        return J
+        return J.reshape((n, -1)).T.reshape(shape) if out is not None else J.reshape(shape)
+
+    if m.is_forward:
+        width = min(width, n)
+        try:
+            return forward_sweeps(width)
+        except _native.BatchUnsupportedError:
+            # Forward batch mode through a custom rule (np.linalg, a user
+            # rule): one direction per sweep, unless the caller chose chunk.
+            if chunk is not None or width == 1:
+                raise
+            return forward_sweeps(1)
     if out is None:
         g = np.zeros(x.shape, x.dtype)
         xc, *ac = replica((x, *args))

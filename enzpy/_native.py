@@ -58,8 +58,15 @@ class RulesNeeded(EnzpyError):
         self.symbols = symbols
 
 
+class BatchUnsupportedError(UnsupportedError):
+    """A batch width the derivative cannot have (forward batch mode through
+    a custom rule): a driver that chose the width itself runs one direction
+    per call instead."""
+
+
 _ERROR_CLASSES: dict[str, type[EnzpyError]] = {
     "unsupported": UnsupportedError,
+    "unsupported-batch": BatchUnsupportedError,
     "activity": ActivityError,
     "piecewise": PiecewiseConstantError,
     "internal": InternalError,

@@ -121,3 +121,33 @@ def test_hessian_of_a_nonlinear_write_into_x_is_refused_with_the_fix():
     np.testing.assert_array_equal(x, [1.5])
     # The fix the message gives: d2/dx2 x**6 = 30 x**4.
     np.testing.assert_allclose(enzpy.hessian(square_a_copy_then_cube, x), [[30 * 1.5**4]])
+
+
+@numba.njit
+def squared_solution_into(b, out, A):
+    x = np.linalg.solve(A, b)
+    out[:] = x * x
+
+
+@numba.njit
+def solution_energy(b, A):
+    x = np.linalg.solve(A, b)
+    return (x * x * x).sum()
+
+
+def test_forward_jacobian_through_a_lapack_rule_runs_one_direction_per_sweep():
+    # Custom rules have no forward batch mode: the default chunk falls back
+    # to one direction per sweep; a chunk the caller asks for stays an error.
+    A = np.array([[3.0, 0.4, -0.2], [0.1, 2.5, 0.3], [-0.6, 0.2, 4.0]])
+    b = np.array([0.5, -1.0, 2.0])
+    x = np.linalg.solve(A, b)
+    Ainv = np.linalg.inv(A)
+    J = enzpy.jacobian(squared_solution_into, b, A, out=np.zeros(3))
+    np.testing.assert_allclose(J, 2.0 * x[:, None] * Ainv, rtol=1e-12)
+    np.testing.assert_allclose(
+        J, enzpy.jacobian(squared_solution_into, b, A, out=np.zeros(3), mode=enzpy.Reverse)
+    )
+    g = enzpy.jacobian(solution_energy, b, A)
+    np.testing.assert_allclose(g, Ainv.T @ (3.0 * x * x), rtol=1e-12)
+    with pytest.raises(enzpy.UnsupportedError, match="forward batch mode"):
+        enzpy.jacobian(squared_solution_into, b, A, out=np.zeros(3), chunk=2)

@@ -185,8 +185,10 @@ Error ActivityAnalysis::checkCustomCall(const CustomCall &CC) const {
     return missing("forward");
   if (Req.DiffMode == Mode::Reverse && (!CC.Augmented || !CC.Reverse))
     return missing(CC.Augmented ? "reverse" : "augmented");
+  // Its own kind: drivers that chose the width themselves retry with one
+  // direction per call.
   if (Req.DiffMode == Mode::Forward && Req.Width > 1)
-    return makeError("unsupported",
+    return makeError("unsupported-batch",
                      "forward batch mode (width > 1) through the rule for '" +
                          Twine(CC.Name) +
                          "' is not supported yet: run one direction at a "
