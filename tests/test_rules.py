@@ -445,6 +445,26 @@ def test_inactive_function_writing_active_memory_is_refused():
             enzpy.autodiff(f, Duplicated(np.ones(3), np.zeros(3)), mode=mode)
 
 
+def test_an_array_an_inactive_function_returns_then_written_with_derivatives_is_refused():
+    # It used to be taken as no memory at all: the derivatives stored into it
+    # vanished, a silent zero gradient.
+    @enzpy.inactive
+    @numba.njit
+    def scratch(n):
+        return np.zeros(n)
+
+    @numba.njit
+    def f(x):
+        y = scratch(x.shape[0])
+        for i in range(x.shape[0]):
+            y[i] = 2.0 * x[i]
+        return (y * y).sum()
+
+    for mode in (enzpy.Reverse, Forward):
+        with pytest.raises(enzpy.UnsupportedError, match="memory of unknown origin"):
+            enzpy.autodiff(f, Duplicated(np.ones(3), np.ones(3)), mode=mode)
+
+
 def test_inactive_requires_an_njit_function():
     with pytest.raises(enzpy.EnzpyTypeError):
         enzpy.inactive(lambda x: x)

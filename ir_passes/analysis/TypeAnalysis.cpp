@@ -189,6 +189,20 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
     } else if (auto *MT = dyn_cast<AnyMemTransferInst>(&I)) {
       underlyingAllocas(MT->getRawDest(),
                         [&](const Value *A) { Opaque.insert(A); });
+    } else if (auto *CB = dyn_cast<CallBase>(&I);
+               CB && !isa<IntrinsicInst>(CB) && !CB->onlyReadsMemory() &&
+               !(CB->getCalledFunction() &&
+                 numba::isInactiveRuntimeCall(
+                     CB->getCalledFunction()->getName()))) {
+      // A call may write pointers into a local allocation it is passed
+      // (the return slot of a call that stays a call): what is loaded
+      // back is unknown, never nothing. numba's runtime helpers write
+      // integers only (the shape and strides of a reshape).
+      for (unsigned K = 0; K < CB->arg_size(); ++K)
+        if (CB->getArgOperand(K)->getType()->isPointerTy() &&
+            !CB->onlyReadsMemory(K))
+          underlyingAllocas(CB->getArgOperand(K),
+                            [&](const Value *A) { Opaque.insert(A); });
     }
   }
 
