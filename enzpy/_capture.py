@@ -859,17 +859,25 @@ class _RulesFound:
     ) -> None:
         if restype == types.none:
             restype = None
-        if restype is not None and not isinstance(restype, types.Float | types.Integer):
+        new_array = isinstance(restype, types.Array) and restype.dtype in (
+            types.float64,
+            types.float32,
+        )
+        if restype is not None and not (
+            new_array or isinstance(restype, types.Float | types.Integer)
+        ):
             raise UnsupportedError(
-                f"a function with a custom rule returns nothing, an integer or a float; "
-                f"{custom.display} returns {restype} (write array results into an "
-                "argument)"
+                f"a function with a custom rule returns nothing, an integer, a float or "
+                f"a new array of floats; {custom.display} returns {restype}"
             )
         entry: dict[str, Any] = {
             "callee": symbol,
             "display": custom.display,
             "args": _custom_rules.arg_spec(custom, args),
         }
+        if new_array:
+            assert isinstance(restype, types.Array)
+            entry["result"] = "d" if restype.dtype == types.float64 else "f"
         self.rules.append(entry)
 
         def build(bring: Callable[[_custom_rules.Wrappers, str], str]) -> None:

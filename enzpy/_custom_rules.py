@@ -31,7 +31,8 @@ from typing import Any
 import llvmlite.binding as llvm
 import numba
 import numpy as np
-from numba.core import compiler, types
+from llvmlite import ir
+from numba.core import cgutils, compiler, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 from numba.core.registry import cpu_target
@@ -84,6 +85,61 @@ def _shadow_like(typingctx: Any, ptr: types.Type, like: types.Type) -> Any:
         return arr._getvalue()
 
     return out(ptr, like), codegen
+
+
+@intrinsic
+def _extent(typingctx: Any, arr: types.Type) -> Any:
+    """``(bytes, offset)``: the size of the allocation ``arr`` lies in and
+    where its data pointer lies in it; ``(0, -1)`` for an array that owns no
+    allocation (a view of a global, of foreign memory)."""
+    if not isinstance(arr, types.Array):
+        return None
+    sig = types.UniTuple(types.intp, 2)(arr)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        intp = context.get_value_type(types.intp)
+        a = context.make_array(signature.args[0])(context, builder, value=args[0])
+        size = cgutils.alloca_once_value(builder, ir.Constant(intp, 0))
+        off = cgutils.alloca_once_value(builder, ir.Constant(intp, -1))
+        with builder.if_then(cgutils.is_not_null(builder, a.meminfo)):
+            base = context.nrt.meminfo_data(builder, a.meminfo)
+            raw = builder.bitcast(a.meminfo, ir.IntType(8).as_pointer())
+            field = builder.bitcast(builder.gep(raw, [ir.Constant(intp, 32)]), intp.as_pointer())
+            builder.store(builder.load(field), size)
+            delta = builder.sub(builder.ptrtoint(a.data, intp), builder.ptrtoint(base, intp))
+            builder.store(delta, off)
+        return context.make_tuple(
+            builder, signature.return_type, [builder.load(size), builder.load(off)]
+        )
+
+    return sig, codegen
+
+
+@intrinsic
+def _meminfo_address(typingctx: Any, arr: types.Type) -> Any:
+    """The address of ``arr``'s MemInfo (0 for none)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        a = context.make_array(signature.args[0])(context, builder, value=args[0])
+        return builder.ptrtoint(a.meminfo, context.get_value_type(types.intp))
+
+    return types.intp(arr), codegen
+
+
+@intrinsic
+def _data_pointer(typingctx: Any, arr: types.Type, offset: types.Type) -> Any:
+    """``arr``'s data pointer plus ``offset`` bytes."""
+    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        a = context.make_array(signature.args[0])(context, builder, value=args[0])
+        raw = builder.bitcast(a.data, ir.IntType(8).as_pointer())
+        return builder.gep(raw, [args[1]])
+
+    return types.voidptr(arr, offset), codegen
 
 
 def members(t: types.Type) -> tuple[types.Type, ...]:
@@ -213,6 +269,72 @@ def _return_type(disp: Dispatcher, args: tuple[types.Type, ...]) -> types.Type:
     return found
 
 
+def _check_pair(found: types.Type, restype: types.Array, what: str, meaning: str) -> None:
+    """``found`` is ``(restype, an array of floats of its dimensions)``, or
+    an error naming ``what``."""
+    pair = members(found) if isinstance(found, types.BaseTuple) else ()
+    ok = (
+        len(pair) == 2
+        and pair[0] == restype
+        and isinstance(pair[1], types.Array)
+        and pair[1].ndim == restype.ndim
+        and isinstance(pair[1].dtype, types.Float)
+    )
+    if not ok:
+        raise EnzpyTypeError(
+            f"{what} returns {found}; expected a pair {meaning} with the result a "
+            f"{restype} and its tangent an array of floats of {restype.ndim} "
+            "dimension(s)"
+        )
+
+
+def _array_scope(
+    name: str, restype: types.Array, argtypes: tuple[types.Type, ...]
+) -> dict[str, Any]:
+    """What the wrappers of a function returning an array use."""
+    dtype = np.dtype(str(restype.dtype))
+    scope: dict[str, Any] = {
+        "_extent": _extent,
+        "_meminfo_address": _meminfo_address,
+        "_data_pointer": _data_pointer,
+        "DTYPE": getattr(np, dtype.name),
+        "ITEMSIZE": dtype.itemsize,
+        "NOT_OWNED": f"the rule for {name} returned an array that owns no memory (a "
+        "view of a global or of foreign memory): return a new array",
+        "SHAPE": f"the forward function of the rule for {name} returned a tangent "
+        "whose shape is not the result's",
+    }
+    for i, t in enumerate(argtypes):
+        if isinstance(t, types.Array):
+            scope[f"ALIAS{i}"] = (
+                f"the rule for {name} returned an array that shares memory with its "
+                f"argument {i}: return a new array (a copy)"
+            )
+    return scope
+
+
+def _array_source(
+    fname: str, params: str, argtypes: tuple[types.Type, ...], unpack: str, rest: str
+) -> str:
+    """A wrapper that calls ``inner`` (the wrapper of the author's function)
+    with ``params`` and checks that the array ``y`` it returns is new memory:
+    the engine gives it a shadow of its own."""
+    lines = [
+        f"def {fname}({params}):",
+        f"    {unpack} = inner({params})",
+        "    size, off = _extent(y)",
+        "    if off < 0:",
+        "        raise ValueError(NOT_OWNED)",
+    ]
+    for i, t in enumerate(argtypes):
+        if isinstance(t, types.Array):
+            lines += [
+                f"    if _meminfo_address(y) == _meminfo_address(x{i}):",
+                f"        raise ValueError(ALIAS{i})",
+            ]
+    return "\n".join(lines) + rest + "\n"
+
+
 _built: dict[
     tuple[int, tuple[types.Type, ...], types.Type | None], tuple[CustomRule, Wrappers]
 ] = {}
@@ -288,6 +410,10 @@ def _build(
     }
     masks = (types.int64, types.int64)
     float_result = isinstance(restype, types.Float)
+    array_result = isinstance(restype, types.Array)
+    if array_result:
+        assert isinstance(restype, types.Array)
+        scope.update(_array_scope(name, restype, argtypes))
     fwd = aug = rev = None
     fwd_args = aug_args = rev_args = None
     fwd_ret = aug_ret = rev_ret = None
@@ -299,8 +425,33 @@ def _build(
         fwd = _compile(src, "forward_rule", dict(scope), f"{name}.forward")
         fwd_args = (*masks, *argtypes, *stypes)
         found = fwd_ret = _return_type(fwd, fwd_args)
-        want = types.UniTuple(restype, 2) if float_result else restype or types.none
-        if found != want:
+        if isinstance(restype, types.Array):
+            _check_pair(
+                found,
+                restype,
+                f"the forward function of the rule for {name}",
+                "(the result and its tangent)",
+            )
+            params = ", ".join(["active", "overwritten", *xs, *ss])
+            src = _array_source(
+                "forward_array",
+                params,
+                argtypes,
+                "y, dy",
+                """
+    if dy.shape != y.shape:
+        raise ValueError(SHAPE)
+    buf = np.zeros(size // ITEMSIZE + 1, DTYPE)
+    sd = _shadow_like(_data_pointer(buf, off), y)
+    for idx in np.ndindex(y.shape):
+        sd[idx] = dy[idx]
+    return y, buf, _data_pointer(sd, 0)""",
+            )
+            fwd = _compile(src, "forward_array", dict(scope, inner=fwd), f"{name}.forward")
+            fwd_ret = _return_type(fwd, fwd_args)
+        elif found != (
+            want := types.UniTuple(restype, 2) if float_result else restype or types.none
+        ):
             raise EnzpyTypeError(
                 f"the forward function of the rule for {name} returns {found}; "
                 f"expected {want}"
@@ -329,6 +480,18 @@ def _build(
                     f"expected (result, tape) with the result a {restype}"
                 )
             tape = members(found)[1]
+            if array_result:
+                params = ", ".join(["active", "overwritten", *xs])
+                src = _array_source(
+                    "augmented_array",
+                    params,
+                    argtypes,
+                    "y, tape",
+                    """
+    return y, (y, tape)""",
+                )
+                aug = _compile(src, "augmented_array", dict(scope, inner=aug), f"{name}.augmented")
+                aug_ret = _return_type(aug, aug_args)
         else:
             tape = found
         if tape == types.none:
@@ -336,17 +499,26 @@ def _build(
                 f"the augmented function of the rule for {name} returns no tape; return "
                 "0 when the reverse needs nothing"
             )
+        tail: tuple[types.Type, ...] = ()
+        if array_result:
+            # The engine's tape: (y, the author's tape); y's shadow holds
+            # its cotangent.
+            tape = members(aug_ret)[1]
+            call = f"reverse(cfg, tape[1], {pairs}, _shadow_like(ybar, tape[0]))"
+            tail = (types.voidptr,)
+        else:
+            call = f"reverse(cfg, tape, {pairs}{', ybar' if float_result else ''})"
+            if float_result and restype is not None:
+                tail = (restype,)
         owners = _tape_owners(tape, name)
-        ybar = ", ybar" if float_result else ""
         src = _source(
             "reverse_rule",
-            ["active", "overwritten", "tape", *xs, *ss] + (["ybar"] if float_result else []),
+            ["active", "overwritten", "tape", *xs, *ss] + (["ybar"] if tail else []),
             n,
             kinds,
-            f"reverse(cfg, tape, {pairs}{ybar})",
+            call,
         )
         rev = _compile(src, "reverse_rule", dict(scope), f"{name}.reverse")
-        tail: tuple[types.Type, ...] = (restype,) if float_result and restype is not None else ()
         rev_args = (*masks, tape, *argtypes, *stypes, *tail)
         found = rev_ret = _return_type(rev, rev_args)
         floats = [t for t in argtypes if isinstance(t, types.Float)]

@@ -372,24 +372,6 @@ def test_a_kernel_calling_a_ruled_function_on_constants_and_on_active_data():
     assert t == pytest.approx(float(dx @ v) + da * 0.3, rel=1e-10)
 
 
-def test_a_function_returning_an_array_cannot_have_a_custom_rule_yet():
-    @numba.njit
-    def doubled(x):
-        return 2.0 * x
-
-    def fwd(cfg, x, dx):
-        return 2.0 * x, 2.0 * dx
-
-    enzpy.register_rule(doubled, forward=fwd)
-
-    @numba.njit
-    def use(x):
-        return doubled(x).sum()
-
-    with pytest.raises(enzpy.UnsupportedError, match="write array results into an argument"):
-        enzpy.autodiff(use, Duplicated(np.ones(3), np.ones(3)), mode=enzpy.Forward)
-
-
 def test_register_rule_refuses_bad_arguments():
     with pytest.raises(enzpy.EnzpyTypeError, match="forward="):
         enzpy.register_rule(scaled_squares)

@@ -575,6 +575,9 @@ bool ActivityAnalysis::computeVaried(Error &Err) {
               CC->mayWrite(A.Operand) &&
               floatElementType(TA, CB->getArgOperand(A.Operand)))
             Changed |= activateLocalRoots(CB->getArgOperand(A.Operand));
+        // A new array it returns holds derivatives.
+        if (RuleResult R = ruleResult(*CB); R.Data)
+          Changed |= activateLocalRoots(R.Data);
         if (CC->returnsFloat()) {
           if (CC->Hidden)
             Changed |=
@@ -631,14 +634,17 @@ void ActivityAnalysis::computeUseful() {
     if (auto *SI = dyn_cast<StoreInst>(&I))
       if (C.returns(SI->getParent()) && pointsToActive(SI->getPointerOperand()))
         mark(SI->getValueOperand());
-    // A recursive call that writes active memory (its return slot, arrays)
-    // carries its float arguments there.
+    // A recursive call that writes active memory (its return slot, arrays,
+    // a new array it returns) carries its float arguments there.
     if (auto *CB = dyn_cast<CallBase>(&I);
         CB &&
         (C.isRecursiveCall(*CB) || hasCustomRule(CB->getCalledFunction())) &&
-        C.returns(CB->getParent()) && any_of(CB->args(), [&](const Value *A) {
-          return A->getType()->isPointerTy() && pointsToActive(A);
-        }))
+        C.returns(CB->getParent()) &&
+        (any_of(CB->args(),
+                [&](const Value *A) {
+                  return A->getType()->isPointerTy() && pointsToActive(A);
+                }) ||
+         (ruleResult(*CB).Data && pointsToActive(ruleResult(*CB).Data))))
       for (const Value *A : CB->args())
         mark(A);
   }

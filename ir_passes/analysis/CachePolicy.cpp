@@ -88,6 +88,8 @@ void CachePolicy::analyze(const CanonicalFunction &C, DependenceInfo *DI) {
       if (std::optional<CustomCall> CC = matchCustomCall(*CB)) {
         if (CC->Hidden)
           writes(CB->getArgOperand(numba::RetPtrParam));
+        if (RuleResult R = ruleResult(*CB); R.Data)
+          writes(R.Data); // the new array it returns
         for (unsigned K = CC->Hidden; K < CB->arg_size(); ++K)
           if (CC->mayWrite(K))
             writes(CB->getArgOperand(K));

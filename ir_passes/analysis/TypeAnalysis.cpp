@@ -132,6 +132,10 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
     if (const CallBase *A = allocationRead(&I)) {
       Roots[&I].insert(&I);
       Allocations[&I] = A;
+    } else if (const CallBase *RC = ruleResultCall(&I)) {
+      // A new array a function with a custom rule returned.
+      Roots[&I].insert(&I);
+      Allocations[&I] = RC;
     } else if (numba::isRawAllocation(&I)) {
       // A raw buffer is its own root (numba's temporaries: sources of slice
       // assignments, LAPACK's right-hand sides).
@@ -301,6 +305,9 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
           Said.push_back(
               {CB->getArgOperand(A.Operand),
                A.Elem == 'd' ? Type::getDoubleTy(Ctx) : Type::getFloatTy(Ctx)});
+      if (RuleResult R = ruleResult(*CB); R.Data)
+        Said.push_back({R.Data, CC->ResultElem == 'd' ? Type::getDoubleTy(Ctx)
+                                                      : Type::getFloatTy(Ctx)});
     }
     for (auto [Ptr, T] : Said)
       for (const Value *R : roots(Ptr)) {
@@ -333,6 +340,12 @@ TypeAnalysis::TypeAnalysis(Function &F, const Request &Req) : F(F), Req(Req) {
 
 const CallBase *TypeAnalysis::allocationOf(const Value *Root) const {
   return Allocations.lookup(Root);
+}
+
+const Value *TypeAnalysis::allocationMemInfo(const CallBase *Alloc) const {
+  if (numba::isAllocationCall(Alloc))
+    return Alloc;
+  return ruleResult(*Alloc).MemInfo;
 }
 
 bool TypeAnalysis::isRawBuffer(const Value *Root) const {

@@ -3,7 +3,9 @@
 // For every pointer in the primal, the set of memory roots it may point
 // into: a parameter, an alloca, an array allocated by numba's runtime (the
 // data pointer read from a NRT_MemInfo_alloc* result), a raw buffer of the
-// runtime (an NRT_Allocate result: numba's temporary copies), a global, or
+// runtime (an NRT_Allocate result: numba's temporary copies), a new array
+// a function with a custom rule returned (the data pointer of its result,
+// rules/CustomRules.h RuleResult), a global, or
 // "unknown" (another pointer loaded from memory, returned by a call, or made
 // from an integer). For the roots that
 // can hold derivatives, the float type of their elements. The element types
@@ -56,9 +58,14 @@ public:
   const ParamSpec *paramSpec(const llvm::Value *Root) const;
   bool isRetPtr(const llvm::Value *Root) const;
   /// For the root of an array allocated in the function, the allocating
-  /// call (NRT_MemInfo_alloc*, or the NRT_Allocate that is the root of a
-  /// raw buffer), else null.
+  /// call (NRT_MemInfo_alloc*, the NRT_Allocate that is the root of a raw
+  /// buffer, or the call of a function with a custom rule that returned
+  /// the array), else null.
   const llvm::CallBase *allocationOf(const llvm::Value *Root) const;
+  /// The MemInfo that owns the array \p Alloc (an allocationOf result)
+  /// allocated: the NRT_MemInfo_alloc* call itself, or the MemInfo read of
+  /// a custom rule's array result (RuleResult); null for a raw buffer.
+  const llvm::Value *allocationMemInfo(const llvm::CallBase *Alloc) const;
   /// Whether \p Root is a raw buffer (NRT_Allocate): freed explicitly with
   /// NRT_Free, never reference counted.
   bool isRawBuffer(const llvm::Value *Root) const;

@@ -62,6 +62,9 @@ struct RuleSpec {
   /// for None).
   std::string ForwardResult, AugmentedResult, ReverseResult;
   llvm::SmallVector<unsigned, 4> TapeOwners;
+  /// The float type ("d", "f") of the new array the function returns
+  /// (CustomRules.h, RuleResult); empty when it returns none.
+  std::string Result;
   /// A custom rule whose functions are not built yet (building them
   /// compiles the author's functions): the engine reports the callee in a
   /// "rules_needed" error when a call of it carries derivatives, and enzpy

@@ -120,6 +120,14 @@ FunctionCallee decrefFunction(Module &M) {
   return runtimeVoidFunction(M, "NRT_decref");
 }
 
+FunctionCallee allocationFunction(Module &M) {
+  LLVMContext &C = M.getContext();
+  return M.getOrInsertFunction(
+      "NRT_MemInfo_alloc_safe_aligned",
+      FunctionType::get(PointerType::getUnqual(C),
+                        {Type::getInt64Ty(C), Type::getInt32Ty(C)}, false));
+}
+
 Value *emitDataPointer(IRBuilder<> &B, Value *MemInfo, const Twine &Name) {
   return B.CreateLoad(
       B.getPtrTy(),

@@ -81,6 +81,10 @@ void resolveRecursiveCalls(llvm::Module &M);
 
 /// Offset of the data pointer in numba's NRT_MemInfo.
 constexpr int64_t MemInfoDataOffset = 24;
+/// Offsets of the MemInfo and of the data pointer in numba's array
+/// structure {meminfo, parent, nitems, itemsize, data, shape, strides}.
+constexpr int64_t ArrayMemInfoOffset = 0;
+constexpr int64_t ArrayDataOffset = 32;
 
 /// A call that allocates a new array (NRT_MemInfo_alloc*): it returns the
 /// MemInfo, and its first argument is the size in bytes.
@@ -106,6 +110,9 @@ bool isRefcountCall(const llvm::Instruction &I);
 /// Declarations of NRT_incref / NRT_decref in \p M.
 llvm::FunctionCallee increfFunction(llvm::Module &M);
 llvm::FunctionCallee decrefFunction(llvm::Module &M);
+/// Declaration of NRT_MemInfo_alloc_safe_aligned(i64 bytes, i32 align) in
+/// \p M: a new MemInfo (null when out of memory).
+llvm::FunctionCallee allocationFunction(llvm::Module &M);
 /// The data pointer of the array owned by \p MemInfo.
 llvm::Value *emitDataPointer(llvm::IRBuilder<> &B, llvm::Value *MemInfo,
                              const llvm::Twine &Name = "");

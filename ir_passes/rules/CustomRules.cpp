@@ -6,9 +6,14 @@
 #include "numba/NumbaABI.h"
 #include "rules/UserRules.h"
 #include "transforms/Preprocess.h"
+#include "llvm/Analysis/ValueTracking.h"
 #include "llvm/AsmParser/Parser.h"
+#include "llvm/IR/CFG.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/DerivedTypes.h"
+#include "llvm/IR/Dominators.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/Module.h"
 #include "llvm/Support/SourceMgr.h"
@@ -29,6 +34,7 @@ constexpr StringLiteral ForwardResultAttr = "enzpy-custom-forward-result";
 constexpr StringLiteral AugmentedResultAttr = "enzpy-custom-augmented-result";
 constexpr StringLiteral ReverseResultAttr = "enzpy-custom-reverse-result";
 constexpr StringLiteral PendingAttr = "enzpy-custom-pending";
+constexpr StringLiteral ResultAttr = "enzpy-custom-result";
 
 /// The LLVM type spelled \p S (null for an empty string or a bad one).
 Type *parsedType(StringRef S, const Module &M) {
@@ -111,7 +117,16 @@ static Type *resultOf(const Function &G, unsigned Hidden) {
   return !T || T->isVoidTy() || T->isPointerTy() ? nullptr : T;
 }
 
-Type *CustomCall::result() const { return resultOf(*Callee, Hidden); }
+Type *CustomCall::result() const {
+  if (returnsArray()) {
+    // numba may store an array structure field by field: the wrappers say.
+    for (Type *T : {AugmentedResult, ForwardResult})
+      if (auto *ST = dyn_cast_or_null<StructType>(T))
+        return ST->getElementType(0);
+    return nullptr;
+  }
+  return resultOf(*Callee, Hidden);
+}
 
 bool CustomCall::returnsFloat() const {
   Type *T = result();
@@ -160,7 +175,165 @@ std::optional<CustomCall> matchCustomCall(const CallBase &CB) {
   }
   C.Name = F->getFnAttribute(CustomAttr).getValueAsString().str();
   C.Pending = F->hasFnAttribute(PendingAttr);
+  StringRef Res = F->getFnAttribute(ResultAttr).getValueAsString();
+  if (C.Hidden && (Res == "d" || Res == "f"))
+    C.ResultElem = Res[0];
   return C;
+}
+
+/// Whether \p L reads the pointer at byte \p Offset of \p Slot.
+static bool readsField(const Instruction *I, const Value *Slot,
+                       int64_t Offset) {
+  auto *L = dyn_cast_or_null<LoadInst>(I);
+  if (!L || !L->getType()->isPointerTy())
+    return false;
+  const DataLayout &DL = L->getModule()->getDataLayout();
+  APInt Off(64, 0);
+  const Value *Base =
+      L->getPointerOperand()->stripAndAccumulateConstantOffsets(DL, Off, true);
+  return Base == Slot->stripPointerCasts() && Off == Offset;
+}
+
+static bool returnsArray(const CallBase &CB) {
+  const Function *F = CB.getCalledFunction();
+  return hasCustomRule(F) && F->hasFnAttribute(ResultAttr) && hiddenOf(*F) &&
+         CB.arg_size() > numba::RetPtrParam;
+}
+
+RuleResult ruleResult(const CallBase &CB) {
+  if (!returnsArray(CB))
+    return {};
+  const Value *Slot = CB.getArgOperand(numba::RetPtrParam);
+  auto *MI = const_cast<Instruction *>(CB.getNextNode());
+  Instruction *Data = MI ? MI->getNextNode() : nullptr;
+  if (!readsField(MI, Slot, numba::ArrayMemInfoOffset) ||
+      !readsField(Data, Slot, numba::ArrayDataOffset))
+    return {};
+  return {cast<LoadInst>(MI), cast<LoadInst>(Data)};
+}
+
+const CallBase *ruleResultCall(const Value *V) {
+  auto *L = dyn_cast<LoadInst>(V);
+  const Instruction *MI = L ? L->getPrevNode() : nullptr;
+  auto *CB = dyn_cast_or_null<CallBase>(MI ? MI->getPrevNode() : nullptr);
+  return CB && ruleResult(*CB).Data == L ? CB : nullptr;
+}
+
+bool isRuleResultRead(const Value *V) {
+  auto *L = dyn_cast<LoadInst>(V);
+  if (!L)
+    return false;
+  for (const Instruction *P = L->getPrevNode(),
+                         *Q = P ? P->getPrevNode() : nullptr;
+       P; P = Q, Q = nullptr)
+    if (auto *CB = dyn_cast<CallBase>(P)) {
+      RuleResult R = ruleResult(*CB);
+      return R.MemInfo == L || R.Data == L;
+    }
+  return false;
+}
+
+/// Whether some path runs from \p From to \p To without entering \p Avoid.
+static bool reachesAvoiding(const Instruction *From, const Instruction *To,
+                            const BasicBlock *Avoid) {
+  const BasicBlock *Start = From->getParent(), *Goal = To->getParent();
+  if (Start == Goal && From->comesBefore(To))
+    return true;
+  SmallVector<const BasicBlock *, 16> Work(successors(Start));
+  SmallPtrSet<const BasicBlock *, 16> Seen;
+  while (!Work.empty()) {
+    const BasicBlock *B = Work.pop_back_val();
+    if (B == Avoid || !Seen.insert(B).second)
+      continue;
+    if (B == Goal)
+      return true;
+    append_range(Work, successors(B));
+  }
+  return false;
+}
+
+void canonicalizeRuleResults(Function &F) {
+  SmallVector<CallBase *, 4> Calls;
+  for (Instruction &I : instructions(F))
+    if (auto *CB = dyn_cast<CallBase>(&I); CB && returnsArray(*CB))
+      Calls.push_back(CB);
+  if (Calls.empty())
+    return;
+  DominatorTree DT(F);
+  struct Canonical {
+    LoadInst *MI, *Data;
+  };
+  DenseMap<CallBase *, Canonical> Canon;
+  for (CallBase *CB : Calls) {
+    Value *Slot = CB->getArgOperand(numba::RetPtrParam);
+    IRBuilder<> B(CB);
+    Value *DataField =
+        B.CreateConstGEP1_64(B.getInt8Ty(), Slot, numba::ArrayDataOffset);
+    B.SetInsertPoint(CB->getNextNode());
+    LoadInst *MI = B.CreateLoad(B.getPtrTy(), Slot, "rule.result.meminfo");
+    LoadInst *Data = B.CreateLoad(B.getPtrTy(), DataField, "rule.result.data");
+    Canon[CB] = {MI, Data};
+  }
+  // Each slot: who writes it, and the reads of the two fields.
+  DenseMap<const AllocaInst *, SmallVector<Instruction *, 4>> Writers;
+  DenseMap<const AllocaInst *, SmallVector<LoadInst *, 4>> Reads;
+  for (CallBase *CB : Calls) {
+    auto *Alloca = dyn_cast<AllocaInst>(
+        getUnderlyingObject(CB->getArgOperand(numba::RetPtrParam), 0));
+    if (!Alloca || Writers.count(Alloca))
+      continue;
+    SmallVector<const Value *, 8> Work = {Alloca};
+    SmallPtrSet<const Value *, 8> Seen;
+    while (!Work.empty()) {
+      const Value *P = Work.pop_back_val();
+      if (!Seen.insert(P).second)
+        continue;
+      for (const User *U : P->users()) {
+        auto *UI = const_cast<Instruction *>(cast<Instruction>(U));
+        if (isa<GetElementPtrInst>(UI) || isa<CastInst>(UI))
+          Work.push_back(UI);
+        else if (auto *L = dyn_cast<LoadInst>(UI))
+          Reads[Alloca].push_back(L);
+        else if (!UI->isLifetimeStartOrEnd() &&
+                 (UI->mayWriteToMemory() || isa<CallBase>(UI)))
+          Writers[Alloca].push_back(UI);
+      }
+    }
+  }
+  // A read takes the canonical loads of the call whose result it reads:
+  // one that dominates it, with every other writer of the slot unable to
+  // reach it but through that call (the zeroing numba does right before
+  // the call counts as part of it). Loops that numba's optimizer versioned
+  // share one slot between the copies of a call.
+  for (CallBase *CB : Calls) {
+    auto *Alloca = dyn_cast<AllocaInst>(
+        getUnderlyingObject(CB->getArgOperand(numba::RetPtrParam), 0));
+    if (!Alloca)
+      continue;
+    const Value *Slot = CB->getArgOperand(numba::RetPtrParam);
+    Canonical C = Canon[CB];
+    for (LoadInst *&L : Reads[Alloca]) {
+      if (!L || L == C.MI || L == C.Data || !DT.dominates(C.Data, L))
+        continue;
+      LoadInst *To = readsField(L, Slot, numba::ArrayMemInfoOffset) ? C.MI
+                     : readsField(L, Slot, numba::ArrayDataOffset)  ? C.Data
+                                                                    : nullptr;
+      if (!To)
+        continue;
+      bool Only = all_of(Writers[Alloca], [&](Instruction *W) {
+        if (W == CB)
+          return true;
+        if (W->getParent() == CB->getParent())
+          return W->comesBefore(CB);
+        return !reachesAvoiding(W, L, CB->getParent());
+      });
+      if (!Only)
+        continue;
+      L->replaceAllUsesWith(To);
+      L->eraseFromParent();
+      L = nullptr;
+    }
+  }
 }
 
 Error markCustomRule(Module &M, const RuleSpec &R) {
@@ -176,6 +349,11 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
   SmallVector<CustomCall::Arg, 8> Args;
   if (!parseArgs(R.Args, Hidden, Args))
     return bad("has a malformed argument list (internal error)");
+  if (!R.Result.empty()) {
+    if (!Hidden || (R.Result != "d" && R.Result != "f"))
+      return bad("has a malformed result kind (internal error)");
+    G->addFnAttr(ResultAttr, R.Result);
+  }
   if (R.Pending) {
     for (const CustomCall::Arg &A : Args)
       if (A.Operand >= G->getFunctionType()->getNumParams())
@@ -201,6 +379,13 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
                                                         : I64);
   }
   Type *Result = resultOf(*G, Hidden);
+  if (!R.Result.empty()) {
+    // A new array (numba may store its structure field by field).
+    Result = nullptr;
+    for (StringRef T : {R.AugmentedResult, R.ForwardResult})
+      if (auto *ST = dyn_cast_or_null<StructType>(parsedType(T, M)))
+        Result = ST->getElementType(0);
+  }
   bool FloatResult = Result && Result->isFloatingPointTy();
   auto expectParams = [&](Function *W, StringRef What,
                           ArrayRef<ArrayRef<Type *>> Groups) -> Error {
@@ -251,6 +436,8 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
     SmallVector<Type *, 1> Trail;
     if (FloatResult)
       Trail.push_back(Result);
+    else if (!R.Result.empty())
+      Trail.push_back(Ptr); // the array result's shadow
     if (Error E = expectParams(Rev, "reverse", {Leaves, Xs, Ss, Trail}))
       return E;
   }

@@ -87,11 +87,16 @@ struct CustomCall {
   std::string Name;
   /// The rule's functions are not built yet (RuleSpec::Pending).
   bool Pending = false;
+  /// The float type ('d', 'f') of the array f returns; 0 when f returns
+  /// no array.
+  char ResultElem = 0;
 
   /// What f returns: the stored type of an njit function (null for None),
   /// the return type of a C function (null for void).
   llvm::Type *result() const;
   bool returnsFloat() const;
+  /// Whether f returns a new array (RuleResult).
+  bool returnsArray() const { return ResultElem != 0; }
   /// Whether the call may write through its operand \p Operand.
   bool mayWrite(unsigned Operand) const;
 };
@@ -101,6 +106,30 @@ std::optional<CustomCall> matchCustomCall(const llvm::CallBase &CB);
 
 /// Whether \p F has a custom rule (its calls stay calls).
 bool hasCustomRule(const llvm::Function *F);
+
+/// A function with a custom rule may return a new array: numba's call
+/// writes the array structure into its return slot. Canonical form
+/// (canonicalizeRuleResults) reads the structure's MemInfo and data pointer
+/// right after the call, once: the data pointer is the root of the new
+/// memory (TypeAnalysis::allocationOf names the call), the MemInfo owns it.
+struct RuleResult {
+  llvm::LoadInst *MemInfo = nullptr;
+  llvm::LoadInst *Data = nullptr;
+};
+/// The canonical reads of \p CB's array result (nulls for other calls).
+RuleResult ruleResult(const llvm::CallBase &CB);
+/// The call whose array result's data pointer \p V is (RuleResult::Data),
+/// or null.
+const llvm::CallBase *ruleResultCall(const llvm::Value *V);
+/// Whether \p V is one of the canonical reads of a call's array result
+/// (not a pointer spilled to the stack, though it is read from one).
+bool isRuleResultRead(const llvm::Value *V);
+/// Puts the canonical reads after every call in \p F of a function whose
+/// custom rule returns an array, and makes the reads of the same fields
+/// that the call dominates use them, when nothing but the call (and the
+/// zeroing numba does just before it) writes the return slot. Reads that
+/// stay are of unknown memory to the analyses (refused where they matter).
+void canonicalizeRuleResults(llvm::Function &F);
 
 /// Marks the function of rule \p R in \p M (and its rule functions as
 /// helpers to keep); an error names the rule when its functions are

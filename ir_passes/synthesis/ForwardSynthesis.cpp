@@ -168,12 +168,21 @@ void ForwardSynthesizer::createShadowAllocations() {
     if (!Canon.returns(&PB))
       continue;
     for (const Instruction &I : PB)
-      if (const CallBase *Alloc = TA.allocationOf(&I))
+      if (const CallBase *Alloc = TA.allocationOf(&I);
+          Alloc && !ruleResult(*Alloc).Data) // a rule's: visitCustomCall
         if (AA.isActiveRoot(&I)) {
           Sk.shadowAllocation(Alloc);
           note("shadow-allocation", Alloc);
         }
   }
+}
+
+/// The call with a custom rule whose array result's MemInfo \p V is
+/// (RuleResult::MemInfo), or null.
+static const CallBase *ruleResultOwner(const Value *V) {
+  auto *L = dyn_cast<LoadInst>(V);
+  auto *CB = dyn_cast_or_null<CallBase>(L ? L->getPrevNode() : nullptr);
+  return CB && ruleResult(*CB).MemInfo == L ? CB : nullptr;
 }
 
 MemInfoKind ForwardSynthesizer::classifyMemInfo(
@@ -191,6 +200,9 @@ MemInfoKind ForwardSynthesizer::classifyMemInfo(
   }
   if (isSpilledPointer(V))
     return MemInfoKind::Shadowed; // the shadow slot says (null if none)
+  if (const CallBase *RC = ruleResultOwner(V))
+    return Sk.hasShadowAllocation(RC) ? MemInfoKind::Shadowed
+                                      : MemInfoKind::None;
   SmallVector<const Value *, 2> Ins;
   if (auto *Phi = dyn_cast<PHINode>(V))
     Ins.append(Phi->value_op_begin(), Phi->value_op_end());
@@ -226,9 +238,16 @@ bool ForwardSynthesizer::shadowedMemInfoEscapes() const {
   SmallPtrSet<const Value *, 16> Seen;
   for (const BasicBlock &PB : P)
     for (const Instruction &I : PB)
-      if (auto *CB = dyn_cast<CallBase>(&I))
+      if (auto *CB = dyn_cast<CallBase>(&I)) {
         if (numba::isAllocationCall(CB) && Sk.hasShadowAllocation(CB))
           Work.push_back(CB);
+        // A rule's array result with a shadow (made where the call is
+        // replaced, or zeroed where it is not).
+        if (RuleResult R = ruleResult(*CB);
+            R.MemInfo && (AA.isActiveRoot(R.Data) ||
+                          AA.customCallActive(*matchCustomCall(*CB))))
+          Work.push_back(R.MemInfo);
+      }
   while (!Work.empty()) {
     const Value *V = Work.pop_back_val();
     if (!Seen.insert(V).second)
@@ -270,7 +289,9 @@ Value *ForwardSynthesizer::memInfoShadow(const Value *V, unsigned K) {
   if (Found != MemInfoShadows.end() && Found->second[K])
     return Found->second[K];
   Value *S = nullptr;
-  if (auto *CB = dyn_cast<CallBase>(V)) {
+  if (const CallBase *RC = ruleResultOwner(V)) {
+    S = Sk.shadowAllocation(RC)[K];
+  } else if (auto *CB = dyn_cast<CallBase>(V)) {
     S = Sk.hasShadowAllocation(CB)
             ? Sk.shadowAllocation(CB)[K]
             : ConstantPointerNull::get(cast<PointerType>(Ptr));
@@ -499,6 +520,13 @@ void ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
   if (Result && CC.returnsFloat()) {
     Y = B.CreateExtractValue(Result, 0);
     DY = B.CreateExtractValue(Result, 1);
+  } else if (Result && CC.returnsArray()) {
+    // (y, the shadow's owner, the shadow of y's data pointer): the shadow
+    // lives as long as y (mirrorRefcounts).
+    Y = B.CreateExtractValue(Result, 0);
+    Value *MI = B.CreateExtractValue(Result, {1, 0});
+    Value *SD = B.CreateExtractValue(Result, 2);
+    Sk.setRuleResultShadows(&CB, Lanes{MI}, Lanes{SD});
   }
   if (CC.Hidden) {
     const Value *RetPtr = CB.getArgOperand(numba::RetPtrParam);

@@ -210,7 +210,7 @@ void ReverseSynthesizer::createShadows() {
   // release of them: one more reference until the reverse passes them.
   FunctionCallee Incref = numba::increfFunction(*D->getParent());
   for (const CallBase *A : VR.cache().keptAlive()) {
-    auto *DA = cast<Instruction>(mapped(A));
+    auto *DA = cast<Instruction>(mapped(TA.allocationMemInfo(A)));
     IRBuilder<> B(DA->getNextNode());
     B.CreateCall(Incref, {DA});
     Sk.failIfNull(release().emitAppend(B, DA));
@@ -419,6 +419,11 @@ void ReverseSynthesizer::prepareCustom(const CustomCall &CC) {
   if (CC.Hidden && CC.returnsFloat() &&
       AA.pointsToActive(CB.getArgOperand(numba::RetPtrParam)))
     shadow(CB.getArgOperand(numba::RetPtrParam));
+  // A new array it returns: zeroed shadows, made after the result's reads
+  // (DerivativeSkeleton::zeroRuleResultShadows), where the reverse
+  // accumulates its cotangent.
+  if (RuleResult RR = ruleResult(CB); RR.Data && AA.pointsToActive(RR.Data))
+    shadow(RR.Data);
   auto *DC = cast<CallBase>(mapped(&CB));
   IRBuilder<> B(DC);
   IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
@@ -495,6 +500,12 @@ void ReverseSynthesizer::reverseCustom(const CustomCall &CC, IRBuilder<> &RB,
         YBar = Adj.take(RB, &CB, K);
       }
       Operands.push_back(YBar);
+    } else if (CC.returnsArray()) {
+      // The cotangent of the array it returned, in the result's shadow.
+      const Value *Data = ruleResult(CB).Data;
+      Operands.push_back(AA.pointsToActive(Data)
+                             ? fetchShadow(Data, K, R)
+                             : ConstantPointerNull::get(RB.getPtrTy()));
     }
     Value *Result = nullptr;
     // A failure is kept in the rule status slot (the derivative returns it).

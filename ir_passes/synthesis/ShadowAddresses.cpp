@@ -2,6 +2,7 @@
 #include "synthesis/ShadowAddresses.h"
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
+#include "rules/CustomRules.h"
 #include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Constants.h"
@@ -19,7 +20,8 @@ bool isNowhere(const Value *V) {
 bool isSpilledPointer(const Value *V) {
   auto *L = dyn_cast<LoadInst>(V);
   return L && L->getType()->isPointerTy() &&
-         isa<AllocaInst>(getUnderlyingObject(L->getPointerOperand(), 0));
+         isa<AllocaInst>(getUnderlyingObject(L->getPointerOperand(), 0)) &&
+         !isRuleResultRead(L);
 }
 
 /// Address computations whose shadow the engine can mirror.

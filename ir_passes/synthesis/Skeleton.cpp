@@ -1,6 +1,8 @@
 //===- Skeleton.cpp - what every derivative function is built on ----------===//
 #include "synthesis/Skeleton.h"
+#include "driver/IRHelpers.h"
 #include "numba/NumbaABI.h"
+#include "rules/CustomRules.h"
 #include "synthesis/ShadowAddresses.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/Constants.h"
@@ -187,6 +189,14 @@ Value *DerivativeSkeleton::shadow(const Value *PPtr, unsigned K) {
     Value *Slot = shadow(L->getPointerOperand(), K);
     IRBuilder<> B(cast<Instruction>(mapped(L))->getNextNode());
     S = B.CreateLoad(L->getType(), Slot, laneName(Name, K));
+  } else if (const CallBase *Alloc = TA.allocationOf(PPtr);
+             Alloc && ruleResult(*Alloc).Data) {
+    auto It = RuleResultData.find(Alloc);
+    if (It == RuleResultData.end()) {
+      zeroRuleResultShadows(*Alloc);
+      It = RuleResultData.find(Alloc);
+    }
+    S = It->second[K];
   } else if (const CallBase *Alloc = TA.allocationOf(PPtr)) {
     Value *SMI = shadowAllocation(Alloc)[K];
     if (TA.isRawBuffer(PPtr)) {
@@ -236,10 +246,93 @@ Value *DerivativeSkeleton::mirrorMerge(const Value *V, unsigned K,
 /// The shadows of an allocated array or raw buffer: allocated like it right
 /// after it, and zeroed (the derivative of numba's uninitialized memory is
 /// taken as zero).
+/// `{ptr, ptr} enzpy.zero.shadow(ptr meminfo, ptr data)`: a zeroed shadow
+/// of the array at \p data, as large as the allocation \p meminfo owns, and
+/// the shadow of \p data in it (8 bytes when \p meminfo is null: the call
+/// that returned it failed); {null, null} when out of memory.
+static Function *zeroShadowHelper(Module &M) {
+  LLVMContext &Ctx = M.getContext();
+  Type *Ptr = PointerType::getUnqual(Ctx);
+  StructType *Pair = StructType::get(Ptr, Ptr);
+  bool Fresh = false;
+  Function *H =
+      internalHelper(M, "enzpy.zero.shadow",
+                     FunctionType::get(Pair, {Ptr, Ptr}, false), Fresh);
+  if (!Fresh)
+    return H;
+  BasicBlock *Entry = BasicBlock::Create(Ctx, "entry", H);
+  BasicBlock *Owned = BasicBlock::Create(Ctx, "owned", H);
+  BasicBlock *Alloc = BasicBlock::Create(Ctx, "alloc", H);
+  BasicBlock *Zero = BasicBlock::Create(Ctx, "zero", H);
+  BasicBlock *Fail = BasicBlock::Create(Ctx, "fail", H);
+  Argument *MI = H->getArg(0), *Data = H->getArg(1);
+  IRBuilder<> B(Entry);
+  B.CreateCondBr(B.CreateIsNull(MI), Alloc, Owned);
+  B.SetInsertPoint(Owned);
+  Value *Size =
+      B.CreateLoad(B.getInt64Ty(), B.CreateConstGEP1_64(B.getInt8Ty(), MI, 32));
+  Value *Off = B.CreateSub(
+      B.CreatePtrToInt(Data, B.getInt64Ty()),
+      B.CreatePtrToInt(numba::emitDataPointer(B, MI), B.getInt64Ty()));
+  Value *AtLeast8 =
+      B.CreateBinaryIntrinsic(Intrinsic::umax, Size, B.getInt64(8));
+  B.CreateBr(Alloc);
+  B.SetInsertPoint(Alloc);
+  PHINode *Bytes = B.CreatePHI(B.getInt64Ty(), 2);
+  Bytes->addIncoming(B.getInt64(8), Entry);
+  Bytes->addIncoming(AtLeast8, Owned);
+  PHINode *At = B.CreatePHI(B.getInt64Ty(), 2);
+  At->addIncoming(B.getInt64(0), Entry);
+  At->addIncoming(Off, Owned);
+  Value *SMI =
+      B.CreateCall(numba::allocationFunction(M), {Bytes, B.getInt32(32)});
+  B.CreateCondBr(B.CreateIsNull(SMI), Fail, Zero);
+  B.SetInsertPoint(Zero);
+  Value *Base = numba::emitDataPointer(B, SMI);
+  B.CreateMemSet(Base, B.getInt8(0), Bytes, MaybeAlign());
+  Value *R = B.CreateInsertValue(PoisonValue::get(Pair), SMI, 0);
+  B.CreateRet(B.CreateInsertValue(R, B.CreateGEP(B.getInt8Ty(), Base, At), 1));
+  B.SetInsertPoint(Fail);
+  B.CreateRet(Constant::getNullValue(Pair));
+  return H;
+}
+
+/// A rule's array result that carries derivatives though the call did not
+/// (an active array written later, or passed where the rule may write):
+/// zeroed shadows, made right after the result's reads.
+void DerivativeSkeleton::zeroRuleResultShadows(const CallBase &Call) {
+  RuleResult R = ruleResult(Call);
+  auto *Data = cast<Instruction>(mapped(R.Data));
+  IRBuilder<> B(Data->getNextNode());
+  Function *H = zeroShadowHelper(*D->getParent());
+  Lanes MemInfos, Datas;
+  for (unsigned K = 0; K < Width; ++K) {
+    Value *Pair = B.CreateCall(H, {mapped(R.MemInfo), Data});
+    auto *SMI = cast<Instruction>(B.CreateExtractValue(Pair, 0));
+    failIfNull(SMI);
+    if (OnShadowAllocation)
+      OnShadowAllocation(B, SMI);
+    MemInfos.push_back(SMI);
+    Datas.push_back(B.CreateExtractValue(Pair, 1));
+  }
+  setRuleResultShadows(&Call, std::move(MemInfos), std::move(Datas));
+}
+
+void DerivativeSkeleton::setRuleResultShadows(const CallBase *Call,
+                                              Lanes MemInfos, Lanes Data) {
+  ShadowAllocs[Call] = std::move(MemInfos);
+  RuleResultData[Call] = std::move(Data);
+}
+
 const Lanes &DerivativeSkeleton::shadowAllocation(const CallBase *Alloc) {
   auto It = ShadowAllocs.find(Alloc);
   if (It != ShadowAllocs.end())
     return It->second;
+  if (ruleResult(*Alloc).Data) {
+    // Its call was not replaced (it carries no derivative): zero shadows.
+    zeroRuleResultShadows(*Alloc);
+    return ShadowAllocs[Alloc];
+  }
   auto *DA = cast<CallBase>(mapped(Alloc));
   IRBuilder<> B(DA->getNextNode());
   SmallVector<Value *, 2> Args(DA->args());

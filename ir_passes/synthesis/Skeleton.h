@@ -100,6 +100,15 @@ public:
     return ShadowAllocs.count(Alloc);
   }
   bool anyShadowAllocation() const { return !ShadowAllocs.empty(); }
+  /// The shadows of the new array a call with a custom rule returned
+  /// (rules/CustomRules.h, RuleResult), lane by lane: their MemInfos (what
+  /// shadowAllocation answers for the call) and the shadow of the result's
+  /// data pointer. The synthesis sets them where it replaces the call,
+  /// before any address into the result is mirrored.
+  void setRuleResultShadows(const llvm::CallBase *Call, Lanes MemInfos,
+                            Lanes Data);
+  /// Zeroed shadows for the array result of a call that was not replaced.
+  void zeroRuleResultShadows(const llvm::CallBase &Call);
   /// Called with each new shadow MemInfo (or raw shadow buffer: an
   /// NRT_Allocate call), the builder placed after its set-up (reverse mode
   /// takes ownership of it there).
@@ -154,6 +163,7 @@ private:
   Lanes RetShadow;
   llvm::DenseMap<const llvm::Value *, Lanes> Shadows;
   llvm::DenseMap<const llvm::CallBase *, Lanes> ShadowAllocs;
+  llvm::DenseMap<const llvm::CallBase *, Lanes> RuleResultData;
   llvm::SmallVector<llvm::Instruction *, 4> NullChecks;
   llvm::AllocaInst *RuleStatus = nullptr;
 };

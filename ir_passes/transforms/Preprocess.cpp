@@ -2,6 +2,7 @@
 #include "transforms/Preprocess.h"
 #include "driver/Diagnostics.h"
 #include "numba/NumbaABI.h"
+#include "rules/CustomRules.h"
 #include "rules/DerivativeRules.h"
 #include "rules/UserRules.h"
 #include "transforms/PostOpt.h"
@@ -486,6 +487,7 @@ static CanonicalFunction canonicalize(Function &F,
       A.removeAttr(K);
   runCanonicalPasses(F);
   splitAggregateMerges(F);
+  canonicalizeRuleResults(F);
   CanonicalFunction C;
   C.F = &F;
   C.Recursive = Recursive;
