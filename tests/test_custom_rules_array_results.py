@@ -108,6 +108,25 @@ def test_a_result_made_every_step_of_a_time_loop_matches_finite_differences():
 
 
 @numba.njit
+def carried(x, a, steps):
+    """The result becomes the next call's argument: the array a loop carries
+    is the previous call's result, freed when replaced."""
+    u = x.copy()
+    s = 0.0
+    for _ in range(steps):
+        u = scaled_square(0.5 * u + 0.1, a)
+        s += u[0] - u[-1]
+    return s + u.sum()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_result_carried_into_the_next_call_by_a_loop(steps):
+    x = np.array([0.9, -0.6, 1.2, 0.3])
+    rep = check_derivative(carried, x, 0.8, steps, widths=(1,), report=True)
+    assert rep.ok, rep
+
+
+@numba.njit
 def chained(x, a):
     """A rule's result passed to the rule again, then changed in place."""
     y = scaled_square(x, a)

@@ -118,6 +118,19 @@ void CachePolicy::analyze(const CanonicalFunction &C, DependenceInfo *DI) {
   for (const Value *R : Written)
     AnyParameterWritten |= isParameterRoot(R);
 
+  // The reverse function of a custom rule gets the arrays the call was
+  // passed, and may read them: arrays allocated in the function must
+  // outlive the primal's release of them (raw buffers are never re-read:
+  // the rule keeps copies, canRereadMemory).
+  for (Instruction &I : instructions(F))
+    if (auto *CB = dyn_cast<CallBase>(&I); CB && C.returns(I.getParent()))
+      if (std::optional<CustomCall> CC = matchCustomCall(*CB))
+        for (const CustomCall::Arg &A : CC->Args)
+          if (A.Kind == CustomCall::ArgKind::Memory)
+            for (const Value *R : TA.roots(CB->getArgOperand(A.Operand)))
+              if (const CallBase *Alloc = TA.allocationOf(R);
+                  Alloc && !TA.isRawBuffer(R))
+                KeptAlive.insert(Alloc);
   for (Instruction &I : instructions(F))
     if (auto *L = dyn_cast<LoadInst>(&I))
       if (C.returns(L->getParent()) && !L->isVolatile() &&

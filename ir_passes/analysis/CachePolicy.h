@@ -80,7 +80,8 @@ public:
   /// No write inside \p L may change the memory \p Ld reads (writes on the
   /// way to raising excepted).
   bool unchangedIn(const llvm::LoadInst *Ld, const llvm::Loop &L) const;
-  /// Allocations some re-read load reads: they must outlive the primal.
+  /// Allocations some re-read load reads, or that a custom rule (whose
+  /// reverse gets them) is passed: they must outlive the primal.
   const llvm::SmallPtrSetImpl<const llvm::CallBase *> &keptAlive() const {
     return KeptAlive;
   }

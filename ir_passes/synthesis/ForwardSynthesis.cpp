@@ -169,7 +169,13 @@ void ForwardSynthesizer::createShadowAllocations() {
       continue;
     for (const Instruction &I : PB)
       if (const CallBase *Alloc = TA.allocationOf(&I);
-          Alloc && !ruleResult(*Alloc).Data) // a rule's: visitCustomCall
+          Alloc && ruleResult(*Alloc).Data) {
+        // A rule's array result: its shadow comes from the forward
+        // function (visitCustomCall), or is zeroed if the call carries
+        // no derivative.
+        if (AA.customCallActive(*matchCustomCall(*Alloc)))
+          Sk.reserveRuleResultShadows(*Alloc);
+      } else if (Alloc)
         if (AA.isActiveRoot(&I)) {
           Sk.shadowAllocation(Alloc);
           note("shadow-allocation", Alloc);
@@ -526,7 +532,7 @@ void ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
     Y = B.CreateExtractValue(Result, 0);
     Value *MI = B.CreateExtractValue(Result, {1, 0});
     Value *SD = B.CreateExtractValue(Result, 2);
-    Sk.setRuleResultShadows(&CB, Lanes{MI}, Lanes{SD});
+    Sk.fillRuleResultShadows(CB, {MI}, {SD});
   }
   if (CC.Hidden) {
     const Value *RetPtr = CB.getArgOperand(numba::RetPtrParam);

@@ -318,6 +318,35 @@ void DerivativeSkeleton::zeroRuleResultShadows(const CallBase &Call) {
   setRuleResultShadows(&Call, std::move(MemInfos), std::move(Datas));
 }
 
+void DerivativeSkeleton::reserveRuleResultShadows(const CallBase &Call) {
+  RuleResult R = ruleResult(Call);
+  auto *After = cast<Instruction>(mapped(R.Data));
+  Type *I8 = Type::getInt8Ty(Ctx);
+  Value *Zero = ConstantInt::get(Type::getInt64Ty(Ctx), 0);
+  Value *Poison = PoisonValue::get(PointerType::getUnqual(Ctx));
+  Lanes MemInfos, Data;
+  for (unsigned K = 0; K < Width; ++K)
+    for (Lanes *L : {&MemInfos, &Data}) {
+      // `gep i8, X, 0`: X set by fillRuleResultShadows, folded away later.
+      auto *G = GetElementPtrInst::Create(I8, Poison, {Zero},
+                                          laneName("rule.result'shadow", K));
+      G->insertAfter(After->getIterator());
+      L->push_back(G);
+    }
+  setRuleResultShadows(&Call, std::move(MemInfos), std::move(Data));
+}
+
+void DerivativeSkeleton::fillRuleResultShadows(const CallBase &Call,
+                                               ArrayRef<Value *> MemInfos,
+                                               ArrayRef<Value *> Data) {
+  auto fill = [](const Lanes &Held, ArrayRef<Value *> Real) {
+    for (unsigned K = 0; K < Held.size(); ++K)
+      cast<GetElementPtrInst>(Held[K])->setOperand(0, Real[K]);
+  };
+  fill(ShadowAllocs.find(&Call)->second, MemInfos);
+  fill(RuleResultData.find(&Call)->second, Data);
+}
+
 void DerivativeSkeleton::setRuleResultShadows(const CallBase *Call,
                                               Lanes MemInfos, Lanes Data) {
   ShadowAllocs[Call] = std::move(MemInfos);

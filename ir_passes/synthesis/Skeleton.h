@@ -107,6 +107,14 @@ public:
   /// before any address into the result is mirrored.
   void setRuleResultShadows(const llvm::CallBase *Call, Lanes MemInfos,
                             Lanes Data);
+  /// Forward mode: the shadows of \p Call's array result as placeholders
+  /// (right after the result's reads), so that what mirrors them before the
+  /// call is replaced (a loop-carried phi) uses what fillRuleResultShadows
+  /// gives later.
+  void reserveRuleResultShadows(const llvm::CallBase &Call);
+  void fillRuleResultShadows(const llvm::CallBase &Call,
+                             llvm::ArrayRef<llvm::Value *> MemInfos,
+                             llvm::ArrayRef<llvm::Value *> Data);
   /// Zeroed shadows for the array result of a call that was not replaced.
   void zeroRuleResultShadows(const llvm::CallBase &Call);
   /// Called with each new shadow MemInfo (or raw shadow buffer: an
