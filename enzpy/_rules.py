@@ -191,7 +191,7 @@ def register_rule(
     C function numba declares by name (a symbol, or a
     ``numba.types.ExternalFunction``), whose pointers the rule receives as
     raw addresses; it may write into its arrays and returns nothing, an
-    integer or a float. With ``cfg`` a ``RuleConfig`` (``cfg.active[i]``:
+    integer, a float or a new array of floats. With ``cfg`` a ``RuleConfig`` (``cfg.active[i]``:
     argument i carries a derivative at this call; ``cfg.overwritten[i]``:
     its memory may change before the reverse runs) and ``dx`` the shadow of
     each argument ``x`` (an array of the same shape; a zero array where the
@@ -200,13 +200,13 @@ def register_rule(
 
     * ``forward(cfg, x1, dx1, ..., xn, dxn)`` runs ``f`` and writes the
       tangents of what it writes into the ``dx``; returns ``f``'s result, or
-      ``(result, tangent)`` for a float result;
+      ``(result, tangent)`` for a float or array result;
     * ``augmented(cfg, x1, ..., xn)`` runs ``f``; returns ``(result, tape)``
       (just ``tape`` when ``f`` returns nothing): what the reverse needs, an
       array, a scalar or a tuple of them;
     * ``reverse(cfg, tape, x1, dx1, ..., xn, dxn[, ybar])`` turns the
       cotangents in the shadows of what ``f`` wrote into those of what it
-      read (``ybar``: the cotangent of a float result); returns the
+      read (``ybar``: the cotangent of a float or array result); returns the
       cotangents of the float arguments (a float, a tuple, or ``()``).
 
     Either ``forward`` or ``augmented`` with ``reverse`` may be left out

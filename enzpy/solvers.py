@@ -27,6 +27,16 @@ The functions ``newton(residual)`` and ``fixed_point(g)`` build the solver for
 a residual ``F(x, p1, ..., pn)`` or a map ``g(x, p1, ..., pn)``: float64
 scalars, ``n`` fixed by the function's parameters. Call the solver from njit
 code or from Python; differentiate any kernel that calls it.
+
+Vectors: ``newton_system(residual)`` solves ``F(x, p) = 0`` for a vector
+``x`` given a parameter vector ``p``, and ``implicit(solver, residual)``
+gives any njit solver ``solver(x0, p) -> x`` of ``F(x, p) = 0`` the same
+derivative. Their rules (``enzpy.register_rule``, a new array as result)
+evaluate the Jacobian ``J = F_x`` at the solution once: the forward rule
+solves ``J dx = -F_p dp``, the reverse solves ``Jᵀ λ = x̄`` and adds
+``-F_pᵀ λ`` to ``p̄`` (one reverse-mode evaluation of ``F``), whatever the
+number of iterations. ``F_x`` comes from a given ``jacobian(x, p)`` or, column
+by column, from enzpy's forward mode on ``F``'s code.
 """
 
 from __future__ import annotations
@@ -35,15 +45,16 @@ import textwrap
 from typing import Any
 
 import numba
+import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from ._modes import ForwardWithPrimal
-from ._rules import arity, register_partials
+from ._modes import Forward, ForwardWithPrimal, Reverse
+from ._rules import arity, register_partials, register_rule
 from .annotations import BatchDuplicated, Const, Duplicated
 from .api import derivative
 from .errors import EnzpyTypeError
 
-__all__ = ["fixed_point", "newton"]
+__all__ = ["fixed_point", "implicit", "newton", "newton_system"]
 
 
 def _arity(f: Any, what: str) -> int:
@@ -190,3 +201,182 @@ x = nxt
     return _solver(
         "fixed_point", g, "the map", tol, maxiter, iterate, "t[{k}] / (1.0 - t[0])", {"g": g}
     )
+
+
+# --------------------------------------------------------------------------
+# Vector solvers: F(x, p) = 0 with x, p float64 vectors
+
+
+def _two_arguments(f: Any, what: str) -> str:
+    """``f``'s name; an error unless it is an njit function of ``(x, p)``."""
+    if _arity(f, what) != 2:
+        raise EnzpyTypeError(f"{what} must take (x, p), got {f!r}")
+    return str(getattr(f.py_func, "__qualname__", what))
+
+
+@numba.njit
+def _vector(a: Any) -> Any:
+    """A C-ordered float64 copy of the vector ``a``."""
+    return np.ascontiguousarray(a).astype(np.float64)
+
+
+class _ResidualDerivatives:
+    """The derivatives of ``F`` the vector rules need, by enzpy itself on
+    ``into(x, p, out)`` (``out[:] = F(x, p)``): ``jvp_x(x, dx, p, out,
+    dout)``, ``jvp_p(x, p, dp, out, dout)`` and ``vjp_p(x, p, pbar, out,
+    outbar)``, and the Jacobian ``F_x`` column by column unless given."""
+
+    def __init__(self, residual: Dispatcher, jacobian: Any) -> None:
+        def into(x: Any, p: Any, out: Any) -> None:
+            out[:] = residual(x, p)
+
+        into_ = numba.njit(into)
+
+        def v() -> Any:
+            return np.zeros(1)
+
+        self.jvp_p = derivative(
+            into_, Const(v()), Duplicated(v(), v()), Duplicated(v(), v()), mode=Forward
+        )
+        self.vjp_p = derivative(
+            into_, Const(v()), Duplicated(v(), v()), Duplicated(v(), v()), mode=Reverse
+        )
+        if jacobian is not None:
+            self.jacobian = jacobian
+            return
+        jvp_x = derivative(
+            into_, Duplicated(v(), v()), Const(v()), Duplicated(v(), v()), mode=Forward
+        )
+
+        @numba.njit
+        def by_columns(x: Any, p: Any) -> Any:
+            n = x.shape[0]
+            j = np.empty((n, n))
+            e = np.zeros(n)
+            out = np.empty(n)
+            col = np.empty(n)
+            for k in range(n):
+                e[k] = 1.0
+                jvp_x(x, e, p, out, col)
+                j[:, k] = col
+                e[k] = 0.0
+            return j
+
+        self.jacobian = by_columns
+
+
+def _implicit_rule(solve: Dispatcher, d: _ResidualDerivatives, *described: Any) -> None:
+    """Register on ``solve(x0, p) -> x`` the implicit function theorem's rule
+    (the derivative is 0 in ``x0``). ``described``: what the disk cache
+    describes the rule's functions by (they close over enzpy's own
+    derivatives, which have no source)."""
+    jvp_p, vjp_p, jac = d.jvp_p, d.vjp_p, d.jacobian
+
+    def forward(cfg: Any, x0: Any, dx0: Any, p: Any, dp: Any) -> Any:
+        x = solve(x0, p)
+        dx = np.zeros_like(x)
+        if cfg.active[1]:
+            pc = _vector(p)
+            t = np.empty_like(x)
+            jvp_p(x, pc, _vector(dp), np.empty_like(x), t)
+            dx = -np.linalg.solve(jac(x, pc), t)
+        return x, dx
+
+    def augmented(cfg: Any, x0: Any, p: Any) -> Any:
+        x = solve(x0, p)
+        pc = _vector(p)  # a copy: p may change before the reverse
+        return x, (x.copy(), pc, jac(x, pc))
+
+    def reverse(cfg: Any, tape: Any, x0: Any, dx0: Any, p: Any, dp: Any, xbar: Any) -> Any:
+        if cfg.active[1]:
+            xs, pc, j = tape
+            lam = np.linalg.solve(np.ascontiguousarray(j.T), np.ascontiguousarray(xbar))
+            g = np.zeros_like(pc)
+            vjp_p(xs, pc, g, np.empty_like(xs), -lam)
+            dp += g
+        return ()
+
+    fns = [numba.njit(g) for g in (forward, augmented, reverse)]
+    for g in fns:
+        g.enzpy_description = lambda describe, what=g.py_func.__name__: (  # type: ignore[attr-defined]
+            "enzpy.solvers",
+            what,
+            *(describe(v) if callable(v) else v for v in described),
+        )
+    register_rule(solve, forward=fns[0], augmented=fns[1], reverse=fns[2])
+
+
+def implicit(solver: Any, residual: Any, jacobian: Any = None, *, tol: float = 1e-8) -> Dispatcher:
+    """An njit function ``solve(x0, p) -> x`` that runs ``solver(x0, p)``
+    (any njit solver of ``residual(x, p) = 0``; ``x0``, ``p`` and ``x``
+    float64 vectors, ``solver`` changing neither ``x0`` nor ``p``), checks
+    that its answer solves the system (every ``|residual(x, p)_i| <= tol``,
+    else ``ValueError``, in the primal and in every derivative) and returns
+    a copy of it. Its derivative is the implicit function theorem's at that
+    solution, from ``residual``'s code (and ``jacobian(x, p) -> F_x`` when
+    given): the solver's iterations are never differentiated."""
+    sname = _two_arguments(solver, "the solver")
+    rname = _two_arguments(residual, "the residual")
+    if jacobian is not None:
+        _two_arguments(jacobian, "the jacobian")
+    failed = (
+        f"enzpy.solvers.implicit: {sname} returned no solution of {rname} = 0 (tolerance {tol!r})"
+    )
+    limit = float(tol)
+
+    def checked(x0: Any, p: Any) -> Any:
+        x = solver(x0, p)
+        r = residual(x, p)
+        for i in range(r.shape[0]):
+            if not abs(r[i]) <= limit:  # NaN fails too
+                raise ValueError(failed)
+        return _vector(x)
+
+    checked.__qualname__ = f"implicit({sname}, {rname})"
+    solve: Dispatcher = numba.njit(checked)
+    _implicit_rule(
+        solve,
+        _ResidualDerivatives(residual, jacobian),
+        "implicit",
+        solver,
+        residual,
+        jacobian,
+        limit,
+    )
+    return solve
+
+
+def newton_system(
+    residual: Any, jacobian: Any = None, *, tol: float = 1e-12, maxiter: int = 100
+) -> Dispatcher:
+    """An njit solver ``solve(x0, p) -> x`` of ``residual(x, p) = 0`` (``x``,
+    ``p`` float64 vectors, the residual a vector like ``x``) by Newton's
+    method from ``x0``, stopping when a step's largest entry is at most
+    ``tol * (1 + max|x|)``; ``ValueError`` after ``maxiter`` steps (and
+    ``np.linalg.LinAlgError`` at a singular Jacobian). ``jacobian(x, p)``
+    gives ``J[i, j] = ∂F_i/∂x_j``; without it enzpy's forward mode computes
+    ``J`` column by column from ``residual``'s code. Its derivative in ``p``
+    is the implicit function theorem's at the solution: ``dx = -J⁻¹ F_p dp``
+    (0 in ``x0``)."""
+    name = _two_arguments(residual, "the residual")
+    if jacobian is not None:
+        _two_arguments(jacobian, "the jacobian")
+    d = _ResidualDerivatives(residual, jacobian)
+    jac = d.jacobian
+    failed = f"enzpy.solvers.newton_system: {name} did not converge in {int(maxiter)} steps"
+    steps, limit = int(maxiter), float(tol)
+
+    def iterations(x0: Any, p: Any) -> Any:
+        x = _vector(x0)
+        pc = _vector(p)
+        for _ in range(steps):
+            step = np.linalg.solve(jac(x, pc), residual(x, pc))
+            x = x - step
+            if np.max(np.abs(step)) <= limit * (1.0 + np.max(np.abs(x))):
+                return x
+        raise ValueError(failed)
+
+    iterations.__qualname__ = f"newton_system({name})"
+    solve: Dispatcher = numba.njit(iterations)
+    _implicit_rule(solve, d, "newton_system", residual, jacobian, limit, steps)
+    return solve

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import enzpy
+import enzpy.solvers as solvers
 from enzpy import Active, Duplicated, _cache, _diskcache
 
 KERNEL = """
@@ -266,6 +267,34 @@ def test_a_rule_for_a_c_function_by_address_keeps_only_its_callers_out(cache_dir
     x = np.linspace(0.5, 1.5, 5)
     assert writes_of(module.calls_atan, x) == 0
     assert writes_of(module.cubes, x) == 1
+
+
+def test_a_vector_solver_keeps_the_disk_cache_on_for_other_kernels(cache_dir):
+    # Its rule's functions close over enzpy's own derivatives of the
+    # residual, which have no source: they are described by what made them.
+    source = textwrap.dedent(
+        """
+        import numba
+        import numpy as np
+
+
+        @numba.njit(cache=True)
+        def squares(x, p):
+            return x * x - p
+
+
+        @numba.njit(cache=True)
+        def cubes(x):
+            s = 0.0
+            for i in range(x.size):
+                s += x[i] * x[i] * x[i]
+            return s
+        """
+    )
+    (cache_dir / "vector_solver_kernel.py").write_text(source)
+    module = import_file(cache_dir / "vector_solver_kernel.py", "enzpy_test_vector_solver")
+    solvers.newton_system(module.squares)
+    assert writes_of(module.cubes, np.linspace(0.5, 1.5, 5)) == 1
 
 
 def test_functions_without_numba_cache_are_not_stored(cache_dir):
