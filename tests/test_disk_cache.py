@@ -206,6 +206,19 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+#: A stored kernel for the tests that check what else a registration keeps
+#: out of the disk cache.
+CUBES = """
+
+@numba.njit(cache=True)
+def cubes(x):
+    s = 0.0
+    for i in range(x.size):
+        s += x[i] * x[i] * x[i]
+    return s
+"""
+
+
 def writes_of(f, *args) -> int:
     before = _cache.info().disk_writes
     g = enzpy.gradient(f, *args)
@@ -233,8 +246,9 @@ def test_disabled_by_environment_variable(cache_dir, monkeypatch):
 def test_a_rule_for_a_c_function_by_address_keeps_only_its_callers_out(cache_dir):
     # Rules by address have no meaning in another process: a kernel calling
     # the ctypes function is not stored; one that does not call it still is.
-    source = textwrap.dedent(
-        """
+    source = (
+        textwrap.dedent(
+            """
         import ctypes
         import ctypes.util
         import numba
@@ -252,14 +266,9 @@ def test_a_rule_for_a_c_function_by_address_keeps_only_its_callers_out(cache_dir
                 s += c_atan(x[i] * x[i])
             return s
 
-
-        @numba.njit(cache=True)
-        def cubes(x):
-            s = 0.0
-            for i in range(x.size):
-                s += x[i] * x[i] * x[i]
-            return s
         """
+        )
+        + CUBES
     )
     (cache_dir / "address_rule_kernel.py").write_text(source)
     module = import_file(cache_dir / "address_rule_kernel.py", "enzpy_test_address_rule")
@@ -272,8 +281,9 @@ def test_a_rule_for_a_c_function_by_address_keeps_only_its_callers_out(cache_dir
 def test_a_vector_solver_keeps_the_disk_cache_on_for_other_kernels(cache_dir):
     # Its rule's functions close over enzpy's own derivatives of the
     # residual, which have no source: they are described by what made them.
-    source = textwrap.dedent(
-        """
+    source = (
+        textwrap.dedent(
+            """
         import numba
         import numpy as np
 
@@ -282,14 +292,9 @@ def test_a_vector_solver_keeps_the_disk_cache_on_for_other_kernels(cache_dir):
         def squares(x, p):
             return x * x - p
 
-
-        @numba.njit(cache=True)
-        def cubes(x):
-            s = 0.0
-            for i in range(x.size):
-                s += x[i] * x[i] * x[i]
-            return s
         """
+        )
+        + CUBES
     )
     (cache_dir / "vector_solver_kernel.py").write_text(source)
     module = import_file(cache_dir / "vector_solver_kernel.py", "enzpy_test_vector_solver")
