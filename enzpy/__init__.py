@@ -15,6 +15,7 @@ See docs/design.md for the contract.
 """
 
 from . import _builtin_rules  # noqa: F401 - registers enzpy's own rules
+from ._jvp_rules import register_jvp
 from ._rule_config import RuleConfig
 from ._rules import inactive, partials, register_partials, register_rule, stop_gradient
 from ._split import split
@@ -66,6 +67,7 @@ __all__ = [
     "split",
     "register_partials",
     "register_rule",
+    "register_jvp",
     "RuleConfig",
     "partials",
     "inactive",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +56,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CustomRule:
-    """A rule given by forward, augmented and reverse functions."""
+    """A rule given by forward, augmented and reverse functions. A rule whose
+    reverse is built for each argument types (``enzpy.register_jvp``) gives
+    ``reverse_for(argtypes, restype)`` instead."""
 
     forward: Dispatcher | None
     augmented: Dispatcher | None
     reverse: Dispatcher | None
     display: str
+    reverse_for: Callable[[tuple[types.Type, ...], types.Type | None], Dispatcher] | None = None
 
 
 @intrinsic
@@ -391,6 +395,7 @@ def _build(
 ) -> Wrappers:
     name = rule.display
     spec = arg_spec(rule, argtypes)
+    reverse = rule.reverse_for(argtypes, restype) if rule.reverse_for else rule.reverse
     kinds = [_kind(t) for t in argtypes]
     stypes = tuple(
         types.voidptr if k in "ap" else t if k == "f" else types.int64
@@ -406,7 +411,7 @@ def _build(
         "_shadow_like": _shadow_like,
         "forward": rule.forward,
         "augmented": rule.augmented,
-        "reverse": rule.reverse,
+        "reverse": reverse,
     }
     masks = (types.int64, types.int64)
     float_result = isinstance(restype, types.Float)
@@ -457,7 +462,7 @@ def _build(
                 f"expected {want}"
                 + (" (the result and its tangent)" if float_result else " (the result)")
             )
-    if rule.augmented is not None and rule.reverse is not None:
+    if rule.augmented is not None and reverse is not None:
         src = _source(
             "augmented_rule",
             ["active", "overwritten", *xs],
@@ -546,7 +551,7 @@ def _build(
                 f"the reverse function of the rule for {name} returns {found}; expected "
                 f"{expected}: the cotangent of each float argument, in order"
             )
-    elif rule.augmented is not None or rule.reverse is not None:
+    elif rule.augmented is not None or reverse is not None:
         raise EnzpyTypeError(f"the rule for {name} needs both augmented= and reverse=")
     results: dict[str, str] = {}
     symbols: dict[str, str] = {}

@@ -235,6 +235,13 @@ def register_rule(
     return f
 
 
+def register_custom(f: Dispatcher, rule: CustomRule) -> None:
+    """Register a custom rule built elsewhere (``_jvp_rules``) for the njit
+    function ``f``."""
+    _custom[id(f)] = (f, rule)
+    _bump()
+
+
 def custom_for(disp: Any) -> CustomRule | None:
     """The custom rule registered for the njit function ``disp``."""
     found = _custom.get(id(disp))
