@@ -197,3 +197,17 @@ def test_vector_solvers_need_njit_functions_of_x_and_p():
         solvers.newton_system(pendulums)
     with pytest.raises(enzpy.EnzpyTypeError, match="njit"):
         solvers.implicit(lambda x0, p: x0, fixed_point_residual)
+
+
+def test_the_system_example_gradients_agree_with_finite_differences():
+    # examples/implicit_euler_system.py's solver-rule kernel on a short
+    # trajectory (the example itself compares it with the iterations).
+    import implicit_euler_system as ex
+
+    dt = 2e-2
+    data = 0.3 * np.sin(np.arange(1, 21) * dt)
+    theta = np.array([4.0, 2.0, 0.8])
+    _, (want, _, _) = fd.fd_gradient(ex.loss_rule, theta, data, dt)
+    g = np.zeros(3)
+    enzpy.autodiff(ex.loss_rule, Duplicated(theta.copy(), g), Const(data), Const(dt))
+    np.testing.assert_allclose(g, want, rtol=1e-6)
