@@ -219,18 +219,14 @@ const CallBase *ruleResultCall(const Value *V) {
   return CB && ruleResult(*CB).Data == L ? CB : nullptr;
 }
 
-bool isRuleResultRead(const Value *V) {
+const CallBase *ruleResultOwner(const Value *V) {
   auto *L = dyn_cast<LoadInst>(V);
-  if (!L)
-    return false;
-  for (const Instruction *P = L->getPrevNode(),
-                         *Q = P ? P->getPrevNode() : nullptr;
-       P; P = Q, Q = nullptr)
-    if (auto *CB = dyn_cast<CallBase>(P)) {
-      RuleResult R = ruleResult(*CB);
-      return R.MemInfo == L || R.Data == L;
-    }
-  return false;
+  auto *CB = dyn_cast_or_null<CallBase>(L ? L->getPrevNode() : nullptr);
+  return CB && ruleResult(*CB).MemInfo == L ? CB : nullptr;
+}
+
+bool isRuleResultRead(const Value *V) {
+  return ruleResultCall(V) || ruleResultOwner(V);
 }
 
 /// Whether some path runs from \p From to \p To without entering \p Avoid.

@@ -121,6 +121,9 @@ RuleResult ruleResult(const llvm::CallBase &CB);
 /// The call whose array result's data pointer \p V is (RuleResult::Data),
 /// or null.
 const llvm::CallBase *ruleResultCall(const llvm::Value *V);
+/// The call whose array result's MemInfo \p V is (RuleResult::MemInfo), or
+/// null.
+const llvm::CallBase *ruleResultOwner(const llvm::Value *V);
 /// Whether \p V is one of the canonical reads of a call's array result
 /// (not a pointer spilled to the stack, though it is read from one).
 bool isRuleResultRead(const llvm::Value *V);

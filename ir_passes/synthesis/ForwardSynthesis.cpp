@@ -183,14 +183,6 @@ void ForwardSynthesizer::createShadowAllocations() {
   }
 }
 
-/// The call with a custom rule whose array result's MemInfo \p V is
-/// (RuleResult::MemInfo), or null.
-static const CallBase *ruleResultOwner(const Value *V) {
-  auto *L = dyn_cast<LoadInst>(V);
-  auto *CB = dyn_cast_or_null<CallBase>(L ? L->getPrevNode() : nullptr);
-  return CB && ruleResult(*CB).MemInfo == L ? CB : nullptr;
-}
-
 MemInfoKind ForwardSynthesizer::classifyMemInfo(
     const Value *V, SmallPtrSetImpl<const Value *> &Visiting) const {
   V = V->stripPointerCasts();
