@@ -187,7 +187,8 @@ def _describe_rules() -> Any:
     for a C function by address (ctypes, cfunc) is left out: a kernel that
     calls such a function holds the ctypes or cfunc object among its globals,
     which has no description (``_describe``), so it is never stored, and the
-    rule cannot change any kernel that is."""
+    rule cannot change any kernel that is; the same holds for a rule without a
+    description of its own on a function without one."""
     described = []
     for kind, target, df in _rules.registered():
         if isinstance(target, int):
@@ -195,14 +196,33 @@ def _describe_rules() -> Any:
         # The function a rule is for, by name (its code is described where a
         # derivative calls it); the rule's own code in full.
         what = target if isinstance(target, str) else _name_of(target)
-        if df is None:
-            code = None
-        elif hasattr(df, "enzpy_description"):  # generated (enzpy.solvers)
-            code = df.enzpy_description(lambda v: _describe(v, set()))
-        else:
-            code = _describe(df, set())
+        try:
+            if df is None:
+                code = None
+            elif hasattr(df, "enzpy_description"):  # generated (enzpy.solvers)
+                code = df.enzpy_description(lambda v: _describe(v, set()))
+            else:
+                code = _describe(df, set())
+        except _Unstable:
+            # A rule whose code has no description (it calls a ctypes
+            # function, say) matters only to kernels that call its
+            # function; when that function has none either, no such kernel
+            # is stored, and the rule is left out.
+            if _has_description(target):
+                raise
+            continue
         described.append((kind, what, code))
     return sorted(described, key=repr)
+
+
+def _has_description(target: Any) -> bool:
+    if isinstance(target, str):
+        return True
+    try:
+        _describe(target, set())
+    except _Unstable:
+        return False
+    return True
 
 
 def _name_of(disp: Any) -> tuple[str, str]:

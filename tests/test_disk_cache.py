@@ -569,3 +569,51 @@ def test_a_derivative_through_lapack_rules_is_right_in_each_fresh_process(tmp_pa
     for result in (first, second):
         np.testing.assert_allclose(result["db"], db, rtol=1e-10)
         np.testing.assert_allclose(result["dA"], dA, rtol=1e-10, atol=1e-12)
+
+
+def test_a_rule_on_a_function_calling_c_code_keeps_the_cache_on_for_other_kernels(cache_dir):
+    # Neither the rule's code nor its function has a description (both call
+    # a ctypes function): no kernel that calls the function is stored, and
+    # kernels that do not are, as before the registration.
+    source = (
+        textwrap.dedent(
+            """
+        import ctypes
+        import ctypes.util
+        import numba
+
+        _libm = ctypes.CDLL(ctypes.util.find_library("m"))
+        c_erf = _libm.erf
+        c_erf.argtypes = (ctypes.c_double,)
+        c_erf.restype = ctypes.c_double
+
+
+        @numba.njit
+        def erf_sum(x):
+            s = 0.0
+            for i in range(x.size):
+                s += c_erf(x[i])
+            return s
+
+
+        def erf_sum_jvp(x, dx):
+            s = 0.0
+            for i in range(x.size):
+                s += 1.1283791670955126 * 2.718281828459045 ** (-x[i] * x[i]) * dx[i]
+            return s + 0.0 * c_erf(0.0)
+
+
+        @numba.njit(cache=True)
+        def calls_erf_sum(x):
+            return erf_sum(x) * 2.0
+
+        """
+        )
+        + CUBES
+    )
+    (cache_dir / "c_rule_kernel.py").write_text(source)
+    module = import_file(cache_dir / "c_rule_kernel.py", "enzpy_test_c_rule")
+    enzpy.register_jvp(module.erf_sum, module.erf_sum_jvp)
+    x = np.linspace(0.2, 1.0, 5)
+    assert writes_of(module.calls_erf_sum, x) == 0
+    assert writes_of(module.cubes, x) == 1
