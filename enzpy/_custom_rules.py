@@ -5,7 +5,8 @@ A rule author writes ``forward``, ``augmented`` and ``reverse`` once, as if
 every float argument were differentiable (``enzpy.register_rule``). For each
 argument types a kernel calls the function with, this module builds three
 wrappers around them that take what the engine passes -- bit masks for
-``cfg.active`` and ``cfg.overwritten``, the call's own operands, and one
+``cfg.active`` and ``cfg.overwritten``, a word with the batch width, lane
+and result activity, the call's own operands, and one
 shadow operand per argument (an array's shadow data pointer, a float's
 tangent, 0 for other arguments) -- and turns them into the author's
 arguments: a ``RuleConfig``, and for each array a shadow array of its shape
@@ -37,7 +38,7 @@ from numba.core import cgutils, compiler, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 from numba.core.registry import cpu_target
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
 from ._rule_config import RuleConfig
@@ -220,12 +221,27 @@ class Wrappers:
 
 
 def _source(
-    name: str, params: list[str], n: int, kinds: list[str], call: str, shadows: bool = True
+    name: str,
+    params: list[str],
+    n: int,
+    kinds: list[str],
+    call: str,
+    shadows: bool = True,
+    lanes: bool = False,
 ) -> str:
+    """A wrapper ``name(params)`` that builds ``cfg`` from the masks and the
+    shadow arrays ``d<i>``, and returns ``call``. With ``lanes`` (the forward
+    function) nothing is overwritten, and a call for a batch lane other than
+    the first (``LANE`` set in ``overwritten``) runs on copies of the arrays
+    whose bits are set there."""
     lines = [f"def {name}({', '.join(params)}):"]
     bits = lambda mask: ", ".join(f"({mask} >> {i}) & 1 != 0" for i in range(n))  # noqa: E731
     comma = "," if n == 1 else ""
-    lines.append(f"    cfg = RuleConfig(({bits('active')}{comma}), ({bits('overwritten')}{comma}))")
+    written = "False, " * n if lanes else bits("overwritten") + comma
+    lines.append(
+        f"    cfg = RuleConfig(({bits('active')}{comma}), ({written}), lanes & 255, "
+        "(lanes >> 8) & 255, (lanes >> 16) & 1 != 0)"
+    )
     for i, k in enumerate(kinds if shadows else []):
         if k == "a":
             shadow, zero = f"_shadow_like(s{i}, x{i})", f"np.zeros_like(x{i})"
@@ -234,8 +250,24 @@ def _source(
             lines.append(f"    d{i} = s{i}")
         else:
             lines.append(f"    d{i} = 0")
+    # After the shadows, which have the strides of the argument itself.
+    for i, k in enumerate(kinds if lanes else []):
+        if k == "a":
+            lines.append(f"    x{i} = _lane_copy(x{i}) if (overwritten >> {i}) & 1 else x{i}")
     lines.append(f"    return {call}")
     return "\n".join(lines) + "\n"
+
+
+def _lane_copy(x: np.ndarray) -> np.ndarray:
+    """A copy of ``x`` of the same layout (numba only)."""
+    raise NotImplementedError
+
+
+@overload(_lane_copy)
+def _lane_copy_impl(x):  # type: ignore[no-untyped-def]  # numba compares the signatures
+    if x.layout == "F":
+        return lambda x: x.T.copy().T
+    return lambda x: x.copy()
 
 
 def _compile(source: str, name: str, scope: dict[str, Any], qualname: str) -> Dispatcher:
@@ -362,8 +394,9 @@ def wrappers(
 
 def arg_spec(rule: CustomRule, argtypes: tuple[types.Type, ...]) -> str:
     """The engine's description of the arguments of a function of
-    ``argtypes`` with ``rule`` ("a4d,f7,o8": kind and flattened operand of
-    each, and the float type of an array's elements), without compiling
+    ``argtypes`` with ``rule`` ("a4d,p9f,f7,o8": kind -- array, raw pointer,
+    float, other -- and flattened operand of each, and the float type of the
+    memory's elements), without compiling
     anything; an error for arguments a rule cannot
     take."""
     kinds = [_kind(t) for t in argtypes]
@@ -378,7 +411,7 @@ def arg_spec(rule: CustomRule, argtypes: tuple[types.Type, ...]) -> str:
     spec: list[str] = []
     offset = 0
     for k, t in zip(kinds, argtypes, strict=True):
-        spec.append(f"a{offset + 4}" if k == "a" else f"{'a' if k == 'p' else k}{offset}")
+        spec.append(f"a{offset + 4}" if k == "a" else f"{k}{offset}")
         # The float type memory holds, where numba's type says: an array the
         # kernel touches only through such calls has no other source of it.
         dtype = getattr(t, "dtype", None)
@@ -409,11 +442,12 @@ def _build(
         "RuleConfig": RuleConfig,
         "np": np,
         "_shadow_like": _shadow_like,
+        "_lane_copy": _lane_copy,
         "forward": rule.forward,
         "augmented": rule.augmented,
         "reverse": reverse,
     }
-    masks = (types.int64, types.int64)
+    masks = (types.int64, types.int64, types.int64)
     float_result = isinstance(restype, types.Float)
     array_result = isinstance(restype, types.Array)
     if array_result:
@@ -425,7 +459,12 @@ def _build(
     owners: list[int] = []
     if rule.forward is not None:
         src = _source(
-            "forward_rule", ["active", "overwritten", *xs, *ss], n, kinds, f"forward(cfg, {pairs})"
+            "forward_rule",
+            ["active", "overwritten", "lanes", *xs, *ss],
+            n,
+            kinds,
+            f"forward(cfg, {pairs})",
+            lanes=True,
         )
         fwd = _compile(src, "forward_rule", dict(scope), f"{name}.forward")
         fwd_args = (*masks, *argtypes, *stypes)
@@ -437,7 +476,7 @@ def _build(
                 f"the forward function of the rule for {name}",
                 "(the result and its tangent)",
             )
-            params = ", ".join(["active", "overwritten", *xs, *ss])
+            params = ", ".join(["active", "overwritten", "lanes", *xs, *ss])
             src = _array_source(
                 "forward_array",
                 params,
@@ -465,7 +504,7 @@ def _build(
     if rule.augmented is not None and reverse is not None:
         src = _source(
             "augmented_rule",
-            ["active", "overwritten", *xs],
+            ["active", "overwritten", "lanes", *xs],
             n,
             kinds,
             f"augmented(cfg, {', '.join(xs)})",
@@ -486,7 +525,7 @@ def _build(
                 )
             tape = members(found)[1]
             if array_result:
-                params = ", ".join(["active", "overwritten", *xs])
+                params = ", ".join(["active", "overwritten", "lanes", *xs])
                 src = _array_source(
                     "augmented_array",
                     params,
@@ -518,7 +557,7 @@ def _build(
         owners = _tape_owners(tape, name)
         src = _source(
             "reverse_rule",
-            ["active", "overwritten", "tape", *xs, *ss] + (["ybar"] if tail else []),
+            ["active", "overwritten", "lanes", "tape", *xs, *ss] + (["ybar"] if tail else []),
             n,
             kinds,
             call,

@@ -227,15 +227,28 @@ def test_reverse_batch_lanes_each_get_their_rule_call():
         np.testing.assert_allclose(s, g, rtol=1e-12)
 
 
-def test_forward_batch_mode_through_a_rule_is_refused_clearly():
+def test_forward_batch_lanes_each_equal_a_width_one_call_through_the_rule():
+    # sweeps: the rule writes a scratch array the kernel reuses every step,
+    # and the kernel overwrites x; lanes 2.. run on a copy of the scratch.
     x = np.linspace(0.1, 1.0, 5)
-    with pytest.raises(enzpy.UnsupportedError, match="scaled_squares"):
-        enzpy.autodiff(
-            sin_loss,
-            BatchDuplicated(x, [np.ones(5), np.zeros(5)]),
-            Const(0.7),
+    vs = [np.ones(5), np.linspace(-1.0, 1.0, 5), np.zeros(5)]
+    for kernel, extra in ((sin_loss, ()), (sweeps, (Const(3),))):
+        lanes = enzpy.autodiff(
+            kernel,
+            BatchDuplicated(x.copy(), [v.copy() for v in vs]),
+            BatchDuplicated(0.7, (0.0, 0.5, 1.0)),
+            *extra,
             mode=enzpy.Forward,
         )
+        for v, da, got in zip(vs, (0.0, 0.5, 1.0), lanes, strict=True):
+            one = enzpy.autodiff(
+                kernel,
+                Duplicated(x.copy(), v.copy()),
+                Duplicated(0.7, da),
+                *extra,
+                mode=enzpy.Forward,
+            )
+            assert got == pytest.approx(one, rel=1e-13, abs=1e-15)
 
 
 def test_a_mode_the_rule_has_no_function_for_is_refused_naming_the_rule():
@@ -424,3 +437,57 @@ def test_code_compiled_after_a_rule_derivative_can_call_the_ruled_function():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[0] == "1.5"
+
+
+# --- what cfg tells the rule ---------------------------------------------------
+
+
+@numba.njit
+def cfg_probe(a):
+    return 2.0 * a
+
+
+@numba.njit
+def _probe_code(cfg):
+    return 1000.0 * cfg.lane + 10.0 * cfg.width + (1.0 if cfg.result_active else 0.0)
+
+
+def _probe_forward(cfg, a, da):
+    # A deliberately wrong tangent that reports what cfg said.
+    return 2.0 * a, _probe_code(cfg)
+
+
+def _probe_augmented(cfg, a):
+    return 2.0 * a, 0
+
+
+def _probe_reverse(cfg, tape, a, da, ybar):
+    return _probe_code(cfg)
+
+
+enzpy.register_rule(
+    cfg_probe, forward=_probe_forward, augmented=_probe_augmented, reverse=_probe_reverse
+)
+
+
+@numba.njit
+def uses_probe(a):
+    return cfg_probe(a)
+
+
+@numba.njit
+def drops_probe(a):
+    cfg_probe(a)
+    return 3.0 * a
+
+
+def test_cfg_tells_the_rule_the_batch_width_its_lane_and_whether_the_result_is_used():
+    assert enzpy.autodiff(uses_probe, Duplicated(0.5, 1.0), mode=enzpy.Forward) == 11.0
+    lanes = enzpy.autodiff(uses_probe, BatchDuplicated(0.5, (1.0, 1.0, 1.0)), mode=enzpy.Forward)
+    assert lanes == (31.0, 1031.0, 2031.0)
+    (g,) = enzpy.autodiff(uses_probe, Active(0.5))
+    assert g == 11.0
+    (g,) = enzpy.autodiff(drops_probe, Active(0.5))
+    assert g == 3.0 + 10.0  # width 1, lane 0, result unused
+    (gs,) = enzpy.autodiff(uses_probe, Active(0.5), mode=enzpy.Reverse, ret=(1.0, 1.0))
+    assert gs == (21.0, 1021.0)

@@ -74,9 +74,7 @@ def test_an_array_result_gets_its_derivative_in_reverse_and_forward_mode():
 
 
 def test_an_array_result_passes_the_harness_in_every_activity_pattern():
-    rep = check_derivative(
-        uses_result, np.array([0.3, -1.1, 0.7]), 0.9, np.zeros(3), widths=(1,), report=True
-    )
+    rep = check_derivative(uses_result, np.array([0.3, -1.1, 0.7]), 0.9, np.zeros(3), report=True)
     assert rep.ok, rep
 
 
@@ -103,7 +101,7 @@ def test_a_result_made_every_step_of_a_time_loop_matches_finite_differences():
     _, (gx, ga) = fd_gradient(loss, x0, a)
     np.testing.assert_allclose(dx, gx, rtol=1e-6, atol=1e-9)
     assert da == pytest.approx(ga, rel=1e-6)
-    rep = check_derivative(time_loop, x0, a, 6, widths=(1,), report=True)
+    rep = check_derivative(time_loop, x0, a, 6, report=True)
     assert rep.ok, rep
 
 
@@ -122,7 +120,7 @@ def carried(x, a, steps):
 @pytest.mark.parametrize("steps", [1, 3])
 def test_a_result_carried_into_the_next_call_by_a_loop(steps):
     x = np.array([0.9, -0.6, 1.2, 0.3])
-    rep = check_derivative(carried, x, 0.8, steps, widths=(1,), report=True)
+    rep = check_derivative(carried, x, 0.8, steps, report=True)
     assert rep.ok, rep
 
 
@@ -137,7 +135,7 @@ def chained(x, a):
 
 def test_a_result_passed_to_another_call_and_changed_in_place():
     x = np.array([0.9, -0.6, 1.2])
-    rep = check_derivative(chained, x, 1.3, widths=(1,), report=True)
+    rep = check_derivative(chained, x, 1.3, report=True)
     assert rep.ok, rep
 
 
@@ -182,7 +180,7 @@ def test_results_of_matrix_rules_feed_one_another():
     rng = np.random.default_rng(3)
     A, B = rng.normal(size=(4, 3)), rng.normal(size=(2, 4))
     x, b = rng.normal(size=3), rng.normal(size=4)
-    rep = check_derivative(two_layers, A, B, x, b, widths=(1,), report=True)
+    rep = check_derivative(two_layers, A, B, x, b, report=True)
     assert rep.ok, rep
 
 
@@ -247,7 +245,7 @@ def views_and_layouts(x, M, w):
 def test_results_that_are_views_or_transposed_get_shadows_laid_out_like_them():
     rng = np.random.default_rng(5)
     x, M, w = rng.normal(size=4), rng.normal(size=(3, 2)), rng.normal(size=(2, 3))
-    rep = check_derivative(views_and_layouts, x, M, w, widths=(1,), report=True)
+    rep = check_derivative(views_and_layouts, x, M, w, report=True)
     assert rep.ok, rep
 
 

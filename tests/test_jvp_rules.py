@@ -45,7 +45,7 @@ def attention_loss(z, t, w):
 def test_a_jvp_rule_gives_reverse_and_forward_derivatives_in_every_activity_pattern():
     z = np.array([0.3, -1.2, 0.8, 0.1])
     w = np.array([1.0, 2.0, -1.0, 0.5])
-    rep = check_derivative(attention_loss, z, 0.7, w, widths=(1,), report=True)
+    rep = check_derivative(attention_loss, z, 0.7, w, report=True)
     assert rep.ok, rep
 
 
@@ -61,7 +61,7 @@ def sharpening(z, t, steps):
 
 
 def test_a_jvp_rule_in_a_loop_that_overwrites_its_argument():
-    rep = check_derivative(sharpening, np.array([0.3, -0.2, 0.5]), 0.9, 4, widths=(1,), report=True)
+    rep = check_derivative(sharpening, np.array([0.3, -0.2, 0.5]), 0.9, 4, report=True)
     assert rep.ok, rep
 
 
@@ -111,7 +111,7 @@ def test_a_jvp_rule_for_a_function_whose_body_calls_c_code():
     with pytest.raises(enzpy.UnsupportedError):
         enzpy.autodiff(uses_erf_mass, Duplicated(x, np.zeros(3)), Active(1.3))
     enzpy.register_jvp(erf_mass, erf_mass_jvp)
-    rep = check_derivative(uses_erf_mass, x, 1.3, widths=(1,), report=True)
+    rep = check_derivative(uses_erf_mass, x, 1.3, report=True)
     assert rep.ok, rep
 
 

@@ -119,7 +119,7 @@ def trajectory_loss(u0, k, c, steps):
 
 def test_a_time_loop_with_a_nonlinear_solve_each_step_matches_finite_differences():
     u0 = np.array([0.8, -0.2])
-    rep = check_derivative(trajectory_loss, u0, 1.7, 0.4, 12, widths=(1,), report=True)
+    rep = check_derivative(trajectory_loss, u0, 1.7, 0.4, 12, report=True)
     assert rep.ok, rep
 
 
@@ -153,7 +153,7 @@ def fixed_point_loss(p):
 
 def test_implicit_gives_a_users_solver_the_implicit_function_theorems_derivative():
     p = np.array([0.6, 0.2, -0.4, 0.9])
-    rep = check_derivative(fixed_point_loss, p, widths=(1,), report=True)
+    rep = check_derivative(fixed_point_loss, p, report=True)
     assert rep.ok, rep
 
 

@@ -149,6 +149,31 @@ bool ActivityAnalysis::customCallActive(const CustomCall &CC) const {
   return false;
 }
 
+bool ActivityAnalysis::customResultActive(const CustomCall &CC) const {
+  if (CC.returnsArray()) {
+    RuleResult RR = ruleResult(*CC.Call);
+    return RR.Data && pointsToActive(RR.Data);
+  }
+  if (!CC.returnsFloat())
+    return false;
+  if (!CC.Hidden)
+    return isActive(CC.Call);
+  // numba's return slot: used when a read of it carries a derivative.
+  const Value *Slot = CC.Call->getArgOperand(numba::RetPtrParam);
+  if (!pointsToActive(Slot))
+    return false;
+  if (!isa<AllocaInst>(Slot))
+    return true;
+  for (const User *U : Slot->users()) {
+    if (auto *L = dyn_cast<LoadInst>(U); L && isActive(L))
+      return true;
+    if (!isa<LoadInst>(U) && !isa<StoreInst>(U) && U != CC.Call &&
+        !isa<LifetimeIntrinsic>(U))
+      return true; // read some other way
+  }
+  return false;
+}
+
 /// The callees of pending custom rules (rules/CustomRules.h) whose calls
 /// carry derivatives here, one per line of a "rules_needed" error, for
 /// enzpy to build their functions and ask again.
@@ -185,15 +210,6 @@ Error ActivityAnalysis::checkCustomCall(const CustomCall &CC) const {
     return missing("forward");
   if (Req.DiffMode == Mode::Reverse && (!CC.Augmented || !CC.Reverse))
     return missing(CC.Augmented ? "reverse" : "augmented");
-  // Its own kind: drivers that chose the width themselves retry with one
-  // direction per call.
-  if (Req.DiffMode == Mode::Forward && Req.Width > 1)
-    return makeError("unsupported-batch",
-                     "forward batch mode (width > 1) through the rule for '" +
-                         Twine(CC.Name) +
-                         "' is not supported yet: run one direction at a "
-                         "time, or use reverse mode",
-                     &CB);
   for (const CustomCall::Arg &A : CC.Args) {
     if (A.Kind != CustomCall::ArgKind::Memory)
       continue;
@@ -204,14 +220,24 @@ Error ActivityAnalysis::checkCustomCall(const CustomCall &CC) const {
                            "' is passed memory the engine cannot trace (" +
                            describeMemory(V) + ")",
                        &CB);
-    if (CC.mayWrite(A.Operand) && floatElementType(TA, V) && !pointsToActive(V))
-      return makeError("activity",
-                       "the rule for '" + Twine(CC.Name) +
-                           "' writes a differentiable result into memory "
-                           "that cannot hold its derivative (" +
-                           describeMemory(V) +
-                           "); pass it as Duplicated (with a shadow array)",
-                       &CB);
+    // Floats by what the kernel does with the memory, or by numba's type of
+    // the argument where the njit function's own body stores through it (a
+    // Const argument has no element type of its own). Writes the analysis
+    // cannot see (a C function, a call it passes the pointer to) are
+    // trusted not to touch a Const argument: most such pointers are inputs.
+    bool Floats =
+        floatElementType(TA, V) || (A.Elem && CC.storesThrough(A.Operand));
+    if (!CC.mayWrite(A.Operand) || !Floats || pointsToActive(V))
+      continue;
+    if (Error E = checkVariedInto(V, CB))
+      return E;
+    return makeError("activity",
+                     "the rule for '" + Twine(CC.Name) +
+                         "' writes a differentiable result into memory "
+                         "that cannot hold its derivative (" +
+                         describeMemory(V) +
+                         "); pass it as Duplicated (with a shadow array)",
+                     &CB);
   }
   return Error::success();
 }

@@ -67,6 +67,9 @@ public:
   /// Whether anything the custom-rule call \p CC takes carries a
   /// derivative (then the synthesizers call its rule functions).
   bool customCallActive(const CustomCall &CC) const;
+  /// Whether the float or array the custom-rule call \p CC returns carries
+  /// a derivative that is used (RuleConfig.result_active).
+  bool customResultActive(const CustomCall &CC) const;
   /// The float type of the active memory \p Ptr points into (null when its
   /// roots do not agree on one).
   llvm::Type *shadowElementType(const llvm::Value *Ptr) const;

@@ -45,8 +45,8 @@ Type *parsedType(StringRef S, const Module &M) {
   return T && !T->isVoidTy() ? T : nullptr;
 }
 /// Wrapper parameters before the operands: retptr, excinfo, active,
-/// overwritten.
-constexpr unsigned WrapperLead = 4;
+/// overwritten, lanes.
+constexpr unsigned WrapperLead = 5;
 
 unsigned hiddenOf(const Function &F) {
   return numba::hasNativeSignature(*F.getFunctionType()) && !F.isDeclaration()
@@ -54,15 +54,17 @@ unsigned hiddenOf(const Function &F) {
              : 0;
 }
 
-/// "a4d,f7,o8": kind and operand (after the hidden ones) of each argument,
-/// and the float type ('d', 'f') a memory argument holds where known.
+/// "a4d,p9,f7,o8": kind and operand (after the hidden ones) of each
+/// argument ('a' an array's data pointer, 'p' a raw pointer, 'f' a float,
+/// 'o' anything else), and the float type ('d', 'f') memory holds where
+/// known.
 bool parseArgs(StringRef S, unsigned Hidden,
                SmallVectorImpl<CustomCall::Arg> &Out) {
   SmallVector<StringRef, 8> Parts;
   S.split(Parts, ',', -1, false);
   for (StringRef P : Parts) {
     char Elem = 0;
-    if (P[0] == 'a' && (P.back() == 'd' || P.back() == 'f')) {
+    if ((P[0] == 'a' || P[0] == 'p') && (P.back() == 'd' || P.back() == 'f')) {
       Elem = P.back();
       P = P.drop_back();
     }
@@ -71,6 +73,7 @@ bool parseArgs(StringRef S, unsigned Hidden,
     CustomCall::ArgKind K;
     switch (P[0]) {
     case 'a':
+    case 'p':
       K = CustomCall::ArgKind::Memory;
       break;
     case 'f':
@@ -85,7 +88,7 @@ bool parseArgs(StringRef S, unsigned Hidden,
     unsigned Operand;
     if (P.drop_front().getAsInteger(10, Operand))
       return false;
-    Out.push_back({K, Operand + Hidden, Elem});
+    Out.push_back({K, Operand + Hidden, Elem, P[0] == 'p'});
   }
   return true;
 }
@@ -137,6 +140,11 @@ bool CustomCall::mayWrite(unsigned Operand) const {
   if (!Call->getArgOperand(Operand)->getType()->isPointerTy())
     return false;
   return Hidden ? mayWriteThrough(*Callee, Operand) : true;
+}
+
+bool CustomCall::storesThrough(unsigned Operand) const {
+  return Hidden && Call->getArgOperand(Operand)->getType()->isPointerTy() &&
+         mayWriteThrough(*Callee, Operand, /*OnlyStores=*/true);
 }
 
 bool hasCustomRule(const Function *F) {
@@ -385,7 +393,7 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
   bool FloatResult = Result && Result->isFloatingPointTy();
   auto expectParams = [&](Function *W, StringRef What,
                           ArrayRef<ArrayRef<Type *>> Groups) -> Error {
-    SmallVector<Type *, 16> Want = {Ptr, Ptr, I64, I64};
+    SmallVector<Type *, 16> Want = {Ptr, Ptr, I64, I64, I64};
     for (ArrayRef<Type *> Gr : Groups)
       Want.append(Gr.begin(), Gr.end());
     FunctionType *WT = W->getFunctionType();
@@ -511,15 +519,18 @@ static Function *guarded(Function *W, Type *RT) {
 }
 
 Value *emitRuleCall(IRBuilder<> &B, IRBuilder<> &EntryB, Function *W, Type *RT,
-                    Value *StatusSlot, Value *Exc, uint64_t Active,
-                    uint64_t Overwritten, ArrayRef<Value *> Operands,
-                    Value *&Result) {
+                    Value *StatusSlot, Value *Exc, const RuleCallInfo &Info,
+                    ArrayRef<Value *> Operands, Value *&Result) {
   // A wrapper that returns None still stores numba's None value (a null
   // pointer) through its result pointer: the slot must hold one.
   Value *Slot = EntryB.CreateAlloca(RT ? RT : B.getPtrTy(), nullptr,
                                     W->getName() + ".result");
-  SmallVector<Value *, 16> Args = {StatusSlot, Slot, Exc, B.getInt64(Active),
-                                   B.getInt64(Overwritten)};
+  SmallVector<Value *, 16> Args = {StatusSlot,
+                                   Slot,
+                                   Exc,
+                                   B.getInt64(Info.Active),
+                                   B.getInt64(Info.Overwritten),
+                                   B.getInt64(Info.lanes())};
   Args.append(Operands.begin(), Operands.end());
   Value *Status = B.CreateCall(guarded(W, RT), Args);
   Result = RT ? B.CreateLoad(RT, Slot) : nullptr;

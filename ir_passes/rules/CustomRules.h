@@ -6,9 +6,9 @@
 // LAPACK helpers of numba's helper library) three numba functions
 // (enzpy/_custom_rules.py builds them around the author's own):
 //
-//   forward(active, overwritten, x..., s...)    -> y, or (y, dy) for a float y
-//   augmented(active, overwritten, x...)        -> (y, tape), or tape (no y)
-//   reverse(active, overwritten, tape..., x..., s..., [ybar])
+//   forward(active, overwritten, lanes, x..., s...)  -> y, or (y, dy)
+//   augmented(active, overwritten, lanes, x...)      -> (y, tape), or tape
+//   reverse(active, overwritten, lanes, tape..., x..., s..., [ybar])
 //                                               -> cotangents of float x
 //
 // Each replaces the call of f: forward and augmented run f's primal (with
@@ -22,7 +22,10 @@
 // (forward) or 0 (reverse), 0 for other arguments. `active` has bit i set
 // when argument i carries a derivative here, `overwritten` when the memory
 // of argument i may change between the call and its reverse (reverse mode;
-// the rule then keeps what it needs on its tape). The tape is whatever
+// the rule then keeps what it needs on its tape). In forward batch mode the
+// forward function runs once per lane; for lanes after the first,
+// `overwritten` carries LaneCallBit and the arguments the wrapper must copy
+// (ForwardSynthesis's laneMemory). The tape is whatever
 // numba value augmented returned, passed back flattened into its scalar
 // leaves; the MemInfos among them are released when the derivative
 // returns.
@@ -71,6 +74,9 @@ struct CustomCall {
     /// The float type a memory argument holds, where numba's type says
     /// ('d' double, 'f' float; 0 when not known or not floats).
     char Elem = 0;
+    /// A memory argument passed as a raw pointer (not an array whose
+    /// wrapper knows its shape).
+    bool Raw = false;
   };
   const llvm::CallBase *Call = nullptr;
   const llvm::Function *Callee = nullptr;
@@ -99,6 +105,9 @@ struct CustomCall {
   bool returnsArray() const { return ResultElem != 0; }
   /// Whether the call may write through its operand \p Operand.
   bool mayWrite(unsigned Operand) const;
+  /// Whether the body of an njit function stores through its operand
+  /// \p Operand itself (not only through calls it passes it to).
+  bool storesThrough(unsigned Operand) const;
 };
 
 /// The description of \p CB when its callee has a custom rule.
@@ -139,6 +148,26 @@ void canonicalizeRuleResults(llvm::Function &F);
 /// missing.
 llvm::Error markCustomRule(llvm::Module &M, const RuleSpec &R);
 
+/// What a call of a rule function tells the rule (its RuleConfig): the
+/// arguments that carry a derivative and those whose memory may change
+/// before the reverse (a bit per argument), the batch width and the lane
+/// of this call, and whether the function's result carries a derivative.
+struct RuleCallInfo {
+  uint64_t Active = 0, Overwritten = 0;
+  unsigned Width = 1, Lane = 0;
+  bool ResultActive = false;
+  /// The `lanes` word the wrappers take: width, lane << 8, result << 16.
+  uint64_t lanes() const {
+    return Width | uint64_t(Lane) << 8 | uint64_t(ResultActive) << 16;
+  }
+};
+
+/// Set in the `overwritten` mask of a forward function call for a lane of
+/// batch mode other than the first: the call must leave the primal's memory
+/// as it is, and gets copies of the arrays whose bits are set (the
+/// wrapper's RuleConfig then says nothing is overwritten).
+constexpr uint64_t LaneCallBit = uint64_t(1) << 62;
+
 /// Emits `status = W(slot, exc, active, overwritten, operands...)` at \p B,
 /// with the result slot (of type \p RT) an alloca in \p EntryB; returns the
 /// status and sets \p Result to what W returned (null when \p RT is). W is
@@ -148,7 +177,7 @@ llvm::Error markCustomRule(llvm::Module &M, const RuleSpec &R);
 llvm::Value *emitRuleCall(llvm::IRBuilder<> &B, llvm::IRBuilder<> &EntryB,
                           llvm::Function *W, llvm::Type *RT,
                           llvm::Value *StatusSlot, llvm::Value *Exc,
-                          uint64_t Active, uint64_t Overwritten,
+                          const RuleCallInfo &Info,
                           llvm::ArrayRef<llvm::Value *> Operands,
                           llvm::Value *&Result);
 

@@ -12,6 +12,7 @@
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
+#include "llvm/IR/IntrinsicInst.h"
 #include "llvm/IR/Module.h"
 
 using namespace llvm;
@@ -316,9 +317,11 @@ std::string ruleFunctionName(const Function &F) {
   return Q.empty() ? displayName(F.getName()) : Q;
 }
 
-bool mayWriteThrough(const Function &F, unsigned ArgNo) {
+bool mayWriteThrough(const Function &F, unsigned ArgNo, bool OnlyStores) {
   if (F.isDeclaration())
-    return true;
+    return !OnlyStores;
+  bool Unknown = false; // a use the walk cannot follow
+
   // Follow the pointer and every pointer derived from it, also through local
   // memory it is stored into (numba keeps array structures in allocas); any
   // write through one of them, or an escape the walk cannot follow, counts.
@@ -352,18 +355,23 @@ bool mayWriteThrough(const Function &F, unsigned ArgNo) {
         if (SI->getPointerOperand() == V)
           return true;
         if (!holdIn(SI->getPointerOperand()))
-          return true; // stored where the walk cannot follow
+          Unknown = true; // stored where the walk cannot follow
       } else if (auto *CB = dyn_cast<CallBase>(U)) {
         if (numba::isRefcountCall(*CB) || !CB->mayWriteToMemory())
           continue;
         for (unsigned K = 0; K < CB->arg_size(); ++K)
-          if (CB->getArgOperand(K) == V && !CB->onlyReadsMemory(K))
-            return true;
+          if (CB->getArgOperand(K) == V && !CB->onlyReadsMemory(K)) {
+            if (isa<MemIntrinsic>(CB) && K == 0)
+              return true; // the destination of a fill or copy
+            Unknown = true;
+          }
       } else if (isa<LoadInst>(U) || isa<ICmpInst>(U)) {
         continue;
       } else {
-        return true; // atomics, ptrtoint, returns, ...
+        Unknown = true; // atomics, ptrtoint, returns, ...
       }
+      if (Unknown && !OnlyStores)
+        return true;
     }
   }
   return false;

@@ -62,8 +62,12 @@ bool isInactiveFunction(const llvm::Function *F);
 
 /// Whether the body of \p F may write through its parameter \p ArgNo
 /// (stores, memory intrinsics, or calls other than numba's reference
-/// counting that are passed the pointer); true for a declaration.
-bool mayWriteThrough(const llvm::Function &F, unsigned ArgNo);
+/// counting that are passed the pointer); true for a declaration. With
+/// \p OnlyStores, whether it has a store or memory intrinsic that writes
+/// through it (calls and escapes it cannot follow do not count; false for a
+/// declaration).
+bool mayWriteThrough(const llvm::Function &F, unsigned ArgNo,
+                     bool OnlyStores = false);
 
 /// Functions the derivative calls that preprocessing must keep although
 /// nothing calls them yet: the partials functions of user rules.

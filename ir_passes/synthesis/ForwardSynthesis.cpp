@@ -50,6 +50,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "driver/Diagnostics.h"
+#include "driver/IRHelpers.h"
 #include "numba/NumbaABI.h"
 #include "rules/BlasRules.h"
 #include "rules/CustomRules.h"
@@ -59,11 +60,14 @@
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
+#include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/PostOrderIterator.h"
+#include "llvm/Analysis/LoopInfo.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/AsmParser/Parser.h"
 #include "llvm/IR/CFG.h"
 #include "llvm/IR/Constants.h"
+#include "llvm/IR/Dominators.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/Instructions.h"
 #include "llvm/IR/IntrinsicInst.h"
@@ -102,7 +106,24 @@ private:
   void visitMemoryIntrinsic(const AnyMemIntrinsic &MI);
   void visitBlasCall(const BlasCall &Blas);
   void visitRecursiveCall(const CallBase &CB, const CallDerivative &CD);
-  void visitCustomCall(const CustomCall &CC);
+  Error visitCustomCall(const CustomCall &CC);
+  /// What forward batch mode gives lanes 2.. of a custom rule call instead
+  /// of the memory the call may write (laneMemory).
+  struct Snapshot {
+    Value *Buffer = nullptr, *Bytes = nullptr;
+  };
+  struct LaneMemory {
+    /// The base of each allocation copied, and its copy.
+    MapVector<Value *, Snapshot> Snapshots;
+    /// Operands pointing into a copied allocation: (operand, its base).
+    SmallVector<std::pair<unsigned, Value *>, 4> Redirected;
+    /// Arguments the wrapper copies (a bit per argument).
+    uint64_t WrapperCopies = 0;
+  };
+  Expected<LaneMemory> laneMemory(const CustomCall &CC);
+  std::pair<Value *, Value *>
+  allocationExtent(const Value *PA, const Value *Root, const CallBase *Alloc,
+                   DenseMap<const Value *, std::pair<Value *, Value *>> &Memo);
   void mirrorSpill(const StoreInst &St);
   void dropReturnedShadows(const StoreInst &St);
   Error mirrorRefcounts();
@@ -132,6 +153,9 @@ private:
   Function &P;
   LLVMContext &Ctx;
   unsigned Width;
+  /// The primal's dominator tree, built when batch mode first needs it.
+  std::optional<DominatorTree> PDT;
+  std::optional<LoopInfo> PLI;
 
   DenseMap<const Value *, Lanes> Tangents;      // primal value -> its tangents
   SmallVector<const PHINode *, 16> TangentPhis; // to fill in at the end
@@ -479,68 +503,246 @@ void ForwardSynthesizer::visitRecursiveCall(const CallBase &CB,
 /// A call with a custom rule becomes a call of its forward function, which
 /// runs the primal, writes the tangents of what it writes into the shadows
 /// it is passed and returns the tangent of a float result
-/// (rules/CustomRules.h). Batch mode is refused by the activity analysis.
-void ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
+/// (rules/CustomRules.h). In batch mode the forward function runs once per
+/// lane: lanes 2.. first, each on the memory as it was before the call,
+/// then lane 1 on the real memory (laneMemory).
+Error ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
   const CallBase &CB = *CC.Call;
   auto *DC = cast<CallBase>(mapped(&CB));
   IRBuilder<> B(DC);
   IRBuilder<> EB(Sk.Entry, Sk.Entry->getFirstInsertionPt());
-  SmallVector<Value *, 16> Operands(DC->arg_begin() + CC.Hidden, DC->arg_end());
+  SmallVector<Value *, 16> Primal(DC->arg_begin() + CC.Hidden, DC->arg_end());
   uint64_t Active = 0;
   for (unsigned I = 0; I < CC.Args.size(); ++I) {
     const Value *PA = CB.getArgOperand(CC.Args[I].Operand);
-    switch (CC.Args[I].Kind) {
-    case CustomCall::ArgKind::Memory:
-      if (AA.pointsToActive(PA)) {
-        Active |= uint64_t(1) << I;
-        Operands.push_back(shadow(PA, 0));
-      } else {
-        Operands.push_back(ConstantPointerNull::get(B.getPtrTy()));
-      }
-      break;
-    case CustomCall::ArgKind::Float:
-      if (AA.isActive(PA))
-        Active |= uint64_t(1) << I;
-      Operands.push_back(tangentOrZero(PA, 0));
-      break;
-    case CustomCall::ArgKind::Other:
-      Operands.push_back(B.getInt64(0));
-      break;
-    }
+    if (CC.Args[I].Kind == CustomCall::ArgKind::Memory
+            ? AA.pointsToActive(PA)
+            : CC.Args[I].Kind == CustomCall::ArgKind::Float && AA.isActive(PA))
+      Active |= uint64_t(1) << I;
+  }
+  LaneMemory LM;
+  if (Width > 1) {
+    Expected<LaneMemory> M = laneMemory(CC);
+    if (!M)
+      return M.takeError();
+    LM = std::move(*M);
   }
   Value *Exc = CC.Hidden ? DC->getArgOperand(numba::ExcInfoParam)
                          : Sk.D->getArg(numba::ExcInfoParam);
-  Value *Result = nullptr;
-  Value *Status =
-      emitRuleCall(B, EB, CC.Forward, CC.ForwardResult, Sk.ruleStatusSlot(),
-                   Exc, Active, 0, Operands, Result);
-  Value *Y = Result, *DY = nullptr;
-  if (Result && CC.returnsFloat()) {
-    Y = B.CreateExtractValue(Result, 0);
-    DY = B.CreateExtractValue(Result, 1);
-  } else if (Result && CC.returnsArray()) {
-    // (y, the shadow's owner, the shadow of y's data pointer): the shadow
-    // lives as long as y (mirrorRefcounts).
-    Y = B.CreateExtractValue(Result, 0);
-    Value *MI = B.CreateExtractValue(Result, {1, 0});
-    Value *SD = B.CreateExtractValue(Result, 2);
-    Sk.fillRuleResultShadows(CB, {MI}, {SD});
+  Lanes Y(Width, nullptr), DY(Width, nullptr), MIs(Width, nullptr),
+      SDs(Width, nullptr);
+  // Lanes 2.. first, while the memory still holds what the call reads.
+  for (unsigned Step = 1; Step <= Width; ++Step) {
+    unsigned K = Step % Width;
+    SmallVector<Value *, 16> Operands(Primal);
+    RuleCallInfo Info{Active, 0, Width, K, AA.customResultActive(CC)};
+    if (K != 0) {
+      for (auto &[Base, Copy] : LM.Snapshots)
+        B.CreateMemCpy(Copy.Buffer, MaybeAlign(), Base, MaybeAlign(),
+                       Copy.Bytes);
+      for (auto &[Operand, Base] : LM.Redirected) {
+        Value *&Op = Operands[Operand - CC.Hidden];
+        Value *Offset = B.CreateSub(B.CreatePtrToInt(Op, B.getInt64Ty()),
+                                    B.CreatePtrToInt(Base, B.getInt64Ty()));
+        Value *Moved = B.CreateGEP(B.getInt8Ty(), LM.Snapshots[Base].Buffer,
+                                   Offset, "enzpy.lane.arg");
+        Op = B.CreateSelect(B.CreateIsNull(Op), Op, Moved);
+      }
+      Info.Overwritten = LM.WrapperCopies | LaneCallBit;
+    }
+    for (unsigned I = 0; I < CC.Args.size(); ++I) {
+      const Value *PA = CB.getArgOperand(CC.Args[I].Operand);
+      switch (CC.Args[I].Kind) {
+      case CustomCall::ArgKind::Memory:
+        Operands.push_back(Active >> I & 1
+                               ? shadow(PA, K)
+                               : ConstantPointerNull::get(B.getPtrTy()));
+        break;
+      case CustomCall::ArgKind::Float:
+        Operands.push_back(tangentOrZero(PA, K));
+        break;
+      case CustomCall::ArgKind::Other:
+        Operands.push_back(B.getInt64(0));
+        break;
+      }
+    }
+    Value *Result = nullptr;
+    Value *Status =
+        emitRuleCall(B, EB, CC.Forward, CC.ForwardResult, Sk.ruleStatusSlot(),
+                     Exc, Info, Operands, Result);
+    if (K == 0)
+      Y[0] = CC.returnsFloat() || CC.returnsArray() ? nullptr : Result;
+    if (Result && CC.returnsFloat()) {
+      Y[K] = B.CreateExtractValue(Result, 0);
+      DY[K] = B.CreateExtractValue(Result, 1);
+    } else if (Result && CC.returnsArray()) {
+      // (y, the shadow's owner, the shadow of y's data pointer): the shadow
+      // lives as long as lane 1's y (mirrorRefcounts); the other lanes'
+      // results are dropped.
+      Y[K] = B.CreateExtractValue(Result, 0);
+      MIs[K] = B.CreateExtractValue(Result, {1, 0});
+      SDs[K] = B.CreateExtractValue(Result, 2);
+      if (K != 0)
+        B.CreateCall(numba::decrefFunction(*Sk.D->getParent()),
+                     {B.CreateExtractValue(Result, {0, 0})});
+    }
+    if (K == 0 && CC.Hidden) {
+      const Value *RetPtr = CB.getArgOperand(numba::RetPtrParam);
+      if (Y[0])
+        B.CreateStore(Y[0], mapped(RetPtr));
+      if (DY[0] && AA.pointsToActive(RetPtr))
+        for (unsigned L = 0; L < Width; ++L)
+          B.CreateStore(DY[L], shadow(RetPtr, L));
+      DC->replaceAllUsesWith(Status);
+    }
   }
-  if (CC.Hidden) {
-    const Value *RetPtr = CB.getArgOperand(numba::RetPtrParam);
-    if (Y)
-      B.CreateStore(Y, mapped(RetPtr));
-    if (DY && AA.pointsToActive(RetPtr))
-      B.CreateStore(DY, shadow(RetPtr, 0));
-    DC->replaceAllUsesWith(Status);
-  } else {
-    if (Y)
-      DC->replaceAllUsesWith(Y);
-    if (DY && AA.isActive(&CB))
-      Tangents[&CB] = Lanes{DY};
+  for (auto &[Base, Copy] : LM.Snapshots)
+    B.CreateCall(libcFree(*Sk.D->getParent()), {Copy.Buffer});
+  if (CC.returnsArray() && MIs[0])
+    Sk.fillRuleResultShadows(CB, MIs, SDs);
+  if (!CC.Hidden) {
+    if (Y[0])
+      DC->replaceAllUsesWith(Y[0]);
+    if (DY[0] && AA.isActive(&CB))
+      Tangents[&CB] = DY;
   }
   DC->eraseFromParent();
   note("tangent-custom-rule", &CB);
+  return Error::success();
+}
+
+/// Lanes 2.. of a forward rule call must see the memory the call may write
+/// as it was before the call, and must not change it. Memory in an array
+/// the function allocated (a root whose allocation dominates the call, the
+/// operand an address into it) is copied whole into a snapshot, refreshed
+/// before each lane and released after them: pointers into one allocation
+/// keep sharing memory. An array argument of another origin is copied by
+/// the rule's wrapper (RuleConfig stays as in lane 1). Raw pointers of
+/// another origin cannot be copied: the call is refused in batch mode, and
+/// drivers that chose the width run one direction at a time.
+Expected<ForwardSynthesizer::LaneMemory>
+ForwardSynthesizer::laneMemory(const CustomCall &CC) {
+  const CallBase &CB = *CC.Call;
+  if (!PDT) {
+    PDT.emplace(P);
+    PLI.emplace(*PDT);
+  }
+  // An address into this very allocation (or null), not one carried over
+  // from an earlier iteration of a loop, through what allocationExtent
+  // follows.
+  SmallPtrSet<const Value *, 8> Seen;
+  std::function<bool(const Value *, const Value *)> follows =
+      [&](const Value *V, const Value *Root) {
+        if (V == Root || isa<ConstantPointerNull>(V) || !Seen.insert(V).second)
+          return true;
+        if (auto *G = dyn_cast<GEPOperator>(V))
+          return follows(G->getPointerOperand(), Root);
+        if (auto *Sel = dyn_cast<SelectInst>(V))
+          return follows(Sel->getTrueValue(), Root) &&
+                 follows(Sel->getFalseValue(), Root);
+        if (auto *Phi = dyn_cast<PHINode>(V))
+          return all_of(Phi->incoming_values(),
+                        [&](const Value *In) { return follows(In, Root); });
+        return false;
+      };
+  auto addressesInto = [&](const Value *PA, const Value *Root) {
+    SmallVector<const Value *, 4> Objects;
+    getUnderlyingObjects(PA, Objects, &*PLI);
+    Seen.clear();
+    return all_of(Objects,
+                  [&](const Value *O) {
+                    return O == Root || isa<ConstantPointerNull>(O);
+                  }) &&
+           follows(PA, Root);
+  };
+  LaneMemory LM;
+  DenseMap<const Value *, std::pair<Value *, Value *>> Extents;
+  IRBuilder<> B(cast<Instruction>(mapped(&CB)));
+  for (unsigned I = 0; I < CC.Args.size(); ++I) {
+    const CustomCall::Arg &A = CC.Args[I];
+    if (A.Kind != CustomCall::ArgKind::Memory || !CC.mayWrite(A.Operand))
+      continue;
+    const Value *PA = CB.getArgOperand(A.Operand);
+    const RootSet &Roots = TA.roots(PA);
+    const Value *Root = Roots.size() == 1 ? Roots[0] : nullptr;
+    const CallBase *Alloc = Root ? TA.allocationOf(Root) : nullptr;
+    bool Snapshot =
+        Alloc &&
+        (numba::isAllocationCall(Alloc) || numba::isRawAllocation(Alloc)) &&
+        addressesInto(PA, Root);
+    if (Snapshot) {
+      auto [Base, Bytes] = allocationExtent(PA, Root, Alloc, Extents);
+      if (!LM.Snapshots.count(Base)) {
+        // One byte more: a null operand has an extent of 0 bytes.
+        CallInst *Buffer = B.CreateCall(libcMalloc(*Sk.D->getParent()),
+                                        {B.CreateAdd(Bytes, B.getInt64(1))},
+                                        "enzpy.lane.snapshot");
+        Sk.failIfNull(Buffer);
+        LM.Snapshots[Base] = {Buffer, Bytes};
+      }
+      LM.Redirected.push_back({A.Operand, Base});
+    } else if (!A.Raw) {
+      LM.WrapperCopies |= uint64_t(1) << I;
+    } else {
+      return makeError(
+          "unsupported-batch",
+          "forward batch mode (width > 1) through the rule for '" +
+              Twine(CC.Name) +
+              "', which may write memory it is passed as a "
+              "raw pointer (" +
+              AA.describeMemory(PA) +
+              ") that enzpy cannot copy for each direction, is not "
+              "supported: run one direction at a time, or use reverse mode",
+          &CB);
+    }
+  }
+  return LM;
+}
+
+/// The start and size in bytes, in the derivative, of the allocation
+/// \p Alloc (whose data pointer is \p Root) that the address \p PA points
+/// into: through GEPs, and through phis of such addresses and nulls (null,
+/// 0 for a null), mirrored by phis (laneMemory checked that no phi is a
+/// loop's).
+std::pair<Value *, Value *> ForwardSynthesizer::allocationExtent(
+    const Value *PA, const Value *Root, const CallBase *Alloc,
+    DenseMap<const Value *, std::pair<Value *, Value *>> &Memo) {
+  if (PA == Root)
+    return {mapped(Root), mapped(Alloc->getArgOperand(0))};
+  Type *I64 = Type::getInt64Ty(Ctx);
+  if (isa<ConstantPointerNull>(PA))
+    return {PA->getType() == PointerType::getUnqual(Ctx)
+                ? const_cast<Value *>(PA)
+                : ConstantPointerNull::get(PointerType::getUnqual(Ctx)),
+            ConstantInt::get(I64, 0)};
+  if (auto *G = dyn_cast<GEPOperator>(PA))
+    return allocationExtent(G->getPointerOperand(), Root, Alloc, Memo);
+  if (auto It = Memo.find(PA); It != Memo.end())
+    return It->second;
+  if (const auto *Sel = dyn_cast<SelectInst>(PA)) {
+    auto [TB, TS] = allocationExtent(Sel->getTrueValue(), Root, Alloc, Memo);
+    auto [FB, FS] = allocationExtent(Sel->getFalseValue(), Root, Alloc, Memo);
+    IRBuilder<> B(cast<Instruction>(mapped(Sel)));
+    Value *C = mapped(Sel->getCondition());
+    return Memo[PA] = {B.CreateSelect(C, TB, FB, "enzpy.lane.base"),
+                       B.CreateSelect(C, TS, FS, "enzpy.lane.bytes")};
+  }
+  const auto *Phi = cast<PHINode>(PA);
+  auto *DPhi = cast<PHINode>(mapped(Phi));
+  IRBuilder<> B(DPhi->getParent(), DPhi->getParent()->getFirstNonPHIIt());
+  PHINode *Base =
+      B.CreatePHI(B.getPtrTy(), Phi->getNumIncomingValues(), "enzpy.lane.base");
+  PHINode *Bytes =
+      B.CreatePHI(I64, Phi->getNumIncomingValues(), "enzpy.lane.bytes");
+  Memo[PA] = {Base, Bytes};
+  for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I) {
+    auto [IB, IS] =
+        allocationExtent(Phi->getIncomingValue(I), Root, Alloc, Memo);
+    auto *From = cast<BasicBlock>(mapped(Phi->getIncomingBlock(I)));
+    Base->addIncoming(IB, From);
+    Bytes->addIncoming(IS, From);
+  }
+  return {Base, Bytes};
 }
 
 /// The skeleton, with the tangents of Active scalars as trailing
@@ -629,7 +831,7 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
   if (auto *CB = dyn_cast<CallBase>(&PI))
     if (std::optional<CustomCall> CC = matchCustomCall(*CB)) {
       if (AA.customCallActive(*CC))
-        visitCustomCall(*CC);
+        return visitCustomCall(*CC);
       return Error::success();
     }
   if (auto *CB = dyn_cast<CallBase>(&PI))

@@ -431,9 +431,10 @@ void ReverseSynthesizer::prepareCustom(const CustomCall &CC) {
   Value *Exc = CC.Hidden ? DC->getArgOperand(numba::ExcInfoParam)
                          : D->getArg(numba::ExcInfoParam);
   Value *Result = nullptr;
-  Value *Status =
-      emitRuleCall(B, EB, CC.Augmented, CC.AugmentedResult, Sk.ruleStatusSlot(),
-                   Exc, T.Active, T.Overwritten, Operands, Result);
+  Value *Status = emitRuleCall(
+      B, EB, CC.Augmented, CC.AugmentedResult, Sk.ruleStatusSlot(), Exc,
+      {T.Active, T.Overwritten, Width, 0, AA.customResultActive(CC)}, Operands,
+      Result);
   Value *Y = nullptr, *Tape = Result;
   if (CC.result()) {
     Y = B.CreateExtractValue(Result, 0);
@@ -510,7 +511,8 @@ void ReverseSynthesizer::reverseCustom(const CustomCall &CC, IRBuilder<> &RB,
     Value *Result = nullptr;
     // A failure is kept in the rule status slot (the derivative returns it).
     emitRuleCall(RB, EB, CC.Reverse, CC.ReverseResult, Sk.ruleStatusSlot(),
-                 D->getArg(numba::ExcInfoParam), T.Active, T.Overwritten,
+                 D->getArg(numba::ExcInfoParam),
+                 {T.Active, T.Overwritten, Width, K, AA.customResultActive(CC)},
                  Operands, Result);
     if (!Result)
       continue;
