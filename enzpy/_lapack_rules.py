@@ -34,8 +34,16 @@ of keeps its cotangent; scratch contents a routine leaves undefined get NaN
 tangents and must not carry cotangents (numba's code never reads them).
 Each rule keeps on its tape what the reverse needs of the call's results
 (copies only where ``cfg.overwritten`` says the memory may change).
-``numba_ez_gelsd`` (lstsq) has no rule: it stays refused with active
-operands.
+
+* ``numba_ez_gelsd`` (lstsq: the minimum-norm least-squares solution
+  ``X = A⁺ B`` into b's first n rows, A's singular values into s, A
+  destroyed): with ``P = A⁺`` truncated to the rank gelsd found and
+  ``R = B - A X``, ``dX = P (dB - dA X) + P Pᵀ dAᵀ R + (I - P A) dAᵀ Pᵀ X``
+  (the pseudo-inverse's derivative at constant rank) and ``ds_i = u_iᵀ dA v_i``;
+  the reverse is its transpose. For ``m > n`` at full rank, rows n..m-1 of
+  b hold a rotated residual whose column sums of squares are ``‖R_j‖²``
+  (numba reads nothing else of them): their tangent is the one along
+  themselves that moves those sums as ``2 R_jᵀ (dB - dA X)_j`` does.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ _getri_c = types.ExternalFunction("numba_ez_xxgetri", types.intc(_C, _I, _P, _I,
 _gesv_c = types.ExternalFunction("numba_xgesv", types.intc(_C, _I, _I, _P, _I, _P, _P, _I))
 _potrf_c = types.ExternalFunction("numba_xxpotrf", types.intc(_C, _C, _I, _P, _I))
 _evd_c = types.ExternalFunction("numba_ez_xxxevd", types.intc(_C, _C, _C, _I, _P, _I, _P))
+_gelsd_c = types.ExternalFunction(
+    "numba_ez_gelsd", types.intc(_C, _I, _I, _I, _P, _I, _P, _I, _P, types.float64, _P)
+)
 
 _D = ord("d")
 _S = ord("s")
@@ -663,10 +674,227 @@ def evd_reverse(cfg, tape, kind, dk, jobz, dj, uplo, du, n, dn, a, da, lda, dl, 
     return ()
 
 
+# gelsd(kind, m, n, nrhs, a, lda, b, ldb, s, rcond, rank): X = A⁺ B into
+# b (ldb = max(m, n) rows), the singular values into s, the rank into rank.
+
+
+@numba.njit(cache=True)
+def _pinv(A, rank):  # type: ignore[no-untyped-def]
+    """A's thin SVD (U, S, Vᵀ) and its pseudo-inverse truncated to ``rank``."""
+    U, S, Vt = np.linalg.svd(A, full_matrices=False)
+    P = np.zeros((A.shape[1], A.shape[0]), A.dtype)
+    for k in range(rank):
+        P += np.outer(Vt[k, :] / S[k], U[:, k])
+    return U, S, Vt, P
+
+
+@numba.njit(cache=True)
+def _residual_scale(C, G):  # type: ignore[no-untyped-def]
+    """Per column j: (C_j · G_j) / ‖C_j‖², 0 for a zero column."""
+    nrhs = C.shape[1]
+    alpha = np.zeros(nrhs, C.dtype)
+    for j in range(nrhs):
+        norm2 = 0.0
+        dot = 0.0
+        for i in range(C.shape[0]):
+            norm2 += C[i, j] * C[i, j]
+            dot += C[i, j] * G[i, j]
+        if norm2 > 0.0:
+            alpha[j] = dot / norm2
+    return alpha
+
+
+@numba.njit(cache=True)
+def _gelsd_fwd(act, m, n, nrhs, a, lda, b, ldb, s, rcond, rank, sa, sb, ss, like):  # type: ignore[no-untyped-def]
+    act_a, act_b, act_s = act
+    A = _dense(a, m, n, lda, like)
+    B = _dense(b, m, nrhs, ldb, like)
+    dA = _dense(sa, m, n, lda, like) if act_a else np.zeros((m, n), like.dtype)
+    dB = _dense(sb, m, nrhs, ldb, like) if act_b else np.zeros((m, nrhs), like.dtype)
+    info = _gelsd_c(_kind_char(like), m, n, nrhs, a, lda, b, ldb, s, rcond, rank)
+    if info != 0:
+        return info
+    r = _pivots(rank, 1)[0]
+    U, S, Vt, P = _pinv(A, r)
+    X = _dense(b, n, nrhs, ldb, like)
+    R = B - A @ X
+    G = dB - dA @ X
+    dAt = _contig(dA.T)
+    PtX = _contig(P.T) @ X
+    if act_b:
+        dX = P @ G + P @ (_contig(P.T) @ (dAt @ R)) + dAt @ PtX - P @ (A @ (dAt @ PtX))
+        _view(sb, n, nrhs, ldb, like)[:, :] = dX
+        if m > n:
+            dC = _view(sb, m, nrhs, ldb, like)[n:, :]
+            if r == n:
+                C = _dense(b, m, nrhs, ldb, like)[n:, :]
+                # ‖C_j‖² = ‖R_j‖² moves by 2 R_jᵀ G_j: along C_j, scaled.
+                beta = _residual_scale(R, G)
+                for j in range(nrhs):
+                    dC[:, j] = C[:, j] * beta[j]
+            else:
+                dC[:, :] = np.nan
+    if act_s:
+        ds = numba.carray(ss, (min(m, n),), like.dtype)
+        for k in range(min(m, n)):
+            ds[k] = U[:, k] @ (dA @ Vt[k, :])
+    if act_a:
+        _nan_fill(_view(sa, m, n, lda, like))  # gelsd destroys a
+    return info
+
+
+@numba.njit(cache=True)
+def gelsd_forward(  # type: ignore[no-untyped-def]
+    cfg,
+    kind,
+    dk,
+    m,
+    dm,
+    n,
+    dn,
+    nrhs,
+    dr,
+    a,
+    da,
+    lda,
+    dl,
+    b,
+    db,
+    ldb,
+    dlb,
+    s,
+    ds,
+    rcond,
+    dc,
+    rank,
+    dq,
+):
+    act = cfg.active
+    _float64_only(kind)
+    return _gelsd_fwd(
+        (act[4], act[6], act[8]),
+        m,
+        n,
+        nrhs,
+        a,
+        lda,
+        b,
+        ldb,
+        s,
+        rcond,
+        rank,
+        da,
+        db,
+        ds,
+        np.empty(0, np.float64),
+    )
+
+
+@numba.njit(cache=True)
+def _gelsd_aug(ow, m, n, nrhs, a, lda, b, ldb, s, rcond, rank, like):  # type: ignore[no-untyped-def]
+    A = _tape(_view(a, m, n, lda, like), True)  # gelsd destroys a and b
+    B = _tape(_view(b, m, nrhs, ldb, like), True)
+    info = _gelsd_c(_kind_char(like), m, n, nrhs, a, lda, b, ldb, s, rcond, rank)
+    out = _tape(_view(b, max(m, n), nrhs, ldb, like), ow[6])
+    return info, (A, B, out, np.int64(_pivots(rank, 1)[0]))
+
+
+@numba.njit(cache=True)
+def gelsd_augmented(cfg, kind, m, n, nrhs, a, lda, b, ldb, s, rcond, rank):  # type: ignore[no-untyped-def]
+    _float64_only(kind)
+    return _gelsd_aug(
+        cfg.overwritten, m, n, nrhs, a, lda, b, ldb, s, rcond, rank, np.empty(0, np.float64)
+    )
+
+
+@numba.njit(cache=True)
+def _gelsd_rev(act, ow, tape, m, n, nrhs, lda, b, ldb, sa, sb, ss, like):  # type: ignore[no-untyped-def]
+    act_a, act_b, act_s = act
+    A = _cast(tape[0], like)
+    B = _cast(tape[1], like)
+    out = _untape(tape[2], b, max(m, n), nrhs, ldb, ow[6], like)
+    r = tape[3]
+    U, S, Vt, P = _pinv(A, r)
+    X = _contig(out[:n, :])
+    R = B - A @ X
+    Pt = _contig(P.T)
+    Abar = np.zeros((m, n), like.dtype)
+    Bbar = np.zeros((m, nrhs), like.dtype)
+    if act_b:
+        bbar = _view(sb, max(m, n), nrhs, ldb, like)
+        Xbar = _contig(bbar[:n, :])
+        Bbar = Pt @ Xbar
+        Xt = _contig(X.T)
+        Xbart = _contig(Xbar.T)
+        Abar = -(Bbar @ Xt) + R @ _contig((P @ Bbar).T) + (Pt @ X) @ (Xbart - Xbart @ P @ A)
+        if m > n and r == n:
+            alpha = _residual_scale(_contig(out[n:m, :]), _contig(bbar[n:m, :]))
+            for j in range(nrhs):
+                Bbar[:, j] += alpha[j] * R[:, j]
+                Abar -= alpha[j] * np.outer(R[:, j], X[:, j])
+        bbar[:, :] = 0.0
+        bbar[:m, :] = Bbar
+    if act_s:
+        sbar = numba.carray(ss, (min(m, n),), like.dtype)
+        for k in range(min(m, n)):
+            Abar += sbar[k] * np.outer(U[:, k], Vt[k, :])
+            sbar[k] = 0.0
+    if act_a:
+        _view(sa, m, n, lda, like)[:, :] = Abar
+
+
+@numba.njit(cache=True)
+def gelsd_reverse(  # type: ignore[no-untyped-def]
+    cfg,
+    tape,
+    kind,
+    dk,
+    m,
+    dm,
+    n,
+    dn,
+    nrhs,
+    dr,
+    a,
+    da,
+    lda,
+    dl,
+    b,
+    db,
+    ldb,
+    dlb,
+    s,
+    ds,
+    rcond,
+    dc,
+    rank,
+    dq,
+):
+    act = cfg.active
+    _float64_only(kind)
+    _gelsd_rev(
+        (act[4], act[6], act[8]),
+        cfg.overwritten,
+        tape,
+        m,
+        n,
+        nrhs,
+        lda,
+        b,
+        ldb,
+        da,
+        db,
+        ds,
+        np.empty(0, np.float64),
+    )
+    return 0.0
+
+
 RULES = {
     "numba_xxgetrf": (getrf_forward, getrf_augmented, getrf_reverse),
     "numba_ez_xxgetri": (getri_forward, getri_augmented, getri_reverse),
     "numba_xgesv": (gesv_forward, gesv_augmented, gesv_reverse),
     "numba_xxpotrf": (potrf_forward, potrf_augmented, potrf_reverse),
     "numba_ez_xxxevd": (evd_forward, evd_augmented, evd_reverse),
+    "numba_ez_gelsd": (gelsd_forward, gelsd_augmented, gelsd_reverse),
 }
