@@ -37,6 +37,10 @@ solves ``J dx = -F_p dp``, the reverse solves ``Jᵀ λ = x̄`` and adds
 ``-F_pᵀ λ`` to ``p̄`` (one reverse-mode evaluation of ``F``), whatever the
 number of iterations. ``F_x`` comes from a given ``jacobian(x, p)`` or, column
 by column, from enzpy's forward mode on ``F``'s code.
+
+Linear systems: ``conjugate_gradient()`` builds ``solve(A, b) -> x`` for a
+symmetric positive definite ``A``, whose tangent and adjoint solves run the
+same conjugate gradients (nothing is factorized).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from .annotations import BatchDuplicated, Const, Duplicated
 from .api import derivative
 from .errors import EnzpyTypeError
 
-__all__ = ["fixed_point", "implicit", "newton", "newton_system"]
+__all__ = ["conjugate_gradient", "fixed_point", "implicit", "newton", "newton_system"]
 
 
 def _arity(f: Any, what: str) -> int:
@@ -379,4 +383,81 @@ def newton_system(
     iterations.__qualname__ = f"newton_system({name})"
     solve: Dispatcher = numba.njit(iterations)
     _implicit_rule(solve, d, "newton_system", residual, jacobian, limit, steps)
+    return solve
+
+
+# --------------------------------------------------------------------------
+# Linear systems: A x = b with A symmetric positive definite
+
+
+def conjugate_gradient(*, tol: float = 1e-10, maxiter: int | None = None) -> Dispatcher:
+    """An njit solver ``solve(A, b) -> x`` of ``A x = b`` for a symmetric
+    positive definite float64 matrix ``A`` and vector ``b``, by conjugate
+    gradients from 0, stopping when ``‖b - A x‖ <= tol ‖b‖``; ``ValueError``
+    after ``maxiter`` steps (default ``10 n``). Its derivative is that of
+    ``A⁻¹ b`` (the implicit function theorem's for ``A x - b = 0``), computed
+    by conjugate gradients on the same matrix: ``dx = A⁻¹ (db - dA x)``,
+    ``b̄ = A⁻¹ x̄``, ``Ā = -b̄ xᵀ``; the iterations are never differentiated,
+    and a tangent or adjoint solve that does not converge raises too. Give
+    ``A`` symmetric and perturb it symmetrically (a kernel may pass
+    ``0.5 * (M + M.T)``)."""
+    limit = float(tol)
+    steps = -1 if maxiter is None else int(maxiter)
+    failed = (
+        "enzpy.solvers.conjugate_gradient: no convergence to a relative residual of "
+        f"{limit!r} (is the matrix symmetric positive definite?)"
+    )
+
+    def iterations(A: Any, b: Any) -> Any:
+        n = b.shape[0]
+        if A.shape[0] != n or A.shape[1] != n:
+            raise ValueError("enzpy.solvers.conjugate_gradient: A must be n x n for b of size n")
+        x = np.zeros(n)
+        r = _vector(b)
+        p = r.copy()
+        rs = r @ r
+        target = limit * np.sqrt(rs)
+        most = 10 * n if steps < 0 else steps
+        for _ in range(most + 1):
+            if np.sqrt(rs) <= target:
+                return x
+            ap = np.ascontiguousarray(A) @ p
+            alpha = rs / (p @ ap)
+            x += alpha * p
+            r -= alpha * ap
+            rs_next = r @ r
+            p = r + (rs_next / rs) * p
+            rs = rs_next
+        raise ValueError(failed)
+
+    iterations.__qualname__ = "conjugate_gradient"
+    solve: Dispatcher = numba.njit(iterations)
+
+    def forward(cfg: Any, A: Any, dA: Any, b: Any, db: Any) -> Any:
+        x = solve(A, b)
+        rhs = np.zeros_like(x)
+        if cfg.active[1]:
+            rhs += db
+        if cfg.active[0]:
+            rhs -= np.ascontiguousarray(dA) @ x
+        dx = solve(A, rhs) if cfg.active[0] or cfg.active[1] else np.zeros_like(x)
+        return x, dx
+
+    def augmented(cfg: Any, A: Any, b: Any) -> Any:
+        x = solve(A, b)
+        # A is needed again by the reverse: a copy when it may change.
+        kept = np.ascontiguousarray(A).copy() if cfg.overwritten[0] else np.empty((0, 0))
+        return x, (x.copy(), kept)
+
+    def reverse(cfg: Any, tape: Any, A: Any, dA: Any, b: Any, db: Any, xbar: Any) -> Any:
+        xs, kept = tape
+        lam = solve(kept if cfg.overwritten[0] else A, xbar)
+        if cfg.active[1]:
+            db += lam
+        if cfg.active[0]:
+            dA -= np.outer(lam, xs)
+        return ()
+
+    fns = [numba.njit(g) for g in (forward, augmented, reverse)]
+    register_rule(solve, forward=fns[0], augmented=fns[1], reverse=fns[2])
     return solve

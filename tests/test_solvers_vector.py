@@ -211,3 +211,62 @@ def test_the_system_example_gradients_agree_with_finite_differences():
     g = np.zeros(3)
     enzpy.autodiff(ex.loss_rule, Duplicated(theta.copy(), g), Const(data), Const(dt))
     np.testing.assert_allclose(g, want, rtol=1e-6)
+
+
+# --- conjugate gradients: A x = b, A symmetric positive definite --------------
+
+cg = solvers.conjugate_gradient(tol=1e-13)
+
+
+@numba.njit
+def cg_loss(M, b, w):
+    S = 0.5 * (M + M.T)  # symmetric whatever M's perturbation
+    x = cg(S, b)
+    return (w * x * x).sum() + x[0]
+
+
+@numba.njit
+def cg_time_loop(M, b, steps):
+    """b is overwritten from each solution; the matrix is updated in place."""
+    s = 0.0
+    for _ in range(steps):
+        x = cg(M, b)
+        for i in range(b.shape[0]):
+            b[i] = 0.5 * b[i] + 0.1 * np.tanh(x[i])
+            M[i, i] += 0.05 * x[i] * x[i]
+        s += x @ x
+    return s
+
+
+def _spd(n, seed):
+    rng = np.random.default_rng(seed)
+    Q = rng.uniform(-1, 1, (n, n))
+    return Q @ Q.T + n * np.eye(n)
+
+
+def test_conjugate_gradient_matches_finite_differences_in_every_mode_and_pattern():
+    M = _spd(5, 1)
+    b = np.linspace(-1.0, 1.0, 5)
+    w = np.linspace(0.5, 1.5, 5)
+    np.testing.assert_allclose(cg(M, b), np.linalg.solve(M, b), rtol=1e-11)
+    rep = check_derivative(cg_loss, M, b, w, report=True)
+    assert rep.ok, rep
+
+
+def test_conjugate_gradient_in_a_loop_over_overwritten_operands():
+    rep = check_derivative(cg_time_loop, _spd(4, 2), np.linspace(0.2, 1.0, 4), 3, report=True)
+    assert rep.ok, rep
+
+
+def test_conjugate_gradient_that_does_not_converge_raises_in_the_derivative_too():
+    few = solvers.conjugate_gradient(tol=1e-14, maxiter=1)
+
+    @numba.njit
+    def loss(M, b):
+        return few(M, b).sum()
+
+    M, b = _spd(6, 3), np.ones(6)
+    with pytest.raises(ValueError, match="conjugate_gradient"):
+        loss(M, b)
+    with pytest.raises(ValueError, match="conjugate_gradient"):
+        enzpy.autodiff(loss, Duplicated(M, np.zeros_like(M)), Duplicated(b, np.zeros(6)))
