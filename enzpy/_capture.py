@@ -774,7 +774,7 @@ class _RulesFound:
         self.inactive: list[str] = []
         self.pending: dict[str, _PendingRule] = {}
         self._lazy = lazy
-        self._c_done: set[str | int] = set()
+        self._c_done: set[str | int | tuple[str, int]] = set()
 
     def note_njit(
         self,
@@ -821,7 +821,21 @@ class _RulesFound:
                 )
             self._add_custom(symbol, custom, args, restype, bring_wrapper)
             new = True
-        addresses = _rules.addresses_called(str(module)) if _rules.c_rules() else set()
+        by_address = _rules.custom_address_rules()
+        wanted = _rules.c_rules() or by_address
+        addresses = _rules.addresses_called(str(module)) if wanted else set()
+        for found in by_address:
+            done = ("custom", found.address)
+            if done in self._c_done or found.address not in addresses:
+                continue
+            self._c_done.add(done)
+            # The engine gives the calls through the address a function of
+            # this name (rules/UserRules.h, addressFunction).
+            symbol = f"enzpy.cfunc.{found.address:x}"
+            self._add_custom(
+                symbol, found.rule, found.argtypes, found.restype, bring_wrapper, found.address
+            )
+            new = True
         for rule in _rules.c_rules():
             key = rule.symbol if rule.symbol is not None else rule.address
             assert key is not None
@@ -856,6 +870,7 @@ class _RulesFound:
         args: tuple[types.Type, ...],
         restype: types.Type | None,
         bring: Any,
+        address: int = 0,
     ) -> None:
         if restype == types.none:
             restype = None
@@ -875,6 +890,8 @@ class _RulesFound:
             "display": custom.display,
             "args": _custom_rules.arg_spec(custom, args),
         }
+        if address:
+            entry["address"] = address
         if new_array:
             assert isinstance(restype, types.Array)
             entry["result"] = "d" if restype.dtype == types.float64 else "f"

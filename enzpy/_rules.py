@@ -79,11 +79,23 @@ class CRule:
     display: str
 
 
+@dataclass(frozen=True)
+class AddressRule:
+    """A custom rule for a C function called through its address (a ctypes
+    function or a numba cfunc), with that function's types."""
+
+    rule: CustomRule
+    address: int
+    argtypes: tuple[types.Type, ...]
+    restype: types.Type
+
+
 _partials: dict[int, tuple[Dispatcher, Dispatcher]] = {}
 _c_rules: dict[str | int, CRule] = {}
 _inactive: dict[int, Dispatcher] = {}
 _custom: dict[int, tuple[Dispatcher, CustomRule]] = {}
 _custom_c: dict[str, CustomRule] = {}
+_custom_addr: dict[int, AddressRule] = {}
 _generation = itertools.count(1)
 _current = 0
 
@@ -118,17 +130,41 @@ _CTYPES: dict[Any, types.Type] = {
 }
 
 
-def _ctypes_argtypes(fn: Any, name: str) -> tuple[types.Type, ...]:
+def _ctypes_argtypes(fn: Any, name: str, pointers: bool = False) -> tuple[types.Type, ...]:
+    """numba's types of a ctypes function's ``argtypes``; with ``pointers``
+    (a custom rule), ``c_void_p`` and ``POINTER(scalar)`` too."""
     out: list[types.Type] = []
     for t in fn.argtypes or ():
         nt = _CTYPES.get(t)
+        if nt is None and pointers:
+            if t is ctypes.c_void_p:
+                nt = types.voidptr
+            elif isinstance(t, type) and issubclass(t, ctypes._Pointer):
+                target = _CTYPES.get(t._type_)
+                nt = types.CPointer(target) if target is not None else None
         if nt is None:
+            what = "of scalars and pointers" if pointers else "of scalars"
             raise EnzpyTypeError(
-                f"a rule by partial derivatives needs a C function of scalars; "
-                f"{name} takes a {t.__name__}"
+                f"a rule {'' if pointers else 'by partial derivatives '}needs a C function "
+                f"{what}; {name} takes a {t.__name__}"
             )
         out.append(nt)
     return tuple(out)
+
+
+def _address_of(f: Any) -> tuple[int, tuple[types.Type, ...], types.Type, str] | None:
+    """(address, argument types, result type, name) of a numba cfunc or a
+    ctypes function; None for anything else."""
+    if hasattr(f, "address") and hasattr(f, "ctypes"):  # a numba cfunc
+        name = getattr(f, "__qualname__", str(f))
+        return int(f.address), tuple(f._sig.args), f._sig.return_type, name
+    if isinstance(f, ctypes._CFuncPtr):  # type: ignore[attr-defined]
+        name = getattr(f, "__name__", repr(f))
+        address = ctypes.cast(f, ctypes.c_void_p).value
+        assert address is not None
+        restype = types.none if f.restype is None else _CTYPES.get(f.restype, types.float64)
+        return address, _ctypes_argtypes(f, name, pointers=True), restype, name
+    return None
 
 
 def register_partials(f: Any, partials: Any) -> Any:
@@ -209,6 +245,11 @@ def register_rule(
       read (``ybar``: the cotangent of a float or array result); returns the
       cotangents of the float arguments (a float, a tuple, or ``()``).
 
+    ``f`` is an njit function, or a C function: a symbol, a
+    ``numba.types.ExternalFunction``, a ctypes function (with ``argtypes``)
+    or a numba ``cfunc`` (kernels call a cfunc through its ``.ctypes``: numba
+    looks one called directly up at run time, where no rule matches it).
+
     Either ``forward`` or ``augmented`` with ``reverse`` may be left out
     (the mode that needs them then refuses clearly). Plain Python functions
     are njit-compiled. Returns ``f``."""
@@ -226,10 +267,15 @@ def register_rule(
     elif isinstance(f, str | types.ExternalFunction):
         symbol = f if isinstance(f, str) else f.symbol
         _custom_c[symbol] = CustomRule(fns[0], fns[1], fns[2], symbol)
+    elif (found := _address_of(f)) is not None:
+        address, args, restype, name = found
+        _custom_addr[address] = AddressRule(
+            CustomRule(fns[0], fns[1], fns[2], name), address, args, restype
+        )
     else:
         raise EnzpyTypeError(
-            "register_rule takes an njit function or a C function numba declares by name "
-            f"(a symbol or numba.types.ExternalFunction); got {f!r}"
+            "register_rule takes an njit function or a C function: a symbol, a "
+            f"numba.types.ExternalFunction, a ctypes function or a numba cfunc; got {f!r}"
         )
     _bump()
     return f
@@ -250,6 +296,10 @@ def custom_for(disp: Any) -> CustomRule | None:
 
 def custom_c_rules() -> dict[str, CustomRule]:
     return dict(_custom_c)
+
+
+def custom_address_rules() -> list[AddressRule]:
+    return list(_custom_addr.values())
 
 
 def inactive(f: Any) -> Any:
@@ -279,6 +329,7 @@ def registered() -> list[tuple[str, Any, Any]]:
     out += [("inactive", f, None) for f in _inactive.values()]
     customs: list[tuple[Any, CustomRule]] = [(f, r) for f, r in _custom.values()]
     customs += list(_custom_c.items())
+    customs += [(a.address, a.rule) for a in _custom_addr.values()]
     for target, custom in customs:
         for what, fn in (
             ("forward", custom.forward),

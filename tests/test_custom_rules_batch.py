@@ -6,6 +6,8 @@ one direction at a time."""
 
 from __future__ import annotations
 
+import ctypes
+
 import llvmlite.binding as llvm
 import numba
 import numpy as np
@@ -14,6 +16,7 @@ from numba import types
 
 import enzpy
 from enzpy import BatchDuplicated, Const, Duplicated
+from enzpy.testing import check_derivative
 
 RNG = np.random.default_rng(20261201)
 
@@ -203,3 +206,75 @@ def test_a_rule_writing_a_const_array_from_const_inputs_needs_no_derivative():
     np.testing.assert_allclose(M, expected, rtol=1e-15)
     for o in out:
         np.testing.assert_array_equal(o, 0.0)  # out is overwritten by constants
+
+
+# --- rules for C functions called through their address ---------------------
+
+
+@numba.cfunc(types.void(types.CPointer(types.float64), types.int64, types.float64))
+def _c_scale_squares(p, n, a):  # pragma: no cover - runs as C
+    x = numba.carray(p, (n,))
+    for i in range(n):
+        x[i] = a * x[i] * x[i]
+
+
+def _scale_fwd(cfg, p, dp, n, dn, a, da):
+    x = numba.carray(p, (n,), np.float64)
+    dx = numba.carray(dp, (n,), np.float64)
+    for i in range(n):
+        dx[i] = 2.0 * a * x[i] * dx[i] + da * x[i] * x[i]
+        x[i] = a * x[i] * x[i]
+
+
+def _scale_aug(cfg, p, n, a):
+    x = numba.carray(p, (n,), np.float64)
+    kept = x.copy()  # the call overwrites it
+    for i in range(n):
+        x[i] = a * x[i] * x[i]
+    return kept
+
+
+def _scale_rev(cfg, kept, p, dp, n, dn, a, da):
+    dx = numba.carray(dp, (n,), np.float64)
+    abar = 0.0
+    for i in range(n):
+        abar += dx[i] * kept[i] * kept[i]
+        dx[i] = 2.0 * a * kept[i] * dx[i]
+    return abar
+
+
+enzpy.register_rule(_c_scale_squares, forward=_scale_fwd, augmented=_scale_aug, reverse=_scale_rev)
+
+# numba looks a cfunc called directly up at run time: kernels call it
+# through its ctypes function (a constant address), or through any other
+# ctypes function of the same address.
+_c_scale = _c_scale_squares.ctypes
+_as_ctypes = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double)(
+    _c_scale_squares.address
+)
+
+
+@numba.njit
+def sine_of_scaled_squares(x, a):
+    y = x.copy()
+    _c_scale(y.ctypes, y.size, a)
+    return np.sin(y).sum()
+
+
+@numba.njit
+def through_ctypes(x, a):
+    y = x.copy()
+    for _ in range(2):
+        _as_ctypes(y.ctypes, y.size, a)
+    return np.sin(y).sum()
+
+
+def test_a_rule_for_a_cfunc_called_by_address_in_every_mode():
+    x = np.array([0.3, -0.8, 0.5])
+    rep = check_derivative(sine_of_scaled_squares, x, 0.7, report=True)
+    assert rep.ok, rep
+
+
+def test_a_rule_for_a_ctypes_function_of_the_same_address_serves_it_too():
+    rep = check_derivative(through_ctypes, np.array([0.3, -0.8, 0.5]), 0.9, report=True)
+    assert rep.ok, rep

@@ -286,8 +286,12 @@ Error ActivityAnalysis::checkCall(const CallBase &CB) const {
                      "a call of a function through its address (a ctypes "
                      "function, a cfunc, a function pointer) cannot be "
                      "differentiated: its body is not available; give it a "
-                     "derivative with enzpy.register_partials, or declare "
-                     "it enzpy.inactive",
+                     "derivative with enzpy.register_partials or "
+                     "enzpy.register_rule, or declare it enzpy.inactive (a "
+                     "numba cfunc called directly is looked up at run time, "
+                     "where no rule can match it: call it through its "
+                     "ctypes function, e.g. `f_c = my_cfunc.ctypes` at "
+                     "module level)",
                      &CB);
   }
   if (std::optional<CustomCall> CC = matchCustomCall(CB))

@@ -159,7 +159,9 @@ Expected<Request> parseRequest(StringRef Json) {
             return bad("a rule's 'outputs' are \"double\" or \"float\"");
           S.Outputs.push_back(T->str());
         }
-      if (S.Callee.empty() == (S.Address == 0))
+      // A custom rule by address also names the function the engine makes
+      // for the calls through it (addressFunction).
+      if (!S.Custom && S.Callee.empty() == (S.Address == 0))
         return bad("a 'rules' entry names either a 'callee' or an 'address'");
       R.Rules.push_back(std::move(S));
     }

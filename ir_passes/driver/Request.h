@@ -38,7 +38,8 @@ struct ParamSpec {
 struct RuleSpec {
   /// The function it is for: a symbol (an njit function's, or a declared C
   /// function's), or, when Address is set, the address of a C function
-  /// called through a constant pointer.
+  /// called through a constant pointer (a custom rule by address names
+  /// both: Callee is then the function made for the calls).
   std::string Callee;
   uint64_t Address = 0;
   /// The numba function giving the partial derivatives.

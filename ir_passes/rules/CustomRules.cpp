@@ -49,7 +49,8 @@ Type *parsedType(StringRef S, const Module &M) {
 constexpr unsigned WrapperLead = 5;
 
 unsigned hiddenOf(const Function &F) {
-  return numba::hasNativeSignature(*F.getFunctionType()) && !F.isDeclaration()
+  return numba::hasNativeSignature(*F.getFunctionType()) &&
+                 !F.isDeclaration() && !isAddressFunction(F)
              ? numba::NumHiddenParams
              : 0;
 }
@@ -341,7 +342,11 @@ void canonicalizeRuleResults(Function &F) {
 }
 
 Error markCustomRule(Module &M, const RuleSpec &R) {
+  // A C function called through its address gets a function of its own,
+  // named as the request says.
   Function *G = M.getFunction(R.Callee);
+  if (!G && R.Address)
+    G = addressFunction(M, R.Address, R.Callee);
   if (!G)
     return Error::success(); // not called here
   if (G->hasFnAttribute(CustomAttr))

@@ -29,6 +29,9 @@ constexpr StringLiteral RuleNameAttr = "enzpy-rule-name";
 constexpr StringLiteral OutputsAttr = "enzpy-rule-outputs";
 /// The partials function takes the function's result as a last argument.
 constexpr StringLiteral WithResultAttr = "enzpy-rule-with-result";
+/// On a function that calls a C function through its address
+/// (addressFunction).
+constexpr StringLiteral AddressFnAttr = "enzpy-address-function";
 
 unsigned hiddenParams(const Function &F) {
   Attribute A = F.getFnAttribute(HiddenParamsAttr);
@@ -198,39 +201,18 @@ Error wrapNumbaFunction(Module &M, Function &G, const RuleSpec &R) {
   return Error::success();
 }
 
-/// The address a callee pointer holds when it is a constant: an integer
-/// cast to a pointer, or read from a constant global holding one (numba
-/// keeps the addresses of ctypes functions and cfuncs in such globals).
-uint64_t constantAddress(const Value *Callee) {
-  if (auto *L = dyn_cast<LoadInst>(Callee))
-    if (auto *GV = dyn_cast<GlobalVariable>(L->getPointerOperand());
-        GV && GV->hasInitializer())
-      Callee = GV->getInitializer();
-  if (auto *CE = dyn_cast<ConstantExpr>(Callee);
-      CE && CE->getOpcode() == Instruction::IntToPtr)
-    if (auto *CI = dyn_cast<ConstantInt>(CE->getOperand(0)))
-      return CI->getZExtValue();
-  return 0;
-}
-
 /// A C function with a rule, `T g(args...)`: declared by name (marked in
 /// place) or called through a constant address (each such call calls a
 /// marked function that calls the address).
 Error markCFunction(Module &M, const RuleSpec &R) {
-  SmallVector<CallInst *, 4> Calls;
   FunctionType *FT = nullptr;
   Function *Declared = R.Address ? nullptr : M.getFunction(R.Callee);
-  if (Declared) {
+  Function *W = nullptr;
+  if (Declared)
     FT = Declared->getFunctionType();
-  } else if (R.Address) {
-    for (Function &G : M)
-      for (Instruction &I : instructions(G))
-        if (auto *CB = dyn_cast<CallInst>(&I);
-            CB && constantAddress(CB->getCalledOperand()) == R.Address) {
-          Calls.push_back(CB);
-          FT = CB->getFunctionType();
-        }
-  }
+  else if (R.Address &&
+           (W = addressFunction(M, R.Address, "enzpy.rule.cfunc." + R.Display)))
+    FT = W->getFunctionType();
   if (!FT)
     return Error::success(); // not called here
   SmallVector<Type *, 4> Args(FT->params());
@@ -243,26 +225,58 @@ Error markCFunction(Module &M, const RuleSpec &R) {
   if (Error E = checkPartials(M.getFunction(R.Partials), R, Args,
                               FT->getReturnType(), floatParams(FT, 0)))
     return E;
-  if (Declared) {
-    markRule(*Declared, R, 0);
-    return Error::success();
-  }
-  Function *W = Function::Create(FT, GlobalValue::InternalLinkage,
-                                 "enzpy.rule.cfunc." + R.Display, M);
-  markRule(*W, R, 0);
+  markRule(Declared ? *Declared : *W, R, 0);
+  return Error::success();
+}
+
+} // namespace
+
+/// The address a callee pointer holds when it is a constant: an integer
+/// cast to a pointer, or read from a constant global holding one (numba
+/// keeps the addresses of ctypes functions and cfuncs in such globals).
+static uint64_t constantAddress(const Value *Callee) {
+  if (auto *L = dyn_cast<LoadInst>(Callee))
+    if (auto *GV = dyn_cast<GlobalVariable>(L->getPointerOperand());
+        GV && GV->hasInitializer())
+      Callee = GV->getInitializer();
+  if (auto *CE = dyn_cast<ConstantExpr>(Callee);
+      CE && CE->getOpcode() == Instruction::IntToPtr)
+    if (auto *CI = dyn_cast<ConstantInt>(CE->getOperand(0)))
+      return CI->getZExtValue();
+  return 0;
+}
+
+Function *addressFunction(Module &M, uint64_t Address, const Twine &Name) {
+  SmallVector<CallInst *, 4> Calls;
+  for (Function &G : M)
+    for (Instruction &I : instructions(G))
+      if (auto *CB = dyn_cast<CallInst>(&I);
+          CB && constantAddress(CB->getCalledOperand()) == Address)
+        Calls.push_back(CB);
+  if (Calls.empty())
+    return nullptr;
+  FunctionType *FT = Calls.front()->getFunctionType();
+  Function *W = Function::Create(FT, GlobalValue::InternalLinkage, Name, M);
+  W->addFnAttr(AddressFnAttr);
   IRBuilder<> B(BasicBlock::Create(M.getContext(), "entry", W));
   SmallVector<Value *, 4> CallArgs;
   for (Argument &A : W->args())
     CallArgs.push_back(&A);
   Constant *Target =
-      ConstantExpr::getIntToPtr(B.getInt64(R.Address), B.getPtrTy());
-  B.CreateRet(B.CreateCall(FT, Target, CallArgs));
+      ConstantExpr::getIntToPtr(B.getInt64(Address), B.getPtrTy());
+  CallInst *Call = B.CreateCall(FT, Target, CallArgs);
+  if (FT->getReturnType()->isVoidTy())
+    B.CreateRetVoid();
+  else
+    B.CreateRet(Call);
   for (CallInst *CB : Calls)
     CB->setCalledFunction(W);
-  return Error::success();
+  return W;
 }
 
-} // namespace
+bool isAddressFunction(const Function &F) {
+  return F.hasFnAttribute(AddressFnAttr);
+}
 
 Error applyUserRules(Module &M, const Request &Req) {
   for (const RuleSpec &R : Req.Rules) {

@@ -74,6 +74,15 @@ bool mayWriteThrough(const llvm::Function &F, unsigned ArgNo,
 bool isRuleHelper(const llvm::Function &F);
 void markRuleHelper(llvm::Function &F);
 
+/// The calls in \p M of a C function through its constant \p Address (a
+/// ctypes function or cfunc) made calls of one internal function \p Name
+/// that calls the address, with the same C signature; null when nothing
+/// calls the address.
+llvm::Function *addressFunction(llvm::Module &M, uint64_t Address,
+                                const llvm::Twine &Name);
+/// Whether \p F is such a function (a C function, though it has a body).
+bool isAddressFunction(const llvm::Function &F);
+
 /// Whether calls of \p F stay calls through preprocessing: inactive
 /// functions and functions with a custom rule (rules/CustomRules.h).
 bool staysCall(const llvm::Function *F);
