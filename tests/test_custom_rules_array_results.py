@@ -380,3 +380,19 @@ def test_a_function_returning_an_integer_array_cannot_have_a_rule():
 
     with pytest.raises(enzpy.UnsupportedError, match="new array of floats"):
         enzpy.autodiff(use, Duplicated(np.ones(3), np.ones(3)), mode=enzpy.Forward)
+
+
+@numba.njit(parallel=True)
+def result_in_a_prange_kernel(x, a):
+    y = scaled_square(x, a)
+    s = 0.0
+    for i in numba.prange(y.shape[0]):
+        s += np.sin(y[i]) * x[i]
+    return s
+
+
+def test_a_rule_result_read_by_a_prange_loop():
+    rep = check_derivative(
+        result_in_a_prange_kernel, np.array([0.3, -0.5, 0.9, 1.2]), 0.7, report=True
+    )
+    assert rep.ok, rep

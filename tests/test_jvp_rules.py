@@ -159,3 +159,15 @@ def test_a_jvp_of_the_wrong_shape_is_an_error_naming_the_rule():
 
     with pytest.raises(ValueError, match="doubled returned a tangent whose shape"):
         enzpy.autodiff(use, Duplicated(np.ones(3), np.ones(3)), mode=enzpy.Forward)
+
+
+@numba.njit
+def softmax_energy(z, t):
+    s = softmax(z, t)
+    return (s * s).sum()
+
+
+def test_a_jvp_rule_on_float32_arguments():
+    z = np.array([0.3, -0.5, 0.9], dtype=np.float32)
+    rep = check_derivative(softmax_energy, z, np.float32(0.8), report=True)
+    assert rep.ok, rep
