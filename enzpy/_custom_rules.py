@@ -232,8 +232,9 @@ def _source(
     """A wrapper ``name(params)`` that builds ``cfg`` from the masks and the
     shadow arrays ``d<i>``, and returns ``call``. With ``lanes`` (the forward
     function) nothing is overwritten, and a call for a batch lane other than
-    the first (``LANE`` set in ``overwritten``) runs on copies of the arrays
-    whose bits are set there."""
+    the first runs on copies of the arrays whose bits are set in
+    ``overwritten`` (a ``ValueError`` when one shares memory with another
+    array argument)."""
     lines = [f"def {name}({', '.join(params)}):"]
     bits = lambda mask: ", ".join(f"({mask} >> {i}) & 1 != 0" for i in range(n))  # noqa: E731
     comma = "," if n == 1 else ""
@@ -250,10 +251,19 @@ def _source(
             lines.append(f"    d{i} = s{i}")
         else:
             lines.append(f"    d{i} = 0")
-    # After the shadows, which have the strides of the argument itself.
-    for i, k in enumerate(kinds if lanes else []):
-        if k == "a":
-            lines.append(f"    x{i} = _lane_copy(x{i}) if (overwritten >> {i}) & 1 else x{i}")
+    # After the shadows, which have the strides of the argument itself. A
+    # copy would no longer share memory with another argument that does.
+    arrays = [i for i, k in enumerate(kinds) if k == "a"] if lanes else []
+    for i in arrays:
+        for j in arrays:
+            if j != i:
+                lines += [
+                    f"    if (overwritten >> {i}) & 1 and _meminfo_address(x{i}) != 0 "
+                    f"and _meminfo_address(x{i}) == _meminfo_address(x{j}):",
+                    "        raise ValueError(LANE_ALIAS)",
+                ]
+    for i in arrays:
+        lines.append(f"    x{i} = _lane_copy(x{i}) if (overwritten >> {i}) & 1 else x{i}")
     lines.append(f"    return {call}")
     return "\n".join(lines) + "\n"
 
@@ -443,6 +453,9 @@ def _build(
         "np": np,
         "_shadow_like": _shadow_like,
         "_lane_copy": _lane_copy,
+        "_meminfo_address": _meminfo_address,
+        "LANE_ALIAS": f"forward batch mode through the rule for {name}: an argument it "
+        "writes shares memory with another argument; run one direction at a time",
         "forward": rule.forward,
         "augmented": rule.augmented,
         "reverse": reverse,

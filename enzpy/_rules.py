@@ -152,9 +152,12 @@ def _ctypes_argtypes(fn: Any, name: str, pointers: bool = False) -> tuple[types.
     return tuple(out)
 
 
-def _address_of(f: Any) -> tuple[int, tuple[types.Type, ...], types.Type, str] | None:
+def _address_of(
+    f: Any, pointers: bool = True
+) -> tuple[int, tuple[types.Type, ...], types.Type, str] | None:
     """(address, argument types, result type, name) of a numba cfunc or a
-    ctypes function; None for anything else."""
+    ctypes function (pointer arguments allowed with ``pointers``); None for
+    anything else."""
     if hasattr(f, "address") and hasattr(f, "ctypes"):  # a numba cfunc
         name = getattr(f, "__qualname__", str(f))
         return int(f.address), tuple(f._sig.args), f._sig.return_type, name
@@ -163,7 +166,7 @@ def _address_of(f: Any) -> tuple[int, tuple[types.Type, ...], types.Type, str] |
         address = ctypes.cast(f, ctypes.c_void_p).value
         assert address is not None
         restype = types.none if f.restype is None else _CTYPES.get(f.restype, types.float64)
-        return address, _ctypes_argtypes(f, name, pointers=True), restype, name
+        return address, _ctypes_argtypes(f, name, pointers), restype, name
     return None
 
 
@@ -184,17 +187,9 @@ def register_partials(f: Any, partials: Any) -> Any:
         _c_rules[f] = CRule(f, None, None, types.float64, df, f)
     elif isinstance(f, types.ExternalFunction):
         _c_rules[f.symbol] = CRule(f.symbol, None, None, types.float64, df, f.symbol)
-    elif hasattr(f, "address") and hasattr(f, "ctypes"):  # a numba cfunc
-        name = getattr(f, "__qualname__", str(f))
-        args = tuple(f._sig.args)
-        restype = f._sig.return_type
-        _c_rules[int(f.address)] = CRule(None, int(f.address), args, restype, df, name)
-    elif isinstance(f, ctypes._CFuncPtr):  # type: ignore[attr-defined]
-        name = getattr(f, "__name__", repr(f))
-        address = ctypes.cast(f, ctypes.c_void_p).value
-        assert address is not None
-        restype = _CTYPES.get(f.restype, types.float64)
-        _c_rules[address] = CRule(None, address, _ctypes_argtypes(f, name), restype, df, name)
+    elif (found := _address_of(f, pointers=False)) is not None:
+        address, args, restype, name = found
+        _c_rules[address] = CRule(None, address, args, restype, df, name)
     else:
         raise EnzpyTypeError(
             "register_partials takes an njit function, a C function "

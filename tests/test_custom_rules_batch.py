@@ -278,3 +278,39 @@ def test_a_rule_for_a_cfunc_called_by_address_in_every_mode():
 def test_a_rule_for_a_ctypes_function_of_the_same_address_serves_it_too():
     rep = check_derivative(through_ctypes, np.array([0.3, -0.8, 0.5]), 0.9, report=True)
     assert rep.ok, rep
+
+
+@numba.njit
+def add_square_of(out, x):
+    for i in range(out.shape[0]):
+        out[i] += x[i] * x[i]
+
+
+def _add_square_fwd(cfg, out, dout, x, dx):
+    for i in range(out.shape[0]):
+        dout[i] += 2.0 * x[i] * dx[i]
+        out[i] += x[i] * x[i]
+
+
+enzpy.register_rule(add_square_of, forward=_add_square_fwd)
+
+
+@numba.njit
+def squares_into_itself(x):
+    add_square_of(x, x)
+    return (x * x).sum()
+
+
+def test_a_written_argument_sharing_memory_with_another_is_refused_in_batch_mode():
+    # Lanes 2.. run on a copy of the written argument, which would no longer
+    # be the other argument: an error, never a lane computed on other data.
+    x = np.array([0.5, -1.0, 2.0])
+    one = enzpy.autodiff(squares_into_itself, Duplicated(x.copy(), np.ones(3)), mode=enzpy.Forward)
+    y = x + x * x
+    assert one == pytest.approx(float((2 * y * (1 + 2 * x)).sum()))
+    with pytest.raises(ValueError, match="add_square_of.*shares memory"):
+        enzpy.autodiff(
+            squares_into_itself,
+            BatchDuplicated(x.copy(), (np.ones(3), np.zeros(3))),
+            mode=enzpy.Forward,
+        )

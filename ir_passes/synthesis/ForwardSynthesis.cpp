@@ -110,13 +110,16 @@ private:
   /// What forward batch mode gives lanes 2.. of a custom rule call instead
   /// of the memory the call may write (laneMemory).
   struct Snapshot {
-    Value *Buffer = nullptr, *Bytes = nullptr;
+    /// The allocation's start and size as an operand sees it (null and 0
+    /// on a path where the operand is null), and its copy.
+    Value *Base = nullptr, *Bytes = nullptr, *Buffer = nullptr;
   };
   struct LaneMemory {
-    /// The base of each allocation copied, and its copy.
-    MapVector<Value *, Snapshot> Snapshots;
-    /// Operands pointing into a copied allocation: (operand, its base).
-    SmallVector<std::pair<unsigned, Value *>, 4> Redirected;
+    /// Each allocation copied (by its root), and its copy.
+    MapVector<const Value *, Snapshot> Snapshots;
+    /// Operands pointing into a copied allocation: (operand, the root, the
+    /// allocation's start as that operand sees it).
+    SmallVector<std::tuple<unsigned, const Value *, Value *>, 4> Redirected;
     /// Arguments the wrapper copies (a bit per argument).
     uint64_t WrapperCopies = 0;
   };
@@ -529,22 +532,23 @@ Error ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
   }
   Value *Exc = CC.Hidden ? DC->getArgOperand(numba::ExcInfoParam)
                          : Sk.D->getArg(numba::ExcInfoParam);
+  bool ResultActive = AA.customResultActive(CC);
   Lanes Y(Width, nullptr), DY(Width, nullptr), MIs(Width, nullptr),
       SDs(Width, nullptr);
   // Lanes 2.. first, while the memory still holds what the call reads.
   for (unsigned Step = 1; Step <= Width; ++Step) {
     unsigned K = Step % Width;
     SmallVector<Value *, 16> Operands(Primal);
-    RuleCallInfo Info{Active, 0, Width, K, AA.customResultActive(CC)};
+    RuleCallInfo Info{Active, 0, Width, K, ResultActive};
     if (K != 0) {
-      for (auto &[Base, Copy] : LM.Snapshots)
-        B.CreateMemCpy(Copy.Buffer, MaybeAlign(), Base, MaybeAlign(),
+      for (auto &[Root, Copy] : LM.Snapshots)
+        B.CreateMemCpy(Copy.Buffer, MaybeAlign(), Copy.Base, MaybeAlign(),
                        Copy.Bytes);
-      for (auto &[Operand, Base] : LM.Redirected) {
+      for (auto &[Operand, Root, Base] : LM.Redirected) {
         Value *&Op = Operands[Operand - CC.Hidden];
         Value *Offset = B.CreateSub(B.CreatePtrToInt(Op, B.getInt64Ty()),
                                     B.CreatePtrToInt(Base, B.getInt64Ty()));
-        Value *Moved = B.CreateGEP(B.getInt8Ty(), LM.Snapshots[Base].Buffer,
+        Value *Moved = B.CreateGEP(B.getInt8Ty(), LM.Snapshots[Root].Buffer,
                                    Offset, "enzpy.lane.arg");
         Op = B.CreateSelect(B.CreateIsNull(Op), Op, Moved);
       }
@@ -596,7 +600,7 @@ Error ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
       DC->replaceAllUsesWith(Status);
     }
   }
-  for (auto &[Base, Copy] : LM.Snapshots)
+  for (auto &[Root, Copy] : LM.Snapshots)
     B.CreateCall(libcFree(*Sk.D->getParent()), {Copy.Buffer});
   if (CC.returnsArray() && MIs[0])
     Sk.fillRuleResultShadows(CB, MIs, SDs);
@@ -658,29 +662,41 @@ ForwardSynthesizer::laneMemory(const CustomCall &CC) {
   LaneMemory LM;
   DenseMap<const Value *, std::pair<Value *, Value *>> Extents;
   IRBuilder<> B(cast<Instruction>(mapped(&CB)));
-  for (unsigned I = 0; I < CC.Args.size(); ++I) {
-    const CustomCall::Arg &A = CC.Args[I];
-    if (A.Kind != CustomCall::ArgKind::Memory || !CC.mayWrite(A.Operand))
-      continue;
+  // The allocation operand A points into, when it can be copied whole.
+  auto allocationRoot = [&](const CustomCall::Arg &A) -> const Value * {
     const Value *PA = CB.getArgOperand(A.Operand);
     const RootSet &Roots = TA.roots(PA);
     const Value *Root = Roots.size() == 1 ? Roots[0] : nullptr;
     const CallBase *Alloc = Root ? TA.allocationOf(Root) : nullptr;
-    bool Snapshot =
-        Alloc &&
-        (numba::isAllocationCall(Alloc) || numba::isRawAllocation(Alloc)) &&
-        addressesInto(PA, Root);
-    if (Snapshot) {
-      auto [Base, Bytes] = allocationExtent(PA, Root, Alloc, Extents);
-      if (!LM.Snapshots.count(Base)) {
-        // One byte more: a null operand has an extent of 0 bytes.
-        CallInst *Buffer = B.CreateCall(libcMalloc(*Sk.D->getParent()),
-                                        {B.CreateAdd(Bytes, B.getInt64(1))},
-                                        "enzpy.lane.snapshot");
-        Sk.failIfNull(Buffer);
-        LM.Snapshots[Base] = {Buffer, Bytes};
-      }
-      LM.Redirected.push_back({A.Operand, Base});
+    return Alloc &&
+                   (numba::isAllocationCall(Alloc) ||
+                    numba::isRawAllocation(Alloc)) &&
+                   addressesInto(PA, Root)
+               ? Root
+               : nullptr;
+  };
+  auto redirect = [&](const CustomCall::Arg &A, const Value *Root) {
+    auto [Base, Bytes] = allocationExtent(CB.getArgOperand(A.Operand), Root,
+                                          TA.allocationOf(Root), Extents);
+    Snapshot &S = LM.Snapshots[Root];
+    if (!S.Base) {
+      S.Base = Base;
+      S.Bytes = Bytes;
+    } else if (S.Base != Base) {
+      // Another way to the same allocation, null on other paths: the
+      // larger extent is the allocation's.
+      Value *More = B.CreateICmpUGT(Bytes, S.Bytes);
+      S.Base = B.CreateSelect(More, Base, S.Base);
+      S.Bytes = B.CreateSelect(More, Bytes, S.Bytes);
+    }
+    LM.Redirected.push_back({A.Operand, Root, Base});
+  };
+  for (unsigned I = 0; I < CC.Args.size(); ++I) {
+    const CustomCall::Arg &A = CC.Args[I];
+    if (A.Kind != CustomCall::ArgKind::Memory || !CC.mayWrite(A.Operand))
+      continue;
+    if (const Value *Root = allocationRoot(A)) {
+      redirect(A, Root);
     } else if (!A.Raw) {
       LM.WrapperCopies |= uint64_t(1) << I;
     } else {
@@ -690,11 +706,26 @@ ForwardSynthesizer::laneMemory(const CustomCall &CC) {
               Twine(CC.Name) +
               "', which may write memory it is passed as a "
               "raw pointer (" +
-              AA.describeMemory(PA) +
+              AA.describeMemory(CB.getArgOperand(A.Operand)) +
               ") that enzpy cannot copy for each direction, is not "
               "supported: run one direction at a time, or use reverse mode",
           &CB);
     }
+  }
+  // Operands the call only reads, into an allocation that is copied, read
+  // the copy: what the call writes through one pointer it may read through
+  // another.
+  for (const CustomCall::Arg &A : CC.Args)
+    if (A.Kind == CustomCall::ArgKind::Memory && !CC.mayWrite(A.Operand))
+      if (const Value *Root = allocationRoot(A);
+          Root && LM.Snapshots.count(Root))
+        redirect(A, Root);
+  for (auto &[Root, S] : LM.Snapshots) {
+    // One byte more: a null operand has an extent of 0 bytes.
+    S.Buffer = B.CreateCall(libcMalloc(*Sk.D->getParent()),
+                            {B.CreateAdd(S.Bytes, B.getInt64(1))},
+                            "enzpy.lane.snapshot");
+    Sk.failIfNull(cast<Instruction>(S.Buffer));
   }
   return LM;
 }
