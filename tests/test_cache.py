@@ -230,8 +230,10 @@ def test_derivative_callable_from_python_matches_autodiff():
     dx = np.zeros(6)
     out = d(x, dx, 0.4, 1.0)  # f's args, each shadow after its array, dret
     assert isinstance(out, tuple) and len(out) == 1
-    assert out[0] == da_ref
-    np.testing.assert_array_equal(dx, dx_ref)
+    # Another compile of the same derivative (no overlap check here): its
+    # adjoint sums may be vectorized differently, so equal to rounding.
+    assert out[0] == pytest.approx(da_ref, rel=1e-14)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-14)
     # dret scales everything
     dx3 = np.zeros(6)
     (da3,) = d(x, dx3, 0.4, 3.0)

@@ -163,9 +163,11 @@ def test_default_seed_is_one_in_every_lane():
     _, da = enzpy.autodiff(scalar_math, BatchDuplicated(x, dxs), Active(0.3))
     g = np.zeros(5)
     _, da1 = enzpy.autodiff(scalar_math, Duplicated(x, g), Active(0.3))
-    assert da == (da1,) * 3
+    # Adjoint sums may be reassociated (vectorized) differently per width:
+    # equal to rounding, not bit for bit.
+    assert da == pytest.approx((da1,) * 3, rel=1e-14)
     for d in dxs:
-        np.testing.assert_array_equal(d, g)
+        np.testing.assert_allclose(d, g, rtol=1e-14)
 
 
 def test_loops():
@@ -253,9 +255,9 @@ def test_derivative_is_callable_from_njit():
     g0, g1, da = use(x, 0.5)
     g = np.zeros(6)
     _, da1 = enzpy.autodiff(scalar_math, Duplicated(x, g), Active(0.5))
-    np.testing.assert_array_equal(g0, g)
-    np.testing.assert_array_equal(g1, -g)
-    assert da == (da1, -da1)
+    np.testing.assert_allclose(g0, g, rtol=1e-14)
+    np.testing.assert_allclose(g1, -g, rtol=1e-14)
+    assert da == pytest.approx((da1, -da1), rel=1e-14)
 
 
 def test_errors():

@@ -8,8 +8,13 @@ namespace enzpy {
 
 Value *AdjointStore::sum(IRBuilder<> &B, Value *Sum, Value *Delta) {
   Value *V = B.CreateFAdd(Sum, Delta);
-  if (auto *I = dyn_cast<Instruction>(V))
+  // Adjoints are sums whose order no rule fixes: reassoc lets a loop that
+  // accumulates one (a scalar parameter's adjoint over all iterations) keep
+  // partial sums in vector lanes instead of a serial chain of adds.
+  if (auto *I = dyn_cast<Instruction>(V)) {
     I->setHasNoSignedZeros(true);
+    I->setHasAllowReassoc(true);
+  }
   return V;
 }
 
