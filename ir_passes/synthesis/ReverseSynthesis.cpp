@@ -775,6 +775,7 @@ Expected<Function *> ReverseSynthesizer::run() {
   Sk.emitNullChecks(Fail);
   Sk.finishRuleStatus(FinalRet);
   markReverseMathCalls();
+  VR.tape().separate();
   if (Log)
     VR.record(*Log, Reaching);
   return D;

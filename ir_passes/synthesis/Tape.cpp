@@ -2,6 +2,8 @@
 #include "synthesis/Tape.h"
 #include "driver/IRHelpers.h"
 #include "llvm/IR/Constants.h"
+#include "llvm/IR/InstIterator.h"
+#include "llvm/IR/IntrinsicInst.h"
 #include "llvm/IR/MDBuilder.h"
 #include "llvm/IR/Module.h"
 
@@ -30,6 +32,29 @@ BasicBlock *Tape::failureBlock() {
   B.CreateCall(libcFree(*D.getParent()), {B.CreateLoad(Ptr, Base)});
   B.CreateRet(ConstantInt::get(Type::getInt32Ty(D.getContext()), -1));
   return Oom;
+}
+
+MDNode *Tape::scope() {
+  if (!Scope) {
+    MDBuilder MDB(D.getContext());
+    MDNode *Domain = MDB.createAnonymousAliasScopeDomain("enzpy.tape");
+    Scope = MDNode::get(D.getContext(),
+                        MDB.createAnonymousAliasScope(Domain, "slots"));
+  }
+  return Scope;
+}
+
+void Tape::separate() {
+  if (!Scope)
+    return; // nothing was taped
+  for (Instruction &I : instructions(D)) {
+    if (!isa<LoadInst, StoreInst, AnyMemIntrinsic>(I) ||
+        I.getMetadata(LLVMContext::MD_alias_scope) == Scope)
+      continue;
+    I.setMetadata(
+        LLVMContext::MD_noalias,
+        MDNode::concatenate(I.getMetadata(LLVMContext::MD_noalias), Scope));
+  }
 }
 
 void Tape::emitFree(Instruction *Before) {
@@ -61,6 +86,7 @@ Value *Tape::Frame::pop(Value *Forward) {
   Value *Addr = B.CreateGEP(T.I64, Base, Idx);
   LoadInst *L = B.CreateAlignedLoad(Forward->getType(), Addr, Align(8),
                                     Forward->getName() + ".tape");
+  L->setMetadata(LLVMContext::MD_alias_scope, T.scope());
   Popped[Forward] = L;
   return L;
 }
@@ -120,7 +146,8 @@ void Tape::Frame::emitPush(BasicBlock *BB, bool Checked) {
   for (unsigned I = 0; I < K; ++I) {
     Value *Addr =
         B.CreateGEP(T.I64, Base, B.CreateAdd(Top, ConstantInt::get(T.I64, I)));
-    B.CreateAlignedStore(Pushed[I], Addr, Align(8));
+    B.CreateAlignedStore(Pushed[I], Addr, Align(8))
+        ->setMetadata(LLVMContext::MD_alias_scope, T.scope());
   }
   B.CreateStore(B.CreateAdd(Top, KV), T.Top);
 }

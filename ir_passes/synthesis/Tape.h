@@ -60,6 +60,15 @@ public:
   /// The largest value a slot holds, in bytes.
   static constexpr unsigned SlotBytes = 8;
 
+  /// Tell alias analysis what the derivative's construction knows: no
+  /// access other than a slot's touches the tape's memory, which only the
+  /// derivative allocates and never hands out. Slot accesses carry the
+  /// tape's alias scope; every other load, store and memory intrinsic of
+  /// the function, as it is when this runs, gets !noalias of it. Without
+  /// this the loop vectorizer checks each loop's tape reads and writes
+  /// against every array at run time.
+  void separate();
+
 private:
   /// Split \p Term's block before \p Term and grow the tape there when
   /// top + Extra exceeds the capacity. Returns the old top.
@@ -72,6 +81,9 @@ private:
   llvm::AllocaInst *Top;
   llvm::AllocaInst *Cap;
   llvm::BasicBlock *Oom = nullptr;
+  /// The scope of slot accesses (created with the first of them).
+  llvm::MDNode *Scope = nullptr;
+  llvm::MDNode *scope();
 };
 
 } // namespace enzpy

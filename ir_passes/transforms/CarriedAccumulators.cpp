@@ -9,6 +9,7 @@
 #include "llvm/IR/Dominators.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/Instructions.h"
+#include "llvm/IR/MDBuilder.h"
 #include "llvm/IR/Module.h"
 #include "llvm/Transforms/Utils/BasicBlockUtils.h"
 #include "llvm/Transforms/Utils/Cloning.h"
@@ -72,6 +73,7 @@ private:
   BasicBlock *version(ArrayRef<std::pair<Range, Range>> Checks, BasicBlock *Pre,
                       BasicBlock *Exit);
   void rewrite(Group &G, BasicBlock *Pre, BasicBlock *Exit);
+  void separate(const Group &G);
 };
 
 std::optional<Update> Rewriter::match(StoreInst &St) const {
@@ -311,6 +313,37 @@ void Rewriter::rewrite(Group &G, BasicBlock *Pre, BasicBlock *LoopExit) {
   SE.forgetLoop(&L);
 }
 
+/// Tells later passes what rewriteOne proved: the group's remaining load
+/// and store touch none of the memory the loop's other accesses touch. Two
+/// alias scopes of a fresh domain, one for the group and one for the rest.
+/// Without them the loop vectorizer, which cannot order some other access
+/// against the group (another row of the same array, at a distance only
+/// known at run time), falls back to run-time overlap checks for every pair
+/// of accesses to that array, the group's own load and store among them;
+/// those overlap by design (they are two elements apart), so the vector loop
+/// would never run.
+void Rewriter::separate(const Group &G) {
+  MDBuilder MDB(Body->getContext());
+  MDNode *Domain = MDB.createAnonymousAliasScopeDomain("enzpy.carried");
+  MDNode *Mine = MDB.createAnonymousAliasScope(Domain, "group");
+  MDNode *Rest = MDB.createAnonymousAliasScope(Domain, "rest");
+  auto Tag = [](Instruction &I, MDNode *Scope, MDNode *Not) {
+    LLVMContext &Ctx = I.getContext();
+    I.setMetadata(
+        LLVMContext::MD_alias_scope,
+        MDNode::concatenate(I.getMetadata(LLVMContext::MD_alias_scope),
+                            MDNode::get(Ctx, Scope)));
+    I.setMetadata(LLVMContext::MD_noalias,
+                  MDNode::concatenate(I.getMetadata(LLVMContext::MD_noalias),
+                                      MDNode::get(Ctx, Not)));
+  };
+  Instruction *Own[] = {G.Updates.front().Ld, G.Updates.back().St};
+  for (Instruction &I : *Body)
+    if (isa<LoadInst, StoreInst>(I))
+      Tag(I, is_contained(Own, &I) ? Mine : Rest,
+          is_contained(Own, &I) ? Rest : Mine);
+}
+
 bool Rewriter::rewriteOne(BasicBlock *&Copy) {
   for (Group &G : groups()) {
     if (!consecutive(G))
@@ -333,6 +366,7 @@ bool Rewriter::rewriteOne(BasicBlock *&Copy) {
     if (!Checks.empty())
       Copy = version(Checks, Pre, Exit);
     rewrite(G, Pre, Exit);
+    separate(G);
     return true;
   }
   return false;
