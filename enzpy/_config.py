@@ -15,6 +15,8 @@ from typing import Any, Final
 import numpy as np
 from numba.core import types
 
+from .errors import EnzpyValueError
+
 __all__ = [
     "FLOAT_DTYPES",
     "FLOAT_DTYPE_IDS",
@@ -94,14 +96,24 @@ def libmvec_available() -> bool:
 
 
 def vector_library() -> str:
-    """``"libmvec"`` when ``ENZPY_VECTOR_LIBRARY=libmvec`` asks for glibc's
-    vector math library and it is available: the derivative's own math calls
-    (a rule's cos x, a recomputed sin x) then use its vector functions in
-    vectorized loops (the primal's calls keep numba's scalar libm). Opt-in:
-    its functions round differently (within 4 ulp) from scalar libm, and a
-    derivative's value would then depend on which elements a loop computes in
-    vectors, so that a batch lane or a Jacobian column would no longer equal
-    the single call bit for bit. ``""`` otherwise."""
-    if os.environ.get("ENZPY_VECTOR_LIBRARY", "") != "libmvec":
+    """``"libmvec"`` when glibc's vector math library is available, unless
+    ``ENZPY_VECTOR_LIBRARY=none`` turns it off: the derivative's own math
+    calls (a rule's cos x, a recomputed sin x) then use its vector functions
+    in vectorized loops, several times cheaper than scalar libm (the primal's
+    calls keep numba's scalar libm, so primal values are bit for bit
+    numba's). Its functions round differently (within 4 ulp) from scalar
+    libm, and a loop computes some elements in vectors and the rest with
+    libm: a batch lane or a Jacobian column then equals the single call to
+    rounding, not bit for bit. ``""`` when it is off or unavailable."""
+    choice = os.environ.get("ENZPY_VECTOR_LIBRARY", "libmvec").strip().lower()
+    if choice in _NO_VECTOR_LIBRARY:
         return ""
+    if choice != "libmvec":
+        raise EnzpyValueError(
+            f"ENZPY_VECTOR_LIBRARY={choice!r}: expected 'libmvec' (the default) or 'none'"
+        )
     return "libmvec" if libmvec_available() else ""
+
+
+#: Values of ENZPY_VECTOR_LIBRARY that turn vector math off.
+_NO_VECTOR_LIBRARY: Final = frozenset({"none", "off", "0", "no", "false", "libm"})

@@ -827,7 +827,9 @@ def test_jacobian_of_a_scalar_function_is_the_gradient():
     g = enzpy.gradient(sum_x2_sinx, x)
     fd.assert_close_to_reference(J, g, 1e-12, what="forward jacobian vs gradient")
     Jr = enzpy.jacobian(sum_x2_sinx, x, mode=enzpy.Reverse)
-    np.testing.assert_array_equal(Jr, g)
+    # Another compile (a batch of reverse lanes): sin and cos may come from
+    # the vector math library in one and scalar libm in the other.
+    fd.assert_close_to_reference(Jr, g, 1e-13, what="reverse jacobian vs gradient")
     fd.assert_close_to_reference(J, _fd_jacobian(sum_x2_sinx, x), 1e-6, atol=1e-9, what="FD")
 
 
