@@ -57,6 +57,7 @@
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
 #include "rules/UserRules.h"
+#include "synthesis/MemoryScopes.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
@@ -145,9 +146,14 @@ private:
   Value *tangentOrZero(const Value *PV, unsigned K) const;
   /// The address that mirrors \p PPtr on the shadow of lane \p K.
   Value *shadow(const Value *PPtr, unsigned K) { return Sk.shadow(PPtr, K); }
+  /// Whether every lane's shadow of \p PPtr is a value of its own, none of
+  /// them the primal pointer (a pointer to nowhere mirrors to itself): then
+  /// the lanes' accesses through them can be tagged apart (MemoryScopes).
+  bool lanesApart(const Value *PPtr);
   void note(const char *What, const Value *PV);
 
   DerivativeSkeleton &Sk;
+  std::optional<MemoryScopes> Scopes;
   const CanonicalFunction &Canon;
   const Request &Req;
   const TypeAnalysis &TA;
@@ -844,6 +850,8 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
   }
   auto *DI = cast<Instruction>(mapped(&PI));
   IRBuilder<> B(DI->getNextNode());
+  if (isa<LoadInst, StoreInst>(DI))
+    Scopes->primal(*DI);
 
   if (auto *St = dyn_cast<StoreInst>(&PI)) {
     mirrorSpill(*St);
@@ -852,9 +860,13 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
     if (!AA.pointsToActive(St->getPointerOperand()))
       return Error::success();
     const Value *V = St->getValueOperand();
+    bool Apart = lanesApart(St->getPointerOperand());
     for (unsigned K = 0; K < Width; ++K) {
       Value *S = shadow(St->getPointerOperand(), K);
-      B.CreateAlignedStore(tangentOrZero(V, K), S, St->getAlign());
+      StoreInst *TS =
+          B.CreateAlignedStore(tangentOrZero(V, K), S, St->getAlign());
+      if (Apart)
+        Scopes->lane(*TS, K);
     }
     note("tangent-store", St);
     return Error::success();
@@ -912,9 +924,15 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
   Lanes T(Width, nullptr);
   Type *Ty = PI.getType();
   if (auto *L = dyn_cast<LoadInst>(&PI)) {
-    for (unsigned K = 0; K < Width; ++K)
-      T[K] = B.CreateAlignedLoad(Ty, shadow(L->getPointerOperand(), K),
-                                 L->getAlign(), PI.getName() + "'tangent");
+    bool Apart = lanesApart(L->getPointerOperand());
+    for (unsigned K = 0; K < Width; ++K) {
+      LoadInst *TL =
+          B.CreateAlignedLoad(Ty, shadow(L->getPointerOperand(), K),
+                              L->getAlign(), PI.getName() + "'tangent");
+      if (Apart)
+        Scopes->lane(*TL, K);
+      T[K] = TL;
+    }
   } else if (const ScalarRule *Rule = findScalarRule(PI)) {
     // tangent = sum_i partial_i * tangent_i; the partials serve every lane.
     // function_ref does not own its callable: keep the lambdas alive.
@@ -975,9 +993,18 @@ void ForwardSynthesizer::emitNullChecks() {
     Fail->eraseFromParent();
 }
 
+bool ForwardSynthesizer::lanesApart(const Value *PPtr) {
+  SmallPtrSet<const Value *, 8> Seen = {PPtr, mapped(PPtr)};
+  for (unsigned K = 0; K < Width; ++K)
+    if (!Seen.insert(shadow(PPtr, K)).second)
+      return false;
+  return true;
+}
+
 Expected<Function *> ForwardSynthesizer::run() {
   if (Log)
     Log->begin("forward");
+  Scopes.emplace(Ctx, Width);
   createFunction();
   createShadowAllocations();
   ShadowedMemInfoEscapes = shadowedMemInfoEscapes();

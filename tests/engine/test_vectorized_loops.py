@@ -250,3 +250,63 @@ def test_tangent_loop_of_a_sum_is_vectorized_and_sums_in_order(rng):
     assert out[0] == primal
     want = np.sum((2 * x * np.sin(x) + x * x * np.cos(x)) * dx)
     np.testing.assert_allclose(out[1], want, rtol=1e-12)
+
+
+# y[i] = s[i]^2 sin s[i], s chosen from x and z by a select: alias analysis
+# cannot tell s from y, nor one lane's shadows from another's.
+MAP_SELECTED = dict(
+    MAP_X2_SIN,
+    arrays="ptr %x, ptr %z, ptr %y",
+    body="""  %big = icmp sgt i64 %n, 4
+  %src = select i1 %big, ptr %x, ptr %z
+"""
+    + MAP_X2_SIN["body"].replace("ptr %x,", "ptr %src,"),
+)
+
+
+def _scope_names(text: str, line: str, kind: str) -> set[str]:
+    """The names of the alias scopes ``line``'s ``!alias.scope`` or
+    ``!noalias`` list holds."""
+    ref = re.search(rf"!{kind} (!\d+)", line)
+    if not ref:
+        return set()
+    nodes = dict(re.findall(r"^(!\d+) = (.*)$", text, re.M))
+    members = re.findall(r"!\d+", nodes[ref.group(1)])
+    return {re.search(r'!"([^"]+)"', nodes[m]).group(1) for m in members}
+
+
+def test_batch_lanes_and_the_primal_access_memory_in_scopes_apart(rng):
+    # Eight lanes' shadows reached through a select, no noalias: each
+    # lane's tangent loads and stores carry that lane's alias scope and are
+    # noalias of the primal's and of every other lane's (MemoryScopes), so
+    # that the vectorizer checks each lane against itself only.
+    width = 8
+    kwargs = dict(mode="forward", ret_activity="const", return_primal=False, width=width)
+    params = [dup(), dup(), dup(), *const()]
+    plain = _text(differentiate(_ir(MAP_SELECTED), params, optimize=False, **kwargs)[0])
+    lanes = [f"lane {k}" for k in range(width)]
+    for line in plain.splitlines():
+        access = re.search(r"(load double, ptr|store double \S+, ptr) %\"?(\w+)", line)
+        if not access:
+            continue
+        lane = re.search(r"'shadow\.(\d+)", line)
+        own = {f"lane {lane.group(1)}"} if lane else {"primal"}
+        assert _scope_names(plain, line, "alias.scope") == own, line
+        assert _scope_names(plain, line, "noalias") == {"primal", *lanes} - own, line
+    bc, _ = differentiate(_ir(MAP_SELECTED), params, **kwargs, **jit_target())
+    text = _text(bc)
+    assert re.search(r"store <\d+ x double>", text), "the tangent loop should be vectorized"
+    n = 37
+    x, z = rng.uniform(-3, 3, n), rng.uniform(-3, 3, n)
+    dxs = [rng.standard_normal(n) for _ in range(width)]
+    dzs = [rng.standard_normal(n) for _ in range(width)]
+    y, dys = np.zeros(n), [np.zeros(n) for _ in range(width)]
+    df = jit(bc, "df", P, P, P, P, P, I64, *[P] * (3 * width))
+    out = (ctypes.c_double * 1)()
+    shadows = [a.ctypes.data for group in (dxs, dzs, dys) for a in group]
+    args = (x.ctypes.data, z.ctypes.data, y.ctypes.data, n, *shadows)
+    assert df(ctypes.addressof(out), None, *args) == 0
+    assert np.array_equal(y, x * x * np.sin(x))
+    slope = 2 * x * np.sin(x) + x * x * np.cos(x)
+    for dx, dy in zip(dxs, dys, strict=True):
+        np.testing.assert_allclose(dy, slope * dx, rtol=1e-13)
