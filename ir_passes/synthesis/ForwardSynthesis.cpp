@@ -146,10 +146,6 @@ private:
   Value *tangentOrZero(const Value *PV, unsigned K) const;
   /// The address that mirrors \p PPtr on the shadow of lane \p K.
   Value *shadow(const Value *PPtr, unsigned K) { return Sk.shadow(PPtr, K); }
-  /// Whether every lane's shadow of \p PPtr is a value of its own, none of
-  /// them the primal pointer (a pointer to nowhere mirrors to itself): then
-  /// the lanes' accesses through them can be tagged apart (MemoryScopes).
-  bool lanesApart(const Value *PPtr);
   void note(const char *What, const Value *PV);
 
   DerivativeSkeleton &Sk;
@@ -860,7 +856,7 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
     if (!AA.pointsToActive(St->getPointerOperand()))
       return Error::success();
     const Value *V = St->getValueOperand();
-    bool Apart = lanesApart(St->getPointerOperand());
+    bool Apart = Sk.lanesApart(St->getPointerOperand());
     for (unsigned K = 0; K < Width; ++K) {
       Value *S = shadow(St->getPointerOperand(), K);
       StoreInst *TS =
@@ -924,7 +920,7 @@ Error ForwardSynthesizer::visitInstruction(const Instruction &PI) {
   Lanes T(Width, nullptr);
   Type *Ty = PI.getType();
   if (auto *L = dyn_cast<LoadInst>(&PI)) {
-    bool Apart = lanesApart(L->getPointerOperand());
+    bool Apart = Sk.lanesApart(L->getPointerOperand());
     for (unsigned K = 0; K < Width; ++K) {
       LoadInst *TL =
           B.CreateAlignedLoad(Ty, shadow(L->getPointerOperand(), K),
@@ -991,14 +987,6 @@ void ForwardSynthesizer::emitNullChecks() {
   Sk.emitNullChecks(Fail);
   if (pred_empty(Fail))
     Fail->eraseFromParent();
-}
-
-bool ForwardSynthesizer::lanesApart(const Value *PPtr) {
-  SmallPtrSet<const Value *, 8> Seen = {PPtr, mapped(PPtr)};
-  for (unsigned K = 0; K < Width; ++K)
-    if (!Seen.insert(shadow(PPtr, K)).second)
-      return false;
-  return true;
 }
 
 Expected<Function *> ForwardSynthesizer::run() {

@@ -40,6 +40,7 @@
 #include "rules/DerivativeRules.h"
 #include "rules/MemoryRules.h"
 #include "synthesis/Adjoints.h"
+#include "synthesis/MemoryScopes.h"
 #include "synthesis/ReleaseList.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
@@ -55,6 +56,7 @@
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/AsmParser/Parser.h"
 #include "llvm/IR/Dominators.h"
+#include "llvm/IR/InstIterator.h"
 #include "llvm/IR/IntrinsicInst.h"
 #include "llvm/IR/MDBuilder.h"
 #include "llvm/IR/Module.h"
@@ -189,6 +191,8 @@ private:
   DenseMap<const Value *, CustomTape> CustomTapes;
   DenseMap<const BasicBlock *, BlockRev> Rev;
   BlockSet Reaching; // blocks that can return
+  std::optional<MemoryScopes> Scopes;
+  void tagPrimalAccesses();
 };
 
 Value *ReverseSynthesizer::fetchShadow(const Value *PPtr, unsigned K,
@@ -547,6 +551,7 @@ void ReverseSynthesizer::createFunction() {
   if (Req.RetActive)
     Sk.createReturnShadows([&](unsigned K) { return Sk.trailing(K); });
   VR.createTape();
+  Scopes.emplace(Ctx, Width);
   // Shadows live until every way out of the derivative (ReleaseList.h).
   Sk.OnShadowAllocation = [this](IRBuilder<> &B, Value *SMI) {
     Sk.failIfNull(release(numba::isRawAllocation(SMI)
@@ -621,11 +626,16 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
   if (auto *L = dyn_cast<LoadInst>(&I)) {
     if (!AA.isActive(L))
       return;
+    bool Apart = Sk.lanesApart(L->getPointerOperand());
     for (unsigned K = 0; K < Width; ++K) {
       Value *A = Adj.take(RB, L, K);
       Value *S = fetchShadow(L->getPointerOperand(), K, R);
-      RB.CreateStore(AdjointStore::sum(RB, RB.CreateLoad(L->getType(), S), A),
-                     S);
+      LoadInst *Old = RB.CreateLoad(L->getType(), S);
+      StoreInst *New = RB.CreateStore(AdjointStore::sum(RB, Old, A), S);
+      if (Apart) {
+        Scopes->lane(*Old, K);
+        Scopes->lane(*New, K);
+      }
     }
     return;
   }
@@ -633,11 +643,18 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
     if (!AA.pointsToActive(St->getPointerOperand()))
       return;
     Value *V = St->getValueOperand();
+    bool Apart = Sk.lanesApart(St->getPointerOperand());
     for (unsigned K = 0; K < Width; ++K) {
       Value *S = fetchShadow(St->getPointerOperand(), K, R);
-      if (AA.isActive(V))
-        Adj.add(RB, V, K, RB.CreateLoad(V->getType(), S));
-      RB.CreateStore(Constant::getNullValue(V->getType()), S);
+      if (AA.isActive(V)) {
+        LoadInst *Old = RB.CreateLoad(V->getType(), S);
+        if (Apart)
+          Scopes->lane(*Old, K);
+        Adj.add(RB, V, K, Old);
+      }
+      StoreInst *Zero = RB.CreateStore(Constant::getNullValue(V->getType()), S);
+      if (Apart)
+        Scopes->lane(*Zero, K);
     }
     return;
   }
@@ -745,6 +762,14 @@ void ReverseSynthesizer::createFinal() {
   FinalRet = Ret;
 }
 
+/// Loads and stores that copy a primal one (the forward sweep, re-reads)
+/// touch primal memory only (MemoryScopes).
+void ReverseSynthesizer::tagPrimalAccesses() {
+  for (Instruction &I : instructions(*D))
+    if (isa<LoadInst, StoreInst>(I) && Sk.primalOf(&I))
+      Scopes->primal(I);
+}
+
 Expected<Function *> ReverseSynthesizer::run() {
   VR.expandTripBounds();
   createFunction();
@@ -775,6 +800,7 @@ Expected<Function *> ReverseSynthesizer::run() {
   Sk.emitNullChecks(Fail);
   Sk.finishRuleStatus(FinalRet);
   markReverseMathCalls();
+  tagPrimalAccesses();
   VR.tape().separate();
   if (Log)
     VR.record(*Log, Reaching);

@@ -114,6 +114,14 @@ Value *DerivativeSkeleton::mapped(const Value *PV) const {
   return It->second;
 }
 
+bool DerivativeSkeleton::lanesApart(const Value *PPtr) {
+  SmallPtrSet<const Value *, 8> Seen = {PPtr, mapped(PPtr)};
+  for (unsigned K = 0; K < Width; ++K)
+    if (!Seen.insert(shadow(PPtr, K)).second)
+      return false;
+  return true;
+}
+
 BasicBlock *DerivativeSkeleton::mapped(const BasicBlock *PB) const {
   return cast<BasicBlock>(VMap.lookup(PB));
 }

@@ -67,6 +67,10 @@ public:
   /// The clone of primal value \p PV (constants are themselves).
   llvm::Value *mapped(const llvm::Value *PV) const;
   llvm::BasicBlock *mapped(const llvm::BasicBlock *PB) const;
+  /// Whether every lane's shadow of \p PPtr is a value of its own, none of
+  /// them the primal pointer (a pointer to nowhere mirrors to itself): then
+  /// the lanes' accesses through them can be tagged apart (MemoryScopes).
+  bool lanesApart(const llvm::Value *PPtr);
   /// The primal value or block a cloned one copies (null for code the
   /// synthesis added).
   const llvm::Value *primalOf(const llvm::Value *DV) const {
