@@ -50,9 +50,10 @@ public:
   Rewriter(Loop &L, ScalarEvolution &SE, AAResults &AA, const DataLayout &DL)
       : L(L), SE(SE), AA(AA), DL(DL), Body(L.getHeader()) {}
 
-  /// Rewrites the first group of the loop that qualifies; false when none
-  /// does. \p Copy is the loop's unchanged copy, when it made one.
-  bool rewriteOne(BasicBlock *&Copy);
+  /// Rewrites every group of the loop that qualifies (one per shadow array
+  /// and batch lane); false when none does. \p Copy is the loop's unchanged
+  /// copy, when it made one.
+  bool rewriteAll(BasicBlock *&Copy);
 
 private:
   Loop &L;
@@ -72,7 +73,7 @@ private:
              SmallVectorImpl<std::pair<Range, Range>> &Checks) const;
   BasicBlock *version(ArrayRef<std::pair<Range, Range>> Checks, BasicBlock *Pre,
                       BasicBlock *Exit);
-  void rewrite(Group &G, BasicBlock *Pre, BasicBlock *Exit);
+  BasicBlock *rewrite(Group &G, BasicBlock *Pre, BasicBlock *Exit);
   void separate(const Group &G);
 };
 
@@ -258,7 +259,7 @@ BasicBlock *Rewriter::version(ArrayRef<std::pair<Range, Range>> Checks,
 /// update J + 1 adds into in the next iteration. Its partial sum V_J goes
 /// there in a register (a phi); only the last update stores, and the
 /// partial sums of the last iteration are stored after the loop.
-void Rewriter::rewrite(Group &G, BasicBlock *Pre, BasicBlock *LoopExit) {
+BasicBlock *Rewriter::rewrite(Group &G, BasicBlock *Pre, BasicBlock *LoopExit) {
   // Only this loop's way out stores (not a copy's, see version).
   BasicBlock *Exit = SplitEdge(Body, LoopExit);
   unsigned D = G.Updates.size() - 1;
@@ -311,9 +312,10 @@ void Rewriter::rewrite(Group &G, BasicBlock *Pre, BasicBlock *LoopExit) {
     St->eraseFromParent();
   }
   SE.forgetLoop(&L);
+  return Exit;
 }
 
-/// Tells later passes what rewriteOne proved: the group's remaining load
+/// Tells later passes what rewriteAll proved: the group's remaining load
 /// and store touch none of the memory the loop's other accesses touch. Two
 /// alias scopes of a fresh domain, one for the group and one for the rest.
 /// Without them the loop vectorizer, which cannot order some other access
@@ -344,32 +346,41 @@ void Rewriter::separate(const Group &G) {
           is_contained(Own, &I) ? Rest : Mine);
 }
 
-bool Rewriter::rewriteOne(BasicBlock *&Copy) {
+bool Rewriter::rewriteAll(BasicBlock *&Copy) {
+  SmallVector<Group, 2> Chosen;
+  SmallVector<std::pair<Range, Range>, 2> Checks;
   for (Group &G : groups()) {
     if (!consecutive(G))
       continue;
-    SmallVector<std::pair<Range, Range>, 2> Checks;
+    SmallVector<std::pair<Range, Range>, 2> Mine;
     SmallPtrSet<const Instruction *, 8> Own;
     for (const Update &U : G.Updates) {
       Own.insert(U.Ld);
       Own.insert(U.St);
     }
-    std::optional<Range> Mine = rangeOf(G);
+    std::optional<Range> Elements = rangeOf(G);
     bool Alone = all_of(*Body, [&](const Instruction &I) {
       return Own.contains(&I) || !I.mayReadOrWriteMemory() ||
-             apart(G, Mine, I, Checks);
+             apart(G, Elements, I, Mine);
     });
     if (!Alone)
       continue;
-    BasicBlock *Pre = L.getLoopPreheader();
-    BasicBlock *Exit = L.getExitBlock();
-    if (!Checks.empty())
-      Copy = version(Checks, Pre, Exit);
-    rewrite(G, Pre, Exit);
-    separate(G);
-    return true;
+    // Each group is proven apart from every other access of the loop as it
+    // is now, the other groups' included, so the proofs hold together.
+    append_range(Checks, Mine);
+    Chosen.push_back(std::move(G));
   }
-  return false;
+  if (Chosen.empty())
+    return false;
+  BasicBlock *Pre = L.getLoopPreheader();
+  BasicBlock *Exit = L.getExitBlock();
+  if (!Checks.empty())
+    Copy = version(Checks, Pre, Exit);
+  for (Group &G : Chosen) {
+    Exit = rewrite(G, Pre, Exit);
+    separate(G);
+  }
+  return true;
 }
 
 } // namespace
@@ -402,9 +413,10 @@ PreservedAnalyses CarriedAccumulatorsPass::run(Function &F,
           Exit->getSinglePredecessor() != L->getHeader())
         continue;
       Changed |= formLCSSA(*L, DT, &LI, &SE);
-      // One group per loop: a loop may have been copied for it (version).
+      // Every group of the loop at once: it may have been copied for them
+      // (version), and is not visited again.
       BasicBlock *Copy = nullptr;
-      if (!Rewriter(*L, SE, AA, DL).rewriteOne(Copy))
+      if (!Rewriter(*L, SE, AA, DL).rewriteAll(Copy))
         continue;
       Changed = Again = true;
       if (Copy)

@@ -15,7 +15,8 @@
 // iteration, and a fixed-order recurrence of registers that the loop
 // vectorizer handles.
 //
-// Applies to innermost single-block loops holding a group of
+// Applies to innermost single-block loops holding groups (each rewritten,
+// under one version check: one per shadow array and batch lane) of
 // load/fadd (or fsub)/store updates of one type whose addresses are affine in
 // the loop with the element size as step and whose offsets, in iterations, are
 // consecutive and distinct. Every other memory access of the loop must be

@@ -220,3 +220,57 @@ def test_history_stencil_adjoint_vectorizes_without_overlap_checks(rng):
     np.testing.assert_array_equal(h, want_h)
     np.testing.assert_allclose(dh, want, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(out[1], da, rtol=1e-12)
+
+
+# Two stencils in one loop, on two arrays: y[i] from x[i..i+2], w[i] from
+# z[i..i+2] (a coupled system, or two batch lanes): two groups of updates.
+TWO_STENCILS = STENCIL.replace(
+    "ptr %x, ptr %y, i64 %n", "ptr %x, ptr %y, ptr %z, ptr %w, i64 %n"
+).replace(
+    "  %i.next = add nuw nsw i64 %i, 1",
+    """  %q0 = getelementptr double, ptr %z, i64 %i
+  %q1 = getelementptr double, ptr %q0, i64 1
+  %q2 = getelementptr double, ptr %q0, i64 2
+  %z0 = load double, ptr %q0
+  %z1 = load double, ptr %q1
+  %z2 = load double, ptr %q2
+  %za = fmul double %z0, 3.0
+  %zb = fmul double %z1, -0.25
+  %zc = fmul double %z2, 1.75
+  %zab = fadd double %za, %zb
+  %zv = fadd double %zab, %zc
+  %pw = getelementptr double, ptr %w, i64 %i
+  store double %zv, ptr %pw
+  %i.next = add nuw nsw i64 %i, 1""",
+)
+
+
+@pytest.mark.parametrize("noalias", [True, False])
+def test_every_stencil_of_a_loop_carries_its_partial_sums(noalias, rng):
+    params = [{"activity": "dup", "elem": "double"}] * 4 + const()
+    ir = TWO_STENCILS.format(triple=llvm.get_process_triple())
+    bc, _ = differentiate(ir, params, return_primal=False, noalias=noalias, **jit_target())
+    text = str(llvm.parse_bitcode(bc))
+    # Two neighbours carried per stencil (each loaded once before the loop),
+    # for both stencils.
+    assert len(re.findall(r"%carried\.init\d* = load", text)) == 4, "both should be carried"
+    assert re.search(r"store <\d+ x double>", text), "the reverse loop should be vectorized"
+    df = jit(bc, "df", P, P, P, P, P, P, I64, P, P, P, P, ctypes.c_double)
+    n = 101
+    x, z = rng.standard_normal(n + 2), rng.standard_normal(n + 2)
+    y, w = np.zeros(n), np.zeros(n)
+    dx0, dz0 = rng.standard_normal(n + 2), rng.standard_normal(n + 2)
+    dy0, dw0 = rng.standard_normal(n), rng.standard_normal(n)
+    dx, dz, dy, dw = dx0.copy(), dz0.copy(), dy0.copy(), dw0.copy()
+    out = (ctypes.c_double * 1)()
+    arrays = (x, y, z, w)
+    shadows = (dx, dy, dz, dw)
+    args = (*(a.ctypes.data for a in arrays), n, *(a.ctypes.data for a in shadows), 1.0)
+    assert df(ctypes.addressof(out), None, *args) == 0
+    for d0, g, got, taps in ((dx0, dy0, dx, (0.5, -1.5, 2.5)), (dz0, dw0, dz, (3.0, -0.25, 1.75))):
+        want = d0.copy()
+        for k, c in enumerate(taps):
+            want[k : n + k] += c * g
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(dy, 0.0)
+    np.testing.assert_array_equal(dw, 0.0)
