@@ -175,13 +175,20 @@ static const SCEV *inductionOf(const PHINode *Phi, const Loop *L,
   return isa<SCEVUnknown>(S) ? nullptr : S;
 }
 
-/// How many tape slots fetching \p DV would pop (capped): 0 for values that
-/// are reused, kept, hoisted, already fetched, or recomputable for free.
+/// How many tape slots fetching \p DV would pop: 0 for values that are
+/// reused, kept, hoisted, already fetched, or recomputable for free. Within
+/// one query (startCostQuery) a value shared by several operands counts
+/// once, as it would be fetched once; the walk visits at most CostBudget
+/// values and counts the rest as one pop. (A depth cap used to decide this
+/// instead, which made the answer depend on the order in which the reverse
+/// asked: the first of three coordinate differences was taped because its
+/// re-read's address chain was deeper than the cap, the next two were free
+/// because the first one's shadow address had rebuilt that chain.)
 unsigned ValueRecovery::popCost(Value *DV, Frame &R, unsigned Depth) {
   auto *I = dyn_cast<Instruction>(DV);
-  if (!I || freeIn(I, R))
+  if (!I || freeIn(I, R) || !CostSeen.insert(I).second)
     return 0;
-  if (Depth > 6)
+  if (CostSeen.size() > CostBudget || Depth > CostBudget)
     return 1;
   if (auto *Phi = dyn_cast<PHINode>(I)) {
     const BasicBlock *PH = Sk.primalOf(Phi->getParent());
@@ -372,6 +379,7 @@ Value *ValueRecovery::recompute(Instruction *I, Frame &R) {
       return H.CreateLoad(I64, LR->Remaining, "enzpy.iter");
     // Induction variables: their recurrence at the iteration reversed.
     const SCEV *S = inductionOf(Phi, L, Sk, SE);
+    CostSeen.clear();
     if (!S || expandCost(S, R, 1) > 1)
       return nullptr;
     Value *V = expand(S, R);
@@ -388,6 +396,7 @@ Value *ValueRecovery::recompute(Instruction *I, Frame &R) {
   if (!isa<GetElementPtrInst>(I) &&
       !(isa<CastInst>(I) && I->getType()->isPointerTy())) {
     unsigned Cost = 0;
+    CostSeen.clear();
     for (Value *Op : I->operands())
       Cost += popCost(Op, R, 1);
     unsigned Limit = I->getType()->isFloatingPointTy() ? 0 : 1;

@@ -128,6 +128,9 @@ private:
   llvm::Value *hoist(llvm::Instruction *I, const llvm::Loop *L, Frame &R);
   llvm::Value *recompute(llvm::Instruction *I, Frame &R);
   unsigned popCost(llvm::Value *DV, Frame &R, unsigned Depth);
+  /// The values one cost query has visited (popCost), and how many it may.
+  llvm::SmallPtrSet<llvm::Value *, 32> CostSeen;
+  static constexpr unsigned CostBudget = 64;
   /// \p S (a ScalarEvolution expression of the primal) in the reverse of
   /// R.PB, with recurrences of counted loops around it evaluated at the
   /// iteration being reversed; null when it has parts that cannot be.

@@ -338,3 +338,65 @@ def test_overlapping_memmove_adjoint(rng, dst, src, m):
     np.testing.assert_allclose(u, (M @ u0) ** 2, rtol=1e-15)
     J = np.diag(2 * M @ u0) @ M
     np.testing.assert_allclose(du, J.T @ w, rtol=1e-14, atol=1e-15)
+
+
+# s = sum_i r_i^2, r_i = sum_k (c_k - x[3 j + k])^2 with j = i wrapped as
+# numba wraps negative indices: each re-read's address is six instructions
+# deep (gep, mul, add, select, icmp, the induction variable).
+DEEP_REREADS = """
+define i32 @f(ptr %retptr, ptr %excinfo, ptr %x, i64 %n, double %c0, double %c1, double %c2) {
+entry:
+  %empty = icmp slt i64 %n, 1
+  br i1 %empty, label %exit, label %loop
+loop:
+  %i = phi i64 [ 0, %entry ], [ %i.next, %loop ]
+  %acc = phi double [ 0.0, %entry ], [ %acc.next, %loop ]
+  %neg = icmp slt i64 %i, 0
+  %wrap = select i1 %neg, i64 %n, i64 0
+  %j = add i64 %wrap, %i
+  %row = mul i64 %j, 3
+  %p0 = getelementptr double, ptr %x, i64 %row
+  %p1 = getelementptr i8, ptr %p0, i64 8
+  %p2 = getelementptr i8, ptr %p0, i64 16
+  %x0 = load double, ptr %p0
+  %x1 = load double, ptr %p1
+  %x2 = load double, ptr %p2
+  %d0 = fsub double %c0, %x0
+  %d1 = fsub double %c1, %x1
+  %d2 = fsub double %c2, %x2
+  %q0 = fmul double %d0, %d0
+  %q1 = fmul double %d1, %d1
+  %q2 = fmul double %d2, %d2
+  %r01 = fadd double %q0, %q1
+  %r = fadd double %r01, %q2
+  %rr = fmul double %r, %r
+  %acc.next = fadd double %acc, %rr
+  %i.next = add nuw nsw i64 %i, 1
+  %done = icmp eq i64 %i.next, %n
+  br i1 %done, label %exit, label %loop
+exit:
+  %s = phi double [ 0.0, %entry ], [ %acc.next, %loop ]
+  store double %s, ptr %retptr
+  ret i32 0
+}
+"""
+
+
+def test_deep_address_chains_do_not_make_the_first_value_asked_for_taped(rng):
+    # The reverse asks for %d2 first (walking the block backwards). Its
+    # re-read's address chain is deep; whether it is free must not depend on
+    # the later loads having rebuilt that chain: no float value is taped.
+    params = [{"activity": "dup", "elem": "double"}, *const(4)]
+    bc, decisions = differentiate(DEEP_REREADS, params)
+    taped = [v for v, _ in decisions.taped()]
+    assert not [v for v in taped if v.startswith(("%d", "%q", "%r", "%x"))], taped
+    df = jit(bc, "df", P, P, P, I64, D, D, D, P, D)
+    n, c = 11, (0.3, -0.2, 0.5)
+    x = rng.standard_normal(3 * n)
+    dx = np.zeros(3 * n)
+    out = (D * 1)()
+    assert df(ctypes.addressof(out), None, x.ctypes.data, n, *c, dx.ctypes.data, 1.0) == 0
+    d = np.asarray(c) - x.reshape(n, 3)
+    r = np.sum(d * d, axis=1)
+    np.testing.assert_allclose(out[0], np.sum(r * r), rtol=1e-14)
+    np.testing.assert_allclose(dx.reshape(n, 3), -4 * r[:, None] * d, rtol=1e-13)
