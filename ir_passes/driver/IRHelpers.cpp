@@ -1,6 +1,7 @@
 //===- IRHelpers.cpp - C library and helper functions in a module ---------===//
 #include "driver/IRHelpers.h"
 #include "llvm/IR/DerivedTypes.h"
+#include "llvm/IR/Instruction.h"
 
 using namespace llvm;
 
@@ -34,6 +35,16 @@ Function *internalHelper(Module &M, StringRef Name, FunctionType *FT,
     return F;
   Fresh = true;
   return Function::Create(FT, GlobalValue::InternalLinkage, Name, M);
+}
+
+void addAliasScopes(Instruction &I, ArrayRef<Metadata *> Scopes,
+                    ArrayRef<Metadata *> NotScopes) {
+  LLVMContext &Ctx = I.getContext();
+  for (auto [Kind, Add] : {std::pair{LLVMContext::MD_alias_scope, Scopes},
+                           std::pair{LLVMContext::MD_noalias, NotScopes}})
+    if (!Add.empty())
+      I.setMetadata(Kind, MDNode::concatenate(I.getMetadata(Kind),
+                                              MDNode::get(Ctx, Add)));
 }
 
 } // namespace enzpy

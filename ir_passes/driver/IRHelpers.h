@@ -22,6 +22,12 @@ llvm::FunctionCallee libcFree(llvm::Module &M);
 llvm::Function *internalHelper(llvm::Module &M, llvm::StringRef Name,
                                llvm::FunctionType *FT, bool &Fresh);
 
+/// Adds \p Scopes to \p I's `!alias.scope` list and \p NotScopes to its
+/// `!noalias` list (scoped-noalias metadata; either may be empty).
+void addAliasScopes(llvm::Instruction &I,
+                    llvm::ArrayRef<llvm::Metadata *> Scopes,
+                    llvm::ArrayRef<llvm::Metadata *> NotScopes);
+
 } // namespace enzpy
 
 #endif

@@ -1,5 +1,6 @@
 //===- MemoryScopes.cpp - what the derivative's memory accesses cannot alias =//
 #include "synthesis/MemoryScopes.h"
+#include "driver/IRHelpers.h"
 #include "llvm/IR/MDBuilder.h"
 
 using namespace llvm;
@@ -16,19 +17,13 @@ MemoryScopes::MemoryScopes(LLVMContext &Ctx, unsigned Width) {
 }
 
 void MemoryScopes::tag(Instruction &I, MDNode *Own) {
-  LLVMContext &Ctx = I.getContext();
   SmallVector<Metadata *, 8> Others;
+  for (MDNode *S : Lanes)
+    if (S != Own)
+      Others.push_back(S);
   if (Own != Primal)
     Others.push_back(Primal);
-  for (MDNode *L : Lanes)
-    if (L != Own)
-      Others.push_back(L);
-  I.setMetadata(LLVMContext::MD_alias_scope,
-                MDNode::concatenate(I.getMetadata(LLVMContext::MD_alias_scope),
-                                    MDNode::get(Ctx, {Own})));
-  I.setMetadata(LLVMContext::MD_noalias,
-                MDNode::concatenate(I.getMetadata(LLVMContext::MD_noalias),
-                                    MDNode::get(Ctx, Others)));
+  addAliasScopes(I, {Own}, Others);
 }
 
 void MemoryScopes::primal(Instruction &I) { tag(I, Primal); }

@@ -34,27 +34,22 @@ BasicBlock *Tape::failureBlock() {
   return Oom;
 }
 
-MDNode *Tape::scope() {
+void Tape::slotAccess(Instruction &I) {
   if (!Scope) {
     MDBuilder MDB(D.getContext());
-    MDNode *Domain = MDB.createAnonymousAliasScopeDomain("enzpy.tape");
-    Scope = MDNode::get(D.getContext(),
-                        MDB.createAnonymousAliasScope(Domain, "slots"));
+    Scope = MDB.createAnonymousAliasScope(
+        MDB.createAnonymousAliasScopeDomain("enzpy.tape"), "slots");
   }
-  return Scope;
+  addAliasScopes(I, {Scope}, {});
+  Slots.insert(&I);
 }
 
 void Tape::separate() {
   if (!Scope)
     return; // nothing was taped
-  for (Instruction &I : instructions(D)) {
-    if (!isa<LoadInst, StoreInst, AnyMemIntrinsic>(I) ||
-        I.getMetadata(LLVMContext::MD_alias_scope) == Scope)
-      continue;
-    I.setMetadata(
-        LLVMContext::MD_noalias,
-        MDNode::concatenate(I.getMetadata(LLVMContext::MD_noalias), Scope));
-  }
+  for (Instruction &I : instructions(D))
+    if (isa<LoadInst, StoreInst, AnyMemIntrinsic>(I) && !Slots.contains(&I))
+      addAliasScopes(I, {}, {Scope});
 }
 
 void Tape::emitFree(Instruction *Before) {
@@ -86,7 +81,7 @@ Value *Tape::Frame::pop(Value *Forward) {
   Value *Addr = B.CreateGEP(T.I64, Base, Idx);
   LoadInst *L = B.CreateAlignedLoad(Forward->getType(), Addr, Align(8),
                                     Forward->getName() + ".tape");
-  L->setMetadata(LLVMContext::MD_alias_scope, T.scope());
+  T.slotAccess(*L);
   Popped[Forward] = L;
   return L;
 }
@@ -146,8 +141,7 @@ void Tape::Frame::emitPush(BasicBlock *BB, bool Checked) {
   for (unsigned I = 0; I < K; ++I) {
     Value *Addr =
         B.CreateGEP(T.I64, Base, B.CreateAdd(Top, ConstantInt::get(T.I64, I)));
-    B.CreateAlignedStore(Pushed[I], Addr, Align(8))
-        ->setMetadata(LLVMContext::MD_alias_scope, T.scope());
+    T.slotAccess(*B.CreateAlignedStore(Pushed[I], Addr, Align(8)));
   }
   B.CreateStore(B.CreateAdd(Top, KV), T.Top);
 }

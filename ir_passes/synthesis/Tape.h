@@ -17,6 +17,7 @@
 #define ENZPY_TAPE_H
 
 #include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/IR/IRBuilder.h"
 
 namespace enzpy {
@@ -81,9 +82,11 @@ private:
   llvm::AllocaInst *Top;
   llvm::AllocaInst *Cap;
   llvm::BasicBlock *Oom = nullptr;
-  /// The scope of slot accesses (created with the first of them).
+  /// The scope of slot accesses (created with the first of them), and the
+  /// slot accesses: separate() leaves them out.
   llvm::MDNode *Scope = nullptr;
-  llvm::MDNode *scope();
+  llvm::SmallPtrSet<const llvm::Instruction *, 32> Slots;
+  void slotAccess(llvm::Instruction &I);
 };
 
 } // namespace enzpy

@@ -177,13 +177,14 @@ static const SCEV *inductionOf(const PHINode *Phi, const Loop *L,
 
 /// How many tape slots fetching \p DV would pop: 0 for values that are
 /// reused, kept, hoisted, already fetched, or recomputable for free. Within
-/// one query (startCostQuery) a value shared by several operands counts
-/// once, as it would be fetched once; the walk visits at most CostBudget
-/// values and counts the rest as one pop. (A depth cap used to decide this
-/// instead, which made the answer depend on the order in which the reverse
-/// asked: the first of three coordinate differences was taped because its
-/// re-read's address chain was deeper than the cap, the next two were free
-/// because the first one's shadow address had rebuilt that chain.)
+/// one query (its caller clears CostSeen first) a value shared by several
+/// operands counts once, as it would be fetched once; the walk visits at
+/// most CostBudget values and counts the rest as one pop. (A depth cap used
+/// to decide this instead, which made the answer depend on the order in
+/// which the reverse asked: the first of three coordinate differences was
+/// taped because its re-read's address chain was deeper than the cap, the
+/// next two were free because the first one's shadow address had rebuilt
+/// that chain.)
 unsigned ValueRecovery::popCost(Value *DV, Frame &R, unsigned Depth) {
   auto *I = dyn_cast<Instruction>(DV);
   if (!I || freeIn(I, R) || !CostSeen.insert(I).second)

@@ -1,5 +1,6 @@
 //===- CarriedAccumulators.cpp - neighbour accumulations in registers -----===//
 #include "transforms/CarriedAccumulators.h"
+#include "driver/IRHelpers.h"
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/Analysis/AliasAnalysis.h"
 #include "llvm/Analysis/AssumptionCache.h"
@@ -329,21 +330,11 @@ void Rewriter::separate(const Group &G) {
   MDNode *Domain = MDB.createAnonymousAliasScopeDomain("enzpy.carried");
   MDNode *Mine = MDB.createAnonymousAliasScope(Domain, "group");
   MDNode *Rest = MDB.createAnonymousAliasScope(Domain, "rest");
-  auto Tag = [](Instruction &I, MDNode *Scope, MDNode *Not) {
-    LLVMContext &Ctx = I.getContext();
-    I.setMetadata(
-        LLVMContext::MD_alias_scope,
-        MDNode::concatenate(I.getMetadata(LLVMContext::MD_alias_scope),
-                            MDNode::get(Ctx, Scope)));
-    I.setMetadata(LLVMContext::MD_noalias,
-                  MDNode::concatenate(I.getMetadata(LLVMContext::MD_noalias),
-                                      MDNode::get(Ctx, Not)));
-  };
   Instruction *Own[] = {G.Updates.front().Ld, G.Updates.back().St};
   for (Instruction &I : *Body)
     if (isa<LoadInst, StoreInst>(I))
-      Tag(I, is_contained(Own, &I) ? Mine : Rest,
-          is_contained(Own, &I) ? Rest : Mine);
+      addAliasScopes(I, {is_contained(Own, &I) ? Mine : Rest},
+                     {is_contained(Own, &I) ? Rest : Mine});
 }
 
 bool Rewriter::rewriteAll(BasicBlock *&Copy) {
