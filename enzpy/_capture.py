@@ -892,6 +892,8 @@ class _RulesFound:
         }
         if address:
             entry["address"] = address
+        if custom.always_active:
+            entry["always_active"] = True
         if new_array:
             assert isinstance(restype, types.Array)
             entry["result"] = "d" if restype.dtype == types.float64 else "f"

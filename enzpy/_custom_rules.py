@@ -66,6 +66,13 @@ class CustomRule:
     reverse: Dispatcher | None
     display: str
     reverse_for: Callable[[tuple[types.Type, ...], types.Type | None], Dispatcher] | None = None
+    #: The rule runs at every call, whether or not its inputs carry
+    #: derivatives, and what the call writes carries them (a function that
+    #: brings values from outside the kernel: a receive from another process).
+    always_active: bool = False
+    #: The arguments (by position) whose memory the function only reads: a
+    #: C function may otherwise write through every pointer it is passed.
+    reads_only: frozenset[int] = frozenset()
 
 
 @intrinsic
@@ -416,12 +423,20 @@ def arg_spec(rule: CustomRule, argtypes: tuple[types.Type, ...]) -> str:
                 f"the rule for {rule.display}: argument {i} is of type {t}; a function "
                 "with a custom rule takes float and integer scalars, arrays and pointers"
             )
+    for i in sorted(rule.reads_only):
+        if i >= len(kinds) or kinds[i] not in "ap":
+            raise EnzpyTypeError(
+                f"the rule for {rule.display}: reads_only names argument {i}, which is "
+                "not an array or a pointer"
+            )
     if len(argtypes) > 62:
         raise UnsupportedError(f"the rule for {rule.display}: more than 62 arguments")
     spec: list[str] = []
     offset = 0
     for k, t in zip(kinds, argtypes, strict=True):
         spec.append(f"a{offset + 4}" if k == "a" else f"{k}{offset}")
+        if k in "ap" and len(spec) - 1 in rule.reads_only:
+            spec[-1] += "r"
         # The float type memory holds, where numba's type says: an array the
         # kernel touches only through such calls has no other source of it.
         dtype = getattr(t, "dtype", None)

@@ -34,6 +34,7 @@ import ctypes
 import inspect
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,7 +214,13 @@ def partials(f: Any) -> Any:
 
 
 def register_rule(
-    f: Any, *, forward: Any = None, augmented: Any = None, reverse: Any = None
+    f: Any,
+    *,
+    forward: Any = None,
+    augmented: Any = None,
+    reverse: Any = None,
+    always_active: bool = False,
+    reads_only: Iterable[int] = (),
 ) -> Any:
     """Give ``f`` a custom derivative rule, used at every call of ``f``
     inside differentiated kernels (and when ``f`` is differentiated itself).
@@ -247,7 +254,17 @@ def register_rule(
 
     Either ``forward`` or ``augmented`` with ``reverse`` may be left out
     (the mode that needs them then refuses clearly). Plain Python functions
-    are njit-compiled. Returns ``f``."""
+    are njit-compiled.
+
+    ``always_active=True`` runs the rule at every call inside a
+    differentiated kernel, whether or not its inputs carry derivatives, and
+    gives what it writes derivatives: for a function that brings values
+    from outside the kernel, such as a receive from another MPI process (a
+    zero array is then the shadow of an argument without one).
+    ``reads_only`` lists the arguments (by position) whose memory ``f`` only
+    reads: a C function is otherwise taken to write through every pointer
+    it is passed (which a ``Const`` array cannot hold derivatives for).
+    Returns ``f``."""
     fns = [
         _njit(g, f"the {what} function") if g is not None else None
         for g, what in ((forward, "forward"), (augmented, "augmented"), (reverse, "reverse"))
@@ -256,17 +273,22 @@ def register_rule(
         raise EnzpyTypeError("register_rule needs forward=, or augmented= and reverse=")
     if (fns[1] is None) != (fns[2] is None):
         raise EnzpyTypeError("register_rule needs both augmented= and reverse=, or neither")
+
+    def rule(name: str) -> CustomRule:
+        return CustomRule(
+            fns[0], fns[1], fns[2], name, always_active=always_active, reads_only=only
+        )
+
+    only = frozenset(int(i) for i in reads_only)
+
     if isinstance(f, Dispatcher):
-        rule = CustomRule(fns[0], fns[1], fns[2], f.py_func.__qualname__)
-        _custom[id(f)] = (f, rule)
+        _custom[id(f)] = (f, rule(f.py_func.__qualname__))
     elif isinstance(f, str | types.ExternalFunction):
         symbol = f if isinstance(f, str) else f.symbol
-        _custom_c[symbol] = CustomRule(fns[0], fns[1], fns[2], symbol)
+        _custom_c[symbol] = rule(symbol)
     elif (found := _address_of(f)) is not None:
         address, args, restype, name = found
-        _custom_addr[address] = AddressRule(
-            CustomRule(fns[0], fns[1], fns[2], name), address, args, restype
-        )
+        _custom_addr[address] = AddressRule(rule(name), address, args, restype)
     else:
         raise EnzpyTypeError(
             "register_rule takes an njit function or a C function: a symbol, a "

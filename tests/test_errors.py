@@ -12,6 +12,7 @@ import math
 import os
 
 import fd
+import library_kernels
 import llvmlite.binding as llvm
 import numba
 import numpy as np
@@ -566,3 +567,19 @@ def test_a_pointer_to_either_a_differentiable_or_a_constant_array_is_refused(mod
     with pytest.raises(enzpy.UnsupportedError, match="either differentiable or constant") as e:
         enzpy.autodiff(picks_one_of_two, Duplicated(x, dx), Const(w), Const(True), mode=mode)
     assert e.value.line is not None
+
+
+@numba.njit
+def calls_a_library_function(x):
+    return library_kernels.library_step(x[0]) + x[1]  # the kernel's line
+
+
+def test_an_error_inside_a_library_function_also_names_the_kernel_line_that_called_it():
+    line = inspect.getsource(calls_a_library_function).splitlines()[2]
+    assert "the kernel's line" in line
+    kernel_line = calls_a_library_function.py_func.__code__.co_firstlineno + 2
+    with pytest.raises(enzpy.UnsupportedError) as e:
+        enzpy.autodiff(calls_a_library_function, Duplicated(np.ones(2), np.zeros(2)))
+    msg = str(e.value)
+    assert "library_kernels.py" in msg.split(":")[0], msg  # the library's own line first
+    assert f"(called from {__file__}:{kernel_line})" in msg, msg

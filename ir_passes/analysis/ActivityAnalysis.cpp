@@ -140,7 +140,18 @@ Type *ActivityAnalysis::shadowElementType(const Value *Ptr) const {
   return floatElementType(TA, Ptr);
 }
 
+bool ActivityAnalysis::readsFloatsFrom(const Value *Root) const {
+  for (const Instruction &I : instructions(F))
+    if (auto *L = dyn_cast<LoadInst>(&I);
+        L && L->getType()->isFloatingPointTy() &&
+        TA.roots(L->getPointerOperand()).contains(Root))
+      return true;
+  return false;
+}
+
 bool ActivityAnalysis::customCallActive(const CustomCall &CC) const {
+  if (CC.AlwaysActive)
+    return true;
   for (const CustomCall::Arg &A : CC.Args) {
     const Value *V = CC.Call->getArgOperand(A.Operand);
     if (A.Kind == CustomCall::ArgKind::Memory ? pointsToActive(V) : isVaried(V))
@@ -227,10 +238,31 @@ Error ActivityAnalysis::checkCustomCall(const CustomCall &CC) const {
     // trusted not to touch a Const argument: most such pointers are inputs.
     bool Floats =
         floatElementType(TA, V) || (A.Elem && CC.storesThrough(A.Operand));
-    if (!CC.mayWrite(A.Operand) || !Floats || pointsToActive(V))
+    // An always-active call brings derivatives from outside the kernel:
+    // what it writes into a Const argument the kernel reads floats from
+    // would lose them (a receive into a Const array).
+    if (CC.AlwaysActive && CC.mayWrite(A.Operand))
+      for (const Value *R : TA.roots(V))
+        if (auto *Arg = dyn_cast<Argument>(R);
+            Arg && numba::isUserParam(*Arg) && !ActiveRoots.contains(R) &&
+            readsFloatsFrom(R))
+          return makeError("activity",
+                           "the rule for '" + Twine(CC.Name) +
+                               "' writes values that carry derivatives into "
+                               "argument '" +
+                               numba::pythonArgName(*Arg) +
+                               "', which is Const; pass it as Duplicated "
+                               "(with a shadow array)",
+                           &CB);
+    if (!CC.mayWrite(A.Operand) || !Floats)
       continue;
+    // Every memory the pointer may reach must hold derivatives, not just
+    // one of them (numba-mpi receives into the argument itself or into a
+    // buffer of its own, by the argument's layout).
     if (Error E = checkVariedInto(V, CB))
       return E;
+    if (pointsToActive(V))
+      continue;
     return makeError("activity",
                      "the rule for '" + Twine(CC.Name) +
                          "' writes a differentiable result into memory "

@@ -65,7 +65,8 @@ public:
   /// returns something differentiable: it needs a derivative of the callee.
   bool needsCallDerivative(const llvm::CallBase &CB) const;
   /// Whether anything the custom-rule call \p CC takes carries a
-  /// derivative (then the synthesizers call its rule functions).
+  /// derivative, or its rule is always active (then the synthesizers call
+  /// its rule functions).
   bool customCallActive(const CustomCall &CC) const;
   /// Whether the float or array the custom-rule call \p CC returns carries
   /// a derivative that is used (RuleConfig.result_active).
@@ -84,6 +85,8 @@ private:
   bool hasDifferentiableInput(const llvm::CallBase &CB) const;
   llvm::Error checkRecursiveCall(const llvm::CallBase &CB) const;
   llvm::Error checkCustomCall(const CustomCall &CC) const;
+  /// Whether the function loads floats from memory of root \p Root.
+  bool readsFloatsFrom(const llvm::Value *Root) const;
   llvm::Error requestPendingRules() const;
   llvm::Error checkStore(const llvm::StoreInst &SI);
   /// Varied data written through \p Ptr by \p I must land in active memory.

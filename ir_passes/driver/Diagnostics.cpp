@@ -40,18 +40,36 @@ unsigned sourceLine(const Instruction *I) {
   return L ? L->getLine() : 0;
 }
 
+static std::string pathOf(const DILocation *L) {
+  std::string File = L->getFilename().str();
+  StringRef Dir = L->getDirectory();
+  if (!Dir.empty() && !StringRef(File).starts_with("/"))
+    File = (Dir + "/" + File).str();
+  return File;
+}
+
 Error makeError(StringRef Kind, const Twine &Message, const Instruction *At) {
   std::string File;
   unsigned Line = 0;
   if (At)
     if (const DILocation *L = locationNear(At)) {
-      File = L->getFilename().str();
-      StringRef Dir = L->getDirectory();
-      if (!Dir.empty() && !StringRef(File).starts_with("/"))
-        File = (Dir + "/" + File).str();
+      File = pathOf(L);
       Line = L->getLine();
     }
   std::string Text = Message.str();
+  // Inside an inlined call (a library's njit function): the line of the
+  // kernel that called it, too.
+  if (At)
+    if (const DILocation *L = locationNear(At)) {
+      const DILocation *Outer = L;
+      while (const DILocation *Up = Outer->getInlinedAt())
+        Outer = Up;
+      if (Outer != L && Outer->getLine() &&
+          (Outer->getFilename() != L->getFilename() ||
+           Outer->getLine() != L->getLine()))
+        Text += " (called from " + pathOf(Outer) + ":" +
+                std::to_string(Outer->getLine()) + ")";
+    }
   if (At)
     if (auto *Tag = At->getMetadata(OriginMetadata))
       if (auto *Name = dyn_cast<MDString>(Tag->getOperand(0)))

@@ -71,6 +71,10 @@ struct RuleSpec {
   /// "rules_needed" error when a call of it carries derivatives, and enzpy
   /// asks again with the functions built.
   bool Pending = false;
+  /// The rule runs at every call, and what the call writes carries
+  /// derivatives, whether or not its inputs do: the function brings values
+  /// from outside the kernel (a receive from another process).
+  bool AlwaysActive = false;
 };
 
 enum class Mode { Reverse, Forward };

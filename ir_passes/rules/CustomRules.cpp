@@ -34,6 +34,7 @@ constexpr StringLiteral ForwardResultAttr = "enzpy-custom-forward-result";
 constexpr StringLiteral AugmentedResultAttr = "enzpy-custom-augmented-result";
 constexpr StringLiteral ReverseResultAttr = "enzpy-custom-reverse-result";
 constexpr StringLiteral PendingAttr = "enzpy-custom-pending";
+constexpr StringLiteral AlwaysActiveAttr = "enzpy-custom-always-active";
 constexpr StringLiteral ResultAttr = "enzpy-custom-result";
 
 /// The LLVM type spelled \p S (null for an empty string or a bad one).
@@ -69,6 +70,7 @@ bool parseArgs(StringRef S, unsigned Hidden,
       Elem = P.back();
       P = P.drop_back();
     }
+    bool ReadOnly = (P[0] == 'a' || P[0] == 'p') && P.consume_back("r");
     if (P.size() < 2)
       return false;
     CustomCall::ArgKind K;
@@ -89,7 +91,7 @@ bool parseArgs(StringRef S, unsigned Hidden,
     unsigned Operand;
     if (P.drop_front().getAsInteger(10, Operand))
       return false;
-    Out.push_back({K, Operand + Hidden, Elem, P[0] == 'p'});
+    Out.push_back({K, Operand + Hidden, Elem, P[0] == 'p', ReadOnly});
   }
   return true;
 }
@@ -140,6 +142,9 @@ bool CustomCall::returnsFloat() const {
 bool CustomCall::mayWrite(unsigned Operand) const {
   if (!Call->getArgOperand(Operand)->getType()->isPointerTy())
     return false;
+  for (const Arg &A : Args)
+    if (A.Operand == Operand && A.ReadOnly)
+      return false;
   return Hidden ? mayWriteThrough(*Callee, Operand) : true;
 }
 
@@ -184,6 +189,7 @@ std::optional<CustomCall> matchCustomCall(const CallBase &CB) {
   }
   C.Name = F->getFnAttribute(CustomAttr).getValueAsString().str();
   C.Pending = F->hasFnAttribute(PendingAttr);
+  C.AlwaysActive = F->hasFnAttribute(AlwaysActiveAttr);
   StringRef Res = F->getFnAttribute(ResultAttr).getValueAsString();
   if (C.Hidden && (Res == "d" || Res == "f"))
     C.ResultElem = Res[0];
@@ -363,6 +369,8 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
       return bad("has a malformed result kind (internal error)");
     G->addFnAttr(ResultAttr, R.Result);
   }
+  if (R.AlwaysActive)
+    G->addFnAttr(AlwaysActiveAttr);
   if (R.Pending) {
     for (const CustomCall::Arg &A : Args)
       if (A.Operand >= G->getFunctionType()->getNumParams())

@@ -77,6 +77,9 @@ struct CustomCall {
     /// A memory argument passed as a raw pointer (not an array whose
     /// wrapper knows its shape).
     bool Raw = false;
+    /// The rule's author says the function only reads this memory
+    /// (enzpy.register_rule's reads_only; 'r' in the argument list).
+    bool ReadOnly = false;
   };
   const llvm::CallBase *Call = nullptr;
   const llvm::Function *Callee = nullptr;
@@ -93,6 +96,8 @@ struct CustomCall {
   std::string Name;
   /// The rule's functions are not built yet (RuleSpec::Pending).
   bool Pending = false;
+  /// Every call carries derivatives (RuleSpec::AlwaysActive).
+  bool AlwaysActive = false;
   /// The float type ('d', 'f') of the array f returns; 0 when f returns
   /// no array.
   char ResultElem = 0;
