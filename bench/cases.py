@@ -468,6 +468,7 @@ def lorenz_rk4_array(state, sigma, rho, beta, dt, nsteps):
 class HeatInPlace(Kernel):
     name = "heat_in_place"
     check_step = 1e-4
+    kernel = staticmethod(heat_in_place)
 
     def __init__(self, n, steps, a=0.25):
         self.description = (
@@ -487,7 +488,7 @@ class HeatInPlace(Kernel):
         np.copyto(self.u, self.u0)
 
     def primal(self):
-        return heat_in_place(self.u, self.a, self.steps)
+        return self.kernel(self.u, self.a, self.steps)
 
     def grad_setup(self, full=False):
         # the state is updated in place: restore it; its shadow is the cotangent
@@ -497,7 +498,7 @@ class HeatInPlace(Kernel):
 
     def grad(self):
         self.r = enzpy.autodiff(
-            heat_in_place, Duplicated(self.u, self.du), Active(self.a), self.steps
+            self.kernel, Duplicated(self.u, self.du), Active(self.a), self.steps
         )
 
     def grad_vector(self):
@@ -506,8 +507,8 @@ class HeatInPlace(Kernel):
     def directional_fd(self, v, h):
         u, a = v[:-1], v[-1]
         return (
-            heat_in_place(self.u0 + h * u, self.a + h * a, self.steps)
-            - heat_in_place(self.u0 - h * u, self.a - h * a, self.steps)
+            self.kernel(self.u0 + h * u, self.a + h * a, self.steps)
+            - self.kernel(self.u0 - h * u, self.a - h * a, self.steps)
         ) / (2 * h)
 
     def jax(self):
@@ -571,7 +572,7 @@ class HeatInPlace(Kernel):
                 np.copyto(u, u0)
                 np.copyto(du, dv)
                 return enzpy.autodiff(
-                    heat_in_place,
+                    self.kernel,
                     Duplicated(u, du),
                     Duplicated(self.a, da),
                     self.steps,
@@ -588,7 +589,7 @@ class HeatInPlace(Kernel):
             for d, v in zip(dus, dvs):
                 np.copyto(d, v)
             return enzpy.autodiff(
-                heat_in_place,
+                self.kernel,
                 BatchDuplicated(u, dus),
                 BatchDuplicated(self.a, das),
                 self.steps,
@@ -596,6 +597,62 @@ class HeatInPlace(Kernel):
             )
 
         return many
+
+
+@numba.njit
+def heat_slices(u, a, steps):
+    # numpy style: each step a new array from slices, written back into u
+    for _ in range(steps):
+        u[1:-1] = u[1:-1] + a * (u[:-2] - 2.0 * u[1:-1] + u[2:])
+    return (u * u).sum()
+
+
+class HeatSlices(HeatInPlace):
+    """The explicit heat step written with numpy slices (Jacobi: every point
+    from the previous step's values), the state updated in place."""
+
+    name = "heat_slices"
+    kernel = staticmethod(heat_slices)
+
+    def __init__(self, n, steps, a=0.25):
+        super().__init__(n, steps, a)
+        self.description = (
+            f"1-D heat step written with numpy slices, u[1:-1] = ..., {steps} steps x {n} points"
+        )
+
+    def jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        steps = self.steps
+
+        def f(u, a):
+            def step(_, u):
+                return u.at[1:-1].set(u[1:-1] + a * (u[:-2] - 2.0 * u[1:-1] + u[2:]))
+
+            u = jax.lax.fori_loop(0, steps, step, u)
+            return jnp.sum(u * u)
+
+        g = jax.jit(jax.grad(f, argnums=(0, 1)))
+        u0, a = jnp.asarray(self.u0), jnp.asarray(self.a)
+        return lambda: jax.block_until_ready(g(u0, a))
+
+    def torch(self):
+        import torch
+
+        u0 = torch.tensor(self.u0, requires_grad=True)
+        a = torch.tensor(self.a, dtype=torch.float64, requires_grad=True)
+
+        def run():
+            u0.grad = None
+            a.grad = None
+            u = u0
+            for _ in range(self.steps):
+                mid = u[1:-1] + a * (u[:-2] - 2.0 * u[1:-1] + u[2:])
+                u = torch.cat([u[:1], mid, u[-1:]])
+            (u * u).sum().backward()
+
+        return run
 
 
 class LorenzArray(Kernel):
@@ -1295,6 +1352,7 @@ def make_kernels(quick):
             SumX2Sin(10**5),
             Heat(1000, 50),
             HeatInPlace(1000, 50),
+            HeatSlices(1000, 50),
             Lorenz(10**3),
             LorenzArray(10**3),
             Dot(10**5),
@@ -1309,6 +1367,7 @@ def make_kernels(quick):
         SumX2Sin(10**6),
         Heat(10**4, 200),
         HeatInPlace(10**4, 200),
+        HeatSlices(10**4, 200),
         Lorenz(10**4),
         LorenzArray(10**4),
         Dot(10**6),

@@ -11,9 +11,11 @@
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/CallGraph.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
+#include "llvm/Analysis/LoopInfo.h"
 #include "llvm/Analysis/ValueTracking.h"
 #include "llvm/IR/CFG.h"
 #include "llvm/IR/Constants.h"
+#include "llvm/IR/Dominators.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
@@ -270,6 +272,41 @@ static void runCanonicalPasses(Function &F) {
   FPM.run(F, P.FAM);
 }
 
+/// numba's broadcasting loops keep each operand's index in a recurrence
+/// `p = phi [init, preheader], [s, latch]; s = select c, i, p` with `c`
+/// loop-invariant (the operand's extent is not 1): `s` is `i` when `c`
+/// holds and stays `init` when it does not, so `s = select c, i, init`.
+/// Without the recurrence the index is a function of the induction
+/// variable that the reverse sweep recomputes; with it, every such index
+/// was taped per element (four integers per element of `u[1:-1] + a *
+/// (u[:-2] - 2 * u[1:-1] + u[2:])`, against one double of values).
+static void foldInvariantSelectRecurrences(Function &F) {
+  DominatorTree DT(F);
+  LoopInfo LI(DT);
+  for (Loop *L : LI.getLoopsInPreorder()) {
+    BasicBlock *Pre = L->getLoopPreheader(), *Latch = L->getLoopLatch();
+    if (!Pre || !Latch)
+      continue;
+    for (PHINode &P : make_early_inc_range(L->getHeader()->phis())) {
+      if (P.getNumIncomingValues() != 2)
+        continue;
+      auto *S = dyn_cast<SelectInst>(P.getIncomingValueForBlock(Latch));
+      Value *Init = P.getIncomingValueForBlock(Pre);
+      if (!S || !L->contains(S) || !L->isLoopInvariant(S->getCondition()))
+        continue;
+      unsigned Self = S->getTrueValue() == &P    ? 1
+                      : S->getFalseValue() == &P ? 2
+                                                 : 0;
+      Value *Other = Self == 1 ? S->getFalseValue() : S->getTrueValue();
+      if (!Self || Other == &P)
+        continue;
+      S->setOperand(Self, Init);
+      if (P.use_empty())
+        P.eraseFromParent();
+    }
+  }
+}
+
 /// The member \p Idx of the aggregate \p Agg as a value available before
 /// \p Before: the inserted value itself when \p Agg is built by insertvalue
 /// (the usual case), else a new extractvalue.
@@ -486,6 +523,7 @@ static CanonicalFunction canonicalize(Function &F,
           Attribute::Initializes, Attribute::NoAlias})
       A.removeAttr(K);
   runCanonicalPasses(F);
+  foldInvariantSelectRecurrences(F);
   splitAggregateMerges(F);
   canonicalizeRuleResults(F);
   CanonicalFunction C;

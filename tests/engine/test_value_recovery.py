@@ -157,3 +157,19 @@ def test_request_marks_array_extents():
     assert len(extents) == 5
     assert all(params[i]["activity"] == "const" for i in extents)
     assert not any(p.get("extent") for p in params if p["activity"] != "const")
+
+
+def test_broadcasting_loop_indices_are_recomputed_not_taped():
+    # numba keeps each operand's index of a broadcasting loop in a select
+    # recurrence (the index, or 0 along an axis of extent 1); preprocessing
+    # folds it, so the reverse recomputes the indices from the loop counter
+    # and tapes only the stencil's value a's adjoint needs.
+    from test_array_expressions import heat_slices
+
+    u = np.sin(np.linspace(0.0, 3.0, 12)) + 1.0
+    d = decisions(heat_slices, Duplicated(u, np.zeros(12)), Active(0.2), 4)
+    loops = blocks_where(d, "recompute", "%loop.index")
+    assert loops, "no broadcasting loop found"
+    for b in loops:
+        taped = [v for v, blk in d.taped() if blk == b]
+        assert len(taped) <= 1, f"the loop in {b} tapes {taped}"
