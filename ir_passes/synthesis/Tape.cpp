@@ -19,9 +19,36 @@ Tape::Tape(Function &D, BasicBlock &Entry) : D(D) {
   Base = B.CreateAlloca(Ptr, nullptr, "enzpy.tape.base");
   Top = B.CreateAlloca(I64, nullptr, "enzpy.tape.top");
   Cap = B.CreateAlloca(I64, nullptr, "enzpy.tape.cap");
-  B.CreateStore(ConstantPointerNull::get(cast<PointerType>(Ptr)), Base);
   B.CreateStore(ConstantInt::get(I64, 0), Top);
   B.CreateStore(ConstantInt::get(I64, 0), Cap);
+  // Start from the block the last call of this derivative left, if any
+  // (its capacity is in its header; Cap holds 0 when there is none).
+  Value *Got =
+      B.CreateAtomicRMW(AtomicRMWInst::Xchg, spare(),
+                        ConstantPointerNull::get(cast<PointerType>(Ptr)),
+                        MaybeAlign(8), AtomicOrdering::SequentiallyConsistent);
+  Value *Has = B.CreateIsNotNull(Got);
+  B.CreateStore(B.CreateLoad(I64, B.CreateSelect(Has, Got, Cap)), Cap);
+  B.CreateStore(
+      B.CreateSelect(Has, B.CreateConstGEP1_64(B.getInt8Ty(), Got, HeaderBytes),
+                     ConstantPointerNull::get(cast<PointerType>(Ptr))),
+      Base);
+}
+
+GlobalVariable *Tape::spare() {
+  Module &M = *D.getParent();
+  const char *Name = "enzpy.tape.spare";
+  if (GlobalVariable *G = M.getNamedGlobal(Name))
+    return G;
+  return new GlobalVariable(
+      M, Ptr, /*isConstant=*/false, GlobalValue::InternalLinkage,
+      ConstantPointerNull::get(cast<PointerType>(Ptr)), Name);
+}
+
+Value *Tape::raw(IRBuilder<> &B, Value *BaseV) {
+  return B.CreateSelect(
+      B.CreateIsNull(BaseV), BaseV,
+      B.CreateConstGEP1_64(B.getInt8Ty(), BaseV, -int64_t(HeaderBytes)));
 }
 
 BasicBlock *Tape::failureBlock() {
@@ -29,7 +56,7 @@ BasicBlock *Tape::failureBlock() {
     return Oom;
   Oom = BasicBlock::Create(D.getContext(), "enzpy.tape.oom", &D);
   IRBuilder<> B(Oom);
-  B.CreateCall(libcFree(*D.getParent()), {B.CreateLoad(Ptr, Base)});
+  B.CreateCall(libcFree(*D.getParent()), {raw(B, B.CreateLoad(Ptr, Base))});
   B.CreateRet(ConstantInt::get(Type::getInt32Ty(D.getContext()), -1));
   return Oom;
 }
@@ -53,8 +80,23 @@ void Tape::separate() {
 }
 
 void Tape::emitFree(Instruction *Before) {
+  // Keep the block for the next call (its pages are mapped already: a fresh
+  // tape of many MB costs a page fault per 4 KB), unless it is larger than
+  // SpareLimit; a block left there before is freed.
   IRBuilder<> B(Before);
-  B.CreateCall(libcFree(*D.getParent()), {B.CreateLoad(Ptr, Base)});
+  FunctionCallee Free = libcFree(*D.getParent());
+  Value *Raw = raw(B, B.CreateLoad(Ptr, Base));
+  Value *CapV = B.CreateLoad(I64, Cap);
+  Value *Keep = B.CreateAnd(
+      B.CreateIsNotNull(Raw),
+      B.CreateICmpULE(CapV, ConstantInt::get(I64, SpareLimit / SlotBytes)));
+  B.CreateStore(CapV, B.CreateSelect(Keep, Raw, Cap)); // the header
+  Value *Null = ConstantPointerNull::get(cast<PointerType>(Ptr));
+  Value *Old = B.CreateAtomicRMW(AtomicRMWInst::Xchg, spare(),
+                                 B.CreateSelect(Keep, Raw, Null), MaybeAlign(8),
+                                 AtomicOrdering::SequentiallyConsistent);
+  B.CreateCall(Free, {Old});
+  B.CreateCall(Free, {B.CreateSelect(Keep, Null, Raw)});
 }
 
 Tape::Frame::Frame(Tape &T, BasicBlock *Head) : T(T), Head(Head) {
@@ -106,11 +148,15 @@ Value *Tape::emitEnsure(Instruction *Term, Value *Extra) {
   Value *Twice = B.CreateShl(CapV, 1);
   Value *Min = B.CreateAdd(Need, ConstantInt::get(I64, 1024));
   Value *NewCap = B.CreateSelect(B.CreateICmpUGT(Twice, Min), Twice, Min);
-  Value *Bytes = B.CreateMul(NewCap, ConstantInt::get(I64, SlotBytes));
-  Value *NewBase = B.CreateCall(libcRealloc(*D.getParent()), {Old, Bytes});
-  B.CreateCondBr(B.CreateIsNull(NewBase), failureBlock(), Grown,
+  Value *Bytes =
+      B.CreateAdd(B.CreateMul(NewCap, ConstantInt::get(I64, SlotBytes)),
+                  ConstantInt::get(I64, HeaderBytes));
+  Value *NewRaw =
+      B.CreateCall(libcRealloc(*D.getParent()), {raw(B, Old), Bytes});
+  B.CreateCondBr(B.CreateIsNull(NewRaw), failureBlock(), Grown,
                  MDB.createUnlikelyBranchWeights());
   B.SetInsertPoint(Grown);
+  Value *NewBase = B.CreateConstGEP1_64(B.getInt8Ty(), NewRaw, HeaderBytes);
   B.CreateStore(NewBase, Base);
   B.CreateStore(NewCap, Cap);
   B.CreateBr(Tail);
