@@ -69,7 +69,7 @@ public:
   /// module's spare slot (emitFree).
   static constexpr unsigned HeaderBytes = 64;
   /// Blocks larger than this are freed rather than kept for the next call.
-  static constexpr uint64_t SpareLimit = uint64_t(256) << 20;
+  static constexpr uint64_t SpareLimit = uint64_t(1) << 30;
 
   /// Tell alias analysis what the derivative's construction knows: no
   /// access other than a slot's touches the tape's memory, which only the
