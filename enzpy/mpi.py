@@ -97,7 +97,7 @@ _Datatype = _numba_mpi._MpiDatatype
 _Op = _numba_mpi._MpiOp
 _Comm = _numba_mpi._MpiComm
 
-DOUBLE = _handle(MPI.DOUBLE, _Datatype)
+_DOUBLE = _handle(MPI.DOUBLE, _Datatype)
 #: Datatypes of integers and bytes: communicated as they are.
 _DISCRETE = tuple(
     _handle(getattr(MPI, name), _Datatype)
@@ -108,11 +108,11 @@ _DISCRETE = tuple(
     ).split()
     if hasattr(MPI, name)
 )
-SUM = _handle(MPI.SUM, _Op)
-MAX = _handle(MPI.MAX, _Op)
-MIN = _handle(MPI.MIN, _Op)
-ANY_SOURCE = int(MPI.ANY_SOURCE)
-ANY_TAG = int(MPI.ANY_TAG)
+_SUM = _handle(MPI.SUM, _Op)
+_MAX = _handle(MPI.MAX, _Op)
+_MIN = _handle(MPI.MIN, _Op)
+_ANY_SOURCE = int(MPI.ANY_SOURCE)
+_ANY_TAG = int(MPI.ANY_TAG)
 
 
 def _status_layout() -> tuple[int, int, int]:
@@ -184,10 +184,10 @@ def _address(typingctx: Any, ptr: types.Type) -> Any:
     return types.intp(ptr), codegen
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _differentiable(dtype):
     """True for MPI_DOUBLE; False for integer and byte types; raises otherwise."""
-    if dtype == DOUBLE:
+    if dtype == _DOUBLE:
         return True
     for h in _DISCRETE:
         if dtype == h:
@@ -195,12 +195,12 @@ def _differentiable(dtype):
     raise UnsupportedError(_OTHER_TYPE)
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _doubles(ptr, n):
     return numba.carray(ptr, (n,), np.float64)
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _shadow(active, dptr, n):
     """The shadow memory of a buffer, or zeros where it carries no derivative
     (a scratch buffer for what a message brings into it)."""
@@ -209,7 +209,7 @@ def _shadow(active, dptr, n):
     return np.zeros(n)
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _add(dptr, active, values):
     if active:
         d = _doubles(dptr, values.size)
@@ -217,7 +217,7 @@ def _add(dptr, active, values):
             d[i] += values[i]
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _zero(dptr, active, n):
     if active:
         d = _doubles(dptr, n)
@@ -225,26 +225,26 @@ def _zero(dptr, active, n):
             d[i] = 0.0
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _rank(comm):
     r = np.zeros(1, np.intc)
     _comm_rank(comm, r.ctypes.data)
     return r[0]
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _size(comm):
     r = np.zeros(1, np.intc)
     _comm_size(comm, r.ctypes.data)
     return r[0]
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _status():
     return np.zeros(_STATUS_INTS, np.intc)
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _keep_status(own, status):
     """Copy the status of a receive into the caller's (unless it is one of the
     MPI_STATUS_IGNORE sentinels, a small address)."""
@@ -254,14 +254,14 @@ def _keep_status(own, status):
             theirs[i] = own[i]
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _received(own, dtype):
     n = np.zeros(1, np.intc)
     _get_count(own.ctypes.data, dtype, n.ctypes.data)
     return n[0]
 
 
-@numba.njit(cache=False)
+@numba.njit
 def _reduce_weights(send, count, dtype, op, comm):
     """The share of the reduction's result each element of ``send`` holds: 1
     for MPI_SUM; for MPI_MAX and MPI_MIN, 1/k where it is the extremum and k
@@ -269,9 +269,9 @@ def _reduce_weights(send, count, dtype, op, comm):
     weights are right on every rank and in every batch lane (lanes after the
     first run before the call's own result exists)."""
     w = np.ones(count)
-    if op == SUM:
+    if op == _SUM:
         return w
-    if op != MAX and op != MIN:
+    if op != _MAX and op != _MIN:
         raise UnsupportedError(_OTHER_OP)
     extremum = np.zeros(count)
     _allreduce(send, extremum.ctypes.data, count, dtype, op, comm)
@@ -279,7 +279,7 @@ def _reduce_weights(send, count, dtype, op, comm):
     for i in range(count):
         w[i] = 1.0 if x[i] == extremum[i] else 0.0
     ties = np.zeros(count)
-    _allreduce(w.ctypes.data, ties.ctypes.data, count, dtype, SUM, comm)
+    _allreduce(w.ctypes.data, ties.ctypes.data, count, dtype, _SUM, comm)
     for i in range(count):
         if w[i] != 0.0:
             w[i] /= ties[i]
@@ -319,7 +319,7 @@ def _recv_forward(cfg, buf, dbuf, count, _c, dtype, _t, source, _s, tag, _g, com
         result = _recv(buf, count, dtype, source, tag, comm, own.ctypes.data)
         _keep_status(own, status)
         src, tg = own[_SOURCE], own[_TAG]
-    elif source == ANY_SOURCE or tag == ANY_TAG:
+    elif source == _ANY_SOURCE or tag == _ANY_TAG:
         raise UnsupportedError(_BATCH_ANY)
     if _differentiable(dtype):
         t = _shadow(cfg.active[0], dbuf, count)
@@ -382,7 +382,7 @@ def _sendrecv_forward(
         )  # fmt: skip
         _keep_status(own, status)
         src, tg = own[_SOURCE], own[_TAG]
-    elif source == ANY_SOURCE or rtag == ANY_TAG:
+    elif source == _ANY_SOURCE or rtag == _ANY_TAG:
         raise UnsupportedError(_BATCH_ANY)
     sends, receives = _differentiable(stype), _differentiable(rtype)
     # The tangents travel like the values (a side that carries no derivative
@@ -390,7 +390,7 @@ def _sendrecv_forward(
     t = _shadow(cfg.active[0] and sends, dsbuf, scount if sends else 0)
     r = _shadow(cfg.active[5] and receives, drbuf, rcount if receives else 0)
     _sendrecv(
-        t.ctypes.data, t.size, DOUBLE, dest, stag, r.ctypes.data, r.size, DOUBLE, src, tg,
+        t.ctypes.data, t.size, _DOUBLE, dest, stag, r.ctypes.data, r.size, _DOUBLE, src, tg,
         comm, _status().ctypes.data,
     )  # fmt: skip
     return result
@@ -442,7 +442,7 @@ def _sendrecv_reverse(
     back = _shadow(cfg.active[5] and receives, drbuf, n if receives else 0)
     bar = np.zeros(scount if sends else 0)
     _sendrecv(
-        back.ctypes.data, back.size, DOUBLE, src, tg, bar.ctypes.data, bar.size, DOUBLE, dest,
+        back.ctypes.data, back.size, _DOUBLE, src, tg, bar.ctypes.data, bar.size, _DOUBLE, dest,
         stag, comm, _status().ctypes.data,
     )  # fmt: skip
     if receives:
@@ -475,7 +475,7 @@ def _bcast_reverse(cfg, _tape, buf, dbuf, count, _c, dtype, _t, root, _r, comm, 
         # sum of all of them, the others' copies were overwritten.
         mine = _shadow(cfg.active[0], dbuf, count).copy()
         total = np.zeros(count)
-        _reduce(mine.ctypes.data, total.ctypes.data, count, dtype, SUM, root, comm)
+        _reduce(mine.ctypes.data, total.ctypes.data, count, dtype, _SUM, root, comm)
         _zero(dbuf, cfg.active[0], count)
         if _rank(comm) == root:
             _add(dbuf, cfg.active[0], total)
@@ -490,7 +490,7 @@ def _allreduce_forward(cfg, send, dsend, recv, drecv, count, _c, dtype, _t, op, 
         w = _reduce_weights(send, count, dtype, op, comm)
         t = _shadow(cfg.active[0], dsend, count) * w
         out = _shadow(cfg.active[1], drecv, count)
-        _allreduce(t.ctypes.data, out.ctypes.data, count, dtype, SUM, comm)
+        _allreduce(t.ctypes.data, out.ctypes.data, count, dtype, _SUM, comm)
     return result
 
 
@@ -506,7 +506,7 @@ def _allreduce_reverse(cfg, w, send, dsend, recv, drecv, count, _c, dtype, _t, o
     if _differentiable(dtype):
         mine = _shadow(cfg.active[1], drecv, count).copy()
         total = np.zeros(count)
-        _allreduce(mine.ctypes.data, total.ctypes.data, count, dtype, SUM, comm)
+        _allreduce(mine.ctypes.data, total.ctypes.data, count, dtype, _SUM, comm)
         _zero(drecv, cfg.active[1], count)
         _add(dsend, cfg.active[0], total * w)
     return ()
@@ -523,7 +523,7 @@ def _reduce_forward(
         t = _shadow(cfg.active[0], dsend, count) * w
         at_root = _rank(comm) == root
         out = _shadow(cfg.active[1] and at_root, drecv, count)
-        _reduce(t.ctypes.data, out.ctypes.data, count, dtype, SUM, root, comm)
+        _reduce(t.ctypes.data, out.ctypes.data, count, dtype, _SUM, root, comm)
     return result
 
 
@@ -675,7 +675,7 @@ def _allgather_reverse(
         blocks = _shadow(cfg.active[3], drecv, n).copy()
         _zero(drecv, cfg.active[3], n)
         bar = np.zeros(scount)
-        _reduce_scatter_block(blocks.ctypes.data, bar.ctypes.data, scount, stype, SUM, comm)
+        _reduce_scatter_block(blocks.ctypes.data, bar.ctypes.data, scount, stype, _SUM, comm)
         _add(dsend, cfg.active[0], bar)
     return ()
 
