@@ -7,6 +7,7 @@ import fd
 import numba
 import numpy as np
 import pytest
+from test_forward import check_jvp
 
 import enzpy
 from enzpy import Active, Duplicated
@@ -54,8 +55,21 @@ def scaled_quadratic_form(A, x, s):
     return s * np.dot(x, y)
 
 
+@numba.njit
+def vdot_of_strided_views(x, y):
+    # np.vdot conjugates its first operand (BLAS dot with conj set): nothing
+    # to do for real vectors
+    return np.vdot(x[::2], np.sin(y[1::2])) + np.vdot(x, x)
+
+
 def test_vector_dot():
     fd.check_vjp(dot_vv, fd.Dup(rng(1).random(6)), fd.Dup(rng(2).random(6)))
+
+
+def test_vdot_of_real_vectors_in_both_modes():
+    x, y = fd.Dup(rng(11).random(6)), fd.Dup(rng(12).random(6))
+    fd.check_vjp(vdot_of_strided_views, x, y)
+    check_jvp(vdot_of_strided_views, x, y)
 
 
 def test_matrix_vector():
