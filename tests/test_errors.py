@@ -583,3 +583,20 @@ def test_an_error_inside_a_library_function_also_names_the_kernel_line_that_call
     msg = str(e.value)
     assert "library_kernels.py" in msg.split(":")[0], msg  # the library's own line first
     assert f"(called from {__file__}:{kernel_line})" in msg, msg
+
+
+@numba.njit
+def squares_in_a_dict(x):
+    d = {}
+    for i in range(x.size):
+        d[i] = x[i] ** 2
+    s = 0.0
+    for i in range(x.size):
+        s += d[i]
+    return s
+
+
+def test_a_typed_dict_holding_active_values_is_refused_by_name():
+    x = np.ones(3)
+    with pytest.raises(enzpy.UnsupportedError, match=r"typed dict \(a \{\} literal"):
+        enzpy.autodiff(squares_in_a_dict, Duplicated(x, np.zeros(3)))

@@ -176,6 +176,11 @@ StringRef describeHelper(StringRef Name) {
   for (auto &[Sym, What] : Table)
     if (Name == Sym)
       return What;
+  // numba's typed containers keep their items in C structures of their own.
+  if (Name.starts_with("numba_dict_"))
+    return "a typed dict (a {} literal or numba.typed.Dict) holding values";
+  if (Name.starts_with("numba_list_"))
+    return "a typed list (numba.typed.List) holding values";
   return {};
 }
 
