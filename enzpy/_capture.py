@@ -894,6 +894,8 @@ class _RulesFound:
             entry["address"] = address
         if custom.always_active:
             entry["always_active"] = True
+        if custom.augmented_shadows:
+            entry["augmented_shadows"] = True
         if new_array:
             assert isinstance(restype, types.Array)
             entry["result"] = "d" if restype.dtype == types.float64 else "f"

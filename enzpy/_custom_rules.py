@@ -73,6 +73,9 @@ class CustomRule:
     #: The arguments (by position) whose memory the function only reads: a
     #: C function may otherwise write through every pointer it is passed.
     reads_only: frozenset[int] = frozenset()
+    #: The augmented function gets the shadows too, as the forward function
+    #: does (those of the batch's first lane).
+    augmented_shadows: bool = False
 
 
 @intrinsic
@@ -530,16 +533,18 @@ def _build(
                 + (" (the result and its tangent)" if float_result else " (the result)")
             )
     if rule.augmented is not None and reverse is not None:
+        with_shadows = rule.augmented_shadows
+        aug_params = ["active", "overwritten", "lanes", *xs, *(ss if with_shadows else [])]
         src = _source(
             "augmented_rule",
-            ["active", "overwritten", "lanes", *xs],
+            aug_params,
             n,
             kinds,
-            f"augmented(cfg, {', '.join(xs)})",
-            shadows=False,
+            f"augmented(cfg, {pairs if with_shadows else ', '.join(xs)})",
+            shadows=with_shadows,
         )
         aug = _compile(src, "augmented_rule", dict(scope), f"{name}.augmented")
-        aug_args = (*masks, *argtypes)
+        aug_args = (*masks, *argtypes, *(stypes if with_shadows else ()))
         found = aug_ret = _return_type(aug, aug_args)
         if restype is not None and restype != types.none:
             if not (
@@ -553,7 +558,7 @@ def _build(
                 )
             tape = members(found)[1]
             if array_result:
-                params = ", ".join(["active", "overwritten", "lanes", *xs])
+                params = ", ".join(aug_params)
                 src = _array_source(
                     "augmented_array",
                     params,

@@ -221,6 +221,7 @@ def register_rule(
     reverse: Any = None,
     always_active: bool = False,
     reads_only: Iterable[int] = (),
+    augmented_shadows: bool = False,
 ) -> Any:
     """Give ``f`` a custom derivative rule, used at every call of ``f``
     inside differentiated kernels (and when ``f`` is differentiated itself).
@@ -264,6 +265,11 @@ def register_rule(
     ``reads_only`` lists the arguments (by position) whose memory ``f`` only
     reads: a C function is otherwise taken to write through every pointer
     it is passed (which a ``Const`` array cannot hold derivatives for).
+    ``augmented_shadows=True`` calls ``augmented(cfg, x1, dx1, ..., xn, dxn)``
+    with the shadows (in batch mode, those of the first lane; ``cfg.lanes``
+    says how many there are): for a function whose reverse needs to know,
+    at a later call, where this call's cotangents will be (a non-blocking
+    receive, whose cotangent is sent back when its wait is reversed).
     Returns ``f``."""
     fns = [
         _njit(g, f"the {what} function") if g is not None else None
@@ -276,7 +282,13 @@ def register_rule(
 
     def rule(name: str) -> CustomRule:
         return CustomRule(
-            fns[0], fns[1], fns[2], name, always_active=always_active, reads_only=only
+            fns[0],
+            fns[1],
+            fns[2],
+            name,
+            always_active=always_active,
+            reads_only=only,
+            augmented_shadows=augmented_shadows,
         )
 
     only = frozenset(int(i) for i in reads_only)

@@ -41,6 +41,11 @@ MPI function (numba-mpi)       forward: tangents / reverse: cotangents
 ``MPI_Reduce`` (``reduce``)    as ``MPI_Allreduce``, the result on the root only
 ``MPI_Scatter``/``MPI_Gather``  each other's transposes; ``MPI_Allgather``'s is a
 ``MPI_Allgather``              reduce-scatter of the cotangents
+``MPI_Isend``/``MPI_Irecv``    post the tangent after the value, completed with it /
+(``isend``/``irecv``) and      the reverse of the completion posts the adjoint
+``wait``, ``waitall``,         message, the reverse of the post completes it
+``waitany``, ``test``,
+``testall``, ``testany``
 =============================  ======================================================
 
 Buffers of ``float64`` carry derivatives; integer buffers are communicated as
@@ -48,8 +53,10 @@ they are. Other datatypes (``float32`` and complex buffers, derived datatypes)
 with a derivative are an ``UnsupportedError`` when the derivative runs.
 ``MPI_Barrier``, ``MPI_Comm_rank``/``size`` and ``MPI_Wtime`` carry no
 derivative and need no rule. Non-blocking communication (``isend``/``irecv``
-with ``wait``) has no rule yet: a kernel whose non-blocking messages carry
-derivatives is refused when its derivative is built, naming the call.
+completed by ``wait``, ``waitall``, ``waitany``, ``test``, ``testall`` or
+``testany``) has its rules in ``enzpy._mpi_requests`` (see there for what it
+requires): tangents are posted beside the values; the reverse of completing
+a request posts its adjoint message, and the reverse of posting completes it.
 
 What every rank must agree on: the derivative of an MPI call communicates
 whenever the call carries derivatives on that rank, so a message whose value
@@ -702,3 +709,6 @@ for _fn, _rules, _reads in (
         always_active=True,
         reads_only=_reads,
     )
+
+# Non-blocking communication: its rules use the helpers above.
+from . import _mpi_requests  # noqa: E402, F401

@@ -384,12 +384,114 @@ def receive_into(c, x):
 # --- cases ---------------------------------------------------------------------
 
 
+@numba.njit
+def heat_halo_nonblocking(u, a, steps):
+    """The heat step with the halo exchange posted without blocking on every
+    rank (receives first, then sends), completed by one waitall, and the
+    interior updated from a scratch buffer reused every step."""
+    rank, size = mpi.rank(), mpi.size()
+    n = u.size - 2
+    new = np.empty(n)
+    for _ in range(steps):
+        reqs = []
+        if rank > 0:
+            _, r = mpi.irecv(u[0:1], rank - 1, 7)
+            reqs.append(r[0])
+        if rank < size - 1:
+            _, r = mpi.irecv(u[n + 1 : n + 2], rank + 1, 8)
+            reqs.append(r[0])
+        if rank > 0:
+            _, r = mpi.isend(u[1:2], rank - 1, 8)
+            reqs.append(r[0])
+        if rank < size - 1:
+            _, r = mpi.isend(u[n : n + 1], rank + 1, 7)
+            reqs.append(r[0])
+        if len(reqs) > 0:
+            mpi.waitall(np.array(reqs))
+        for i in range(1, n + 1):
+            new[i - 1] = u[i] + a * (u[i - 1] - 2.0 * u[i] + u[i + 1])
+        u[1 : n + 1] = new
+    s = 0.0
+    for i in range(1, n + 1):
+        s += u[i] * u[i] * np.sin(u[i])
+    return s
+
+
+@numba.njit
+def ring_wait_test_and_waitany(x, c):
+    """A periodic ring: each rank sends a nonlinear function of its piece to
+    the right (waited for with wait), receives from the left (polled with
+    test until it arrives), and exchanges a second message both ways
+    completed by waitany, twice; on one rank every message is to itself."""
+    rank, size = mpi.rank(), mpi.size()
+    right, left = (rank + 1) % size, (rank - 1) % size
+    out = np.sin(x) * c
+    got = np.zeros_like(x)
+    _, rr = mpi.irecv(got, left, 3)
+    _, rs = mpi.isend(out, right, 3)
+    mpi.wait(rs)
+    while not mpi.test(rr)[1]:
+        pass
+    back = np.empty(2)
+    back[0] = got.sum() * c
+    back[1] = x[0] * x[-1]
+    there = np.zeros(2)
+    _, r1 = mpi.irecv(there, right, 4)
+    _, r2 = mpi.isend(back, left, 4)
+    pending = np.array([r1[0], r2[0]])
+    mpi.waitany(pending)
+    mpi.waitany(pending)
+    return (got * x).sum() + there[0] * there[1] + np.cos(got[0])
+
+
+@numba.njit
+def receive_from_anyone_without_blocking(x):
+    got = np.zeros_like(x)
+    _, r = mpi.irecv(got, ANY_SOURCE, 1)
+    _, s = mpi.isend(x, (mpi.rank() + 1) % mpi.size(), 1)
+    mpi.waitall(np.array([r[0], s[0]]))
+    return (got * got).sum()
+
+
+@numba.njit
+def two_messages_completed_out_of_order(x):
+    """Two messages to the same rank with the same tag; the receiver waits
+    for the second first."""
+    peer = (mpi.rank() + 1) % mpi.size()
+    src = (mpi.rank() - 1) % mpi.size()
+    a, b = np.zeros(1), np.zeros(1)
+    _, ra = mpi.irecv(a, src, 9)
+    _, rb = mpi.irecv(b, src, 9)
+    _, sa = mpi.isend(x[0:1], peer, 9)
+    _, sb = mpi.isend(x[1:2], peer, 9)
+    mpi.wait(rb)
+    mpi.wait(ra)
+    mpi.wait(sa)
+    mpi.wait(sb)
+    return a[0] * 2.0 + b[0] * b[0]
+
+
 def _pieces(n_local: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A global line of SIZE * n_local interior points plus its two fixed
     ends, and this rank's piece of it with ghost cells."""
     g = np.random.default_rng(seed).uniform(0.2, 1.5, SIZE * n_local + 2)
     lo = RANK * n_local
     return g, g[lo : lo + n_local + 2].copy()
+
+
+def serial_heat_matches(
+    du: np.ndarray, abar: float, g: np.ndarray, a: float, steps: int
+) -> np.ndarray:
+    """Checks this rank's gradient of the distributed heat against the serial
+    derivative of the whole line ``g`` (its interior piece, and the
+    diffusivity's gradient summed over ranks); returns the serial gradient."""
+    dg = np.zeros_like(g)
+    _, ga, _ = enzpy.autodiff(heat_serial, Duplicated(g.copy(), dg), Active(a), Const(steps))
+    n = du.size - 2
+    lo = RANK * n
+    close(du[1 : n + 1], dg[lo + 1 : lo + n + 1], 1e-12, "interior vs serial")
+    close(total(abar), ga, 1e-12, "diffusivity vs serial")
+    return dg
 
 
 @case
@@ -400,16 +502,12 @@ def heat_halo_exchange_matches_serial_and_finite_differences() -> None:
     # the serial derivative of the whole line: each rank's interior piece
     # equals the matching part; a ghost cell's gradient belongs to the
     # serial one only at the line's fixed ends
-    dg = np.zeros_like(g)
-    _, ga, _ = enzpy.autodiff(heat_serial, Duplicated(g.copy(), dg), Active(a), Const(steps))
+    dg = serial_heat_matches(shadows[0], abar, g, a, steps)
     n = u.size - 2
-    lo = RANK * n
-    close(shadows[0][1 : n + 1], dg[lo + 1 : lo + n + 1], 1e-12, "interior vs serial")
     if RANK == 0:
         close(shadows[0][0], dg[0], 1e-12, "left end vs serial")
     if RANK == SIZE - 1:
         close(shadows[0][n + 1], dg[-1], 1e-12, "right end vs serial")
-    close(total(abar), ga, 1e-12, "diffusivity vs serial")
 
 
 @case
@@ -573,6 +671,76 @@ def receiving_into_a_const_array_is_refused_on_every_rank() -> None:
 @case
 def the_readme_example_matches_the_serial_derivative() -> None:
     assert comm.bcast(heat_mpi.main(n=5, steps=7, a=0.23), root=0) == 0
+
+
+@case
+def nonblocking_halo_exchange_matches_serial_and_finite_differences() -> None:
+    g, u = _pieces(4, 13)
+    a, steps = 0.19, 4
+    shadows, (abar,) = check(heat_halo_nonblocking, [u], [a], (steps,))
+    serial_heat_matches(shadows[0], abar, g, a, steps)
+
+
+@case
+def nonblocking_ring_completed_by_wait_test_and_waitany() -> None:
+    x = np.random.default_rng(40 + RANK).uniform(0.3, 1.2, 3)
+    check(ring_wait_test_and_waitany, [x], [0.7])
+
+
+@case
+def nonblocking_receive_from_any_source_is_refused() -> None:
+    x = np.arange(2.0) + RANK
+    for mode in (enzpy.Reverse, enzpy.Forward):
+        try:
+            enzpy.autodiff(
+                receive_from_anyone_without_blocking,
+                Duplicated(x.copy(), np.ones(2)),
+                mode=mode,
+            )
+        except enzpy.UnsupportedError as e:
+            assert "ANY_SOURCE" in str(e), e
+        else:
+            raise AssertionError("a non-blocking receive from ANY_SOURCE was differentiated")
+        comm.Barrier()  # the refused call left its value messages unmatched
+        _drain()
+
+
+@case
+def nonblocking_calls_in_batch_mode_are_refused() -> None:
+    g, u = _pieces(3, 17)
+    lanes = (np.ones(u.size), np.ones(u.size))
+    try:
+        enzpy.autodiff(
+            heat_halo_nonblocking, BatchDuplicated(u.copy(), lanes), Active(0.2), Const(2)
+        )
+    except enzpy.UnsupportedError as e:
+        assert "batch" in str(e), e
+    else:
+        assert SIZE == 1, "batch mode through a non-blocking call was differentiated"
+    comm.Barrier()
+
+
+@case
+def nonblocking_messages_completed_out_of_posting_order_are_refused() -> None:
+    # Last: the refused derivative leaves its requests in the tables.
+    x = np.arange(2.0) + 1.0 + RANK
+    try:
+        enzpy.autodiff(two_messages_completed_out_of_order, Duplicated(x, np.zeros(2)))
+    except enzpy.UnsupportedError as e:
+        assert "order" in str(e), e
+    else:
+        raise AssertionError("messages completed out of order were differentiated")
+    comm.Barrier()
+    _drain()
+
+
+def _drain() -> None:
+    """Receive what a refused derivative left in flight (the tests go on in
+    the same processes)."""
+    st = MPI.Status()
+    while comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, st):
+        comm.Recv(np.empty(st.Get_count(MPI.DOUBLE)), st.Get_source(), st.Get_tag())
+    comm.Barrier()
 
 
 def main(names: list[str]) -> int:

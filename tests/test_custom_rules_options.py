@@ -204,3 +204,134 @@ def test_reads_only_naming_an_argument_that_is_not_memory_is_a_type_error():
             calls_misdeclared, Duplicated(np.ones(2), np.ones(2)), Const(np.zeros(4)),
             mode=enzpy.Forward,
         )  # fmt: skip
+
+
+# --- augmented_shadows: a derivative finished by a later call -------------------
+# A "posted receive" fills its buffer when posted, but the cotangent of the
+# buffer is handed back to the outside only when a later "completion" call is
+# reversed (as a non-blocking MPI receive and its wait). The completion's rule
+# has no array argument: the post's augmented function, which gets the
+# shadows, records where the buffer's cotangent will be.
+
+_POST_SIG = types.void(
+    types.CPointer(types.float64),
+    types.int64,
+    types.CPointer(types.float64),
+    types.CPointer(types.int64),
+)
+_DONE_SIG = types.void(types.int64, types.CPointer(types.float64), types.CPointer(types.int64))
+
+
+@numba.cfunc(_POST_SIG)
+def _c_post(p, n, box, slot):  # pragma: no cover - runs as C
+    y = numba.carray(p, (n,))
+    for i in range(n):
+        y[i] = 1.0 + i
+
+
+@numba.cfunc(_DONE_SIG)
+def _c_done(n, box, slot):  # pragma: no cover - runs as C
+    pass
+
+
+@numba.extending.intrinsic
+def _pointer(typingctx, address):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], numba.core.cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+def _post_fwd(cfg, p, dp, n, dn, box, dbox, slot, dslot):
+    y = numba.carray(p, (n,), np.float64)
+    for i in range(n):
+        y[i] = 1.0 + i
+    if cfg.active[0]:
+        dy = numba.carray(dp, (n,), np.float64)
+        mail = numba.carray(box, (2 * n,), np.float64)
+        for i in range(n):
+            dy[i] = mail[i]
+
+
+def _post_aug(cfg, p, dp, n, dn, box, dbox, slot, dslot):
+    y = numba.carray(p, (n,), np.float64)
+    for i in range(n):
+        y[i] = 1.0 + i
+    where = numba.carray(slot, (2,), np.int64)
+    where[0] = numba.carray(dp, (n,), np.float64).ctypes.data if cfg.active[0] else 0
+    where[1] = cfg.width
+    return 0
+
+
+def _post_rev(cfg, tape, p, dp, n, dn, box, dbox, slot, dslot):
+    return ()
+
+
+def _done_fwd(cfg, n, dn, box, dbox, slot, dslot):
+    pass
+
+
+def _done_aug(cfg, n, box, slot):
+    return 0
+
+
+def _done_rev(cfg, tape, n, dn, box, dbox, slot, dslot):
+    where = numba.carray(slot, (2,), np.int64)
+    mail = numba.carray(box, (2 * n,), np.float64)
+    if where[0] != 0:
+        dy = numba.carray(_pointer(where[0]), (n,), np.float64)
+        for i in range(n):
+            mail[n + i] = dy[i]
+            dy[i] = 0.0
+    return ()
+
+
+post = _c_post.ctypes
+done = _c_done.ctypes
+enzpy.register_rule(
+    _c_post,
+    forward=_post_fwd,
+    augmented=_post_aug,
+    reverse=_post_rev,
+    always_active=True,
+    reads_only=(2,),
+    augmented_shadows=True,
+)
+enzpy.register_rule(
+    _c_done,
+    forward=_done_fwd,
+    augmented=_done_aug,
+    reverse=_done_rev,
+    always_active=True,  # it carries no array of its own, like an MPI wait
+    reads_only=(1,),
+)
+
+
+@numba.njit
+def posted_then_completed(x, box, slot):
+    y = np.empty(x.size)
+    post(y.ctypes, y.size, box.ctypes, slot.ctypes)
+    s = np.sum(x)  # work that overlaps the transfer
+    done(y.size, box.ctypes, slot.ctypes)
+    for i in range(x.size):  # y is read once the transfer is complete
+        s += y[i] * np.sin(x[i])
+    return s
+
+
+def test_augmented_shadows_lets_a_later_call_hand_back_the_cotangent_of_a_buffer():
+    x = np.array([0.4, -1.2, 2.5])
+    box, slot = np.zeros(6), np.zeros(2, np.int64)
+    dx = np.zeros(3)
+    enzpy.autodiff(posted_then_completed, Duplicated(x, dx), Const(box), Const(slot))
+    assert slot[0] != 0 and slot[1] == 1  # the shadow of y reached the augmented function
+    np.testing.assert_allclose(box[3:], np.sin(x), rtol=1e-15)  # d s / d y, given back
+    np.testing.assert_allclose(dx, 1.0 + (1.0 + np.arange(3.0)) * np.cos(x), rtol=1e-15)
+
+
+def test_without_augmented_shadows_the_augmented_function_gets_the_arguments_only():
+    # _receive_aug takes (cfg, p, n, box): registering it with
+    # augmented_shadows=True would pass shadows it does not take.
+    x = np.array([0.5, -1.5, 2.0])
+    dx = np.zeros(3)
+    enzpy.autodiff(weighted_by_received, Duplicated(x, dx), Const(np.zeros(6)))
+    np.testing.assert_allclose(dx, 2 * x * (1.0 + np.arange(3.0)), rtol=1e-15)

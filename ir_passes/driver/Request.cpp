@@ -140,6 +140,8 @@ Expected<Request> parseRequest(StringRef Json) {
         S.ReverseResult = RO->getString("reverse_result").value_or("").str();
         S.Pending = RO->getBoolean("pending").value_or(false);
         S.AlwaysActive = RO->getBoolean("always_active").value_or(false);
+        S.AugmentedShadows =
+            RO->getBoolean("augmented_shadows").value_or(false);
         S.Result = RO->getString("result").value_or("").str();
         if (const json::Array *Owners = RO->getArray("tape_owners"))
           for (const json::Value &OV : *Owners) {

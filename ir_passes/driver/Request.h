@@ -75,6 +75,11 @@ struct RuleSpec {
   /// derivatives, whether or not its inputs do: the function brings values
   /// from outside the kernel (a receive from another process).
   bool AlwaysActive = false;
+  /// The augmented function also receives the shadows of the arguments
+  /// (those of the batch's first lane), as the forward function does: a
+  /// rule whose reverse is split across calls (a non-blocking receive and
+  /// its wait) records where the cotangents will be.
+  bool AugmentedShadows = false;
 };
 
 enum class Mode { Reverse, Forward };

@@ -36,6 +36,7 @@ constexpr StringLiteral ReverseResultAttr = "enzpy-custom-reverse-result";
 constexpr StringLiteral PendingAttr = "enzpy-custom-pending";
 constexpr StringLiteral AlwaysActiveAttr = "enzpy-custom-always-active";
 constexpr StringLiteral ResultAttr = "enzpy-custom-result";
+constexpr StringLiteral AugmentedShadowsAttr = "enzpy-custom-augmented-shadows";
 
 /// The LLVM type spelled \p S (null for an empty string or a bad one).
 Type *parsedType(StringRef S, const Module &M) {
@@ -190,6 +191,7 @@ std::optional<CustomCall> matchCustomCall(const CallBase &CB) {
   C.Name = F->getFnAttribute(CustomAttr).getValueAsString().str();
   C.Pending = F->hasFnAttribute(PendingAttr);
   C.AlwaysActive = F->hasFnAttribute(AlwaysActiveAttr);
+  C.AugmentedShadows = F->hasFnAttribute(AugmentedShadowsAttr);
   StringRef Res = F->getFnAttribute(ResultAttr).getValueAsString();
   if (C.Hidden && (Res == "d" || Res == "f"))
     C.ResultElem = Res[0];
@@ -371,6 +373,8 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
   }
   if (R.AlwaysActive)
     G->addFnAttr(AlwaysActiveAttr);
+  if (R.AugmentedShadows)
+    G->addFnAttr(AugmentedShadowsAttr);
   if (R.Pending) {
     for (const CustomCall::Arg &A : Args)
       if (A.Operand >= G->getFunctionType()->getNumParams())
@@ -433,7 +437,10 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
     if (Error E = expectParams(Fwd, "forward", {Xs, Ss}))
       return E;
   if (Aug) {
-    if (Error E = expectParams(Aug, "augmented", {Xs}))
+    SmallVector<Type *, 8> AugSs;
+    if (R.AugmentedShadows)
+      AugSs = Ss;
+    if (Error E = expectParams(Aug, "augmented", {Xs, AugSs}))
       return E;
     if ((!R.AugmentedResult.empty() && !parsedType(R.AugmentedResult, M)) ||
         (!R.ForwardResult.empty() && !parsedType(R.ForwardResult, M)) ||
@@ -548,6 +555,28 @@ Value *emitRuleCall(IRBuilder<> &B, IRBuilder<> &EntryB, Function *W, Type *RT,
   Value *Status = B.CreateCall(guarded(W, RT), Args);
   Result = RT ? B.CreateLoad(RT, Slot) : nullptr;
   return Status;
+}
+
+void appendRuleShadows(IRBuilder<> &B, const CustomCall &CC, uint64_t Active,
+                       function_ref<Value *(const Value *)> ShadowOf,
+                       function_ref<Value *(const Value *)> FloatOf,
+                       SmallVectorImpl<Value *> &Operands) {
+  for (unsigned I = 0; I < CC.Args.size(); ++I) {
+    const Value *PA = CC.Call->getArgOperand(CC.Args[I].Operand);
+    switch (CC.Args[I].Kind) {
+    case CustomCall::ArgKind::Memory:
+      Operands.push_back(Active >> I & 1
+                             ? ShadowOf(PA)
+                             : ConstantPointerNull::get(B.getPtrTy()));
+      break;
+    case CustomCall::ArgKind::Float:
+      Operands.push_back(FloatOf(PA));
+      break;
+    case CustomCall::ArgKind::Other:
+      Operands.push_back(B.getInt64(0));
+      break;
+    }
+  }
 }
 
 void flattenLeaves(IRBuilder<> &B, Value *V, SmallVectorImpl<Value *> &Out) {

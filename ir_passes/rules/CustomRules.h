@@ -46,6 +46,7 @@
 #ifndef ENZPY_RULES_CUSTOMRULES_H
 #define ENZPY_RULES_CUSTOMRULES_H
 
+#include "llvm/ADT/STLFunctionalExtras.h"
 #include "llvm/ADT/SmallVector.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/Support/Error.h"
@@ -98,6 +99,9 @@ struct CustomCall {
   bool Pending = false;
   /// Every call carries derivatives (RuleSpec::AlwaysActive).
   bool AlwaysActive = false;
+  /// The augmented function gets the shadows of the arguments after them
+  /// (RuleSpec::AugmentedShadows).
+  bool AugmentedShadows = false;
   /// The float type ('d', 'f') of the array f returns; 0 when f returns
   /// no array.
   char ResultElem = 0;
@@ -185,6 +189,16 @@ llvm::Value *emitRuleCall(llvm::IRBuilder<> &B, llvm::IRBuilder<> &EntryB,
                           const RuleCallInfo &Info,
                           llvm::ArrayRef<llvm::Value *> Operands,
                           llvm::Value *&Result);
+
+/// Appends what a rule function takes after f's arguments, one value per
+/// argument: the shadow of memory whose bit is set in \p Active
+/// (\p ShadowOf; else a null pointer), a float's tangent or cotangent slot
+/// (\p FloatOf), 0 for anything else.
+void appendRuleShadows(
+    llvm::IRBuilder<> &B, const CustomCall &CC, uint64_t Active,
+    llvm::function_ref<llvm::Value *(const llvm::Value *)> ShadowOf,
+    llvm::function_ref<llvm::Value *(const llvm::Value *)> FloatOf,
+    llvm::SmallVectorImpl<llvm::Value *> &Operands);
 
 /// The scalar leaves of the aggregate \p V, in numba's argument order.
 void flattenLeaves(llvm::IRBuilder<> &B, llvm::Value *V,

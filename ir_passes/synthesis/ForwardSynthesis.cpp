@@ -556,22 +556,9 @@ Error ForwardSynthesizer::visitCustomCall(const CustomCall &CC) {
       }
       Info.Overwritten = LM.WrapperCopies | LaneCallBit;
     }
-    for (unsigned I = 0; I < CC.Args.size(); ++I) {
-      const Value *PA = CB.getArgOperand(CC.Args[I].Operand);
-      switch (CC.Args[I].Kind) {
-      case CustomCall::ArgKind::Memory:
-        Operands.push_back(Active >> I & 1
-                               ? shadow(PA, K)
-                               : ConstantPointerNull::get(B.getPtrTy()));
-        break;
-      case CustomCall::ArgKind::Float:
-        Operands.push_back(tangentOrZero(PA, K));
-        break;
-      case CustomCall::ArgKind::Other:
-        Operands.push_back(B.getInt64(0));
-        break;
-      }
-    }
+    appendRuleShadows(
+        B, CC, Active, [&](const Value *PA) { return shadow(PA, K); },
+        [&](const Value *PA) { return tangentOrZero(PA, K); }, Operands);
     Value *Result = nullptr;
     Value *Status =
         emitRuleCall(B, EB, CC.Forward, CC.ForwardResult, Sk.ruleStatusSlot(),

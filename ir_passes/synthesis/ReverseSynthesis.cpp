@@ -432,6 +432,13 @@ void ReverseSynthesizer::prepareCustom(const CustomCall &CC) {
   IRBuilder<> B(DC);
   IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
   SmallVector<Value *, 16> Operands(DC->arg_begin() + CC.Hidden, DC->arg_end());
+  auto Zero = [](const Value *PA) {
+    return Constant::getNullValue(PA->getType());
+  };
+  if (CC.AugmentedShadows) // the first lane's shadows, as forward gets them
+    appendRuleShadows(
+        B, CC, T.Active, [&](const Value *PA) { return Sk.shadow(PA, 0); },
+        Zero, Operands);
   Value *Exc = CC.Hidden ? DC->getArgOperand(numba::ExcInfoParam)
                          : D->getArg(numba::ExcInfoParam);
   Value *Result = nullptr;
@@ -475,22 +482,11 @@ void ReverseSynthesizer::reverseCustom(const CustomCall &CC, IRBuilder<> &RB,
   IRBuilder<> EB(DEntry, DEntry->getFirstInsertionPt());
   for (unsigned K = 0; K < Width; ++K) {
     SmallVector<Value *, 16> Operands(Common);
-    for (unsigned I = 0; I < CC.Args.size(); ++I) {
-      const Value *PA = CB.getArgOperand(CC.Args[I].Operand);
-      switch (CC.Args[I].Kind) {
-      case CustomCall::ArgKind::Memory:
-        Operands.push_back(T.Active >> I & 1
-                               ? fetchShadow(PA, K, R)
-                               : ConstantPointerNull::get(RB.getPtrTy()));
-        break;
-      case CustomCall::ArgKind::Float:
-        Operands.push_back(Constant::getNullValue(PA->getType()));
-        break;
-      case CustomCall::ArgKind::Other:
-        Operands.push_back(RB.getInt64(0));
-        break;
-      }
-    }
+    appendRuleShadows(
+        RB, CC, T.Active,
+        [&](const Value *PA) { return fetchShadow(PA, K, R); },
+        [](const Value *PA) { return Constant::getNullValue(PA->getType()); },
+        Operands);
     if (CC.returnsFloat()) {
       Type *RT = CC.result();
       Value *YBar = Constant::getNullValue(RT);
