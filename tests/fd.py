@@ -243,7 +243,9 @@ def _outputs_along(f, base, k, x0, v, t, fd_dtype, ret_is_output, w, dup_idx):
     vals = [_promote(val, fd_dtype) for val in base]
     moved = np.asarray(x0, dtype=np.float64) + t * v
     if isinstance(vals[k], np.ndarray):
-        vals[k] = np.array(moved, dtype=vals[k].dtype)
+        placed = np.empty_like(vals[k])  # the argument's own layout (C or F order)
+        placed[...] = moved
+        vals[k] = placed
     else:
         vals[k] = float(moved) if fd_dtype is not None else type(x0)(float(moved))
     r = f(*vals)
@@ -444,7 +446,7 @@ def fd_gradient(f, *xs, h: float = 1e-6, fd_dtype=np.float64):
             g = np.zeros(x.shape)
             for j in np.ndindex(x.shape):
                 hk = h * max(abs(float(x[j])), 1.0)
-                xp, xm = x.copy(), x.copy()
+                xp, xm = x.copy(order="K"), x.copy(order="K")
                 xp[j] += hk
                 xm[j] -= hk
                 vp, vm = list(base), list(base)

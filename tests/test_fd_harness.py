@@ -195,3 +195,23 @@ def test_check_gradient_scalars():
     fd.check_gradient(f, 0.4, -0.3, grad=g)
     with pytest.raises(AssertionError, match="argument 1"):
         fd.check_gradient(f, 0.4, -0.3, grad=lambda f, x, y: (g(f, x, y)[0], -g(f, x, y)[1]))
+
+
+def f_fortran_only(x, out, a):
+    # a kernel whose work depends on its argument's layout (x.ravel() copies
+    # or not): the harness must evaluate it on arrays of the caller's layout
+    assert x.flags.f_contiguous, "the harness changed the argument's layout"
+    out[...] = a * np.sin(x)
+    return float(np.sum(x**2))
+
+
+def test_perturbed_arguments_keep_their_memory_layout():
+    rng = np.random.default_rng(5)
+    x = np.asfortranarray(rng.uniform(-1, 1, (3, 4)))
+    out = np.asfortranarray(np.zeros((3, 4)))
+    fd.check_vjp(f_fortran_only, fd.Dup(x), fd.Dup(out), fd.Active(0.6), backend=make_backend())
+    fd.check_gradient(
+        lambda x: f_fortran_only(x, np.zeros((3, 4), order="F"), 0.6),
+        x,
+        grad=lambda f, x: 2 * x,
+    )
