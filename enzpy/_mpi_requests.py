@@ -104,7 +104,7 @@ _ADJOINT = _adjoint.ctypes.data
 _COUNTS = _counts.ctypes.data
 _NEXT_ID = _next_id.ctypes.data
 
-_FULL = "enzpy.mpi: more than 4096 non-blocking MPI requests in flight at once"
+_FULL = "enzpy.mpi: more than 4095 non-blocking MPI requests in flight at once"
 _ANY = (
     "enzpy.mpi: a non-blocking receive from MPI_ANY_SOURCE or with MPI_ANY_TAG "
     "carries derivatives; name the source and the tag (or use the blocking recv)"
@@ -161,8 +161,15 @@ def _table(address, fields):
 
 
 @numba.njit
+def _rows(table):
+    """The rows that may be in use: 1 to the high-water mark that row 0
+    keeps (row 0 is never in use)."""
+    return range(1, table[0, 1])
+
+
+@numba.njit
 def _find(table, field, value):
-    for r in range(_ROWS):
+    for r in _rows(table):
         if table[r, 0] == 1 and table[r, field] == value:
             return r
     return -1
@@ -174,7 +181,7 @@ def _lookup(t, handle, address):
     the one posted there, else the earliest posted with that handle (MPICH
     gives every request that completed at once the same handle)."""
     best = -1
-    for r in range(_ROWS):
+    for r in _rows(t):
         if t[r, 0] == 1 and t[r, _R_HANDLE] == handle:
             if t[r, _R_ADDR] == address:
                 return r
@@ -185,11 +192,16 @@ def _lookup(t, handle, address):
 
 @numba.njit
 def _free_row(table):
-    for r in range(_ROWS):
+    for r in _rows(table):
         if table[r, 0] == 0:
             table[r, 0] = 1
             return r
-    raise UnsupportedError(_FULL)
+    r = max(table[0, 1], 1)
+    if r >= _ROWS:
+        raise UnsupportedError(_FULL)
+    table[0, 1] = r + 1
+    table[r, 0] = 1
+    return r
 
 
 @numba.njit
@@ -243,7 +255,7 @@ def _scratch(count, zero):
 @numba.njit
 def _counter(peer, tag, kind):
     s = _table(_COUNTS, _S_FIELDS)
-    for r in range(_ROWS):
+    for r in _rows(s):
         if s[r, 0] == 1 and s[r, _S_PEER] == peer and s[r, _S_TAG] == tag and s[r, _S_KIND] == kind:
             return r
     r = _free_row(s)
