@@ -26,7 +26,19 @@ from ._abi import ACTIVE, CONST, extent_params, llvm_type_str
 from ._aliasing import arrays_in
 from ._config import FLOAT_TYPES, MAX_BATCH_WIDTH
 from ._modes import Mode
-from ._params import ArgLayout, CallShape, Lanes, Param, Result, Section, Seeds, Value, Whole
+from ._overlap import emit_shared_memory_checks
+from ._params import (
+    ArgLayout,
+    CallShape,
+    Lanes,
+    Param,
+    Result,
+    Section,
+    Seeds,
+    ShadowArrays,
+    Value,
+    Whole,
+)
 from ._values import (
     Staged,
     arrays_disjoint,
@@ -336,11 +348,28 @@ class CallSignature:
             for p, actual in zip(self.params, argtys, strict=True)
         ]
 
+    def sharing_roles(self) -> str:
+        """The roles of the wrapper's arguments for the checks of arrays that
+        share memory (``_overlap.refuse_shared_memory``)."""
+        out = []
+        for k, p in enumerate(self.params):
+            nxt = self.params[k + 1] if k + 1 < len(self.params) else None
+            if isinstance(p, Value):
+                shadowed = isinstance(nxt, ShadowArrays) and nxt.index == p.index
+                out.append("D" if shadowed else "C")
+            elif isinstance(p, ShadowArrays) and not p.batch:
+                out.append("S")
+            else:
+                out.append("-")
+        flags = "!" if self.request.get("noalias") else ""
+        return flags + "".join(out) + "|" + ",".join(self.names)
+
     def lower_call(
         self, context: Any, builder: Any, argtys: Sequence[types.Type], args: Sequence[Any]
     ) -> Any:
         """Call the derivative (declared in ``builder``'s module) with the
         wrapper's arguments and return the result tuple callers get."""
+        emit_shared_memory_checks(context, builder, argtys, args, self.sharing_roles())
         primals = {
             p.index: (ty, val)
             for p, ty, val in zip(self.params, argtys, args, strict=True)

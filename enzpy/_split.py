@@ -35,6 +35,7 @@ from numba.core.dispatcher import Dispatcher
 from . import _build
 from ._build import dispatcher
 from ._modes import Reverse
+from ._overlap import refuse_shared_memory
 from .annotations import Active, Const, Duplicated, DuplicatedNoNeed
 from .errors import EnzpyValueError, UnsupportedError
 
@@ -125,8 +126,12 @@ def split(
     )
     snapshot = ", ".join(f"s{i}" for i in range(n)) + ("," if n == 1 else "")
     dret = ", dret=1.0" if seeded else ""
+    # The tape keeps a copy of each array: arrays that share memory would
+    # come back apart.
+    roles = "!" + "-" * n + "|" + ",".join(a)
     source = f"""
 def fwd({", ".join(a)}):
+    refuse_shared_memory(({", ".join(a)}{"," if n == 1 else ""}), {roles!r})
     {"; ".join(f"s{i} = {snaps[i]}" for i in range(n)) or "pass"}
     r = f({", ".join(a)})
     return r, ({tag}, np.zeros(1, np.bool_), ({snapshot}))
@@ -142,7 +147,12 @@ def rev(tape{"".join(", " + s for s in shadows)}{dret}):
 {stage_in}    out = deriv({", ".join(call_args)}{", dret" if seeded else ""})
 {stage_out}    return out
 """
-    scope: dict[str, Any] = {"np": np, "f": disp, "deriv": deriv}
+    scope: dict[str, Any] = {
+        "np": np,
+        "f": disp,
+        "deriv": deriv,
+        "refuse_shared_memory": refuse_shared_memory,
+    }
     exec(compile(source, f"<enzpy.split({name})>", "exec"), scope)  # noqa: S102
     fwd, rev = scope["fwd"], scope["rev"]
     fwd.__qualname__ = f"split({name}).fwd"

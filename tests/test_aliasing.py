@@ -221,3 +221,33 @@ def test_mirrored_shadows_of_one_buffer_still_differentiate():
     x, dx = x0.copy(), np.zeros(3)
     enzpy.autodiff(dot, Duplicated(x, dx), Duplicated(x, dx))
     np.testing.assert_allclose(dx, 2 * x0, rtol=1e-14)  # d/dx sum x*x
+
+
+@numba.njit
+def _doubled_then_read(x, c):
+    x[1] = x[0] * 2.0
+    return x[1] * c[1]
+
+
+def test_a_compiled_derivative_refuses_arrays_that_share_memory_the_wrong_way():
+    # autodiff checks each call in Python; a compiled derivative (callable
+    # from njit) checks them in its wrapper, before anything runs
+    x = np.array([1.0, 2.0, 3.0])
+    d = enzpy.derivative(_doubled_then_read, Duplicated(x.copy(), np.zeros(3)), Const(x.copy()))
+    xx, dx = x.copy(), np.zeros(3)
+    with pytest.raises(ValueError, match="one Const and one differentiated"):
+        d(xx, dx, xx, 1.0)  # the Const argument is the differentiated one
+    with pytest.raises(ValueError, match="a shadow may not share memory"):
+        d(xx, xx, x.copy(), 1.0)  # the shadow is the array itself
+    np.testing.assert_array_equal(xx, x)
+
+    @numba.njit
+    def from_njit(a, da, c):
+        return d(a, da, c, 1.0)
+
+    with pytest.raises(ValueError, match="one Const and one differentiated"):
+        from_njit(xx, dx, xx)
+    # apart, the call runs: the function is 2 x0 c1, so d/dx0 = 2 c1
+    dx = np.zeros(3)
+    d(xx, dx, x.copy(), 1.0)
+    np.testing.assert_allclose(dx, [2.0 * x[1], 0.0, 0.0])

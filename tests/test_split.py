@@ -172,3 +172,28 @@ def test_split_refuses_what_it_cannot_snapshot():
             Const(np.ones(3)),
             overwritten=[True],
         )
+
+
+@numba.njit
+def _scale_through(x, y):
+    y[1] = y[1] * x[0]
+    y[2] = y[2] * x[1]
+    return y[2]
+
+
+def test_arguments_sharing_memory_are_refused_before_the_function_runs():
+    # the tape keeps a copy of each array: a buffer passed twice would come
+    # back as two, and the gradient would miss the path through the alias
+    fwd, rev = enzpy.split(
+        _scale_through,
+        Duplicated(np.array([2.0, 3.0, 5.0]), np.zeros(3)),
+        Duplicated(np.array([2.0, 3.0, 5.0]), np.zeros(3)),
+    )
+    x = np.array([2.0, 3.0, 5.0])
+    with pytest.raises(ValueError, match="a0 and a1 share memory"):
+        fwd(x, x)
+    np.testing.assert_array_equal(x, [2.0, 3.0, 5.0])
+    loss, tape = fwd(x, x.copy())
+    d = np.zeros(3)
+    with pytest.raises(ValueError, match="shadows that share memory"):
+        rev(tape, d, d, 1.0)
