@@ -896,6 +896,8 @@ class _RulesFound:
             entry["always_active"] = True
         if custom.augmented_shadows:
             entry["augmented_shadows"] = True
+        if custom.writes_nothing:
+            entry["writes_nothing"] = True
         if new_array:
             assert isinstance(restype, types.Array)
             entry["result"] = "d" if restype.dtype == types.float64 else "f"

@@ -76,6 +76,9 @@ class CustomRule:
     #: The augmented function gets the shadows too, as the forward function
     #: does (those of the batch's first lane).
     augmented_shadows: bool = False
+    #: The function writes none of its arguments (enzpy.register_jvp's
+    #: contract): the engine refuses a call of one whose body does.
+    writes_nothing: bool = False
 
 
 @intrinsic

@@ -200,5 +200,5 @@ def register_jvp(f: Any, jvp: Any) -> Any:
             describe(f),
             describe(jvp_),
         )
-    register_custom(f, CustomRule(forward, augmented, None, name, reverse_for))
+    register_custom(f, CustomRule(forward, augmented, None, name, reverse_for, writes_nothing=True))
     return f

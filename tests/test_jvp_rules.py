@@ -171,3 +171,34 @@ def test_a_jvp_rule_on_float32_arguments():
     z = np.array([0.3, -0.5, 0.9], dtype=np.float32)
     rep = check_derivative(softmax_energy, z, np.float32(0.8), report=True)
     assert rep.ok, rep
+
+
+@numba.njit
+def _doubles_into(x, y):
+    for i in range(x.shape[0]):
+        y[i] = x[i] * 2.0
+    return x[0]
+
+
+enzpy.register_jvp(_doubles_into, numba.njit(lambda x, dx, y, dy: dx[0]))
+
+
+@numba.njit
+def _calls_a_writing_function(x, y):
+    r = _doubles_into(x, y)
+    return y.sum() + r
+
+
+@pytest.mark.parametrize("mode", [enzpy.Reverse, enzpy.Forward])
+def test_a_jvp_rule_for_a_function_that_writes_an_argument_is_refused(mode):
+    # its JVP says nothing about y, so the derivative would miss y's
+    # dependence on x: refused by name instead of a wrong number
+    x, y = np.ones(3), np.zeros(3)
+    with pytest.raises(enzpy.UnsupportedError, match="writes argument 'y'"):
+        enzpy.autodiff(
+            _calls_a_writing_function,
+            Duplicated(x, np.ones(3)),
+            Duplicated(y, np.zeros(3)),
+            mode=mode,
+        )
+    np.testing.assert_array_equal(y, np.zeros(3))

@@ -225,6 +225,17 @@ Error ActivityAnalysis::checkCustomCall(const CustomCall &CC) const {
     if (A.Kind != CustomCall::ArgKind::Memory)
       continue;
     const Value *V = CB.getArgOperand(A.Operand);
+    if (CC.WritesNothing && CC.storesThrough(A.Operand))
+      return makeError(
+          "unsupported",
+          "the rule for '" + Twine(CC.Name) +
+              "' (enzpy.register_jvp) is for a function that writes none of "
+              "its arguments, but it writes " +
+              describeMemory(V) +
+              ": its derivative would miss what it writes; give it a rule "
+              "with enzpy.register_rule (forward, augmented and reverse) "
+              "instead",
+          &CB);
     if (TA.roots(V).contains(UnknownRoot))
       return makeError("unsupported",
                        "the rule for '" + Twine(CC.Name) +

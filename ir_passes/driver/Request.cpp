@@ -142,6 +142,7 @@ Expected<Request> parseRequest(StringRef Json) {
         S.AlwaysActive = RO->getBoolean("always_active").value_or(false);
         S.AugmentedShadows =
             RO->getBoolean("augmented_shadows").value_or(false);
+        S.WritesNothing = RO->getBoolean("writes_nothing").value_or(false);
         S.Result = RO->getString("result").value_or("").str();
         if (const json::Array *Owners = RO->getArray("tape_owners"))
           for (const json::Value &OV : *Owners) {

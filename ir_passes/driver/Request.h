@@ -80,6 +80,10 @@ struct RuleSpec {
   /// rule whose reverse is split across calls (a non-blocking receive and
   /// its wait) records where the cotangents will be.
   bool AugmentedShadows = false;
+  /// The function must write none of its arguments (enzpy.register_jvp's
+  /// contract): the engine refuses a call whose callee's body stores
+  /// through one.
+  bool WritesNothing = false;
 };
 
 enum class Mode { Reverse, Forward };

@@ -37,6 +37,7 @@ constexpr StringLiteral PendingAttr = "enzpy-custom-pending";
 constexpr StringLiteral AlwaysActiveAttr = "enzpy-custom-always-active";
 constexpr StringLiteral ResultAttr = "enzpy-custom-result";
 constexpr StringLiteral AugmentedShadowsAttr = "enzpy-custom-augmented-shadows";
+constexpr StringLiteral WritesNothingAttr = "enzpy-custom-writes-nothing";
 
 /// The LLVM type spelled \p S (null for an empty string or a bad one).
 Type *parsedType(StringRef S, const Module &M) {
@@ -192,6 +193,7 @@ std::optional<CustomCall> matchCustomCall(const CallBase &CB) {
   C.Pending = F->hasFnAttribute(PendingAttr);
   C.AlwaysActive = F->hasFnAttribute(AlwaysActiveAttr);
   C.AugmentedShadows = F->hasFnAttribute(AugmentedShadowsAttr);
+  C.WritesNothing = F->hasFnAttribute(WritesNothingAttr);
   StringRef Res = F->getFnAttribute(ResultAttr).getValueAsString();
   if (C.Hidden && (Res == "d" || Res == "f"))
     C.ResultElem = Res[0];
@@ -375,6 +377,8 @@ Error markCustomRule(Module &M, const RuleSpec &R) {
     G->addFnAttr(AlwaysActiveAttr);
   if (R.AugmentedShadows)
     G->addFnAttr(AugmentedShadowsAttr);
+  if (R.WritesNothing)
+    G->addFnAttr(WritesNothingAttr);
   if (R.Pending) {
     for (const CustomCall::Arg &A : Args)
       if (A.Operand >= G->getFunctionType()->getNumParams())

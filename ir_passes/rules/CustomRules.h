@@ -102,6 +102,8 @@ struct CustomCall {
   /// The augmented function gets the shadows of the arguments after them
   /// (RuleSpec::AugmentedShadows).
   bool AugmentedShadows = false;
+  /// The function must write none of its arguments (RuleSpec::WritesNothing).
+  bool WritesNothing = false;
   /// The float type ('d', 'f') of the array f returns; 0 when f returns
   /// no array.
   char ResultElem = 0;
