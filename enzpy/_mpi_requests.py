@@ -47,8 +47,6 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 from numba_mpi import common as _numba_mpi
 
 from . import mpi as _m
@@ -121,16 +119,6 @@ _ORDER = (
 )
 
 
-@intrinsic
-def _pointer(typingctx: Any, address: types.Type) -> Any:
-    """An integer address as a raw pointer."""
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-    return types.voidptr(address), codegen
-
-
 def _handle_codec(ctype: Any) -> tuple[Any, Any]:
     """(to int64, back) for an MPI handle type: an int (MPICH) or a pointer."""
 
@@ -144,7 +132,7 @@ def _handle_codec(ctype: Any) -> tuple[Any, Any]:
         return _m._address(h)
 
     def int64_to_pointer(v):
-        return _pointer(v)
+        return _m._pointer(v)
 
     if ctype is ctypes.c_int:
         return numba.njit(int_to_int64), numba.njit(int64_to_int)
@@ -157,7 +145,7 @@ _type_int, _type_of = _handle_codec(_m._Datatype)
 
 @numba.njit
 def _table(address, fields):
-    return numba.carray(_pointer(address), (_ROWS, fields), np.int64)
+    return numba.carray(_m._pointer(address), (_ROWS, fields), np.int64)
 
 
 @numba.njit
@@ -246,7 +234,7 @@ def _scratch(count, zero):
     if p == 0:
         raise MemoryError("enzpy.mpi: out of memory for a derivative message")
     if zero:
-        d = _m._doubles(_pointer(p), count)
+        d = _m._doubles(_m._pointer(p), count)
         for i in range(count):
             d[i] = 0.0
     return p
@@ -275,7 +263,7 @@ def _register(req, kind, count, dtype, peer, tag, comm):
     if r < 0 or t[r, _R_ADDR] != address:
         r = _free_row(t)
     t[r, _R_ADDR] = address
-    n = numba.carray(_pointer(_NEXT_ID), (1,), np.int64)
+    n = numba.carray(_m._pointer(_NEXT_ID), (1,), np.int64)
     n[0] += 1
     t[r, _R_ID] = n[0]
     t[r, _R_HANDLE], t[r, _R_KIND], t[r, _R_PEER], t[r, _R_TAG] = handle, kind, peer, tag
@@ -318,7 +306,7 @@ def _post_forward(cfg, kind, buf, dbuf, count, dtype, peer, tag, comm, req):
         target = _m._address(dbuf)
         if not cfg.active[0]:  # zeros to send, or a buffer for what comes
             target = t[r, _R_TEMP] = _scratch(count, True)
-        t[r, _R_TREQ] = _post(kind == _SEND, _pointer(target), count, dtype, peer, tag, comm)
+        t[r, _R_TREQ] = _post(kind == _SEND, _m._pointer(target), count, dtype, peer, tag, comm)
     return result
 
 
@@ -373,7 +361,7 @@ def _irecv_augmented(cfg, buf, dbuf, count, _c, dtype, _t, src, _s, tag, _g, com
 def _isend_reverse(cfg, ident, buf, dbuf, count, _c, dtype, _t, dest, _d, tag, _g, comm, _m_, *_):
     if ident != 0:
         temp = _take_adjoint(ident)
-        _m._add(dbuf, cfg.active[0], _m._doubles(_pointer(temp), count))
+        _m._add(dbuf, cfg.active[0], _m._doubles(_m._pointer(temp), count))
         _free(temp)
     return ()
 
@@ -434,15 +422,15 @@ def _done_reverse(tape):
         count, dtype, comm = tape[k, 3], _type_of(tape[k, 4]), _comm_of(tape[k, 5])
         temp = _scratch(count, True)
         if kind == _RECV and tape[k, 6] != 0:  # the cotangent leaves the buffer
-            bar = _m._doubles(_pointer(tape[k, 6]), count)
-            out = _m._doubles(_pointer(temp), count)
+            bar = _m._doubles(_m._pointer(tape[k, 6]), count)
+            out = _m._doubles(_m._pointer(temp), count)
             for i in range(count):
                 out[i] = bar[i]
                 bar[i] = 0.0
         r = _free_row(a)
         a[r, _A_ID], a[r, _A_TEMP] = tape[k, 7], temp
         peer, tag = tape[k, 1], tape[k, 2]
-        a[r, _A_REQ] = _post(kind == _RECV, _pointer(temp), count, dtype, peer, tag, comm)
+        a[r, _A_REQ] = _post(kind == _RECV, _m._pointer(temp), count, dtype, peer, tag, comm)
 
 
 # --- the completion calls ------------------------------------------------------------

@@ -18,6 +18,8 @@ import numba
 from numba.core import cgutils, types
 from numba.extending import overload
 
+from .errors import EnzpyValueError
+
 __all__ = ["emit_shared_memory_checks", "refuse_shared_memory"]
 
 
@@ -56,7 +58,7 @@ def _moved_alike(a, b, da, db):  # type: ignore[no-untyped-def]  # numba code
 
 
 def refuse_shared_memory(args: Any, roles: str) -> None:
-    """Raise ValueError, before anything runs, when arrays of the tuple
+    """Raise EnzpyValueError, before anything runs, when arrays of the tuple
     ``args`` share memory in a way the derivative cannot be right for.
     ``roles`` has a letter per member: ``D`` a differentiated array, ``S``
     its shadow (the member after it), ``C`` a Const array, ``-`` anything
@@ -121,9 +123,14 @@ def _refuse_shared_memory(args, roles):  # type: ignore[no-untyped-def]  # numba
     lines = ["def impl(args, roles):"]
     for a, b, exemption, message in _pair_checks(roles.literal_value, arrays):
         text = "enzpy derivative: arguments " + message
-        lines += [f"    if {_condition(a, b, exemption)}:", f"        raise ValueError({text!r})"]
+        check = f"    if {_condition(a, b, exemption)}:"
+        lines += [check, f"        raise EnzpyValueError({text!r})"]
     lines.append("    return None")
-    scope: dict[str, Any] = {"_overlap": _overlap, "_moved_alike": _moved_alike}
+    scope: dict[str, Any] = {
+        "_overlap": _overlap,
+        "_moved_alike": _moved_alike,
+        "EnzpyValueError": EnzpyValueError,
+    }
     exec("\n".join(lines) + "\n", scope)  # noqa: S102 - generated from the types only
     return scope["impl"]
 
@@ -153,7 +160,7 @@ def _spans(context: Any, builder: Any, ty: Any, value: Any) -> tuple[Any, Any, A
 def emit_shared_memory_checks(
     context: Any, builder: Any, argtys: Sequence[types.Type], args: Sequence[Any], roles: str
 ) -> None:
-    """Return ValueError from the function being lowered when arrays among
+    """Return EnzpyValueError from the function being lowered when arrays among
     ``args`` share memory as ``roles`` forbids (``refuse_shared_memory``)."""
     arrays = [k for k, t in enumerate(argtys) if isinstance(t, types.Array)]
     checks = _pair_checks(roles, arrays)
@@ -201,5 +208,5 @@ def emit_shared_memory_checks(
             refuse = builder.and_(refuse, builder.not_(alike(a, b, a + 1, b + 1)))
         with cgutils.if_unlikely(builder, refuse):
             context.call_conv.return_user_exc(
-                builder, ValueError, ("enzpy derivative: arguments " + message,)
+                builder, EnzpyValueError, ("enzpy derivative: arguments " + message,)
             )

@@ -191,6 +191,16 @@ def _address(typingctx: Any, ptr: types.Type) -> Any:
     return types.intp(ptr), codegen
 
 
+@intrinsic
+def _pointer(typingctx: Any, address: types.Type) -> Any:
+    """An integer address as a raw pointer (the inverse of _address)."""
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
 @numba.njit
 def _differentiable(dtype):
     """True for MPI_DOUBLE; False for integer and byte types; raises otherwise."""
