@@ -164,6 +164,7 @@ def _run_engine(
                         **jit_target(),
                         "rules": captured.rules,
                         "inactive": captured.inactive,
+                        "parallel_loops": captured.parallel_loops,
                         **fields,
                     },
                 )

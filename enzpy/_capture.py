@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import re
 import warnings
 import weakref
@@ -95,6 +96,10 @@ class Captured:
     #: ``rules`` say "pending"), by callee symbol: ``build_rules`` builds
     #: those the engine finds called with derivatives.
     pending: dict[str, _PendingRule] = field(default_factory=dict)
+    #: Where the ``prange`` loops of parallel=True functions are (engine
+    #: request field "parallel_loops": their reverse may run on numba's
+    #: threads).
+    parallel_loops: list[dict[str, Any]] = field(default_factory=list)
 
     def text(self) -> str:
         """The module as LLVM IR text (for debugging)."""
@@ -445,6 +450,22 @@ def _compile_copy(
     return cres, lib
 
 
+def _prange_loops(disp: NumbaDispatcher, cres: Any) -> list[dict[str, Any]]:
+    """Where the copy ``cres`` of a parallel=True function calls numba.prange:
+    the file and line of each prange loop (the serial compile runs it as a
+    range loop; its latch branch carries that line)."""
+    if not disp.targetoptions.get("parallel"):
+        return []
+    typemap = cres.fndesc.typemap
+    return [
+        {"file": os.path.abspath(expr.loc.filename), "line": expr.loc.line}
+        for expr in cres.fndesc.calltypes
+        if isinstance(expr, numba_ir.Expr)
+        and expr.op == "call"
+        and getattr(typemap.get(expr.func.name), "typing_key", None) is numba.prange
+    ]
+
+
 def _njit_callees(cres: Any) -> list[tuple[NumbaDispatcher, tuple[types.Type, ...], str]]:
     """The njit functions ``cres`` calls: (dispatcher, argtypes, symbol)."""
     fndesc = cres.fndesc
@@ -634,6 +655,7 @@ def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = Fal
         # names the callers use; and for callees with user rules (``_rules``),
         # their partials functions.
         captured_keys: set[tuple[int, tuple[types.Type, ...]]] = {(id(disp), argtypes)}
+        parallel_loops = _prange_loops(disp, cres)
         pending = _njit_callees(cres)
         dispatchers = {id(disp): disp}
         # A derivative differentiated again needs the rules' bodies, which
@@ -655,6 +677,7 @@ def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = Fal
             linking.extend(sub_lib._linking_libraries)
             environments.append((sub_cres.fndesc.env_name, sub_cres.environment))
             pending.extend(_njit_callees(sub_cres))
+            parallel_loops.extend(_prange_loops(callee, sub_cres))
             return sub_cres
 
         def bring_compiled(df: NumbaDispatcher, args: tuple[types.Type, ...]) -> str:
@@ -762,6 +785,7 @@ def capture(func: Any, argtypes: tuple[types.Type, ...], rule_bodies: bool = Fal
         rules=rules.rules,
         inactive=rules.inactive,
         pending=rules.pending,
+        parallel_loops=parallel_loops,
     )
 
 

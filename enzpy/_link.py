@@ -19,7 +19,7 @@ wrapper around it is what Python and other njit code call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import llvmlite.binding as llvm
@@ -109,6 +109,18 @@ def _defined_names(lib: Any) -> set[str]:
     return names
 
 
+def _threads_for(symbols: Iterable[str]) -> None:
+    """Start numba's threading layer when code calls into it (the reverse of
+    a prange loop runs on its threads): that defines its symbols."""
+    if _THREADING_SYMBOLS.intersection(symbols):
+        from numba.np.ufunc.parallel import _launch_threads
+
+        _launch_threads()
+
+
+_THREADING_SYMBOLS = frozenset({"numba_parallel_for", "get_num_threads"})
+
+
 def _resolve_declarations(
     module: llvm.ModuleRef, codegen: Any, libraries: list[Any], what: str
 ) -> list[Any]:
@@ -118,6 +130,7 @@ def _resolve_declarations(
     lib_names: list[tuple[Any, set[str]]] | None = None
     decls = [fn.name for fn in module.functions if fn.is_declaration]
     decls += [gv.name for gv in module.global_variables if gv.is_declaration]
+    _threads_for(decls)
     for name in decls:
         # A custom rule's function: compiled by the capture, defined by publish.
         if name.startswith("llvm.") or _custom_rules.publish(name) or llvm.address_of_symbol(name):
@@ -254,6 +267,7 @@ def load_object(code: Portable, name: str, environments: Sequence[Any]) -> Any |
     """Load object code that ``load_library`` returned (in this process or
     another) for the derivative ``name``; its library, or None when a symbol
     it needs is missing here."""
+    _threads_for(code.undefined)
     if not all(llvm.address_of_symbol(n) for n in code.undefined):
         return None  # MCJIT would abort the process on it
     codegen = target_context().codegen()
@@ -315,6 +329,7 @@ def add_compiled(wrapper: Any, reduced: tuple[Any, ...], undefined: list[str]) -
     False when a symbol its code needs is missing here."""
     from numba.core.compiler import CompileResult
 
+    _threads_for(undefined)
     if not all(llvm.address_of_symbol(n) for n in undefined):
         return False  # MCJIT would abort the process on it
     with global_compiler_lock:

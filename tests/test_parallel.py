@@ -16,6 +16,7 @@ with the primal run on 1 and on 2 numba threads (``numba.set_num_threads``).
 from __future__ import annotations
 
 import functools
+import re
 import types as pytypes
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,6 +137,45 @@ def pairwise_energy(pos):
 
 
 @parallel
+def energy_over_steps(u, a, steps):
+    # a sum carried across the serial time steps: the prange loop's sum
+    # starts from a value with a derivative
+    n = u.shape[0]
+    old = u.copy()
+    new = u.copy()
+    e = 0.0
+    for _ in range(steps):
+        for i in prange(1, n - 1):
+            new[i] = old[i] + a * (old[i - 1] - 2.0 * old[i] + old[i + 1])
+        for i in prange(n):
+            e += a * new[i] * new[i] - 0.5 * np.sin(new[i])
+        old, new = new, old
+    return e
+
+
+@parallel
+def branchy_sum(x, y):
+    # a sum added to on different branches
+    s = 0.0
+    for i in prange(x.shape[0]):
+        if x[i] > 0.0:
+            s += x[i] * np.exp(-x[i])
+        else:
+            s += -0.5 * np.sin(x[i])
+        y[i] = x[i] * x[i]
+    return s
+
+
+@parallel
+def guarded_division(x, c):
+    # numba checks the division (ZeroDivisionError): a way out that raises
+    s = 0.0
+    for i in prange(x.shape[0]):
+        s += x[i] / (x[i] * x[i] + c)
+    return s
+
+
+@parallel
 def parallel_callee(x):
     s = 0.0
     for i in prange(x.shape[0]):
@@ -173,6 +213,9 @@ def _specs(name: str) -> list[Any]:
         ],
         "pairwise_energy": [fd.Dup(r.standard_normal((7, 3)))],
         "calls_parallel_callee": [fd.Dup(0.5 * r.standard_normal(6)), fd.Dup(np.zeros(6))],
+        "energy_over_steps": [fd.Dup(u), fd.Active(0.15), fd.Const(4)],
+        "branchy_sum": [fd.Dup(r.standard_normal(13)), fd.Dup(np.zeros(13))],
+        "guarded_division": [fd.Dup(r.standard_normal(11)), fd.Active(0.8)],
     }
     return cases[name]
 
@@ -189,6 +232,9 @@ KERNELS = {
         array_expressions,
         pairwise_energy,
         calls_parallel_callee,
+        energy_over_steps,
+        branchy_sum,
+        guarded_division,
     )
 }
 
@@ -331,6 +377,52 @@ def test_primal_equals_the_serial_twin(name: str, threads: int) -> None:
 )
 def test_gradient_matches_finite_differences(kernel: Any, xs: Any, threads: int) -> None:
     fd.check_gradient(kernel, *xs(_rng(5)))
+
+
+# What the engine decides for the reverse of each prange loop (its log): a
+# sum (s += t) and each iteration's own elements run on numba's threads; a
+# product, or reads that other chunks may read too, stay serial.
+REVERSE_ON_THREADS = {
+    "map_and_reduce": ["parallel"],
+    "stencil": ["parallel"],
+    "heat_swap": ["parallel", "parallel"],
+    "heat_copy": ["parallel", "parallel"],
+    "energy_over_steps": ["parallel", "parallel"],
+    "branchy_sum": ["parallel"],
+    "guarded_division": ["parallel"],
+    "scaled_reductions": ["serial: it carries a value with a derivative"],
+    # numba's compile keeps a copy of the loop for pos.shape[1] == 0, that
+    # reads nothing
+    "pairwise_energy": ["parallel", "serial: chunks may read the same elements at once"],
+}
+
+
+@pytest.mark.parametrize("name", list(REVERSE_ON_THREADS))
+def test_reverse_of_prange_loops_runs_on_threads_where_it_is_race_free(name: str) -> None:
+    specs = _specs(name)
+    shadows = {i: np.zeros_like(s.value) for i, s in enumerate(specs) if isinstance(s, fd.Dup)}
+    log = enzpy.explain(KERNELS[name], *_annotated(specs, shadows))
+    decided = sorted(
+        m.group(1)
+        for line in log.splitlines()
+        if (m := re.match(r"\s*parallel .*:\d+: (.*)$", line))
+    )
+    expected = sorted(REVERSE_ON_THREADS[name])
+    assert len(decided) == len(expected), log
+    for got, want in zip(decided, expected, strict=True):
+        assert got.startswith(want), log
+
+
+def test_an_exception_in_a_parallel_loop_propagates_and_the_next_call_is_right(
+    threads: int,
+) -> None:
+    x = np.array([0.5, 0.0, -1.5, 2.0])
+    with pytest.raises(ZeroDivisionError):
+        enzpy.autodiff(guarded_division, Duplicated(x, np.zeros(4)), Active(0.0))
+    dx = np.zeros(4)
+    _, dc = enzpy.autodiff(guarded_division, Duplicated(x, dx), Active(0.5))
+    np.testing.assert_allclose(dx, (0.5 - x**2) / (x**2 + 0.5) ** 2, rtol=1e-13)
+    assert dc == pytest.approx(float(np.sum(-x / (x**2 + 0.5) ** 2)), rel=1e-13)
 
 
 def test_reverse_with_primal_returns_the_serial_primal(threads: int) -> None:

@@ -40,7 +40,7 @@ unsigned sourceLine(const Instruction *I) {
   return L ? L->getLine() : 0;
 }
 
-static std::string pathOf(const DILocation *L) {
+std::string sourcePath(const DILocation *L) {
   std::string File = L->getFilename().str();
   StringRef Dir = L->getDirectory();
   if (!Dir.empty() && !StringRef(File).starts_with("/"))
@@ -53,7 +53,7 @@ Error makeError(StringRef Kind, const Twine &Message, const Instruction *At) {
   unsigned Line = 0;
   if (At)
     if (const DILocation *L = locationNear(At)) {
-      File = pathOf(L);
+      File = sourcePath(L);
       Line = L->getLine();
     }
   std::string Text = Message.str();
@@ -67,7 +67,7 @@ Error makeError(StringRef Kind, const Twine &Message, const Instruction *At) {
       if (Outer != L && Outer->getLine() &&
           (Outer->getFilename() != L->getFilename() ||
            Outer->getLine() != L->getLine()))
-        Text += " (called from " + pathOf(Outer) + ":" +
+        Text += " (called from " + sourcePath(Outer) + ":" +
                 std::to_string(Outer->getLine()) + ")";
     }
   if (At)

@@ -17,6 +17,7 @@ namespace llvm {
 class Instruction;
 class Value;
 class Function;
+class DILocation;
 } // namespace llvm
 
 namespace enzpy {
@@ -51,6 +52,10 @@ llvm::Error makeError(llvm::StringRef Kind, const llvm::Twine &Message,
 /// The source line of \p I (or of the nearest instruction in its block
 /// that has one), 0 when unknown.
 unsigned sourceLine(const llvm::Instruction *I);
+
+/// The path of the source file of \p L (its directory joined to a
+/// relative file name).
+std::string sourcePath(const llvm::DILocation *L);
 
 /// A short, readable name for a value in logs and messages: "%name" for named
 /// values, the printed instruction otherwise.

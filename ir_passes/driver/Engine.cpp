@@ -16,6 +16,7 @@
 #include "driver/RecursiveCalls.h"
 #include "driver/Request.h"
 #include "rules/UserRules.h"
+#include "synthesis/ParallelLoops.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Synthesize.h"
 #include "transforms/PostOpt.h"
@@ -74,6 +75,7 @@ static Expected<std::string> run(StringRef Bytes, const Request &Req,
   if (!C)
     return C.takeError();
 
+  markParallelLoops(*C, Req);
   if (Req.DumpIR)
     Log.dump("canonical primal", printed(*C->F));
   TypeAnalysis TA(*C->F, Req);

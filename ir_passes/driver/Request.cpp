@@ -176,6 +176,15 @@ Expected<Request> parseRequest(StringRef Json) {
         return bad("'inactive' must list symbols");
       R.Inactive.push_back(Name->str());
     }
+  if (const json::Array *Loops = Obj->getArray("parallel_loops"))
+    for (const json::Value &LV : *Loops) {
+      const json::Object *LO = LV.getAsObject();
+      std::optional<StringRef> File = LO ? LO->getString("file") : std::nullopt;
+      std::optional<int64_t> Line = LO ? LO->getInteger("line") : std::nullopt;
+      if (!File || !Line || *Line <= 0)
+        return bad("'parallel_loops' lists {'file': ..., 'line': ...}");
+      R.ParallelLoops.push_back({File->str(), static_cast<unsigned>(*Line)});
+    }
   return R;
 }
 

@@ -132,6 +132,10 @@ struct Request {
   /// symbols of functions whose calls carry no derivative.
   llvm::SmallVector<RuleSpec, 2> Rules;
   llvm::SmallVector<std::string, 2> Inactive;
+  /// Source lines (file, line) of numba.prange loops: the loops of the
+  /// serial compile there may run their reverse on numba's threads
+  /// (synthesis/ParallelLoops.h).
+  llvm::SmallVector<std::pair<std::string, unsigned>, 2> ParallelLoops;
 };
 
 llvm::Expected<Request> parseRequest(llvm::StringRef Json);

@@ -54,4 +54,11 @@ Lanes AdjointStore::takeAll(IRBuilder<> &B, const Value *PV) {
   return A;
 }
 
+const Value *AdjointStore::valueOf(const AllocaInst *Slot) const {
+  for (const auto &[Key, A] : Slots)
+    if (A == Slot)
+      return Key.first;
+  return nullptr;
+}
+
 } // namespace enzpy

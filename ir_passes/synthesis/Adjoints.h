@@ -32,6 +32,9 @@ public:
   /// take() in every lane.
   Lanes takeAll(llvm::IRBuilder<> &B, const llvm::Value *PV);
 
+  /// The value whose adjoint \p Slot holds (in some lane), or null.
+  const llvm::Value *valueOf(const llvm::AllocaInst *Slot) const;
+
   /// Sum + Delta for adjoints: the sign of a zero adjoint carries no
   /// information, so "0 + x" may fold to x (no-signed-zeros).
   static llvm::Value *sum(llvm::IRBuilder<> &B, llvm::Value *Sum,

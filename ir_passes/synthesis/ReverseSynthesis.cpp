@@ -41,6 +41,7 @@
 #include "rules/MemoryRules.h"
 #include "synthesis/Adjoints.h"
 #include "synthesis/MemoryScopes.h"
+#include "synthesis/ParallelLoops.h"
 #include "synthesis/ReleaseList.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
@@ -97,7 +98,7 @@ public:
       : Sk(Sk), Canon(Sk.Canon), P(Sk.P), PExit(Canon.NormalExit),
         PRaise(Canon.RaiseExit), Req(Sk.Req), TA(Sk.TA), AA(Sk.AA), Log(Log),
         Ctx(Sk.Ctx), I64(Type::getInt64Ty(Ctx)), Width(Sk.width()), VR(Sk),
-        Adj(Sk) {}
+        Adj(Sk), Par(Sk, VR, Adj) {}
 
   Expected<Function *> run();
 
@@ -163,6 +164,8 @@ private:
   ValueRecovery VR;
   /// Adjoints of SSA values, one accumulator per lane.
   AdjointStore Adj;
+  /// prange loops whose reverse runs on numba's threads.
+  ParallelReverse Par;
   /// References to drop on every way out (shadow allocations, arrays kept
   /// alive for re-reads), and shadows of raw buffers to free.
   std::optional<ReleaseList> Release, RawRelease;
@@ -695,6 +698,7 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
     for (const Loop *L = VR.loops().getLoopFor(Pred); L && !L->contains(B);
          L = L->getParentLoop()) {
       VR.enterLoop(L, EB.GetInsertBlock(), *R.Rec);
+      Par.enterLoop(EB, L, Width);
       if (const ValueRecovery::CountedLoop *LR =
               VR.loopOfHeader(L->getHeader()))
         EB.CreateStore(countFrom(fetch(LR->Counter, R)), LR->Remaining);
@@ -709,10 +713,19 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
         Ctx, "rev." + B->getName() + ".from." + LR->Preheader->getName(), D);
     BasicBlock *FromLatch = BasicBlock::Create(
         Ctx, "rev." + B->getName() + ".from." + LR->Latch->getName(), D);
-    RB.CreateCondBr(RB.CreateICmpEQ(K, ConstantInt::get(I64, 0)), FromPre,
-                    FromLatch);
+    Value *First = RB.CreateICmpEQ(K, ConstantInt::get(I64, 0));
+    Par.noteExit(B, cast<ICmpInst>(First));
+    RB.CreateCondBr(First, FromPre, FromLatch);
     IRBuilder<> PB(FromPre);
+    // A sum of a prange loop hands on the adjoint of its last value: the
+    // same, and known, when the iterations' reverses run apart.
+    auto InLoop = PhiAdj;
+    for (auto &[Phi, A] : PhiAdj)
+      for (unsigned K = 0; K < Width; ++K)
+        if (Value *Start = Par.sumStart(PB, Phi, K, Width))
+          A[K] = Start;
     edgeTo(PB, LR->Preheader);
+    PhiAdj = InLoop;
     IRBuilder<> LB(FromLatch);
     LB.CreateStore(LB.CreateSub(K, ConstantInt::get(I64, 1), "", true, true),
                    LR->Remaining);
@@ -720,15 +733,18 @@ void ReverseSynthesizer::reverseBlock(BasicBlock *B) {
   } else if (R.Preds.size() == 1) {
     edgeTo(RB, R.Preds[0]);
   } else {
+    // The last predecessor is the switch's default: the forward sweep
+    // records nothing else, and the reverse gets no way out that no path
+    // takes (a loop's reverse keeps one exit).
     Value *Pid = fetch(R.Pid, R);
-    BasicBlock *Unreach =
-        BasicBlock::Create(Ctx, "rev." + B->getName() + ".bad", D);
-    new UnreachableInst(Ctx, Unreach);
-    SwitchInst *SW = RB.CreateSwitch(Pid, Unreach, R.Preds.size());
-    for (unsigned Id = 0; Id < R.Preds.size(); ++Id) {
+    SwitchInst *SW = nullptr;
+    for (unsigned Id = R.Preds.size(); Id-- > 0;) {
       BasicBlock *Edge = BasicBlock::Create(
           Ctx, "rev." + B->getName() + ".from." + R.Preds[Id]->getName(), D);
-      SW->addCase(RB.getInt32(Id), Edge);
+      if (!SW)
+        SW = RB.CreateSwitch(Pid, Edge, R.Preds.size() - 1);
+      else
+        SW->addCase(RB.getInt32(Id), Edge);
       IRBuilder<> EB(Edge);
       edgeTo(EB, R.Preds[Id]);
     }
@@ -768,6 +784,7 @@ void ReverseSynthesizer::tagPrimalAccesses() {
 
 Expected<Function *> ReverseSynthesizer::run() {
   VR.expandTripBounds();
+  Par.plan();
   createFunction();
   findReaching();
   VR.createLoopCounters(Reaching);
@@ -793,13 +810,21 @@ Expected<Function *> ReverseSynthesizer::run() {
       if (PRaise)
         (*L)->emitReleaseAll(Sk.mapped(PRaise)->getTerminator());
     }
+  Par.instrumentForward();
+  Par.freeTables(Fail->getTerminator());
+  if (PRaise)
+    Par.freeTables(Sk.mapped(PRaise)->getTerminator());
   Sk.emitNullChecks(Fail);
   Sk.finishRuleStatus(FinalRet);
   markReverseMathCalls();
   tagPrimalAccesses();
   VR.tape().separate();
-  if (Log)
+  Par.outline();
+  Par.freeTables(FinalRet);
+  if (Log) {
     VR.record(*Log, Reaching);
+    Par.record(*Log);
+  }
   return D;
 }
 

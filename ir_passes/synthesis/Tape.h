@@ -53,6 +53,8 @@ public:
     llvm::DenseMap<llvm::Value *, llvm::Value *> Popped;
   };
 
+  /// The slot holding the top of the stack (in slots).
+  llvm::AllocaInst *topSlot() const { return Top; }
   /// Free the tape's memory (before \p Before).
   void emitFree(llvm::Instruction *Before);
   /// Make room for \p Slots more slots (before \p Before, which must be a

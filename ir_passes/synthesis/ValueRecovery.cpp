@@ -515,4 +515,17 @@ void ValueRecovery::record(DecisionLog &Log, const BlockSet &Reaching) const {
   }
 }
 
+bool ValueRecovery::isRecoverySlot(const AllocaInst *A) const {
+  for (const auto &[L, CL] : Loops)
+    if (CL.Remaining == A)
+      return true;
+  for (const auto &[V, Slot] : Kept)
+    if (Slot == A)
+      return true;
+  for (const auto &[Key, Slot] : Hoisted)
+    if (Slot == A)
+      return true;
+  return false;
+}
+
 } // namespace enzpy

@@ -112,6 +112,10 @@ public:
   const CountedLoop *loopOfHeader(const llvm::BasicBlock *B) const;
   const llvm::LoopInfo &loops() const { return LI; }
   const CachePolicy &cache() const { return Cache; }
+  llvm::ScalarEvolution &scev() const { return SE; }
+  /// Whether \p A is a slot of this unit's own (a loop's countdown, a kept
+  /// or hoisted value).
+  bool isRecoverySlot(const llvm::AllocaInst *A) const;
   Tape &tape() { return *TheTape; }
 
 private:

@@ -20,6 +20,7 @@
 
 #include "driver/Request.h"
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/SmallPtrSet.h"
 #include "llvm/ADT/StringRef.h"
 #include "llvm/ADT/StringSet.h"
@@ -65,6 +66,9 @@ struct CanonicalFunction {
   /// The recursive calls that need a derivative, and the derivative each
   /// one calls (filled in after the activity analysis).
   llvm::DenseMap<const llvm::CallBase *, CallDerivative> CallDerivatives;
+  /// Headers of the loops numba.prange wrote (synthesis/ParallelLoops.h),
+  /// with their "file:line".
+  llvm::MapVector<const llvm::BasicBlock *, std::string> ParallelLoops;
   bool isRecursiveCall(const llvm::CallBase &CB) const;
   bool returns(const llvm::BasicBlock *BB) const {
     return Returning.contains(BB);
