@@ -1,9 +1,11 @@
 """parallel=True kernels: the reverse-mode gradient's time against the parallel
 primal at 1 and 2 numba threads and against the same kernel compiled serially
 (``range`` for ``prange``, no ``parallel=True``). enzpy differentiates the
-serial compile (docs/design.md §2.1), so the gradient runs on one thread
-whatever ``numba.set_num_threads`` says; it is timed at both settings to show
-that. Not run in CI.
+serial compile (docs/design.md §2.1) and runs the reverse sweeps of the
+``prange`` loops it proves race-free on numba's threads (§2.1a): the heat
+step's stencil and sum in place, the pairwise energy's shared reads into
+per-chunk copies of the shadow. The forward sweep is serial; forward mode
+(``jvp``) runs the loops in chunks on the threads. Not run in CI.
 
     .venv/bin/python -P bench/parallel.py [--quick] [--out bench/results/parallel.json]
 """
@@ -26,7 +28,7 @@ import numpy as np  # noqa: E402
 from timing import best_time  # noqa: E402
 
 import enzpy  # noqa: E402
-from enzpy import Active, Const, Duplicated  # noqa: E402
+from enzpy import Active, Const, Duplicated, Forward  # noqa: E402
 
 prange = numba.prange
 
@@ -101,6 +103,9 @@ def cases(quick: bool) -> list[dict[str, Any]]:
             "grad": lambda: enzpy.autodiff(
                 heat_parallel, Duplicated(u, du), Active(0.2), Const(steps)
             ),
+            "jvp": lambda: enzpy.autodiff(
+                heat_parallel, Duplicated(u, du), Duplicated(0.2, 1.0), Const(steps), mode=Forward
+            ),
             "direction": lambda: (du, u0),
         },
         {
@@ -110,6 +115,7 @@ def cases(quick: bool) -> list[dict[str, Any]]:
             "args": (pos,),
             "setup": pos_setup,
             "grad": lambda: enzpy.autodiff(pairwise_parallel, Duplicated(pos, dpos)),
+            "jvp": lambda: enzpy.autodiff(pairwise_parallel, Duplicated(pos, dpos), mode=Forward),
             "direction": lambda: (dpos, pos0),
         },
     ]
@@ -146,6 +152,7 @@ def measure(case: dict[str, Any], budget: float) -> dict[str, Any]:
             numba.set_num_threads(t)
             rec[f"parallel_primal_{t}t_s"] = best_time(lambda: kernel(*args), setup, budget=budget)
             rec[f"gradient_{t}t_s"] = best_time(case["grad"], setup, budget=budget)
+            rec[f"jvp_{t}t_s"] = best_time(case["jvp"], setup, budget=budget)
     finally:
         numba.set_num_threads(before)
     g = rec["gradient_1t_s"]
@@ -158,6 +165,8 @@ def measure(case: dict[str, Any], budget: float) -> dict[str, Any]:
     if "parallel_primal_2t_s" in rec:
         rec["primal_speedup_2t"] = rec["parallel_primal_1t_s"] / rec["parallel_primal_2t_s"]
         rec["gradient_speedup_2t"] = rec["gradient_1t_s"] / rec["gradient_2t_s"]
+        rec["jvp_speedup_2t"] = rec["jvp_1t_s"] / rec["jvp_2t_s"]
+        rec["jvp_over_parallel_primal_2t"] = rec["jvp_2t_s"] / rec["parallel_primal_2t_s"]
     rec["fd_relative_error"] = check(case)
     return rec
 
@@ -185,12 +194,15 @@ def main(argv: list[str] | None = None) -> None:
                 if "gradient_over_parallel_primal_2t" in r
                 else ""
             )
-            + f") | FD rel err {r['fd_relative_error']:.1e}"
+            + f") | jvp {r['jvp_1t_s'] * 1e3:8.2f} ms"
+            + (f" 2t {r['jvp_2t_s'] * 1e3:8.2f} ms" if "jvp_2t_s" in r else "")
+            + f" | FD rel err {r['fd_relative_error']:.1e}"
         )
     out = {
         "machine": {"cpus": numba.config.NUMBA_NUM_THREADS, "platform": platform.platform()},
         "versions": {"numba": numba.__version__, "enzpy": enzpy.__version__},
-        "note": "the gradient is the derivative of the serial compile and runs on one thread",
+        "note": "the reverse sweeps of the prange loops and forward mode run on numba's "
+        "threads; the reverse mode's forward sweep is serial",
         "records": records,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

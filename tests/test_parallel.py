@@ -31,7 +31,7 @@ from test_disk_cache import check_against_fd, entries, run
 from test_forward import check_forward_reverse, check_jvp
 
 import enzpy
-from enzpy import Active, BatchDuplicated, Const, Duplicated, Forward, Reverse, _cache
+from enzpy import Active, BatchDuplicated, Const, Duplicated, Forward, Reverse, _cache, _parallel
 
 # The kernels name the parallel loop ``prange``; their serial twins (``_twin``)
 # run the same code with ``prange`` bound to ``range``.
@@ -176,6 +176,69 @@ def guarded_division(x, c):
 
 
 @parallel
+def matvec_tanh(a, x, y):
+    # every row reads all of x: chunks share x's elements (copies of its
+    # shadow), each reads its own rows of a (in place)
+    m, n = a.shape
+    s = 0.0
+    for i in prange(m):
+        acc = 0.0
+        for j in range(n):
+            acc += a[i, j] * x[j]
+        y[i] = np.tanh(acc)
+        s += acc * acc
+    return s
+
+
+@parallel
+def charged_pairs(pos, q):
+    # a triangular loop over two arrays, both read at rows other chunks read
+    n = pos.shape[0]
+    e = 0.0
+    for i in prange(n):
+        for j in range(i + 1, n):
+            dx = pos[i, 0] - pos[j, 0]
+            dy = pos[i, 1] - pos[j, 1]
+            e += q[i] * q[j] / np.sqrt(dx * dx + dy * dy + 1.0)
+    return e
+
+
+@parallel
+def rows_stencil(u, out, a):
+    # 2-D: a row reads the rows above and below it; its stores move by a row
+    # length the engine checks is not zero
+    m, n = u.shape
+    s = 0.0
+    for i in prange(1, m - 1):
+        for j in range(n):
+            out[i, j] = u[i, j] + a * (u[i - 1, j] - 2.0 * u[i, j] + u[i + 1, j])
+            s += out[i, j] * out[i, j]
+    return s
+
+
+@parallel
+def gram_tanh(x, g):
+    # every row reads all rows: shared reads of x, own rows of g
+    n, d = x.shape
+    for i in prange(n):
+        for j in range(n):
+            acc = 0.0
+            for k in range(d):
+                acc += x[i, k] * x[j, k]
+            g[i, j] = np.tanh(acc)
+
+
+@parallel
+def two_sums(x):
+    s = 0.0
+    t = 0.0
+    for i in prange(x.shape[0]):
+        s += np.exp(-x[i] * x[i])
+        t += x[i] * np.cos(x[i])
+    return s * t + s
+
+
+@parallel
 def parallel_callee(x):
     s = 0.0
     for i in prange(x.shape[0]):
@@ -216,6 +279,19 @@ def _specs(name: str) -> list[Any]:
         "energy_over_steps": [fd.Dup(u), fd.Active(0.15), fd.Const(4)],
         "branchy_sum": [fd.Dup(r.standard_normal(13)), fd.Dup(np.zeros(13))],
         "guarded_division": [fd.Dup(r.standard_normal(11)), fd.Active(0.8)],
+        "charged_pairs": [fd.Dup(r.standard_normal((9, 2))), fd.Dup(r.standard_normal(9))],
+        "rows_stencil": [
+            fd.Dup(r.standard_normal((7, 5))),
+            fd.Dup(np.zeros((7, 5))),
+            fd.Active(0.3),
+        ],
+        "gram_tanh": [fd.Dup(0.5 * r.standard_normal((6, 3))), fd.Dup(np.zeros((6, 6)))],
+        "two_sums": [fd.Dup(r.standard_normal(14))],
+        "matvec_tanh": [
+            fd.Dup(r.standard_normal((7, 5))),
+            fd.Dup(r.standard_normal(5)),
+            fd.Dup(np.zeros(7)),
+        ],
     }
     return cases[name]
 
@@ -235,6 +311,11 @@ KERNELS = {
         energy_over_steps,
         branchy_sum,
         guarded_division,
+        matvec_tanh,
+        charged_pairs,
+        rows_stencil,
+        gram_tanh,
+        two_sums,
     )
 }
 
@@ -253,6 +334,17 @@ def _twin(kernel: CPUDispatcher) -> CPUDispatcher:
     twin = numba.njit(pytypes.FunctionType(py.__code__, scope, py.__name__))
     assert not twin.targetoptions.get("parallel")
     return twin
+
+
+@pytest.fixture(autouse=True)
+def launch_always() -> Iterator[None]:
+    """Derivative loops run in chunks whenever they may (however short): the
+    chunked code is what these tests check."""
+    before = _parallel.set_min_cycles(0)
+    try:
+        yield
+    finally:
+        _parallel.set_min_cycles(before)
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
@@ -379,10 +471,12 @@ def test_gradient_matches_finite_differences(kernel: Any, xs: Any, threads: int)
     fd.check_gradient(kernel, *xs(_rng(5)))
 
 
-# What the engine decides for the reverse of each prange loop (its log): a
-# sum (s += t) and each iteration's own elements run on numba's threads; a
-# product, or reads that other chunks may read too, stay serial.
-REVERSE_ON_THREADS = {
+# What the engine decides for each prange loop (its log), the same in both
+# modes: a sum (s += t), each iteration's own elements and elements that
+# chunks share (in reverse mode added into copies of the shadow) run on
+# numba's threads; a product, or an index the engine cannot bound, stay
+# serial.
+ON_THREADS = {
     "map_and_reduce": ["parallel"],
     "stencil": ["parallel"],
     "heat_swap": ["parallel", "parallel"],
@@ -391,38 +485,89 @@ REVERSE_ON_THREADS = {
     "branchy_sum": ["parallel"],
     "guarded_division": ["parallel"],
     "scaled_reductions": ["serial: it carries a value with a derivative"],
-    # numba's compile keeps a copy of the loop for pos.shape[1] == 0, that
-    # reads nothing
-    "pairwise_energy": ["parallel", "serial: chunks may read the same elements at once"],
+    "pairwise_energy": ["parallel", "parallel"],  # and a copy for pos.shape[1] == 0
+    "matvec_tanh": ["parallel", "parallel"],  # and a copy for a.shape[1] == 0
+    "charged_pairs": ["parallel"],
+    "rows_stencil": ["parallel"],
+    "gram_tanh": ["parallel", "parallel"],  # and a copy for x.shape[1] == 0
+    "two_sums": ["parallel"],
+    "rows": ["parallel", "serial: the engine cannot bound the elements"],
 }
 
 
-@pytest.mark.parametrize("name", list(REVERSE_ON_THREADS))
-def test_reverse_of_prange_loops_runs_on_threads_where_it_is_race_free(name: str) -> None:
+@pytest.mark.parametrize("mode", [Reverse, Forward], ids=["reverse", "forward"])
+@pytest.mark.parametrize("name", list(ON_THREADS))
+def test_prange_loops_run_on_threads_where_they_are_race_free(name: str, mode: Any) -> None:
     specs = _specs(name)
-    shadows = {i: np.zeros_like(s.value) for i, s in enumerate(specs) if isinstance(s, fd.Dup)}
-    log = enzpy.explain(KERNELS[name], *_annotated(specs, shadows))
+    if mode is Forward:
+        specs = [fd.Dup(s.value) if isinstance(s, fd.Active) else s for s in specs]
+    shadows = {
+        i: np.ones_like(s.value) if isinstance(s.value, np.ndarray) else 1.0
+        for i, s in enumerate(specs)
+        if isinstance(s, fd.Dup)
+    }
+    log = enzpy.explain(KERNELS[name], *_annotated(specs, shadows), mode=mode)
     decided = sorted(
         m.group(1)
         for line in log.splitlines()
         if (m := re.match(r"\s*parallel .*:\d+: (.*)$", line))
     )
-    expected = sorted(REVERSE_ON_THREADS[name])
+    expected = sorted(ON_THREADS[name])
     assert len(decided) == len(expected), log
     for got, want in zip(decided, expected, strict=True):
         assert got.startswith(want), log
 
 
+def test_a_strided_view_keeps_the_reverse_serial_and_right(threads: int) -> None:
+    # a view's steps are run-time values of unknown sign: the engine cannot
+    # bound what a chunk reads, so the loop's reverse stays serial, and says why
+    big = _rng(11).standard_normal((9, 6))
+    pos = big[:, ::2]
+    log = enzpy.explain(pairwise_energy, Duplicated(pos, np.zeros_like(pos)))
+    assert "serial: the engine cannot bound the elements" in log
+    fd.check_gradient(pairwise_energy, pos)
+
+
+@pytest.mark.parametrize("mode", [Reverse, Forward], ids=["reverse", "forward"])
+def test_loops_too_short_for_a_launch_run_serially_and_right(mode: Any) -> None:
+    # with the default floor, a short loop learns its cost on its first run
+    # and stays on one thread; the results are the chunked ones
+    _parallel.set_min_cycles(_parallel.DEFAULT_MIN_CYCLES)
+    numba.set_num_threads(2)
+    specs = _specs("heat_swap")
+    run = _reverse if mode is Reverse else _forward
+    first, again = run(heat_swap, specs, 4), run(heat_swap, specs, 4)
+    _parallel.set_min_cycles(0)
+    chunked = run(heat_swap, specs, 4)
+    _assert_same(first, chunked)
+    _assert_same(again, chunked)
+
+
+def test_the_launch_floor_is_validated() -> None:
+    with pytest.raises(enzpy.EnzpyValueError, match="0 or more"):
+        _parallel.set_min_cycles(-1)
+
+
 def test_an_exception_in_a_parallel_loop_propagates_and_the_next_call_is_right(
     threads: int,
 ) -> None:
-    x = np.array([0.5, 0.0, -1.5, 2.0])
+    # the chunk that divides by zero is one of several (forward mode runs the
+    # loop's chunks on the threads; the reverse sweep never starts)
+    x = np.array([0.5, 0.3, -1.5, 2.0, 1.0, 0.0, -0.2, 0.7])
     with pytest.raises(ZeroDivisionError):
-        enzpy.autodiff(guarded_division, Duplicated(x, np.zeros(4)), Active(0.0))
-    dx = np.zeros(4)
+        enzpy.autodiff(guarded_division, Duplicated(x, np.zeros(8)), Active(0.0))
+    with pytest.raises(ZeroDivisionError):
+        enzpy.autodiff(
+            guarded_division, Duplicated(x, np.ones(8)), Duplicated(0.0, 1.0), mode=Forward
+        )
+    dx = np.zeros(8)
     _, dc = enzpy.autodiff(guarded_division, Duplicated(x, dx), Active(0.5))
     np.testing.assert_allclose(dx, (0.5 - x**2) / (x**2 + 0.5) ** 2, rtol=1e-13)
     assert dc == pytest.approx(float(np.sum(-x / (x**2 + 0.5) ** 2)), rel=1e-13)
+    tangent = enzpy.autodiff(
+        guarded_division, Duplicated(x, np.ones(8)), Duplicated(0.5, 1.0), mode=Forward
+    )
+    assert tangent == pytest.approx(float(np.sum(dx) + dc), rel=1e-13)
 
 
 def test_reverse_with_primal_returns_the_serial_primal(threads: int) -> None:
@@ -468,6 +613,21 @@ def test_batch_reverse_lanes_equal_single_calls() -> None:
     for dx, seed, dret in zip(dxs, seeds, (1.0, 2.0), strict=True):
         # d/dx of dret * sum(x^2) + <seed, 2 sin(x)>
         np.testing.assert_allclose(dx, 2.0 * dret * x + 2.0 * seed * np.cos(x), rtol=1e-13)
+
+
+def test_batch_reverse_lanes_through_shadow_copies_equal_single_gradients(threads: int) -> None:
+    # each lane's shadow gets copies of its own in every chunk
+    r = _rng(12)
+    pos, q = r.standard_normal((11, 2)), r.standard_normal(11)
+    dpos = (np.zeros_like(pos), np.zeros_like(pos))
+    dq = (np.zeros_like(q), np.zeros_like(q))
+    enzpy.autodiff(
+        charged_pairs, BatchDuplicated(pos, dpos), BatchDuplicated(q, dq), ret=(1.0, -3.0)
+    )
+    gpos, gq = enzpy.gradient(charged_pairs, pos, q)
+    for lane, seed in enumerate((1.0, -3.0)):
+        np.testing.assert_allclose(dpos[lane], seed * gpos, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(dq[lane], seed * gq, rtol=1e-12, atol=1e-14)
 
 
 def test_heat_gradient_with_respect_to_the_diffusivity(threads: int) -> None:

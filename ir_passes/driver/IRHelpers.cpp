@@ -14,6 +14,14 @@ FunctionCallee libcMalloc(Module &M) {
                                                  {Type::getInt64Ty(C)}, false));
 }
 
+FunctionCallee libcCalloc(Module &M) {
+  LLVMContext &C = M.getContext();
+  Type *I64 = Type::getInt64Ty(C);
+  return M.getOrInsertFunction(
+      "calloc",
+      FunctionType::get(PointerType::getUnqual(C), {I64, I64}, false));
+}
+
 FunctionCallee libcRealloc(Module &M) {
   LLVMContext &C = M.getContext();
   Type *Ptr = PointerType::getUnqual(C);

@@ -14,6 +14,7 @@
 namespace enzpy {
 
 llvm::FunctionCallee libcMalloc(llvm::Module &M);
+llvm::FunctionCallee libcCalloc(llvm::Module &M);
 llvm::FunctionCallee libcRealloc(llvm::Module &M);
 llvm::FunctionCallee libcFree(llvm::Module &M);
 

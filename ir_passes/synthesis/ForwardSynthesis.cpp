@@ -58,6 +58,7 @@
 #include "rules/MemoryRules.h"
 #include "rules/UserRules.h"
 #include "synthesis/MemoryScopes.h"
+#include "synthesis/ParallelForward.h"
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
@@ -980,6 +981,9 @@ Expected<Function *> ForwardSynthesizer::run() {
   if (Log)
     Log->begin("forward");
   Scopes.emplace(Ctx, Width);
+  // Before the primal is cloned: the plan's checks are cloned with it.
+  ParallelForward Par(Sk);
+  Par.plan();
   createFunction();
   createShadowAllocations();
   ShadowedMemInfoEscapes = shadowedMemInfoEscapes();
@@ -1005,6 +1009,9 @@ Expected<Function *> ForwardSynthesizer::run() {
     return std::move(E);
   createResult();
   emitNullChecks();
+  Par.outline();
+  if (Log)
+    Par.record(*Log);
   return Sk.D;
 }
 

@@ -56,22 +56,6 @@ void markParallelLoops(CanonicalFunction &C, const Request &Req) {
   }
 }
 
-// --- planning
-// ------------------------------------------------------------------
-
-namespace {
-
-/// How often \p L's back edge runs when it leaves through its latch: the
-/// reverse sweep runs only after the forward one ended normally, so ways
-/// out that raise an exception (numba's checks) do not count.
-const SCEV *completedTrips(ScalarEvolution &SE, const Loop &L) {
-  BasicBlock *Latch = L.getLoopLatch();
-  return Latch && L.isLoopExiting(Latch) ? SE.getExitCount(&L, Latch)
-                                         : SE.getBackedgeTakenCount(&L);
-}
-
-/// The block \p L leaves to when its iterations end normally: the only one
-/// its latch leaves to, when no other way out reaches a return.
 BasicBlock *normalExit(const Loop &L, const CanonicalFunction &Canon) {
   BasicBlock *Latch = L.getLoopLatch(), *Exit = nullptr;
   SmallVector<Loop::Edge, 4> Edges;
@@ -84,6 +68,20 @@ BasicBlock *normalExit(const Loop &L, const CanonicalFunction &Canon) {
     Exit = const_cast<BasicBlock *>(To);
   }
   return Exit;
+}
+
+// --- planning
+// ------------------------------------------------------------------
+
+namespace {
+
+/// How often \p L's back edge runs when it leaves through its latch: the
+/// reverse sweep runs only after the forward one ended normally, so ways
+/// out that raise an exception (numba's checks) do not count.
+const SCEV *completedTrips(ScalarEvolution &SE, const Loop &L) {
+  BasicBlock *Latch = L.getLoopLatch();
+  return Latch && L.isLoopExiting(Latch) ? SE.getExitCount(&L, Latch)
+                                         : SE.getBackedgeTakenCount(&L);
 }
 
 /// The byte addresses [Lo, Hi] where an access of one iteration of loop L
@@ -152,9 +150,30 @@ public:
     const SCEV *B = visit(SE.getSCEV(Cmp->getOperand(1)));
     if (SE.isKnownPredicate(Cmp->getPredicate(), A, B))
       return visit(SE.getSCEV(Sel->getTrueValue()));
-    if (SE.isKnownPredicate(Cmp->getInversePredicate(), A, B))
+    if (SE.isKnownPredicate(Cmp->getInversePredicate(), A, B) ||
+        (Cmp->getPredicate() == ICmpInst::ICMP_SLT && B->isZero() &&
+         countsUpFromNonNegative(A)))
       return visit(SE.getSCEV(Sel->getFalseValue()));
     return U;
+  }
+
+private:
+  /// Whether \p A is an index that never wraps (unsigned), counts up and
+  /// ends at a non-negative value (the guard of its loop says so): then it
+  /// is never negative (a triangular loop's `j in range(i + 1, n)`).
+  bool countsUpFromNonNegative(const SCEV *A) {
+    auto *AR = dyn_cast<SCEVAddRecExpr>(A);
+    if (!AR || !AR->isAffine() || !AR->hasNoUnsignedWrap() ||
+        !SE.isKnownNonNegative(AR->getStepRecurrence(SE)))
+      return false;
+    const Loop *In = AR->getLoop();
+    const SCEV *Trips = completedTrips(SE, *In);
+    if (isa<SCEVCouldNotCompute>(Trips))
+      return false;
+    const SCEV *End = AR->evaluateAtIteration(Trips, SE);
+    const SCEV *Zero = SE.getZero(End->getType());
+    return SE.isKnownNonNegative(End) ||
+           SE.isLoopEntryGuardedByCond(In, ICmpInst::ICMP_SGE, End, Zero);
   }
 };
 
@@ -164,6 +183,7 @@ struct Access {
   Span Where;
   uint64_t Size;
   bool Store;
+  const SCEV *Addr; // the byte address, over the loops
 };
 
 /// A condition the preheader checks at run time: A Pred B (or C Pred2 D).
@@ -187,8 +207,9 @@ const SCEVAddRecExpr *affineIn(const SCEV *S, const Loop &L) {
 /// through the iteration) and that nothing else in the loop reads. The
 /// adjoint of such a phi is the same in every iteration: that of the sum's
 /// last value. Its members go to \p Members.
-static std::string notASum(const Loop &L, const PHINode &Phi,
-                           SmallPtrSetImpl<const Value *> &Members) {
+std::string notASum(const Loop &L, const PHINode &Phi,
+                    SmallPtrSetImpl<const Value *> &Sums) {
+  SmallPtrSet<const Value *, 8> Members;
   const char *Why = "it carries a value with a derivative from one "
                     "iteration to the next other than a sum (s += t)";
   const Value *Last = Phi.getIncomingValueForBlock(L.getLoopLatch());
@@ -221,13 +242,14 @@ static std::string notASum(const Loop &L, const PHINode &Phi,
       for (const Value *In : P->incoming_values())
         if (!Members.count(In))
           return Why;
+  Sums.insert(Members.begin(), Members.end());
   return "";
 }
 
-std::string ParallelReverse::eligible(const Loop &L,
-                                      SmallVectorImpl<Value *> &Conds,
-                                      SmallVectorImpl<const PHINode *> &Sums) {
-  ScalarEvolution &SE = VR.scev();
+/// The most bytes of a shadow a chunk copies.
+static constexpr uint64_t CopyLimit = uint64_t(64) << 20;
+
+std::string ChunkPlanner::eligible(const Loop &L, Plan &Pl, bool Reverse) {
   const ActivityAnalysis &AA = Sk.AA;
   const DataLayout &DL = Sk.P.getParent()->getDataLayout();
   Type *I64 = Type::getInt64Ty(Sk.Ctx);
@@ -245,7 +267,7 @@ std::string ParallelReverse::eligible(const Loop &L,
       std::string Why = notASum(L, Phi, SumMembers);
       if (!Why.empty())
         return Why;
-      Sums.push_back(&Phi);
+      Pl.Sums.push_back(&Phi);
       SumLasts.insert(Phi.getIncomingValueForBlock(L.getLoopLatch()));
     }
   SmallVector<Access, 16> Accesses;
@@ -274,36 +296,39 @@ std::string ParallelReverse::eligible(const Loop &L,
       }
       if (isa<AllocaInst>(getUnderlyingObject(Ptr)))
         return "it uses stack memory";
-      std::optional<Span> S = spanIn(
-          SE, SE.getPtrToIntExpr(FixupFolder(SE).visit(SE.getSCEV(Ptr)), I64),
-          L);
+      const SCEV *Addr =
+          SE.getPtrToIntExpr(FixupFolder(SE).visit(SE.getSCEV(Ptr)), I64);
+      std::optional<Span> S = spanIn(SE, Addr, L);
       if (!S)
         return "the engine cannot bound the elements an iteration touches "
                "(" +
                describe(&I) + ")";
       Accesses.push_back(
           {&I, *S, DL.getTypeStoreSize(getLoadStoreType(&I)).getFixedValue(),
-           isa<StoreInst>(I)});
+           isa<StoreInst>(I), Addr});
     }
   SmallVector<Check, 8> Checks;
   auto Size = [&](uint64_t N) { return SE.getConstant(I64, N); };
   // The first and last byte an access may touch over the whole loop.
+  // The least and the greatest value of X over the loop.
+  auto extreme = [&](const SCEV *X, bool Least) -> const SCEV * {
+    if (SE.isLoopInvariant(X, &L))
+      return X;
+    const SCEVAddRecExpr *R = affineIn(X, L);
+    if (!R)
+      return nullptr;
+    const SCEV *Step = R->getStepRecurrence(SE);
+    bool Up = SE.isKnownNonNegative(Step);
+    if (!Up && !SE.isKnownNonPositive(Step))
+      return nullptr;
+    return Up == Least ? R->getStart() : R->evaluateAtIteration(BTC, SE);
+  };
   auto Total = [&](const Access &A) -> std::optional<Span> {
-    const SCEVAddRecExpr *Lo = affineIn(A.Where.Lo, L),
-                         *Hi = affineIn(A.Where.Hi, L);
-    if (!Lo && !Hi && SE.isLoopInvariant(A.Where.Lo, &L) &&
-        SE.isLoopInvariant(A.Where.Hi, &L))
-      return Span{A.Where.Lo, SE.getAddExpr(A.Where.Hi, Size(A.Size - 1))};
+    const SCEV *Lo = extreme(A.Where.Lo, true);
+    const SCEV *Hi = extreme(A.Where.Hi, false);
     if (!Lo || !Hi)
       return std::nullopt;
-    const SCEV *Step = Lo->getStepRecurrence(SE);
-    const SCEV *LoEnd = Lo->evaluateAtIteration(BTC, SE);
-    const SCEV *HiEnd = Hi->evaluateAtIteration(BTC, SE);
-    if (SE.isKnownNonNegative(Step))
-      return Span{Lo->getStart(), SE.getAddExpr(HiEnd, Size(A.Size - 1))};
-    if (SE.isKnownNonPositive(Step))
-      return Span{LoEnd, SE.getAddExpr(Hi->getStart(), Size(A.Size - 1))};
-    return std::nullopt;
+    return Span{Lo, SE.getAddExpr(Hi, Size(A.Size - 1))};
   };
   for (const Access &S : Accesses) {
     if (!S.Store)
@@ -313,11 +338,16 @@ std::string ParallelReverse::eligible(const Loop &L,
     if (!Lo || !Hi || Lo->getStepRecurrence(SE) != Hi->getStepRecurrence(SE))
       return "a store does not move with the loop's index";
     const SCEV *Step = Lo->getStepRecurrence(SE);
-    const SCEV *AbsStep = SE.isKnownPositive(Step)   ? Step
-                          : SE.isKnownNegative(Step) ? SE.getNegativeSCEV(Step)
-                                                     : nullptr;
+    // A step of known sign that may be zero (a row's length) is checked
+    // at run time: zero means one chunk.
+    const SCEV *AbsStep = SE.isKnownNonNegative(Step) ? Step
+                          : SE.isKnownNonPositive(Step)
+                              ? SE.getNegativeSCEV(Step)
+                              : nullptr;
     if (!AbsStep)
       return "a store's step may be zero";
+    if (!SE.isKnownPositive(AbsStep))
+      Checks.push_back({ICmpInst::ICMP_SGT, AbsStep, SE.getZero(I64)});
     // What one iteration writes is narrower than the step: iterations
     // write disjoint bytes.
     const SCEV *Width = SE.getAddExpr(
@@ -353,15 +383,28 @@ std::string ParallelReverse::eligible(const Loop &L,
     }
   }
   // Reads of memory with derivatives add into its shadow in the reverse.
-  // They must all move with the loop's index by one step: chunks run in
-  // two waves (even, then odd), so that chunks that run together are a
-  // chunk apart; each pair of such reads must then stay within a chunk of
+  // Those that move with the loop's index by one step add in place: chunks
+  // run in two waves (even, then odd), so that chunks that run together are
+  // a chunk apart; each pair of such reads must then stay within a chunk of
   // each other (checked once the chunk's length is known) or touch apart
-  // memory.
-  SmallVector<const Access *, 8> Reads;
+  // memory. The others (a triangular loop reading the rows after its own)
+  // add into a copy of the array's shadow per chunk, summed into the shadow
+  // after the threads finish.
+  // (Forward mode reads tangents and adds into no shadow.)
+  MapVector<const Value *, SmallVector<const Access *, 4>> ReadsOf;
   for (const Access &A : Accesses)
-    if (!A.Store && AA.isActive(A.I))
-      Reads.push_back(&A);
+    if (Reverse && !A.Store && AA.isActive(A.I))
+      ReadsOf[getUnderlyingObject(getLoadStorePointerOperand(A.I))].push_back(
+          &A);
+  auto moves = [&](const Access *A) {
+    const SCEVAddRecExpr *Lo = affineIn(A->Where.Lo, L),
+                         *Hi = affineIn(A->Where.Hi, L);
+    return Lo && Hi && Lo->getStepRecurrence(SE) == Hi->getStepRecurrence(SE);
+  };
+  SmallPtrSet<const Value *, 4> Copied;
+  for (const auto &[Obj, As] : ReadsOf)
+    if (!all_of(As, moves))
+      Copied.insert(Obj);
   struct Pair {
     const SCEV *Reach;
     Check Apart;
@@ -369,15 +412,16 @@ std::string ParallelReverse::eligible(const Loop &L,
   SmallVector<Pair, 8> Pairs;
   const SCEV *ReadAbs = nullptr;
   auto inWaves = [&]() {
+    SmallVector<const Access *, 8> Reads;
+    for (const auto &[Obj, As] : ReadsOf)
+      if (!Copied.count(Obj))
+        append_range(Reads, As);
     const SCEV *ReadStep = nullptr;
     for (const Access *A : Reads) {
-      const SCEVAddRecExpr *Lo = affineIn(A->Where.Lo, L),
-                           *Hi = affineIn(A->Where.Hi, L);
-      if (!Lo || !Hi ||
-          Lo->getStepRecurrence(SE) != Hi->getStepRecurrence(SE) ||
-          (ReadStep && ReadStep != Lo->getStepRecurrence(SE)))
+      const SCEV *Step = affineIn(A->Where.Lo, L)->getStepRecurrence(SE);
+      if (ReadStep && ReadStep != Step)
         return false;
-      ReadStep = Lo->getStepRecurrence(SE);
+      ReadStep = Step;
     }
     if (!ReadStep)
       return true;
@@ -408,9 +452,56 @@ std::string ParallelReverse::eligible(const Loop &L,
       }
     return true;
   };
-  if (!inWaves())
-    return "chunks may read the same elements at once (a read of memory with "
-           "derivatives that does not move with the loop's index)";
+  if (!inWaves()) {
+    Pairs.clear();
+    ReadAbs = nullptr;
+    for (const auto &[Obj, As] : ReadsOf)
+      Copied.insert(Obj);
+  }
+  Pl.InPlaceReads = Copied.size() < ReadsOf.size();
+  // A copied shadow: a duplicated array argument's, that the loop does not
+  // write (its reverse would take adjoints the copies do not hold yet), read
+  // as floats of one type at element boundaries from its lowest byte.
+  struct CopySpan {
+    const Argument *Obj;
+    Type *Elt;
+    const SCEV *Lo, *Bytes;
+  };
+  SmallVector<CopySpan, 2> Copies;
+  for (const auto &[Obj, As] : ReadsOf) {
+    if (!Copied.count(Obj))
+      continue;
+    std::string Shared = "chunks may read the same elements at once (" +
+                         describe(As.front()->I) + ")";
+    auto *Arg = dyn_cast<Argument>(Obj);
+    if (!Arg || Arg->getArgNo() == numba::RetPtrParam ||
+        !Sk.Req.Params[numba::userParamIndex(*Arg)].isDuplicated())
+      return Shared + " in memory that is not an argument's";
+    for (const Access &A : Accesses)
+      if (A.Store &&
+          getUnderlyingObject(getLoadStorePointerOperand(A.I)) == Obj)
+        return Shared + " of an array it also writes";
+    // Every access starts a whole number of elements from the array's
+    // start (so does the lowest one, where the copy starts).
+    const SCEV *Start =
+        SE.getPtrToIntExpr(SE.getSCEV(const_cast<Argument *>(Arg)), I64);
+    Type *Elt = getLoadStoreType(As.front()->I);
+    const SCEV *Lo = nullptr, *Hi = nullptr;
+    for (const Access *A : As) {
+      std::optional<Span> T = Total(*A);
+      if (!T || getLoadStoreType(A->I) != Elt || !Elt->isFloatingPointTy())
+        return Shared;
+      Lo = Lo ? SE.getUMinExpr(Lo, T->Lo) : T->Lo;
+      Hi = Hi ? SE.getUMaxExpr(Hi, T->Hi) : T->Hi;
+      if (SE.getMinTrailingZeros(SE.getMinusSCEV(A->Addr, Start)) <
+          Log2_64(A->Size))
+        return Shared + " at positions the engine cannot align";
+    }
+    const SCEV *Bytes = SE.getAddExpr(SE.getMinusSCEV(Hi, Lo), SE.getOne(I64));
+    // The copies stay small, else the loop runs as one chunk.
+    Checks.push_back({ICmpInst::ICMP_ULE, Bytes, Size(CopyLimit)});
+    Copies.push_back({Arg, Elt, Lo, Bytes});
+  }
   // The trip count and the checks, in the preheader.
   Instruction *At = Pre->getTerminator();
   SCEVExpander Exp(SE, "enzpy.par");
@@ -433,7 +524,17 @@ std::string ParallelReverse::eligible(const Loop &L,
     if (!checkable(P.Apart) || !expandable(P.Reach) || !expandable(ReadAbs))
       return "the check that its iterations read apart memory cannot be "
              "computed before it starts";
-  Conds.push_back(Exp.expandCodeFor(Trip, I64, At));
+  for (const CopySpan &C : Copies)
+    if (!expandable(C.Lo) || !expandable(C.Bytes))
+      return "the bytes its chunks read of a shared array cannot be "
+             "computed before it starts";
+  Pl.Trip = Exp.expandCodeFor(Trip, I64, At);
+  for (const CopySpan &C : Copies)
+    Pl.Copies.push_back({C.Obj,
+                         C.Elt,
+                         Exp.expandCodeFor(C.Lo, I64, At),
+                         Exp.expandCodeFor(C.Bytes, I64, At),
+                         {}});
   IRBuilder<> B(At);
   auto emit = [&](const Check &C) {
     Value *Ok = B.CreateICmp(C.Pred, Exp.expandCodeFor(C.A, I64, At),
@@ -446,39 +547,56 @@ std::string ParallelReverse::eligible(const Loop &L,
   Value *Safe = B.getTrue();
   for (const Check &C : Checks)
     Safe = B.CreateAnd(Safe, emit(C), "enzpy.par.safe");
-  Conds.push_back(Safe);
+  Pl.Safe = Safe;
   // Per pair of reads: reach, step, apart; the forward sweep asks
   // reach < step * (chunk + 1), or apart.
   for (const Pair &P : Pairs) {
-    Conds.push_back(Exp.expandCodeFor(P.Reach, I64, At));
-    Conds.push_back(Exp.expandCodeFor(ReadAbs, I64, At));
-    Conds.push_back(emit(P.Apart));
+    Pl.Reads.push_back(Exp.expandCodeFor(P.Reach, I64, At));
+    Pl.Reads.push_back(Exp.expandCodeFor(ReadAbs, I64, At));
+    Pl.Reads.push_back(emit(P.Apart));
   }
   return "";
 }
 
-void ParallelReverse::plan() {
+void ChunkPlanner::planAll(bool Reverse) {
   for (const auto &[H, Where] : Sk.Canon.ParallelLoops) {
-    const Loop *L = VR.loops().getLoopFor(H);
-    SmallVector<Value *, 2> TripSafe;
-    SmallVector<const PHINode *, 2> Sums;
+    const Loop *L = LI.getLoopFor(H);
+    Plan Pl;
+    Pl.L = L;
     std::string Why = L && L->getHeader() == H
-                          ? eligible(*L, TripSafe, Sums)
+                          ? eligible(*L, Pl, Reverse)
                           : "it is not a loop after canonicalization";
     if (!Why.empty()) {
       Refused.push_back({H, Why});
       continue;
     }
-    Plan Pl;
-    Pl.L = L;
-    Pl.Trip = TripSafe[0];
-    Pl.Safe = TripSafe[1];
-    Pl.Reads.assign(TripSafe.begin() + 2, TripSafe.end());
-    Pl.Sums = Sums;
     for (const BasicBlock *B : L->blocks())
       PlanOfBlock[B] = Plans.size();
     Plans.push_back(Pl);
   }
+}
+
+Value *ParallelReverse::copyOffset(IRBuilder<> &B, const LoadInst &PrimalLoad,
+                                   unsigned K, unsigned Width) {
+  auto It = PlanOfBlock.find(PrimalLoad.getParent());
+  if (It == PlanOfBlock.end())
+    return nullptr;
+  Plan &Pl = Plans[It->second];
+  const Value *Obj = getUnderlyingObject(PrimalLoad.getPointerOperand());
+  for (Plan::ShadowCopy &C : Pl.Copies) {
+    if (C.Obj != Obj)
+      continue;
+    Type *I64 = B.getInt64Ty();
+    if (C.Offset.empty()) {
+      IRBuilder<> EB(Sk.Entry, Sk.Entry->getFirstInsertionPt());
+      for (unsigned L = 0; L < Width; ++L) {
+        C.Offset.push_back(EB.CreateAlloca(I64, nullptr, "enzpy.par.offset"));
+        EB.CreateStore(EB.getInt64(0), C.Offset.back());
+      }
+    }
+    return B.CreateLoad(I64, C.Offset[K]);
+  }
+  return nullptr;
 }
 
 void ParallelReverse::noteExit(const BasicBlock *PH, ICmpInst *Cmp) {
@@ -521,12 +639,151 @@ Value *ParallelReverse::sumStart(IRBuilder<> &B, const PHINode *Phi, unsigned K,
                       sumSlot(Plans[It->second], Phi, K, Width));
 }
 
-// --- the forward sweep's chunk tables
-// -------------------------------------------- A table: [0] the next table of
-// the list, [1] the number of chunks K, [2] the chunk's length, [3] the trip
-// count, [4 + k] the tape's top where chunk k starts (k = 0..K; [4 + K] where
-// the loop ends).
-static constexpr unsigned TableHead = 4;
+ChunkSplit splitLoop(IRBuilder<> &B, Value *Safe, Value *Trip,
+                     GlobalVariable *&Cost) {
+  Module &M = *B.GetInsertBlock()->getModule();
+  Type *I64 = B.getInt64Ty();
+  if (!Cost)
+    Cost = new GlobalVariable(M, I64, false, GlobalValue::PrivateLinkage,
+                              B.getInt64(0), "enzpy.par.cost");
+  auto *Floor = cast<GlobalVariable>(
+      M.getOrInsertGlobal("enzpy_parallel_min_cycles", I64));
+  // Worth a launch: the loop's serial cost, at the cycles per iteration
+  // its last serial run took, reaches the floor; unknown (0) runs serially
+  // once to learn it. A floor of 0 always launches.
+  LoadInst *PerIter = B.CreateAlignedLoad(I64, Cost, Align(8));
+  PerIter->setAtomic(AtomicOrdering::Monotonic);
+  Value *Least = B.CreateLoad(I64, Floor);
+  Value *Estimate = B.CreateLShr(B.CreateMul(PerIter, Trip), CostShift);
+  Value *Worth = B.CreateOr(B.CreateICmpEQ(Least, B.getInt64(0)),
+                            B.CreateAnd(B.CreateICmpNE(PerIter, B.getInt64(0)),
+                                        B.CreateICmpUGE(Estimate, Least)));
+  FunctionCallee Threads =
+      M.getOrInsertFunction("get_num_threads", FunctionType::get(I64, false));
+  Value *T = B.CreateCall(Threads);
+  Value *Many =
+      B.CreateAnd(B.CreateAnd(Safe, Worth), B.CreateICmpUGT(T, B.getInt64(1)));
+  Value *K = B.CreateSelect(
+      Many, B.CreateBinaryIntrinsic(Intrinsic::umin, B.CreateShl(T, 1), Trip),
+      B.getInt64(1));
+  K = B.CreateBinaryIntrinsic(Intrinsic::umax, K, B.getInt64(1));
+  auto ceilDiv = [&](Value *A, Value *N) {
+    return B.CreateUDiv(B.CreateAdd(A, B.CreateSub(N, B.getInt64(1))), N);
+  };
+  Value *Chunk =
+      B.CreateBinaryIntrinsic(Intrinsic::umax, ceilDiv(Trip, K), B.getInt64(1));
+  return {ceilDiv(Trip, Chunk), Chunk}; // no empty chunk
+}
+
+Value *startClock(IRBuilder<> &B) {
+  return B.CreateIntrinsic(Intrinsic::readcyclecounter, {});
+}
+
+void recordCost(IRBuilder<> &B, GlobalVariable *Cost, Value *Start, Value *Trip,
+                Value *K) {
+  Value *Cycles = B.CreateSub(startClock(B), Start);
+  Value *PerIter = B.CreateUDiv(
+      B.CreateShl(Cycles, CostShift),
+      B.CreateBinaryIntrinsic(Intrinsic::umax, Trip, B.getInt64(1)));
+  // Only a serial run measures the loop's own cost; at least 1 (known).
+  Value *Old = B.CreateAlignedLoad(B.getInt64Ty(), Cost, Align(8));
+  cast<LoadInst>(Old)->setAtomic(AtomicOrdering::Monotonic);
+  Value *New = B.CreateSelect(
+      B.CreateICmpEQ(K, B.getInt64(1)),
+      B.CreateBinaryIntrinsic(Intrinsic::umax, PerIter, B.getInt64(1)), Old);
+  B.CreateAlignedStore(New, Cost, Align(8))
+      ->setAtomic(AtomicOrdering::Monotonic);
+}
+
+void emitChunkLaunch(IRBuilder<> &B, BasicBlock &Entry, Function *W, Value *Ctx,
+                     Value *Sched, Value *First, Value *Count) {
+  IRBuilder<> EB(&Entry, Entry.getFirstInsertionPt());
+  Type *ArgsT = ArrayType::get(EB.getPtrTy(), 2);
+  Type *StepsT = ArrayType::get(EB.getInt64Ty(), 2);
+  AllocaInst *Args = EB.CreateAlloca(ArgsT);
+  AllocaInst *Dims = EB.CreateAlloca(EB.getInt64Ty());
+  AllocaInst *Steps = EB.CreateAlloca(StepsT);
+  Module &M = *W->getParent();
+  LLVMContext &C = M.getContext();
+  Type *I64 = B.getInt64Ty();
+  PointerType *Ptr = PointerType::getUnqual(C);
+  B.CreateStore(B.CreateGEP(I64, Sched, First),
+                B.CreateConstGEP2_32(ArgsT, Args, 0, 0));
+  B.CreateStore(Ctx, B.CreateConstGEP2_32(ArgsT, Args, 0, 1));
+  B.CreateStore(B.getInt64(8), B.CreateConstGEP2_32(StepsT, Steps, 0, 0));
+  B.CreateStore(B.getInt64(0), B.CreateConstGEP2_32(StepsT, Steps, 0, 1));
+  B.CreateStore(Count, Dims);
+  FunctionCallee Threads =
+      M.getOrInsertFunction("get_num_threads", FunctionType::get(I64, false));
+  FunctionCallee ParallelFor = M.getOrInsertFunction(
+      "numba_parallel_for",
+      FunctionType::get(Type::getVoidTy(C),
+                        {Ptr, Ptr, Ptr, Ptr, Ptr, I64, I64, I64}, false));
+  B.CreateCall(ParallelFor,
+               {W, Args, Dims, Steps, ConstantPointerNull::get(Ptr),
+                B.getInt64(0), B.getInt64(2), B.CreateCall(Threads)});
+}
+
+CallInst *adoptChunk(Function &D, Function &F) {
+  auto *CI = cast<CallInst>(F.user_back());
+  // The derivative's target and math attributes (what O3 vectorizes for).
+  for (const Attribute &A : D.getAttributes().getFnAttrs())
+    if (A.isStringAttribute())
+      F.addFnAttr(A);
+  F.addFnAttr(Attribute::NoUnwind);
+  // What the derivative knows of its arrays holds in the chunk too.
+  for (unsigned I = 0; I < CI->arg_size(); ++I)
+    if (auto *DA = dyn_cast<Argument>(CI->getArgOperand(I));
+        DA && DA->hasNoAliasAttr())
+      F.getArg(I)->addAttr(Attribute::NoAlias);
+  return CI;
+}
+
+Function *emitChunkWrapper(
+    Function &D, const Twine &Name,
+    function_ref<void(IRBuilder<> &, IRBuilder<> &, Value *, Value *)> Chunk) {
+  LLVMContext &C = D.getContext();
+  Type *I64 = Type::getInt64Ty(C);
+  PointerType *Ptr = PointerType::getUnqual(C);
+  Function *W = Function::Create(
+      FunctionType::get(Type::getVoidTy(C), {Ptr, Ptr, Ptr, Ptr}, false),
+      GlobalValue::InternalLinkage, Name, D.getParent());
+  // The derivative's target and math attributes (what O3 vectorizes for).
+  for (const Attribute &A : D.getAttributes().getFnAttrs())
+    if (A.isStringAttribute())
+      W->addFnAttr(A);
+  W->addFnAttr(Attribute::NoUnwind);
+  BasicBlock *WEntry = BasicBlock::Create(C, "entry", W);
+  BasicBlock *WLoop = BasicBlock::Create(C, "chunk", W);
+  BasicBlock *WDone = BasicBlock::Create(C, "done", W);
+  IRBuilder<> B(WEntry);
+  // args[0]: the first row of the schedule; args[1]: the context.
+  Value *RowPtr = B.CreateLoad(Ptr, W->getArg(0));
+  Value *CtxP = B.CreateLoad(Ptr, B.CreateConstGEP1_64(Ptr, W->getArg(0), 1));
+  Value *Rows = B.CreateLoad(I64, W->getArg(1));
+  Value *RowStep = B.CreateLoad(I64, W->getArg(2));
+  BranchInst *Enter =
+      B.CreateCondBr(B.CreateICmpEQ(Rows, B.getInt64(0)), WDone, WLoop);
+  B.SetInsertPoint(WLoop);
+  PHINode *R = B.CreatePHI(I64, 2);
+  R->addIncoming(B.getInt64(0), WEntry);
+  Value *K = B.CreateLoad(
+      I64, B.CreateGEP(B.getInt8Ty(), RowPtr, B.CreateMul(R, RowStep)));
+  IRBuilder<> EB(Enter);
+  Chunk(EB, B, CtxP, K);
+  Value *RNext = B.CreateAdd(R, B.getInt64(1));
+  R->addIncoming(RNext, B.GetInsertBlock());
+  B.CreateCondBr(B.CreateICmpULT(RNext, Rows), WLoop, WDone);
+  B.SetInsertPoint(WDone);
+  B.CreateRetVoid();
+  return W;
+}
+
+// --- the forward sweep's chunk tables ---------------------------------------
+// A table: [0] the next table of the list, [1] the number of chunks K, [2] the
+// chunk's length, [3] the trip count, [4 + 2p, 5 + 2p] the primal bytes
+// (Lo, Bytes) the loop reads of shadow copy p, [head() + k] the tape's top
+// where chunk k starts (k = 0..K; [head() + K] where the loop ends).
 
 static Value *field(IRBuilder<> &B, Value *Tbl, Value *Index) {
   return B.CreateGEP(B.getInt64Ty(), Tbl, Index);
@@ -543,8 +800,6 @@ void ParallelReverse::instrumentForward() {
   Type *I64 = Type::getInt64Ty(Sk.Ctx);
   Type *Ptr = PointerType::getUnqual(Sk.Ctx);
   IRBuilder<> EB(Sk.Entry, Sk.Entry->getFirstInsertionPt());
-  FunctionCallee Threads =
-      M.getOrInsertFunction("get_num_threads", FunctionType::get(I64, false));
   for (Plan &Pl : Plans) {
     const Loop &L = *Pl.L;
     if (!VR.loopOfHeader(L.getHeader())) {
@@ -565,18 +820,7 @@ void ParallelReverse::instrumentForward() {
     // checks pass and there is more than one thread; else one chunk.
     IRBuilder<> B(FP->getTerminator());
     Value *Trip = Sk.mapped(Pl.Trip), *Safe = Sk.mapped(Pl.Safe);
-    Value *T = B.CreateCall(Threads);
-    Value *Many = B.CreateAnd(Safe, B.CreateICmpUGT(T, B.getInt64(1)));
-    Value *K = B.CreateSelect(
-        Many, B.CreateBinaryIntrinsic(Intrinsic::umin, B.CreateShl(T, 1), Trip),
-        B.getInt64(1));
-    K = B.CreateBinaryIntrinsic(Intrinsic::umax, K, B.getInt64(1));
-    auto chunkOf = [&](Value *N) {
-      Value *C =
-          B.CreateUDiv(B.CreateAdd(Trip, B.CreateSub(N, B.getInt64(1))), N);
-      return B.CreateBinaryIntrinsic(Intrinsic::umax, C, B.getInt64(1));
-    };
-    Value *Chunk = chunkOf(K);
+    auto [K, Chunk] = splitLoop(B, Safe, Trip, Pl.Cost);
     // Reads a chunk apart touch apart memory.
     Value *Near = B.getTrue();
     for (unsigned I = 0; I + 2 < Pl.Reads.size(); I += 3) {
@@ -587,13 +831,20 @@ void ParallelReverse::instrumentForward() {
                                           Sk.mapped(Pl.Reads[I + 2])));
     }
     K = B.CreateSelect(Near, K, B.getInt64(1), "enzpy.par.k");
-    Chunk = B.CreateSelect(Near, Chunk, chunkOf(K), "enzpy.par.chunk");
+    Chunk = B.CreateSelect(
+        Near, Chunk,
+        B.CreateBinaryIntrinsic(Intrinsic::umax, Trip, B.getInt64(1)),
+        "enzpy.par.chunk");
     Value *Bytes =
-        B.CreateMul(B.CreateAdd(K, B.getInt64(TableHead + 1)), B.getInt64(8));
+        B.CreateMul(B.CreateAdd(K, B.getInt64(Pl.head() + 1)), B.getInt64(8));
     CallInst *Tbl = B.CreateCall(libcMalloc(M), {Bytes}, "enzpy.par.table");
     Sk.failIfNull(Tbl);
     B.CreateStore(Chunk, field(B, Tbl, 2));
     B.CreateStore(Trip, field(B, Tbl, 3));
+    for (auto [P, Copy] : enumerate(Pl.Copies)) {
+      B.CreateStore(Sk.mapped(Copy.Lo), field(B, Tbl, 4 + 2 * P));
+      B.CreateStore(Sk.mapped(Copy.Bytes), field(B, Tbl, 5 + 2 * P));
+    }
     B.CreateStore(Tbl, TableSlot);
     // The table joins the list now, so that a way out that raises frees it.
     B.CreateStore(B.CreateLoad(Ptr, Pl.Tables), field(B, Tbl, uint64_t(0)));
@@ -611,7 +862,7 @@ void ParallelReverse::instrumentForward() {
     Value *Tb = TB.CreateLoad(Ptr, TableSlot);
     Value *Idx = TB.CreateLoad(I64, Pl.Index);
     TB.CreateStore(TB.CreateLoad(I64, VR.tape().topSlot()),
-                   field(TB, Tb, TB.CreateAdd(Idx, TB.getInt64(TableHead))));
+                   field(TB, Tb, TB.CreateAdd(Idx, TB.getInt64(Pl.head()))));
     TB.CreateStore(TB.CreateAdd(Idx, TB.getInt64(1)), Pl.Index);
     TB.CreateStore(TB.CreateAdd(Next, TB.CreateLoad(I64, field(TB, Tb, 2))),
                    Pl.Next);
@@ -620,7 +871,7 @@ void ParallelReverse::instrumentForward() {
     Value *Tx = XB.CreateLoad(Ptr, TableSlot);
     Value *Chunks = XB.CreateLoad(I64, Pl.Index);
     XB.CreateStore(XB.CreateLoad(I64, VR.tape().topSlot()),
-                   field(XB, Tx, XB.CreateAdd(Chunks, XB.getInt64(TableHead))));
+                   field(XB, Tx, XB.CreateAdd(Chunks, XB.getInt64(Pl.head()))));
     XB.CreateStore(Chunks, field(XB, Tx, 1));
   }
 }
@@ -661,7 +912,7 @@ void ParallelReverse::outline() {
 
 namespace {
 /// How the wrapper passes one input of the outlined chunk.
-enum class Pass { Shared, Begin, Top, Countdown, Zeroed, Copied };
+enum class Pass { Shared, Begin, Top, Countdown, Zeroed, Copied, Offset };
 } // namespace
 
 void ParallelReverse::outlineOne(Plan &Pl) {
@@ -718,16 +969,7 @@ void ParallelReverse::outlineOne(Plan &Pl) {
   Function *F = CE.extractCodeRegion(CEAC);
   if (!F || !F->hasOneUse())
     return fail("the reverse loop cannot be outlined");
-  auto *CI = cast<CallInst>(F->user_back());
-  for (const Attribute &A : D.getAttributes().getFnAttrs())
-    if (A.isStringAttribute())
-      F->addFnAttr(A);
-  F->addFnAttr(Attribute::NoUnwind);
-  // What the derivative knows of its arrays holds in the chunk too.
-  for (unsigned I = 0; I < CI->arg_size(); ++I)
-    if (auto *DA = dyn_cast<Argument>(CI->getArgOperand(I));
-        DA && DA->hasNoAliasAttr())
-      F->getArg(I)->addAttr(Attribute::NoAlias);
+  CallInst *CI = adoptChunk(D, *F);
   SmallPtrSet<const Value *, 2> SumLasts;
   for (const PHINode *Phi : Pl.Sums)
     SumLasts.insert(Phi->getIncomingValueForBlock(Pl.L->getLoopLatch()));
@@ -791,13 +1033,18 @@ void ParallelReverse::outlineOne(Plan &Pl) {
         }
     }
   }
-  // The context every chunk reads: the inputs, then the table, the
-  // partial sums of the Zeroed slots, and the base of the schedule.
+  // The context every chunk reads: the inputs, then the table, the partial
+  // sums of the Zeroed slots, the bytes of a chunk's shadow copies and per
+  // copy and lane what turns a shadow address into one in chunk 0's copy.
+  unsigned Lanes = 0;
+  for (const Plan::ShadowCopy &Cp : Pl.Copies)
+    Lanes += Cp.Offset.size();
   SmallVector<Type *, 16> Fields;
   for (Value *V : CI->args())
     Fields.push_back(V->getType());
   unsigned TableField = Fields.size();
-  Fields.append({Ptr, Ptr, Ptr});
+  Fields.append({Ptr, Ptr, I64});
+  Fields.append(Lanes, I64);
   StructType *Ctx = StructType::get(C, Fields);
   SmallVector<Type *, 4> PartTypes;
   for (unsigned I : Outer)
@@ -805,184 +1052,265 @@ void ParallelReverse::outlineOne(Plan &Pl) {
         cast<AllocaInst>(CI->getArgOperand(I))->getAllocatedType());
   StructType *Part = StructType::get(C, PartTypes);
   const DataLayout &DL = M.getDataLayout();
-  uint64_t PartBytes = std::max<uint64_t>(DL.getTypeAllocSize(Part), 8);
-
-  // The wrapper numba's threading layer calls: rows of the schedule are
-  // chunks (args[0] moves by 8 bytes per row; args[1] is the context).
-  Function *W = Function::Create(
-      FunctionType::get(Type::getVoidTy(C), {Ptr, Ptr, Ptr, Ptr}, false),
-      GlobalValue::InternalLinkage, F->getName() + ".threads", M);
-  // The derivative's target and math attributes (what O3 vectorizes for).
-  for (const Attribute &A : D.getAttributes().getFnAttrs())
-    if (A.isStringAttribute())
-      W->addFnAttr(A);
-  W->addFnAttr(Attribute::NoUnwind);
+  uint64_t PartBytes =
+      alignTo(std::max<uint64_t>(DL.getTypeAllocSize(Part), 8), 8);
+  // Which copy and lane an offset slot is.
+  DenseMap<const Value *, unsigned> LaneOf;
   {
-    BasicBlock *WEntry = BasicBlock::Create(C, "entry", W);
-    BasicBlock *WLoop = BasicBlock::Create(C, "chunk", W);
-    BasicBlock *WDone = BasicBlock::Create(C, "done", W);
-    IRBuilder<> B(WEntry);
-    SmallVector<AllocaInst *, 16> Priv(How.size(), nullptr);
-    for (unsigned I = 0; I < How.size(); ++I)
-      if (How[I] != Pass::Shared && How[I] != Pass::Begin)
-        Priv[I] = B.CreateAlloca(
-            cast<AllocaInst>(CI->getArgOperand(I))->getAllocatedType());
-    Value *RowPtr = B.CreateLoad(Ptr, W->getArg(0));
-    Value *CtxP = B.CreateLoad(Ptr, B.CreateConstGEP1_64(Ptr, W->getArg(0), 1));
-    Value *Rows = B.CreateLoad(I64, W->getArg(1));
-    Value *Tbl = B.CreateLoad(Ptr, B.CreateStructGEP(Ctx, CtxP, TableField));
-    Value *Parts =
-        B.CreateLoad(Ptr, B.CreateStructGEP(Ctx, CtxP, TableField + 1));
-    Value *Base =
-        B.CreateLoad(Ptr, B.CreateStructGEP(Ctx, CtxP, TableField + 2));
-    Value *RowStep = B.CreateLoad(I64, W->getArg(2));
-    Value *K0 =
-        B.CreateSub(B.CreatePtrToInt(RowPtr, I64), B.CreatePtrToInt(Base, I64));
-    Value *Chunk = B.CreateLoad(I64, field(B, Tbl, 2));
-    Value *Trip = B.CreateLoad(I64, field(B, Tbl, 3));
-    B.CreateCondBr(B.CreateICmpEQ(Rows, B.getInt64(0)), WDone, WLoop);
-    B.SetInsertPoint(WLoop);
-    PHINode *R = B.CreatePHI(I64, 2);
-    R->addIncoming(B.getInt64(0), WEntry);
-    Value *K = B.CreateExactUDiv(B.CreateAdd(K0, B.CreateMul(R, RowStep)),
-                                 B.getInt64(8));
-    Value *C0 = B.CreateMul(K, Chunk);
-    Value *C1 =
-        B.CreateBinaryIntrinsic(Intrinsic::umin, B.CreateAdd(C0, Chunk), Trip);
-    SmallVector<Value *, 16> Args;
-    for (unsigned I = 0; I < How.size(); ++I) {
-      Value *Shared = B.CreateLoad(Fields[I], B.CreateStructGEP(Ctx, CtxP, I));
-      Type *T = Priv[I] ? Priv[I]->getAllocatedType() : nullptr;
-      switch (How[I]) {
-      case Pass::Shared:
-        Args.push_back(Shared);
-        continue;
-      case Pass::Begin:
-        Args.push_back(C0);
-        continue;
-      case Pass::Top:
-        B.CreateStore(
-            B.CreateLoad(
-                I64, field(B, Tbl, B.CreateAdd(K, B.getInt64(TableHead + 1)))),
-            Priv[I]);
-        break;
-      case Pass::Countdown:
-        B.CreateStore(B.CreateSub(C1, B.getInt64(1)), Priv[I]);
-        break;
-      case Pass::Zeroed:
-        B.CreateStore(Constant::getNullValue(T), Priv[I]);
-        break;
-      case Pass::Copied:
-        B.CreateStore(B.CreateLoad(T, Shared), Priv[I]);
-        break;
-      }
-      Args.push_back(Priv[I]);
-    }
-    B.CreateCall(F, Args);
-    Value *MyPart = B.CreateGEP(B.getInt8Ty(), Parts,
-                                B.CreateMul(K, B.getInt64(PartBytes)));
-    for (unsigned J = 0; J < Outer.size(); ++J)
-      B.CreateStore(B.CreateLoad(PartTypes[J], Priv[Outer[J]]),
-                    B.CreateStructGEP(Part, MyPart, J));
-    Value *RNext = B.CreateAdd(R, B.getInt64(1));
-    R->addIncoming(RNext, WLoop);
-    B.CreateCondBr(B.CreateICmpULT(RNext, Rows), WLoop, WDone);
-    B.SetInsertPoint(WDone);
-    B.CreateRetVoid();
+    unsigned N = 0;
+    for (const Plan::ShadowCopy &Cp : Pl.Copies)
+      for (AllocaInst *Slot : Cp.Offset)
+        LaneOf[Slot] = N++;
   }
+  for (unsigned I = 0; I < How.size(); ++I)
+    if (LaneOf.count(CI->getArgOperand(I)))
+      How[I] = Pass::Offset;
+
+  // The chunks numba's threading layer runs.
+  Function *W = emitChunkWrapper(
+      D, F->getName() + ".threads",
+      [&](IRBuilder<> &EB, IRBuilder<> &B, Value *CtxP, Value *K) {
+        SmallVector<AllocaInst *, 16> Priv(How.size(), nullptr);
+        for (unsigned I = 0; I < How.size(); ++I)
+          if (How[I] != Pass::Shared && How[I] != Pass::Begin)
+            Priv[I] = EB.CreateAlloca(
+                cast<AllocaInst>(CI->getArgOperand(I))->getAllocatedType());
+        auto ctx = [&](unsigned Field, Type *T) {
+          return B.CreateLoad(T, B.CreateStructGEP(Ctx, CtxP, Field));
+        };
+        Value *Tbl = ctx(TableField, Ptr);
+        Value *Parts = ctx(TableField + 1, Ptr);
+        Value *CopyBytes = ctx(TableField + 2, I64);
+        Value *Chunk = B.CreateLoad(I64, field(B, Tbl, 2));
+        Value *Trip = B.CreateLoad(I64, field(B, Tbl, 3));
+        Value *C0 = B.CreateMul(K, Chunk);
+        Value *C1 = B.CreateBinaryIntrinsic(Intrinsic::umin,
+                                            B.CreateAdd(C0, Chunk), Trip);
+        SmallVector<Value *, 16> Args;
+        for (unsigned I = 0; I < How.size(); ++I) {
+          Value *Shared = ctx(I, Fields[I]);
+          Type *T = Priv[I] ? Priv[I]->getAllocatedType() : nullptr;
+          switch (How[I]) {
+          case Pass::Shared:
+            Args.push_back(Shared);
+            continue;
+          case Pass::Begin:
+            Args.push_back(C0);
+            continue;
+          case Pass::Top:
+            B.CreateStore(
+                B.CreateLoad(
+                    I64,
+                    field(B, Tbl, B.CreateAdd(K, B.getInt64(Pl.head() + 1)))),
+                Priv[I]);
+            break;
+          case Pass::Countdown:
+            B.CreateStore(B.CreateSub(C1, B.getInt64(1)), Priv[I]);
+            break;
+          case Pass::Zeroed:
+            B.CreateStore(Constant::getNullValue(T), Priv[I]);
+            break;
+          case Pass::Copied:
+            B.CreateStore(B.CreateLoad(T, Shared), Priv[I]);
+            break;
+          case Pass::Offset:
+            B.CreateStore(
+                B.CreateAdd(
+                    ctx(TableField + 3 + LaneOf[CI->getArgOperand(I)], I64),
+                    B.CreateMul(K, CopyBytes)),
+                Priv[I]);
+            break;
+          }
+          Args.push_back(Priv[I]);
+        }
+        B.CreateCall(F, Args);
+        Value *MyPart = B.CreateGEP(B.getInt8Ty(), Parts,
+                                    B.CreateMul(K, B.getInt64(PartBytes)));
+        for (unsigned J = 0; J < Outer.size(); ++J)
+          B.CreateStore(B.CreateLoad(PartTypes[J], Priv[Outer[J]]),
+                        B.CreateStructGEP(Part, MyPart, J));
+      });
 
   // At the call: pop this execution's table; more than one chunk runs on
-  // the threads (when the partial sums' memory is there), else the call
-  // stays as it is.
+  // the threads (when the memory for the partial sums, the schedule and
+  // the shadow copies is there), else the call stays as it is.
   IRBuilder<> B(CI);
   Value *Tbl = B.CreateLoad(Ptr, Pl.Tables, "enzpy.par.table");
   B.CreateStore(B.CreateLoad(Ptr, field(B, Tbl, uint64_t(0))), Pl.Tables);
   Value *K = B.CreateLoad(I64, field(B, Tbl, 1), "enzpy.par.chunks");
+  Value *TripR = B.CreateLoad(I64, field(B, Tbl, 3));
+  Value *SchedAt =
+      B.CreateMul(B.CreateAdd(K, B.getInt64(1)), B.getInt64(PartBytes));
   Value *Block = B.CreateCall(
-      libcMalloc(M),
-      {B.CreateMul(B.CreateAdd(K, B.getInt64(1)), B.getInt64(PartBytes))});
-  Value *Par =
-      B.CreateAnd(B.CreateICmpUGT(K, B.getInt64(1)), B.CreateIsNotNull(Block));
+      libcMalloc(M), {B.CreateAdd(SchedAt, B.CreateMul(K, B.getInt64(8)))});
+  // A chunk's copies, each on cache lines of its own.
+  SmallVector<Value *, 4> CopyAt, CopyLen, CopyShadow;
+  Value *CopyBytes = B.getInt64(0);
+  for (auto [P, Cp] : enumerate(Pl.Copies))
+    for (unsigned L = 0; L < Cp.Offset.size(); ++L) {
+      Value *Lo = B.CreateLoad(I64, field(B, Tbl, 4 + 2 * P));
+      Value *Len = B.CreateLoad(I64, field(B, Tbl, 5 + 2 * P));
+      Value *Delta = B.CreateSub(B.CreatePtrToInt(Sk.shadow(Cp.Obj, L), I64),
+                                 B.CreatePtrToInt(Sk.mapped(Cp.Obj), I64));
+      CopyShadow.push_back(B.CreateAdd(Lo, Delta));
+      CopyAt.push_back(CopyBytes);
+      CopyLen.push_back(Len);
+      Value *Lines = B.CreateAnd(B.CreateAdd(Len, B.getInt64(63)),
+                                 B.getInt64(~uint64_t(63)));
+      CopyBytes = B.CreateAdd(CopyBytes, Lines);
+    }
+  Value *Copies = ConstantPointerNull::get(Ptr);
+  if (Lanes)
+    Copies = B.CreateCall(libcCalloc(M), {K, CopyBytes}, "enzpy.par.copies");
+  Value *Par = B.CreateAnd(
+      B.CreateAnd(B.CreateICmpUGT(K, B.getInt64(1)), B.CreateIsNotNull(Block)),
+      Lanes ? B.CreateIsNotNull(Copies) : B.getTrue());
+  Value *Start = startClock(B);
   Instruction *ThenT, *ElseT;
   SplitBlockAndInsertIfThenElse(Par, CI->getIterator(), &ThenT, &ElseT);
   CI->moveBefore(ElseT->getIterator());
   {
     IRBuilder<> EB(Sk.Entry, Sk.Entry->getFirstInsertionPt());
     AllocaInst *CtxA = EB.CreateAlloca(Ctx, nullptr, "enzpy.par.ctx");
-    AllocaInst *ArgsA = EB.CreateAlloca(ArrayType::get(Ptr, 2));
-    AllocaInst *DimsA = EB.CreateAlloca(I64);
-    AllocaInst *StepsA = EB.CreateAlloca(ArrayType::get(I64, 2));
     IRBuilder<> TB(ThenT);
     for (unsigned I = 0; I < CI->arg_size(); ++I)
       TB.CreateStore(CI->getArgOperand(I), TB.CreateStructGEP(Ctx, CtxA, I));
     TB.CreateStore(Tbl, TB.CreateStructGEP(Ctx, CtxA, TableField));
     TB.CreateStore(Block, TB.CreateStructGEP(Ctx, CtxA, TableField + 1));
-    TB.CreateStore(Block, TB.CreateStructGEP(Ctx, CtxA, TableField + 2));
-    TB.CreateStore(
-        CtxA, TB.CreateConstGEP2_32(ArgsA->getAllocatedType(), ArgsA, 0, 1));
-    // Chunk k is the schedule's row at Block + 8 k; a wave's rows are every
-    // other chunk (16 bytes apart).
-    TB.CreateStore(
-        TB.getInt64(16),
-        TB.CreateConstGEP2_32(StepsA->getAllocatedType(), StepsA, 0, 0));
-    TB.CreateStore(
-        TB.getInt64(0),
-        TB.CreateConstGEP2_32(StepsA->getAllocatedType(), StepsA, 0, 1));
-    FunctionCallee Threads =
-        M.getOrInsertFunction("get_num_threads", FunctionType::get(I64, false));
-    FunctionCallee ParallelFor = M.getOrInsertFunction(
-        "numba_parallel_for",
-        FunctionType::get(Type::getVoidTy(C),
-                          {Ptr, Ptr, Ptr, Ptr, Ptr, I64, I64, I64}, false));
-    for (unsigned Wave = 0; Wave < 2; ++Wave) {
+    TB.CreateStore(CopyBytes, TB.CreateStructGEP(Ctx, CtxA, TableField + 2));
+    for (unsigned J = 0; J < Lanes; ++J)
       TB.CreateStore(
-          TB.CreateConstGEP1_64(TB.getInt8Ty(), Block, 8 * Wave),
-          TB.CreateConstGEP2_32(ArgsA->getAllocatedType(), ArgsA, 0, 0));
-      // (K + 1 - Wave) / 2 chunks; K >= 2 here.
-      TB.CreateStore(TB.CreateLShr(TB.CreateAdd(K, TB.getInt64(1 - Wave)), 1),
-                     DimsA);
-      TB.CreateCall(ParallelFor,
-                    {W, ArgsA, DimsA, StepsA, ConstantPointerNull::get(Ptr),
-                     TB.getInt64(0), TB.getInt64(2), TB.CreateCall(Threads)});
-    }
-    // The Zeroed slots get the chunks' sums, in chunk order.
-    if (!Outer.empty()) {
+          TB.CreateSub(TB.CreateAdd(TB.CreatePtrToInt(Copies, I64), CopyAt[J]),
+                       CopyShadow[J]),
+          TB.CreateStructGEP(Ctx, CtxA, TableField + 3 + J));
+    // The schedule: with reads that add in place, even chunks then odd ones
+    // (two waves: chunks that run together are a chunk apart); else one
+    // wave, the chunks paired first with last (numba gives each thread
+    // consecutive rows: a triangular loop's long and short chunks).
+    Value *Sched = TB.CreateGEP(TB.getInt8Ty(), Block, SchedAt);
+    Value *Half = TB.CreateLShr(TB.CreateAdd(K, TB.getInt64(1)), 1);
+    bool Waves = !Pl.Reads.empty() || Pl.InPlaceReads;
+    {
       BasicBlock *Pre = TB.GetInsertBlock();
-      BasicBlock *Sum = SplitBlock(Pre, ThenT->getIterator(),
-                                   static_cast<DominatorTree *>(nullptr));
-      BasicBlock *After = SplitBlock(Sum, ThenT->getIterator(),
+      BasicBlock *Fill = SplitBlock(Pre, ThenT->getIterator(),
+                                    static_cast<DominatorTree *>(nullptr));
+      BasicBlock *After = SplitBlock(Fill, ThenT->getIterator(),
                                      static_cast<DominatorTree *>(nullptr));
-      Sum->getTerminator()->eraseFromParent();
-      IRBuilder<> SB(Sum);
-      PHINode *Kc = SB.CreatePHI(I64, 2);
-      Kc->addIncoming(SB.getInt64(0), Pre);
-      Value *Mine = SB.CreateGEP(SB.getInt8Ty(), Block,
-                                 SB.CreateMul(Kc, SB.getInt64(PartBytes)));
-      for (unsigned J = 0; J < Outer.size(); ++J) {
-        Value *Slot = CI->getArgOperand(Outer[J]);
-        Value *Old = SB.CreateLoad(PartTypes[J], Slot);
-        Value *Add =
-            SB.CreateLoad(PartTypes[J], SB.CreateStructGEP(Part, Mine, J));
-        SB.CreateStore(PartTypes[J]->isFPOrFPVectorTy()
-                           ? SB.CreateFAdd(Old, Add)
-                           : SB.CreateAdd(Old, Add),
-                       Slot);
+      Fill->getTerminator()->eraseFromParent();
+      IRBuilder<> SB(Fill);
+      PHINode *Row = SB.CreatePHI(I64, 2);
+      Row->addIncoming(SB.getInt64(0), Pre);
+      Value *Id;
+      if (Waves) {
+        Value *Second = SB.CreateICmpUGE(Row, Half);
+        Id = SB.CreateSelect(
+            Second,
+            SB.CreateAdd(SB.CreateShl(SB.CreateSub(Row, Half), 1),
+                         SB.getInt64(1)),
+            SB.CreateShl(Row, 1));
+      } else {
+        Value *Odd = SB.CreateTrunc(Row, SB.getInt1Ty());
+        Value *Pair = SB.CreateLShr(Row, 1);
+        Id = SB.CreateSelect(
+            Odd, SB.CreateSub(SB.CreateSub(K, SB.getInt64(1)), Pair), Pair);
       }
-      Value *KNext = SB.CreateAdd(Kc, SB.getInt64(1));
-      Kc->addIncoming(KNext, Sum);
-      SB.CreateCondBr(SB.CreateICmpULT(KNext, K), Sum, After);
+      SB.CreateStore(Id, SB.CreateGEP(I64, Sched, Row));
+      Value *RowNext = SB.CreateAdd(Row, SB.getInt64(1));
+      Row->addIncoming(RowNext, Fill);
+      SB.CreateCondBr(SB.CreateICmpULT(RowNext, K), Fill, After);
       TB.SetInsertPoint(ThenT);
     }
+    if (Waves) {
+      emitChunkLaunch(TB, *Sk.Entry, W, CtxA, Sched, TB.getInt64(0), Half);
+      emitChunkLaunch(TB, *Sk.Entry, W, CtxA, Sched, Half,
+                      TB.CreateSub(K, Half));
+    } else {
+      emitChunkLaunch(TB, *Sk.Entry, W, CtxA, Sched, TB.getInt64(0), K);
+    }
+    // A loop over [0, N) at the block of ThenT; \p Body emits one step.
+    auto loopAt = [&](Value *N,
+                      function_ref<void(IRBuilder<> &, Value *)> Body) {
+      BasicBlock *Pre = TB.GetInsertBlock();
+      BasicBlock *Step = SplitBlock(Pre, ThenT->getIterator(),
+                                    static_cast<DominatorTree *>(nullptr));
+      BasicBlock *After = SplitBlock(Step, ThenT->getIterator(),
+                                     static_cast<DominatorTree *>(nullptr));
+      Pre->getTerminator()->eraseFromParent();
+      IRBuilder<> PB(Pre);
+      PB.CreateCondBr(PB.CreateICmpEQ(N, PB.getInt64(0)), After, Step);
+      Step->getTerminator()->eraseFromParent();
+      IRBuilder<> SB(Step);
+      PHINode *Ix = SB.CreatePHI(I64, 2);
+      Ix->addIncoming(SB.getInt64(0), Pre);
+      Body(SB, Ix);
+      Value *Next = SB.CreateAdd(Ix, SB.getInt64(1));
+      Ix->addIncoming(Next, SB.GetInsertBlock());
+      SB.CreateCondBr(SB.CreateICmpULT(Next, N), Step, After);
+      TB.SetInsertPoint(ThenT);
+    };
+    // The Zeroed slots get the chunks' sums, in chunk order.
+    if (!Outer.empty())
+      loopAt(K, [&](IRBuilder<> &SB, Value *Kc) {
+        Value *Mine = SB.CreateGEP(SB.getInt8Ty(), Block,
+                                   SB.CreateMul(Kc, SB.getInt64(PartBytes)));
+        for (unsigned J = 0; J < Outer.size(); ++J) {
+          Value *Slot = CI->getArgOperand(Outer[J]);
+          Value *Old = SB.CreateLoad(PartTypes[J], Slot);
+          Value *Add =
+              SB.CreateLoad(PartTypes[J], SB.CreateStructGEP(Part, Mine, J));
+          SB.CreateStore(PartTypes[J]->isFPOrFPVectorTy()
+                             ? SB.CreateFAdd(Old, Add)
+                             : SB.CreateAdd(Old, Add),
+                         Slot);
+        }
+      });
+    // The shadows get the chunks' copies, in chunk order.
+    unsigned J = 0;
+    for (const Plan::ShadowCopy &Cp : Pl.Copies)
+      for (unsigned L = 0; L < Cp.Offset.size(); ++L, ++J) {
+        uint64_t Size = DL.getTypeStoreSize(Cp.Elt).getFixedValue();
+        Value *N = TB.CreateUDiv(CopyLen[J], TB.getInt64(Size));
+        Value *Shadow = TB.CreateIntToPtr(CopyShadow[J], Ptr);
+        Value *First = TB.CreateGEP(TB.getInt8Ty(), Copies, CopyAt[J]);
+        loopAt(K, [&](IRBuilder<> &SB, Value *Kc) {
+          Value *Mine =
+              SB.CreateGEP(SB.getInt8Ty(), First, SB.CreateMul(Kc, CopyBytes));
+          // One chunk's copy into the shadow, element by element (an inner
+          // loop split off the outer one's block).
+          BasicBlock *Outer = SB.GetInsertBlock();
+          BasicBlock *Inner =
+              BasicBlock::Create(C, "enzpy.par.copy", Outer->getParent());
+          BasicBlock *Done =
+              BasicBlock::Create(C, "enzpy.par.copied", Outer->getParent());
+          SB.CreateCondBr(SB.CreateICmpEQ(N, SB.getInt64(0)), Done, Inner);
+          IRBuilder<> IB(Inner);
+          PHINode *E = IB.CreatePHI(I64, 2);
+          E->addIncoming(IB.getInt64(0), Outer);
+          Value *To = IB.CreateGEP(Cp.Elt, Shadow, E);
+          IB.CreateStore(
+              IB.CreateFAdd(
+                  IB.CreateLoad(Cp.Elt, To),
+                  IB.CreateLoad(Cp.Elt, IB.CreateGEP(Cp.Elt, Mine, E))),
+              To);
+          Value *ENext = IB.CreateAdd(E, IB.getInt64(1));
+          E->addIncoming(ENext, Inner);
+          IB.CreateCondBr(IB.CreateICmpULT(ENext, N), Inner, Done);
+          SB.SetInsertPoint(Done);
+        });
+      }
     // Every frame of the loop is popped.
-    TB.CreateStore(TB.CreateLoad(I64, field(TB, Tbl, TableHead)),
+    TB.CreateStore(TB.CreateLoad(I64, field(TB, Tbl, Pl.head())),
                    VR.tape().topSlot());
   }
-  // After either way: the table and the partial sums go.
+  // After either way: the table, the partial sums and the copies go.
   IRBuilder<> AB(
       &*CI->getParent()->getSingleSuccessor()->getFirstInsertionPt());
+  recordCost(AB, Pl.Cost, Start, TripR, K);
   FunctionCallee Free = libcFree(M);
   AB.CreateCall(Free, {Block});
   AB.CreateCall(Free, {Tbl});
+  if (Lanes)
+    AB.CreateCall(Free, {Copies});
   // The sums' last values had their adjoints taken, as the serial reverse
   // leaves them.
   for (Value *V : CI->args())
@@ -991,7 +1319,7 @@ void ParallelReverse::outlineOne(Plan &Pl) {
   Pl.Outcome = "parallel";
 }
 
-void ParallelReverse::record(DecisionLog &Log) const {
+void ChunkPlanner::record(DecisionLog &Log) const {
   for (const auto &[H, Why] : Refused)
     Log.record("parallel", H, nullptr,
                Sk.Canon.ParallelLoops.lookup(H) + ": serial: " + Why);

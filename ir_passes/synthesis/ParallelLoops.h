@@ -20,9 +20,12 @@
 //    one iteration to the next, and every other access of the loop stays
 //    inside the store's window of its own iteration or, checked at run time
 //    in the preheader, away from everything the store writes. Reads of
-//    memory with derivatives (the reverse adds into their shadows) move by
-//    one step; chunks run in two waves (even, then odd), and each pair of
-//    reads reaches less than a chunk or touches apart memory.
+//    memory with derivatives (the reverse adds into their shadows) either
+//    move by one step (chunks run in two waves, even then odd, and each pair
+//    of reads reaches less than a chunk or touches apart memory) or, for an
+//    array several chunks read (a triangular loop), add into a zeroed copy
+//    of the shadow's read bytes per chunk, summed into the shadow in chunk
+//    order afterwards.
 //  - The forward sweep stays serial; it records where on the tape each
 //    chunk of iterations starts (a table per execution of the loop, on a
 //    list per loop that the reverse pops; ways out that skip the reverse
@@ -37,12 +40,13 @@
 //    those of the sums' last values start at the sum's adjoint), and the
 //    recovery slots of loops inside. Two chunks per thread
 //    (numba.get_num_threads() when the forward sweep ran the loop); one
-//    chunk, on the calling thread, when the checks fail.
+//    chunk, on the calling thread, when the checks fail or the loop's
+//    measured serial cost is below a launch's worth (splitLoop).
 //
-// Not built (the loop stays serial, with the reason in the log): the
-// forward sweep in parallel (per-chunk tapes), and atomic or thread-private
-// accumulation for reads that other chunks share (a triangular loop that
-// reads the rows after its own).
+// Forward mode runs such loops in chunks too (ParallelForward.h, the same
+// planning without the rule for reads). Not built: the forward sweep of
+// reverse mode in parallel (per-chunk tapes). Loops the planning refuses
+// stay serial, with the reason in the log.
 //
 // Assumes the reverse synthesizer's block structure (ReverseSynthesis.cpp):
 // a counted loop's reverse counts down a Remaining slot and leaves through
@@ -66,15 +70,143 @@ namespace enzpy {
 /// Marks C's prange loops (CanonicalFunction::ParallelLoops).
 void markParallelLoops(CanonicalFunction &C, const Request &Req);
 
-class ParallelReverse {
+/// Decides which marked loops may run in chunks of iterations on numba's
+/// threads, in either mode: the race-freedom proof on the primal, with its
+/// run-time checks expanded in the primal's preheaders (cloned into the
+/// derivative with the rest). Shared by ParallelReverse and
+/// ParallelForward.
+class ChunkPlanner {
+public:
+  /// What was decided, per marked loop.
+  void record(DecisionLog &Log) const;
+
+protected:
+  ChunkPlanner(DerivativeSkeleton &Sk, llvm::ScalarEvolution &SE,
+               const llvm::LoopInfo &LI)
+      : Sk(Sk), SE(SE), LI(LI) {}
+
+  struct Plan {
+    const llvm::Loop *L = nullptr;
+    llvm::Value *Trip = nullptr; // primal, in the preheader
+    llvm::Value *Safe = nullptr; // primal i1, in the preheader
+    /// Per pair of reads: reach, step, apart (primal, in the preheader).
+    llvm::SmallVector<llvm::Value *, 6> Reads;
+    llvm::ICmpInst *Exit = nullptr;
+    llvm::AllocaInst *Index = nullptr, *Next = nullptr; // forward state
+    /// Head of the loop's list of chunk tables (forward pushes, reverse
+    /// pops).
+    llvm::AllocaInst *Tables = nullptr;
+    /// Header phis that are sums, and the slots (per lane) of the adjoint
+    /// they hand to their start values.
+    llvm::SmallVector<const llvm::PHINode *, 2> Sums;
+    llvm::SmallVector<llvm::AllocaInst *, 2> SumStarts;
+    /// Arrays whose shadow each chunk adds into a zeroed copy of its own
+    /// (reads that other chunks share): the primal bytes [Lo, Lo + Bytes)
+    /// the loop reads (in the preheader), and per lane the slot of what the
+    /// reverse adds to those shadow addresses (0 outside chunks).
+    struct ShadowCopy {
+      const llvm::Argument *Obj;
+      llvm::Type *Elt;
+      llvm::Value *Lo, *Bytes;
+      llvm::SmallVector<llvm::AllocaInst *, 2> Offset;
+    };
+    llvm::SmallVector<ShadowCopy, 2> Copies;
+    /// Whether reads with derivatives add into the shadow in place (the
+    /// chunks then run in two waves).
+    bool InPlaceReads = false;
+    /// The loop's measured cost (splitLoop).
+    llvm::GlobalVariable *Cost = nullptr;
+    /// The table's fields before the chunks' tops (see instrumentForward).
+    unsigned head() const { return 4 + 2 * Copies.size(); }
+    std::string Outcome;
+  };
+  /// Plans every marked loop (\p Reverse: reads with derivatives add into
+  /// their shadows, see eligible()). Call before the skeleton clones the
+  /// primal.
+  void planAll(bool Reverse);
+  /// Why \p L cannot run in chunks, or "" (and \p Pl filled in, its values
+  /// computed in the primal's preheader).
+  std::string eligible(const llvm::Loop &L, Plan &Pl, bool Reverse);
+
+  DerivativeSkeleton &Sk;
+  llvm::ScalarEvolution &SE;
+  const llvm::LoopInfo &LI;
+  llvm::SmallVector<Plan, 2> Plans;
+  /// Marked loops not planned, and why.
+  llvm::SmallVector<std::pair<const llvm::BasicBlock *, std::string>, 2>
+      Refused;
+  llvm::DenseMap<const llvm::BasicBlock *, unsigned> PlanOfBlock;
+};
+
+/// Where \p L goes when its iterations end normally (its latch's only way
+/// out that reaches a return), or null.
+llvm::BasicBlock *normalExit(const llvm::Loop &L,
+                             const CanonicalFunction &Canon);
+
+/// Why \p Phi, a header phi of \p L, is not a sum: one that each iteration
+/// only adds to (s += t, s -= t, on any of the paths through the iteration)
+/// and that nothing else in the loop reads; "" when it is, its members then
+/// added to \p Members.
+std::string notASum(const llvm::Loop &L, const llvm::PHINode &Phi,
+                    llvm::SmallPtrSetImpl<const llvm::Value *> &Members);
+
+/// How a loop of \p Trip iterations runs: K chunks of Chunk iterations (no
+/// chunk empty). Two chunks per thread of numba.get_num_threads() when \p
+/// Safe holds, there is more than one thread and the loop is worth a
+/// launch: its serial cost, estimated from the cycles per iteration its
+/// last serial run took (\p Cost, a global created on first use), reaches
+/// the floor the loader defines (enzpy_parallel_min_cycles; 0 always
+/// launches). Else one chunk.
+struct ChunkSplit {
+  llvm::Value *K, *Chunk;
+};
+ChunkSplit splitLoop(llvm::IRBuilder<> &B, llvm::Value *Safe, llvm::Value *Trip,
+                     llvm::GlobalVariable *&Cost);
+/// The cycle counter now (the start of a measured run).
+llvm::Value *startClock(llvm::IRBuilder<> &B);
+/// After a run of the loop in \p K chunks begun at \p Start: a serial run
+/// (\p K is 1) records its cycles per iteration in \p Cost.
+void recordCost(llvm::IRBuilder<> &B, llvm::GlobalVariable *Cost,
+                llvm::Value *Start, llvm::Value *Trip, llvm::Value *K);
+/// Cycles per iteration are kept in fixed point, this many bits of fraction.
+constexpr unsigned CostShift = 8;
+
+/// Gives the chunk function \p F, outlined from \p D (called once), \p D's
+/// target attributes and the noalias of the arrays it is passed; its call.
+llvm::CallInst *adoptChunk(llvm::Function &D, llvm::Function &F);
+
+/// The function numba's threading layer calls (its gufunc signature) for
+/// rows of a schedule of chunk numbers: \p Chunk emits the work of chunk
+/// \p K (its stack slots through the entry block's builder, \p Ctx the
+/// context the launch passes). Carries \p D's target attributes.
+llvm::Function *emitChunkWrapper(
+    llvm::Function &D, const llvm::Twine &Name,
+    llvm::function_ref<void(llvm::IRBuilder<> &Entry, llvm::IRBuilder<> &B,
+                            llvm::Value *Ctx, llvm::Value *K)>
+        Chunk);
+
+/// Runs chunks \p Sched[First .. First + Count) (i64 chunk numbers) through
+/// numba_parallel_for, each by a call \p W(row, context) (see
+/// emitChunkWrapper; \p Ctx is the context), on numba.get_num_threads()
+/// threads; its stack slots go to \p Entry.
+void emitChunkLaunch(llvm::IRBuilder<> &B, llvm::BasicBlock &Entry,
+                     llvm::Function *W, llvm::Value *Ctx, llvm::Value *Sched,
+                     llvm::Value *First, llvm::Value *Count);
+
+class ParallelReverse : public ChunkPlanner {
 public:
   ParallelReverse(DerivativeSkeleton &Sk, ValueRecovery &VR, AdjointStore &Adj)
-      : Sk(Sk), VR(VR), Adj(Adj) {}
+      : ChunkPlanner(Sk, VR.scev(), VR.loops()), VR(VR), Adj(Adj) {}
 
   /// Decides which marked loops run their reverse in parallel and expands
   /// their trip counts and run-time checks in the primal's preheaders.
   /// Call before the skeleton clones the primal.
-  void plan();
+  void plan() { planAll(/*Reverse=*/true); }
+  /// What the reverse of primal load \p PrimalLoad adds to its shadow
+  /// address in lane \p K (a chunk's copy of the shadow), or null.
+  llvm::Value *copyOffset(llvm::IRBuilder<> &B,
+                          const llvm::LoadInst &PrimalLoad, unsigned K,
+                          unsigned Width);
   /// The comparison that ends the reverse of planned loop header \p PH.
   void noteExit(const llvm::BasicBlock *PH, llvm::ICmpInst *Cmp);
   /// The forward sweep's chunk tables; call before the skeleton's null
@@ -94,42 +226,14 @@ public:
   void freeTables(llvm::Instruction *Before);
   /// Outlines the planned reverse loops; call on the complete derivative.
   void outline();
-  /// What was decided, per marked loop.
-  void record(DecisionLog &Log) const;
 
 private:
-  struct Plan {
-    const llvm::Loop *L = nullptr;
-    llvm::Value *Trip = nullptr; // primal, in the preheader
-    llvm::Value *Safe = nullptr; // primal i1, in the preheader
-    /// Per pair of reads: reach, step, apart (primal, in the preheader).
-    llvm::SmallVector<llvm::Value *, 6> Reads;
-    llvm::ICmpInst *Exit = nullptr;
-    llvm::AllocaInst *Index = nullptr, *Next = nullptr; // forward state
-    /// Head of the loop's list of chunk tables (forward pushes, reverse
-    /// pops).
-    llvm::AllocaInst *Tables = nullptr;
-    /// Header phis that are sums, and the slots (per lane) of the adjoint
-    /// they hand to their start values.
-    llvm::SmallVector<const llvm::PHINode *, 2> Sums;
-    llvm::SmallVector<llvm::AllocaInst *, 2> SumStarts;
-    std::string Outcome;
-  };
-  std::string eligible(const llvm::Loop &L,
-                       llvm::SmallVectorImpl<llvm::Value *> &Conds,
-                       llvm::SmallVectorImpl<const llvm::PHINode *> &Sums);
   llvm::AllocaInst *sumSlot(Plan &Pl, const llvm::PHINode *Phi, unsigned K,
                             unsigned Width);
   void outlineOne(Plan &Pl);
 
-  DerivativeSkeleton &Sk;
   ValueRecovery &VR;
   AdjointStore &Adj;
-  llvm::SmallVector<Plan, 2> Plans;
-  /// Marked loops not planned, and why.
-  llvm::SmallVector<std::pair<const llvm::BasicBlock *, std::string>, 2>
-      Refused;
-  llvm::DenseMap<const llvm::BasicBlock *, unsigned> PlanOfBlock;
 };
 
 } // namespace enzpy

@@ -629,6 +629,8 @@ void ReverseSynthesizer::reverseInstruction(Instruction &I, IRBuilder<> &RB,
     for (unsigned K = 0; K < Width; ++K) {
       Value *A = Adj.take(RB, L, K);
       Value *S = fetchShadow(L->getPointerOperand(), K, R);
+      if (Value *Off = Par.copyOffset(RB, *L, K, Width))
+        S = RB.CreateGEP(RB.getInt8Ty(), S, Off);
       LoadInst *Old = RB.CreateLoad(L->getType(), S);
       StoreInst *New = RB.CreateStore(AdjointStore::sum(RB, Old, A), S);
       if (Apart) {
