@@ -82,9 +82,17 @@ def _pairing_derivative(
 
     n = len(argtypes)
     pairs = ", ".join(f"x{k}, t{k}" for k in range(n))
-    product = "np.sum(dy * ybar)" if isinstance(restype, types.Array) else "dy * ybar"
-    source = f"def pairing({pairs}, ybar):\n    dy = jvp({pairs})\n    return {product}\n"
-    pairing = _compile(source, "pairing", {"np": np, "jvp": jvp}, f"{name}.pairing")
+    lines = [f"def pairing({pairs}, ybar):", f"    dy = jvp({pairs})"]
+    if isinstance(restype, types.Array):
+        # numba would broadcast a tangent of another shape (or fail deep
+        # inside the reverse): say which rule is wrong
+        lines += ["    if dy.shape != ybar.shape:", "        raise ValueError(SHAPE)"]
+        lines.append("    return np.sum(dy * ybar)")
+    else:
+        lines.append("    return dy * ybar")
+    shape = f"the JVP given for {name} returned a tangent whose shape is not the result's"
+    scope = {"np": np, "jvp": jvp, "SHAPE": shape}
+    pairing = _compile("\n".join(lines) + "\n", "pairing", scope, f"{name}.pairing")
     annotations: list[Any] = []
     for t in argtypes:
         x = _example(t)

@@ -159,6 +159,23 @@ def test_a_jvp_of_the_wrong_shape_is_an_error_naming_the_rule():
 
     with pytest.raises(ValueError, match="doubled returned a tangent whose shape"):
         enzpy.autodiff(use, Duplicated(np.ones(3), np.ones(3)), mode=enzpy.Forward)
+    # reverse mode transposes the JVP: the same mistake, the same message
+    # (numba would broadcast a tangent of shape (1,) against the result)
+    with pytest.raises(ValueError, match="doubled returned a tangent whose shape"):
+        enzpy.autodiff(use, Duplicated(np.ones(3), np.zeros(3)))
+
+    @numba.njit
+    def stretched(x):
+        return np.concatenate((x, x))
+
+    enzpy.register_jvp(stretched, lambda x, dx: dx[:1].copy())
+
+    @numba.njit
+    def use_stretched(x):
+        return np.sum(stretched(x))
+
+    with pytest.raises(ValueError, match="stretched returned a tangent whose shape"):
+        enzpy.autodiff(use_stretched, Duplicated(np.ones(3), np.zeros(3)))
 
 
 @numba.njit
