@@ -315,66 +315,41 @@ std::string ParallelForward::outlineOne(const Plan &Pl) {
     // The schedule: each thread gets consecutive rows; pairing the first
     // chunk with the last gives a triangular loop's threads equal work.
     Value *Sched = TB.CreateGEP(TB.getInt8Ty(), Block, SchedAt);
-    BasicBlock *Head = TB.GetInsertBlock();
-    BasicBlock *Fill = SplitBlock(Head, ThenT->getIterator(),
-                                  static_cast<DominatorTree *>(nullptr));
-    SplitBlock(Fill, ThenT->getIterator(),
-               static_cast<DominatorTree *>(nullptr));
-    BasicBlock *Run = ThenT->getParent();
-    Fill->getTerminator()->eraseFromParent();
-    IRBuilder<> FB(Fill);
-    PHINode *Row = FB.CreatePHI(I64, 2);
-    Row->addIncoming(FB.getInt64(0), Head);
-    Value *Pair = FB.CreateLShr(Row, 1);
-    FB.CreateStore(
-        FB.CreateSelect(FB.CreateTrunc(Row, FB.getInt1Ty()),
-                        FB.CreateSub(FB.CreateSub(K, FB.getInt64(1)), Pair),
-                        Pair),
-        FB.CreateGEP(I64, Sched, Row));
-    Value *RowNext = FB.CreateAdd(Row, FB.getInt64(1));
-    Row->addIncoming(RowNext, Fill);
-    FB.CreateCondBr(FB.CreateICmpULT(RowNext, K), Fill, Run);
-    TB.SetInsertPoint(ThenT);
+    emitSchedule(TB, ThenT, Sched, K, /*Waves=*/false);
     emitChunkLaunch(TB, *Sk.Entry, W, CtxA, Sched, TB.getInt64(0), K);
     // The parts, in chunk order; the first way out other than the normal
     // one that a chunk took.
-    BasicBlock *Before = TB.GetInsertBlock();
-    BasicBlock *Sum = SplitBlock(Before, ThenT->getIterator(),
-                                 static_cast<DominatorTree *>(nullptr));
-    SplitBlock(Sum, ThenT->getIterator(),
-               static_cast<DominatorTree *>(nullptr));
-    BasicBlock *Summed = ThenT->getParent();
-    Sum->getTerminator()->eraseFromParent();
-    IRBuilder<> PB(Sum);
-    PHINode *Kc = PB.CreatePHI(I64, 2);
-    Kc->addIncoming(PB.getInt64(0), Before);
-    PHINode *Code = Codes ? PB.CreatePHI(I64, 2) : nullptr;
-    Value *Mine = PB.CreateGEP(PB.getInt8Ty(), Block,
-                               PB.CreateMul(Kc, PB.getInt64(PartBytes)));
-    for (auto [J, S] : enumerate(SumSlot)) {
-      Value *Add =
-          PB.CreateLoad(PartTypes[J], PB.CreateStructGEP(Part, Mine, J));
-      Value *Old = PB.CreateLoad(PartTypes[J], S);
-      PB.CreateStore(PB.CreateSelect(PB.CreateICmpEQ(Kc, PB.getInt64(0)), Add,
-                                     PB.CreateFAdd(Old, Add)),
-                     S);
-    }
-    Value *Taken = nullptr;
-    if (Codes) {
-      Value *NormalI64 = PB.getInt64(cast<ConstantInt>(Normal)->getZExtValue());
-      Code->addIncoming(NormalI64, Before);
-      Value *Its = PB.CreateLoad(I64, PB.CreateGEP(I64, CodesP, Kc));
-      Taken = PB.CreateSelect(PB.CreateICmpEQ(Code, NormalI64), Its, Code);
-      Code->addIncoming(Taken, Sum);
-    }
-    Value *KNext = PB.CreateAdd(Kc, PB.getInt64(1));
-    Kc->addIncoming(KNext, Sum);
-    PB.CreateCondBr(PB.CreateICmpULT(KNext, K), Sum, Summed);
+    AllocaInst *CodeSlot =
+        Codes ? EB.CreateAlloca(I64, nullptr, "enzpy.fchunk.code") : nullptr;
+    Value *NormalI64 =
+        Codes ? TB.getInt64(cast<ConstantInt>(Normal)->getZExtValue())
+              : nullptr;
+    if (Codes)
+      TB.CreateStore(NormalI64, CodeSlot);
+    emitLoop(TB, ThenT, K, [&](IRBuilder<> &PB, Value *Kc) {
+      Value *Mine = PB.CreateGEP(PB.getInt8Ty(), Block,
+                                 PB.CreateMul(Kc, PB.getInt64(PartBytes)));
+      for (auto [J, S] : enumerate(SumSlot)) {
+        Value *Add =
+            PB.CreateLoad(PartTypes[J], PB.CreateStructGEP(Part, Mine, J));
+        Value *Old = PB.CreateLoad(PartTypes[J], S);
+        PB.CreateStore(PB.CreateSelect(PB.CreateICmpEQ(Kc, PB.getInt64(0)), Add,
+                                       PB.CreateFAdd(Old, Add)),
+                       S);
+      }
+      if (Codes) {
+        Value *Code = PB.CreateLoad(I64, CodeSlot);
+        Value *Its = PB.CreateLoad(I64, PB.CreateGEP(I64, CodesP, Kc));
+        PB.CreateStore(
+            PB.CreateSelect(PB.CreateICmpEQ(Code, NormalI64), Its, Code),
+            CodeSlot);
+      }
+    });
     if (Codes) {
       IRBuilder<> JB(&*Join->getFirstInsertionPt());
       PHINode *Out = JB.CreatePHI(CodeT, 2);
-      IRBuilder<> XB(ThenT);
-      Out->addIncoming(XB.CreateTrunc(Taken, CodeT), Summed);
+      Out->addIncoming(TB.CreateTrunc(TB.CreateLoad(I64, CodeSlot), CodeT),
+                       ThenT->getParent());
       Out->addIncoming(CI, ElseT->getParent());
       CI->replaceUsesWithIf(Out, [&](Use &U) { return U.getUser() != Out; });
     }

@@ -695,6 +695,49 @@ void recordCost(IRBuilder<> &B, GlobalVariable *Cost, Value *Start, Value *Trip,
       ->setAtomic(AtomicOrdering::Monotonic);
 }
 
+void emitLoop(IRBuilder<> &B, Instruction *Before, Value *N,
+              function_ref<void(IRBuilder<> &, Value *)> Body) {
+  BasicBlock *Pre = B.GetInsertBlock();
+  BasicBlock *Step = SplitBlock(Pre, Before->getIterator(),
+                                static_cast<DominatorTree *>(nullptr));
+  BasicBlock *After = SplitBlock(Step, Before->getIterator(),
+                                 static_cast<DominatorTree *>(nullptr));
+  Pre->getTerminator()->eraseFromParent();
+  IRBuilder<> PB(Pre);
+  PB.CreateCondBr(PB.CreateICmpEQ(N, PB.getInt64(0)), After, Step);
+  Step->getTerminator()->eraseFromParent();
+  IRBuilder<> SB(Step);
+  PHINode *Ix = SB.CreatePHI(B.getInt64Ty(), 2);
+  Ix->addIncoming(SB.getInt64(0), Pre);
+  Body(SB, Ix);
+  Value *Next = SB.CreateAdd(Ix, SB.getInt64(1));
+  Ix->addIncoming(Next, SB.GetInsertBlock());
+  SB.CreateCondBr(SB.CreateICmpULT(Next, N), Step, After);
+  B.SetInsertPoint(Before);
+}
+
+void emitSchedule(IRBuilder<> &B, Instruction *Before, Value *Sched, Value *K,
+                  bool Waves) {
+  Value *Half = B.CreateLShr(B.CreateAdd(K, B.getInt64(1)), 1);
+  emitLoop(B, Before, K, [&](IRBuilder<> &SB, Value *Row) {
+    Value *Id;
+    if (Waves) { // even chunks, then odd ones
+      Value *Second = SB.CreateICmpUGE(Row, Half);
+      Id =
+          SB.CreateSelect(Second,
+                          SB.CreateAdd(SB.CreateShl(SB.CreateSub(Row, Half), 1),
+                                       SB.getInt64(1)),
+                          SB.CreateShl(Row, 1));
+    } else { // 0, K-1, 1, K-2, ...
+      Value *Pair = SB.CreateLShr(Row, 1);
+      Id = SB.CreateSelect(SB.CreateTrunc(Row, SB.getInt1Ty()),
+                           SB.CreateSub(SB.CreateSub(K, SB.getInt64(1)), Pair),
+                           Pair);
+    }
+    SB.CreateStore(Id, SB.CreateGEP(SB.getInt64Ty(), Sched, Row));
+  });
+}
+
 void emitChunkLaunch(IRBuilder<> &B, BasicBlock &Entry, Function *W, Value *Ctx,
                      Value *Sched, Value *First, Value *Count) {
   IRBuilder<> EB(&Entry, Entry.getFirstInsertionPt());
@@ -1188,65 +1231,19 @@ void ParallelReverse::outlineOne(Plan &Pl) {
     // wave, the chunks paired first with last (numba gives each thread
     // consecutive rows: a triangular loop's long and short chunks).
     Value *Sched = TB.CreateGEP(TB.getInt8Ty(), Block, SchedAt);
-    Value *Half = TB.CreateLShr(TB.CreateAdd(K, TB.getInt64(1)), 1);
     bool Waves = !Pl.Reads.empty() || Pl.InPlaceReads;
-    {
-      BasicBlock *Pre = TB.GetInsertBlock();
-      BasicBlock *Fill = SplitBlock(Pre, ThenT->getIterator(),
-                                    static_cast<DominatorTree *>(nullptr));
-      BasicBlock *After = SplitBlock(Fill, ThenT->getIterator(),
-                                     static_cast<DominatorTree *>(nullptr));
-      Fill->getTerminator()->eraseFromParent();
-      IRBuilder<> SB(Fill);
-      PHINode *Row = SB.CreatePHI(I64, 2);
-      Row->addIncoming(SB.getInt64(0), Pre);
-      Value *Id;
-      if (Waves) {
-        Value *Second = SB.CreateICmpUGE(Row, Half);
-        Id = SB.CreateSelect(
-            Second,
-            SB.CreateAdd(SB.CreateShl(SB.CreateSub(Row, Half), 1),
-                         SB.getInt64(1)),
-            SB.CreateShl(Row, 1));
-      } else {
-        Value *Odd = SB.CreateTrunc(Row, SB.getInt1Ty());
-        Value *Pair = SB.CreateLShr(Row, 1);
-        Id = SB.CreateSelect(
-            Odd, SB.CreateSub(SB.CreateSub(K, SB.getInt64(1)), Pair), Pair);
-      }
-      SB.CreateStore(Id, SB.CreateGEP(I64, Sched, Row));
-      Value *RowNext = SB.CreateAdd(Row, SB.getInt64(1));
-      Row->addIncoming(RowNext, Fill);
-      SB.CreateCondBr(SB.CreateICmpULT(RowNext, K), Fill, After);
-      TB.SetInsertPoint(ThenT);
-    }
+    emitSchedule(TB, ThenT, Sched, K, Waves);
     if (Waves) {
+      Value *Half = TB.CreateLShr(TB.CreateAdd(K, TB.getInt64(1)), 1);
       emitChunkLaunch(TB, *Sk.Entry, W, CtxA, Sched, TB.getInt64(0), Half);
       emitChunkLaunch(TB, *Sk.Entry, W, CtxA, Sched, Half,
                       TB.CreateSub(K, Half));
     } else {
       emitChunkLaunch(TB, *Sk.Entry, W, CtxA, Sched, TB.getInt64(0), K);
     }
-    // A loop over [0, N) at the block of ThenT; \p Body emits one step.
     auto loopAt = [&](Value *N,
                       function_ref<void(IRBuilder<> &, Value *)> Body) {
-      BasicBlock *Pre = TB.GetInsertBlock();
-      BasicBlock *Step = SplitBlock(Pre, ThenT->getIterator(),
-                                    static_cast<DominatorTree *>(nullptr));
-      BasicBlock *After = SplitBlock(Step, ThenT->getIterator(),
-                                     static_cast<DominatorTree *>(nullptr));
-      Pre->getTerminator()->eraseFromParent();
-      IRBuilder<> PB(Pre);
-      PB.CreateCondBr(PB.CreateICmpEQ(N, PB.getInt64(0)), After, Step);
-      Step->getTerminator()->eraseFromParent();
-      IRBuilder<> SB(Step);
-      PHINode *Ix = SB.CreatePHI(I64, 2);
-      Ix->addIncoming(SB.getInt64(0), Pre);
-      Body(SB, Ix);
-      Value *Next = SB.CreateAdd(Ix, SB.getInt64(1));
-      Ix->addIncoming(Next, SB.GetInsertBlock());
-      SB.CreateCondBr(SB.CreateICmpULT(Next, N), Step, After);
-      TB.SetInsertPoint(ThenT);
+      emitLoop(TB, ThenT, N, Body);
     };
     // The Zeroed slots get the chunks' sums, in chunk order.
     if (!Outer.empty())

@@ -185,6 +185,18 @@ llvm::Function *emitChunkWrapper(
                             llvm::Value *Ctx, llvm::Value *K)>
         Chunk);
 
+/// Emits `for (i = 0; i < N; ++i) Body(i)` where \p B is, before \p Before
+/// (a terminator that follows the loop); \p B is left at \p Before.
+void emitLoop(
+    llvm::IRBuilder<> &B, llvm::Instruction *Before, llvm::Value *N,
+    llvm::function_ref<void(llvm::IRBuilder<> &, llvm::Value *)> Body);
+/// Fills \p Sched[0, K) with chunk numbers. numba gives each thread
+/// consecutive rows: \p Waves puts even chunks before odd ones (two
+/// launches, chunks that run together a chunk apart); else the first chunk
+/// is paired with the last (a triangular loop's threads get equal work).
+void emitSchedule(llvm::IRBuilder<> &B, llvm::Instruction *Before,
+                  llvm::Value *Sched, llvm::Value *K, bool Waves);
+
 /// Runs chunks \p Sched[First .. First + Count) (i64 chunk numbers) through
 /// numba_parallel_for, each by a call \p W(row, context) (see
 /// emitChunkWrapper; \p Ctx is the context), on numba.get_num_threads()
