@@ -62,6 +62,7 @@
 #include "synthesis/ShadowAddresses.h"
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
+#include "synthesis/UnneededStores.h"
 #include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/PostOrderIterator.h"
 #include "llvm/Analysis/LoopInfo.h"
@@ -1009,9 +1010,13 @@ Expected<Function *> ForwardSynthesizer::run() {
     return std::move(E);
   createResult();
   emitNullChecks();
+  UnneededStores NoNeed(Sk);
+  NoNeed.drop();
   Par.outline();
-  if (Log)
+  if (Log) {
     Par.record(*Log);
+    NoNeed.record(*Log);
+  }
   return Sk.D;
 }
 

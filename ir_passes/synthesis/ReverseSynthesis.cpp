@@ -47,6 +47,7 @@
 #include "synthesis/Skeleton.h"
 #include "synthesis/Synthesize.h"
 #include "synthesis/Tape.h"
+#include "synthesis/UnneededStores.h"
 #include "synthesis/ValueRecovery.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/Analysis/AssumptionCache.h"
@@ -821,11 +822,14 @@ Expected<Function *> ReverseSynthesizer::run() {
   markReverseMathCalls();
   tagPrimalAccesses();
   VR.tape().separate();
+  UnneededStores NoNeed(Sk);
+  NoNeed.drop();
   Par.outline();
   Par.freeTables(FinalRet);
   if (Log) {
     VR.record(*Log, Reaching);
     Par.record(*Log);
+    NoNeed.record(*Log);
   }
   return D;
 }

@@ -130,6 +130,11 @@ Argument *DerivativeSkeleton::trailing(unsigned I) const {
   return TrailingArgs[I];
 }
 
+void DerivativeSkeleton::eraseClone(Instruction *I) {
+  Primal.erase(I);
+  I->eraseFromParent();
+}
+
 void DerivativeSkeleton::createReturnShadows(
     function_ref<Value *(unsigned)> Init) {
   IRBuilder<> B(Entry, Entry->getFirstInsertionPt());

@@ -80,6 +80,8 @@ public:
     return PrimalBlock.lookup(DB);
   }
   llvm::Argument *trailing(unsigned I) const;
+  /// Erases \p I, a clone of a primal instruction, and forgets it.
+  void eraseClone(llvm::Instruction *I);
 
   /// Slots for the seeded return value's shadow, one per lane, holding
   /// \p Init(K) on entry.
