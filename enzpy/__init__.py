@@ -19,6 +19,7 @@ from ._jvp_rules import register_jvp
 from ._rule_config import RuleConfig
 from ._rules import inactive, partials, register_partials, register_rule, stop_gradient
 from ._split import split
+from ._tape_budget import set_tape_budget, tape_budget
 from .annotations import (
     Active,
     BatchDuplicated,
@@ -49,6 +50,7 @@ from .errors import (
     EnzpyValueError,
     InternalError,
     PiecewiseConstantError,
+    TapeBudgetError,
     UnsupportedError,
 )
 
@@ -89,4 +91,7 @@ __all__ = [
     "EnzpyValueError",
     "CompilationError",
     "InternalError",
+    "TapeBudgetError",
+    "set_tape_budget",
+    "tape_budget",
 ]

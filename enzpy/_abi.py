@@ -25,6 +25,8 @@ __all__ = [
     "CONST",
     "DUP",
     "DUPNONEED",
+    "NO_MEMORY_STATUS",
+    "TAPE_BUDGET_STATUS",
     "array_data_offset",
     "contains_float",
     "flat_llvm_params",
@@ -36,6 +38,11 @@ __all__ = [
 
 #: Activities of LLVM parameters (and of the return value) in the request.
 CONST, ACTIVE, DUP, DUPNONEED = "const", "active", "dup", "dupnoneed"
+
+#: Statuses a derivative returns for its own failures, beside numba's
+#: (numba/NumbaABI.h): an allocation of its own failed; its tape would have
+#: grown past the budget (``_tape_budget``).
+NO_MEMORY_STATUS, TAPE_BUDGET_STATUS = -0x100, -0x101
 
 
 def llvm_type_str(t: ir.Type) -> str:

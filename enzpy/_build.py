@@ -20,7 +20,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.core.errors import NumbaError
 from numba.core.registry import CPUDispatcher
 
-from . import _cache, _diskcache, _link, _native, _rules
+from . import _cache, _diskcache, _link, _native, _rules, _tape_budget
 from ._aliasing import check_arguments
 from ._capture import Captured, as_dispatcher, capture, compiled_overload
 from ._config import STRICT, jit_target, target_context
@@ -28,7 +28,14 @@ from ._modes import Forward, Mode, ReverseWithPrimal, check_mode
 from ._params import CallShape, DataOf
 from ._signature import CallSignature, Prepared, prepare
 from .annotations import Active, Const, Duplicated
-from .errors import ActivityError, EnzpyTypeError, EnzpyValueError, InternalError, UnsupportedError
+from .errors import (
+    ActivityError,
+    EnzpyTypeError,
+    EnzpyValueError,
+    InternalError,
+    TapeBudgetError,
+    UnsupportedError,
+)
 
 __all__ = [
     "Bound",
@@ -365,9 +372,32 @@ def invoke(e: Entry, args: Sequence[Any]) -> tuple[Any, ...]:
         raw: tuple[Any, ...] = e.wrapper(*args)
     except NumbaError as err:
         raise InternalError(f"enzpy failed to compile the call of a derivative: {err}") from err
+    except TapeBudgetError as err:
+        raise TapeBudgetError(_over_budget(e.keepalive[0])) from err
     if e.disk is not None and e.stored != len(e.wrapper.overloads):
         _store_wrappers(e)
     return raw
+
+
+def _size(nbytes: int) -> str:
+    """``nbytes`` in binary units, three digits."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            return f"{nbytes / (1 << shift):.3g} {unit}"
+    return f"{nbytes} bytes"
+
+
+def _over_budget(disp: Any) -> str:
+    """The message of a TapeBudgetError, with the sizes."""
+    return (
+        f"the reverse sweep of {function_name(disp)} needs a tape of at least "
+        f"{_size(_tape_budget.refused_request())}, more than enzpy's tape budget of "
+        f"{_size(_tape_budget.tape_budget())}. Raise the budget (enzpy.set_tape_budget, or "
+        "ENZPY_TAPE_BUDGET, e.g. 16G) if the machine has the memory, or differentiate "
+        "fewer time steps per call (enzpy does not checkpoint long loops yet). The call "
+        "stopped before taking the memory, as when the function raises: shadows are not "
+        "updated, and arrays the function writes may be partly written."
+    )
 
 
 def _store_wrappers(e: Entry) -> None:

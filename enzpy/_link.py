@@ -29,7 +29,7 @@ from numba.core import types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
-from . import _custom_rules, _parallel
+from . import _custom_rules, _parallel, _tape_budget
 from ._abi import tuple_types
 from ._config import target_context
 from ._signature import CallSignature
@@ -112,14 +112,16 @@ def _defined_names(lib: Any) -> set[str]:
 def _threads_for(symbols: Iterable[str]) -> None:
     """Start numba's threading layer when code calls into it (prange loops
     of a derivative run on its threads): that defines its symbols; and
-    define the floor of a launch's worth (``_parallel``)."""
+    define the floor of a launch's worth (``_parallel``) and the tape's
+    budget (``_tape_budget``) when the code reads them."""
     names = set(symbols)
     if _THREADING_SYMBOLS & names:
         from numba.np.ufunc.parallel import _launch_threads
 
         _launch_threads()
-    if _parallel.SYMBOL in names:
-        _parallel.publish()
+    for words in (_parallel.WORDS, _tape_budget.WORDS):
+        if words.name in names:
+            words.publish()
 
 
 _THREADING_SYMBOLS = frozenset({"numba_parallel_for", "get_num_threads"})

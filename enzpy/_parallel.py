@@ -5,19 +5,17 @@ machine): a loop whose serial run is shorter than a few launches runs faster
 on one thread. Each derivative loop that may run in chunks measures its own
 serial runs (cycles per iteration) and launches only when its estimated
 serial cost reaches ``min_cycles()``; the engine's code reads that floor from
-the symbol ``enzpy_parallel_min_cycles``, which the loader defines here
-(``publish``). ``ENZPY_PARALLEL_MIN_CYCLES`` sets it; 0 launches whenever the
+the symbol ``enzpy_parallel_min_cycles``, which the loader defines
+(``WORDS``). ``ENZPY_PARALLEL_MIN_CYCLES`` sets it; 0 launches whenever the
 loop is race-free and there is more than one thread (what the tests use).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from typing import Final
 
-import llvmlite.binding as llvm
-
+from ._symbols import Words
 from .errors import EnzpyValueError
 
 SYMBOL: Final = "enzpy_parallel_min_cycles"
@@ -40,27 +38,19 @@ def _from_environment() -> int:
     return value
 
 
-_floor = ctypes.c_int64(_from_environment())
-_published = False
-
-
-def publish() -> None:
-    """Define the floor's symbol for derivative code (once per process)."""
-    global _published
-    if not _published:
-        llvm.add_symbol(SYMBOL, ctypes.addressof(_floor))
-        _published = True
+#: The floor, as the loader defines it for derivative code.
+WORDS: Final = Words(SYMBOL, _from_environment())
 
 
 def min_cycles() -> int:
     """The least estimated serial cost (cycles) of a loop run worth a launch."""
-    return _floor.value
+    return WORDS[0]
 
 
 def set_min_cycles(cycles: int) -> int:
     """Set the floor for loops run from now on; the previous value."""
     if cycles < 0:
         raise EnzpyValueError(f"a number of cycles is 0 or more, not {cycles}")
-    previous = _floor.value
-    _floor.value = cycles
+    previous = WORDS[0]
+    WORDS[0] = cycles
     return previous

@@ -22,7 +22,14 @@ import numpy as np
 from numba.core import cgutils, types
 from numba.core.errors import TypingError
 
-from ._abi import ACTIVE, CONST, extent_params, llvm_type_str
+from ._abi import (
+    ACTIVE,
+    CONST,
+    NO_MEMORY_STATUS,
+    TAPE_BUDGET_STATUS,
+    extent_params,
+    llvm_type_str,
+)
 from ._aliasing import arrays_in
 from ._config import FLOAT_TYPES, MAX_BATCH_WIDTH
 from ._modes import Mode
@@ -49,7 +56,7 @@ from ._values import (
     typeof,
 )
 from .annotations import Annotation, Const
-from .errors import EnzpyTypeError, EnzpyValueError
+from .errors import EnzpyTypeError, EnzpyValueError, TapeBudgetError
 
 __all__ = ["CallSignature", "Prepared", "prepare"]
 
@@ -384,6 +391,7 @@ class CallSignature:
             builder, fn, self.restype, self.argtypes, [v for s in Section for v in sections[s]]
         )
         with cgutils.if_unlikely(builder, status.is_error):
+            _raise_own_failures(context, builder, status.code)
             context.call_conv.return_status_propagate(builder, status)
         if self.result_type == self.restype:
             return flat
@@ -472,3 +480,31 @@ def _extents(context: Any, lay: ArgLayout) -> list[bool]:
     entries are not one per LLVM parameter of its type)."""
     flags = extent_params(context, lay.ty)
     return flags if len(flags) == len(lay.params) else [False] * len(lay.params)
+
+
+#: What the wrapper raises for the derivative's own failures (_abi). A
+#: TapeBudgetError is completed with the sizes where Python sees it
+#: (``_build.invoke``).
+_OWN_FAILURES = (
+    (
+        NO_MEMORY_STATUS,
+        MemoryError,
+        "enzpy: the derivative could not allocate its own memory (its tape or the "
+        "shadows of arrays the function allocates)",
+    ),
+    (
+        TAPE_BUDGET_STATUS,
+        TapeBudgetError,
+        "the reverse sweep's tape would grow past enzpy's tape budget "
+        "(enzpy.tape_budget(); raise it with enzpy.set_tape_budget or ENZPY_TAPE_BUDGET)",
+    ),
+)
+
+
+def _raise_own_failures(context: Any, builder: Any, code: Any) -> None:
+    """Return from the wrapper with a Python exception for each status of
+    the derivative's own failures (numba's statuses propagate as they are)."""
+    for value, exc, message in _OWN_FAILURES:
+        hit = builder.icmp_signed("==", code, code.type(value))
+        with builder.if_then(hit, likely=False):
+            context.call_conv.return_user_exc(builder, exc, (message,))

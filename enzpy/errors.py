@@ -18,6 +18,7 @@ __all__ = [
     "EnzpyValueError",
     "CompilationError",
     "InternalError",
+    "TapeBudgetError",
 ]
 
 
@@ -99,6 +100,12 @@ class CompilationError(EnzpyError):
     ) -> None:
         super().__init__(message, file=file, line=line)
         self.numba_error = numba_error
+
+
+class TapeBudgetError(EnzpyError, MemoryError):
+    """A reverse-mode call would need a tape larger than the memory budget
+    (``enzpy.set_tape_budget``, ``ENZPY_TAPE_BUDGET``); raised before the
+    memory is taken, with the shadows as they were."""
 
 
 class InternalError(EnzpyError):

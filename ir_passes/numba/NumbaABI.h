@@ -53,6 +53,13 @@ inline unsigned userParamIndex(const llvm::Argument &A) {
   return A.getArgNo() - NumHiddenParams;
 }
 
+/// Statuses of the derivative's own failures, beside numba's (0 returned,
+/// -1 a Python exception is set, -2 None, -3 StopIteration, 1 and above
+/// the exception in *excinfo): the wrapper (enzpy/_signature.py) raises
+/// them as MemoryError and enzpy.TapeBudgetError.
+constexpr int32_t NoMemoryStatus = -0x100;
+constexpr int32_t TapeBudgetStatus = -0x101;
+
 /// Whether the function's type is the native calling convention.
 bool hasNativeSignature(const llvm::FunctionType &FT);
 

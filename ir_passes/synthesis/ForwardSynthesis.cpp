@@ -968,11 +968,13 @@ void ForwardSynthesizer::createResult() {
       dyn_cast<ReturnInst>(Sk.mapped(Canon.NormalExit)->getTerminator()));
 }
 
-/// A failed shadow allocation returns status -1, as a failed tape
+/// A failed shadow allocation returns NoMemoryStatus, as a failed tape
 /// allocation does in reverse mode.
 void ForwardSynthesizer::emitNullChecks() {
   BasicBlock *Fail = BasicBlock::Create(Ctx, "enzpy.shadow.oom", Sk.D);
-  ReturnInst::Create(Ctx, ConstantInt::get(Type::getInt32Ty(Ctx), -1), Fail);
+  ReturnInst::Create(
+      Ctx, ConstantInt::get(Type::getInt32Ty(Ctx), numba::NoMemoryStatus),
+      Fail);
   Sk.emitNullChecks(Fail);
   if (pred_empty(Fail))
     Fail->eraseFromParent();

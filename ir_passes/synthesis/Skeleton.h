@@ -21,7 +21,8 @@
 //    slot's shadow (checkShadowable() in ShadowAddresses.h vouches, before
 //    synthesis, that every address needed can be mirrored).
 //  - Failure of a shadow allocation: the checks are inserted at the end, all
-//    branching to one block the synthesizer chooses (it returns -1).
+//    branching to one block the synthesizer chooses (it returns
+//    numba::NoMemoryStatus).
 //
 // Assumes preprocess() ran and the activity analysis accepted the function.
 //

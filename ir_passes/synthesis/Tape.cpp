@@ -1,6 +1,7 @@
 //===- Tape.cpp - the stack of values the reverse sweep needs -------------===//
 #include "synthesis/Tape.h"
 #include "driver/IRHelpers.h"
+#include "numba/NumbaABI.h"
 #include "llvm/IR/Constants.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/IntrinsicInst.h"
@@ -19,6 +20,8 @@ Tape::Tape(Function &D, BasicBlock &Entry) : D(D) {
   Base = B.CreateAlloca(Ptr, nullptr, "enzpy.tape.base");
   Top = B.CreateAlloca(I64, nullptr, "enzpy.tape.top");
   Cap = B.CreateAlloca(I64, nullptr, "enzpy.tape.cap");
+  FailStatus = B.CreateAlloca(B.getInt32Ty(), nullptr, "enzpy.fail.status");
+  B.CreateStore(B.getInt32(numba::NoMemoryStatus), FailStatus);
   B.CreateStore(ConstantInt::get(I64, 0), Top);
   B.CreateStore(ConstantInt::get(I64, 0), Cap);
   // Start from the block the last call of this derivative left, if any
@@ -57,7 +60,7 @@ BasicBlock *Tape::failureBlock() {
   Oom = BasicBlock::Create(D.getContext(), "enzpy.tape.oom", &D);
   IRBuilder<> B(Oom);
   B.CreateCall(libcFree(*D.getParent()), {raw(B, B.CreateLoad(Ptr, Base))});
-  B.CreateRet(ConstantInt::get(Type::getInt32Ty(D.getContext()), -1));
+  B.CreateRet(B.CreateLoad(B.getInt32Ty(), FailStatus));
   return Oom;
 }
 
@@ -142,12 +145,34 @@ Value *Tape::emitEnsure(Instruction *Term, Value *Extra) {
   MDBuilder MDB(C);
   B.CreateCondBr(B.CreateICmpUGT(Need, CapV), Grow, Tail,
                  MDB.createUnlikelyBranchWeights());
-  // Grow: capacity max(2 * cap, need + 1024) slots.
+  // Grow: capacity max(2 * cap, need + 1024) slots, at most the budget's.
   B.SetInsertPoint(Grow);
+  Module &M = *D.getParent();
+  Type *BudgetTy = ArrayType::get(I64, 2);
+  Value *BudgetGV = M.getOrInsertGlobal("enzpy_tape_budget", BudgetTy);
+  Value *Budget = B.CreateLoad(I64, BudgetGV, "enzpy.tape.budget");
+  Value *Room = B.CreateSelect(
+      B.CreateICmpULT(Budget, ConstantInt::get(I64, HeaderBytes)),
+      ConstantInt::get(I64, 0),
+      B.CreateUDiv(B.CreateSub(Budget, ConstantInt::get(I64, HeaderBytes)),
+                   ConstantInt::get(I64, SlotBytes)));
+  BasicBlock *Refuse = BasicBlock::Create(C, "enzpy.tape.budget", &D);
+  BasicBlock *Alloc = BasicBlock::Create(C, "enzpy.tape.alloc", &D);
+  B.CreateCondBr(B.CreateICmpUGT(Need, Room), Refuse, Alloc,
+                 MDB.createUnlikelyBranchWeights());
+  B.SetInsertPoint(Refuse);
+  B.CreateStore(B.CreateAdd(B.CreateMul(Need, ConstantInt::get(I64, SlotBytes)),
+                            ConstantInt::get(I64, HeaderBytes)),
+                B.CreateConstGEP2_64(BudgetTy, BudgetGV, 0, 1));
+  B.CreateStore(B.getInt32(numba::TapeBudgetStatus), FailStatus);
+  B.CreateBr(failureBlock());
+  B.SetInsertPoint(Alloc);
   Value *Old = B.CreateLoad(Ptr, Base);
   Value *Twice = B.CreateShl(CapV, 1);
   Value *Min = B.CreateAdd(Need, ConstantInt::get(I64, 1024));
-  Value *NewCap = B.CreateSelect(B.CreateICmpUGT(Twice, Min), Twice, Min);
+  Value *Wanted = B.CreateSelect(B.CreateICmpUGT(Twice, Min), Twice, Min);
+  // Need <= Room here: the cap keeps Need.
+  Value *NewCap = B.CreateSelect(B.CreateICmpUGT(Wanted, Room), Room, Wanted);
   Value *Bytes =
       B.CreateAdd(B.CreateMul(NewCap, ConstantInt::get(I64, SlotBytes)),
                   ConstantInt::get(I64, HeaderBytes));

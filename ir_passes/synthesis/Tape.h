@@ -10,7 +10,12 @@
 //
 // State lives in three allocas (base, top, capacity) that SROA promotes; the
 // capacity check is one compare per block execution, growth doubles with
-// realloc, and a failed realloc returns status -1 from the derivative. A
+// realloc, and a failed realloc returns numba::NoMemoryStatus from the
+// derivative. The tape never grows beyond the budget the loader defines
+// (the global enzpy_tape_budget: {budget, refused request}, in bytes): a
+// growth past it records the bytes it asked for and returns
+// numba::TapeBudgetStatus, before any memory is touched (counted loops
+// reserve their whole need before they start). A
 // finished call leaves its block (up to SpareLimit) in a module global for
 // the next call, which starts with that capacity: a tape of many MB taken
 // fresh from malloc every call cost a page fault per 4 KB, half the time of
@@ -61,8 +66,9 @@ public:
   /// terminator): one check before a counted loop instead of one per
   /// iteration.
   void emitReserve(llvm::Instruction *Before, llvm::Value *Slots);
-  /// A block that frees the tape and fails the derivative (status -1): where
-  /// a failed allocation of the derivative's own goes.
+  /// A block that frees the tape and fails the derivative (NoMemoryStatus,
+  /// or TapeBudgetStatus after a refused growth): where a failed allocation
+  /// of the derivative's own goes.
   llvm::BasicBlock *failureBlock();
   /// The largest value a slot holds, in bytes.
   static constexpr unsigned SlotBytes = 8;
@@ -98,6 +104,8 @@ private:
   llvm::Type *Ptr;
   llvm::AllocaInst *Base;
   llvm::AllocaInst *Top;
+  /// The status failureBlock returns.
+  llvm::AllocaInst *FailStatus;
   llvm::AllocaInst *Cap;
   llvm::BasicBlock *Oom = nullptr;
   /// The scope of slot accesses (created with the first of them), and the
