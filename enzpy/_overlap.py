@@ -11,13 +11,16 @@ by the bytes it spans.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numba
 from numba.core import cgutils, types
 from numba.extending import overload
 
+from ._abi import tuple_types
 from .errors import EnzpyValueError
 
 __all__ = ["emit_shared_memory_checks", "refuse_shared_memory"]
@@ -60,10 +63,13 @@ def _moved_alike(a, b, da, db):  # type: ignore[no-untyped-def]  # numba code
 def refuse_shared_memory(args: Any, roles: str) -> None:
     """Raise EnzpyValueError, before anything runs, when arrays of the tuple
     ``args`` share memory in a way the derivative cannot be right for.
-    ``roles`` has a letter per member: ``D`` a differentiated array, ``S``
-    its shadow (the member after it), ``C`` a Const array, ``-`` anything
+    ``roles`` has a letter per member: ``D`` a differentiated array (or tuple
+    of arrays), ``S`` its shadow(s) (the member after it, of the same
+    structure), ``B`` its shadows in batch mode (the member after it: a tuple
+    of one such per direction), ``C`` a Const array or tuple, ``-`` anything
     else; with a leading ``!`` the derivative was compiled for arrays that do
     not overlap at all; after a ``|``, the members' names, comma-separated.
+    Every array inside the members (tuple members, batch lanes) is checked.
     njit only (the rules of ``_aliasing``)."""
     raise NotImplementedError("called from njit code only")
 
@@ -71,60 +77,129 @@ def refuse_shared_memory(args: Any, roles: str) -> None:
 _DISJOINT = "share memory, but it was compiled for arrays that do not overlap (pass copies)"
 _SHADOW = "share memory: a shadow may not share memory with an array of the call"
 _SHADOWS = "are shadows that share memory while their arrays do not share it the same way"
+_LANES = "are one array's shadows in two directions and share memory: give each its own buffer"
 _CONST = "share memory, one Const and one differentiated: pass a copy as the Const one"
 _MOVED = "share memory but their shadows do not share it the same way"
 
 
-def _pair_checks(roles: str, arrays: list[int]) -> list[tuple[int, int, str, str]]:
-    """(a, b, exemption, message) for each pair of array members a, b that
-    may not share memory: refused when they overlap, unless the exemption
-    holds ("" none; "primals": their arrays, the members before them,
-    overlap and moved alike; "shadows": their shadows, the members after
-    them, moved alike)."""
-    disjoint = roles.startswith("!")
-    role, _, names = roles.lstrip("!").partition("|")
-    name = names.split(",") if names else [str(k) for k in range(len(role))]
-    out = []
-    for i, a in enumerate(arrays):
-        for b in arrays[i + 1 :]:
-            ra, rb = role[a], role[b]
-            where = f"{name[a]} and {name[b]}"
-            if disjoint:
-                out.append((a, b, "", f"{where} {_DISJOINT}"))
-            elif "S" in (ra, rb) and (ra, rb) != ("S", "S"):
-                out.append((a, b, "", f"{where} {_SHADOW}"))
-            elif (ra, rb) == ("S", "S"):
-                out.append((a, b, "primals", f"{where} {_SHADOWS}"))
-            elif {ra, rb} == {"C", "D"}:
-                out.append((a, b, "", f"{where} {_CONST}"))
-            elif (ra, rb) == ("D", "D") and role[a + 1 : a + 2] + role[b + 1 : b + 2] == "SS":
-                out.append((a, b, "shadows", f"{where} {_MOVED}"))
+@dataclass(frozen=True)
+class _Leaf:
+    """An array inside the arguments: where it is (the member, then indices
+    into tuples), its role (D, S or C), its name, and for a shadow the leaf
+    of its array."""
+
+    path: tuple[int, ...]
+    role: str
+    name: str
+    primal: int = -1
+
+
+#: A condition on leaves: ("overlap", a, b), or ("alike", a, b, da, db): the
+#: shadows da, db of a, b share memory as a and b do.
+_Term = tuple[Any, ...]
+
+
+def _array_paths(ty: types.Type) -> list[tuple[int, ...]]:
+    """Where the arrays of a value of type ``ty`` are (indices into tuples)."""
+    if isinstance(ty, types.Array):
+        return [()]
+    if isinstance(ty, types.BaseTuple):
+        return [(j, *p) for j, t in enumerate(tuple_types(ty)) for p in _array_paths(t)]
+    return []
+
+
+def _leaves(
+    role: str, names: list[str], members: Sequence[types.Type], disjoint: bool
+) -> list[_Leaf]:
+    """The arrays inside ``members``: those of every member when ``disjoint``
+    (no two may overlap), else those of the roles the rules name."""
+    out: list[_Leaf] = []
+    of_member: dict[int, list[int]] = {}
+    for k, (r, ty) in enumerate(zip(role, members, strict=True)):
+        if r in "DC" or (r == "-" and disjoint):
+            of_member[k] = []
+            for p in _array_paths(ty):
+                of_member[k].append(len(out))
+                out.append(_Leaf((k, *p), r, names[k] + "".join(f"[{j}]" for j in p)))
+        elif r in "SB":
+            lanes: list[tuple[tuple[int, ...], types.Type]] = [((), ty)]
+            if r == "B":
+                assert isinstance(ty, types.BaseTuple)  # one member per direction
+                lanes = [((w,), t) for w, t in enumerate(tuple_types(ty))]
+            for lane, lane_ty in lanes:
+                for p, primal in zip(_array_paths(lane_ty), of_member.get(k - 1, []), strict=False):
+                    path = (*lane, *p)
+                    name = names[k] + "".join(f"[{j}]" for j in path)
+                    out.append(_Leaf((k, *path), "S", name, primal))
     return out
 
 
-def _condition(a: int, b: int, exemption: str) -> str:
-    overlap = f"_overlap(args[{a}], args[{b}])"
-    if exemption == "primals":
-        p, q = a - 1, b - 1
-        moved = f"_moved_alike(args[{p}], args[{q}], args[{a}], args[{b}])"
-        alike = f"_overlap(args[{p}], args[{q}]) and {moved}"
-        return f"{overlap} and not ({alike})"
-    if exemption == "shadows":
-        return f"{overlap} and not _moved_alike(args[{a}], args[{b}], args[{a + 1}], args[{b + 1}])"
-    return overlap
+def _pair_checks(
+    roles: str, members: Sequence[types.Type]
+) -> tuple[list[_Leaf], list[tuple[int, int, tuple[_Term, ...], str]]]:
+    """The array leaves of ``members``, and (a, b, exemption, message) for each
+    pair of leaves a, b that may not share memory: refused when they overlap,
+    unless every term of the exemption holds."""
+    disjoint = roles.startswith("!")
+    role, _, named = roles.lstrip("!").partition("|")
+    names = named.split(",") if named else [str(k) for k in range(len(role))]
+    leaves = _leaves(role, names, members, disjoint)
+    shadows: dict[int, list[int]] = {}
+    for i, leaf in enumerate(leaves):
+        if leaf.role == "S":
+            shadows.setdefault(leaf.primal, []).append(i)
+    out: list[tuple[int, int, tuple[_Term, ...], str]] = []
+    for a, la in enumerate(leaves):
+        for b in range(a + 1, len(leaves)):
+            lb = leaves[b]
+            pair = (la.role, lb.role)
+            if disjoint:
+                out.append((a, b, (), _DISJOINT))
+            elif "S" in pair and pair != ("S", "S"):
+                out.append((a, b, (), _SHADOW))
+            elif pair == ("S", "S") and la.primal == lb.primal:
+                out.append((a, b, (), _LANES))
+            elif pair == ("S", "S"):
+                pa, pb = la.primal, lb.primal
+                out.append((a, b, (("overlap", pa, pb), ("alike", pa, pb, a, b)), _SHADOWS))
+            elif set(pair) == {"C", "D"}:
+                out.append((a, b, (), _CONST))
+            elif pair == ("D", "D") and shadows.get(a) and shadows.get(b):
+                lanes = zip(shadows[a], shadows[b], strict=True)
+                out.append((a, b, tuple(("alike", a, b, sa, sb) for sa, sb in lanes), _MOVED))
+    return leaves, out
+
+
+def _message(leaves: list[_Leaf], a: int, b: int, text: str) -> str:
+    return f"enzpy derivative: arguments {leaves[a].name} and {leaves[b].name} {text}"
+
+
+def _condition(leaves: list[_Leaf], a: int, b: int, exemption: tuple[_Term, ...]) -> str:
+    def at(k: int) -> str:
+        return "args" + "".join(f"[{j}]" for j in leaves[k].path)
+
+    def term(t: _Term) -> str:
+        if t[0] == "overlap":
+            return f"_overlap({at(t[1])}, {at(t[2])})"
+        return f"_moved_alike({', '.join(at(k) for k in t[1:])})"
+
+    overlap = f"_overlap({at(a)}, {at(b)})"
+    if not exemption:
+        return overlap
+    return f"{overlap} and not ({' and '.join(term(t) for t in exemption)})"
 
 
 @overload(refuse_shared_memory, prefer_literal=True)
 def _refuse_shared_memory(args, roles):  # type: ignore[no-untyped-def]  # numba compares the signatures
     if not isinstance(args, types.BaseTuple) or not isinstance(roles, types.StringLiteral):
         return None
-    members = list(args.types)  # type: ignore[attr-defined]  # a BaseTuple has them
-    arrays = [k for k, t in enumerate(members) if isinstance(t, types.Array)]
+    leaves, checks = _pair_checks(roles.literal_value, tuple_types(args))
     lines = ["def impl(args, roles):"]
-    for a, b, exemption, message in _pair_checks(roles.literal_value, arrays):
-        text = "enzpy derivative: arguments " + message
-        check = f"    if {_condition(a, b, exemption)}:"
-        lines += [check, f"        raise EnzpyValueError({text!r})"]
+    for a, b, exemption, text in checks:
+        lines += [
+            f"    if {_condition(leaves, a, b, exemption)}:",
+            f"        raise EnzpyValueError({_message(leaves, a, b, text)!r})",
+        ]
     lines.append("    return None")
     scope: dict[str, Any] = {
         "_overlap": _overlap,
@@ -162,15 +237,22 @@ def emit_shared_memory_checks(
 ) -> None:
     """Return EnzpyValueError from the function being lowered when arrays among
     ``args`` share memory as ``roles`` forbids (``refuse_shared_memory``)."""
-    arrays = [k for k, t in enumerate(argtys) if isinstance(t, types.Array)]
-    checks = _pair_checks(roles, arrays)
+    leaves, checks = _pair_checks(roles, argtys)
     if not checks:
         return
     spans: dict[int, tuple[Any, Any, Any, Any]] = {}
+    array_types: dict[int, types.Array] = {}
 
     def span(k: int) -> tuple[Any, Any, Any, Any]:
         if k not in spans:
-            spans[k] = _spans(context, builder, argtys[k], args[k])
+            first, *rest = leaves[k].path
+            ty, value = argtys[first], args[first]
+            for j in rest:
+                assert isinstance(ty, types.BaseTuple)
+                ty, value = tuple_types(ty)[j], builder.extract_value(value, j)
+            assert isinstance(ty, types.Array)
+            array_types[k] = ty
+            spans[k] = _spans(context, builder, ty, value)
         return spans[k]
 
     def overlap(a: int, b: int) -> Any:
@@ -192,21 +274,19 @@ def emit_shared_memory_checks(
         shadow = builder.sub(builder.ptrtoint(sa.data, intp), builder.ptrtoint(sb.data, intp))
         same = builder.icmp_signed("==", offset, shadow)
         for x, y in ((a, da), (b, db)):
-            nd = argtys[x].ndim  # type: ignore[attr-defined]  # an Array
+            nd = array_types[x].ndim
             xs = cgutils.unpack_tuple(builder, span(x)[3].strides, nd)
             ys = cgutils.unpack_tuple(builder, span(y)[3].strides, nd)
             for u, v in zip(xs, ys, strict=True):
                 same = builder.and_(same, builder.icmp_signed("==", u, v))
         return same
 
-    for a, b, exemption, message in checks:
+    for a, b, exemption, text in checks:
         refuse = overlap(a, b)
-        if exemption == "primals":
-            exempt = builder.and_(overlap(a - 1, b - 1), alike(a - 1, b - 1, a, b))
-            refuse = builder.and_(refuse, builder.not_(exempt))
-        elif exemption == "shadows":
-            refuse = builder.and_(refuse, builder.not_(alike(a, b, a + 1, b + 1)))
+        if exemption:
+            terms = [overlap(*t[1:]) if t[0] == "overlap" else alike(*t[1:]) for t in exemption]
+            refuse = builder.and_(refuse, builder.not_(functools.reduce(builder.and_, terms)))
         with cgutils.if_unlikely(builder, refuse):
             context.call_conv.return_user_exc(
-                builder, EnzpyValueError, ("enzpy derivative: arguments " + message,)
+                builder, EnzpyValueError, (_message(leaves, a, b, text),)
             )

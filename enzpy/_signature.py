@@ -364,8 +364,8 @@ class CallSignature:
             if isinstance(p, Value):
                 shadowed = isinstance(nxt, ShadowArrays) and nxt.index == p.index
                 out.append("D" if shadowed else "C")
-            elif isinstance(p, ShadowArrays) and not p.batch:
-                out.append("S")
+            elif isinstance(p, ShadowArrays):
+                out.append("B" if p.batch else "S")
             else:
                 out.append("-")
         flags = "!" if self.request.get("noalias") else ""

@@ -251,3 +251,86 @@ def test_a_compiled_derivative_refuses_arrays_that_share_memory_the_wrong_way():
     dx = np.zeros(3)
     d(xx, dx, x.copy(), 1.0)
     np.testing.assert_allclose(dx, [2.0 * x[1], 0.0, 0.0])
+
+
+@numba.njit
+def _square_into_second(xs, y):
+    a, b = xs
+    s = 0.0
+    for i in range(a.shape[0]):
+        b[i] = a[i] * a[i]
+        s += b[i] * y[i]
+    return s
+
+
+def test_a_compiled_derivative_checks_the_arrays_inside_tuples():
+    a, b, y = np.array([0.5, -1.0, 2.0]), np.zeros(3), np.array([1.0, 2.0, 3.0])
+    d = enzpy.derivative(
+        _square_into_second, Duplicated((a, b), (np.zeros(3), np.zeros(3))), Const(y)
+    )
+    da, db = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match=r"arguments x0\[1\] and x1 .*one Const"):
+        d((a, b), (da, db), b, 1.0)  # the Const array is the tuple's second array
+    with pytest.raises(ValueError, match=r"arguments x0\[0\] and dx0\[1\] .*a shadow may not"):
+        d((a, b), (da, a), y, 1.0)  # a shadow inside the shadow tuple is an array of the call
+    with pytest.raises(ValueError, match=r"arguments dx0\[0\] and dx0\[1\] are shadows"):
+        d((a, b), (da, da), y, 1.0)  # one buffer for the shadows of two distinct arrays
+
+    @numba.njit
+    def from_njit(xs, dxs, c):
+        return d(xs, dxs, c, 1.0)
+
+    with pytest.raises(ValueError, match=r"x0\[1\] and x1"):
+        from_njit((a, b), (da, db), b)
+    np.testing.assert_array_equal(a, [0.5, -1.0, 2.0])
+    np.testing.assert_array_equal(da, 0.0)
+    # apart, the call runs: s = sum a^2 y with b's cotangent 1 on entry
+    from_njit((a, b), (da, db), y)
+    np.testing.assert_allclose(da, 2 * a * y + 2 * a, rtol=1e-14)
+    np.testing.assert_array_equal(db, 0.0)
+
+
+@numba.njit
+def _sines_into(x, out):
+    for i in range(x.shape[0]):
+        out[i] = np.sin(x[i])
+
+
+def test_a_compiled_batch_derivative_checks_every_lane():
+    x, out = np.array([0.1, 0.7, -0.4]), np.zeros(3)
+    lanes = (np.ones(3), np.arange(3.0))
+    d = enzpy.derivative(
+        _sines_into,
+        enzpy.BatchDuplicated(x, lanes),
+        enzpy.BatchDuplicated(out, (np.zeros(3), np.zeros(3))),
+        mode=enzpy.Forward,
+        ret=Const,
+    )
+    with pytest.raises(ValueError, match=r"arguments x0 and dx0\[1\] .*a shadow may not"):
+        d(x, (np.ones(3), x), out, (np.zeros(3), np.zeros(3)))  # a lane is the array itself
+    shared = np.zeros(3)
+    with pytest.raises(ValueError, match=r"arguments dx1\[0\] and dx1\[1\] are one array"):
+        d(x, (np.ones(3), np.ones(3)), out, (shared, shared))  # two lanes, one buffer
+    np.testing.assert_array_equal(x, [0.1, 0.7, -0.4])
+    t0, t1 = np.zeros(3), np.zeros(3)
+    d(x, (np.ones(3), np.arange(3.0)), out, (t0, t1))
+    np.testing.assert_allclose(t0, np.cos(x), rtol=1e-14)
+    np.testing.assert_allclose(t1, np.cos(x) * np.arange(3.0), rtol=1e-14)
+
+
+def test_a_compiled_batch_reverse_derivative_checks_every_lane():
+    x, y = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    d = enzpy.derivative(
+        dot,
+        enzpy.BatchDuplicated(x, (np.zeros(2), np.zeros(2))),
+        enzpy.BatchDuplicated(y, (np.zeros(2), np.zeros(2))),
+    )
+    a, b, c = np.zeros(2), np.zeros(2), np.zeros(2)
+    with pytest.raises(ValueError, match=r"arguments dx0\[1\] and dx1\[0\] are shadows"):
+        d(x, (a, b), y, (b, c), (1.0, 1.0))  # lane 1 of x and lane 0 of y share a buffer
+    with pytest.raises(ValueError, match=r"arguments dx0\[0\] and x1 .*a shadow may not"):
+        d(x, (y, b), y, (a, c), (1.0, 1.0))
+    d(x, (a, b), y, (c, np.zeros(2)), (1.0, 2.0))
+    np.testing.assert_allclose(a, y, rtol=1e-14)
+    np.testing.assert_allclose(b, 2 * y, rtol=1e-14)
+    np.testing.assert_allclose(c, x, rtol=1e-14)
