@@ -19,21 +19,23 @@ wrapper around it is what Python and other njit code call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import llvmlite.binding as llvm
-import numba
 from numba.core import codegen as numba_codegen
 from numba.core import types
 from numba.core.compiler_lock import global_compiler_lock
+from numba.core.errors import TypingError
+from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic
 
 from . import _custom_rules, _parallel, _tape_budget
 from ._abi import tuple_types
 from ._config import target_context
 from ._signature import CallSignature
-from .errors import InternalError, UnsupportedError
+from .errors import EnzpyTypeError, InternalError, UnsupportedError
 
 __all__ = ["Linked", "Portable", "add_compiled", "link", "load_library", "load_object", "wrap"]
 
@@ -326,7 +328,27 @@ def _make_wrapper(intr: Any, doc: str, name: str) -> Any:
 
     enzpy_derivative.__doc__ = doc
     enzpy_derivative.__qualname__ = f"enzpy_derivative.{name}"
-    return numba.njit(enzpy_derivative)
+    return _DerivativeDispatcher(enzpy_derivative, locals={}, targetoptions={"nopython": True})
+
+
+#: The wrapper's own complaint inside numba's report of a failed typing.
+_OWN_TYPING_ERROR = re.compile(r"TypingError: (enzpy derivative [^\n]*)")
+
+
+class _DerivativeDispatcher(CPUDispatcher):
+    """numba's dispatcher for the wrapper, except that a Python call with
+    arguments the derivative was not made for raises ``EnzpyTypeError`` with
+    the wrapper's message (which numba buries in a report about the
+    intrinsic); njit callers get numba's TypingError, as for any function."""
+
+    def _compile_for_args(self, *args: Any, **kws: Any) -> Any:
+        try:
+            return super()._compile_for_args(*args, **kws)  # type: ignore[misc]  # numba's stubs lack it
+        except TypingError as err:
+            found = _OWN_TYPING_ERROR.search(str(err))
+            if found is None:
+                raise
+            raise EnzpyTypeError(found.group(1)) from None
 
 
 def add_compiled(wrapper: Any, reduced: tuple[Any, ...], undefined: list[str]) -> bool:

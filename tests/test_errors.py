@@ -600,3 +600,34 @@ def test_a_typed_dict_holding_active_values_is_refused_by_name():
     x = np.ones(3)
     with pytest.raises(enzpy.UnsupportedError, match=r"typed dict \(a \{\} literal"):
         enzpy.autodiff(squares_in_a_dict, Duplicated(x, np.zeros(3)))
+
+
+@numba.njit
+def _sine_sum(x, a):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += math.sin(x[i]) * a
+    return s
+
+
+def test_a_compiled_derivative_called_with_arguments_it_was_not_made_for():
+    x = rng(30).uniform(-1, 1, 4)
+    d = enzpy.derivative(_sine_sum, Duplicated(x, np.zeros(4)), Active(1.0))
+    with pytest.raises(
+        enzpy.EnzpyTypeError, match=r"takes 4 arguments \(x0, dx0, x1, dret\), got 3$"
+    ):
+        d(x, np.zeros(4), 1.0)
+    with pytest.raises(TypeError, match="argument 1 has type unicode_type"):
+        d(x, np.zeros(4), "a", 1.0)
+
+    @numba.njit
+    def caller(x, dx):
+        return d(x, dx, 1.0)
+
+    # njit callers get numba's report, with the wrapper's message in it
+    with pytest.raises(TypingError, match=r"takes 4 arguments \(x0, dx0, x1, dret\), got 3"):
+        caller(x, np.zeros(4))
+    dx = np.zeros(4)
+    (da,) = d(x, dx, 2.0, 1.0)
+    np.testing.assert_allclose(dx, 2.0 * np.cos(x), rtol=1e-14)
+    assert da == pytest.approx(np.sum(np.sin(x)), rel=1e-14)
