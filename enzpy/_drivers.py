@@ -88,17 +88,18 @@ def replica(values: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(walk(v) for v in values)
 
 
-def _float_array(what: str, a: Any) -> np.ndarray:
-    """``a``, checked to be a non-empty float array (``what`` names it)."""
+def _float_array(driver: str, what: str, a: Any) -> np.ndarray:
+    """``a``, checked to be a non-empty float array (``what`` names it, in the
+    messages of ``driver``)."""
     if isinstance(a, np.ndarray):
-        check_plain_array(f"jacobian: {what}", a)
+        check_plain_array(f"{driver}: {what}", a)
     if not isinstance(a, np.ndarray) or a.dtype not in FLOAT_DTYPES:
         raise EnzpyTypeError(
-            f"jacobian: {what} must be a float32 or float64 numpy array, got "
+            f"{driver}: {what} must be a float32 or float64 numpy array, got "
             f"{type(a).__name__}" + (f" of dtype {a.dtype}" if isinstance(a, np.ndarray) else "")
         )
     if a.size == 0:
-        raise EnzpyValueError(f"jacobian: {what} is empty")
+        raise EnzpyValueError(f"{driver}: {what} is empty")
     return a
 
 
@@ -150,9 +151,9 @@ def jacobian(
     """
     m = check_mode(mode)
     progress = check_progress("jacobian", progress)
-    x = _float_array("x", x)
+    x = _float_array("jacobian", "x", x)
     if out is not None:
-        out = _float_array("out", out)
+        out = _float_array("jacobian", "out", out)
     n = x.size
     shape = x.shape if out is None else out.shape + x.shape
     dtype = np.result_type(x.dtype, out.dtype) if out is not None else x.dtype
@@ -247,7 +248,7 @@ def hvp(f: Any, x: Any, v: Any, *args: Any) -> np.ndarray:
     part of it, on private copies of ``x`` and of the arrays in ``args``
     (the caller's arrays are left as they are, as in ``jacobian``).
     """
-    x = _float_array("x", x)
+    x = _float_array("hvp", "x", x)
     v = _same_array_like("v", x, v)
     x, *rest = replica((x, *args))
     args = tuple(rest)
@@ -291,7 +292,7 @@ def hessian(f: Any, x: Any, *args: Any, progress: bool | None = None) -> np.ndar
     Hessian-vector product per element of ``x`` (for small problems).
     ``progress`` shows a bar over the products, as in ``jacobian``."""
     progress = check_progress("hessian", progress)
-    x = _float_array("x", x)
+    x = _float_array("hessian", "x", x)
     H = np.zeros((x.size,) + x.shape, x.dtype)
     with bar(x.size, "enzpy.hessian", progress, unit="hvp") as products:
         for j in range(x.size):

@@ -155,3 +155,23 @@ def test_forward_jacobian_through_a_lapack_rule_is_the_same_for_every_chunk():
             J,
             rtol=1e-14,
         )
+
+
+@numba.njit
+def _sum_sin(x):
+    return np.sum(np.sin(x))
+
+
+@pytest.mark.parametrize(
+    "driver,call",
+    [
+        ("jacobian", lambda f, x: enzpy.jacobian(f, x)),
+        ("hvp", lambda f, x: enzpy.hvp(f, x, np.ones(x.shape))),
+        ("hessian", lambda f, x: enzpy.hessian(f, x)),
+    ],
+)
+def test_driver_errors_name_the_driver_called(driver, call):
+    with pytest.raises(enzpy.EnzpyTypeError, match=rf"^{driver}: x must be a float32 or float64"):
+        call(_sum_sin, np.arange(4))
+    with pytest.raises(enzpy.EnzpyValueError, match=rf"^{driver}: x is empty"):
+        call(_sum_sin, np.zeros(0))
