@@ -76,10 +76,13 @@ def autodiff(f: Any, *args: Any, mode: Mode = Reverse, ret: type = Active) -> An
 def gradient(f: Any, *xs: Any) -> Any:
     """Gradient of the float-valued ``f`` at ``xs``.
 
-    Float arrays get zero shadows (``Duplicated``), float scalars (and tuples
-    of floats) are ``Active``; other values are constant and get ``None``.
-    Returns one gradient per argument (the shadow for arrays, the derivative
-    for scalars), or the single gradient when there is one argument.
+    Float arrays (and tuples of them) get zero shadows (``Duplicated``), float
+    scalars (and tuples of floats) are ``Active``; other values are constant
+    and get ``None``, and a call with no differentiable argument at all is an
+    ``EnzpyTypeError`` (an integer array has no gradient: convert it with
+    ``astype(float)``). Returns one gradient per argument (the shadow for
+    arrays, the derivative for scalars), or the single gradient when there is
+    one argument.
     """
     args: list[Any] = []
     for i, x in enumerate(xs):
@@ -88,12 +91,19 @@ def gradient(f: Any, *xs: Any) -> Any:
                 f"argument {i}: gradient takes plain values, not annotations; "
                 "use enzpy.autodiff for annotated arguments"
             )
-        if isinstance(x, np.ndarray) and x.dtype in FLOAT_DTYPES:
-            args.append(Duplicated(x, np.zeros_like(x)))
+        if _float_arrays(x):
+            args.append(Duplicated(x, make_zero(x)))
         elif is_float_tuple(x):
             args.append(Active(x))
         else:
             args.append(Const(x))
+    if xs and all(isinstance(a, Const) for a in args):
+        kinds = ", ".join(_kind(x) for x in xs)
+        raise EnzpyTypeError(
+            f"gradient: no argument carries a derivative (got {kinds}); it differentiates "
+            "float arrays, float scalars and tuples of them: convert integer arrays with "
+            "astype(float)"
+        )
     b = _build.bind(f, args, Reverse, Active)
     entry = _build.entry(b)
     if not entry.signature.seeded:
@@ -106,6 +116,19 @@ def gradient(f: Any, *xs: Any) -> Any:
         a.shadow if isinstance(a, Duplicated) else d for a, d in zip(args, derivs, strict=True)
     )
     return out[0] if len(out) == 1 else out
+
+
+def _float_arrays(x: Any) -> bool:
+    """Whether ``x`` is a float array or a (nested) tuple of them."""
+    if isinstance(x, tuple):
+        return len(x) > 0 and all(_float_arrays(v) for v in x)
+    return isinstance(x, np.ndarray) and x.dtype in FLOAT_DTYPES
+
+
+def _kind(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an {x.dtype} array"
+    return type(x).__name__
 
 
 def make_zero(x: Any) -> Any:

@@ -330,6 +330,28 @@ def test_gradient_const_int_argument_gets_none():
     np.testing.assert_allclose(gx, ref, rtol=1e-14)
 
 
+def test_gradient_of_an_integer_array_alone_is_an_error_not_none():
+    with pytest.raises(enzpy.EnzpyTypeError, match="int64 array.*astype"):
+        enzpy.gradient(norm2, np.arange(4))
+
+
+@numba.njit
+def _weighted_product(xs, n):
+    a, b = xs
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i] * b[i] * b[i]
+    return s * n
+
+
+def test_gradient_of_a_tuple_of_arrays_is_a_tuple_of_gradients():
+    a, b = rng(29).uniform(-1, 1, 4), rng(30).uniform(-1, 1, 4)
+    (ga, gb), gn = enzpy.gradient(_weighted_product, (a, b), 3)
+    assert gn is None
+    np.testing.assert_allclose(ga, 3 * b * b, rtol=1e-14)
+    np.testing.assert_allclose(gb, 6 * a * b, rtol=1e-14)
+
+
 # ------------------------------------------------------------------- make_zero()
 
 
