@@ -19,6 +19,8 @@ Each annotation class holds everything about its kind of argument:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -244,12 +246,17 @@ class _Shadowed(Annotation):
         BatchDuplicated's shadows as a tuple."""
         x = self.value
         name = type(self).__name__
+        batch = isinstance(self, BatchDuplicated)
         checked: list[Any] = []
         if is_float_tuple(x):
-            checked = [_check_scalar_tangent(i, x, dx) for dx in shadows]
+            for k, dx in enumerate(shadows):
+                with _naming_direction(k, batch):
+                    checked.append(_check_scalar_tangent(i, x, dx))
         elif is_array_tuple(x):
             seen: list[Any] = []
-            checked = [_stage_tuple_shadow(i, call, x, dx, name, seen) for dx in shadows]
+            for k, dx in enumerate(shadows):
+                with _naming_direction(k, batch):
+                    checked.append(_stage_tuple_shadow(i, call, x, dx, name, seen))
         elif isinstance(x, bool | np.bool_ | int | np.integer):
             raise EnzpyTypeError(
                 f"{ordinal(i)}: {name} needs a float array or a float scalar, got "
@@ -258,18 +265,31 @@ class _Shadowed(Annotation):
             )
         else:
             for k, dx in enumerate(shadows):
-                self.check_array_shadow(i, x, dx, name)
+                with _naming_direction(k, batch):
+                    self.check_array_shadow(i, x, dx, name)
                 for prev in checked:
                     if dx.size and np.may_share_memory(prev, dx):
                         raise EnzpyValueError(
-                            f"{ordinal(i)}: shadow {k} shares memory with another shadow "
-                            "of the same argument"
+                            f"{ordinal(i)}: the shadow of direction {k} shares memory with "
+                            "another direction's shadow of the same argument"
                         )
                 checked.append(call.stage(x, dx))
         call.add(type(self), x, tuple(checked) if isinstance(self, BatchDuplicated) else checked[0])
 
     # Set by the subclasses.
     value: Any
+
+
+@contextmanager
+def _naming_direction(k: int, batch: bool) -> Iterator[None]:
+    """Errors of the checks within say which direction of a BatchDuplicated
+    (``k``) they are about."""
+    try:
+        yield
+    except (EnzpyTypeError, EnzpyValueError) as e:
+        if not batch:
+            raise
+        raise type(e)(f"{e} (in direction {k} of the BatchDuplicated)") from None
 
 
 def _stage_tuple_shadow(

@@ -631,3 +631,42 @@ def test_a_compiled_derivative_called_with_arguments_it_was_not_made_for():
     (da,) = d(x, dx, 2.0, 1.0)
     np.testing.assert_allclose(dx, 2.0 * np.cos(x), rtol=1e-14)
     assert da == pytest.approx(np.sum(np.sin(x)), rel=1e-14)
+
+
+@numba.njit
+def _sines_into(x, out):
+    for i in range(x.shape[0]):
+        out[i] = math.sin(x[i])
+
+
+@pytest.mark.parametrize(
+    "bad,error,text",
+    [
+        (np.ones(3), enzpy.EnzpyValueError, r"shape \(4,\), got \(3,\)"),
+        (np.ones(4, np.float32), enzpy.EnzpyTypeError, "dtype float64, got float32"),
+        (1.0, enzpy.EnzpyTypeError, "plain numpy array .*got a value of type float"),
+    ],
+    ids=["shape", "dtype", "kind"],
+)
+def test_a_wrong_batch_shadow_names_its_direction(bad, error, text):
+    x, out = rng(31).uniform(-1, 1, 4), np.zeros(4)
+    lanes = (np.ones(4), np.ones(4), bad)
+    with pytest.raises(
+        error, match=rf"argument 0: .*{text} \(in direction 2 of the BatchDuplicated\)"
+    ):
+        enzpy.autodiff(
+            _sines_into,
+            enzpy.BatchDuplicated(x, lanes),
+            enzpy.BatchDuplicated(out, (np.zeros(4), np.zeros(4), np.zeros(4))),
+            mode=enzpy.Forward,
+            ret=Const,
+        )
+    one = np.ones(4)
+    with pytest.raises(enzpy.EnzpyValueError, match="shadow of direction 1 shares memory"):
+        enzpy.autodiff(
+            _sines_into,
+            enzpy.BatchDuplicated(x, (one, one)),
+            enzpy.BatchDuplicated(out, (np.zeros(4), np.zeros(4))),
+            mode=enzpy.Forward,
+            ret=Const,
+        )
