@@ -992,6 +992,13 @@ def _naming(what: str) -> Iterator[None]:
 
 
 def _check_rule_types(name: str, args: tuple[types.Type, ...], restype: types.Type) -> None:
+    omitted = [k for k, a in enumerate(args) if isinstance(a, types.Omitted)]
+    if omitted:
+        raise UnsupportedError(
+            f"{name} is called with the default value of its argument {omitted[0]}: its rule "
+            "by partial derivatives needs every argument passed at the call (pass the "
+            "default explicitly)"
+        )
     if not isinstance(restype, types.Float) or not all(
         isinstance(a, types.Float | types.Integer | types.Boolean) for a in args
     ):

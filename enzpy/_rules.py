@@ -183,6 +183,7 @@ def register_partials(f: Any, partials: Any) -> Any:
     differentiated kernels and when ``f`` is differentiated itself."""
     df = _njit(partials, "the partial derivatives")
     if isinstance(f, Dispatcher):
+        _check_partials_arity(f.py_func, df.py_func)
         _partials[id(f)] = (f, df)
     elif isinstance(f, str):
         _c_rules[f] = CRule(f, None, None, types.float64, df, f)
@@ -190,6 +191,8 @@ def register_partials(f: Any, partials: Any) -> Any:
         _c_rules[f.symbol] = CRule(f.symbol, None, None, types.float64, df, f.symbol)
     elif (found := _address_of(f, pointers=False)) is not None:
         address, args, restype, name = found
+        if args is not None:
+            _check_partials_arity(name, df.py_func, len(args))
         _c_rules[address] = CRule(None, address, args, restype, df, name)
     else:
         raise EnzpyTypeError(
@@ -199,6 +202,35 @@ def register_partials(f: Any, partials: Any) -> Any:
         )
     _bump()
     return f
+
+
+def _positional(fn: Any) -> tuple[list[str], bool]:
+    """The names of ``fn``'s positional parameters, and whether it takes
+    ``*args`` (any number)."""
+    params = inspect.signature(fn).parameters.values()
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names, any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _check_partials_arity(f: Any, df: Any, n: int | None = None) -> None:
+    """``df`` (partial derivatives) must take the ``n`` arguments of ``f`` (a
+    Python function, or a C function's name with ``n`` given), or those and
+    ``f``'s result; else an EnzpyTypeError naming both, at registration
+    rather than at the first derivative."""
+    if n is None:
+        names, star = _positional(f)
+        if star:
+            return
+        n, what = len(names), f"{f.__name__}'s {len(names)} arguments ({', '.join(names)})"
+    else:
+        what = f"the {n} arguments of {f}"
+    got, star = _positional(df)
+    if star or len(got) in (n, n + 1):
+        return
+    raise EnzpyTypeError(
+        f"register_partials: the partial derivatives must take {what}, or those and the "
+        f"result; {df.__name__} takes {len(got)} ({', '.join(got)})"
+    )
 
 
 def partials(f: Any) -> Any:

@@ -316,6 +316,51 @@ def test_partials_of_the_wrong_count_name_the_rule_and_what_was_expected():
         enzpy.autodiff(f, Active(1.0))
 
 
+def test_partials_taking_the_wrong_number_of_arguments_are_refused_at_registration():
+    @numba.njit
+    def scaled_tanh(x, k):
+        return k * math.tanh(x / k)
+
+    def one_argument(x):
+        return 1.0
+
+    with pytest.raises(
+        enzpy.EnzpyTypeError,
+        match=r"scaled_tanh's 2 arguments \(x, k\), or those and the result; one_argument "
+        r"takes 1 \(x\)",
+    ):
+        enzpy.register_partials(scaled_tanh, one_argument)
+
+
+@numba.njit
+def _soft_clip(x, k=2.0):
+    return k * math.tanh(x / k)
+
+
+@numba.njit
+def _soft_clip_partials(x, k):
+    t = math.tanh(x / k)
+    return (1.0 - t * t, t - x / k * (1.0 - t * t))
+
+
+enzpy.register_partials(_soft_clip, _soft_clip_partials)
+
+
+def test_rule_of_a_function_called_with_a_default_argument_asks_for_it():
+    @numba.njit
+    def with_default(x):
+        return _soft_clip(x) * x
+
+    with pytest.raises(enzpy.UnsupportedError, match="default value of its argument 1"):
+        enzpy.autodiff(with_default, Active(0.3))
+
+    @numba.njit
+    def passed(x, k):
+        return _soft_clip(x, k) * x
+
+    fd.check_vjp(passed, fd.Active(0.3), fd.Active(1.5))
+
+
 def test_partials_that_do_not_compile_name_the_rule():
     @numba.njit
     def one(x):
