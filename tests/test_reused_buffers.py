@@ -179,3 +179,86 @@ def test_scratch_hidden_vector_read_unchanged_in_inner_loop():
         fd.Const(r.standard_normal((4, 4))),
     )
     check_all_modes(scratch_bilinear, *args)
+
+
+# --- Loops with constant bounds ------------------------------------------------------
+# A constant trip count makes the extent of a loop's reads a constant, and the
+# per-access overwrite check compares it with where the stores start. These
+# kernels update memory in place where reads reach above the lowest store; a check
+# that let them be re-read (a negative gap taken as a huge positive one) gave a wrong
+# gradient without an error.
+
+FIXED = 40
+
+
+@numba.njit
+def gauss_seidel_scratch(x, steps):
+    # a scratch copy relaxed in place by a nonlinear Gauss-Seidel sweep
+    u = np.empty(FIXED)
+    for i in range(FIXED):
+        u[i] = x[i % x.shape[0]]
+    for _ in range(steps):
+        for i in range(1, FIXED - 1):
+            u[i] = u[i] * u[i - 1] * 0.5 + 0.25 * u[i + 1]
+    return u.sum()
+
+
+@numba.njit
+def gauss_seidel_argument(u, steps):
+    for _ in range(steps):
+        for i in range(1, FIXED - 1):
+            u[i] = u[i] * u[i - 1] * 0.5 + 0.25 * u[i + 1]
+    return u.sum()
+
+
+@numba.njit
+def rows_relaxed_in_place(x):
+    # a fixed-shape scratch matrix, each row relaxed in place from its right
+    # neighbour, rows coupled through the first column
+    S = np.empty((6, 24))
+    for r in range(6):
+        for i in range(24):
+            S[r, i] = x[(r + i) % x.shape[0]]
+    for r in range(6):
+        for i in range(23):
+            S[r, i] = math.sin(S[r, i]) * S[r, i + 1]
+        if r + 1 < 6:
+            S[r + 1, 0] += S[r, 0]
+    total = 0.0
+    for r in range(6):
+        for i in range(24):
+            total += S[r, i] * S[r, i]
+    return total
+
+
+@numba.njit
+def fixed_history(x, a):
+    # the re-readable case with constant bounds: row t + 1 from row t
+    H = np.empty((8, 30))
+    for i in range(30):
+        H[0, i] = x[i % x.shape[0]]
+    for t in range(7):
+        H[t + 1, 0] = H[t, 0]
+        H[t + 1, 29] = H[t, 29]
+        for i in range(1, 29):
+            H[t + 1, i] = H[t, i] + a * H[t, i - 1] * H[t, i + 1]
+    s = 0.0
+    for i in range(30):
+        s += H[7, i] * H[7, i]
+    return s
+
+
+def test_constant_bound_nonlinear_sweep_of_a_scratch_copy():
+    check_all_modes(gauss_seidel_scratch, fd.Dup(rng(7).uniform(0.5, 1.5, 7)), 3)
+
+
+def test_constant_bound_nonlinear_sweep_of_an_argument():
+    check_all_modes(gauss_seidel_argument, fd.Dup(rng(8).uniform(0.5, 1.5, FIXED)), 2)
+
+
+def test_constant_bound_rows_relaxed_in_place():
+    check_all_modes(rows_relaxed_in_place, fd.Dup(rng(9).uniform(-1, 1, 11)))
+
+
+def test_constant_bound_history_rows():
+    check_all_modes(fixed_history, fd.Dup(rng(10).uniform(-1, 1, 9)), fd.Active(0.3))

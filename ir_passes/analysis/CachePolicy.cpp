@@ -212,12 +212,22 @@ static bool writesAboveLater(LoadInst *L, StoreInst *S, const Loop &T,
            SE.isLoopEntryGuardedByCond(&T, P, A, B);
   };
   // The gap also in units of its constant factor (elements rather than
-  // bytes), the form in which loop guards bound it.
+  // bytes), the form in which loop guards bound it. The quotient is an
+  // unsigned division: it stands for the gap only when it is below the
+  // largest signed value over the unit (a negative gap, -296 bytes, divides
+  // into 2^61 - 37, not -37), and the gap must be the unit times it.
   uint64_t Unit = SE.getConstantMultiple(Gap).getLimitedValue(Size);
   auto GapAtLeast = [&](const SCEV *G, uint64_t Unit) {
-    return Known(ICmpInst::ICMP_SGE,
-                 SE.getUDivExactExpr(G, SE.getConstant(G->getType(), Unit)),
-                 SE.getConstant(G->getType(), divideCeil(Size, Unit)));
+    Type *Ty = G->getType();
+    const SCEV *UnitS = SE.getConstant(Ty, Unit);
+    const SCEV *Q = SE.getUDivExactExpr(G, UnitS);
+    unsigned Bits = Ty->getIntegerBitWidth();
+    const SCEV *Limit =
+        SE.getConstant(APInt::getSignedMaxValue(Bits).udiv(APInt(Bits, Unit)));
+    return SE.getMulExpr(Q, UnitS) == G &&
+           Known(ICmpInst::ICMP_SLE, Q, Limit) &&
+           Known(ICmpInst::ICMP_SGE, Q,
+                 SE.getConstant(Ty, divideCeil(Size, Unit)));
   };
   return Known(ICmpInst::ICMP_SGE, Stride, SE.getZero(Stride->getType())) &&
          (GapAtLeast(Gap, 1) || (Unit > 1 && GapAtLeast(Gap, Unit)));
