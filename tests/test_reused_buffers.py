@@ -248,6 +248,70 @@ def fixed_history(x, a):
     return s
 
 
+@numba.njit
+def backward_sweep_scratch(x, steps):
+    u = np.empty(FIXED)
+    for i in range(FIXED):
+        u[i] = x[i % x.shape[0]]
+    for _ in range(steps):
+        for i in range(FIXED - 2, 0, -1):
+            u[i] = u[i] * u[i + 1] * 0.5 + 0.25 * u[i - 1]
+    return np.sum(u * u)
+
+
+@numba.njit
+def shifted_reads_in_place(x, steps):
+    # reads reach three elements above the element written
+    u = np.empty(FIXED)
+    for i in range(FIXED):
+        u[i] = x[i % x.shape[0]]
+    for _ in range(steps):
+        for i in range(FIXED - 3):
+            u[i] = u[i + 3] * u[i + 1] + 0.1 * u[i]
+    return np.sum(u * u)
+
+
+@numba.njit
+def cubic_heat_carried_scalar(x, a, steps):
+    u = np.empty(FIXED)
+    for i in range(FIXED):
+        u[i] = x[i % x.shape[0]]
+    for _ in range(steps):
+        left = u[0]
+        for i in range(1, FIXED - 1):
+            cur = u[i]
+            u[i] = cur + a * (left - 2.0 * cur + u[i + 1]) - 0.1 * cur * cur * cur
+            left = cur
+    return np.sum(u * u)
+
+
+@numba.njit
+def window_products_in_place(x):
+    u = np.empty(FIXED)
+    for i in range(FIXED):
+        u[i] = x[i % x.shape[0]]
+    for i in range(FIXED - 4):
+        u[i] = (u[i] * u[i + 1] + u[i + 2] * u[i + 3]) * 0.5
+    return np.sum(u * u)
+
+
+def test_constant_bound_backward_sweep():
+    check_all_modes(backward_sweep_scratch, fd.Dup(rng(11).uniform(0.5, 1.5, 7)), 2)
+
+
+def test_constant_bound_reads_above_the_write():
+    check_all_modes(shifted_reads_in_place, fd.Dup(rng(12).uniform(-1, 1, 7)), 2)
+
+
+def test_constant_bound_cubic_heat_with_carried_scalar():
+    args = (fd.Dup(rng(13).uniform(-1, 1, 7)), fd.Active(0.2), 3)
+    check_all_modes(cubic_heat_carried_scalar, *args)
+
+
+def test_constant_bound_window_products_in_place():
+    check_all_modes(window_products_in_place, fd.Dup(rng(14).uniform(-1, 1, 7)))
+
+
 def test_constant_bound_nonlinear_sweep_of_a_scratch_copy():
     check_all_modes(gauss_seidel_scratch, fd.Dup(rng(7).uniform(0.5, 1.5, 7)), 3)
 
