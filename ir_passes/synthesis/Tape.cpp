@@ -22,6 +22,14 @@ Tape::Tape(Function &D, BasicBlock &Entry) : D(D) {
   Cap = B.CreateAlloca(I64, nullptr, "enzpy.tape.cap");
   FailStatus = B.CreateAlloca(B.getInt32Ty(), nullptr, "enzpy.fail.status");
   B.CreateStore(B.getInt32(numba::NoMemoryStatus), FailStatus);
+  // The budget, in slots, read once per call.
+  Value *Budget = B.CreateLoad(I64, budget(), "enzpy.tape.budget");
+  Value *Header = ConstantInt::get(I64, HeaderBytes);
+  Room =
+      B.CreateSelect(B.CreateICmpULT(Budget, Header), ConstantInt::get(I64, 0),
+                     B.CreateUDiv(B.CreateSub(Budget, Header),
+                                  ConstantInt::get(I64, SlotBytes)),
+                     "enzpy.tape.room");
   B.CreateStore(ConstantInt::get(I64, 0), Top);
   B.CreateStore(ConstantInt::get(I64, 0), Cap);
   // Start from the block the last call of this derivative left, if any
@@ -36,6 +44,28 @@ Tape::Tape(Function &D, BasicBlock &Entry) : D(D) {
       B.CreateSelect(Has, B.CreateConstGEP1_64(B.getInt8Ty(), Got, HeaderBytes),
                      ConstantPointerNull::get(cast<PointerType>(Ptr))),
       Base);
+}
+
+Value *Tape::budget() {
+  return D.getParent()->getOrInsertGlobal("enzpy_tape_budget",
+                                          ArrayType::get(I64, 2));
+}
+
+BasicBlock *Tape::refusal(Value *Need, BasicBlock *From) {
+  if (!Refuse) {
+    Refuse = BasicBlock::Create(D.getContext(), "enzpy.tape.refused", &D);
+    IRBuilder<> B(Refuse);
+    RefusedNeed = B.CreatePHI(I64, 4, "enzpy.tape.refused.need");
+    // The bytes asked for go to the budget's second word, for the message.
+    B.CreateStore(
+        B.CreateAdd(B.CreateMul(RefusedNeed, ConstantInt::get(I64, SlotBytes)),
+                    ConstantInt::get(I64, HeaderBytes)),
+        B.CreateConstGEP2_64(ArrayType::get(I64, 2), budget(), 0, 1));
+    B.CreateStore(B.getInt32(numba::TapeBudgetStatus), FailStatus);
+    B.CreateBr(failureBlock());
+  }
+  RefusedNeed->addIncoming(Need, From);
+  return Refuse;
 }
 
 GlobalVariable *Tape::spare() {
@@ -147,25 +177,9 @@ Value *Tape::emitEnsure(Instruction *Term, Value *Extra) {
                  MDB.createUnlikelyBranchWeights());
   // Grow: capacity max(2 * cap, need + 1024) slots, at most the budget's.
   B.SetInsertPoint(Grow);
-  Module &M = *D.getParent();
-  Type *BudgetTy = ArrayType::get(I64, 2);
-  Value *BudgetGV = M.getOrInsertGlobal("enzpy_tape_budget", BudgetTy);
-  Value *Budget = B.CreateLoad(I64, BudgetGV, "enzpy.tape.budget");
-  Value *Room = B.CreateSelect(
-      B.CreateICmpULT(Budget, ConstantInt::get(I64, HeaderBytes)),
-      ConstantInt::get(I64, 0),
-      B.CreateUDiv(B.CreateSub(Budget, ConstantInt::get(I64, HeaderBytes)),
-                   ConstantInt::get(I64, SlotBytes)));
-  BasicBlock *Refuse = BasicBlock::Create(C, "enzpy.tape.budget", &D);
   BasicBlock *Alloc = BasicBlock::Create(C, "enzpy.tape.alloc", &D);
-  B.CreateCondBr(B.CreateICmpUGT(Need, Room), Refuse, Alloc,
+  B.CreateCondBr(B.CreateICmpUGT(Need, Room), refusal(Need, Grow), Alloc,
                  MDB.createUnlikelyBranchWeights());
-  B.SetInsertPoint(Refuse);
-  B.CreateStore(B.CreateAdd(B.CreateMul(Need, ConstantInt::get(I64, SlotBytes)),
-                            ConstantInt::get(I64, HeaderBytes)),
-                B.CreateConstGEP2_64(BudgetTy, BudgetGV, 0, 1));
-  B.CreateStore(B.getInt32(numba::TapeBudgetStatus), FailStatus);
-  B.CreateBr(failureBlock());
   B.SetInsertPoint(Alloc);
   Value *Old = B.CreateLoad(Ptr, Base);
   Value *Twice = B.CreateShl(CapV, 1);

@@ -106,6 +106,15 @@ private:
   llvm::AllocaInst *Top;
   /// The status failureBlock returns.
   llvm::AllocaInst *FailStatus;
+  /// The budget in slots (read once, in the entry block).
+  llvm::Value *Room;
+  /// The block every refused growth goes to, and the need it was refused.
+  llvm::BasicBlock *Refuse = nullptr;
+  llvm::PHINode *RefusedNeed = nullptr;
+  /// The loader's budget words (enzpy_tape_budget).
+  llvm::Value *budget();
+  /// The shared refusal block, given the \p Need refused in \p From.
+  llvm::BasicBlock *refusal(llvm::Value *Need, llvm::BasicBlock *From);
   llvm::AllocaInst *Cap;
   llvm::BasicBlock *Oom = nullptr;
   /// The scope of slot accesses (created with the first of them), and the
