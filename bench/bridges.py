@@ -15,9 +15,9 @@ not importable is skipped.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -151,8 +151,6 @@ def main() -> None:
     a = 0.3
     results: dict[str, Any] = {
         "what": f"per-call time in microseconds, stencil kernel on {N} float64 elements",
-        "python": platform.python_version(),
-        "machine": platform.machine(),
         "direct": direct(u, a),
     }
     for name, fn in (("jax", lambda: jax_paths(u, a)), ("torch", lambda: torch_paths(u, a))):
@@ -161,17 +159,19 @@ def main() -> None:
         except ImportError as e:
             results[name] = f"skipped: {e}"
     results["scipy"] = scipy_paths(u)
-    try:
-        import jax
-        import torch
-
-        results["versions"] = {"jax": jax.__version__, "torch": torch.__version__}
-    except ImportError:
-        pass
-    out = Path(__file__).resolve().parent / "results" / "bridges.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    peers = {}
+    for name in ("jax", "torch"):
+        try:
+            peers[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
     json.dump(results, sys.stdout, indent=2)
     print()
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here)]
+    from report import save_results
+
+    save_results(here / "results" / "bridges.json", results, peers)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 
-from report import print_rows  # noqa: E402
+from report import print_rows, save_results  # noqa: E402
 
 MATH = ("np.sin", "np.cos", "np.exp", "np.tanh", "np.sqrt", "np.log1p")
 
@@ -201,8 +201,7 @@ def disk_cache_table(names: list[str] | None, out: Path) -> None:
         "first call minus a later call, in a fresh process: cold = empty numba and enzpy "
         "disk caches, warm = both filled by the cold run (cache=True on every kernel)"
     )
-    out.write_text(json.dumps({"date": time.strftime("%F"), "kernels": records}, indent=1))
-    print(f"wrote {out}")
+    save_results(out, {"kernels": records})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,8 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     print("ratio = enzpy's first gradient call / numba's first call of the primal")
-    Path(a.out).write_text(json.dumps({"date": time.strftime("%F"), "kernels": records}, indent=1))
-    print(f"wrote {a.out}")
+    save_results(Path(a.out), {"kernels": records})
 
 
 if __name__ == "__main__":

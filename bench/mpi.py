@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -83,15 +82,16 @@ def main() -> None:
             f"{r['kernel']:>17} {r['ranks']:>5} {r['primal_s'] * 1e3:>10.2f} "
             f"{r['gradient_s'] * 1e3:>12.2f} {r['ratio']:>6.2f}"
         )
-    result = {
+    sys.path[:0] = [str(HERE)]
+    from report import save_results
+
+    body = {
         "kernels": "examples/heat_mpi.py heat (sendrecv), heat_nonblocking (irecv/isend, waitall)",
         "points": points,
         "steps": steps,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "rows": rows,
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_results(Path(args.out), body)
 
 
 if __name__ == "__main__":

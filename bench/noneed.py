@@ -15,9 +15,7 @@ was computed only for them. Not run in CI.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ sys.path[:0] = [str(HERE)]
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from report import save_results  # noqa: E402
 from timing import best_time  # noqa: E402
 
 import enzpy  # noqa: E402
@@ -121,15 +120,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['name']:24s} {r['primal_s'] * 1e3:8.2f} ms   {cols[0]} / {cols[1]}"
             f"      {cols[2]} / {cols[3]}"
         )
-    out = {
-        "machine": {"platform": platform.platform()},
-        "versions": {"numba": numba.__version__, "enzpy": enzpy.__version__},
-        "note": "ratio = derivative time / numba primal time, one thread",
-        "records": records,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    body = {"note": "ratio = derivative time / numba primal time, one thread", "records": records}
+    save_results(args.out, body)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ per-chunk copies of the shadow. The forward sweep is serial; forward mode
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import types as pytypes
 from pathlib import Path
@@ -25,6 +23,7 @@ sys.path[:0] = [str(HERE)]
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from report import save_results  # noqa: E402
 from timing import best_time  # noqa: E402
 
 import enzpy  # noqa: E402
@@ -198,16 +197,12 @@ def main(argv: list[str] | None = None) -> None:
             + (f" 2t {r['jvp_2t_s'] * 1e3:8.2f} ms" if "jvp_2t_s" in r else "")
             + f" | FD rel err {r['fd_relative_error']:.1e}"
         )
-    out = {
-        "machine": {"cpus": numba.config.NUMBA_NUM_THREADS, "platform": platform.platform()},
-        "versions": {"numba": numba.__version__, "enzpy": enzpy.__version__},
+    body = {
         "note": "the reverse sweeps of the prange loops and forward mode run on numba's "
         "threads; the reverse mode's forward sweep is serial",
         "records": records,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_results(args.out, body)
 
 
 if __name__ == "__main__":

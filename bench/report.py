@@ -182,24 +182,39 @@ def cpu_model():
     return platform.processor()
 
 
-def write_results(path: Path, records, peers, skipped, quick):
-    """Write the run's records with the date, machine and versions to ``path``
-    as JSON (through a temporary file, so a failed write leaves no half file)."""
-    result = {
+def run_header(peers=None):
+    """The date, machine and versions every results file starts with;
+    ``peers`` adds the versions of the peer systems that ran."""
+    return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "quick": quick,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": numba.config.NUMBA_NUM_THREADS,
+            "platform": platform.platform(),
+        },
         "versions": {
             "python": platform.python_version(),
             "enzpy": getattr(enzpy, "__version__", None),
             "numba": numba.__version__,
             "numpy": np.__version__,
-            **peers,
+            **(peers or {}),
         },
-        "peers_skipped": skipped,
-        "kernels": records,
     }
+
+
+def save_results(path: Path, body, peers=None):
+    """Write ``body`` under the run's header (``run_header``) to ``path`` as
+    JSON, through a temporary file so that a failed write leaves no half file,
+    and say where it went."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.write_text(json.dumps({**run_header(peers), **body}, indent=2) + "\n")
     tmp.replace(path)
+    print(f"wrote {path}")
+
+
+def write_results(path: Path, records, peers, skipped, quick):
+    """The main benchmark's records, with the peers that were skipped."""
+    save_results(path, {"quick": quick, "peers_skipped": skipped, "kernels": records}, peers)

@@ -120,7 +120,6 @@ def main(argv=None):
         print_memory_table(records, list(peers))
 
     write_results(args.out, records, peers, skipped, args.quick)
-    print(f"\nwrote {args.out}")
     png = (
         RESULTS / "ratios.png"
         if args.out == RESULTS / "latest.json"
