@@ -80,6 +80,15 @@ def reversed_products_into(x, out):
     return s
 
 
+@numba.njit
+def sin_and_square_into_pair(x, outs):
+    a, b = outs
+    for i in range(x.shape[0]):
+        a[i] = math.sin(x[i])
+        b[i] = x[i] * x[i]
+    return (a * b).sum()
+
+
 @numba.njit(parallel=True)
 def softplus_prange(x, out):
     for i in numba.prange(x.shape[0]):
@@ -213,3 +222,49 @@ def test_prange_output_is_dropped_and_runs_on_threads():
         enzpy.autodiff(softplus_prange, Duplicated(x32, dx), ann(np.zeros(50), dout), ret=Const)
         got[ann] = dx
     np.testing.assert_allclose(got[DuplicatedNoNeed], got[Duplicated], rtol=1e-14)
+
+
+def test_float32_write_only_output_is_dropped_and_right():
+    x = rng(15).uniform(-2, 2, 9).astype(np.float32)
+    fd.check_vjp(softplus_into, fd.Dup(x), fd.DupNoNeed(np.zeros(9, np.float32)), ret="const")
+    check_both(softplus_into, fd.Dup(x), fd.DupNoNeed(np.zeros(9, np.float32)), ret="const")
+    log = enzpy.explain(
+        softplus_into,
+        Duplicated(x, np.zeros_like(x)),
+        DuplicatedNoNeed(np.zeros_like(x), np.zeros_like(x)),
+        ret=Const,
+    )
+    assert _no_need_line(log, "out").startswith("dropped"), log
+
+
+@pytest.mark.parametrize("mode", [enzpy.Reverse, Forward], ids=["reverse", "forward"])
+def test_tuple_of_outputs_read_back_gets_duplicated_derivatives(mode):
+    # The outputs are read back for the returned sum: whatever the step keeps
+    # or drops, the derivatives are Duplicated's (and the analytic ones).
+    x = rng(16).uniform(-1, 1, 7)
+    w = (rng(17).standard_normal(7), rng(18).standard_normal(7))
+    v = rng(19).standard_normal(7)
+    got = {}
+    for ann in (Duplicated, DuplicatedNoNeed):
+        outs = (np.zeros(7), np.zeros(7))
+        if mode is Forward:
+            douts = (np.zeros(7), np.zeros(7))
+            r = enzpy.autodiff(
+                sin_and_square_into_pair,
+                Duplicated(x.copy(), v.copy()),
+                ann(outs, douts),
+                mode=mode,
+            )
+            got[ann] = (r, *douts)
+        else:
+            dx, douts = np.zeros(7), (w[0].copy(), w[1].copy())
+            enzpy.autodiff(sin_and_square_into_pair, Duplicated(x.copy(), dx), ann(outs, douts))
+            got[ann] = (dx,)
+    c, s = np.cos(x), np.sin(x)
+    if mode is Forward:
+        expected = ((c * x * x + 2 * x * s) @ v, c * v, 2 * x * v)
+    else:
+        expected = (c * x * x + 2 * x * s + w[0] * c + w[1] * 2 * x,)
+    for ann in got:
+        for g, e in zip(got[ann], expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-14)

@@ -90,6 +90,30 @@ def test_within_the_budget_after_a_refusal_the_gradient_is_right(budget, f, extr
     fd.check_vjp(f, fd.Dup(x), fd.Active(extra[0]), extra[1])
 
 
+def test_batch_reverse_is_refused_whole_and_then_right(budget):
+    # W cotangents share one forward sweep and one tape: a refusal leaves every
+    # lane's shadow untouched, and within the budget each lane is the
+    # single-direction gradient.
+    x = rng(5).uniform(-1, 1, 50)
+    seeds = [rng(6 + k).standard_normal(50) for k in range(3)]
+    budget(1 << 10)
+    lanes = [s.copy() for s in seeds]
+    with pytest.raises(TapeBudgetError):
+        enzpy.autodiff(
+            heat_in_place, enzpy.BatchDuplicated(x.copy(), lanes), Active(0.2), Const(30)
+        )
+    for lane, seed in zip(lanes, seeds, strict=True):
+        np.testing.assert_array_equal(lane, seed)
+    budget("1G")
+    _, das, _ = enzpy.autodiff(
+        heat_in_place, enzpy.BatchDuplicated(x.copy(), lanes), Active(0.2), Const(30)
+    )
+    _, (dx_ref, da_ref, _) = fd.fd_gradient(heat_in_place, x, 0.2, 30)
+    for lane, seed, da in zip(lanes, seeds, das, strict=True):
+        np.testing.assert_allclose(lane - seed, dx_ref, rtol=1e-6, atol=1e-8)
+        assert da == pytest.approx(da_ref, rel=1e-6)
+
+
 def test_budget_counts_only_the_tape(budget):
     # no loop, nothing on the tape; forward mode has no tape at all
     budget(0)
