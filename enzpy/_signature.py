@@ -351,8 +351,8 @@ class CallSignature:
                 f"({', '.join(self.names)}), got {len(argtys)}"
             )
         return [
-            p.expect(typingctx, actual, self.name)
-            for p, actual in zip(self.params, argtys, strict=True)
+            p.expect(typingctx, actual, f"{self.name} ({name})")
+            for p, actual, name in zip(self.params, argtys, self.names, strict=True)
         ]
 
     def sharing_roles(self) -> str:

@@ -617,8 +617,10 @@ def test_a_compiled_derivative_called_with_arguments_it_was_not_made_for():
         enzpy.EnzpyTypeError, match=r"takes 4 arguments \(x0, dx0, x1, dret\), got 3$"
     ):
         d(x, np.zeros(4), 1.0)
-    with pytest.raises(TypeError, match="argument 1 has type unicode_type"):
+    with pytest.raises(TypeError, match=r"\(x1\): argument 1 has type unicode_type"):
         d(x, np.zeros(4), "a", 1.0)
+    with pytest.raises(TypeError, match=r"\(dx0\): the shadow of argument 0 must be"):
+        d(x, np.zeros(4, np.float32), 1.0, 1.0)
 
     @numba.njit
     def caller(x, dx):
