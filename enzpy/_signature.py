@@ -82,7 +82,7 @@ class Prepared:
         "_arrays",
         "_nested",
         "_shadows",
-        "_containers",
+        "_lists",
     )
 
     def __init__(self) -> None:
@@ -97,7 +97,8 @@ class Prepared:
         #: A cheaply hashable key of annotations and types (numba types are
         #: interned; the cache keeps them alive), noalias, width and batch.
         self.key: tuple[Any, ...] = ()
-        #: No two array arguments share memory (checked for this call).
+        #: No two arrays of the call (arguments and tuple members) share memory
+        #: (checked for this call; lists of arrays never count as apart).
         self.noalias = True
         #: Tangents (forward) or cotangents (reverse) per differentiable
         #: argument (batch width).
@@ -114,7 +115,7 @@ class Prepared:
         self._arrays: list[np.ndarray] = []
         self._nested: list[np.ndarray] = []
         self._shadows: list[np.ndarray] = []
-        self._containers = False
+        self._lists = False
 
     def add(self, annotation: type[Annotation], value: Any, *shadows: Any) -> None:
         """Argument ``value`` annotated ``annotation``, and the shadows or
@@ -124,7 +125,7 @@ class Prepared:
             check_plain_array(ordinal(position), value)
             self._arrays.append(value)
         elif isinstance(value, tuple | list):
-            self._containers = True
+            self._lists = self._lists or _holds_list(value)
             nested = arrays_in(value)
             for a in nested:
                 check_plain_array(ordinal(position), a)
@@ -145,7 +146,10 @@ class Prepared:
 
     def finish(self) -> Prepared:
         """Decide aliasing and the batch width once every argument is bound."""
-        self.noalias = not self._containers and arrays_disjoint(self._arrays)
+        # Arrays in tuples are parameters of their own (numba flattens the
+        # tuple), so they count; a list's arrays are reached through its
+        # payload, which the engine does not see apart from other memory.
+        self.noalias = not self._lists and arrays_disjoint(self._arrays + self._nested)
         self.separate = arrays_disjoint(self._arrays + self._nested + self._shadows)
         if self.widths:
             self.width, self.batch = self._one_width(), True
@@ -192,6 +196,13 @@ class Prepared:
             raise EnzpyValueError(
                 f"a batch of {width} seeds is wider than the supported {MAX_BATCH_WIDTH}"
             )
+
+
+def _holds_list(value: Any) -> bool:
+    """``value`` is a list, or a tuple with a list at some depth."""
+    if isinstance(value, list):
+        return True
+    return isinstance(value, tuple) and any(_holds_list(v) for v in value)
 
 
 def prepare(args: Sequence[Any], mode: Mode) -> Prepared:
