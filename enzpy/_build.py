@@ -457,7 +457,11 @@ def _build_hvp(
         raise EnzpyTypeError(
             f"hvp needs a function that returns a float scalar; {name} returns {captured.restype}"
         )
-    fwd, _ = _run_engine(captured, fsig, log=False, optimize=False, strict_control=strict)
+    # Its prange loops stay serial loops: a loop outlined onto numba's threads
+    # is a call into numba's runtime, which the reverse pass cannot follow.
+    fwd, _ = _run_engine(
+        captured, fsig, log=False, optimize=False, strict_control=strict, parallel_loops=[]
+    )
     # The forward derivative's parameters: f's arguments, then the data
     # pointer of x's tangent v (passed as an array like x).
     x_type = fsig.layouts[0].ty

@@ -762,3 +762,35 @@ def test_parallel_callee_alone_matches_its_analytic_derivative() -> None:
     dx = np.zeros(4)
     enzpy.autodiff(parallel_callee, Duplicated(x, dx), mode=Reverse)
     np.testing.assert_allclose(dx, np.cos(x) - x * np.sin(x), rtol=1e-14)
+
+
+@parallel
+def pair_energy(pos, c):
+    # triangular pair loop: a prange reduction over rows, serial inner loops
+    n, e = pos.shape[0], 0.0
+    for i in prange(n):
+        for j in range(i + 1, n):
+            d2 = 0.0
+            for k in range(pos.shape[1]):
+                d2 += (pos[i, k] - pos[j, k]) ** 2
+            e += c / (d2 + 0.5) ** 3
+    return e
+
+
+def test_hessian_vector_products_of_a_parallel_kernel(threads: int) -> None:
+    # hvp differentiates the forward derivative again: its prange loops stay
+    # serial loops there (an outlined launch was refused as a call into
+    # numba's runtime), and the result is the finite difference of gradients.
+    rng = np.random.default_rng(50)
+    x, v = rng.random((6, 2)), rng.standard_normal((6, 2))
+    hv = enzpy.hvp(pair_energy, x, v, 0.9)
+    h = 1e-5
+    gp = enzpy.gradient(pair_energy, x + h * v, 0.9)[0]
+    gm = enzpy.gradient(pair_energy, x - h * v, 0.9)[0]
+    np.testing.assert_allclose(hv, (gp - gm) / (2 * h), rtol=1e-5, atol=1e-6)
+    serial = _twin(scaled_reductions)
+    y = rng.uniform(-1, 1, 5)
+    w = rng.standard_normal(5)
+    np.testing.assert_allclose(
+        enzpy.hvp(scaled_reductions, y, w, 0.7), enzpy.hvp(serial, y, w, 0.7), rtol=1e-12
+    )
