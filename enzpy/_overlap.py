@@ -50,6 +50,23 @@ def _overlap(a, b):  # type: ignore[no-untyped-def]  # numba code
 
 
 @numba.njit
+def _overlaps_itself(a):  # type: ignore[no-untyped-def]  # numba code
+    """Elements of ``a`` surely share memory: its bytes span less than its
+    elements take, or a stride is 0 along an extent above 1 (the test of
+    ``_values.overlaps_itself`` less the exact search: never a false alarm,
+    and it catches broadcasts and sliding windows)."""
+    if a.size < 2:
+        return False
+    lo, hi = _span(a)
+    if hi - lo < a.size * a.itemsize:
+        return True
+    for k in range(a.ndim):
+        if a.shape[k] > 1 and a.strides[k] == 0:
+            return True
+    return False
+
+
+@numba.njit
 def _moved_alike(a, b, da, db):  # type: ignore[no-untyped-def]  # numba code
     """Whether the shadows da, db of arrays a, b share memory as a and b do:
     the same offset between them and the same strides."""
@@ -80,6 +97,10 @@ _SHADOWS = "are shadows that share memory while their arrays do not share it the
 _LANES = "are one array's shadows in two directions and share memory: give each its own buffer"
 _CONST = "share memory, one Const and one differentiated: pass a copy as the Const one"
 _MOVED = "share memory but their shadows do not share it the same way"
+_SELF = (
+    "has elements that share memory (a stride-0 broadcast or overlapping windows), so "
+    "no shadow holds one derivative per element: pass a copy"
+)
 
 
 @dataclass(frozen=True)
@@ -139,7 +160,8 @@ def _pair_checks(
 ) -> tuple[list[_Leaf], list[tuple[int, int, tuple[_Term, ...], str]]]:
     """The array leaves of ``members``, and (a, b, exemption, message) for each
     pair of leaves a, b that may not share memory: refused when they overlap,
-    unless every term of the exemption holds."""
+    unless every term of the exemption holds; a == b for a differentiated
+    array or shadow whose own elements may not share memory."""
     disjoint = roles.startswith("!")
     role, _, named = roles.lstrip("!").partition("|")
     names = named.split(",") if named else [str(k) for k in range(len(role))]
@@ -148,7 +170,9 @@ def _pair_checks(
     for i, leaf in enumerate(leaves):
         if leaf.role == "S":
             shadows.setdefault(leaf.primal, []).append(i)
-    out: list[tuple[int, int, tuple[_Term, ...], str]] = []
+    out: list[tuple[int, int, tuple[_Term, ...], str]] = [
+        (a, a, (), _SELF) for a, leaf in enumerate(leaves) if leaf.role in "DS"
+    ]
     for a, la in enumerate(leaves):
         for b in range(a + 1, len(leaves)):
             lb = leaves[b]
@@ -171,6 +195,8 @@ def _pair_checks(
 
 
 def _message(leaves: list[_Leaf], a: int, b: int, text: str) -> str:
+    if a == b:
+        return f"enzpy derivative: argument {leaves[a].name} {text}"
     return f"enzpy derivative: arguments {leaves[a].name} and {leaves[b].name} {text}"
 
 
@@ -183,6 +209,8 @@ def _condition(leaves: list[_Leaf], a: int, b: int, exemption: tuple[_Term, ...]
             return f"_overlap({at(t[1])}, {at(t[2])})"
         return f"_moved_alike({', '.join(at(k) for k in t[1:])})"
 
+    if a == b:
+        return f"_overlaps_itself({at(a)})"
     overlap = f"_overlap({at(a)}, {at(b)})"
     if not exemption:
         return overlap
@@ -203,6 +231,7 @@ def _refuse_shared_memory(args, roles):  # type: ignore[no-untyped-def]  # numba
     lines.append("    return None")
     scope: dict[str, Any] = {
         "_overlap": _overlap,
+        "_overlaps_itself": _overlaps_itself,
         "_moved_alike": _moved_alike,
         "EnzpyValueError": EnzpyValueError,
     }
@@ -267,6 +296,21 @@ def emit_shared_memory_checks(
         )
         return builder.and_(nonempty, meet)
 
+    def overlaps_itself(k: int) -> Any:
+        lo, hi, n, ary = span(k)
+        nd = array_types[k].ndim
+        one = n.type(1)
+        short = builder.icmp_signed("<", builder.sub(hi, lo), builder.mul(n, ary.itemsize))
+        shape = cgutils.unpack_tuple(builder, ary.shape, nd)
+        strides = cgutils.unpack_tuple(builder, ary.strides, nd)
+        for extent, stride in zip(shape, strides, strict=True):
+            flat = builder.and_(
+                builder.icmp_signed(">", extent, one),
+                builder.icmp_signed("==", stride, stride.type(0)),
+            )
+            short = builder.or_(short, flat)
+        return builder.and_(builder.icmp_signed(">", n, one), short)
+
     def alike(a: int, b: int, da: int, db: int) -> Any:
         pa, pb, sa, sb = (span(k)[3] for k in (a, b, da, db))
         intp = context.get_value_type(types.intp)
@@ -282,7 +326,7 @@ def emit_shared_memory_checks(
         return same
 
     for a, b, exemption, text in checks:
-        refuse = overlap(a, b)
+        refuse = overlaps_itself(a) if a == b else overlap(a, b)
         if exemption:
             terms = [overlap(*t[1:]) if t[0] == "overlap" else alike(*t[1:]) for t in exemption]
             refuse = builder.and_(refuse, builder.not_(functools.reduce(builder.and_, terms)))

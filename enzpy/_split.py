@@ -127,8 +127,13 @@ def split(
     snapshot = ", ".join(f"s{i}" for i in range(n)) + ("," if n == 1 else "")
     dret = ", dret=1.0" if seeded else ""
     # The tape keeps a copy of each array: arrays that share memory would
-    # come back apart.
-    roles = "!" + "-" * n + "|" + ",".join(a)
+    # come back apart. A differentiated array, and each shadow, needs memory
+    # of its own per element, too.
+    roles = "!" + "".join("D" if k == "dup" else "-" for k in kinds) + "|" + ",".join(a)
+    shadow_roles = "!" + "D" * len(shadows) + "|" + ",".join(shadows)
+    check_shadows = (
+        f"    refuse_shared_memory(({', '.join(shadows)},), {shadow_roles!r})\n" if shadows else ""
+    )
     source = f"""
 def fwd({", ".join(a)}):
     refuse_shared_memory(({", ".join(a)}{"," if n == 1 else ""}), {roles!r})
@@ -143,7 +148,7 @@ def rev(tape{"".join(", " + s for s in shadows)}{dret}):
     if used[0]:
         raise ValueError("enzpy.split: this tape was used by rev already")
     used[0] = True
-    {"; ".join(f"s{i} = snap[{i}]" for i in range(n)) or "pass"}
+{check_shadows}    {"; ".join(f"s{i} = snap[{i}]" for i in range(n)) or "pass"}
 {stage_in}    out = deriv({", ".join(call_args)}{", dret" if seeded else ""})
 {stage_out}    return out
 """

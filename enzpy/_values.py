@@ -27,6 +27,7 @@ __all__ = [
     "is_array_tuple",
     "is_float_tuple",
     "ordinal",
+    "overlaps_itself",
     "same_layout",
     "staged_like",
     "typeof",
@@ -109,6 +110,35 @@ def check_plain_array(what: str, a: np.ndarray) -> None:
             "cannot pass to compiled code faithfully); pass np.asarray(x) or the data "
             "you mean"
         )
+
+
+# Above this many elements a layout the quick test cannot clear counts as
+# overlapping without the exact test (which sorts every element's offset).
+_EXACT_OVERLAP_LIMIT = 1 << 22
+
+
+def overlaps_itself(a: np.ndarray) -> bool:
+    """Two different elements of ``a`` share memory: a stride-0 broadcast
+    (``np.broadcast_to``), overlapping windows (``sliding_window_view``).
+    Contiguous arrays are cleared at once; other layouts when each stride
+    spans the smaller ones (no interleaving); what remains by comparing the
+    elements' byte offsets."""
+    if a.size <= 1 or a.flags.c_contiguous or a.flags.f_contiguous:
+        return False
+    dims = sorted((abs(s), n) for s, n in zip(a.strides, a.shape, strict=True) if n > 1)
+    reach = a.itemsize
+    for stride, n in dims:
+        if stride < reach:
+            break
+        reach += stride * (n - 1)
+    else:
+        return False
+    if dims[0][0] == 0 or a.size > _EXACT_OVERLAP_LIMIT:
+        return True
+    offsets = np.zeros((), np.int64)
+    for s, n in zip(a.strides, a.shape, strict=True):
+        offsets = np.add.outer(offsets, np.arange(n, dtype=np.int64) * s)
+    return bool(np.any(np.diff(np.sort(offsets, axis=None)) < a.itemsize))
 
 
 def ordinal(i: int) -> str:

@@ -40,7 +40,7 @@ from ._abi import (
 from ._config import FLOAT_DTYPE_IDS, FLOAT_DTYPES, FLOAT_SCALARS, FLOAT_TYPES, MAX_BATCH_WIDTH
 from ._modes import Forward, ForwardWithPrimal, Mode, Reverse, ReverseWithPrimal
 from ._params import ArgLayout, CallShape, Lanes, Param, ShadowArrays, Tangents, Value
-from ._values import describe, is_array_tuple, is_float_tuple, ordinal
+from ._values import describe, is_array_tuple, is_float_tuple, ordinal, overlaps_itself
 from .errors import EnzpyTypeError, EnzpyValueError, InternalError, UnsupportedError
 
 if TYPE_CHECKING:
@@ -236,6 +236,8 @@ class _Shadowed(Annotation):
             and dx.shape == x.shape
             and dx.flags.writeable
             and not np.may_share_memory(x, dx)
+            and not overlaps_itself(x)
+            and not overlaps_itself(dx)
         ):
             return
         _explain_array_shadow(i, x, dx, name)
@@ -373,6 +375,20 @@ def _explain_array_shadow(i: int, x: Any, dx: Any, name: str) -> None:
         raise EnzpyValueError(f"{ordinal(i)}: the shadow array must be writeable")
     if dx.size and np.may_share_memory(x, dx):
         raise EnzpyValueError(f"{ordinal(i)}: the shadow must not share memory with the argument")
+    if overlaps_itself(x):
+        raise EnzpyValueError(
+            f"{ordinal(i)}: {name} needs an array whose elements each have memory of their "
+            "own; elements of this one share memory (a stride-0 broadcast such as "
+            "np.broadcast_to, or overlapping windows such as sliding_window_view), so no "
+            "shadow holds one derivative per element. Pass a copy (np.array(x)), or "
+            "Const(x) if it is not differentiated"
+        )
+    if overlaps_itself(dx):
+        raise EnzpyValueError(
+            f"{ordinal(i)}: elements of the shadow share memory (a stride-0 broadcast or "
+            "overlapping windows); it needs one element of its own per element of the "
+            "argument: pass np.zeros_like(x) or a copy"
+        )
 
 
 def _check_scalar_tangent(i: int, x: Any, dx: Any) -> Any:

@@ -8,9 +8,11 @@ import numba
 import numpy as np
 import pytest
 from kernels import dot
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 import enzpy
-from enzpy import Const, Duplicated
+from enzpy import Active, BatchDuplicated, Const, Duplicated, _overlap
+from enzpy._values import overlaps_itself
 
 
 @numba.njit
@@ -334,3 +336,128 @@ def test_a_compiled_batch_reverse_derivative_checks_every_lane():
     np.testing.assert_allclose(a, y, rtol=1e-14)
     np.testing.assert_allclose(b, 2 * y, rtol=1e-14)
     np.testing.assert_allclose(c, x, rtol=1e-14)
+
+
+# --- arrays whose own elements share memory ---------------------------------------
+
+
+@numba.njit
+def weighted_sines(W, c):
+    s = 0.0
+    for i in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            s += np.sin(c * W[i, j]) * (j + 1)
+    return s
+
+
+def _windows():
+    return sliding_window_view(np.linspace(0.1, 0.9, 7), 3)  # (5, 3), rows overlap
+
+
+def _broadcast():
+    return np.broadcast_to(np.array([0.3, 0.5, 0.7]), (5, 3))  # stride 0 along rows
+
+
+@pytest.mark.parametrize("make", [_windows, _broadcast], ids=["windows", "broadcast"])
+@pytest.mark.parametrize("mode", [enzpy.Reverse, enzpy.Forward], ids=["reverse", "forward"])
+def test_differentiated_array_whose_elements_share_memory_is_refused(make, mode):
+    # No shadow can hold one derivative per element: the per-element
+    # gradients were summed into shared slots (reverse) or overwritten
+    # (forward). A Const one is fine.
+    W = make()
+    dW = np.full((5, 3), 7.0)
+    second = Active(0.5) if mode is enzpy.Reverse else Const(0.5)
+    with pytest.raises(enzpy.EnzpyValueError, match=r"argument 0: .*share memory.*copy"):
+        enzpy.autodiff(weighted_sines, Duplicated(W, dW), second, mode=mode)
+    assert np.all(dW == 7.0)
+    _, dc = enzpy.autodiff(weighted_sines, Const(W), Active(0.5))
+    dense = np.array(W)
+    assert dc == pytest.approx(np.sum(np.cos(0.5 * dense) * dense * np.arange(1, 4)), rel=1e-13)
+
+
+def test_shadows_whose_elements_share_memory_are_refused():
+    W = np.array(_windows())
+    for dW in (
+        as_strided(np.zeros(7), (5, 3), (8, 8)),
+        as_strided(np.zeros(3), (5, 3), (0, 8)),
+    ):
+        with pytest.raises(enzpy.EnzpyValueError, match="elements of the shadow share memory"):
+            enzpy.autodiff(weighted_sines, Duplicated(W, dW), Active(0.5))
+    lanes = [np.zeros((5, 3)), as_strided(np.zeros(3), (5, 3), (0, 8))]
+    with pytest.raises(enzpy.EnzpyValueError, match="direction 1"):
+        enzpy.autodiff(weighted_sines, BatchDuplicated(W, lanes), Active(0.5))
+
+
+@numba.njit
+def pair_of_windows(arrs, c):
+    a, b = arrs
+    return weighted_sines(a, c) + weighted_sines(b, c)
+
+
+def test_tuple_member_whose_elements_share_memory_is_refused():
+    W = np.array(_windows())
+    with pytest.raises(enzpy.EnzpyValueError, match="member 1 of the tuple"):
+        enzpy.autodiff(
+            pair_of_windows,
+            Duplicated((W, _windows()), (np.zeros((5, 3)), np.zeros((5, 3)))),
+            Active(0.5),
+        )
+
+
+def test_compiled_derivatives_and_split_refuse_them_at_the_call():
+    strided = np.random.default_rng(3).random((5, 6))[:, ::2]  # layout A: any strides
+    dstrided = np.zeros((5, 6))[:, ::2]
+    d = enzpy.derivative(weighted_sines, Duplicated(strided, dstrided), Active(0.5))
+    windows = as_strided(np.linspace(0.1, 0.9, 7), (5, 3), (8, 8))  # writeable
+
+    @numba.njit
+    def caller(W, dW):
+        return d(W, dW, 0.5, 1.0)
+
+    for call in (lambda W, dW: d(W, dW, 0.5, 1.0), caller):
+        with pytest.raises(enzpy.EnzpyValueError, match="argument x0 has elements that share"):
+            call(windows, dstrided)
+        with pytest.raises(enzpy.EnzpyValueError, match="argument dx0 has elements that share"):
+            call(strided, as_strided(np.zeros(7), (5, 3), (8, 8)))
+    dW = np.zeros((5, 6))[:, ::2]
+    (dc,) = d(strided, dW, 0.5, 1.0)
+    np.testing.assert_allclose(dW, 0.5 * np.cos(0.5 * strided) * np.arange(1, 4), rtol=1e-13)
+    fwd, rev = enzpy.split(weighted_sines, Duplicated(strided, dstrided), Active(0.5))
+    with pytest.raises(enzpy.EnzpyValueError, match="argument a0 has elements that share"):
+        fwd(windows, 0.5)
+    _, tape = fwd(strided, 0.5)
+    with pytest.raises(enzpy.EnzpyValueError, match="argument d0 has elements that share"):
+        rev(tape, as_strided(np.zeros(3), (5, 3), (0, 8)), 1.0)
+
+
+def _shares_by_brute_force(a):
+    offsets = [
+        sum(i * s for i, s in zip(idx, a.strides, strict=True)) for idx in np.ndindex(a.shape)
+    ]
+    offsets.sort()
+    return any(q - p < a.itemsize for p, q in zip(offsets, offsets[1:], strict=False))
+
+
+def test_overlaps_itself_agrees_with_comparing_every_element():
+    # random layouts over one buffer, interleaved ones among them (strides
+    # that do not nest, yet no two elements meet)
+    rng = np.random.default_rng(4)
+    buf = np.zeros(400)
+    seen = {True: 0, False: 0}
+    for _ in range(400):
+        ndim = int(rng.integers(1, 4))
+        shape = tuple(int(n) for n in rng.integers(1, 5, ndim))
+        strides = tuple(8 * int(s) for s in rng.integers(-6, 7, ndim))
+        reach = sum(abs(s) * (n - 1) for s, n in zip(strides, shape, strict=True))
+        start = 8 * 200 - sum(min(s, 0) * (n - 1) for s, n in zip(strides, shape, strict=True))
+        if reach + start >= buf.nbytes:
+            continue
+        a = as_strided(buf[start // 8 :], shape, strides)
+        expected = _shares_by_brute_force(a)
+        assert overlaps_itself(a) == expected, (shape, strides)
+        # the compiled wrappers' quicker test never refuses a layout that is apart
+        assert not _overlap._overlaps_itself(a) or expected, (shape, strides)
+        seen[expected] += 1
+    assert seen[True] > 50 and seen[False] > 50, seen
+    assert not overlaps_itself(as_strided(buf, (2, 2), (8, 16)))  # interleaved, apart
+    assert overlaps_itself(as_strided(buf, (3, 3), (8, 16)))
