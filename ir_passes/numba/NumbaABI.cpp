@@ -18,6 +18,12 @@ bool hasNativeSignature(const FunctionType &FT) {
 
 bool isReturnStatus(int64_t Status) { return Status == 0 || Status == -2; }
 
+bool mayBeReturnStatus(const ConstantRange &Range) {
+  unsigned W = Range.getBitWidth();
+  return Range.contains(APInt(W, 0)) ||
+         Range.contains(APInt(W, static_cast<uint64_t>(-2), /*isSigned=*/true));
+}
+
 Value *emitIsReturnStatus(IRBuilder<> &B, Value *Status) {
   Type *T = Status->getType();
   return B.CreateOr(B.CreateICmpEQ(Status, ConstantInt::get(T, 0)),

@@ -17,6 +17,7 @@
 #define ENZPY_NUMBA_NUMBAABI_H
 
 #include "llvm/ADT/StringRef.h"
+#include "llvm/IR/ConstantRange.h"
 #include "llvm/IR/Function.h"
 #include "llvm/IR/IRBuilder.h"
 #include <cstdint>
@@ -66,6 +67,8 @@ bool hasNativeSignature(const llvm::FunctionType &FT);
 /// Status values that mean "the function returned" (0, and -2 for a None
 /// return); every other status means an exception was raised.
 bool isReturnStatus(int64_t Status);
+/// A status in \p Range may be a return status.
+bool mayBeReturnStatus(const llvm::ConstantRange &Range);
 /// i1: \p Status is a return status.
 llvm::Value *emitIsReturnStatus(llvm::IRBuilder<> &B, llvm::Value *Status);
 

@@ -10,6 +10,7 @@
 #include "llvm/ADT/SCCIterator.h"
 #include "llvm/Analysis/CGSCCPassManager.h"
 #include "llvm/Analysis/CallGraph.h"
+#include "llvm/Analysis/LazyValueInfo.h"
 #include "llvm/Analysis/LoopAnalysisManager.h"
 #include "llvm/Analysis/LoopInfo.h"
 #include "llvm/Analysis/ValueTracking.h"
@@ -461,18 +462,39 @@ static void splitExits(Function &F, CanonicalFunction &C) {
     }
     return C.RaiseExit;
   };
+  // The status each merged return takes on its edge: a constant, or a
+  // value whose range on that edge leaves out the normal statuses (an
+  // inlined callee's status, passed on only where its caller's check found
+  // an error). Decided on the unchanged function, then applied.
+  PassContext P;
+  LazyValueInfo &LVI = P.FAM.getResult<LazyValueAnalysis>(F);
+  auto knownRaise = [&](Value *V, BasicBlock *Pred, BasicBlock *BB) {
+    if (isa<Constant>(V) || !V->getType()->isIntegerTy())
+      return false;
+    return !numba::mayBeReturnStatus(LVI.getConstantRangeOnEdge(V, Pred, BB));
+  };
+  DenseMap<std::pair<BasicBlock *, BasicBlock *>, bool> Raises;
+  for (ReturnInst *R : Returns)
+    if (auto *Phi = dyn_cast<PHINode>(R->getReturnValue()))
+      if (Phi->getParent() == R->getParent())
+        for (unsigned I = 0; I < Phi->getNumIncomingValues(); ++I)
+          if (knownRaise(Phi->getIncomingValue(I), Phi->getIncomingBlock(I),
+                         R->getParent()))
+            Raises[{Phi->getIncomingBlock(I), R->getParent()}] = true;
   for (ReturnInst *R : Returns) {
     BasicBlock *BB = R->getParent();
     // numba merges its returns into one block returning a phi of status
-    // codes; send each constant status straight to its own exit, so that
+    // codes; send each known status straight to its own exit, so that
     // code on the way to raising does not appear to reach the normal exit.
     if (auto *Phi = dyn_cast<PHINode>(R->getReturnValue()))
       if (Phi->getParent() == BB && &BB->front() == Phi &&
           Phi->getNextNode() == R) {
         for (unsigned I = Phi->getNumIncomingValues(); I-- > 0;) {
-          auto *St = dyn_cast<ConstantInt>(Phi->getIncomingValue(I));
+          Value *St = Phi->getIncomingValue(I);
           BasicBlock *Pred = Phi->getIncomingBlock(I);
-          if (!St || Pred->getTerminator()->getNumSuccessors() != 1)
+          bool Raise = Raises.lookup({Pred, BB});
+          if ((!isa<ConstantInt>(St) && !Raise) ||
+              Pred->getTerminator()->getNumSuccessors() != 1)
             continue;
           BasicBlock *Target = isNormalStatus(St) ? normalExit() : raiseExit();
           if (Target == C.RaiseExit)
@@ -503,6 +525,42 @@ static void splitExits(Function &F, CanonicalFunction &C) {
   }
 }
 
+/// Turn each conditional branch whose integer comparison LazyValueInfo
+/// proves constant into an unconditional one. numba checks the status of
+/// every inlined call; a callee that always raises (a broadcast's shape error,
+/// which formats its message first) leaves a branch to the normal path that
+/// is never taken, through which the message's code seemed to reach the
+/// normal exit and got a derivative of its own (thousands of blocks of
+/// string code, taped branches, minutes of O3).
+static void foldKnownBranches(Function &F) {
+  PassContext P;
+  LazyValueInfo &LVI = P.FAM.getResult<LazyValueAnalysis>(F);
+  SmallVector<std::pair<BranchInst *, bool>, 16> Known;
+  for (BasicBlock &BB : F) {
+    auto *BI = dyn_cast<BranchInst>(BB.getTerminator());
+    if (!BI || !BI->isConditional() ||
+        BI->getSuccessor(0) == BI->getSuccessor(1))
+      continue;
+    auto *Cmp = dyn_cast<ICmpInst>(BI->getCondition());
+    auto *RHS = Cmp ? dyn_cast<ConstantInt>(Cmp->getOperand(1)) : nullptr;
+    if (!RHS)
+      continue;
+    auto *Value = dyn_cast_or_null<ConstantInt>(
+        LVI.getPredicateAt(Cmp->getPredicate(), Cmp->getOperand(0), RHS, BI,
+                           /*UseBlockValue=*/true));
+    if (Value)
+      Known.push_back({BI, Value->isOne()});
+  }
+  for (auto [BI, Taken] : Known) {
+    BasicBlock *Live = BI->getSuccessor(Taken ? 0 : 1);
+    BI->getSuccessor(Taken ? 1 : 0)->removePredecessor(BI->getParent());
+    BranchInst::Create(Live, BI->getIterator())->setDebugLoc(BI->getDebugLoc());
+    BI->eraseFromParent();
+  }
+  if (!Known.empty())
+    removeUnreachableBlocks(F);
+}
+
 bool CanonicalFunction::isRecursiveCall(const CallBase &CB) const {
   const Function *Callee = CB.getCalledFunction();
   return Callee && Recursive.contains(Callee->getName());
@@ -526,6 +584,7 @@ static CanonicalFunction canonicalize(Function &F,
   foldInvariantSelectRecurrences(F);
   splitAggregateMerges(F);
   canonicalizeRuleResults(F);
+  foldKnownBranches(F);
   CanonicalFunction C;
   C.F = &F;
   C.Recursive = Recursive;
