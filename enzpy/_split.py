@@ -128,9 +128,10 @@ def split(
     dret = ", dret=1.0" if seeded else ""
     # The tape keeps a copy of each array: arrays that share memory would
     # come back apart. A differentiated array, and each shadow, needs memory
-    # of its own per element, too.
+    # of its own per element, too (shadows sharing memory with each other
+    # are the derivative's own check).
     roles = "!" + "".join("D" if k == "dup" else "-" for k in kinds) + "|" + ",".join(a)
-    shadow_roles = "!" + "D" * len(shadows) + "|" + ",".join(shadows)
+    shadow_roles = "D" * len(shadows) + "|" + ",".join(shadows)
     check_shadows = (
         f"    refuse_shared_memory(({', '.join(shadows)},), {shadow_roles!r})\n" if shadows else ""
     )
