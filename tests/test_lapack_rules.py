@@ -155,8 +155,14 @@ def test_lstsq_matches_finite_differences_in_every_mode_and_pattern(shape):
     A = RNG.uniform(-1, 1, (m, n))
     B = RNG.uniform(-1, 1, (m, 2))
     w = RNG.uniform(0.5, 1.5, 2)
-    for kernel, args in ((k_lstsq, (A, B[:, 0].copy())), (k_lstsq_all_outputs, (A, B, w))):
-        rep = check_derivative(kernel, *args, report=True)
+    # Batch lanes through the rule are checked on k_lstsq; the kernel of all
+    # outputs (seven activity patterns) is checked one direction at a time,
+    # which keeps this test's compiles to what CI's budget affords.
+    for kernel, args, widths in (
+        (k_lstsq, (A, B[:, 0].copy()), (1, 3)),
+        (k_lstsq_all_outputs, (A, B, w), (1,)),
+    ):
+        rep = check_derivative(kernel, *args, widths=widths, report=True)
         assert rep.ok, str(rep)
 
 
